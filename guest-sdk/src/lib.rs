@@ -1,0 +1,1 @@
+//! The crate policy authors use to write ckpt policies (see the WIT contract in `wit/`).

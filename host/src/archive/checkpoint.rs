@@ -1,0 +1,304 @@
+//! The checkpoint archive in podman's layout, written in one streaming pass with a manifest of
+//! every member's size and SHA-256 at the end, and read back into a private staging directory.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ArchiveError, Compression, ExtractOptions};
+
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const PRE_CHECKPOINT_DIR: &str = "pre-checkpoint";
+pub const CONFIG_DUMP: &str = "config.dump";
+pub const SPEC_DUMP: &str = "spec.dump";
+pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
+pub const DELETED_FILES: &str = "deleted.files";
+pub const VOLUMES_DIR: &str = "volumes";
+pub const STATS_DUMP: &str = "stats-dump";
+pub const CONTAINER_LOG: &str = "ctr.log";
+/// ckpt's own addition: size and SHA-256 of every other member.
+pub const MANIFEST: &str = "ckpt-manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub members: Vec<ManifestEntry>,
+}
+
+const MANIFEST_FORMAT: &str = "ckpt-checkpoint/1";
+
+/// The compressed stream under the tar builder.
+pub enum Compressor<W: Write> {
+    Zstd(zstd::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+    None(W),
+}
+
+impl<W: Write> Compressor<W> {
+    pub fn new(inner: W, compression: Compression) -> io::Result<Compressor<W>> {
+        Ok(match compression {
+            Compression::Zstd => {
+                let mut encoder = zstd::Encoder::new(inner, 3)?;
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                // Multi-threaded zstd is what makes the export faster than podman's.
+                encoder.multithread(threads)?;
+                Compressor::Zstd(encoder)
+            }
+            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::fast())),
+            Compression::None => Compressor::None(inner),
+        })
+    }
+
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Zstd(e) => e.finish(),
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::None(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Zstd(e) => e.write(buf),
+            Compressor::Gzip(e) => e.write(buf),
+            Compressor::None(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Zstd(e) => e.flush(),
+            Compressor::Gzip(e) => e.flush(),
+            Compressor::None(w) => w.flush(),
+        }
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes archive members and remembers their digests for the manifest.
+pub struct ArchiveWriter<W: Write> {
+    builder: tar::Builder<W>,
+    members: Vec<ManifestEntry>,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    pub fn new(inner: W) -> ArchiveWriter<W> {
+        let mut builder = tar::Builder::new(inner);
+        builder.follow_symlinks(false);
+        ArchiveWriter { builder, members: Vec::new() }
+    }
+
+    pub fn add_bytes(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        self.members.push(ManifestEntry {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        });
+        self.builder.append_data(&mut header, name, bytes)
+    }
+
+    /// Adds one file system object without following symlinks; regular files are hashed.
+    pub fn add_path(&mut self, name: &str, path: &Path) -> io::Result<()> {
+        let meta = fs::symlink_metadata(path)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        let file_type = meta.file_type();
+        if file_type.is_file() {
+            let file = File::open(path)?;
+            let mut reader =
+                HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new(), read: 0 };
+            header.set_size(meta.len());
+            self.builder.append_data(&mut header, name, &mut reader)?;
+            if reader.read != meta.len() {
+                return Err(io::Error::other(format!("{} changed size while it was archived", path.display())));
+            }
+            self.members.push(ManifestEntry {
+                name: name.to_string(),
+                size: reader.read,
+                sha256: hex::encode(reader.hasher.finalize()),
+            });
+            Ok(())
+        } else if file_type.is_dir() {
+            header.set_size(0);
+            self.builder.append_data(&mut header, format!("{name}/"), io::empty())
+        } else if file_type.is_symlink() {
+            let target = fs::read_link(path)?;
+            header.set_size(0);
+            self.builder.append_link(&mut header, name, target)
+        } else if file_type.is_socket() {
+            Ok(()) // sockets cannot be archived; the process that owns one recreates it
+        } else {
+            header.set_size(0);
+            if file_type.is_char_device() || file_type.is_block_device() {
+                let rdev = meta.rdev();
+                header.set_device_major(nix::sys::stat::major(rdev) as u32)?;
+                header.set_device_minor(nix::sys::stat::minor(rdev) as u32)?;
+            }
+            self.builder.append_data(&mut header, name, io::empty())
+        }
+    }
+
+    /// Adds a directory tree under `name`, sorted, never following symlinks.
+    pub fn add_tree(&mut self, name: &str, dir: &Path) -> io::Result<()> {
+        self.add_path(name, dir)?;
+        let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let child_name = format!("{name}/{}", entry.file_name().to_string_lossy());
+            if entry.file_type()?.is_dir() {
+                self.add_tree(&child_name, &entry.path())?;
+            } else {
+                self.add_path(&child_name, &entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the manifest and returns the underlying writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        let manifest = Manifest { format: MANIFEST_FORMAT.into(), members: std::mem::take(&mut self.members) };
+        let bytes = serde_json::to_vec_pretty(&manifest).expect("json");
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        self.builder.append_data(&mut header, MANIFEST, &bytes[..])?;
+        self.builder.into_inner()
+    }
+}
+
+/// Builds an uncompressed inner tar (rootfs-diff.tar, volumes/<name>.tar) of `entries`, which are
+/// paths relative to `base`, as podman's entries are relative to `/`.
+pub fn write_inner_tar(output: &Path, base: &Path, entries: &[PathBuf]) -> io::Result<()> {
+    let file = File::create(output)?;
+    let mut builder = tar::Builder::new(io::BufWriter::new(file));
+    builder.follow_symlinks(false);
+    for rel in entries {
+        let path = base.join(rel);
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.file_type().is_socket() {
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        if meta.is_file() {
+            builder.append_data(&mut header, rel, File::open(&path)?)?;
+        } else if meta.file_type().is_symlink() {
+            builder.append_link(&mut header, rel, fs::read_link(&path)?)?;
+        } else {
+            header.set_size(0);
+            let name = if meta.is_dir() { rel.join("") } else { rel.clone() };
+            builder.append_data(&mut header, name, io::empty())?;
+        }
+    }
+    builder.into_inner()?.flush()
+}
+
+/// Every path below `dir`, relative to it, parents before children, starting with `.`.
+pub fn tree_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    fn walk(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+        let mut entries: Vec<_> = fs::read_dir(base.join(rel))?.collect::<io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let child = rel.join(entry.file_name());
+            out.push(child.clone());
+            if entry.file_type()?.is_dir() {
+                walk(base, &child, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = vec![PathBuf::from(".")];
+    walk(dir, Path::new("."), &mut out)?;
+    Ok(out)
+}
+
+/// Extracts an archive into `staging` and checks it against its manifest, if it has one
+/// (podman's archives have none).
+pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptions) -> Result<bool, ArchiveError> {
+    let reader = super::open_decompressed(archive)?;
+    let name = archive.display().to_string();
+    super::extract(reader, staging, &name, options)?;
+    verify_manifest(staging, &name)
+}
+
+/// Returns whether a manifest was present; any mismatch, extra or missing member is an error.
+pub fn verify_manifest(staging: &Path, name: &str) -> Result<bool, ArchiveError> {
+    let manifest_path = staging.join(MANIFEST);
+    let corrupt = |member: &str, detail: String| ArchiveError::CorruptMember {
+        archive: name.into(),
+        member: member.into(),
+        detail,
+    };
+    let bytes = match fs::read(&manifest_path) {
+        Ok(b) => b,
+        Err(_) => return Ok(false),
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(MANIFEST, e.to_string()))?;
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(corrupt(MANIFEST, format!("unknown format {:?}", manifest.format)));
+    }
+    let mut listed = std::collections::HashSet::new();
+    for entry in &manifest.members {
+        let Some(rel) = super::extract::clean_relative(Path::new(&entry.name)) else {
+            return Err(corrupt(&entry.name, "the manifest names a path outside the archive".into()));
+        };
+        let path = staging.join(&rel);
+        let meta = fs::symlink_metadata(&path)
+            .map_err(|_| corrupt(&entry.name, "listed in the manifest but missing".into()))?;
+        if !meta.is_file() || meta.len() != entry.size {
+            return Err(corrupt(
+                &entry.name,
+                format!("size {} does not match the manifest's {}", meta.len(), entry.size),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        io::copy(&mut File::open(&path).map_err(|e| corrupt(&entry.name, e.to_string()))?, &mut hasher)
+            .map_err(|e| corrupt(&entry.name, e.to_string()))?;
+        if hex::encode(hasher.finalize()) != entry.sha256 {
+            return Err(corrupt(&entry.name, "SHA-256 does not match the manifest".into()));
+        }
+        listed.insert(rel);
+    }
+    for rel in tree_entries(staging).map_err(|e| corrupt(".", e.to_string()))? {
+        let rel = super::extract::clean_relative(&rel).unwrap_or_default();
+        let path = staging.join(&rel);
+        let is_file = fs::symlink_metadata(&path).map(|m| m.is_file()).unwrap_or(false);
+        if is_file && rel != Path::new(MANIFEST) && !listed.contains(&rel) {
+            return Err(corrupt(&rel.display().to_string(), "present in the archive but not in its manifest".into()));
+        }
+    }
+    Ok(true)
+}

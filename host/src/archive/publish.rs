@@ -1,0 +1,80 @@
+//! Publishing a file so that the target path only ever holds a complete file: written to a
+//! temporary file beside it (0600 from creation), synced, renamed, and the directory synced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A temporary file that disappears unless it is published.
+pub struct PendingFile {
+    pub temp_path: PathBuf,
+    pub target: PathBuf,
+    pub writer: BufWriter<File>,
+    published: bool,
+}
+
+impl PendingFile {
+    /// Fails before anything is written when the target's directory is missing or read-only.
+    pub fn create(target: &Path) -> Result<PendingFile> {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if target.is_dir() {
+            return Err(Error::invalid(format!(
+                "export target {:?} is a directory; give a file name",
+                target.display().to_string()
+            )));
+        }
+        let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("archive");
+        let temp_path = dir.join(format!(".{file_name}.ckpt-{}", &crate::util::random_id()[..12]));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&temp_path)
+            .map_err(Error::io("create a temporary file for", target))?;
+        Ok(PendingFile {
+            temp_path,
+            target: target.to_path_buf(),
+            writer: BufWriter::with_capacity(1 << 20, file),
+            published: false,
+        })
+    }
+
+    pub fn publish(mut self) -> Result<()> {
+        let target = self.target.clone();
+        self.writer.flush().map_err(Error::io("write", &target))?;
+        self.writer.get_ref().sync_all().map_err(Error::io("sync", &target))?;
+        fs::rename(&self.temp_path, &target).map_err(Error::io("publish", &target))?;
+        self.published = true;
+        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+/// Writes `output` through `write` and publishes it only if `write` succeeds.
+pub fn publish_file<F>(output: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+{
+    let mut pending = PendingFile::create(output)?;
+    write(&mut pending.writer).map_err(Error::io("write", output))?;
+    pending.publish()
+}

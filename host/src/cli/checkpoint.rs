@@ -1,0 +1,151 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::error::Result;
+use crate::ops::Context;
+use crate::ops::checkpoint::{self, CheckpointRequest};
+use crate::ops::restore::{self, RestoreRequest};
+
+/// Checkpoint one or more running containers.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// Checkpoint all running containers.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Act on the latest container ckpt knows about.
+    #[arg(short, long)]
+    pub latest: bool,
+    /// Keep all temporary checkpoint files.
+    #[arg(short, long)]
+    pub keep: bool,
+    /// Leave the container running after writing the checkpoint.
+    #[arg(short = 'R', long)]
+    pub leave_running: bool,
+    /// Checkpoint a container with established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Checkpoint a container with file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Export the checkpoint to a tar archive.
+    #[arg(short, long)]
+    pub export: Option<PathBuf>,
+    /// Compression of the exported archive: zstd (default), gzip or none.
+    #[arg(short, long)]
+    pub compress: Option<String>,
+    /// Leave the root filesystem changes out of the exported archive.
+    #[arg(long)]
+    pub ignore_rootfs: bool,
+    /// Leave the named volumes out of the exported archive.
+    #[arg(long)]
+    pub ignore_volumes: bool,
+    /// Dump the container's memory only, leaving it running (needs memory dirty tracking).
+    #[arg(short = 'P', long)]
+    pub pre_checkpoint: bool,
+    /// Dump the container using the pre-checkpoint dump as parent.
+    #[arg(long)]
+    pub with_previous: bool,
+    /// Create a checkpoint image with this name.
+    #[arg(long)]
+    pub create_image: Option<String>,
+    /// Print statistics about the checkpoint as JSON.
+    #[arg(long)]
+    pub print_stats: bool,
+    pub containers: Vec<String>,
+}
+
+/// Restore one or more containers from a checkpoint.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Restore all checkpointed containers.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Act on the latest container ckpt knows about.
+    #[arg(short, long)]
+    pub latest: bool,
+    /// Keep all temporary checkpoint files.
+    #[arg(short, long)]
+    pub keep: bool,
+    /// Restore a container with established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Restore a container with file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Restore from an exported checkpoint archive.
+    #[arg(short, long)]
+    pub import: Option<PathBuf>,
+    /// Restore from an exported pre-checkpoint archive too.
+    #[arg(long)]
+    pub import_previous: Option<PathBuf>,
+    /// The restored container's name (gives it a new ID).
+    #[arg(short, long)]
+    pub name: Option<String>,
+    /// Do not apply root filesystem changes from the archive.
+    #[arg(long)]
+    pub ignore_rootfs: bool,
+    /// Do not restore named volumes' content from the archive.
+    #[arg(long)]
+    pub ignore_volumes: bool,
+    /// Print statistics about the restore as JSON.
+    #[arg(long)]
+    pub print_stats: bool,
+    pub targets: Vec<String>,
+}
+
+pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
+    let started = Instant::now();
+    let req = CheckpointRequest {
+        containers: args.containers,
+        all: args.all,
+        latest: args.latest,
+        keep: args.keep,
+        leave_running: args.leave_running,
+        tcp_established: args.tcp_established,
+        file_locks: args.file_locks,
+        export: args.export,
+        compress: args.compress,
+        ignore_rootfs: args.ignore_rootfs,
+        ignore_volumes: args.ignore_volumes,
+        pre_checkpoint: args.pre_checkpoint,
+        with_previous: args.with_previous,
+        create_image: args.create_image,
+        print_stats: args.print_stats,
+    };
+    let (done, result) = checkpoint::checkpoint(ctx, &req);
+    if req.print_stats {
+        let stats: Vec<_> = done.iter().map(|d| d.stats.clone()).collect();
+        println!("{}", checkpoint::stats_document(started.elapsed(), &stats));
+    } else {
+        done.iter().for_each(|d| println!("{}", d.printed_name));
+    }
+    result.map(|()| 0)
+}
+
+pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
+    let started = Instant::now();
+    let req = RestoreRequest {
+        targets: args.targets,
+        all: args.all,
+        latest: args.latest,
+        import: args.import,
+        import_previous: args.import_previous,
+        name: args.name,
+        keep: args.keep,
+        tcp_established: args.tcp_established,
+        file_locks: args.file_locks,
+        ignore_rootfs: args.ignore_rootfs,
+        ignore_volumes: args.ignore_volumes,
+        print_stats: args.print_stats,
+    };
+    let (done, result) = restore::restore(ctx, &req);
+    if req.print_stats {
+        let stats: Vec<_> = done.iter().map(|d| d.stats.clone()).collect();
+        println!("{}", restore::stats_document(started.elapsed(), &stats));
+    } else {
+        done.iter().for_each(|d| println!("{}", d.printed_name));
+    }
+    result.map(|()| 0)
+}

@@ -1,0 +1,92 @@
+//! The command line: clap definitions, one file per command group, and the dispatch.
+
+mod checkpoint;
+mod container;
+mod image;
+mod volume;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+use crate::ops::Context;
+use crate::store::Roots;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ckpt",
+    version,
+    about = "Checkpoint and restore Linux containers, with decisions made by WebAssembly policies"
+)]
+pub struct Cli {
+    /// Where ckpt keeps containers, images and volumes.
+    #[arg(long, global = true, default_value = "/var/lib/ckpt", env = "CKPT_ROOT")]
+    pub root: PathBuf,
+    /// Where ckpt keeps run-time state, including the OCI runtime's own state root.
+    #[arg(long, global = true, default_value = "/run/ckpt", env = "CKPT_RUNROOT")]
+    pub runroot: PathBuf,
+    /// The OCI runtime for new containers: a name in $PATH or a path.
+    #[arg(long, global = true, default_value = "runc", env = "CKPT_RUNTIME")]
+    pub runtime: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Run(container::RunArgs),
+    Checkpoint(checkpoint::CheckpointArgs),
+    Restore(checkpoint::RestoreArgs),
+    Start(container::StartArgs),
+    Stop(container::StopArgs),
+    Rm(container::RmArgs),
+    Ps(container::PsArgs),
+    Logs(container::LogsArgs),
+    Exec(container::ExecArgs),
+    Inspect(container::InspectArgs),
+    Diff(container::DiffArgs),
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    #[command(name = "__supervise", hide = true)]
+    Supervise(container::SuperviseArgs),
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let ctx = Context::new(Roots::new(&cli.root, &cli.runroot), cli.runtime);
+    match cli.command {
+        Command::Run(args) => container::run(&ctx, args),
+        Command::Checkpoint(args) => checkpoint::checkpoint(&ctx, args),
+        Command::Restore(args) => checkpoint::restore(&ctx, args),
+        Command::Start(args) => container::start(&ctx, args),
+        Command::Stop(args) => container::stop(&ctx, args),
+        Command::Rm(args) => container::rm(&ctx, args),
+        Command::Ps(args) => container::ps(&ctx, args),
+        Command::Logs(args) => container::logs(&ctx, args),
+        Command::Exec(args) => container::exec(&ctx, args),
+        Command::Inspect(args) => container::inspect(&ctx, args),
+        Command::Diff(args) => container::diff(&ctx, args),
+        Command::Image(cmd) => image::run(&ctx, cmd),
+        Command::Volume(cmd) => volume::run(&ctx, cmd),
+        Command::Supervise(args) => container::supervise(&ctx, args),
+    }
+}
+
+/// Runs `each` for every item, printing all errors but the last, which is returned, as podman.
+pub fn for_each<T>(items: &[T], mut each: impl FnMut(&T) -> Result<()>) -> Result<()> {
+    let mut last = None;
+    for item in items {
+        if let Err(e) = each(item)
+            && let Some(previous) = last.replace(e)
+        {
+            eprintln!("Error: {previous}");
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

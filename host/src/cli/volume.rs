@@ -1,0 +1,84 @@
+use std::io::Write;
+
+use clap::Subcommand;
+
+use crate::error::Result;
+use crate::ops::{Context, volumes};
+
+/// Manage named volumes.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume.
+    Create {
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+        name: String,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Remove volumes.
+    Rm {
+        /// Remove the containers that use them too.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show volumes as a JSON array.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
+    match command {
+        VolumeCommand::Create { label, name } => println!("{}", volumes::create(ctx, &name, &label)?.name),
+        VolumeCommand::Ls { quiet, format } => {
+            let list = ctx.volumes.list()?;
+            let mut out = std::io::stdout().lock();
+            match format.as_deref() {
+                Some("json") => {
+                    let values = list.iter().map(|v| volumes::inspect(ctx, &v.name)).collect::<Result<Vec<_>>>()?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&values).expect("json")).ok();
+                }
+                Some(other) => {
+                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
+                }
+                None => {
+                    if !quiet {
+                        writeln!(out, "DRIVER      VOLUME NAME").ok();
+                    }
+                    for v in &list {
+                        if quiet {
+                            writeln!(out, "{}", v.name).ok()
+                        } else {
+                            writeln!(out, "local       {}", v.name).ok()
+                        };
+                    }
+                }
+            }
+        }
+        VolumeCommand::Rm { force, names } => super::for_each(&names, |name| {
+            volumes::remove(ctx, name, force)?;
+            println!("{name}");
+            Ok(())
+        })?,
+        VolumeCommand::Inspect { names } => {
+            let mut values = Vec::new();
+            let result = super::for_each(&names, |name| {
+                values.push(volumes::inspect(ctx, name)?);
+                Ok(())
+            });
+            println!("{}", serde_json::to_string_pretty(&values).expect("json"));
+            result?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,110 @@
+//! CRIU: the version and feature probes, and its statistics images.
+
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub use stats::{DumpStats, RestoreStats, encode_dump_stats, read_dump_stats, read_restore_stats};
+
+/// The oldest CRIU that podman accepts (3.11).
+pub const MIN_CRIU_VERSION: u32 = 31100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriuError {
+    #[error("criu not found in $PATH; run scripts/setup to install CRIU 4.2 or newer")]
+    NotFound,
+    #[error("failed to check for criu version: {0}")]
+    Version(String),
+    #[error("checkpoint/restore requires at least CRIU {MIN_CRIU_VERSION}, current version is {0}")]
+    TooOld(u32),
+    #[error(
+        "system (architecture/kernel/CRIU) does not support memory tracking: 'criu check --feature mem_dirty_track' says: {0}"
+    )]
+    NoMemTrack(String),
+    #[error("CRIU statistics file {path:?} is unreadable: {detail}")]
+    Stats { path: PathBuf, detail: String },
+}
+
+pub trait Criu: Send + Sync {
+    /// major*10000 + minor*100 + sublevel, as go-criu and podman compute it.
+    fn version(&self) -> Result<u32, CriuError>;
+    /// Whether pre-dumps can track dirty memory on this host.
+    fn memory_tracking(&self) -> Result<(), CriuError>;
+}
+
+pub struct CriuBinary {
+    path: PathBuf,
+}
+
+impl CriuBinary {
+    pub fn find() -> Result<CriuBinary, CriuError> {
+        crate::runtime::find_in_path("criu").map(|path| CriuBinary { path }).ok_or(CriuError::NotFound)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Criu for CriuBinary {
+    fn version(&self) -> Result<u32, CriuError> {
+        let output = Command::new(&self.path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| CriuError::Version(e.to_string()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        parse_version(&text)
+            .ok_or_else(|| CriuError::Version(format!("unexpected 'criu --version' output {:?}", text.trim())))
+    }
+
+    fn memory_tracking(&self) -> Result<(), CriuError> {
+        let output = Command::new(&self.path)
+            .args(["check", "--feature", "mem_dirty_track"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| CriuError::NoMemTrack(e.to_string()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            Err(CriuError::NoMemTrack(said.trim().to_string()))
+        }
+    }
+}
+
+/// `Version: 4.2.1` (and `GitID:` for a git build, which bumps the minor as go-criu does).
+pub fn parse_version(text: &str) -> Option<u32> {
+    let version = text.lines().find_map(|l| l.strip_prefix("Version:"))?.trim();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let mut minor = parts.next().flatten().unwrap_or(0);
+    let sublevel = parts.next().flatten().unwrap_or(0);
+    if text.lines().any(|l| l.starts_with("GitID:")) {
+        minor += 1;
+    }
+    Some(major * 10000 + minor * 100 + sublevel)
+}
+
+pub fn check_version(criu: &dyn Criu) -> Result<u32, CriuError> {
+    let version = criu.version()?;
+    if version < MIN_CRIU_VERSION {
+        return Err(CriuError::TooOld(version));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_release_and_git_versions() {
+        assert_eq!(parse_version("Version: 4.2.1\n"), Some(40201));
+        assert_eq!(parse_version("Version: 3.17\n"), Some(31700));
+        assert_eq!(parse_version("Version: 4.1\nGitID: v4.1-12\n"), Some(40200));
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

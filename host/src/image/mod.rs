@@ -1,0 +1,20 @@
+//! Images, stored as one OCI image layout that skopeo and podman can read
+//! (`oci:<root>/images/oci:<name>`), plus an unpacked root filesystem per image for the overlay.
+
+mod busybox;
+mod layout;
+
+pub use busybox::BUILTIN_BUSYBOX;
+pub use layout::{ImageInfo, ImageStore, LayerBlob, normalize_reference, oci_arch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {image:?}: {detail}")]
+    Invalid { image: String, detail: String },
+    #[error("image layout {path:?}: blob {digest:?} {detail}")]
+    BadBlob { path: String, digest: String, detail: String },
+    #[error("{0:?} is neither an OCI image layout directory nor an OCI archive")]
+    NotOci(String),
+    #[error("the built-in busybox image needs the host's static busybox at {path:?}: {detail}; run scripts/setup")]
+    NoBusybox { path: String, detail: String },
+}

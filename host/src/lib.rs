@@ -1,0 +1,23 @@
+//! ckpt: checkpoint and restore Linux containers on an OCI runtime with CRIU.
+//!
+//! The library is organised as the path a checkpoint takes:
+//! - `ops/`: one module per user-facing operation; orchestration only.
+//! - `store/`: on-disk state (containers, images, volumes) and its locks.
+//! - `runtime/`, `criu/`: the external binaries, each behind a trait.
+//! - `archive/`, `image/`, `rootfs/`: formats and filesystems ckpt builds itself.
+//! - `supervisor/`: the conmon-like process that holds a container's stdio.
+
+pub mod archive;
+pub mod cli;
+pub mod criu;
+pub mod error;
+pub mod image;
+pub mod ops;
+pub mod rootfs;
+pub mod runtime;
+pub mod spec;
+pub mod store;
+pub mod supervisor;
+pub mod util;
+
+pub use error::{Error, Result};

@@ -1,0 +1,24 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match ckpt::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors are ckpt's own errors (125), help and version are not.
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(ckpt::error::EXIT_CKPT_ERROR as u8),
+            };
+        }
+    };
+    match ckpt::cli::run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

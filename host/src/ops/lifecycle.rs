@@ -1,0 +1,307 @@
+//! run, start, stop and rm: a container's life under the OCI runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::Context;
+use crate::error::{Error, Result};
+use crate::rootfs::Overlay;
+use crate::spec::{self, HostMount};
+use crate::store::{ContainerLock, ContainerRecord, MountKind, MountSpec, StateFlags, StoreLock, wait_unlocked};
+use crate::supervisor::{self, Launch};
+use crate::util::{create_dir_all, random_id, remove_dir_all, validate_object_name, write_atomic, write_json};
+
+/// `ckpt run` options, as typed, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub name: Option<String>,
+    pub volumes: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: Vec<String>,
+    pub auto_remove: bool,
+    pub image: String,
+    pub command: Vec<String>,
+}
+
+/// A container's status as inspect and ps show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub status: &'static str,
+    pub pid: i32,
+}
+
+impl Status {
+    pub fn running(&self) -> bool {
+        self.status == "running"
+    }
+}
+
+pub fn status(ctx: &Context, record: &ContainerRecord) -> Result<Status> {
+    let runtime = ctx.runtime_named(&record.runtime)?;
+    if let Some(state) = runtime.state(&record.id)?
+        && state.is_running()
+    {
+        return Ok(Status { status: "running", pid: state.pid });
+    }
+    let status = if record.state.started_at.is_some() || record.state.checkpointed { "exited" } else { "created" };
+    Ok(Status { status, pid: 0 })
+}
+
+pub fn parse_key_values(values: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for value in values {
+        match value.split_once('=') {
+            Some((key, v)) if !key.is_empty() => {
+                out.insert(key.to_string(), v.to_string());
+            }
+            _ => return Err(Error::invalid(format!("{flag} {value:?} is not of the form KEY=VALUE"))),
+        }
+    }
+    Ok(out)
+}
+
+/// `-v SRC:DST[:ro|rw]`; a SRC without `/` names a volume.
+pub fn parse_volume(value: &str) -> Result<MountSpec> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let (source, destination, mode) = match parts.as_slice() {
+        [s, d] => (*s, *d, None),
+        [s, d, m] => (*s, *d, Some(*m)),
+        _ => return Err(Error::invalid(format!("volume {value:?} is not of the form SRC:DST[:ro|rw]"))),
+    };
+    let read_only = match mode {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(other) => {
+            return Err(Error::invalid(format!("volume {value:?}: option {other:?} is not supported; use ro or rw")));
+        }
+    };
+    if !destination.starts_with('/') || destination.split('/').any(|c| c == "..") {
+        return Err(Error::invalid(format!(
+            "volume {value:?}: the destination {destination:?} must be an absolute path without '..'"
+        )));
+    }
+    let kind = if source.starts_with('/') {
+        if !Path::new(source).exists() {
+            return Err(Error::invalid(format!("volume {value:?}: the host path {source:?} does not exist")));
+        }
+        MountKind::Bind
+    } else {
+        validate_object_name("volume", source)?;
+        MountKind::Volume
+    };
+    Ok(MountSpec { kind, source: source.to_string(), destination: destination.to_string(), read_only })
+}
+
+fn generated_name(id: &str) -> String {
+    const ADJECTIVES: &[&str] =
+        &["brave", "calm", "eager", "gentle", "happy", "keen", "lucid", "nimble", "quiet", "swift"];
+    const NOUNS: &[&str] = &["otter", "heron", "lynx", "marten", "osprey", "puffin", "raven", "stoat", "tern", "wren"];
+    let byte = |i: usize| usize::from_str_radix(&id[i..i + 2], 16).unwrap_or(0);
+    format!("{}_{}_{}", ADJECTIVES[byte(0) % ADJECTIVES.len()], NOUNS[byte(2) % NOUNS.len()], &id[4..8])
+}
+
+/// Validates everything, then records a new container. Nothing is left behind on failure.
+pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
+    let env = options.env.clone();
+    parse_key_values(&env, "--env")?;
+    let labels = parse_key_values(&options.labels, "--label")?;
+    let mounts = options.volumes.iter().map(|v| parse_volume(v)).collect::<Result<Vec<_>>>()?;
+    if let Some(name) = &options.name {
+        validate_object_name("container", name)?;
+    }
+    let runtime = ctx.runtime_named(&ctx.runtime)?;
+    let image = ctx.images.resolve(&options.image)?;
+    let command =
+        if options.command.is_empty() { ctx.images.default_command(&image)? } else { options.command.clone() };
+    if command.is_empty() {
+        return Err(Error::invalid(format!(
+            "image {:?} has no default command; give one after the image name",
+            options.image
+        )));
+    }
+    let _store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
+    let id = random_id();
+    let name = options.name.clone().unwrap_or_else(|| generated_name(&id));
+    if ctx.containers.name_in_use(&name)? {
+        return Err(Error::NameInUse(name));
+    }
+    let record = ContainerRecord {
+        id,
+        name,
+        image_name: options.image.clone(),
+        image_ref: image.reference.clone(),
+        image_id: image.id.clone(),
+        command,
+        env,
+        labels,
+        mounts,
+        auto_remove: options.auto_remove,
+        created_at: crate::util::now(),
+        runtime: runtime.name().to_string(),
+        state: StateFlags::default(),
+    };
+    let made = (|| {
+        for volume in record.named_volumes() {
+            if !ctx.volumes.exists(&volume.source) {
+                ctx.volumes.create(&volume.source, BTreeMap::new())?;
+            }
+        }
+        let paths = ctx.containers.paths(&record.id);
+        create_dir_all(&paths.upper())?;
+        create_dir_all(&paths.bundle())?;
+        ctx.containers.save(&record)
+    })();
+    if let Err(e) = made {
+        remove_dir_all(&ctx.roots.container_dir(&record.id))?;
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// Mounts the rootfs and writes the bundle: everything the runtime needs to run or restore.
+pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    let paths = ctx.containers.paths(&record.id);
+    let image = ctx.images.resolve(&record.image_ref).or_else(|_| ctx.images.resolve(&record.image_id))?;
+    let lower = ctx.images.rootfs(&image)?;
+    Overlay { lower: &lower, upper: &paths.upper(), work: &paths.overlay_work(), merged: &paths.merged() }.mount()?;
+    let bundle = paths.bundle();
+    create_dir_all(&bundle)?;
+    let hostname = spec::hostname(record);
+    write_atomic(&bundle.join("hostname"), format!("{hostname}\n").as_bytes(), 0o644)?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {}\n",
+        record.name
+    );
+    write_atomic(&bundle.join("hosts"), hosts.as_bytes(), 0o644)?;
+    let sources: Vec<PathBuf> = record
+        .mounts
+        .iter()
+        .map(|m| match m.kind {
+            MountKind::Volume => ctx.volumes.mountpoint(&m.source),
+            MountKind::Bind => PathBuf::from(&m.source),
+        })
+        .collect();
+    for (m, source) in record.mounts.iter().zip(&sources) {
+        if !source.exists() {
+            return Err(Error::invalid(format!(
+                "mount {:?} of container {:?}: {} does not exist",
+                m.destination,
+                record.name,
+                source.display()
+            )));
+        }
+    }
+    let mounts: Vec<HostMount> = record
+        .mounts
+        .iter()
+        .zip(&sources)
+        .map(|(m, source)| HostMount { source, destination: &m.destination, read_only: m.read_only })
+        .collect();
+    let config = spec::build(record, &paths.merged(), &bundle, &mounts);
+    write_json(&bundle.join("config.json"), &config)
+}
+
+/// Starts the container's supervisor for `launch`; on failure the rootfs is released again.
+pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> Result<i32> {
+    prepare_bundle(ctx, record)?;
+    let token = random_id();
+    let previous = record.state.clone();
+    record.state.run_token = Some(token.clone());
+    ctx.containers.save(record)?;
+    match supervisor::spawn(ctx, record, &token, launch) {
+        Ok(pid) => Ok(pid),
+        Err(e) => {
+            record.state = previous;
+            let _ = crate::rootfs::unmount(&ctx.containers.paths(&record.id).merged());
+            ctx.containers.save(record)?;
+            Err(e)
+        }
+    }
+}
+
+pub fn start(ctx: &Context, record: &ContainerRecord) -> Result<ContainerRecord> {
+    let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
+    let mut record = ctx.containers.load(&record.id)?;
+    if status(ctx, &record)?.running() {
+        return Ok(record);
+    }
+    wait_for_supervisor(ctx, &record.id, Duration::from_secs(10));
+    // A fresh start forgets an earlier checkpoint, as podman's init does.
+    let previous = record.state.clone();
+    record.state = StateFlags { started_at: Some(crate::util::now()), ..StateFlags::default() };
+    if let Err(e) = launch(ctx, &mut record, &Launch::Run) {
+        record.state = previous;
+        ctx.containers.save(&record)?;
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// Waits until the supervisor of the container's last run has finished its cleanup.
+pub fn wait_for_supervisor(ctx: &Context, id: &str, timeout: Duration) -> bool {
+    wait_unlocked(&ctx.containers.paths(id).supervisor_lock(), timeout)
+}
+
+pub fn stop(ctx: &Context, record: &ContainerRecord, timeout_secs: u64) -> Result<()> {
+    let runtime = ctx.runtime_named(&record.runtime)?;
+    if !status(ctx, record)?.running() {
+        wait_for_supervisor(ctx, &record.id, Duration::from_secs(10));
+        return Ok(());
+    }
+    if timeout_secs > 0 {
+        ignore_gone(runtime.kill(&record.id, "TERM"))?;
+        if wait_for_supervisor(ctx, &record.id, Duration::from_secs(timeout_secs)) {
+            return Ok(());
+        }
+    }
+    ignore_gone(runtime.kill(&record.id, "KILL"))?;
+    if !wait_for_supervisor(ctx, &record.id, Duration::from_secs(30)) {
+        return Err(Error::Supervisor {
+            id: record.id.clone(),
+            detail: "the container did not exit 30 s after SIGKILL".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A kill of a container that exited meanwhile is not an error.
+fn ignore_gone(result: std::result::Result<(), crate::runtime::RuntimeError>) -> Result<()> {
+    match result {
+        Err(crate::runtime::RuntimeError::Failed { stderr, .. })
+            if stderr.contains("not running")
+                || stderr.contains("does not exist")
+                || stderr.contains("process already finished") =>
+        {
+            Ok(())
+        }
+        other => other.map_err(Error::from),
+    }
+}
+
+pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()> {
+    if status(ctx, record)?.running() {
+        if !force {
+            return Err(Error::ContainerRunning(record.name.clone()));
+        }
+        stop(ctx, record, 0)?;
+    }
+    let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
+    wait_for_supervisor(ctx, &record.id, Duration::from_secs(10));
+    let Ok(record) = ctx.containers.load(&record.id) else { return Ok(()) }; // --rm got there first
+    let runtime = ctx.runtime_named(&record.runtime)?;
+    if runtime.state(&record.id)?.is_some() {
+        runtime.delete(&record.id, true)?;
+    }
+    remove_files(ctx, &record)
+}
+
+/// Removes everything ckpt holds for the container except its named volumes.
+pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    let paths = ctx.containers.paths(&record.id);
+    crate::rootfs::unmount(&paths.merged())?;
+    // The record goes first, so that a half-removed container is never listed.
+    crate::util::remove_file_if_exists(&paths.record())?;
+    remove_dir_all(&paths.dir)?;
+    remove_dir_all(&paths.run_dir)
+}

@@ -1,0 +1,70 @@
+//! One module per operation. Orchestration only: the work is done by `store`, `runtime`,
+//! `criu`, `archive`, `image`, `rootfs` and `supervisor`.
+
+pub mod checkpoint;
+pub mod container;
+pub mod images;
+pub mod lifecycle;
+pub mod restore;
+pub mod volumes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::criu::{Criu, CriuBinary};
+use crate::error::Result;
+use crate::image::ImageStore;
+use crate::runtime::{CliRuntime, OciRuntime};
+use crate::store::{ContainerStore, Roots, VolumeStore};
+
+/// Everything an operation needs: the roots and the stores in them, and the runtime choice.
+pub struct Context {
+    pub roots: Roots,
+    /// `--runtime` as given: a name or a path.
+    pub runtime: String,
+    pub containers: ContainerStore,
+    pub volumes: VolumeStore,
+    pub images: ImageStore,
+    /// Unit tests put a recording runtime here; otherwise the named binary is used.
+    pub runtime_override: Option<Arc<dyn OciRuntime>>,
+    /// Unit tests put a CRIU stand-in here; otherwise `criu` from $PATH is used.
+    pub criu_override: Option<Arc<dyn Criu>>,
+}
+
+impl Context {
+    pub fn new(roots: Roots, runtime: String) -> Context {
+        Context {
+            containers: ContainerStore::new(&roots),
+            volumes: VolumeStore::new(&roots),
+            images: ImageStore::new(&roots),
+            roots,
+            runtime,
+            runtime_override: None,
+            criu_override: None,
+        }
+    }
+
+    /// The runtime named `name_or_path` (a container's own runtime, usually).
+    pub fn runtime_named(&self, name_or_path: &str) -> Result<Arc<dyn OciRuntime>> {
+        if let Some(r) = &self.runtime_override {
+            return Ok(Arc::clone(r));
+        }
+        let base = self.roots.runroot.join("runtime");
+        Ok(Arc::new(CliRuntime::resolve(name_or_path, &base)?))
+    }
+
+    pub fn runtime_with_log(&self, name_or_path: &str, log: PathBuf) -> Result<Arc<dyn OciRuntime>> {
+        if let Some(r) = &self.runtime_override {
+            return Ok(Arc::clone(r));
+        }
+        let base = self.roots.runroot.join("runtime");
+        Ok(Arc::new(CliRuntime::resolve(name_or_path, &base)?.with_log_file(log)))
+    }
+
+    pub fn criu(&self) -> Result<Arc<dyn Criu>> {
+        if let Some(c) = &self.criu_override {
+            return Ok(Arc::clone(c));
+        }
+        Ok(Arc::new(CriuBinary::find()?))
+    }
+}

@@ -1,0 +1,453 @@
+//! `ckpt restore`: bring containers back from their local checkpoint, from an exported archive
+//! (`--import`), or from a checkpoint image. Imports are untrusted input: the archive is
+//! extracted strictly into a private staging directory, checked against its manifest, and the
+//! new container is built from ckpt's own record format, never from the archive's OCI spec.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Context;
+use super::lifecycle::{self, status};
+use crate::archive::checkpoint as layout;
+use crate::archive::{self, ExtractOptions};
+use crate::criu::{self, RestoreStats};
+use crate::error::{Error, Result};
+use crate::runtime::RestoreOptions;
+use crate::store::{ContainerLock, ContainerRecord, MountKind, StateFlags, StoreLock};
+use crate::supervisor::Launch;
+use crate::util::{TempDir, create_dir_all, read_json, remove_dir_all, tempdir_in, validate_object_name};
+
+const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    pub targets: Vec<String>,
+    pub all: bool,
+    pub latest: bool,
+    pub import: Option<PathBuf>,
+    pub import_previous: Option<PathBuf>,
+    pub name: Option<String>,
+    pub keep: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub ignore_rootfs: bool,
+    pub ignore_volumes: bool,
+    pub print_stats: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerStats {
+    #[serde(rename = "Id")]
+    pub id: String,
+    pub runtime_restore_duration: u64,
+    pub criu_statistics: RestoreStats,
+}
+
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub printed_name: String,
+    pub stats: ContainerStats,
+}
+
+enum Source {
+    Local(Box<ContainerRecord>, String),
+    Archive(PathBuf),
+    Image(String),
+}
+
+fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
+    if req.all && req.latest {
+        return Err(Error::invalid("--all and --latest cannot be used together"));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::invalid("restoring a container requires root"));
+    }
+    // Containers first (podman #15055): a name shared by a container and an image is the container.
+    let mut sources = Vec::new();
+    for target in &req.targets {
+        match ctx.containers.lookup(target) {
+            Ok(record) => sources.push(Source::Local(Box::new(record), target.trim_start_matches('/').to_string())),
+            Err(Error::NoSuchContainer(_)) => match ctx.images.resolve(target) {
+                Ok(info) if info.annotations.contains_key(CHECKPOINT_IMAGE_KEY) => {
+                    sources.push(Source::Image(target.clone()))
+                }
+                Ok(info) => return Err(Error::invalid(format!("image is not a checkpoint: {}", info.id))),
+                Err(_) => return Err(Error::NoSuchContainerOrImage(target.clone())),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    let not_import = req.import.is_none() && !sources.iter().any(|s| matches!(s, Source::Image(_)));
+    for (set, flag) in [
+        (req.import_previous.is_some(), "--import-previous"),
+        (req.ignore_rootfs, "--ignore-rootfs"),
+        (req.ignore_volumes, "--ignore-volumes"),
+        (req.name.is_some(), "--name"),
+    ] {
+        if set && not_import {
+            return Err(Error::invalid(format!("{flag} can only be used with image or --import")));
+        }
+    }
+    if req.name.is_some() && req.tcp_established {
+        return Err(Error::invalid("--tcp-established cannot be used with --name"));
+    }
+    if req.import.is_some() && (req.all || req.latest) {
+        return Err(Error::invalid("cannot use --import with --all or --latest"));
+    }
+    if req.import.is_some() && !req.targets.is_empty() {
+        return Err(Error::invalid("cannot use --import with positional arguments"));
+    }
+    if (req.all || req.latest) && !req.targets.is_empty() {
+        return Err(Error::invalid("--all or --latest and containers cannot be used together"));
+    }
+    if req.targets.is_empty() && !req.all && !req.latest && req.import.is_none() {
+        return Err(Error::invalid("you must provide at least one name or id"));
+    }
+    if req.name.is_some() && req.targets.len() > 1 {
+        return Err(Error::invalid("--name can only be used with one checkpoint image"));
+    }
+    if let Some(name) = &req.name {
+        validate_object_name("container", name)?;
+    }
+    if let Some(import) = &req.import {
+        if !import.is_file() {
+            return Err(Error::invalid(format!(
+                "checkpoint archive {:?} does not exist or is not a file",
+                import.display().to_string()
+            )));
+        }
+        sources.push(Source::Archive(import.clone()));
+    }
+    if req.all {
+        for record in ctx.containers.list()? {
+            if status(ctx, &record)?.status == "exited" {
+                let id = record.id.clone();
+                sources.push(Source::Local(Box::new(record), id));
+            }
+        }
+    }
+    if req.latest {
+        let record = ctx.containers.latest()?.ok_or_else(|| Error::invalid("no containers to restore"))?;
+        let id = record.id.clone();
+        sources.push(Source::Local(Box::new(record), id));
+    }
+    Ok(sources)
+}
+
+pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()>) {
+    let sources = match validate(ctx, req) {
+        Ok(s) => s,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut done = Vec::new();
+    let result = crate::cli::for_each(&sources, |source| {
+        let restored = match source {
+            Source::Local(record, printed) => restore_local(ctx, req, record, printed)?,
+            Source::Archive(path) => restore_import(ctx, req, Staged::from_archive(ctx, path)?)?,
+            Source::Image(name) => restore_import(ctx, req, Staged::from_image(ctx, name)?)
+                .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}")))?,
+        };
+        done.push(restored);
+        Ok(())
+    });
+    (done, result)
+}
+
+fn restore_options(req: &RestoreRequest, bundle: &Path) -> RestoreOptions {
+    RestoreOptions {
+        image_path: bundle.join(layout::CHECKPOINT_DIR),
+        work_path: bundle.to_path_buf(),
+        tcp_established: req.tcp_established,
+        file_locks: req.file_locks,
+    }
+}
+
+/// Launches the runtime restore and records the outcome; the caller holds the container lock.
+fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord, printed: String) -> Result<Restored> {
+    let paths = ctx.containers.paths(&record.id);
+    let bundle = paths.bundle();
+    if !paths.checkpoint_dir().join("inventory.img").exists() {
+        return Err(Error::invalid(format!(
+            "a complete checkpoint for container {:?} cannot be found, cannot restore: {} does not exist",
+            record.name,
+            paths.checkpoint_dir().join("inventory.img").display()
+        )));
+    }
+    criu::check_version(ctx.criu()?.as_ref())?;
+    let previous = record.state.clone();
+    let now = crate::util::now();
+    record.state.started_at = Some(now);
+    let started = Instant::now();
+    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle))).inspect_err(|_| {
+        record.state = previous.clone();
+        let _ = ctx.containers.save(record);
+    })?;
+    let duration = started.elapsed().as_micros() as u64;
+    record.state = StateFlags {
+        started_at: Some(now),
+        restored: true,
+        restored_at: Some(now),
+        checkpoint_path: if req.keep { Some(paths.checkpoint_dir()) } else { None },
+        run_token: record.state.run_token.clone(),
+        ..StateFlags::default()
+    };
+    ctx.containers.save(record)?;
+    let stats_path = bundle.join("stats-restore");
+    let criu_statistics = if req.print_stats {
+        criu::read_restore_stats(&stats_path)
+            .map_err(|e| Error::invalid(format!("displaying restore statistics not possible: {e}")))?
+    } else {
+        RestoreStats::default()
+    };
+    if !req.keep {
+        remove_dir_all(&paths.checkpoint_dir())?;
+        remove_dir_all(&paths.pre_checkpoint_dir())?;
+        for file in ["restore.log", "dump.log", "stats-dump", "stats-restore"] {
+            crate::util::remove_file_if_exists(&bundle.join(file))?;
+        }
+    }
+    Ok(Restored {
+        printed_name: printed,
+        stats: ContainerStats { id: record.id.clone(), runtime_restore_duration: duration, criu_statistics },
+    })
+}
+
+fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, printed: &str) -> Result<Restored> {
+    let _lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
+    let mut record = ctx.containers.load(&record.id)?;
+    let st = status(ctx, &record)?;
+    if st.status != "exited" {
+        return Err(Error::ContainerState {
+            name: record.name.clone(),
+            state: st.status.to_string(),
+            action: "cannot restore: only an exited, checkpointed container can be restored".into(),
+        });
+    }
+    lifecycle::wait_for_supervisor(ctx, &record.id, std::time::Duration::from_secs(10));
+    run_restore(ctx, req, &mut record, printed.to_string())
+}
+
+/// A checkpoint unpacked into private staging, checked, not yet used.
+struct Staged {
+    dir: TempDir,
+    origin: String,
+}
+
+impl Staged {
+    fn from_archive(ctx: &Context, path: &Path) -> Result<Staged> {
+        let dir = tempdir_in(&ctx.roots.root.join("tmp"), "import")?;
+        let options =
+            ExtractOptions { allow_devices: false, preserve_owners: false, whiteouts: false, ..Default::default() };
+        layout::extract_checkpoint(path, &dir.path, &options)?;
+        Ok(Staged { dir, origin: path.display().to_string() })
+    }
+
+    fn from_image(ctx: &Context, name: &str) -> Result<Staged> {
+        let info = ctx.images.resolve(name)?;
+        let dir = tempdir_in(&ctx.roots.root.join("tmp"), "import")?;
+        let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
+        let options = ExtractOptions::default();
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            let blob = ctx.images.blob_path(layer["digest"].as_str().unwrap_or_default())?;
+            archive::extract(archive::open_decompressed(&blob)?, &dir.path, name, &options)?;
+        }
+        layout::verify_manifest(&dir.path, name)?;
+        Ok(Staged { dir, origin: format!("image {name}") })
+    }
+
+    fn member(&self, name: &str) -> PathBuf {
+        self.dir.path.join(name)
+    }
+}
+
+/// Rebuilds a container record from `config.dump`, keeping only what ckpt can check.
+fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> Result<ContainerRecord> {
+    let config_path = staged.member(layout::CONFIG_DUMP);
+    if !config_path.is_file() || !staged.member(layout::CHECKPOINT_DIR).join("inventory.img").is_file() {
+        return Err(archive::ArchiveError::Missing {
+            archive: staged.origin.clone(),
+            member: format!("{} or {}/inventory.img", layout::CONFIG_DUMP, layout::CHECKPOINT_DIR),
+        }
+        .into());
+    }
+    let config: Value = read_json(&config_path, "config.dump")?;
+    let mut record: ContainerRecord = serde_json::from_value(config["ckpt"].clone()).map_err(|e| Error::Corrupt {
+        what: "config.dump",
+        path: config_path.clone(),
+        detail: format!("no ckpt container record in it ({e}); only ckpt archives can be imported"),
+    })?;
+    for mount in &record.mounts {
+        if mount.kind == MountKind::Bind {
+            return Err(Error::invalid(format!(
+                "checkpoint {} bind-mounts host path {:?} at {:?}; ckpt does not take host mounts from an archive",
+                staged.origin, mount.source, mount.destination
+            )));
+        }
+        validate_object_name("volume", &mount.source)?;
+        if !mount.destination.starts_with('/') || mount.destination.split('/').any(|c| c == "..") {
+            return Err(Error::invalid(format!(
+                "checkpoint {}: volume destination {:?} is not a clean absolute path",
+                staged.origin, mount.destination
+            )));
+        }
+    }
+    validate_object_name("container", &record.name)?;
+    if !(record.id.len() == 64 && record.id.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(Error::invalid(format!("checkpoint {}: container ID {:?} is not valid", staged.origin, record.id)));
+    }
+    if let Some(name) = &req.name {
+        record.name = name.clone();
+        record.id = crate::util::random_id();
+    }
+    let runtime = ctx.runtime_named(&ctx.runtime)?;
+    record.runtime = runtime.name().to_string();
+    record.auto_remove = false;
+    record.state = StateFlags::default();
+    record.created_at = crate::util::now();
+    ctx.images.resolve(&record.image_ref).or_else(|_| ctx.images.resolve(&record.image_id)).map_err(|_| {
+        Error::invalid(format!(
+            "the image {:?} of checkpoint {} is not in the local store; load it first",
+            record.image_ref, staged.origin
+        ))
+    })?;
+    Ok(record)
+}
+
+fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result<Restored> {
+    let record = record_from_archive(ctx, req, &staged)?;
+    let store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
+    // Every conflict is found before anything is created.
+    if ctx.containers.name_in_use(&record.name)? {
+        return Err(Error::NameInUse(record.name.clone()));
+    }
+    if ctx.roots.container_dir(&record.id).exists() {
+        return Err(Error::invalid(format!(
+            "a container with ID {:?} already exists; restore with --name to get a new ID",
+            record.id
+        )));
+    }
+    let mut created_volumes = Vec::new();
+    for volume in record.named_volumes() {
+        if !req.ignore_volumes {
+            if ctx.volumes.exists(&volume.source) {
+                return Err(Error::invalid(format!(
+                    "volume with name {} already exists. Use --ignore-volumes to not restore content of volumes",
+                    volume.source
+                )));
+            }
+            let tar = staged.member(&format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source));
+            if !tar.is_file() {
+                return Err(archive::ArchiveError::Missing {
+                    archive: staged.origin.clone(),
+                    member: format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source),
+                }
+                .into());
+            }
+        }
+    }
+    let result = (|| {
+        let paths = ctx.containers.paths(&record.id);
+        create_dir_all(&paths.upper())?;
+        create_dir_all(&paths.bundle())?;
+        ctx.containers.save(&record)?;
+        for volume in record.named_volumes() {
+            if ctx.volumes.exists(&volume.source) {
+                continue;
+            }
+            ctx.volumes.create(&volume.source, BTreeMap::new())?;
+            created_volumes.push(volume.source.clone());
+            if !req.ignore_volumes {
+                let tar = staged.member(&format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source));
+                let file = std::fs::File::open(&tar).map_err(Error::io("open", &tar))?;
+                let options = ExtractOptions { preserve_owners: true, ..Default::default() };
+                archive::extract(
+                    std::io::BufReader::new(file),
+                    &ctx.volumes.mountpoint(&volume.source),
+                    &tar.display().to_string(),
+                    &options,
+                )?;
+            }
+        }
+        std::fs::rename(staged.member(layout::CHECKPOINT_DIR), paths.checkpoint_dir())
+            .map_err(Error::io("move checkpoint into", paths.checkpoint_dir()))?;
+        if let Some(previous) = &req.import_previous {
+            let options = ExtractOptions::default();
+            let pre = tempdir_in(&ctx.roots.root.join("tmp"), "import-previous")?;
+            layout::extract_checkpoint(previous, &pre.path, &options)?;
+            std::fs::rename(pre.path.join(layout::PRE_CHECKPOINT_DIR), paths.pre_checkpoint_dir())
+                .map_err(Error::io("move pre-checkpoint into", paths.pre_checkpoint_dir()))?;
+        }
+        if staged.member(layout::CONTAINER_LOG).is_file() {
+            std::fs::copy(staged.member(layout::CONTAINER_LOG), paths.log())
+                .map_err(Error::io("copy log to", paths.log()))?;
+        }
+        lifecycle::prepare_bundle(ctx, &record)?;
+        if !req.ignore_rootfs {
+            apply_rootfs_diff(&staged, &paths.merged())?;
+        }
+        let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
+        let mut record = record.clone();
+        let printed = record.id.clone();
+        run_restore(ctx, req, &mut record, printed)
+    })();
+    drop(store_lock);
+    result.inspect_err(|_| {
+        // A refused or failed import leaves nothing behind.
+        let _ = lifecycle::remove_files(ctx, &record);
+        for name in &created_volumes {
+            let _ = ctx.volumes.remove(name);
+        }
+    })
+}
+
+/// Applies `rootfs-diff.tar` and `deleted.files` onto the mounted rootfs, strictly inside it.
+fn apply_rootfs_diff(staged: &Staged, rootfs: &Path) -> Result<()> {
+    let diff = staged.member(layout::ROOTFS_DIFF);
+    if diff.is_file() {
+        let file = std::fs::File::open(&diff).map_err(Error::io("open", &diff))?;
+        let options = ExtractOptions { preserve_owners: true, ..Default::default() };
+        archive::extract(std::io::BufReader::new(file), rootfs, layout::ROOTFS_DIFF, &options)?;
+    }
+    let deleted = staged.member(layout::DELETED_FILES);
+    if deleted.is_file() {
+        let paths: Vec<String> = read_json(&deleted, "deleted.files")?;
+        for path in paths {
+            let refuse = |reason: &str| archive::ArchiveError::Refused {
+                archive: staged.origin.clone(),
+                member: format!("{}: {path:?}", layout::DELETED_FILES),
+                reason: reason.into(),
+            };
+            let rel = archive::extract::clean_relative(Path::new(path.trim_start_matches('/')))
+                .ok_or_else(|| refuse("path contains '..'"))?;
+            if rel.as_os_str().is_empty() {
+                return Err(refuse("the root itself cannot be deleted").into());
+            }
+            // Every parent must be a real directory inside the rootfs: a symlink is never followed.
+            let mut current = rootfs.to_path_buf();
+            for part in rel.parent().into_iter().flat_map(|p| p.components()) {
+                current.push(part);
+                match std::fs::symlink_metadata(&current) {
+                    Ok(meta) if meta.is_dir() => {}
+                    Ok(_) => return Err(refuse("a parent is a symlink or not a directory").into()),
+                    Err(_) => break,
+                }
+            }
+            let target = rootfs.join(&rel);
+            match std::fs::symlink_metadata(&target) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&target).map_err(Error::io("remove", &target))?,
+                Ok(_) => std::fs::remove_file(&target).map_err(Error::io("remove", &target))?,
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn stats_document(total: std::time::Duration, stats: &[ContainerStats]) -> String {
+    let doc = serde_json::json!({"ckpt_restore_duration": total.as_micros() as u64, "container_statistics": stats});
+    super::checkpoint::to_four_space_json(&doc)
+}

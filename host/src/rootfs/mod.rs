@@ -1,0 +1,153 @@
+//! The container's root filesystem: an overlay of the image (lower) and the container's own
+//! upper layer, and the list of changes in that upper layer, as `podman diff` shows it.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::error::{Error, Result};
+use crate::util::create_dir_all;
+
+/// Paths the runtime or ckpt itself manages, left out of diffs and archives as podman does.
+const MANAGED_PATHS: &[&str] =
+    &["/dev", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/proc", "/run", "/sys", "/etc/mtab"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    Added,
+    Changed,
+    Deleted,
+}
+
+impl ChangeKind {
+    pub fn letter(self) -> char {
+        match self {
+            ChangeKind::Added => 'A',
+            ChangeKind::Changed => 'C',
+            ChangeKind::Deleted => 'D',
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// Absolute inside the container, for example `/etc/motd`.
+    pub path: String,
+}
+
+pub struct Overlay<'a> {
+    pub lower: &'a Path,
+    pub upper: &'a Path,
+    pub work: &'a Path,
+    pub merged: &'a Path,
+}
+
+impl Overlay<'_> {
+    pub fn mount(&self) -> Result<()> {
+        for dir in [self.upper, self.work, self.merged] {
+            create_dir_all(dir)?;
+        }
+        if is_mountpoint(self.merged) {
+            return Ok(());
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        );
+        nix::mount::mount(Some("overlay"), self.merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+            .map_err(|e| Error::io("mount overlay on", self.merged)(e.into()))
+    }
+}
+
+pub fn unmount(merged: &Path) -> Result<()> {
+    if !is_mountpoint(merged) {
+        return Ok(());
+    }
+    nix::mount::umount2(merged, MntFlags::MNT_DETACH).map_err(|e| Error::io("unmount", merged)(e.into()))
+}
+
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let wanted = path.to_string_lossy();
+    mountinfo.lines().any(|line| line.split(' ').nth(4).is_some_and(|mp| unescape_mountinfo(mp) == wanted))
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    let mut value = [0u8; 4];
+    // SAFETY: both pointers are valid for the given lengths for the duration of the call.
+    let n = unsafe {
+        libc::lgetxattr(c_path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), value.as_mut_ptr().cast(), value.len())
+    };
+    n == 1 && value[0] == b'y'
+}
+
+fn is_managed(path: &str) -> bool {
+    MANAGED_PATHS.iter().any(|m| path == *m || path.strip_prefix(m).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// Lists what the upper layer adds, changes and deletes relative to the image, sorted by path.
+pub fn changes(lower: &Path, upper: &Path) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    walk_upper(lower, upper, Path::new("/"), false, &mut out)?;
+    out.retain(|c| !is_managed(&c.path));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk_upper(lower: &Path, upper: &Path, rel: &Path, parent_added: bool, out: &mut Vec<Change>) -> Result<()> {
+    let dir = join_rel(upper, rel);
+    let mut entries: Vec<_> = fs::read_dir(&dir)
+        .map_err(Error::io("read directory", &dir))?
+        .collect::<std::io::Result<_>>()
+        .map_err(Error::io("read directory", &dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut present = std::collections::BTreeSet::new();
+    for entry in entries {
+        let child_rel = rel.join(entry.file_name());
+        present.insert(entry.file_name());
+        let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+        let path = child_rel.to_string_lossy().into_owned();
+        if is_whiteout(&meta) {
+            out.push(Change { kind: ChangeKind::Deleted, path });
+            continue;
+        }
+        let in_lower = !parent_added && fs::symlink_metadata(join_rel(lower, &child_rel)).is_ok();
+        let kind = if in_lower { ChangeKind::Changed } else { ChangeKind::Added };
+        out.push(Change { kind, path });
+        if meta.is_dir() {
+            walk_upper(lower, upper, &child_rel, !in_lower, out)?;
+        }
+    }
+    // An opaque directory hides everything of the lower layer that the upper does not have.
+    if !parent_added
+        && rel != Path::new("/")
+        && is_opaque(&dir)
+        && let Ok(lower_entries) = fs::read_dir(join_rel(lower, rel))
+    {
+        for entry in lower_entries.flatten() {
+            if !present.contains(&entry.file_name()) {
+                let path = rel.join(entry.file_name()).to_string_lossy().into_owned();
+                out.push(Change { kind: ChangeKind::Deleted, path });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn join_rel(base: &Path, rel: &Path) -> PathBuf {
+    base.join(rel.strip_prefix("/").unwrap_or(rel))
+}

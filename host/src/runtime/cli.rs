@@ -1,0 +1,277 @@
+//! runc and crun share one command line, so one implementation drives both.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use super::{CheckpointOptions, ContainerStdio, OciRuntime, RestoreOptions, RuntimeError, RuntimeState};
+
+pub struct CliRuntime {
+    name: String,
+    path: PathBuf,
+    state_root: PathBuf,
+    log_file: Option<PathBuf>,
+}
+
+impl CliRuntime {
+    /// Resolves `--runtime NAME|PATH` and gives the runtime ckpt's own state root.
+    pub fn resolve(name_or_path: &str, state_root_base: &Path) -> Result<CliRuntime, RuntimeError> {
+        let path = if name_or_path.contains('/') {
+            PathBuf::from(name_or_path)
+        } else {
+            find_in_path(name_or_path).ok_or_else(|| RuntimeError::NotFound {
+                name: name_or_path.to_string(),
+                detail: "it is not in $PATH".to_string(),
+            })?
+        };
+        if !path.is_file() {
+            return Err(RuntimeError::NotFound {
+                name: name_or_path.to_string(),
+                detail: format!("{} is not a file", path.display()),
+            });
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(CliRuntime { state_root: state_root_base.join(&name), name, path, log_file: None })
+    }
+
+    /// Sends the runtime's own log (JSON lines) to `path`, so that its errors can be reported
+    /// even when its stderr is the container's.
+    pub fn with_log_file(mut self, path: PathBuf) -> CliRuntime {
+        self.log_file = Some(path);
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("--root").arg(&self.state_root);
+        if let Some(log) = &self.log_file {
+            cmd.arg("--log").arg(log).arg("--log-format").arg("json");
+        }
+        cmd
+    }
+
+    fn run_captured(&self, mut cmd: Command, action: &'static str, id: &str) -> Result<Output, RuntimeError> {
+        let output = cmd.stdin(Stdio::null()).output().map_err(|source| RuntimeError::Spawn {
+            runtime: self.name.clone(),
+            action,
+            source,
+        })?;
+        if output.status.success() {
+            Ok(output)
+        } else {
+            Err(self.failure(action, id, &output.status, String::from_utf8_lossy(&output.stderr).trim()))
+        }
+    }
+
+    fn failure(&self, action: &'static str, id: &str, status: &std::process::ExitStatus, stderr: &str) -> RuntimeError {
+        let mut detail = stderr.to_string();
+        if detail.is_empty() {
+            detail = self.log_errors();
+        }
+        RuntimeError::Failed {
+            runtime: self.name.clone(),
+            action,
+            id: id.to_string(),
+            status: status.to_string(),
+            stderr: detail,
+        }
+    }
+
+    /// The error lines of the runtime's JSON log, or an empty string.
+    fn log_errors(&self) -> String {
+        let Some(log) = &self.log_file else { return String::new() };
+        let text = fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal")))
+            .filter_map(|v| v["msg"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn run_with_stdio(
+        &self,
+        mut cmd: Command,
+        action: &'static str,
+        id: &str,
+        stdio: ContainerStdio,
+    ) -> Result<(), RuntimeError> {
+        if let Some(log) = &self.log_file {
+            let _ = fs::remove_file(log);
+        }
+        let status = cmd
+            .stdin(Stdio::from(stdio.stdin))
+            .stdout(Stdio::from(stdio.stdout))
+            .stderr(Stdio::from(stdio.stderr))
+            .status()
+            .map_err(|source| RuntimeError::Spawn { runtime: self.name.clone(), action, source })?;
+        if status.success() { Ok(()) } else { Err(self.failure(action, id, &status, "")) }
+    }
+}
+
+impl OciRuntime for CliRuntime {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn version(&self) -> Result<String, RuntimeError> {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("--version");
+        let output = self.run_captured(cmd, "--version", "")?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_string())
+    }
+
+    fn supports_checkpoint(&self) -> bool {
+        Command::new(&self.path)
+            .args(["checkpoint", "--help"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn run_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        stdio: ContainerStdio,
+    ) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.args(["run", "--detach", "--bundle"]).arg(bundle).arg("--pid-file").arg(pid_file).arg(id);
+        self.run_with_stdio(cmd, "run", id, stdio)
+    }
+
+    fn restore_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        options: &RestoreOptions,
+        stdio: ContainerStdio,
+    ) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.args(["restore", "--detach", "--bundle"]).arg(bundle).arg("--pid-file").arg(pid_file);
+        cmd.arg("--image-path").arg(&options.image_path).arg("--work-path").arg(&options.work_path);
+        if options.tcp_established {
+            cmd.arg("--tcp-established");
+        }
+        if options.file_locks {
+            cmd.arg("--file-locks");
+        }
+        cmd.arg(id);
+        self.run_with_stdio(cmd, "restore", id, stdio).map_err(|e| with_criu_log(e, &options.work_path, "restore.log"))
+    }
+
+    fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError> {
+        let output = self
+            .command()
+            .args(["state", id])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| RuntimeError::Spawn { runtime: self.name.clone(), action: "state", source })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("does not exist") || stderr.contains("not found") || stderr.contains("No such file") {
+                return Ok(None);
+            }
+            return Err(self.failure("state", id, &output.status, stderr.trim()));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| RuntimeError::BadState {
+            runtime: self.name.clone(),
+            id: id.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(RuntimeState {
+            status: value["status"].as_str().unwrap_or("unknown").to_string(),
+            pid: value["pid"].as_i64().unwrap_or(0) as i32,
+        }))
+    }
+
+    fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.args(["kill", id, signal]);
+        self.run_captured(cmd, "kill", id).map(drop)
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.arg("delete");
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.arg(id);
+        self.run_captured(cmd, "delete", id).map(drop)
+    }
+
+    fn exec(&self, id: &str, args: &[String], env: &[String], tty: bool) -> Result<i32, RuntimeError> {
+        let mut cmd = self.command();
+        cmd.arg("exec");
+        if tty {
+            cmd.arg("--tty");
+        }
+        for e in env {
+            cmd.arg("--env").arg(e);
+        }
+        cmd.arg(id).args(args);
+        let status = cmd.status().map_err(|source| RuntimeError::Spawn {
+            runtime: self.name.clone(),
+            action: "exec",
+            source,
+        })?;
+        Ok(exit_code_of(status))
+    }
+
+    fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.arg("checkpoint");
+        cmd.arg("--image-path").arg(&options.image_path).arg("--work-path").arg(&options.work_path);
+        if options.leave_running {
+            cmd.arg("--leave-running");
+        }
+        if options.tcp_established {
+            cmd.arg("--tcp-established");
+        }
+        if options.file_locks {
+            cmd.arg("--file-locks");
+        }
+        if options.pre_dump {
+            cmd.arg("--pre-dump");
+        }
+        if let Some(parent) = &options.parent_path {
+            cmd.arg("--parent-path").arg(parent);
+        }
+        cmd.arg(id);
+        let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
+        self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
+    }
+}
+
+/// Adds CRIU's own error lines to a runtime failure: runc only says "criu failed".
+fn with_criu_log(err: RuntimeError, work_path: &Path, log_name: &str) -> RuntimeError {
+    let RuntimeError::Failed { runtime, action, id, status, mut stderr } = err else { return err };
+    let log = work_path.join(log_name);
+    if let Ok(text) = fs::read_to_string(&log) {
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error") || l.contains("error")).collect();
+        if !errors.is_empty() {
+            let tail = &errors[errors.len().saturating_sub(4)..];
+            stderr = format!("{stderr}\nCRIU ({}):\n  {}", log.display(), tail.join("\n  "));
+        }
+    }
+    RuntimeError::Failed { runtime, action, id, status, stderr }
+}
+
+pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}

@@ -1,0 +1,91 @@
+//! The OCI runtime (runc, crun) behind a trait, so that orchestration can be tested with a
+//! recording fake while integration tests drive the real binary.
+
+mod cli;
+pub mod fake;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+pub use cli::{CliRuntime, exit_code_of, find_in_path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("OCI runtime {name:?} not found: {detail}; install it or choose another with --runtime")]
+    NotFound { name: String, detail: String },
+    #[error("{runtime} {action} of container {id:?} failed ({status}): {stderr}")]
+    Failed { runtime: String, action: &'static str, id: String, status: String, stderr: String },
+    #[error("could not run {runtime} {action}: {source}")]
+    Spawn { runtime: String, action: &'static str, source: std::io::Error },
+    #[error("{runtime} state of container {id:?} is not valid JSON: {detail}")]
+    BadState { runtime: String, id: String, detail: String },
+}
+
+/// What `runtime state` says about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeState {
+    pub status: String,
+    pub pid: i32,
+}
+
+impl RuntimeState {
+    pub fn is_running(&self) -> bool {
+        self.status == "running" || self.status == "paused"
+    }
+}
+
+/// The container's standard streams, handed to the runtime so that the container inherits them.
+pub struct ContainerStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub pre_dump: bool,
+    /// Relative to `image_path`, as CRIU wants it.
+    pub parent_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+}
+
+pub trait OciRuntime: Send + Sync {
+    /// The short name (`runc`, `crun`), used for the state root and in archives.
+    fn name(&self) -> &str;
+    fn path(&self) -> &Path;
+    /// The full `--version` output.
+    fn version(&self) -> Result<String, RuntimeError>;
+    /// Whether `<runtime> checkpoint --help` succeeds, podman's probe.
+    fn supports_checkpoint(&self) -> bool;
+    /// `run --detach`: creates and starts the container; returns once its init runs.
+    fn run_detached(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: ContainerStdio)
+    -> Result<(), RuntimeError>;
+    /// `restore --detach`: recreates the container from CRIU images.
+    fn restore_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        options: &RestoreOptions,
+        stdio: ContainerStdio,
+    ) -> Result<(), RuntimeError>;
+    /// `None` when the runtime does not know the container.
+    fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError>;
+    fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
+    fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
+    /// Runs a process in the container with ckpt's own stdio; returns its exit code.
+    fn exec(&self, id: &str, args: &[String], env: &[String], tty: bool) -> Result<i32, RuntimeError>;
+    fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError>;
+}

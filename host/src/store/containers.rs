@@ -1,0 +1,141 @@
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::paths::{ContainerPaths, Roots};
+use crate::error::{Error, Result};
+use crate::util::{read_json, write_json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Bind,
+    Volume,
+}
+
+/// One `-v` of the container, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub kind: MountKind,
+    /// The volume's name for a named volume, or the host path for a bind mount.
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// The checkpoint-related state that inspect shows under `State`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StateFlags {
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub checkpointed: bool,
+    pub checkpointed_at: Option<DateTime<Utc>>,
+    pub restored: bool,
+    pub restored_at: Option<DateTime<Utc>>,
+    pub checkpoint_path: Option<PathBuf>,
+    /// Identifies the supervisor of the current run; a supervisor whose token no longer matches
+    /// must not clean up a later run of the same container.
+    pub run_token: Option<String>,
+}
+
+/// What ckpt knows about one container; `container.json` in its directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    /// The image as the user typed it.
+    pub image_name: String,
+    /// The resolved reference, for example `busybox:latest`.
+    pub image_ref: String,
+    pub image_id: String,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<MountSpec>,
+    pub auto_remove: bool,
+    pub created_at: DateTime<Utc>,
+    /// The OCI runtime's name or path, as chosen at creation.
+    pub runtime: String,
+    #[serde(default)]
+    pub state: StateFlags,
+}
+
+impl ContainerRecord {
+    pub fn named_volumes(&self) -> impl Iterator<Item = &MountSpec> {
+        self.mounts.iter().filter(|m| m.kind == MountKind::Volume)
+    }
+}
+
+pub struct ContainerStore {
+    roots: Roots,
+}
+
+impl ContainerStore {
+    pub fn new(roots: &Roots) -> ContainerStore {
+        ContainerStore { roots: roots.clone() }
+    }
+
+    pub fn paths(&self, id: &str) -> ContainerPaths {
+        ContainerPaths::new(&self.roots, id)
+    }
+
+    pub fn list(&self) -> Result<Vec<ContainerRecord>> {
+        let dir = self.roots.containers_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &dir)(e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io("list", &dir))?;
+            let record_path = entry.path().join("container.json");
+            // A directory without a record is one being created or removed right now.
+            if record_path.exists() {
+                records.push(read_json(&record_path, "container record")?);
+            }
+        }
+        records.sort_by_key(|r: &ContainerRecord| r.created_at);
+        Ok(records)
+    }
+
+    /// Finds a container by full ID, unique ID prefix, or name (leading `/` ignored, as podman).
+    pub fn lookup(&self, name_or_id: &str) -> Result<ContainerRecord> {
+        let wanted = name_or_id.trim_start_matches('/');
+        if wanted.is_empty() {
+            return Err(Error::NoSuchContainer(name_or_id.to_string()));
+        }
+        let records = self.list()?;
+        if let Some(r) = records.iter().find(|r| r.id == wanted || r.name == wanted) {
+            return Ok(r.clone());
+        }
+        let mut by_prefix = records.iter().filter(|r| r.id.starts_with(wanted));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(r), None) => Ok(r.clone()),
+            (Some(_), Some(_)) => {
+                Err(Error::invalid(format!("container ID prefix {wanted:?} is ambiguous; give more characters")))
+            }
+            _ => Err(Error::NoSuchContainer(wanted.to_string())),
+        }
+    }
+
+    pub fn load(&self, id: &str) -> Result<ContainerRecord> {
+        read_json(&self.paths(id).record(), "container record")
+    }
+
+    pub fn save(&self, record: &ContainerRecord) -> Result<()> {
+        write_json(&self.paths(&record.id).record(), record)
+    }
+
+    pub fn name_in_use(&self, name: &str) -> Result<bool> {
+        Ok(self.list()?.iter().any(|r| r.name == name))
+    }
+
+    pub fn latest(&self) -> Result<Option<ContainerRecord>> {
+        Ok(self.list()?.into_iter().next_back())
+    }
+}

@@ -1,0 +1,78 @@
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::util::create_dir_all;
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(Error::io("open lock", path))
+}
+
+/// Serialises changes to the set of containers and volumes (names must stay unique).
+pub struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    pub fn acquire(locks_dir: &Path) -> Result<StoreLock> {
+        let path = locks_dir.join("store.lock");
+        let file = open_lock_file(&path)?;
+        file.lock().map_err(Error::io("lock", &path))?;
+        Ok(StoreLock { _file: file })
+    }
+}
+
+/// Exclusive right to change one container. Released when dropped.
+pub struct ContainerLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+impl ContainerLock {
+    pub fn path_for(locks_dir: &Path, id: &str) -> PathBuf {
+        locks_dir.join(format!("{id}.lock"))
+    }
+
+    /// Waits for the lock: ordinary operations queue behind one another.
+    pub fn acquire(locks_dir: &Path, id: &str) -> Result<ContainerLock> {
+        let path = Self::path_for(locks_dir, id);
+        let file = open_lock_file(&path)?;
+        file.lock().map_err(Error::io("lock", &path))?;
+        Ok(ContainerLock { _file: file, path })
+    }
+
+    /// Fails at once when another operation holds the lock, as a second checkpoint must.
+    pub fn try_acquire(locks_dir: &Path, id: &str, name: &str) -> Result<ContainerLock> {
+        let path = Self::path_for(locks_dir, id);
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ContainerLock { _file: file, path }),
+            Err(TryLockError::WouldBlock) => Err(Error::ContainerBusy(name.to_string())),
+            Err(TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
+        }
+    }
+}
+
+/// Whether some process holds an exclusive lock on `path` (the supervisor holds its lock for life).
+pub fn is_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+}
+
+/// Waits until nobody holds `path`, or `timeout` passes. Returns whether it was released.
+pub fn wait_unlocked(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !is_locked(path) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+/// The two roots ckpt owns: persistent state and run-time state.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+}
+
+impl Roots {
+    pub fn new(root: impl Into<PathBuf>, runroot: impl Into<PathBuf>) -> Roots {
+        Roots { root: root.into(), runroot: runroot.into() }
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    /// Everything that outlives a reboot: record, upper layer, log, bundle, checkpoints.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+
+    /// Run-time files: pid file, supervisor lock, runtime log.
+    pub fn container_run_dir(&self, id: &str) -> PathBuf {
+        self.runroot.join("containers").join(id)
+    }
+
+    pub fn locks_dir(&self) -> PathBuf {
+        self.runroot.join("locks")
+    }
+
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// The state root handed to the OCI runtime (`runc --root`).
+    pub fn runtime_state_root(&self, runtime_name: &str) -> PathBuf {
+        self.runroot.join("runtime").join(runtime_name)
+    }
+
+    pub fn policy_log(&self) -> PathBuf {
+        self.root.join("decisions.jsonl")
+    }
+}
+
+/// Paths inside one container's directory.
+#[derive(Debug, Clone)]
+pub struct ContainerPaths {
+    pub dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl ContainerPaths {
+    pub fn new(roots: &Roots, id: &str) -> ContainerPaths {
+        ContainerPaths { dir: roots.container_dir(id), run_dir: roots.container_run_dir(id) }
+    }
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("container.json")
+    }
+    /// The OCI bundle: `config.json` plus the files ckpt bind-mounts into the container.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("userdata")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("diff")
+    }
+    pub fn overlay_work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("ctr.log")
+    }
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.bundle().join("checkpoint")
+    }
+    pub fn pre_checkpoint_dir(&self) -> PathBuf {
+        self.bundle().join("pre-checkpoint")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join("pidfile")
+    }
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.run_dir.join("supervisor.lock")
+    }
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.run_dir.join("supervisor.log")
+    }
+    pub fn runtime_log(&self) -> PathBuf {
+        self.run_dir.join("runtime.log")
+    }
+    pub fn in_bundle(&self, name: &str) -> PathBuf {
+        self.bundle().join(name)
+    }
+}

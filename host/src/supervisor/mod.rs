@@ -1,0 +1,231 @@
+//! The supervisor: a small process per running container that holds the container's stdio
+//! pipes and writes its log, as conmon does for podman.
+//!
+//! CRIU cannot dump a process whose descriptors point at host files, so the container's
+//! stdin, stdout and stderr are pipes whose other ends live here. The supervisor is the
+//! container's subreaper, so it learns the exit status, and it cleans up after the exit.
+
+mod log;
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+pub use log::{LogLine, LogWriter, read_log};
+
+use crate::error::{Error, Result};
+use crate::ops::Context;
+use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions};
+use crate::store::ContainerRecord;
+
+/// How the supervisor brings the container up.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    Run,
+    Restore(RestoreOptions),
+}
+
+/// What the supervisor tells the ckpt process that started it, as one JSON line.
+#[derive(Debug, Serialize, Deserialize)]
+struct Started {
+    pid: Option<i32>,
+    error: Option<String>,
+}
+
+/// Starts a supervisor for `record` and waits until the container runs or has failed to start.
+pub fn spawn(ctx: &Context, record: &ContainerRecord, token: &str, launch: &Launch) -> Result<i32> {
+    let paths = ctx.containers.paths(&record.id);
+    crate::util::create_dir_all(&paths.run_dir)?;
+    let exe = std::env::current_exe().map_err(Error::io("find own executable", "/proc/self/exe"))?;
+    let supervisor_log = paths.supervisor_log();
+    let stderr = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&supervisor_log)
+        .map_err(Error::io("open", &supervisor_log))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(&ctx.roots.root).arg("--runroot").arg(&ctx.roots.runroot);
+    cmd.arg("--runtime").arg(&record.runtime);
+    cmd.args(["__supervise", "--id", &record.id, "--token", token]);
+    if let Launch::Restore(options) = launch {
+        cmd.arg("--restore").arg("--image-path").arg(&options.image_path).arg("--work-path").arg(&options.work_path);
+        if options.tcp_established {
+            cmd.arg("--tcp-established");
+        }
+        if options.file_locks {
+            cmd.arg("--file-locks");
+        }
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .map_err(|e| Error::Supervisor { id: record.id.clone(), detail: format!("could not start: {e}") })?;
+    let mut report = String::new();
+    child.stdout.take().expect("piped").read_to_string(&mut report).ok();
+    // The first process only forks the real supervisor off and exits.
+    let _ = child.wait();
+    let started: Started = serde_json::from_str(report.trim()).map_err(|_| Error::Supervisor {
+        id: record.id.clone(),
+        detail: format!(
+            "it exited without reporting; see {}: {}",
+            supervisor_log.display(),
+            std::fs::read_to_string(&supervisor_log).unwrap_or_default().lines().last().unwrap_or("")
+        ),
+    })?;
+    match (started.pid, started.error) {
+        (Some(pid), _) => Ok(pid),
+        (None, Some(error)) => Err(Error::Supervisor { id: record.id.clone(), detail: error }),
+        (None, None) => Err(Error::Supervisor { id: record.id.clone(), detail: "no pid reported".into() }),
+    }
+}
+
+/// The body of `ckpt __supervise`. Never returns to the caller's command handling.
+pub fn run(ctx: &Context, id: &str, token: &str, launch: Launch) -> Result<i32> {
+    // Detach: the ckpt that started us waits only for this first process.
+    // SAFETY: no other thread exists yet in this process.
+    match unsafe { nix::unistd::fork() }
+        .map_err(|e| Error::Supervisor { id: id.into(), detail: format!("fork: {e}") })?
+    {
+        ForkResult::Parent { .. } => return Ok(0),
+        ForkResult::Child => {}
+    }
+    let _ = nix::unistd::setsid();
+    let record = ctx.containers.load(id)?;
+    let paths = ctx.containers.paths(id);
+    let lock_path = paths.supervisor_lock();
+    let lifetime_lock = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
+    lifetime_lock.lock().map_err(Error::io("lock", &lock_path))?;
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+
+    let report = |started: &Started| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", serde_json::to_string(started).expect("json"));
+        let _ = out.flush();
+    };
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let runtime = match ctx.runtime_with_log(&record.runtime, paths.runtime_log()) {
+        Ok(r) => r,
+        Err(e) => {
+            report(&Started { pid: None, error: Some(e.to_string()) });
+            return Ok(1);
+        }
+    };
+    let stdio = ContainerStdio { stdin: stdin_r, stdout: stdout_w, stderr: stderr_w };
+    let pid_file = paths.pid_file();
+    let _ = std::fs::remove_file(&pid_file);
+    let launched = match &launch {
+        Launch::Run => runtime.run_detached(id, &paths.bundle(), &pid_file, stdio),
+        Launch::Restore(options) => runtime.restore_detached(id, &paths.bundle(), &pid_file, options, stdio),
+    };
+    let init_pid = launched.map_err(Error::from).and_then(|()| {
+        let text = std::fs::read_to_string(&pid_file).map_err(Error::io("read", &pid_file))?;
+        text.trim().parse::<i32>().map_err(|_| Error::Corrupt {
+            what: "pid file",
+            path: pid_file.clone(),
+            detail: text,
+        })
+    });
+    let init_pid = match init_pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = runtime.delete(id, true);
+            report(&Started { pid: None, error: Some(e.to_string()) });
+            return Ok(1);
+        }
+    };
+    report(&Started { pid: Some(init_pid), error: None });
+    // Let go of the report pipe so that the starting ckpt sees EOF.
+    if let Ok(devnull) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&devnull);
+    }
+
+    let log = Arc::new(LogWriter::open(&paths.log())?);
+    let readers: Vec<_> = [(stdout_r, "stdout"), (stderr_r, "stderr")]
+        .into_iter()
+        .map(|(fd, stream)| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || copy_to_log(fd, stream, &log))
+        })
+        .collect();
+    let status = wait_for(Pid::from_raw(init_pid));
+    for reader in readers {
+        let _ = reader.join();
+    }
+    drop(stdin_w);
+    cleanup_after_exit(ctx, runtime.as_ref(), id, token, status)?;
+    drop(lifetime_lock);
+    Ok(0)
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("create pipe", "pipe")(e.into()))
+}
+
+fn copy_to_log(fd: OwnedFd, stream: &'static str, log: &LogWriter) {
+    let mut reader = BufReader::with_capacity(64 << 10, File::from(fd));
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        match (&mut reader).take(16 << 10).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => log.write(stream, &line),
+        }
+    }
+}
+
+/// Reaps children until the container's init exits; returns its exit code as a shell shows it.
+fn wait_for(init: Pid) -> i32 {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == init => return code,
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == init => return 128 + signal as i32,
+            Ok(_) => continue,
+            // ECHILD: init was never our child (it should be, as we are its subreaper).
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return wait_by_polling(init),
+        }
+    }
+}
+
+fn wait_by_polling(init: Pid) -> i32 {
+    while nix::sys::signal::kill(init, None).is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    0
+}
+
+/// What conmon's exit command does for podman: record the exit, release the runtime's state and
+/// the rootfs mount, and remove `--rm` containers. Skipped if a later run owns the container.
+fn cleanup_after_exit(ctx: &Context, runtime: &dyn OciRuntime, id: &str, token: &str, exit_code: i32) -> Result<()> {
+    let _lock = crate::store::ContainerLock::acquire(&ctx.roots.locks_dir(), id)?;
+    let Ok(mut record) = ctx.containers.load(id) else { return Ok(()) };
+    if record.state.run_token.as_deref() != Some(token) {
+        return Ok(());
+    }
+    if let Ok(Some(state)) = runtime.state(id) {
+        if state.is_running() {
+            // The init we watched is gone, yet the runtime reports a live container: leave it.
+            return Ok(());
+        }
+        let _ = runtime.delete(id, true);
+    }
+    crate::rootfs::unmount(&ctx.containers.paths(id).merged())?;
+    record.state.run_token = None;
+    record.state.finished_at = Some(crate::util::now());
+    // Podman reports 0 for a container that CRIU stopped.
+    record.state.exit_code = Some(if record.state.checkpointed { 0 } else { exit_code });
+    if record.auto_remove {
+        return crate::ops::lifecycle::remove_files(ctx, &record);
+    }
+    ctx.containers.save(&record)
+}
