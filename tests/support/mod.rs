@@ -1,0 +1,160 @@
+//! The harness every integration test uses: a private ckpt root and run root, the real `ckpt`
+//! binary, real runc and real CRIU. A missing dependency fails the test; nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Ckpt {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
+    assert!(found.unwrap_or(false), "{tool} is not installed; run scripts/setup");
+}
+
+impl Ckpt {
+    pub fn new() -> Ckpt {
+        assert!(nix::unistd::geteuid().is_root(), "the integration tests need root (CRIU and runc do)");
+        for tool in ["runc", "criu"] {
+            require(tool);
+        }
+        let base = std::env::var_os("CKPT_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new().prefix("ckpt-test-").tempdir_in(base).unwrap();
+        let root = dir.path().join("root");
+        let runroot = dir.path().join("run");
+        Ckpt { dir, root, runroot }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
+        cmd.arg("--root").arg(&self.root).arg("--runroot").arg(&self.runroot);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output: Output = self.command().args(args).output().expect("ckpt runs");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs ckpt and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "ckpt {args:?} failed ({}): {}{}", r.code, r.stderr, r.stdout);
+        r.stdout
+    }
+
+    /// Runs ckpt and asserts it fails with 125; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 125, "ckpt {args:?} should fail with 125, got {}: {}{}", r.code, r.stderr, r.stdout);
+        assert!(r.stderr.starts_with("Error: ") || r.stderr.contains("error:"), "no error message: {}", r.stderr);
+        r.stderr
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = self.ok(&["inspect", name]);
+        let mut list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        list.remove(0)
+    }
+
+    pub fn status(&self, name: &str) -> String {
+        self.inspect(name)["State"]["Status"].as_str().unwrap().to_string()
+    }
+
+    pub fn exec(&self, name: &str, script: &str) -> String {
+        self.ok(&["exec", name, "sh", "-c", script])
+    }
+
+    pub fn logs(&self, name: &str) -> String {
+        self.ok(&["logs", name])
+    }
+
+    /// A container that prints and counts once every 100 ms, keeping its count in memory.
+    pub fn counter(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["busybox", "sh", "-c", "i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done"]);
+        self.ok(&args).trim().to_string()
+    }
+
+    pub fn container_ids(&self) -> Vec<String> {
+        self.ok(&["ps", "-a", "-q"]).lines().map(str::to_string).collect()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Ckpt {
+    fn drop(&mut self) {
+        if let Ok(out) = self.command().args(["ps", "-a", "--format", "json"]).output() {
+            if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
+                for c in list {
+                    let id = c["Id"].as_str().unwrap_or_default().to_string();
+                    let _ = self.command().args(["rm", "-f", &id]).output();
+                }
+            }
+        }
+        // Anything still mounted below the test root (a failed test) is released too.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.dir.path().to_string_lossy().into_owned();
+        for mp in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).filter(|mp| mp.starts_with(&root)) {
+            let _ = nix::mount::umount2(Path::new(mp), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `count N` the counter container printed.
+pub fn last_count(logs: &str) -> u64 {
+    logs.lines().filter_map(|l| l.strip_prefix("count ")).filter_map(|n| n.trim().parse().ok()).last().unwrap_or(0)
+}
+
+/// Files below `dir`, recursively (to prove that nothing was left behind).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
