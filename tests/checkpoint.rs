@@ -29,3 +29,330 @@ fn checkpoint_then_restore_carries_memory_state_on() {
     let again = ckpt.fails(&["restore", "web"]);
     assert!(again.contains("is running"), "{again}");
 }
+
+#[test]
+fn export_and_import_under_a_new_name_carry_rootfs_volumes_and_logs() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("src", &["-v", "vol:/data"]);
+    ckpt.exec("src", "echo added > /added; echo more >> /etc/passwd; rm /etc/motd; echo in-volume > /data/v");
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("src")) >= 2));
+    let archive = ckpt.path("src.tar.zst");
+    let archive_s = archive.to_str().unwrap();
+    assert_eq!(ckpt.ok(&["checkpoint", "-e", archive_s, "src"]), "src\n");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&archive).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the archive is private");
+    let head = std::fs::read(&archive).unwrap();
+    assert_eq!(&head[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd is the default");
+
+    // The layout is podman's, plus ckpt's manifest.
+    let listing = std::process::Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
+    let members = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for member in [
+        "checkpoint/inventory.img",
+        "checkpoint/descriptors.json",
+        "config.dump",
+        "spec.dump",
+        "rootfs-diff.tar",
+        "deleted.files",
+        "volumes/vol.tar",
+        "stats-dump",
+        "ctr.log",
+        "ckpt-manifest.json",
+    ] {
+        assert!(members.lines().any(|l| l == member), "archive lacks {member}:\n{members}");
+    }
+    let shown: serde_json::Value =
+        serde_json::from_str(&ckpt.ok(&["inspect-checkpoint", "--format", "json", archive_s])).unwrap();
+    assert_eq!(shown["container"], "src");
+    assert_eq!(shown["image"], "busybox:latest");
+    assert_eq!(shown["runtime"], "runc");
+    assert_eq!(shown["compression"], "zstd");
+    assert!(shown["checkpoint_size"].as_u64().unwrap() > 0);
+    assert!(shown["rootfs_diff_size"].as_u64().unwrap() > 0);
+    assert!(ckpt.ok(&["inspect-checkpoint", archive_s]).contains("Container          src"));
+
+    // Importing while the volume still exists is refused, and leaves nothing behind.
+    let refused = ckpt.fails(&["restore", "-i", archive_s, "-n", "copy"]);
+    assert!(refused.contains("volume with name vol already exists"), "{refused}");
+    assert!(ckpt.run(&["inspect", "copy"]).code == 125);
+    ckpt.ok(&["rm", "src"]);
+    ckpt.ok(&["volume", "rm", "vol"]);
+
+    let at_checkpoint = 2;
+    let id = ckpt.ok(&["restore", "-i", archive_s, "-n", "copy"]);
+    assert_eq!(id.trim().len(), 64, "restore --import prints the new full ID");
+    assert_eq!(ckpt.exec("copy", "cat /added /data/v"), "added\nin-volume\n");
+    assert!(ckpt.exec("copy", "tail -n 1 /etc/passwd").contains("more"));
+    assert!(ckpt.run(&["exec", "copy", "test", "-e", "/etc/motd"]).code == 1, "deleted files stay deleted");
+    let diff = ckpt.ok(&["diff", "copy"]);
+    for line in ["A /added", "C /etc", "C /etc/passwd", "D /etc/motd"] {
+        assert!(diff.lines().any(|l| l == line), "diff after import lacks {line:?}:\n{diff}");
+    }
+    // Old logs come along, and the log keeps growing after the restore.
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("copy")) > at_checkpoint + 2));
+    assert!(ckpt.logs("copy").starts_with("count 0\n"));
+
+    // Again, as a second copy, without the rootfs changes and with the volume already there.
+    let id2 = ckpt.ok(&["restore", "-i", archive_s, "-n", "bare", "--ignore-rootfs", "--ignore-volumes"]);
+    assert_ne!(id2, id);
+    assert!(ckpt.run(&["exec", "bare", "test", "-e", "/added"]).code == 1, "--ignore-rootfs leaves the changes out");
+    assert_eq!(ckpt.exec("bare", "cat /etc/motd | head -c 7"), "Welcome");
+}
+
+#[test]
+fn ignore_rootfs_and_ignore_volumes_leave_members_out_of_the_export() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &["-v", "v:/data"]);
+    ckpt.exec("c", "echo x > /x; echo y > /data/y");
+    let archive = ckpt.path("c.tar");
+    ckpt.ok(&[
+        "checkpoint",
+        "-R",
+        "-c",
+        "none",
+        "--ignore-rootfs",
+        "--ignore-volumes",
+        "-e",
+        archive.to_str().unwrap(),
+        "c",
+    ]);
+    let listing = std::process::Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
+    let members = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(members.contains("checkpoint/inventory.img"));
+    assert!(!members.contains("rootfs-diff.tar") && !members.contains("volumes/"), "{members}");
+    assert_eq!(ckpt.status("c"), "running", "--leave-running");
+    assert_eq!(ckpt.inspect("c")["State"]["Checkpointed"], false);
+
+    let gz = ckpt.path("c.tar.gz");
+    ckpt.ok(&["checkpoint", "-R", "--compress", "GZIP", "-e", gz.to_str().unwrap(), "c"]);
+    assert_eq!(&std::fs::read(&gz).unwrap()[..2], &[0x1f, 0x8b]);
+    assert_eq!(ckpt.status("c"), "running");
+}
+
+#[test]
+fn rejected_combinations_change_nothing() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let e = ckpt.path("x.tar");
+    let e = e.to_str().unwrap();
+    for (args, message) in [
+        (vec!["checkpoint", "--all", "--latest"], "--all and --latest cannot be used together"),
+        (vec!["checkpoint", "--all", "c"], "no arguments are needed with --all"),
+        (vec!["checkpoint", "--latest", "c"], "--latest and containers cannot be used together"),
+        (vec!["checkpoint"], "you must provide at least one name or id"),
+        (vec!["checkpoint", "--compress", "gzip", "c"], "--compress can only be used with --export"),
+        (
+            vec!["checkpoint", "--compress", "lz4", "-e", e, "c"],
+            "selected compression algorithm (\"lz4\") not supported",
+        ),
+        (vec!["checkpoint", "--ignore-rootfs", "c"], "--ignore-rootfs can only be used with --export"),
+        (vec!["checkpoint", "--ignore-volumes", "c"], "--ignore-volumes can only be used with --export"),
+        (
+            vec!["checkpoint", "--with-previous", "--pre-checkpoint", "c"],
+            "--with-previous can not be used with --pre-checkpoint",
+        ),
+        (vec!["checkpoint", "nope"], "no such container \"nope\""),
+        (vec!["restore", "--all", "--latest"], "--all and --latest cannot be used together"),
+        (vec!["restore", "--name", "n", "c"], "--name can only be used with image or --import"),
+        (vec!["restore", "--ignore-rootfs", "c"], "--ignore-rootfs can only be used with image or --import"),
+        (vec!["restore", "--ignore-volumes", "c"], "--ignore-volumes can only be used with image or --import"),
+        (vec!["restore", "--import-previous", e, "c"], "--import-previous can only be used with image or --import"),
+        (vec!["restore", "-i", e, "-n", "n", "--tcp-established"], "--tcp-established cannot be used with --name"),
+        (vec!["restore", "-i", e, "--all"], "cannot use --import with --all or --latest"),
+        (vec!["restore", "-i", e, "c"], "cannot use --import with positional arguments"),
+        (vec!["restore", "--all", "c"], "--all or --latest and containers cannot be used together"),
+        (vec!["restore"], "you must provide at least one name or id"),
+        (vec!["restore", "nope"], "no such container or image \"nope\""),
+        (vec!["restore", "c"], "cannot restore"),
+    ] {
+        let stderr = ckpt.fails(&args);
+        assert!(stderr.contains(message), "{args:?}: expected {message:?}, got {stderr}");
+    }
+    assert_eq!(ckpt.status("c"), "running");
+    assert!(!std::path::Path::new(e).exists());
+    let rm = ckpt.ok(&["run", "-d", "--rm", "--name", "autorm", "busybox", "sleep", "1000"]);
+    assert!(!rm.is_empty());
+    let refused = ckpt.fails(&["checkpoint", "autorm"]);
+    assert!(refused.contains("--rm"), "{refused}");
+    assert_eq!(ckpt.status("autorm"), "running");
+}
+
+#[test]
+fn pre_checkpoint_needs_memory_tracking() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let tracking =
+        std::process::Command::new("criu").args(["check", "--feature", "mem_dirty_track"]).status().unwrap().success();
+    let r = ckpt.run(&["checkpoint", "-P", "c"]);
+    if tracking {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        ckpt.ok(&["checkpoint", "--with-previous", "c"]);
+        ckpt.ok(&["restore", "c"]);
+    } else {
+        assert_eq!(r.code, 125);
+        assert!(r.stderr.contains("does not support memory tracking"), "{}", r.stderr);
+        assert!(ckpt.fails(&["checkpoint", "--with-previous", "c"]).contains("memory tracking"));
+    }
+    assert_eq!(ckpt.status("c"), "running");
+}
+
+#[test]
+fn all_and_latest_select_containers_and_print_full_ids() {
+    let ckpt = Ckpt::new();
+    let a = ckpt.counter("a", &[]);
+    let b = ckpt.counter("b", &[]);
+    ckpt.ok(&["run", "--name", "done", "busybox", "true"]);
+    let out = ckpt.ok(&["checkpoint", "--all"]);
+    let mut printed: Vec<&str> = out.lines().collect();
+    printed.sort();
+    let mut expected = vec![a.as_str(), b.as_str()];
+    expected.sort();
+    assert_eq!(printed, expected, "--all checkpoints the running containers and prints full IDs");
+    let restored = ckpt.ok(&["restore", "--all"]);
+    assert!(restored.contains(&a) && restored.contains(&b), "{restored}");
+    assert_eq!(ckpt.status("a"), "running");
+    assert_eq!(ckpt.status("b"), "running");
+    let latest = ckpt.counter("latest", &[]);
+    assert_eq!(ckpt.ok(&["checkpoint", "-l"]).trim(), latest);
+    assert_eq!(ckpt.ok(&["restore", "--latest"]).trim(), latest);
+}
+
+#[test]
+fn print_stats_prints_podman_schema_only() {
+    let ckpt = Ckpt::new();
+    let id = ckpt.counter("c", &[]);
+    let out = ckpt.ok(&["checkpoint", "--print-stats", "c"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("only JSON is printed");
+    let total = doc["ckpt_checkpoint_duration"].as_u64().unwrap();
+    let stats = &doc["container_statistics"][0];
+    assert_eq!(stats["Id"], id);
+    let runtime = stats["runtime_checkpoint_duration"].as_u64().unwrap();
+    let criu = &stats["criu_statistics"];
+    assert!(total > runtime, "{doc}");
+    assert!(runtime > criu["frozen_time"].as_u64().unwrap(), "{doc}");
+    for key in ["freezing_time", "frozen_time", "memdump_time", "memwrite_time", "pages_scanned", "pages_written"] {
+        assert!(criu[key].as_u64().unwrap() > 0, "{key} missing: {doc}");
+    }
+    assert!(out.contains("\n    \"container_statistics\""), "four-space indent, as podman");
+    let out = ckpt.ok(&["restore", "--print-stats", "c"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        doc["ckpt_restore_duration"].as_u64().unwrap()
+            > doc["container_statistics"][0]["runtime_restore_duration"].as_u64().unwrap()
+    );
+    assert!(doc["container_statistics"][0]["criu_statistics"]["restore_time"].as_u64().unwrap() > 0, "{doc}");
+}
+
+#[test]
+fn create_image_then_restore_several_times_under_new_names() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("src", &[]);
+    ckpt.exec("src", "echo from-image > /marker");
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("src")) >= 3));
+    assert_eq!(ckpt.ok(&["checkpoint", "--create-image", "src-ckpt", "-R", "src"]), "src\n");
+    let images: Vec<serde_json::Value> = serde_json::from_str(&ckpt.ok(&["image", "ls", "--format", "json"])).unwrap();
+    let image = images.iter().find(|i| i["Names"][0] == "src-ckpt:latest").expect("checkpoint image listed");
+    let annotations = &image["Annotations"];
+    assert_eq!(annotations["io.podman.annotations.checkpoint.name"], "src");
+    assert_eq!(annotations["io.podman.annotations.checkpoint.runtime.name"], "runc");
+    assert!(
+        annotations["io.podman.annotations.checkpoint.criu.version"].as_str().unwrap().parse::<u32>().unwrap() >= 40200
+    );
+    assert!(annotations["io.podman.annotations.checkpoint.runtime.version"].as_str().unwrap().contains("runc version"));
+    assert_eq!(annotations["io.podman.annotations.checkpoint.host.arch"], "amd64");
+    assert_eq!(annotations["io.podman.annotations.checkpoint.distribution.name"], "debian");
+    for key in
+        ["host.kernel", "cgroups.version", "distribution.version", "rootfsImageID", "rootfsImageName", "rawImageName"]
+    {
+        assert!(
+            !annotations[format!("io.podman.annotations.checkpoint.{key}")].as_str().unwrap_or_default().is_empty(),
+            "{key}"
+        );
+    }
+    for name in ["copy1", "copy2", "copy3"] {
+        let id = ckpt.ok(&["restore", "src-ckpt", "-n", name]);
+        assert_eq!(id.trim().len(), 64);
+        assert_eq!(ckpt.exec(name, "cat /marker"), "from-image\n");
+        assert_eq!(ckpt.status(name), "running");
+    }
+    let saved = ckpt.path("image.tar");
+    ckpt.ok(&["image", "save", "-o", saved.to_str().unwrap(), "src-ckpt"]);
+    assert!(std::fs::metadata(&saved).unwrap().len() > 0);
+    assert!(ckpt.fails(&["restore", "busybox", "-n", "x"]).contains("image is not a checkpoint"));
+}
+
+#[test]
+fn established_tcp_needs_tcp_established() {
+    let ckpt = Ckpt::new();
+    let script = "nc -l -p 9000 -e cat & sleep 0.5; (while :; do echo ping; sleep 0.2; done) | nc 127.0.0.1 9000";
+    ckpt.ok(&["run", "-d", "--name", "tcp", "busybox", "sh", "-c", script]);
+    assert!(eventually(Duration::from_secs(5), || ckpt.logs("tcp").contains("ping")));
+    let refused = ckpt.fails(&["checkpoint", "tcp"]);
+    assert!(refused.contains("tcp-established") || refused.contains("TCP"), "{refused}");
+    assert_eq!(ckpt.status("tcp"), "running", "a refused dump leaves the container running");
+    let archive = ckpt.path("tcp.tar.zst");
+    assert!(!archive.exists());
+    ckpt.ok(&["checkpoint", "--tcp-established", "tcp"]);
+    let before = ckpt.logs("tcp").matches("ping").count();
+    ckpt.ok(&["restore", "--tcp-established", "tcp"]);
+    assert!(
+        eventually(Duration::from_secs(5), || ckpt.logs("tcp").matches("ping").count() > before + 2),
+        "the connection carries on"
+    );
+}
+
+#[test]
+fn held_file_lock_needs_file_locks() {
+    let ckpt = Ckpt::new();
+    support::import_flock_image(&ckpt);
+    ckpt.ok(&["run", "-d", "--name", "locker", "flock", "/usr/bin/flock", "/tmp/lock", "/bin/sleep", "1000"]);
+    assert!(eventually(Duration::from_secs(5), || ckpt.status("locker") == "running"));
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = ckpt.fails(&["checkpoint", "locker"]);
+    assert!(refused.contains("checkpoint"), "{refused}");
+    assert_eq!(ckpt.status("locker"), "running");
+    ckpt.ok(&["checkpoint", "--file-locks", "locker"]);
+    ckpt.ok(&["restore", "--file-locks", "locker"]);
+    assert_eq!(ckpt.status("locker"), "running");
+}
+
+#[test]
+fn failed_exports_leave_the_container_running_and_publish_nothing() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    // A target whose directory does not exist fails before the dump.
+    let bad = ckpt.path("missing-dir/out.tar.zst");
+    ckpt.fails(&["checkpoint", "-e", bad.to_str().unwrap(), "c"]);
+    assert_eq!(ckpt.status("c"), "running");
+    assert_eq!(ckpt.inspect("c")["State"]["Checkpointed"], false);
+    // A full disk fails after the dump: ckpt restores the container from its local images.
+    let small = ckpt.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    nix::mount::mount(Some("tmpfs"), &small, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=16k")).unwrap();
+    let target = small.join("out.tar");
+    let r = ckpt.run(&["checkpoint", "-c", "none", "-e", target.to_str().unwrap(), "c"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("restored and keeps running"), "{}", r.stderr);
+    let leftovers: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    assert!(leftovers.is_empty(), "no partial archive: {leftovers:?}");
+    assert_eq!(ckpt.status("c"), "running");
+    let before = last_count(&ckpt.logs("c"));
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("c")) > before + 2));
+    nix::mount::umount(&small).unwrap();
+}
+
+#[test]
+fn a_second_concurrent_checkpoint_is_refused() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let lock = ckpt.runroot.join("locks");
+    let id = ckpt.inspect("c")["Id"].as_str().unwrap().to_string();
+    // Hold the container's lock, as a running checkpoint does.
+    std::fs::create_dir_all(&lock).unwrap();
+    let file = std::fs::File::create(lock.join(format!("{id}.lock"))).unwrap();
+    file.lock().unwrap();
+    let refused = ckpt.fails(&["checkpoint", "c"]);
+    assert!(refused.contains("is busy"), "{refused}");
+    drop(file);
+    ckpt.ok(&["checkpoint", "c"]);
+}

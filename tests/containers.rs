@@ -10,7 +10,20 @@ use support::{Ckpt, eventually, files_below};
 #[test]
 fn run_logs_exec_diff_stop_start_rm() {
     let ckpt = Ckpt::new();
-    let id = ckpt.ok(&["run", "-d", "--name", "web", "-e", "GREETING=hello", "--label", "tier=web", "busybox", "sh", "-c", "echo $GREETING; echo oops >&2; exec sleep 1000"]);
+    let id = ckpt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-e",
+        "GREETING=hello",
+        "--label",
+        "tier=web",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING; echo oops >&2; exec sleep 1000",
+    ]);
     let id = id.trim();
     assert_eq!(id.len(), 64, "run -d prints the full ID: {id:?}");
     assert!(eventually(Duration::from_secs(5), || ckpt.logs("web").contains("hello")));
@@ -86,7 +99,19 @@ fn volumes_keep_their_content_across_containers() {
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("from-host"), "host\n").unwrap();
     let bind = format!("{}:/host:ro", host_dir.display());
-    let r = ckpt.run(&["run", "--name", "writer", "-v", "shared:/data", "-v", &bind, "busybox", "sh", "-c", "echo kept > /data/file; cat /host/from-host; touch /host/x 2>/dev/null || echo read-only"]);
+    let r = ckpt.run(&[
+        "run",
+        "--name",
+        "writer",
+        "-v",
+        "shared:/data",
+        "-v",
+        &bind,
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/file; cat /host/from-host; touch /host/x 2>/dev/null || echo read-only",
+    ]);
     assert_eq!(r.stdout, "host\nread-only\n", "{}", r.stderr);
     let r = ckpt.run(&["run", "--name", "reader", "-v", "shared:/mnt", "busybox", "cat", "/mnt/file"]);
     assert_eq!(r.stdout, "kept\n");
@@ -112,7 +137,16 @@ fn volumes_keep_their_content_across_containers() {
 fn two_containers_run_at_once_with_their_own_network() {
     let ckpt = Ckpt::new();
     for name in ["one", "two"] {
-        ckpt.ok(&["run", "-d", "--name", name, "busybox", "sh", "-c", "nc -l -p 8080 -e echo $HOSTNAME & exec sleep 1000"]);
+        ckpt.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "busybox",
+            "sh",
+            "-c",
+            "nc -l -p 8080 -e echo $HOSTNAME & exec sleep 1000",
+        ]);
     }
     for name in ["one", "two"] {
         let lo = ckpt.exec(name, "ip -o addr show lo");
@@ -122,7 +156,10 @@ fn two_containers_run_at_once_with_their_own_network() {
     }
     // The same port is free in each namespace.
     let hostname = ckpt.inspect("two")["Config"]["Hostname"].as_str().unwrap().to_string();
-    assert!(eventually(Duration::from_secs(5), || ckpt.run(&["exec", "two", "sh", "-c", "nc 127.0.0.1 8080 </dev/null"]).stdout.contains(&hostname)));
+    assert!(eventually(Duration::from_secs(5), || ckpt
+        .run(&["exec", "two", "sh", "-c", "nc 127.0.0.1 8080 </dev/null"])
+        .stdout
+        .contains(&hostname)));
     let ps = ckpt.ok(&["ps", "--format", "json"]);
     let list: Vec<serde_json::Value> = serde_json::from_str(&ps).unwrap();
     assert_eq!(list.len(), 2);
@@ -142,7 +179,9 @@ fn errors_name_the_object_exit_125_and_change_nothing() {
     assert!(ckpt.fails(&["image", "rm", "nope"]).contains("no such image \"nope\""));
 
     ckpt.ok(&["run", "-d", "--name", "taken", "busybox", "sleep", "1000"]);
-    assert!(ckpt.fails(&["run", "-d", "--name", "taken", "busybox", "true"]).contains("name \"taken\" is already in use"));
+    assert!(
+        ckpt.fails(&["run", "-d", "--name", "taken", "busybox", "true"]).contains("name \"taken\" is already in use")
+    );
     ckpt.ok(&["volume", "create", "v1"]);
     assert!(ckpt.fails(&["volume", "create", "v1"]).contains("volume \"v1\" already exists"));
 
@@ -178,7 +217,8 @@ fn images_import_load_save_list_and_remove() {
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
     std::fs::write(rootfs.join("hello.txt"), "imported\n").unwrap();
     let tarball = ckpt.path("rootfs.tar.gz");
-    let status = std::process::Command::new("tar").arg("-czf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
+    let status =
+        std::process::Command::new("tar").arg("-czf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
     assert!(status.success());
     let id = ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "mine"]);
     assert_eq!(id.trim().len(), 64);
@@ -187,7 +227,11 @@ fn images_import_load_save_list_and_remove() {
 
     // The store is an OCI layout that skopeo reads.
     let layout = ckpt.root.join("images/oci");
-    let skopeo = std::process::Command::new("skopeo").arg("inspect").arg(format!("oci:{}:mine:latest", layout.display())).output().unwrap();
+    let skopeo = std::process::Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:mine:latest", layout.display()))
+        .output()
+        .unwrap();
     assert!(skopeo.status.success(), "skopeo reads the store: {}", String::from_utf8_lossy(&skopeo.stderr));
 
     let archive = ckpt.path("mine.tar");

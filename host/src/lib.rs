@@ -12,6 +12,7 @@ pub mod cli;
 pub mod criu;
 pub mod error;
 pub mod image;
+pub mod netns;
 pub mod ops;
 pub mod rootfs;
 pub mod runtime;

@@ -33,7 +33,7 @@ pub struct HostMount<'a> {
     pub read_only: bool,
 }
 
-pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, mounts: &[HostMount]) -> Value {
+pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, netns: &Path, mounts: &[HostMount]) -> Value {
     let mut env: Vec<String> = vec![DEFAULT_PATH.to_string(), "TERM=xterm".to_string()];
     env.push(format!("HOSTNAME={}", hostname(record)));
     for e in &record.env {
@@ -81,7 +81,7 @@ pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, mounts: &[H
         "linux": {
             "cgroupsPath": format!("/ckpt/{}", record.id),
             "namespaces": [
-                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                {"type": "pid"}, {"type": "network", "path": netns}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}
             ],
             "maskedPaths": [

@@ -91,7 +91,12 @@ impl Ckpt {
     pub fn counter(&self, name: &str, extra: &[&str]) -> String {
         let mut args = vec!["run", "-d", "--name", name];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&["busybox", "sh", "-c", "i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done"]);
+        args.extend_from_slice(&[
+            "busybox",
+            "sh",
+            "-c",
+            "i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done",
+        ]);
         self.ok(&args).trim().to_string()
     }
 
@@ -106,12 +111,12 @@ impl Ckpt {
 
 impl Drop for Ckpt {
     fn drop(&mut self) {
-        if let Ok(out) = self.command().args(["ps", "-a", "--format", "json"]).output() {
-            if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
-                for c in list {
-                    let id = c["Id"].as_str().unwrap_or_default().to_string();
-                    let _ = self.command().args(["rm", "-f", &id]).output();
-                }
+        if let Ok(out) = self.command().args(["ps", "-a", "--format", "json"]).output()
+            && let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        {
+            for c in list {
+                let id = c["Id"].as_str().unwrap_or_default().to_string();
+                let _ = self.command().args(["rm", "-f", &id]).output();
             }
         }
         // Anything still mounted below the test root (a failed test) is released too.
@@ -139,7 +144,7 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// The last `count N` the counter container printed.
 pub fn last_count(logs: &str) -> u64 {
-    logs.lines().filter_map(|l| l.strip_prefix("count ")).filter_map(|n| n.trim().parse().ok()).last().unwrap_or(0)
+    logs.lines().filter_map(|l| l.strip_prefix("count ")).filter_map(|n| n.trim().parse().ok()).next_back().unwrap_or(0)
 }
 
 /// Files below `dir`, recursively (to prove that nothing was left behind).
@@ -157,4 +162,27 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Imports an image with busybox plus the host's `flock` and the libraries it needs, for the
+/// file-lock tests (busybox has no flock applet).
+pub fn import_flock_image(ckpt: &Ckpt) {
+    let rootfs = ckpt.path("flock-rootfs");
+    for dir in ["bin", "usr/bin", "lib/x86_64-linux-gnu", "lib64", "tmp", "proc", "sys", "dev", "etc"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    std::fs::copy("/usr/bin/flock", rootfs.join("usr/bin/flock")).unwrap();
+    let ldd = Command::new("ldd").arg("/usr/bin/flock").output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        let target = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(lib, target).unwrap();
+    }
+    let tarball = ckpt.path("flock-rootfs.tar");
+    let status = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
+    assert!(status.success());
+    ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "flock"]);
 }

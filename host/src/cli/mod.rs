@@ -38,6 +38,13 @@ pub enum Command {
     Run(container::RunArgs),
     Checkpoint(checkpoint::CheckpointArgs),
     Restore(checkpoint::RestoreArgs),
+    /// Show what a checkpoint archive holds, as checkpointctl's show does.
+    InspectCheckpoint {
+        /// `json` for a JSON document.
+        #[arg(long)]
+        format: Option<String>,
+        archive: PathBuf,
+    },
     Start(container::StartArgs),
     Stop(container::StopArgs),
     Rm(container::RmArgs),
@@ -61,6 +68,17 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(args) => container::run(&ctx, args),
         Command::Checkpoint(args) => checkpoint::checkpoint(&ctx, args),
         Command::Restore(args) => checkpoint::restore(&ctx, args),
+        Command::InspectCheckpoint { format, archive } => {
+            let value = crate::ops::inspect_checkpoint::inspect_checkpoint(&archive)?;
+            match format.as_deref() {
+                Some("json") => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
+                Some(other) => {
+                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
+                }
+                None => print!("{}", crate::ops::inspect_checkpoint::render(&value)),
+            }
+            Ok(0)
+        }
         Command::Start(args) => container::start(&ctx, args),
         Command::Stop(args) => container::stop(&ctx, args),
         Command::Rm(args) => container::rm(&ctx, args),

@@ -5,7 +5,7 @@ mod stats;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub use stats::{DumpStats, RestoreStats, encode_dump_stats, read_dump_stats, read_restore_stats};
+pub use stats::{DumpStats, RestoreStats, encode_dump_stats, parse_dump_stats, read_dump_stats, read_restore_stats};
 
 /// The oldest CRIU that podman accepts (3.11).
 pub const MIN_CRIU_VERSION: u32 = 31100;

@@ -51,7 +51,14 @@ fn is_zero(v: &u64) -> bool {
 }
 
 pub fn read_dump_stats(path: &Path) -> Result<DumpStats, CriuError> {
-    let fields = read_entry(path, 1)?;
+    let bytes =
+        std::fs::read(path).map_err(|e| CriuError::Stats { path: path.to_path_buf(), detail: e.to_string() })?;
+    parse_dump_stats(&bytes, path)
+}
+
+/// Parses a `stats-dump` image already in memory; `origin` names it in errors.
+pub fn parse_dump_stats(bytes: &[u8], origin: &Path) -> Result<DumpStats, CriuError> {
+    let fields = read_entry(bytes, origin, 1)?;
     let get = |n| fields.iter().find(|(f, _)| *f == n).map(|(_, v)| *v).unwrap_or(0);
     Ok(DumpStats {
         freezing_time: get(1),
@@ -65,7 +72,9 @@ pub fn read_dump_stats(path: &Path) -> Result<DumpStats, CriuError> {
 }
 
 pub fn read_restore_stats(path: &Path) -> Result<RestoreStats, CriuError> {
-    let fields = read_entry(path, 2)?;
+    let bytes =
+        std::fs::read(path).map_err(|e| CriuError::Stats { path: path.to_path_buf(), detail: e.to_string() })?;
+    let fields = read_entry(&bytes, path, 2)?;
     let get = |n| fields.iter().find(|(f, _)| *f == n).map(|(_, v)| *v).unwrap_or(0);
     Ok(RestoreStats {
         pages_compared: get(1),
@@ -77,9 +86,8 @@ pub fn read_restore_stats(path: &Path) -> Result<RestoreStats, CriuError> {
 }
 
 /// Returns the varint fields of the nested message `field` of `stats_entry`.
-fn read_entry(path: &Path, field: u64) -> Result<Vec<(u64, u64)>, CriuError> {
+fn read_entry(bytes: &[u8], path: &Path, field: u64) -> Result<Vec<(u64, u64)>, CriuError> {
     let err = |detail: &str| CriuError::Stats { path: path.to_path_buf(), detail: detail.to_string() };
-    let bytes = std::fs::read(path).map_err(|e| err(&e.to_string()))?;
     if bytes.len() < 12 {
         return Err(err("shorter than its header"));
     }

@@ -1,6 +1,6 @@
 //! ps, inspect, logs, exec and diff: looking at and into containers.
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use serde_json::{Value, json};
 
@@ -94,6 +94,9 @@ pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
 }
 
 /// Prints the container's log: stdout lines to `out`, stderr lines to `err`.
+///
+/// The log is read through one open handle, so a `--rm` container that is removed while it is
+/// followed still shows everything it wrote.
 pub fn logs(
     ctx: &Context,
     record: &ContainerRecord,
@@ -102,44 +105,39 @@ pub fn logs(
     follow: bool,
 ) -> Result<()> {
     let path = ctx.containers.paths(&record.id).log();
-    let mut shown = 0usize;
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("read log", &path)(e)),
+    };
+    let mut pending = Vec::new();
     loop {
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("read log", &path)(e)),
-        };
-        // Only complete records are shown while following, so a line is never printed in halves.
-        let complete = if follow { bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) } else { bytes.len() };
-        let lines = read_log(&bytes[..complete]);
-        for line in lines.iter().skip(shown) {
+        let alive = follow && is_alive(ctx, record)?;
+        if file.is_none() {
+            file = std::fs::File::open(&path).ok();
+        }
+        if let Some(f) = file.as_mut() {
+            f.read_to_end(&mut pending).map_err(Error::io("read log", &path))?;
+        }
+        // Only complete records are shown, so a line is never printed in halves.
+        let complete = pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in read_log(&pending[..complete]) {
             let sink: &mut dyn Write = if line.stream == "stderr" { err } else { out };
             sink.write_all(&line.text).map_err(Error::io("write", "stdout"))?;
         }
+        pending.drain(..complete);
         out.flush().ok();
-        shown = shown.max(lines.len());
-        if !follow {
-            return Ok(());
-        }
-        let fresh = ctx.containers.load(&record.id).ok();
-        let running = match &fresh {
-            Some(r) => {
-                status(ctx, r)?.running()
-                    || crate::store::is_locked(&ctx.containers.paths(&record.id).supervisor_lock())
-            }
-            None => false,
-        };
-        if !running {
-            // One more pass picks up what the supervisor wrote just before it finished.
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            for line in read_log(&bytes).iter().skip(shown) {
-                let sink: &mut dyn Write = if line.stream == "stderr" { err } else { out };
-                sink.write_all(&line.text).map_err(Error::io("write", "stdout"))?;
-            }
+        if !alive {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Whether the container may still write to its log: running, or its supervisor still at work.
+fn is_alive(ctx: &Context, record: &ContainerRecord) -> Result<bool> {
+    let Ok(fresh) = ctx.containers.load(&record.id) else { return Ok(false) };
+    Ok(status(ctx, &fresh)?.running() || crate::store::is_locked(&ctx.containers.paths(&record.id).supervisor_lock()))
 }
 
 pub fn exec(ctx: &Context, record: &ContainerRecord, command: &[String], env: &[String], tty: bool) -> Result<i32> {

@@ -198,7 +198,8 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
         .zip(&sources)
         .map(|(m, source)| HostMount { source, destination: &m.destination, read_only: m.read_only })
         .collect();
-    let config = spec::build(record, &paths.merged(), &bundle, &mounts);
+    crate::netns::create(&paths.netns())?;
+    let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts);
     write_json(&bundle.join("config.json"), &config)
 }
 
@@ -214,6 +215,7 @@ pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> R
         Err(e) => {
             record.state = previous;
             let _ = crate::rootfs::unmount(&ctx.containers.paths(&record.id).merged());
+            let _ = crate::netns::remove(&ctx.containers.paths(&record.id).netns());
             ctx.containers.save(record)?;
             Err(e)
         }
@@ -300,6 +302,7 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()
 pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     let paths = ctx.containers.paths(&record.id);
     crate::rootfs::unmount(&paths.merged())?;
+    crate::netns::remove(&paths.netns())?;
     // The record goes first, so that a half-removed container is never listed.
     crate::util::remove_file_if_exists(&paths.record())?;
     remove_dir_all(&paths.dir)?;

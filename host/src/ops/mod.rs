@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod container;
 pub mod images;
+pub mod inspect_checkpoint;
 pub mod lifecycle;
 pub mod restore;
 pub mod volumes;

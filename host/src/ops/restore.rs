@@ -123,8 +123,10 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
         sources.push(Source::Archive(import.clone()));
     }
     if req.all {
+        // Only checkpointed ones: podman also picks exited containers that have no checkpoint,
+        // and then fails on each of them.
         for record in ctx.containers.list()? {
-            if status(ctx, &record)?.status == "exited" {
+            if record.state.checkpointed && status(ctx, &record)?.status == "exited" {
                 let id = record.id.clone();
                 sources.push(Source::Local(Box::new(record), id));
             }

@@ -93,6 +93,10 @@ impl ContainerPaths {
     pub fn supervisor_log(&self) -> PathBuf {
         self.run_dir.join("supervisor.log")
     }
+    /// The container's network namespace, pinned by a bind mount.
+    pub fn netns(&self) -> PathBuf {
+        self.run_dir.join("netns")
+    }
     pub fn runtime_log(&self) -> PathBuf {
         self.run_dir.join("runtime.log")
     }

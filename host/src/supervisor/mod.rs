@@ -220,6 +220,7 @@ fn cleanup_after_exit(ctx: &Context, runtime: &dyn OciRuntime, id: &str, token: 
         let _ = runtime.delete(id, true);
     }
     crate::rootfs::unmount(&ctx.containers.paths(id).merged())?;
+    crate::netns::remove(&ctx.containers.paths(id).netns())?;
     record.state.run_token = None;
     record.state.finished_at = Some(crate::util::now());
     // Podman reports 0 for a container that CRIU stopped.
