@@ -1,0 +1,273 @@
+//! Hostile checkpoint archives: each is refused, leaves no container record and no staging files,
+//! and touches nothing outside ckpt's roots.
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use support::{Ckpt, files_below};
+
+/// A raw tar member: the name is written as given, without the checks a tar builder makes.
+struct Member {
+    name: String,
+    kind: tar::EntryType,
+    data: Vec<u8>,
+    link: Option<String>,
+    size_override: Option<u64>,
+}
+
+fn file(name: &str, data: &[u8]) -> Member {
+    Member { name: name.into(), kind: tar::EntryType::Regular, data: data.to_vec(), link: None, size_override: None }
+}
+
+fn write_raw(path: &Path, members: &[Member]) {
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for m in members {
+        let mut header = tar::Header::new_gnu();
+        let bytes = header.as_mut_bytes();
+        bytes[..m.name.len()].copy_from_slice(m.name.as_bytes());
+        header.set_entry_type(m.kind);
+        header.set_mode(0o644);
+        header.set_size(m.size_override.unwrap_or(m.data.len() as u64));
+        if let Some(link) = &m.link {
+            header.as_mut_bytes()[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        }
+        if m.kind == tar::EntryType::Char {
+            header.set_device_major(1).unwrap();
+            header.set_device_minor(3).unwrap();
+        }
+        header.set_cksum();
+        builder.append(&header, &m.data[..]).unwrap();
+    }
+    builder.into_inner().unwrap();
+}
+
+/// Copies a real archive, letting `edit` drop or replace members, and appends `extra`.
+fn rewrite(src: &Path, dst: &Path, mut edit: impl FnMut(&str, Vec<u8>) -> Option<Vec<u8>>, extra: Vec<Member>) {
+    let mut archive = tar::Archive::new(std::fs::File::open(src).unwrap());
+    let mut builder = tar::Builder::new(std::fs::File::create(dst).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut header = entry.header().clone();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if let Some(data) = edit(&name, data) {
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            builder.append(&header, &data[..]).unwrap();
+        }
+    }
+    for m in extra {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(&m.name).unwrap();
+        header.set_size(m.data.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        builder.append(&header, &m.data[..]).unwrap();
+    }
+    builder.into_inner().unwrap();
+}
+
+fn assert_refused(ckpt: &Ckpt, archive: &Path, expected: &str) {
+    let stderr = ckpt.fails(&["restore", "-i", archive.to_str().unwrap(), "-n", "victim"]);
+    assert!(stderr.contains(expected), "{}: expected {expected:?} in {stderr}", archive.display());
+    assert!(ckpt.container_ids().iter().all(|id| !ckpt.inspect(id)["Name"].as_str().unwrap().starts_with("victim")));
+    assert!(
+        files_below(&ckpt.root.join("tmp")).is_empty(),
+        "staging is cleaned up: {:?}",
+        files_below(&ckpt.root.join("tmp"))
+    );
+}
+
+/// A real export of a small container, uncompressed so that it can be edited.
+fn real_archive(ckpt: &Ckpt) -> PathBuf {
+    ckpt.ok(&["run", "-d", "--name", "src", "busybox", "sh", "-c", "echo x > /x; exec sleep 1000"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let archive = ckpt.path("real.tar");
+    ckpt.ok(&["checkpoint", "-R", "-c", "none", "-e", archive.to_str().unwrap(), "src"]);
+    archive
+}
+
+#[test]
+fn members_that_escape_are_refused() {
+    let ckpt = Ckpt::new();
+    let outside = ckpt.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let cases: Vec<(&str, Vec<Member>, &str)> = vec![
+        ("dotdot", vec![file("../../escaped", b"x")], "contains '..'"),
+        ("absolute", vec![file("/tmp/ckpt-absolute-escape", b"x")], "absolute"),
+        (
+            "symlink-parent",
+            vec![
+                Member {
+                    name: "link".into(),
+                    kind: tar::EntryType::Symlink,
+                    data: vec![],
+                    link: Some(outside.to_string_lossy().into_owned()),
+                    size_override: None,
+                },
+                file("link/planted", b"x"),
+            ],
+            "symlink",
+        ),
+        (
+            "hardlink-out",
+            vec![Member {
+                name: "passwd".into(),
+                kind: tar::EntryType::Link,
+                data: vec![],
+                link: Some("/etc/passwd".into()),
+                size_override: None,
+            }],
+            "hard link target",
+        ),
+        (
+            "hardlink-dotdot",
+            vec![Member {
+                name: "h".into(),
+                kind: tar::EntryType::Link,
+                data: vec![],
+                link: Some("../../etc/passwd".into()),
+                size_override: None,
+            }],
+            "hard link target",
+        ),
+        (
+            "device",
+            vec![Member {
+                name: "null".into(),
+                kind: tar::EntryType::Char,
+                data: vec![],
+                link: None,
+                size_override: None,
+            }],
+            "device",
+        ),
+        (
+            "huge",
+            vec![Member {
+                name: "big".into(),
+                kind: tar::EntryType::Regular,
+                data: vec![],
+                link: None,
+                size_override: Some(1 << 40),
+            }],
+            "too large",
+        ),
+    ];
+    for (name, members, expected) in cases {
+        let archive = ckpt.path(&format!("{name}.tar"));
+        write_raw(&archive, &members);
+        assert_refused(&ckpt, &archive, expected);
+    }
+    assert!(files_below(&outside).is_empty(), "nothing was planted outside");
+    assert!(!Path::new("/tmp/ckpt-absolute-escape").exists());
+}
+
+#[test]
+fn tampered_and_dishonest_archives_are_refused() {
+    let ckpt = Ckpt::new();
+    let real = real_archive(&ckpt);
+
+    // A changed member no longer matches the manifest.
+    let tampered = ckpt.path("tampered.tar");
+    rewrite(
+        &real,
+        &tampered,
+        |name, mut data| {
+            if name == "checkpoint/inventory.img" {
+                data[0] ^= 0xff;
+            }
+            Some(data)
+        },
+        vec![],
+    );
+    assert_refused(&ckpt, &tampered, "SHA-256 does not match");
+
+    // An extra member that the manifest does not list.
+    let extra = ckpt.path("extra.tar");
+    rewrite(&real, &extra, |_, data| Some(data), vec![file("checkpoint/smuggled.img", b"x")]);
+    assert_refused(&ckpt, &extra, "not in its manifest");
+
+    // Without a manifest (as podman writes them), config.dump is checked on its own terms.
+    let unmanifested = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let path = ckpt.path(&format!("edited-{}.tar", rand_suffix()));
+        rewrite(
+            &real,
+            &path,
+            |name, data| match name {
+                "ckpt-manifest.json" => None,
+                "config.dump" => {
+                    let mut config: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                    edit(&mut config);
+                    Some(serde_json::to_vec(&config).unwrap())
+                }
+                _ => Some(data),
+            },
+            vec![],
+        );
+        path
+    };
+    let bind = unmanifested(&|c| {
+        c["ckpt"]["mounts"] =
+            serde_json::json!([{"kind": "bind", "source": "/etc", "destination": "/host-etc", "read_only": false}]);
+    });
+    assert_refused(&ckpt, &bind, "does not take host mounts from an archive");
+    let bad_volume = unmanifested(&|c| {
+        c["ckpt"]["mounts"] =
+            serde_json::json!([{"kind": "volume", "source": "../../etc", "destination": "/v", "read_only": false}]);
+    });
+    assert_refused(&ckpt, &bad_volume, "volume name");
+
+    // deleted.files may only remove paths inside the container's rootfs.
+    let victim = ckpt.path("victim-file");
+    std::fs::write(&victim, "keep me").unwrap();
+    let deleted = ckpt.path("deleted.tar");
+    let relative = format!("/../../../../../../..{}", victim.display());
+    rewrite(
+        &real,
+        &deleted,
+        |name, data| (name != "ckpt-manifest.json").then_some(data),
+        vec![file("deleted.files", serde_json::to_string(&[relative]).unwrap().as_bytes())],
+    );
+    assert_refused(&ckpt, &deleted, "contains '..'");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+}
+
+#[test]
+fn archive_spec_and_annotations_are_not_trusted() {
+    let ckpt = Ckpt::new();
+    let real = real_archive(&ckpt);
+    // A spec that asks CRIU for a config file and bind-mounts the host: ckpt rebuilds the spec.
+    let evil = ckpt.path("evil-spec.tar");
+    rewrite(
+        &real,
+        &evil,
+        |name, data| match name {
+            "ckpt-manifest.json" => None,
+            "spec.dump" => {
+                let mut spec: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                spec["annotations"]["org.criu.config"] = "/etc/evil.conf".into();
+                spec["mounts"].as_array_mut().unwrap().push(
+                    serde_json::json!({"destination": "/host", "type": "bind", "source": "/", "options": ["rbind"]}),
+                );
+                Some(serde_json::to_vec(&spec).unwrap())
+            }
+            _ => Some(data),
+        },
+        vec![],
+    );
+    let id = ckpt.ok(&["restore", "-i", evil.to_str().unwrap(), "-n", "clean"]);
+    let config =
+        std::fs::read_to_string(ckpt.root.join("containers").join(id.trim()).join("userdata/config.json")).unwrap();
+    assert!(!config.contains("org.criu.config") && !config.contains("\"/host\""), "{config}");
+    assert_eq!(ckpt.exec("clean", "cat /x"), "x\n");
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
