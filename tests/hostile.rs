@@ -184,7 +184,7 @@ fn tampered_and_dishonest_archives_are_refused() {
         },
         vec![],
     );
-    assert_refused(&ckpt, &tampered, "SHA-256 does not match");
+    assert_refused(&ckpt, &tampered, "BLAKE3 digest does not match");
 
     // An extra member that the manifest does not list.
     let extra = ckpt.path("extra.tar");

@@ -223,17 +223,16 @@ fn checkpoint_one(
         record.state.checkpointed_at = Some(crate::util::now());
         record.state.restored = false;
         record.state.checkpoint_path = Some(image_dir);
+        record.state.finished_at = record.state.checkpointed_at;
         ctx.containers.save(&record)?;
     }
     if !req.keep && !req.pre_checkpoint {
         remove_file_if_exists(&paths.in_bundle("dump.log"))?;
         remove_file_if_exists(&stats_path)?;
     }
+    // The supervisor records the exit in the background; whatever starts the container again
+    // waits for it first (see `lifecycle::launch`).
     drop(lock);
-    if container_stopped {
-        // The supervisor records the exit; a restore right after must not race with it.
-        lifecycle::wait_for_supervisor(ctx, &record.id, Duration::from_secs(30));
-    }
     Ok(ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics })
 }
 
@@ -241,7 +240,7 @@ fn checkpoint_one(
 /// so that nothing is lost, and report both.
 fn roll_back(ctx: &Context, lock: ContainerLock, record: &ContainerRecord, cause: Error) -> Error {
     drop(lock);
-    lifecycle::wait_for_supervisor(ctx, &record.id, Duration::from_secs(30));
+    lifecycle::wait_for_supervisor(ctx, &record.id, lifecycle::SUPERVISOR_CLEANUP);
     let paths = ctx.containers.paths(&record.id);
     let restore = crate::runtime::RestoreOptions {
         image_path: paths.checkpoint_dir(),

@@ -223,12 +223,12 @@ pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> R
 }
 
 pub fn start(ctx: &Context, record: &ContainerRecord) -> Result<ContainerRecord> {
+    settle(ctx, record)?;
     let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
     let mut record = ctx.containers.load(&record.id)?;
     if status(ctx, &record)?.running() {
         return Ok(record);
     }
-    wait_for_supervisor(ctx, &record.id, Duration::from_secs(10));
     // A fresh start forgets an earlier checkpoint, as podman's init does.
     let previous = record.state.clone();
     record.state = StateFlags { started_at: Some(crate::util::now()), ..StateFlags::default() };
@@ -240,6 +240,19 @@ pub fn start(ctx: &Context, record: &ContainerRecord) -> Result<ContainerRecord>
     Ok(record)
 }
 
+/// Waits for the supervisor of an exited container to finish its cleanup; returns at once for a
+/// running container, whose supervisor stays. Call it before taking the container lock: the
+/// supervisor needs that lock for its cleanup.
+pub fn settle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    if !status(ctx, record)?.running() {
+        wait_for_supervisor(ctx, &record.id, SUPERVISOR_CLEANUP);
+    }
+    Ok(())
+}
+
+/// How long the supervisor of an exited container may take to record the exit and clean up.
+pub const SUPERVISOR_CLEANUP: Duration = Duration::from_secs(30);
+
 /// Waits until the supervisor of the container's last run has finished its cleanup.
 pub fn wait_for_supervisor(ctx: &Context, id: &str, timeout: Duration) -> bool {
     wait_unlocked(&ctx.containers.paths(id).supervisor_lock(), timeout)
@@ -248,7 +261,7 @@ pub fn wait_for_supervisor(ctx: &Context, id: &str, timeout: Duration) -> bool {
 pub fn stop(ctx: &Context, record: &ContainerRecord, timeout_secs: u64) -> Result<()> {
     let runtime = ctx.runtime_named(&record.runtime)?;
     if !status(ctx, record)?.running() {
-        wait_for_supervisor(ctx, &record.id, Duration::from_secs(10));
+        wait_for_supervisor(ctx, &record.id, SUPERVISOR_CLEANUP);
         return Ok(());
     }
     if timeout_secs > 0 {
@@ -258,7 +271,7 @@ pub fn stop(ctx: &Context, record: &ContainerRecord, timeout_secs: u64) -> Resul
         }
     }
     ignore_gone(runtime.kill(&record.id, "KILL"))?;
-    if !wait_for_supervisor(ctx, &record.id, Duration::from_secs(30)) {
+    if !wait_for_supervisor(ctx, &record.id, SUPERVISOR_CLEANUP) {
         return Err(Error::Supervisor {
             id: record.id.clone(),
             detail: "the container did not exit 30 s after SIGKILL".into(),
@@ -288,8 +301,8 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()
         }
         stop(ctx, record, 0)?;
     }
+    settle(ctx, record)?;
     let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
-    wait_for_supervisor(ctx, &record.id, Duration::from_secs(10));
     let Ok(record) = ctx.containers.load(&record.id) else { return Ok(()) }; // --rm got there first
     let runtime = ctx.runtime_named(&record.runtime)?;
     if runtime.state(&record.id)?.is_some() {

@@ -219,6 +219,7 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
 }
 
 fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, printed: &str) -> Result<Restored> {
+    lifecycle::settle(ctx, record)?;
     let _lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let mut record = ctx.containers.load(&record.id)?;
     let st = status(ctx, &record)?;
@@ -229,7 +230,6 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
             action: "cannot restore: only an exited, checkpointed container can be restored".into(),
         });
     }
-    lifecycle::wait_for_supervisor(ctx, &record.id, std::time::Duration::from_secs(10));
     run_restore(ctx, req, &mut record, printed.to_string())
 }
 

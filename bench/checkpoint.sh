@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of `ckpt checkpoint --export` / `restore --import` against podman's, on
+# the same workload in the same run: a container holding 64 MiB or 512 MiB of resident memory,
+# for each compression. Reports wall time, CRIU frozen time, archive size and peak RSS of the
+# tool, and the ratio ckpt/podman for each. Usage: bench/checkpoint.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+bash scripts/setup >/dev/null
+command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet -p ckpt
+ckpt="$PWD/target/release/ckpt --root /var/lib/ckpt-bench --runroot /run/ckpt-bench"
+work=/var/tmp/ckpt-bench
+rm -rf "$work"; mkdir -p "$work/rootfs/bin"
+gcc -O2 -static -o "$work/rootfs/bin/memhog" bench/memhog.c
+cp /bin/busybox "$work/rootfs/bin/busybox"; ln -sf busybox "$work/rootfs/bin/sh"
+tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+$ckpt image import "$work/rootfs.tar" memhog >/dev/null
+podman image rm -f localhost/memhog >/dev/null 2>&1 || true
+podman import -q "$work/rootfs.tar" localhost/memhog >/dev/null
+
+# Debian's crun has no checkpoint support and no hybrid-cgroup support: podman uses runc too.
+podman() { command podman --runtime runc "$@"; }
+now() { date +%s%N; }
+wait_ready() { for _ in $(seq 200); do "$@" 2>/dev/null | grep -q ready && return 0; sleep 0.1; done; echo "container never got ready" >&2; return 1; }
+peak_kib() { sed -n 's/^maxrss //p' "$1"; }
+
+# run_one TOOL SIZE COMPRESSION → "wall_ms frozen_us size_bytes rss_kib restore_ms"
+run_one() {
+  local tool=$1 size=$2 comp=$3 archive="$work/$1.tar" stats t0 t1 t2 t3
+  rm -f "$archive"
+  if [ "$tool" = ckpt ]; then
+    $ckpt rm -f b b2 >/dev/null 2>&1 || true
+    $ckpt run -d --name b memhog /bin/memhog "$size" >/dev/null
+    wait_ready $ckpt logs b
+    t0=$(now)
+    stats=$(/usr/bin/time -f 'maxrss %M' -o "$work/rss" $ckpt checkpoint --print-stats -c "$comp" -e "$archive" b)
+    t1=$(now)
+    $ckpt rm -f b >/dev/null
+    t2=$(now); $ckpt restore -i "$archive" -n b2 >/dev/null; t3=$(now)
+    $ckpt rm -f b2 >/dev/null
+  else
+    podman rm -f b b2 >/dev/null 2>&1 || true
+    podman run -d --network none --name b localhost/memhog /bin/memhog "$size" >/dev/null
+    wait_ready podman logs b
+    t0=$(now)
+    stats=$(/usr/bin/time -f 'maxrss %M' -o "$work/rss" podman container checkpoint --print-stats -c "$comp" -e "$archive" b)
+    t1=$(now)
+    podman rm -f b >/dev/null
+    t2=$(now); podman container restore -i "$archive" -n b2 >/dev/null; t3=$(now)
+    podman rm -f b2 >/dev/null
+  fi
+  local frozen
+  frozen=$(printf '%s' "$stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["container_statistics"][0]["criu_statistics"].get("frozen_time", 0))')
+  echo "$(( (t1 - t0) / 1000000 )) $frozen $(stat -c %s "$archive") $(peak_kib "$work/rss") $(( (t3 - t2) / 1000000 ))"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' MiB comp "checkpoint wall ms" "frozen ms" "archive MiB" "peak RSS MiB" "restore wall ms"
+printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' "" "" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman" "ckpt podman ratio"
+for size in 64 512; do
+  for comp in zstd gzip none; do
+    declare -A results=()
+    for tool in ckpt podman; do
+      for _ in $(seq "$rounds"); do run_one "$tool" "$size" "$comp"; done > "$work/$tool.rounds"
+      for col in 1 2 3 4 5; do results[$tool$col]=$(cut -d' ' -f$col "$work/$tool.rounds" | median); done
+    done
+    ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else '-')"; }
+    printf '%-5s %-5s | %5s %6s %7s    | %5s %6s %7s    | %6s %6s %7s      | %6s %6s     | %5s %6s %7s\n' "$size" "$comp" \
+      "${results[ckpt1]}" "${results[podman1]}" "$(ratio "${results[ckpt1]}" "${results[podman1]}")" \
+      "$(( results[ckpt2] / 1000 ))" "$(( results[podman2] / 1000 ))" "$(ratio "${results[ckpt2]}" "${results[podman2]}")" \
+      "$(( results[ckpt3] >> 20 ))" "$(( results[podman3] >> 20 ))" "$(ratio "${results[ckpt3]}" "${results[podman3]}")" \
+      "$(( results[ckpt4] >> 10 ))" "$(( results[podman4] >> 10 ))" \
+      "${results[ckpt5]}" "${results[podman5]}" "$(ratio "${results[ckpt5]}" "${results[podman5]}")"
+    unset results
+  done
+done
+$ckpt image rm -f memhog >/dev/null 2>&1 || true
