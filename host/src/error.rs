@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::archive::ArchiveError;
 use crate::criu::CriuError;
 use crate::image::ImageError;
+use crate::policy::PolicyError;
 use crate::runtime::RuntimeError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,6 +56,8 @@ pub enum Error {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    PolicyEngine(#[from] PolicyError),
     #[error("{action} {path:?}: {source}")]
     Io { action: &'static str, path: PathBuf, source: io::Error },
     #[error("{what} {path:?} is corrupt: {detail}")]

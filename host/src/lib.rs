@@ -14,6 +14,7 @@ pub mod error;
 pub mod image;
 pub mod netns;
 pub mod ops;
+pub mod policy;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;

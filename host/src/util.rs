@@ -107,3 +107,10 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
         .map_err(Error::io("chmod", &path))?;
     Ok(TempDir { path })
 }
+
+/// `blake3:<hex>` of a file's content.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(path).map_err(Error::io("hash", path))?;
+    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+}

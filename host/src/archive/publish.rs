@@ -47,6 +47,9 @@ impl PendingFile {
     }
 
     pub fn publish(mut self) -> Result<()> {
+        if self.published {
+            return Ok(());
+        }
         let target = self.target.clone();
         self.writer.flush().map_err(Error::io("write", &target))?;
         self.writer.get_ref().sync_all().map_err(Error::io("sync", &target))?;

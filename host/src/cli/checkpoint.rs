@@ -53,6 +53,24 @@ pub struct CheckpointArgs {
     /// Print statistics about the checkpoint as JSON.
     #[arg(long)]
     pub print_stats: bool,
+    /// The planner policy: a WebAssembly component (default: the built-in default policy).
+    #[arg(long, value_name = "FILE.wasm")]
+    pub policy: Option<PathBuf>,
+    /// Settings for the planner: JSON, or @FILE.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub policy_config: Option<String>,
+    /// An export gate policy; give it several times, any deny wins.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub gate: Vec<PathBuf>,
+    /// Settings for the gates, in the order of --gate: JSON, or @FILE.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub gate_config: Vec<String>,
+    /// Print the planner's decision and checkpoint nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// What asked for this checkpoint, as the policy sees it (default: cli).
+    #[arg(long, default_value = "cli")]
+    pub trigger: String,
     pub containers: Vec<String>,
 }
 
@@ -97,6 +115,20 @@ pub struct RestoreArgs {
 
 pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
     let started = Instant::now();
+    if args.gate_config.len() > args.gate.len() {
+        return Err(crate::Error::invalid(
+            "more --gate-config than --gate: each setting goes with the --gate in the same position",
+        ));
+    }
+    let gates = args
+        .gate
+        .iter()
+        .enumerate()
+        .map(|(i, gate)| {
+            let settings = crate::policy::read_settings(args.gate_config.get(i).map(String::as_str))?;
+            Ok((gate.display().to_string(), settings))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let req = CheckpointRequest {
         containers: args.containers,
         all: args.all,
@@ -113,9 +145,17 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         with_previous: args.with_previous,
         create_image: args.create_image,
         print_stats: args.print_stats,
+        policy: args.policy.map(|p| p.display().to_string()),
+        policy_config: args.policy_config,
+        gates,
+        dry_run: args.dry_run,
+        trigger: args.trigger,
     };
     let (done, result) = checkpoint::checkpoint(ctx, &req);
-    if req.print_stats {
+    if req.dry_run {
+        let plans: Vec<_> = done.iter().filter_map(|d| d.plan.clone()).collect();
+        println!("{}", serde_json::to_string_pretty(&plans).expect("json"));
+    } else if req.print_stats {
         let stats: Vec<_> = done.iter().map(|d| d.stats.clone()).collect();
         println!("{}", checkpoint::stats_document(started.elapsed(), &stats));
     } else {

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod container;
 mod image;
+mod policy;
 mod volume;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum Command {
     Image(image::ImageCommand),
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
 }
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(args) => container::diff(&ctx, args),
         Command::Image(cmd) => image::run(&ctx, cmd),
         Command::Volume(cmd) => volume::run(&ctx, cmd),
+        Command::Policy(cmd) => policy::run(&ctx, cmd),
         Command::Supervise(args) => container::supervise(&ctx, args),
     }
 }

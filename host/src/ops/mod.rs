@@ -6,6 +6,7 @@ pub mod container;
 pub mod images;
 pub mod inspect_checkpoint;
 pub mod lifecycle;
+pub mod policy;
 pub mod restore;
 pub mod volumes;
 

@@ -1,0 +1,55 @@
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::error::Result;
+use crate::ops::{Context, policy};
+
+/// Tools for policy authors: write, build, test, use.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// What a policy says about itself, its imports, its digest, and whether it runs here.
+    Inspect { file: String },
+    /// The facts a policy would receive for a container, as JSON (a ready fixture).
+    Facts { container: String },
+    /// One decision: `plan` (default), `round` or `gate`, with its reasons, logs and fuel.
+    Eval {
+        file: String,
+        #[arg(long)]
+        facts: PathBuf,
+        /// Settings: JSON, or @FILE.
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, default_value = "plan")]
+        decision: String,
+        /// The rounds so far (JSON list), for a `round` decision.
+        #[arg(long)]
+        rounds: Option<PathBuf>,
+    },
+    /// Table-driven cases: facts plus the expected decision, for a policy in any language.
+    Test { file: String, cases: PathBuf },
+}
+
+pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
+    match command {
+        PolicyCommand::Inspect { file } => {
+            let value = policy::inspect(ctx, &file)?;
+            println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+            Ok(if value["runs_here"] == true { 0 } else { 1 })
+        }
+        PolicyCommand::Facts { container } => {
+            println!("{}", serde_json::to_string_pretty(&policy::facts(ctx, &container)?).expect("json"));
+            Ok(0)
+        }
+        PolicyCommand::Eval { file, facts, config, decision, rounds } => {
+            let value = policy::eval(ctx, &file, &facts, config.as_deref(), &decision, rounds.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+            Ok(0)
+        }
+        PolicyCommand::Test { file, cases } => {
+            let (lines, all_passed) = policy::test(ctx, &file, &cases)?;
+            lines.iter().for_each(|l| println!("{l}"));
+            Ok(if all_passed { 0 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! `ckpt checkpoint`: ask the planner policy how, pre-dump and dump running containers with the
+//! runtime and CRIU, then export them as archives or checkpoint images past the export gates.
+//! A denial or failure at any step leaves the container running and publishes nothing.
+
+pub mod export;
+pub mod predump;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::Context;
+use super::lifecycle::{self, status};
+use crate::archive::Compression;
+use crate::archive::checkpoint as layout;
+use crate::archive::publish::PendingFile;
+use crate::criu::{self, DumpStats};
+use crate::error::{Error, Result};
+use crate::policy::bindings::{self as wit, CheckpointFacts, ExportFacts, ExportTarget, PreDumpPlan, TargetKind};
+use crate::policy::{self, GateVerdict, Policies};
+use crate::runtime::{CheckpointOptions, OciRuntime};
+use crate::store::{ContainerLock, ContainerRecord};
+use crate::supervisor::Launch;
+use crate::util::{remove_dir_all, remove_file_if_exists};
+use export::Content;
+
+/// The checkpoint options of the command line, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointRequest {
+    pub containers: Vec<String>,
+    pub all: bool,
+    pub latest: bool,
+    pub keep: bool,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub export: Option<PathBuf>,
+    /// As typed; `None` when the flag was not given.
+    pub compress: Option<String>,
+    pub ignore_rootfs: bool,
+    pub ignore_volumes: bool,
+    pub pre_checkpoint: bool,
+    pub with_previous: bool,
+    pub create_image: Option<String>,
+    pub print_stats: bool,
+    /// The planner: a component file, or the built-in default when `None`.
+    pub policy: Option<String>,
+    pub policy_config: Option<String>,
+    /// Export gates, each with its settings (`{}` when not given).
+    pub gates: Vec<(String, String)>,
+    pub dry_run: bool,
+    /// What asked for this checkpoint: `cli` unless a scheduler says otherwise.
+    pub trigger: String,
+}
+
+/// `container_statistics[]` of `--print-stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerStats {
+    #[serde(rename = "Id")]
+    pub id: String,
+    pub runtime_checkpoint_duration: u64,
+    pub criu_statistics: DumpStats,
+}
+
+/// One container's outcome: what to print for it.
+#[derive(Debug, Clone)]
+pub struct Checkpointed {
+    pub printed_name: String,
+    pub stats: ContainerStats,
+    /// With `--dry-run`: the plan, and nothing was done.
+    pub plan: Option<Value>,
+}
+
+/// Checks the option combinations podman rejects, in podman's order, before anything changes.
+pub fn validate(ctx: &Context, req: &CheckpointRequest) -> Result<Compression> {
+    if req.all && req.latest {
+        return Err(Error::invalid("--all and --latest cannot be used together"));
+    }
+    if req.all && !req.containers.is_empty() {
+        return Err(Error::invalid("no arguments are needed with --all"));
+    }
+    if req.latest && !req.containers.is_empty() {
+        return Err(Error::invalid("--latest and containers cannot be used together"));
+    }
+    if !req.all && !req.latest && req.containers.is_empty() {
+        return Err(Error::invalid("you must provide at least one name or id"));
+    }
+    let compression = match &req.compress {
+        Some(_) if req.export.is_none() => return Err(Error::invalid("--compress can only be used with --export")),
+        Some(value) => Compression::parse(value)?,
+        None => Compression::Zstd,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::invalid("checkpointing a container requires root"));
+    }
+    if req.ignore_rootfs && req.export.is_none() {
+        return Err(Error::invalid("--ignore-rootfs can only be used with --export"));
+    }
+    if req.ignore_volumes && req.export.is_none() {
+        return Err(Error::invalid("--ignore-volumes can only be used with --export"));
+    }
+    if req.with_previous && req.pre_checkpoint {
+        return Err(Error::invalid("--with-previous can not be used with --pre-checkpoint"));
+    }
+    if req.with_previous || req.pre_checkpoint {
+        ctx.criu()?.memory_tracking()?;
+    }
+    Ok(compression)
+}
+
+/// Resolves `--all`, `--latest` or names to containers; an unknown name aborts everything.
+fn select(ctx: &Context, req: &CheckpointRequest) -> Result<Vec<(ContainerRecord, String)>> {
+    if req.all {
+        let mut out = Vec::new();
+        for record in ctx.containers.list()? {
+            if status(ctx, &record)?.running() {
+                let id = record.id.clone();
+                out.push((record, id));
+            }
+        }
+        return Ok(out);
+    }
+    if req.latest {
+        let record = ctx.containers.latest()?.ok_or_else(|| Error::invalid("no containers to checkpoint"))?;
+        let id = record.id.clone();
+        return Ok(vec![(record, id)]);
+    }
+    req.containers
+        .iter()
+        .map(|name| Ok((ctx.containers.lookup(name)?, name.trim_start_matches('/').to_string())))
+        .collect()
+}
+
+/// What the user asked for, in the policy contract's terms.
+fn requested(req: &CheckpointRequest, compression: Compression) -> (wit::CheckpointOptions, Vec<ExportTarget>) {
+    let options = wit::CheckpointOptions {
+        leave_running: req.leave_running,
+        tcp_established: req.tcp_established,
+        file_locks: req.file_locks,
+        keep: req.keep,
+        ignore_rootfs: req.ignore_rootfs,
+        ignore_volumes: req.ignore_volumes,
+        print_stats: req.print_stats,
+        pre_checkpoint: req.pre_checkpoint,
+        with_previous: req.with_previous,
+    };
+    let compression = match compression {
+        Compression::Zstd => wit::Compression::Zstd,
+        Compression::Gzip => wit::Compression::Gzip,
+        Compression::None => wit::Compression::None,
+    };
+    // As podman: with both --export and --create-image, only the archive is written.
+    let exports = match (&req.export, &req.create_image) {
+        (Some(path), _) => {
+            vec![ExportTarget { kind: TargetKind::Archive, location: path.display().to_string(), compression }]
+        }
+        (None, Some(image)) => vec![ExportTarget { kind: TargetKind::Image, location: image.clone(), compression }],
+        (None, None) => vec![],
+    };
+    (options, exports)
+}
+
+/// A plan that passed the host's own rules.
+#[derive(Debug, Clone)]
+struct Planned {
+    options: wit::CheckpointOptions,
+    pre_dump: PreDumpPlan,
+    exports: Vec<ExportTarget>,
+}
+
+/// The host's rules for any plan, whoever made it; checked before anything changes.
+fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> Result<Planned> {
+    let o = &plan.options;
+    let refuse =
+        |what: &str| Error::Policy(format!("policy {policy_name:?} planned {what}; refused before anything changed"));
+    if o.with_previous && o.pre_checkpoint {
+        return Err(refuse("--with-previous together with --pre-checkpoint"));
+    }
+    let archives = plan.exports.iter().any(|t| t.kind == TargetKind::Archive);
+    if (o.ignore_rootfs || o.ignore_volumes) && plan.exports.is_empty() {
+        return Err(refuse("--ignore-rootfs or --ignore-volumes without an export"));
+    }
+    if o.pre_checkpoint && plan.exports.iter().any(|t| t.kind == TargetKind::Image) {
+        return Err(refuse("a checkpoint image of a pre-checkpoint"));
+    }
+    let rounds = !matches!(plan.pre_dump, PreDumpPlan::None);
+    if (rounds || o.pre_checkpoint || o.with_previous) && !facts.host.memory_tracking {
+        return Err(Error::Unsupported(format!(
+            "policy {policy_name:?} planned pre-dumps, but this system (architecture/kernel/CRIU) does not support memory tracking ('criu check --feature mem_dirty_track' fails); nothing was changed"
+        )));
+    }
+    if rounds && (o.pre_checkpoint || o.with_previous) {
+        return Err(refuse("pre-dump rounds together with --pre-checkpoint or --with-previous"));
+    }
+    let _ = archives;
+    Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone() })
+}
+
+pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>, Result<()>) {
+    let prepared = validate(ctx, req).and_then(|compression| {
+        let selected = select(ctx, req)?;
+        let planner = req.policy.clone().unwrap_or_else(|| policy::DEFAULT_POLICY_SOURCE.to_string());
+        let settings = policy::read_settings(req.policy_config.as_deref())?;
+        let policies = Policies::load(&ctx.roots.root.join("policy-cache"), (&planner, &settings), &req.gates)?;
+        Ok((compression, selected, policies))
+    });
+    let (compression, selected, mut policies) = match prepared {
+        Ok(p) => p,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut done = Vec::new();
+    let result = crate::cli::for_each(&selected, |(record, printed)| {
+        let outcome = plan_and_checkpoint(ctx, req, compression, record, &mut policies);
+        let records = std::mem::take(&mut policies.records);
+        if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
+            eprintln!("Error: cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
+        }
+        let (stats, plan) = outcome?;
+        done.push(Checkpointed { printed_name: printed.clone(), stats, plan });
+        Ok(())
+    });
+    (done, result)
+}
+
+fn plan_and_checkpoint(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    compression: Compression,
+    record: &ContainerRecord,
+    policies: &mut Policies,
+) -> Result<(ContainerStats, Option<Value>)> {
+    let (options, exports) = requested(req, compression);
+    let trigger = if req.trigger.is_empty() { "cli" } else { req.trigger.as_str() };
+    let facts = policy::facts::checkpoint(ctx, record, options, exports, trigger);
+    let plan = policies.plan(&facts)?;
+    let planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
+    if req.dry_run {
+        let value = json!({
+            "Id": record.id,
+            "Name": record.name,
+            "policy": {"name": policies.planner.info.name, "source": policies.planner.source, "digest": policies.planner.digest},
+            "plan": plan,
+            "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
+        });
+        let stats = ContainerStats {
+            id: record.id.clone(),
+            runtime_checkpoint_duration: 0,
+            criu_statistics: DumpStats::default(),
+        };
+        return Ok((stats, Some(value)));
+    }
+    checkpoint_one(ctx, record, &facts, &planned, policies).map(|stats| (stats, None))
+}
+
+fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned) -> CheckpointOptions {
+    let o = &planned.options;
+    CheckpointOptions {
+        image_path: image_dir.to_path_buf(),
+        work_path: paths_bundle.to_path_buf(),
+        leave_running: o.leave_running || o.pre_checkpoint,
+        tcp_established: o.tcp_established,
+        file_locks: o.file_locks,
+        pre_dump: o.pre_checkpoint,
+        parent_path: o.with_previous.then(|| PathBuf::from("..").join(layout::PRE_CHECKPOINT_DIR)),
+    }
+}
+
+fn checkpoint_one(
+    ctx: &Context,
+    record: &ContainerRecord,
+    facts: &CheckpointFacts,
+    planned: &Planned,
+    policies: &mut Policies,
+) -> Result<ContainerStats> {
+    let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
+    let record = ctx.containers.load(&record.id)?;
+    let st = status(ctx, &record)?;
+    if !st.running() {
+        return Err(Error::ContainerState {
+            name: record.name.clone(),
+            state: st.status.to_string(),
+            action: "cannot checkpoint: it is not running".into(),
+        });
+    }
+    let o = &planned.options;
+    if record.auto_remove && !planned.exports.iter().any(|t| t.kind == TargetKind::Archive) {
+        return Err(Error::invalid(format!(
+            "cannot checkpoint container {:?}: it was started with --rm, so only --export can keep its checkpoint",
+            record.name
+        )));
+    }
+    let paths = ctx.containers.paths(&record.id);
+    if o.with_previous && !paths.pre_checkpoint_dir().join("inventory.img").exists() {
+        return Err(Error::invalid(format!(
+            "container {:?} has no pre-checkpoint at {}; run 'ckpt checkpoint --pre-checkpoint' first",
+            record.name,
+            paths.pre_checkpoint_dir().display()
+        )));
+    }
+    let runtime = ctx.runtime_named(&record.runtime)?;
+    if !runtime.supports_checkpoint() {
+        return Err(Error::Unsupported(format!(
+            "OCI runtime {:?} ({}) was built without checkpoint support; use runc",
+            runtime.name(),
+            runtime.path().display()
+        )));
+    }
+    criu::check_version(ctx.criu()?.as_ref())?;
+    // Export targets are claimed before the dump, so a bad path fails with nothing changed.
+    let mut pending = Vec::new();
+    for target in &planned.exports {
+        match target.kind {
+            TargetKind::Archive => pending.push(Some(PendingFile::create(Path::new(&target.location))?)),
+            TargetKind::Image => {
+                crate::image::normalize_reference(&target.location);
+                pending.push(None);
+            }
+        }
+    }
+
+    let bundle = paths.bundle();
+    let image_dir = if o.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
+    let base = runtime_options(&bundle, &image_dir, planned);
+    let parents = predump::run_rounds(runtime.as_ref(), policies, facts, &paths, &planned.pre_dump, &base)?;
+    let mut options = base.clone();
+    if let Some(last) = parents.last() {
+        options.parent_path = Some(PathBuf::from("..").join(last));
+    }
+    remove_dir_all(&image_dir)?;
+    let started = Instant::now();
+    if let Err(e) = runtime.checkpoint(&record.id, &options) {
+        // CRIU resumed the container; a partial image directory must not look restorable.
+        remove_dir_all(&image_dir)?;
+        predump::clean(&paths, &parents);
+        return Err(e.into());
+    }
+    let runtime_duration = started.elapsed().as_micros() as u64;
+    let stats_path = paths.in_bundle(layout::STATS_DUMP);
+    let container_stopped = !options.leave_running;
+    let exported = (|| {
+        let stats = if o.print_stats {
+            criu::read_dump_stats(&stats_path)
+                .map_err(|e| Error::invalid(format!("displaying checkpointing statistics not possible: {e}")))?
+        } else {
+            DumpStats::default()
+        };
+        let content = Content {
+            images_dir: if o.pre_checkpoint { layout::PRE_CHECKPOINT_DIR } else { layout::CHECKPOINT_DIR },
+            parents: parents.clone(),
+            ignore_rootfs: o.ignore_rootfs,
+            ignore_volumes: o.ignore_volumes,
+            decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
+        };
+        for (target, pending) in planned.exports.iter().zip(pending) {
+            export_to(ctx, runtime.as_ref(), &record, facts, policies, target, &content, pending)?;
+        }
+        Ok(stats)
+    })();
+    let criu_statistics = match exported {
+        Ok(stats) => stats,
+        Err(e) if container_stopped => return Err(roll_back(ctx, lock, &record, e)),
+        Err(e) => return Err(e),
+    };
+    if container_stopped {
+        let mut record = ctx.containers.load(&record.id)?;
+        record.state.checkpointed = true;
+        record.state.checkpointed_at = Some(crate::util::now());
+        record.state.restored = false;
+        record.state.checkpoint_path = Some(image_dir);
+        record.state.finished_at = record.state.checkpointed_at;
+        ctx.containers.save(&record)?;
+    }
+    if !o.keep && !o.pre_checkpoint {
+        remove_file_if_exists(&paths.in_bundle("dump.log"))?;
+        remove_file_if_exists(&stats_path)?;
+    }
+    // The supervisor records the exit in the background; whatever starts the container again
+    // waits for it first (see `lifecycle::settle`).
+    drop(lock);
+    Ok(ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics })
+}
+
+/// Writes one export, asks the gates, and publishes it, narrowed if a gate says so.
+#[allow(clippy::too_many_arguments)]
+fn export_to(
+    ctx: &Context,
+    runtime: &dyn OciRuntime,
+    record: &ContainerRecord,
+    facts: &CheckpointFacts,
+    policies: &mut Policies,
+    target: &ExportTarget,
+    content: &Content,
+    pending: Option<PendingFile>,
+) -> Result<()> {
+    let compression = match target.compression {
+        wit::Compression::Zstd => Compression::Zstd,
+        wit::Compression::Gzip => Compression::Gzip,
+        wit::Compression::None => Compression::None,
+    };
+    let gated = !policies.gates.is_empty();
+    let mut ask = |size: u64, digest: &str, included: export::Included| -> Result<GateVerdict> {
+        if !gated {
+            return Ok(GateVerdict::Allow);
+        }
+        let export_facts = ExportFacts {
+            container: facts.container.clone(),
+            target: target.clone(),
+            size_bytes: size,
+            has_rootfs: included.rootfs,
+            has_volumes: included.volumes,
+            digest: digest.to_string(),
+            now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        policies.gate(&export_facts).map_err(Error::from)
+    };
+    let narrowed = |drop_rootfs: bool, drop_volumes: bool| Content {
+        ignore_rootfs: content.ignore_rootfs || drop_rootfs,
+        ignore_volumes: content.ignore_volumes || drop_volumes,
+        ..content.clone()
+    };
+    match (target.kind, pending) {
+        (TargetKind::Archive, Some(mut pending)) => {
+            let included = export::write_archive(ctx, record, content, compression, &mut pending)?;
+            let verdict = if gated {
+                std::io::Write::flush(&mut pending.writer).map_err(Error::io("write", &pending.target))?;
+                let size = std::fs::metadata(&pending.temp_path).map(|m| m.len()).unwrap_or(0);
+                ask(size, &crate::util::file_digest(&pending.temp_path)?, included)?
+            } else {
+                GateVerdict::Allow
+            };
+            match verdict {
+                GateVerdict::Allow => pending.publish(),
+                GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
+                    let target_path = pending.target.clone();
+                    drop(pending);
+                    let mut again = PendingFile::create(&target_path)?;
+                    export::write_archive(ctx, record, &narrowed(drop_rootfs, drop_volumes), compression, &mut again)?;
+                    again.publish()
+                }
+            }
+        }
+        (TargetKind::Image, _) => {
+            let mut verdict = GateVerdict::Allow;
+            let mut admit = |size: u64, digest: &str, included: export::Included| -> Result<()> {
+                verdict = ask(size, digest, included)?;
+                match verdict {
+                    GateVerdict::Allow => Ok(()),
+                    GateVerdict::Narrow { .. } => Err(Error::Policy("narrowed".into())),
+                }
+            };
+            match export::create_image(ctx, runtime, record, content, &target.location, &mut admit) {
+                Err(Error::Policy(p)) if p == "narrowed" => {
+                    let GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } = verdict else { unreachable!() };
+                    export::create_image(
+                        ctx,
+                        runtime,
+                        record,
+                        &narrowed(drop_rootfs, drop_volumes),
+                        &target.location,
+                        &mut |_, _, _| Ok(()),
+                    )
+                }
+                other => other,
+            }
+        }
+        (TargetKind::Archive, None) => unreachable!("every archive target has a pending file"),
+    }
+}
+
+/// After a successful dump the export failed or was denied: bring the container back from its
+/// local images, so that nothing is lost, and report both.
+fn roll_back(ctx: &Context, lock: ContainerLock, record: &ContainerRecord, cause: Error) -> Error {
+    drop(lock);
+    lifecycle::wait_for_supervisor(ctx, &record.id, lifecycle::SUPERVISOR_CLEANUP);
+    let paths = ctx.containers.paths(&record.id);
+    let restore = crate::runtime::RestoreOptions {
+        image_path: paths.checkpoint_dir(),
+        work_path: paths.bundle(),
+        ..Default::default()
+    };
+    let result = (|| {
+        let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
+        let mut fresh = ctx.containers.load(&record.id)?;
+        lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore))?;
+        remove_dir_all(&paths.checkpoint_dir())
+    })();
+    match result {
+        Ok(()) => Error::invalid(format!(
+            "checkpoint of container {:?} was not exported, and the container was restored and keeps running: {cause}",
+            record.name
+        )),
+        Err(e) => Error::invalid(format!(
+            "checkpoint of container {:?} was not exported ({cause}), and restoring it failed too ({e}); its checkpoint stays in {} for 'ckpt restore'",
+            record.name,
+            paths.checkpoint_dir().display()
+        )),
+    }
+}
+
+/// podman's `--print-stats` document, with ckpt's name for the total.
+pub fn stats_document(total: Duration, stats: &[ContainerStats]) -> String {
+    let doc = json!({"ckpt_checkpoint_duration": total.as_micros() as u64, "container_statistics": stats});
+    to_four_space_json(&doc)
+}
+
+pub fn to_four_space_json(value: &Value) -> String {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    value.serialize(&mut ser).expect("json");
+    String::from_utf8(out).expect("utf-8")
+}

@@ -1,0 +1,265 @@
+//! Tools for policy authors: inspect a component, capture facts, evaluate one decision, and run
+//! table-driven cases against a policy in any language.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Context;
+use crate::error::{Error, Result};
+use crate::policy::bindings::*;
+use crate::policy::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
+
+fn engine(ctx: &Context) -> Result<PolicyEngine> {
+    Ok(PolicyEngine::new(&ctx.roots.root.join("policy-cache"))?)
+}
+
+fn load(ctx: &Context, file: &str, settings: Option<&str>) -> Result<(PolicyEngine, LoadedPolicy)> {
+    let engine = engine(ctx)?;
+    let (source, bytes) = policy::read_component(file)?;
+    let settings = policy::read_settings(settings)?;
+    let loaded = engine.load(&source, &bytes, &settings)?;
+    Ok((engine, loaded))
+}
+
+/// `ckpt policy inspect`: what the policy says about itself, its imports, its digest, and
+/// whether this host can run it.
+pub fn inspect(ctx: &Context, file: &str) -> Result<Value> {
+    let engine = engine(ctx)?;
+    let (source, bytes) = policy::read_component(file)?;
+    let described = engine.describe(&source, &bytes);
+    Ok(match described {
+        Ok(p) => json!({
+            "source": p.source,
+            "digest": p.digest,
+            "name": p.info.name,
+            "version": p.info.version,
+            "decisions": p.info.decisions,
+            "settings_schema": serde_json::from_str::<Value>(&p.info.settings_schema).unwrap_or(Value::String(p.info.settings_schema.clone())),
+            "imports": p.imports,
+            "size_bytes": bytes.len(),
+            "runs_here": true,
+            "precompiled_in_cache": p.cached,
+        }),
+        Err(e) => json!({
+            "source": source,
+            "digest": format!("blake3:{}", blake3::hash(&bytes).to_hex()),
+            "size_bytes": bytes.len(),
+            "runs_here": false,
+            "error": e.to_string(),
+        }),
+    })
+}
+
+/// `ckpt policy facts`: the facts a planner would receive for this container, as a fixture.
+pub fn facts(ctx: &Context, name: &str) -> Result<CheckpointFacts> {
+    let record = ctx.containers.lookup(name)?;
+    let options = CheckpointOptions {
+        leave_running: false,
+        tcp_established: false,
+        file_locks: false,
+        keep: false,
+        ignore_rootfs: false,
+        ignore_volumes: false,
+        print_stats: false,
+        pre_checkpoint: false,
+        with_previous: false,
+    };
+    Ok(policy::facts::checkpoint(ctx, &record, options, vec![], "cli"))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(format!("{what} {:?} is not valid: {e}", path.display().to_string())))
+}
+
+/// One decision of any kind, with its trace.
+pub struct Evaluated {
+    pub decision: std::result::Result<Value, String>,
+    pub trace: Trace,
+}
+
+fn evaluate(
+    engine: &PolicyEngine,
+    policy: &LoadedPolicy,
+    kind: &str,
+    facts: &Value,
+    rounds: &[RoundStats],
+) -> Result<Evaluated> {
+    let bad = |e: serde_json::Error| Error::invalid(format!("facts do not fit the {kind} decision: {e}"));
+    let (decision, trace) = match kind {
+        "plan" => {
+            let facts: CheckpointFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
+            let det = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
+            let (r, t) = engine.call(policy, det, "plan", |p, s| p.call_plan(s, &policy.settings, &facts));
+            let r = r.and_then(|d| match &d {
+                PlanDecision::Plan(plan) => policy::validate_plan(policy, plan).map(|()| d),
+                PlanDecision::Deny(_) => Ok(d),
+            });
+            (r.map(|d| to_json(&d)), t)
+        }
+        "round" => {
+            let facts: CheckpointFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
+            let det = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
+            let (r, t) =
+                engine.call(policy, det, "after-round", |p, s| p.call_after_round(s, &policy.settings, &facts, rounds));
+            (r.map(|d| to_json(&d)), t)
+        }
+        "gate" => {
+            let facts: ExportFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
+            let (r, t) =
+                engine.call(policy, Determinism::default(), "gate", |p, s| p.call_gate(s, &policy.settings, &facts));
+            (r.map(|d| to_json(&d)), t)
+        }
+        other => return Err(Error::invalid(format!("decision {other:?} is not one of plan, round, gate"))),
+    };
+    Ok(Evaluated { decision: decision.map_err(|e| e.to_string()), trace })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+/// `ckpt policy eval`.
+pub fn eval(
+    ctx: &Context,
+    file: &str,
+    facts: &Path,
+    config: Option<&str>,
+    kind: &str,
+    rounds: Option<&Path>,
+) -> Result<Value> {
+    let (engine, policy) = load(ctx, file, config)?;
+    let facts: Value = read_json(facts, "facts file")?;
+    let rounds: Vec<RoundStats> = match rounds {
+        Some(path) => read_json(path, "rounds file")?,
+        None => Vec::new(),
+    };
+    let evaluated = evaluate(&engine, &policy, kind, &facts, &rounds)?;
+    Ok(json!({
+        "policy": {"name": policy.info.name, "digest": policy.digest},
+        "decision": evaluated.decision.as_ref().ok(),
+        "error": evaluated.decision.as_ref().err(),
+        "outcome": outcome(&evaluated.decision),
+        "logs": evaluated.trace.logs,
+        "fuel_used": evaluated.trace.fuel_used,
+        "duration_us": evaluated.trace.duration_us,
+    }))
+}
+
+/// The short name of a decision, as test cases expect it: `plan`, `deny`, `allow`, `narrow`,
+/// `another-round`, `dump-now`, `abort`; a failure is `deny` (fail closed).
+pub fn outcome(decision: &std::result::Result<Value, String>) -> String {
+    let Ok(value) = decision else { return "deny".into() };
+    let key = match value {
+        Value::Object(map) if map.contains_key("action") => map["action"].as_str().unwrap_or_default().to_string(),
+        Value::Object(map) => map.keys().next().cloned().unwrap_or_default(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    match key.as_str() {
+        "AnotherRound" => "another-round".into(),
+        "DumpNow" => "dump-now".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Cases {
+    #[serde(default)]
+    config: Option<Value>,
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    name: String,
+    #[serde(default = "plan_kind")]
+    decision: String,
+    facts: Value,
+    #[serde(default)]
+    rounds: Vec<RoundStats>,
+    #[serde(default)]
+    config: Option<Value>,
+    expect: Expect,
+}
+
+fn plan_kind() -> String {
+    "plan".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct Expect {
+    outcome: String,
+    /// A JSON value the decision must contain (objects by subset, everything else equal).
+    #[serde(default)]
+    contains: Option<Value>,
+    /// Text that some reason or the error must contain.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn contains(actual: &Value, wanted: &Value) -> bool {
+    match (actual, wanted) {
+        (Value::Object(a), Value::Object(w)) => w.iter().all(|(k, v)| a.get(k).is_some_and(|av| contains(av, v))),
+        (a, w) => a == w,
+    }
+}
+
+/// `ckpt policy test`: runs every case; returns the report lines and whether all passed.
+pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>, bool)> {
+    let cases: Cases = read_json(cases_file, "cases file")?;
+    let engine = engine(ctx)?;
+    let (source, bytes) = policy::read_component(file)?;
+    let mut lines = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for case in &cases.cases {
+        let config = case.config.as_ref().or(cases.config.as_ref()).map(|c| c.to_string()).unwrap_or_default();
+        let verdict = engine
+            .load(&source, &bytes, &config)
+            .map_err(Error::from)
+            .and_then(|policy| evaluate(&engine, &policy, &case.decision, &case.facts, &case.rounds));
+        let (ok, detail) = match verdict {
+            Ok(evaluated) => {
+                let got = outcome(&evaluated.decision);
+                let text = match &evaluated.decision {
+                    Ok(v) => v.to_string(),
+                    Err(e) => e.clone(),
+                };
+                let mut problems = Vec::new();
+                if got != case.expect.outcome {
+                    problems.push(format!("outcome {got:?}, expected {:?}", case.expect.outcome));
+                }
+                if let (Some(wanted), Ok(actual)) = (&case.expect.contains, &evaluated.decision)
+                    && !contains(actual, wanted)
+                {
+                    problems.push(format!("decision {actual} does not contain {wanted}"));
+                }
+                if let Some(reason) = &case.expect.reason
+                    && !text.contains(reason.as_str())
+                {
+                    problems.push(format!("no reason mentions {reason:?} in {text}"));
+                }
+                (problems.is_empty(), problems.join("; "))
+            }
+            Err(e)
+                if case.expect.outcome == "refused-settings"
+                    && matches!(e, Error::PolicyEngine(policy::PolicyError::Settings { .. })) =>
+            {
+                (true, String::new())
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        if ok {
+            passed += 1;
+            lines.push(format!("ok    {}", case.name));
+        } else {
+            failed += 1;
+            lines.push(format!("FAIL  {}: {detail}", case.name));
+        }
+    }
+    lines.push(format!("{passed} passed, {failed} failed"));
+    Ok((lines, failed == 0))
+}

@@ -1,0 +1,383 @@
+//! The sandbox: one wasmtime engine, components compiled once and cached by digest, and a fresh
+//! store with fuel, epoch deadline, memory and stack limits for every decision.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::PolicyError;
+use super::bindings::{self, Level, Policy, PolicyPre};
+use super::limits::{self, TotalMemoryLimiter};
+
+/// One line a policy logged.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+/// Everything a decision's store holds. Nothing in it reaches the host: no files, no
+/// environment, no sockets, a frozen clock and a seeded random source.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: TotalMemoryLimiter,
+    logs: Vec<LogLine>,
+    log_bytes: usize,
+    dropped_logs: usize,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl bindings::ckpt::policy::types::Host for State {}
+
+impl bindings::ckpt::policy::log::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        // Bounded by cutting, never by trapping: a chatty policy still gets its decision made.
+        if self.logs.len() >= limits::MAX_LOG_LINES || self.log_bytes >= limits::MAX_LOG_BYTES {
+            self.dropped_logs += 1;
+            return;
+        }
+        let mut message = message;
+        if message.len() > limits::MAX_TEXT_BYTES {
+            let mut cut = limits::MAX_TEXT_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        self.log_bytes += message.len();
+        let level = match level {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        self.logs.push(LogLine { level: level.to_string(), message });
+    }
+}
+
+struct FrozenWallClock(Duration);
+
+impl HostWallClock for FrozenWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+struct FrozenMonotonicClock;
+
+impl HostMonotonicClock for FrozenMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The deterministic inputs of one decision: the instant and the seed of the facts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Determinism {
+    pub now_unix_ms: u64,
+    pub seed: u64,
+}
+
+/// A compiled, validated policy, ready for decisions.
+pub struct LoadedPolicy {
+    /// The file it came from, or `builtin:default`.
+    pub source: String,
+    /// `blake3:<hex>` of the component bytes.
+    pub digest: String,
+    pub info: bindings::PolicyInfo,
+    pub settings: String,
+    pub settings_digest: String,
+    pub imports: Vec<String>,
+    pub cached: bool,
+    pre: PolicyPre<State>,
+}
+
+/// What one decision produced besides its answer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Trace {
+    pub logs: Vec<LogLine>,
+    pub dropped_logs: usize,
+    pub fuel_used: u64,
+    pub duration_us: u64,
+    pub peak_memory_bytes: usize,
+}
+
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<State>,
+    cache_dir: PathBuf,
+}
+
+impl PolicyEngine {
+    pub fn new(cache_dir: &Path) -> Result<PolicyEngine, PolicyError> {
+        let engine_err = |e: wasmtime::Error| PolicyError::Engine(format!("{e:#}"));
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(limits::WASM_STACK_BYTES);
+        config.parallel_compilation(true);
+        let engine = Engine::new(&config).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        // WASI is linked only as empty, deterministic stand-ins (see `State`): Python and
+        // JavaScript runtimes import it even when a policy never touches a file.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
+        start_epoch_ticker(&engine);
+        Ok(PolicyEngine { engine, linker, cache_dir: cache_dir.to_path_buf() })
+    }
+
+    /// Compiles (or takes from the cache) a component, checks its imports and asks it to
+    /// describe itself. Its settings are not validated: see [`PolicyEngine::load`].
+    pub fn describe(&self, source: &str, bytes: &[u8]) -> Result<LoadedPolicy, PolicyError> {
+        let digest = format!("blake3:{}", blake3::hash(bytes).to_hex());
+        let load_err = |detail: String| PolicyError::Load { policy: source.to_string(), detail };
+        if !bytes.starts_with(b"\0asm") {
+            return Err(load_err("not a WebAssembly component (precompiled artifacts are never accepted)".into()));
+        }
+        let (component, cached) = self.component(bytes, &digest).map_err(|e| load_err(format!("{e:#}")))?;
+        let imports: Vec<String> =
+            component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("{e:#}; a policy may import only ckpt:policy/log and WASI")))?;
+        let pre = PolicyPre::new(instance_pre)
+            .map_err(|e| load_err(format!("it does not export the ckpt:policy world: {e:#}")))?;
+        let mut policy = LoadedPolicy {
+            source: source.to_string(),
+            digest,
+            info: bindings::PolicyInfo {
+                name: String::new(),
+                version: String::new(),
+                decisions: vec![],
+                settings_schema: String::new(),
+            },
+            settings: String::new(),
+            settings_digest: format!("blake3:{}", blake3::hash(b"").to_hex()),
+            imports,
+            cached,
+            pre,
+        };
+        let (info, _) = self.call(&policy, Determinism::default(), "describe", |p, s| p.call_describe(s));
+        policy.info = info?;
+        check_text(source, "name", &policy.info.name)?;
+        Ok(policy)
+    }
+
+    /// [`PolicyEngine::describe`], then validates `settings`: bad settings are refused here,
+    /// when the policy is loaded, never in the middle of a checkpoint.
+    pub fn load(&self, source: &str, bytes: &[u8], settings: &str) -> Result<LoadedPolicy, PolicyError> {
+        let mut policy = self.describe(source, bytes)?;
+        let (valid, _) = self
+            .call(&policy, Determinism::default(), "validate-settings", |p, s| p.call_validate_settings(s, settings));
+        valid?.map_err(|detail| PolicyError::Settings { policy: policy.info.name.clone(), detail: cut(detail) })?;
+        policy.settings = settings.to_string();
+        policy.settings_digest = format!("blake3:{}", blake3::hash(settings.as_bytes()).to_hex());
+        Ok(policy)
+    }
+
+    fn component(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, bool)> {
+        let compat = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut hasher);
+            hasher.finish()
+        };
+        let hex = digest.trim_start_matches("blake3:");
+        let artifact = self.cache_dir.join(format!("{hex}-{compat:016x}.cwasm"));
+        let seal = artifact.with_extension("seal");
+        if let Some(component) = self.load_cached(&artifact, &seal) {
+            return Ok((component, true));
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        // The cache is an optimisation: failing to write it is not an error.
+        let _ = self.store_cached(&component, &artifact, &seal);
+        Ok((component, false))
+    }
+
+    /// Loads an artifact only if ckpt wrote it: root-owned, private, and matching the seal
+    /// (its digest) that ckpt wrote beside it.
+    fn load_cached(&self, artifact: &Path, seal: &Path) -> Option<Component> {
+        let dir_meta = fs::metadata(&self.cache_dir).ok()?;
+        let meta = fs::symlink_metadata(artifact).ok()?;
+        let own = nix::unistd::geteuid().as_raw();
+        if !meta.is_file()
+            || meta.uid() != own
+            || dir_meta.uid() != own
+            || meta.mode() & 0o077 != 0
+            || dir_meta.mode() & 0o077 != 0
+        {
+            return None;
+        }
+        let expected = fs::read_to_string(seal).ok()?;
+        let actual = blake3::Hasher::new().update_mmap(artifact).ok()?.finalize().to_hex();
+        if expected.trim() != actual.as_str() {
+            return None;
+        }
+        // SAFETY: the artifact was produced by `Component::serialize` of this same engine
+        // configuration (the compatibility hash is in its name), is owned by us, private, and
+        // matches the digest we recorded when we wrote it.
+        unsafe { Component::deserialize_file(&self.engine, artifact) }.ok()
+    }
+
+    fn store_cached(&self, component: &Component, artifact: &Path, seal: &Path) -> std::io::Result<()> {
+        fs::create_dir_all(&self.cache_dir)?;
+        fs::set_permissions(&self.cache_dir, fs::Permissions::from_mode(0o700))?;
+        let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        crate::util::write_atomic(artifact, &bytes, 0o600).map_err(std::io::Error::other)?;
+        crate::util::write_atomic(seal, blake3::hash(&bytes).to_hex().as_bytes(), 0o600).map_err(std::io::Error::other)
+    }
+
+    /// Runs one export in a fresh store. The store is dropped afterwards, whatever happened.
+    pub fn call<T>(
+        &self,
+        policy: &LoadedPolicy,
+        determinism: Determinism,
+        decision: &'static str,
+        body: impl FnOnce(&Policy, &mut Store<State>) -> wasmtime::Result<T>,
+    ) -> (Result<T, PolicyError>, Trace) {
+        let started = Instant::now();
+        let stdout = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
+        let stderr = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
+        let mut seed = determinism.seed.to_le_bytes().to_vec();
+        seed.extend_from_slice(&determinism.now_unix_ms.to_le_bytes());
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FrozenWallClock(Duration::from_millis(determinism.now_unix_ms)))
+            .monotonic_clock(FrozenMonotonicClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
+            .insecure_random(wasmtime_wasi::Deterministic::new(seed))
+            .insecure_random_seed(u128::from(determinism.seed))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: TotalMemoryLimiter::default(),
+            logs: Vec::new(),
+            log_bytes: 0,
+            dropped_logs: 0,
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let _ = store.set_fuel(limits::FUEL);
+        store.set_epoch_deadline((limits::DEADLINE.as_millis() / limits::EPOCH_TICK.as_millis()) as u64);
+        store.epoch_deadline_trap();
+        let result = policy.pre.instantiate(&mut store).and_then(|instance| body(&instance, &mut store));
+        let result = result.map_err(|e| {
+            let said = String::from_utf8_lossy(&stderr.contents()).into_owned();
+            classify(&policy.info.name, &policy.source, decision, e, &said)
+        });
+        let fuel_used = limits::FUEL - store.get_fuel().unwrap_or(0);
+        let mut trace = Trace {
+            logs: std::mem::take(&mut store.data_mut().logs),
+            dropped_logs: store.data().dropped_logs,
+            fuel_used,
+            duration_us: started.elapsed().as_micros() as u64,
+            peak_memory_bytes: store.data().limiter.peak,
+        };
+        for (pipe, level) in [(&store.data().stdout, "stdout"), (&store.data().stderr, "stderr")] {
+            let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
+            for line in text.lines().filter(|l| !l.trim().is_empty()).take(limits::MAX_LOG_LINES) {
+                trace.logs.push(LogLine { level: level.to_string(), message: cut(line.to_string()) });
+            }
+        }
+        drop(store);
+        (result, trace)
+    }
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    static TICKING: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
+    let mut engines = TICKING.lock().expect("ticker list");
+    let first = engines.is_empty();
+    engines.push(engine.clone());
+    if first {
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(limits::EPOCH_TICK);
+                    for engine in TICKING.lock().expect("ticker list").iter() {
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawn the epoch ticker");
+    }
+}
+
+/// Names what the policy did: ran out of fuel or time, grew too much memory, overflowed its
+/// stack, trapped, or failed in the host; with the last words it wrote to stderr (a panic
+/// message, say).
+fn classify(name: &str, source: &str, decision: &str, error: wasmtime::Error, stderr: &str) -> PolicyError {
+    let policy = if name.is_empty() { source.to_string() } else { format!("{name:?} ({source})") };
+    let text = format!("{error:#}");
+    let mut what = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => format!("ran out of fuel ({} units)", limits::FUEL),
+        Some(wasmtime::Trap::Interrupt) => format!("ran past its deadline of {:?}", limits::DEADLINE),
+        Some(wasmtime::Trap::StackOverflow) => "overflowed its stack (recursion too deep)".to_string(),
+        Some(trap) => format!("trapped ({trap})"),
+        None if text.contains("grow its memory") => {
+            format!("exceeded its memory limit of {} MiB", limits::MEMORY_BYTES >> 20)
+        }
+        None => format!("failed: {}", text.lines().next().unwrap_or_default()),
+    };
+    let last_words: Vec<&str> =
+        stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note:")).collect();
+    if !last_words.is_empty() {
+        what.push_str(&format!(", saying: {}", last_words[last_words.len().saturating_sub(2)..].join(" ")));
+    }
+    PolicyError::Failed { policy, decision: decision.to_string(), detail: cut(what) }
+}
+
+pub fn cut(mut text: String) -> String {
+    if text.len() > limits::MAX_TEXT_BYTES {
+        let mut end = limits::MAX_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+pub fn check_text(policy: &str, what: &str, text: &str) -> Result<(), PolicyError> {
+    if text.len() > limits::MAX_TEXT_BYTES || text.contains('\0') {
+        return Err(PolicyError::BadAnswer {
+            policy: policy.to_string(),
+            detail: format!("{what} is longer than {} bytes or holds a NUL byte", limits::MAX_TEXT_BYTES),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The budget of one decision. A policy that exceeds any of these is stopped and denied.
+
+use std::time::Duration;
+
+/// Instructions, roughly: a Rust decision uses thousands, a Python one about a hundred thousand
+/// plus its start-up; an infinite loop reaches this in well under a second.
+pub const FUEL: u64 = 4_000_000_000;
+/// Wall-clock backstop, counted in epoch ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const DEADLINE: Duration = Duration::from_secs(5);
+/// Linear memory across all of a decision's memories. Python's runtime needs about 12 MiB.
+pub const MEMORY_BYTES: usize = 256 << 20;
+pub const TABLE_ELEMENTS: usize = 1 << 20;
+pub const INSTANCES: usize = 64;
+/// Native stack the guest may use; deep recursion traps at this depth.
+pub const WASM_STACK_BYTES: usize = 1 << 20;
+/// What the guest can say: reasons, exports, log lines, captured stdout and stderr.
+pub const MAX_REASONS: usize = 64;
+pub const MAX_TEXT_BYTES: usize = 4096;
+pub const MAX_EXPORTS: usize = 16;
+pub const MAX_LOG_LINES: usize = 256;
+pub const MAX_LOG_BYTES: usize = 64 << 10;
+pub const MAX_CAPTURED_OUTPUT: usize = 64 << 10;
+
+/// Caps the total of all linear memories, which per-memory limits alone do not.
+#[derive(Debug, Default)]
+pub struct TotalMemoryLimiter {
+    pub total: usize,
+    pub peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for TotalMemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.total - current.min(self.total) + desired;
+        if total > MEMORY_BYTES {
+            wasmtime::bail!("policy tried to grow its memory to {total} bytes, over the limit of {MEMORY_BYTES} bytes");
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > TABLE_ELEMENTS {
+            wasmtime::bail!("policy tried to grow a table to {desired} elements, over the limit of {TABLE_ELEMENTS}");
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        INSTANCES
+    }
+    fn tables(&self) -> usize {
+        INSTANCES
+    }
+    fn memories(&self) -> usize {
+        INSTANCES
+    }
+}
