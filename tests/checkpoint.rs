@@ -181,8 +181,12 @@ fn rejected_combinations_change_nothing() {
 fn pre_checkpoint_needs_memory_tracking() {
     let ckpt = Ckpt::new();
     ckpt.counter("c", &[]);
-    let tracking =
-        std::process::Command::new("criu").args(["check", "--feature", "mem_dirty_track"]).status().unwrap().success();
+    let tracking = std::process::Command::new("criu")
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .unwrap()
+        .status
+        .success();
     let r = ckpt.run(&["checkpoint", "-P", "c"]);
     if tracking {
         assert_eq!(r.code, 0, "{}", r.stderr);

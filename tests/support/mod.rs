@@ -40,6 +40,9 @@ impl Ckpt {
 
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
+        // One compile cache for all tests: Python and JavaScript components take seconds to
+        // compile, and what is under test is that a cached one is not compiled again.
+        cmd.env("CKPT_POLICY_CACHE", "/var/tmp/ckpt-test-policy-cache");
         cmd.arg("--root").arg(&self.root).arg("--runroot").arg(&self.runroot);
         cmd.stdin(Stdio::null());
         cmd
@@ -185,4 +188,27 @@ pub fn import_flock_image(ckpt: &Ckpt) {
     let status = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
     assert!(status.success());
     ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "flock"]);
+}
+
+/// A policy component built by scripts/build-policies.
+pub fn policy(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run scripts/build-policies (scripts/test does)", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name).to_string_lossy().into_owned()
+}
+
+/// The names of the members of an archive.
+pub fn members(archive: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-tf").arg(archive).output().expect("tar runs");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// One member of an archive, as text.
+pub fn member(archive: &Path, name: &str) -> String {
+    let out = Command::new("tar").arg("-xOf").arg(archive).arg(name).output().expect("tar runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

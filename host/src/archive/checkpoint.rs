@@ -149,9 +149,11 @@ impl<W: Write> ArchiveWriter<W> {
         let file_type = meta.file_type();
         if file_type.is_file() {
             header.set_size(meta.len());
-            let (read, digest) = self.append_hashed(&mut header, name, path)?;
+            // A file that grows meanwhile (the log of a container left running) is archived as
+            // it was when it was looked at; one that shrinks cannot be.
+            let (read, digest) = self.append_hashed(&mut header, name, path, meta.len())?;
             if read != meta.len() {
-                return Err(io::Error::other(format!("{} changed size while it was archived", path.display())));
+                return Err(io::Error::other(format!("{} shrank while it was archived", path.display())));
             }
             self.members.push(ManifestEntry { name: name.to_string(), size: read, blake3: digest });
             Ok(())
@@ -177,8 +179,14 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Appends a file while another thread reads and hashes it, so that hashing overlaps with
     /// compression instead of adding to it.
-    fn append_hashed(&mut self, header: &mut tar::Header, name: &str, path: &Path) -> io::Result<(u64, String)> {
-        let mut file = File::open(path)?;
+    fn append_hashed(
+        &mut self,
+        header: &mut tar::Header,
+        name: &str,
+        path: &Path,
+        size: u64,
+    ) -> io::Result<(u64, String)> {
+        let mut file = File::open(path)?.take(size);
         let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {

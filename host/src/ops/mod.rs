@@ -63,6 +63,11 @@ impl Context {
         Ok(Arc::new(CliRuntime::resolve(name_or_path, &base)?.with_log_file(log)))
     }
 
+    /// Where compiled policies are cached: `<root>/policy-cache`, or `$CKPT_POLICY_CACHE`.
+    pub fn policy_cache(&self) -> PathBuf {
+        std::env::var_os("CKPT_POLICY_CACHE").map(PathBuf::from).unwrap_or_else(|| self.roots.root.join("policy-cache"))
+    }
+
     pub fn criu(&self) -> Result<Arc<dyn Criu>> {
         if let Some(c) = &self.criu_override {
             return Ok(Arc::clone(c));

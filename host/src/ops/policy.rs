@@ -12,7 +12,7 @@ use crate::policy::bindings::*;
 use crate::policy::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
 
 fn engine(ctx: &Context) -> Result<PolicyEngine> {
-    Ok(PolicyEngine::new(&ctx.roots.root.join("policy-cache"))?)
+    Ok(PolicyEngine::new(&ctx.policy_cache())?)
 }
 
 fn load(ctx: &Context, file: &str, settings: Option<&str>) -> Result<(PolicyEngine, LoadedPolicy)> {
@@ -178,7 +178,11 @@ struct Case {
     name: String,
     #[serde(default = "plan_kind")]
     decision: String,
+    /// The facts, or the name of a JSON file beside the cases file.
     facts: Value,
+    /// Merged into the facts (objects merge, anything else replaces), to vary a shared fixture.
+    #[serde(default)]
+    patch: Option<Value>,
     #[serde(default)]
     rounds: Vec<RoundStats>,
     #[serde(default)]
@@ -201,9 +205,32 @@ struct Expect {
     reason: Option<String>,
 }
 
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn case_facts(case: &Case, cases_file: &Path) -> Result<Value> {
+    let mut facts = match &case.facts {
+        Value::String(file) => read_json(&cases_file.parent().unwrap_or(Path::new(".")).join(file), "facts file")?,
+        other => other.clone(),
+    };
+    if let Some(patch) = &case.patch {
+        merge(&mut facts, patch);
+    }
+    Ok(facts)
+}
+
 fn contains(actual: &Value, wanted: &Value) -> bool {
     match (actual, wanted) {
         (Value::Object(a), Value::Object(w)) => w.iter().all(|(k, v)| a.get(k).is_some_and(|av| contains(av, v))),
+        (Value::Array(a), Value::Array(w)) => a.len() == w.len() && a.iter().zip(w).all(|(av, wv)| contains(av, wv)),
         (a, w) => a == w,
     }
 }
@@ -217,10 +244,10 @@ pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>
     let (mut passed, mut failed) = (0, 0);
     for case in &cases.cases {
         let config = case.config.as_ref().or(cases.config.as_ref()).map(|c| c.to_string()).unwrap_or_default();
-        let verdict = engine
-            .load(&source, &bytes, &config)
-            .map_err(Error::from)
-            .and_then(|policy| evaluate(&engine, &policy, &case.decision, &case.facts, &case.rounds));
+        let verdict = case_facts(case, cases_file).and_then(|facts| {
+            let policy = engine.load(&source, &bytes, &config)?;
+            evaluate(&engine, &policy, &case.decision, &facts, &case.rounds)
+        });
         let (ok, detail) = match verdict {
             Ok(evaluated) => {
                 let got = outcome(&evaluated.decision);

@@ -203,7 +203,7 @@ pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>,
         let selected = select(ctx, req)?;
         let planner = req.policy.clone().unwrap_or_else(|| policy::DEFAULT_POLICY_SOURCE.to_string());
         let settings = policy::read_settings(req.policy_config.as_deref())?;
-        let policies = Policies::load(&ctx.roots.root.join("policy-cache"), (&planner, &settings), &req.gates)?;
+        let policies = Policies::load(&ctx.policy_cache(), (&planner, &settings), &req.gates)?;
         Ok((compression, selected, policies))
     });
     let (compression, selected, mut policies) = match prepared {

@@ -89,7 +89,11 @@ impl Guest for Hostile {
     }
 
     fn gate(settings: String, _facts: ExportFacts) -> GateDecision {
-        match misbehave(&mode(&settings)) {
+        let mode = mode(&settings);
+        if mode == "oversized" {
+            return GateDecision::Deny("x".repeat(64 << 20));
+        }
+        match misbehave(&mode) {
             Some(PlanDecision::Deny(reasons)) => GateDecision::Deny(reasons.join("; ")),
             _ => GateDecision::Allow,
         }

@@ -1,0 +1,282 @@
+//! The policy engine end to end: real WebAssembly components in Rust, Python and JavaScript
+//! deciding real checkpoints with real runc and CRIU, and the sandbox holding against policies
+//! that misbehave.
+
+mod support;
+
+use support::{Ckpt, fixture, member, members, policy};
+
+#[test]
+fn the_default_path_goes_through_the_builtin_component() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let out = ckpt.ok(&["checkpoint", "--dry-run", "-R", "c"]);
+    let plans: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plans[0]["policy"]["name"], "default");
+    assert_eq!(plans[0]["policy"]["source"], "builtin:default");
+    assert_eq!(plans[0]["plan"]["options"]["leave_running"], true);
+    assert_eq!(ckpt.status("c"), "running", "a dry run changes nothing");
+    let archive = ckpt.path("c.tar.zst");
+    ckpt.ok(&["checkpoint", "-e", archive.to_str().unwrap(), "c"]);
+    // The decision record is in the archive and in the local log.
+    let records: serde_json::Value = serde_json::from_str(&member(&archive, "ckpt-decisions.json")).unwrap();
+    assert_eq!(records[0]["kind"], "plan");
+    assert_eq!(records[0]["policy"]["name"], "default");
+    for key in ["settings_digest", "facts_digest"] {
+        assert!(records[0][key].as_str().unwrap().starts_with("blake3:"), "{key}");
+    }
+    assert!(records[0]["policy"]["digest"].as_str().unwrap().starts_with("blake3:"));
+    assert!(records[0]["fuel_used"].as_u64().unwrap() > 0);
+    let log = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"kind\":\"plan\"")));
+    // A policy already seen pays no compile cost.
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ckpt.ok(&["policy", "inspect", "builtin:default"])).unwrap();
+    assert_eq!(inspected["precompiled_in_cache"], true);
+}
+
+#[test]
+fn migration_plans_tcp_and_exports_to_its_target() {
+    let ckpt = Ckpt::new();
+    let script = "nc -l -p 9000 -e cat & sleep 0.5; (while :; do echo ping; sleep 0.2; done) | nc 127.0.0.1 9000";
+    ckpt.ok(&["run", "-d", "--name", "db", "busybox", "sh", "-c", script]);
+    assert!(support::eventually(std::time::Duration::from_secs(5), || ckpt.logs("db").contains("ping")));
+    let target = ckpt.path("{name}.tar.zst");
+    let settings = serde_json::json!({"target": target.to_str().unwrap()}).to_string();
+    let migration = policy("migration");
+    let tracking = std::process::Command::new("criu")
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let out = ckpt.ok(&["checkpoint", "--policy", &migration, "--policy-config", &settings, "db"]);
+    assert_eq!(out, "db\n");
+    let archive = ckpt.path("db.tar.zst");
+    assert!(archive.is_file(), "exported where the settings say");
+    let records: serde_json::Value = serde_json::from_str(&member(&archive, "ckpt-decisions.json")).unwrap();
+    let plan = &records[0]["decision"];
+    assert_eq!(plan["options"]["tcp_established"], true, "established connections were seen: {plan}");
+    if !tracking {
+        assert_eq!(plan["pre_dump"], "None");
+        assert!(records[0]["logs"].to_string().contains("no memory dirty tracking"));
+    }
+    ckpt.ok(&["restore", "--tcp-established", "db"]);
+    assert_eq!(ckpt.status("db"), "running");
+    // Asking for pre-dumps where the host cannot do them is refused before anything changes.
+    if !tracking {
+        let strict = serde_json::json!({"target": target.to_str().unwrap(), "require_pre_dump": true}).to_string();
+        let refused = ckpt.fails(&["checkpoint", "--policy", &migration, "--policy-config", &strict, "db"]);
+        assert!(refused.contains("does not support memory tracking"), "{refused}");
+        assert_eq!(ckpt.status("db"), "running");
+    }
+}
+
+#[test]
+fn compliance_gate_denies_and_narrows() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("pii", &["--label", "data-class=pii", "-v", "secrets:/data"]);
+    ckpt.exec("pii", "echo s3cret > /data/key");
+    let allowed = ckpt.path("secure");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let settings = serde_json::json!({
+        "classes": {"pii": {"targets": [format!("{}/", allowed.display())], "volumes": false}},
+        "unlabelled": "deny"
+    })
+    .to_string();
+    let gate = policy("compliance");
+    // A target the class does not allow: denied, the container keeps running, nothing written.
+    let elsewhere = ckpt.path("elsewhere.tar.zst");
+    let denied = ckpt.fails(&[
+        "checkpoint",
+        "--gate",
+        &gate,
+        "--gate-config",
+        &settings,
+        "-e",
+        elsewhere.to_str().unwrap(),
+        "pii",
+    ]);
+    assert!(denied.contains("may not be exported to"), "{denied}");
+    assert!(denied.contains("restored and keeps running"), "{denied}");
+    assert_eq!(ckpt.status("pii"), "running");
+    assert!(!elsewhere.exists());
+    // An allowed target: the export goes, narrowed to leave the volume behind.
+    let archive = allowed.join("pii.tar.zst");
+    ckpt.ok(&["checkpoint", "-R", "--gate", &gate, "--gate-config", &settings, "-e", archive.to_str().unwrap(), "pii"]);
+    let names = members(&archive);
+    assert!(names.iter().any(|m| m == "checkpoint/inventory.img"));
+    assert!(!names.iter().any(|m| m.starts_with("volumes/")), "the gate dropped the volume: {names:?}");
+    let log = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
+    assert!(log.contains("forbids exporting volumes"));
+    // An unlabelled container is denied, as the settings say.
+    ckpt.counter("plain", &[]);
+    let unlabelled = ckpt.fails(&[
+        "checkpoint",
+        "-R",
+        "--gate",
+        &gate,
+        "--gate-config",
+        &settings,
+        "-e",
+        archive.to_str().unwrap(),
+        "plain",
+    ]);
+    assert!(unlabelled.contains("has no \"data-class\" label"), "{unlabelled}");
+}
+
+#[test]
+fn python_planner_and_javascript_gate_decide_real_checkpoints() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("skip", &["--label", "checkpoint.skip=true"]);
+    ckpt.counter("gz", &["--label", "checkpoint.compress=gzip", "-v", "big:/data"]);
+    let python = policy("python_labels");
+    let refused = ckpt.fails(&["checkpoint", "--policy", &python, "skip"]);
+    assert!(refused.contains("checkpoint.skip=true"), "{refused}");
+    assert_eq!(ckpt.status("skip"), "running", "a deny leaves the container running");
+    let archive = ckpt.path("gz.tar");
+    ckpt.ok(&["checkpoint", "-R", "--policy", &python, "-e", archive.to_str().unwrap(), "gz"]);
+    assert_eq!(&std::fs::read(&archive).unwrap()[..2], &[0x1f, 0x8b], "the label chose gzip");
+
+    ckpt.exec("gz", "dd if=/dev/zero of=/data/blob bs=1M count=4 2>/dev/null");
+    let js = policy("js_hours");
+    let settings = r#"{"hours": [0, 24], "max_size_bytes": 2097152}"#;
+    let narrowed = ckpt.path("narrowed.tar");
+    ckpt.ok(&[
+        "checkpoint",
+        "-R",
+        "-c",
+        "none",
+        "--gate",
+        &js,
+        "--gate-config",
+        settings,
+        "-e",
+        narrowed.to_str().unwrap(),
+        "gz",
+    ]);
+    assert!(!members(&narrowed).iter().any(|m| m.starts_with("volumes/")), "the JS gate dropped the volume");
+    let closed = r#"{"hours": [0, 1], "max_size_bytes": 1}"#;
+    let too_big = ckpt.fails(&[
+        "checkpoint",
+        "-R",
+        "-c",
+        "none",
+        "--ignore-volumes",
+        "--gate",
+        &js,
+        "--gate-config",
+        closed,
+        "-e",
+        narrowed.to_str().unwrap(),
+        "gz",
+    ]);
+    assert!(too_big.contains("js-hours"), "{too_big}");
+    assert_eq!(ckpt.status("gz"), "running");
+}
+
+#[test]
+fn misbehaving_policies_are_denied_and_the_next_checkpoint_works() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let hostile = policy("hostile");
+    for (mode, expected) in [
+        ("loop", "ran out of fuel"),
+        ("alloc", "exceeded its memory limit"),
+        ("recurse", "trapped"),
+        ("read-file", "reading a host file"),
+        ("connect", "opening a socket"),
+        ("oversized", "answer ckpt cannot accept"),
+        ("panic", "panics on purpose"),
+    ] {
+        let settings = format!("{{\"mode\": \"{mode}\"}}");
+        let denied = ckpt.fails(&["checkpoint", "--policy", &hostile, "--policy-config", &settings, "c"]);
+        assert!(denied.contains(expected) && denied.contains("hostile"), "{mode}: {denied}");
+        assert_eq!(ckpt.status("c"), "running", "{mode}: the container keeps running");
+        let gate_denied = ckpt.fails(&[
+            "checkpoint",
+            "-R",
+            "--gate",
+            &hostile,
+            "--gate-config",
+            &settings,
+            "-e",
+            ckpt.path("g.tar").to_str().unwrap(),
+            "c",
+        ]);
+        assert!(gate_denied.contains("hostile"), "{mode} as a gate: {gate_denied}");
+        assert!(!ckpt.path("g.tar").exists());
+    }
+    // A flood of log lines is cut, not fatal.
+    ckpt.ok(&["checkpoint", "-R", "--policy", &hostile, "--policy-config", r#"{"mode": "log-flood"}"#, "c"]);
+    let log = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
+    let flood: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert!(flood["logs"].as_array().unwrap().len() <= 256 && flood["dropped_logs"].as_u64().unwrap() > 0);
+    // Bad settings are refused at load, before anything happens.
+    let refused = ckpt.fails(&["checkpoint", "--policy", &hostile, "--policy-config", r#"{"mode": "bogus"}"#, "c"]);
+    assert!(refused.contains("refused its settings"), "{refused}");
+    let syntax = ckpt.fails(&["checkpoint", "--policy", &hostile, "--policy-config", "{not json", "c"]);
+    assert!(syntax.contains("not valid JSON"), "{syntax}");
+    // And after all that, an ordinary checkpoint works.
+    ckpt.ok(&["checkpoint", "c"]);
+    ckpt.ok(&["restore", "c"]);
+    assert_eq!(ckpt.status("c"), "running");
+}
+
+#[test]
+fn imports_beyond_wasi_and_non_components_are_refused() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let not_wasm = ckpt.path("x.wasm");
+    std::fs::write(&not_wasm, b"\x7fELF not a component").unwrap();
+    let refused = ckpt.fails(&["checkpoint", "--policy", not_wasm.to_str().unwrap(), "c"]);
+    assert!(refused.contains("not a WebAssembly component"), "{refused}");
+    let missing = ckpt.fails(&["checkpoint", "--policy", "/nonexistent.wasm", "c"]);
+    assert!(missing.contains("/nonexistent.wasm"), "{missing}");
+    let inspected = ckpt.run(&["policy", "inspect", not_wasm.to_str().unwrap()]);
+    assert_eq!(inspected.code, 1);
+    assert!(inspected.stdout.contains("\"runs_here\": false"));
+}
+
+#[test]
+fn policy_tools_evaluate_and_test_fixtures() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("web", &["--label", "checkpoint.compress=none"]);
+    let facts: serde_json::Value = serde_json::from_str(&ckpt.ok(&["policy", "facts", "web"])).unwrap();
+    assert_eq!(facts["container"]["name"], "web");
+    assert!(facts["container"]["memory_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(facts["container"]["process_count"], 2);
+    assert!(facts["host"]["criu_version"].as_u64().unwrap() >= 40200);
+    let facts_file = ckpt.path("facts.json");
+    std::fs::write(&facts_file, facts.to_string()).unwrap();
+    let eval: serde_json::Value = serde_json::from_str(&ckpt.ok(&[
+        "policy",
+        "eval",
+        &policy("python_labels"),
+        "--facts",
+        facts_file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(eval["outcome"], "plan");
+    assert!(eval["fuel_used"].as_u64().unwrap() > 0);
+    assert!(eval["logs"][0]["message"].as_str().unwrap().contains("planned web"));
+    for (component, cases) in [
+        ("python_labels", "python-labels.cases.json"),
+        ("js_hours", "js-hours.cases.json"),
+        ("compliance", "compliance.cases.json"),
+        ("migration", "migration.cases.json"),
+    ] {
+        let out = ckpt.ok(&["policy", "test", &policy(component), &fixture(cases)]);
+        assert!(out.trim_end().ends_with(" 0 failed"), "{component}: {out}");
+    }
+    // A failing case fails the command.
+    let wrong = ckpt.path("wrong.cases.json");
+    std::fs::write(
+        &wrong,
+        serde_json::json!({"cases": [{"name": "wrong", "facts": facts, "expect": {"outcome": "deny"}}]}).to_string(),
+    )
+    .unwrap();
+    let r = ckpt.run(&["policy", "test", &policy("python_labels"), wrong.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("FAIL  wrong"), "{}", r.stdout);
+}
