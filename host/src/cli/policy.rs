@@ -28,6 +28,16 @@ pub enum PolicyCommand {
     },
     /// Table-driven cases: facts plus the expected decision, for a policy in any language.
     Test { file: String, cases: PathBuf },
+    /// Load cost and per-decision latency (fresh instance, call, drop) as percentiles.
+    Bench {
+        file: String,
+        #[arg(long)]
+        facts: PathBuf,
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        iterations: usize,
+    },
 }
 
 pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
@@ -44,6 +54,11 @@ pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
         PolicyCommand::Eval { file, facts, config, decision, rounds } => {
             let value = policy::eval(ctx, &file, &facts, config.as_deref(), &decision, rounds.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+            Ok(0)
+        }
+        PolicyCommand::Bench { file, facts, config, iterations } => {
+            let value = policy::bench(ctx, &file, &facts, config.as_deref(), iterations)?;
+            println!("{}", serde_json::to_string(&value).expect("json"));
             Ok(0)
         }
         PolicyCommand::Test { file, cases } => {

@@ -290,3 +290,39 @@ pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>
     lines.push(format!("{passed} passed, {failed} failed"));
     Ok((lines, failed == 0))
 }
+
+/// `ckpt policy bench`: the cost of loading a policy (compile or cache) and of one decision
+/// (fresh store, instantiate, call, drop), as percentiles over `iterations` decisions.
+pub fn bench(ctx: &Context, file: &str, facts: &Path, config: Option<&str>, iterations: usize) -> Result<Value> {
+    let engine = engine(ctx)?;
+    let (source, bytes) = policy::read_component(file)?;
+    let settings = policy::read_settings(config)?;
+    let started = std::time::Instant::now();
+    let loaded = engine.load(&source, &bytes, &settings)?;
+    let load_us = started.elapsed().as_micros() as u64;
+    let facts: CheckpointFacts = read_json(facts, "facts file")?;
+    let determinism = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
+    let mut samples = Vec::with_capacity(iterations);
+    let mut fuel = 0;
+    for _ in 0..iterations.max(1) {
+        let started = std::time::Instant::now();
+        let (result, trace) =
+            engine.call(&loaded, determinism, "plan", |p, s| p.call_plan(s, &loaded.settings, &facts));
+        samples.push(started.elapsed().as_nanos() as u64);
+        result?;
+        fuel = trace.fuel_used;
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1] as f64 / 1000.0;
+    Ok(json!({
+        "policy": loaded.info.name,
+        "size_bytes": bytes.len(),
+        "load_us": load_us,
+        "compiled_from_cache": loaded.cached,
+        "decisions": samples.len(),
+        "decision_p50_us": at(0.50),
+        "decision_p99_us": at(0.99),
+        "decision_max_us": at(1.0),
+        "fuel_per_decision": fuel,
+    }))
+}
