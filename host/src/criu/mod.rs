@@ -35,11 +35,44 @@ pub trait Criu: Send + Sync {
 
 pub struct CriuBinary {
     path: PathBuf,
+    /// Where the answer of the memory-tracking probe is kept: it costs about 0.1 s and does
+    /// not change until CRIU or the kernel does.
+    probe_cache: Option<PathBuf>,
 }
 
 impl CriuBinary {
     pub fn find() -> Result<CriuBinary, CriuError> {
-        crate::runtime::find_in_path("criu").map(|path| CriuBinary { path }).ok_or(CriuError::NotFound)
+        crate::runtime::find_in_path("criu")
+            .map(|path| CriuBinary { path, probe_cache: None })
+            .ok_or(CriuError::NotFound)
+    }
+
+    pub fn with_probe_cache(mut self, path: PathBuf) -> CriuBinary {
+        self.probe_cache = Some(path);
+        self
+    }
+
+    /// What the cached probe answer is valid for: this CRIU binary on this kernel.
+    fn probe_key(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.path).ok()?;
+        let kernel = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+        Some(format!("{} {} {} {kernel}", self.path.display(), meta.size(), meta.mtime()))
+    }
+
+    fn probe_memory_tracking(&self) -> Result<(), CriuError> {
+        let output = Command::new(&self.path)
+            .args(["check", "--feature", "mem_dirty_track"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| CriuError::NoMemTrack(e.to_string()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            Err(CriuError::NoMemTrack(said.trim().to_string()))
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -60,18 +93,27 @@ impl Criu for CriuBinary {
     }
 
     fn memory_tracking(&self) -> Result<(), CriuError> {
-        let output = Command::new(&self.path)
-            .args(["check", "--feature", "mem_dirty_track"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| CriuError::NoMemTrack(e.to_string()))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            let said =
-                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            Err(CriuError::NoMemTrack(said.trim().to_string()))
+        let (Some(cache), Some(key)) = (&self.probe_cache, self.probe_key()) else {
+            return self.probe_memory_tracking();
+        };
+        // The cache holds the key on its first line and CRIU's answer (empty: supported) after it.
+        if let Ok(text) = std::fs::read_to_string(cache)
+            && let Some((cached_key, answer)) = text.split_once('\n')
+            && cached_key == key
+        {
+            return if answer.is_empty() { Ok(()) } else { Err(CriuError::NoMemTrack(answer.to_string())) };
         }
+        let result = self.probe_memory_tracking();
+        let answer = match &result {
+            Ok(()) => String::new(),
+            Err(CriuError::NoMemTrack(said)) => said.clone(),
+            Err(_) => return result,
+        };
+        if let Some(dir) = cache.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = crate::util::write_atomic(cache, format!("{key}\n{answer}").as_bytes(), 0o600);
+        result
     }
 }
 

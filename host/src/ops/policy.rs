@@ -55,18 +55,9 @@ pub fn inspect(ctx: &Context, file: &str) -> Result<Value> {
 /// `ckpt policy facts`: the facts a planner would receive for this container, as a fixture.
 pub fn facts(ctx: &Context, name: &str) -> Result<CheckpointFacts> {
     let record = ctx.containers.lookup(name)?;
-    let options = CheckpointOptions {
-        leave_running: false,
-        tcp_established: false,
-        file_locks: false,
-        keep: false,
-        ignore_rootfs: false,
-        ignore_volumes: false,
-        print_stats: false,
-        pre_checkpoint: false,
-        with_previous: false,
-    };
-    Ok(policy::facts::checkpoint(ctx, &record, options, vec![], "cli"))
+    let plain = super::checkpoint::CheckpointRequest::default();
+    let (options, exports) = super::checkpoint::requested(&plain, crate::archive::Compression::Zstd);
+    Ok(policy::facts::checkpoint(ctx, &record, options, exports, "cli"))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {

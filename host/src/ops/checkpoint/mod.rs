@@ -134,7 +134,10 @@ fn select(ctx: &Context, req: &CheckpointRequest) -> Result<Vec<(ContainerRecord
 }
 
 /// What the user asked for, in the policy contract's terms.
-fn requested(req: &CheckpointRequest, compression: Compression) -> (wit::CheckpointOptions, Vec<ExportTarget>) {
+pub(crate) fn requested(
+    req: &CheckpointRequest,
+    compression: Compression,
+) -> (wit::CheckpointOptions, Vec<ExportTarget>) {
     let options = wit::CheckpointOptions {
         leave_running: req.leave_running,
         tcp_established: req.tcp_established,
