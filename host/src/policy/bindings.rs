@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 
-pub use ckpt::policy::log::Level;
-pub use ckpt::policy::types::*;
+pub use self::ckpt::policy::log::Level;
+pub use self::ckpt::policy::types::*;
