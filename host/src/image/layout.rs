@@ -51,6 +51,18 @@ pub fn normalize_reference(name: &str) -> String {
     if last.contains(':') || last.contains('@') { name.to_string() } else { format!("{name}:latest") }
 }
 
+/// An image name ckpt can store: not empty, no white space or control characters, no `..`.
+pub fn validate_reference(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        || name.contains("..");
+    if bad {
+        return Err(ImageError::Invalid { image: name.to_string(), detail: "is not a valid image name".into() }.into());
+    }
+    Ok(())
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

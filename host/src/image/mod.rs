@@ -5,7 +5,7 @@ mod busybox;
 mod layout;
 
 pub use busybox::BUILTIN_BUSYBOX;
-pub use layout::{ImageInfo, ImageStore, LayerBlob, normalize_reference, oci_arch};
+pub use layout::{ImageInfo, ImageStore, LayerBlob, normalize_reference, oci_arch, validate_reference};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -11,6 +11,7 @@ use crate::archive::checkpoint::{self as layout, ArchiveWriter, Compressor};
 use crate::archive::publish::PendingFile;
 use crate::error::{Error, Result};
 use crate::ops::Context;
+use crate::policy::GateVerdict;
 use crate::rootfs::ChangeKind;
 use crate::runtime::OciRuntime;
 use crate::store::ContainerRecord;
@@ -173,16 +174,17 @@ fn image_annotations(
     ])
 }
 
-/// A one-layer OCI image whose filesystem is the export's content, written to the store only
-/// once `admit` (the gates) accepts it. Returns the layer digest and what it holds.
+/// A one-layer OCI image whose filesystem is the export's content. It is written to the store
+/// only if `gates` allow it as it is; a narrowing verdict is returned unpublished, for the caller
+/// to build the narrower image.
 pub fn create_image(
     ctx: &Context,
     runtime: &dyn OciRuntime,
     record: &ContainerRecord,
     content: &Content,
     name: &str,
-    admit: &mut dyn FnMut(u64, &str, Included) -> Result<()>,
-) -> Result<()> {
+    gates: &mut dyn FnMut(u64, &str, Included) -> Result<GateVerdict>,
+) -> Result<GateVerdict> {
     let scratch = crate::util::tempdir_in(&ctx.roots.root.join("tmp"), "image")?;
     let tar_path = scratch.path.join("layer.tar");
     let included = {
@@ -193,11 +195,13 @@ pub fn create_image(
         included
     };
     let size = std::fs::metadata(&tar_path).map_err(Error::io("stat", &tar_path))?.len();
-    let digest = crate::util::file_digest(&tar_path)?;
-    admit(size, &digest, included)?;
+    let verdict = gates(size, &crate::util::file_digest(&tar_path)?, included)?;
+    if verdict != GateVerdict::Allow {
+        return Ok(verdict);
+    }
     let file = std::fs::File::open(&tar_path).map_err(Error::io("open", &tar_path))?;
     let layer = ctx.images.write_layer_from_tar(std::io::BufReader::new(file))?;
     let annotations = image_annotations(record, runtime, ctx.criu()?.version()?);
     ctx.images.add_image(&crate::image::normalize_reference(name), &[layer], json!({}), annotations)?;
-    Ok(())
+    Ok(GateVerdict::Allow)
 }

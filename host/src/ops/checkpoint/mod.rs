@@ -181,7 +181,6 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     if o.with_previous && o.pre_checkpoint {
         return Err(refuse("--with-previous together with --pre-checkpoint"));
     }
-    let archives = plan.exports.iter().any(|t| t.kind == TargetKind::Archive);
     if (o.ignore_rootfs || o.ignore_volumes) && plan.exports.is_empty() {
         return Err(refuse("--ignore-rootfs or --ignore-volumes without an export"));
     }
@@ -197,7 +196,6 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     if rounds && (o.pre_checkpoint || o.with_previous) {
         return Err(refuse("pre-dump rounds together with --pre-checkpoint or --with-previous"));
     }
-    let _ = archives;
     Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone() })
 }
 
@@ -317,7 +315,7 @@ fn checkpoint_one(
         match target.kind {
             TargetKind::Archive => pending.push(Some(PendingFile::create(Path::new(&target.location))?)),
             TargetKind::Image => {
-                crate::image::normalize_reference(&target.location);
+                crate::image::validate_reference(&target.location)?;
                 pending.push(None);
             }
         }
@@ -445,27 +443,15 @@ fn export_to(
             }
         }
         (TargetKind::Image, _) => {
-            let mut verdict = GateVerdict::Allow;
-            let mut admit = |size: u64, digest: &str, included: export::Included| -> Result<()> {
-                verdict = ask(size, digest, included)?;
-                match verdict {
-                    GateVerdict::Allow => Ok(()),
-                    GateVerdict::Narrow { .. } => Err(Error::Policy("narrowed".into())),
+            match export::create_image(ctx, runtime, record, content, &target.location, &mut ask)? {
+                GateVerdict::Allow => Ok(()),
+                GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
+                    let narrower = narrowed(drop_rootfs, drop_volumes);
+                    export::create_image(ctx, runtime, record, &narrower, &target.location, &mut |_, _, _| {
+                        Ok(GateVerdict::Allow)
+                    })
+                    .map(drop)
                 }
-            };
-            match export::create_image(ctx, runtime, record, content, &target.location, &mut admit) {
-                Err(Error::Policy(p)) if p == "narrowed" => {
-                    let GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } = verdict else { unreachable!() };
-                    export::create_image(
-                        ctx,
-                        runtime,
-                        record,
-                        &narrowed(drop_rootfs, drop_volumes),
-                        &target.location,
-                        &mut |_, _, _| Ok(()),
-                    )
-                }
-                other => other,
             }
         }
         (TargetKind::Archive, None) => unreachable!("every archive target has a pending file"),
