@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 iterations=${1:-1000}
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/build-policies >/dev/null
-cargo build --release --quiet -p ckpt
+# PROFILE=debug measures the test build (its dependencies, wasmtime included, are optimised).
+profile=${PROFILE:-release}
+if [ "$profile" = release ]; then cargo build --release --quiet -p ckpt; else cargo build --quiet -p ckpt; fi
+ckpt=target/$profile/ckpt
 cache=$(mktemp -d /var/tmp/ckpt-bench-cache.XXXXXX)
 trap 'rm -rf "$cache"' EXIT
 export CKPT_POLICY_CACHE=$cache
@@ -20,8 +23,8 @@ for spec in "default|builtin:default|" "migration|target/policies/migration.wasm
   [ -n "$config" ] && args+=(--config "$config")
   n=$iterations
   case $name in python-labels|js-hours) n=$(( iterations / 5 > 0 ? iterations / 5 : 1 ));; esac
-  cold=$(target/release/ckpt "${args[@]}" --iterations 1)
-  warm=$(target/release/ckpt "${args[@]}" --iterations "$n")
+  cold=$("$ckpt" "${args[@]}" --iterations 1)
+  warm=$("$ckpt" "${args[@]}" --iterations "$n")
   python3 - "$name" "$cold" "$warm" <<'PY'
 import json, sys
 name, cold, warm = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
