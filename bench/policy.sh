@@ -28,7 +28,7 @@ for spec in "default|builtin:default|" "migration|target/policies/migration.wasm
   python3 - "$name" "$cold" "$warm" <<'PY'
 import json, sys
 name, cold, warm = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-print(f"{name:<14} {warm['size_bytes']:>10} {cold['load_us']/1000:>10.1}ms {warm['load_us']/1000:>10.1}ms "
+print(f"{name:<14} {warm['size_bytes']:>10} {cold['load_us']/1000:>10.1f}ms {warm['load_us']/1000:>10.1f}ms "
       f"{warm['decision_p50_us']:>10.1f} {warm['decision_p99_us']:>10.1f} {warm['decision_max_us']:>10.1f} {warm['fuel_per_decision']:>8}")
 PY
 done
