@@ -3,6 +3,7 @@
 # the same workload in the same run: a container holding 64 MiB or 512 MiB of resident memory,
 # for each compression. Reports wall time, CRIU frozen time, archive size and peak RSS of the
 # tool, and the ratio ckpt/podman for each. Usage: bench/checkpoint.sh [ROUNDS]
+# SIZES="64 512" and COMPRESSIONS="zstd gzip none" choose the cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -60,8 +61,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' MiB comp "checkpoint wall ms" "frozen ms" "archive MiB" "peak RSS MiB" "restore wall ms"
 printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' "" "" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman" "ckpt podman ratio"
-for size in 64 512; do
-  for comp in zstd gzip none; do
+for size in ${SIZES:-64 512}; do
+  for comp in ${COMPRESSIONS:-zstd gzip none}; do
     declare -A results=()
     for tool in ckpt podman; do
       for _ in $(seq "$rounds"); do run_one "$tool" "$size" "$comp"; done > "$work/$tool.rounds"
