@@ -109,6 +109,10 @@ fn compliance_gate_denies_and_narrows() {
     assert!(!names.iter().any(|m| m.starts_with("volumes/")), "the gate dropped the volume: {names:?}");
     let log = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
     assert!(log.contains("forbids exporting volumes"));
+    // The judged export is the container's history in the facts of its next decision.
+    let facts: serde_json::Value = serde_json::from_str(&ckpt.ok(&["policy", "facts", "pii"])).unwrap();
+    let history = facts["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["exported_to"] == archive.to_str().unwrap()), "{history:?}");
     // An unlabelled container is denied, as the settings say.
     ckpt.counter("plain", &[]);
     let unlabelled = ckpt.fails(&[

@@ -8,3 +8,23 @@ wasmtime::component::bindgen!({
 
 pub use self::ckpt::policy::log::Level;
 pub use self::ckpt::policy::types::*;
+
+impl From<crate::archive::Compression> for Compression {
+    fn from(c: crate::archive::Compression) -> Compression {
+        match c {
+            crate::archive::Compression::Zstd => Compression::Zstd,
+            crate::archive::Compression::Gzip => Compression::Gzip,
+            crate::archive::Compression::None => Compression::None,
+        }
+    }
+}
+
+impl From<Compression> for crate::archive::Compression {
+    fn from(c: Compression) -> crate::archive::Compression {
+        match c {
+            Compression::Zstd => crate::archive::Compression::Zstd,
+            Compression::Gzip => crate::archive::Compression::Gzip,
+            Compression::None => crate::archive::Compression::None,
+        }
+    }
+}

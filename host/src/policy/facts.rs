@@ -100,11 +100,16 @@ pub fn host(ctx: &Context, runtime_name: &str) -> HostFacts {
     }
 }
 
+/// The container's earlier exports that gates judged and let through (allowed or narrowed),
+/// from the decision log.
 pub fn history(ctx: &Context, record: &ContainerRecord) -> Vec<HistoryEntry> {
     super::record::history(&ctx.roots.policy_log(), &record.id, 64)
         .into_iter()
         .filter(|r| r.kind == "gate" && r.error.is_none())
-        .map(|r| HistoryEntry { at: r.at, exported_to: None, size_bytes: 0 })
+        .filter_map(|r| {
+            let export = r.export?;
+            Some(HistoryEntry { at: r.at, exported_to: Some(export.target), size_bytes: export.size_bytes })
+        })
         .collect()
 }
 

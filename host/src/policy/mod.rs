@@ -197,7 +197,10 @@ impl Policies {
                 other => Ok(other),
             });
             let value = checked.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
-            self.records.push(DecisionRecord::new("gate", gate, &facts.container, facts, value, trace));
+            let mut record = DecisionRecord::new("gate", gate, &facts.container, facts, value, trace);
+            record.export =
+                Some(record::ExportRef { target: facts.target.location.clone(), size_bytes: facts.size_bytes });
+            self.records.push(record);
             match checked {
                 Ok(GateDecision::Narrow(n)) => {
                     engine::check_text(&policy_label(gate), "a reason", &n.reason)?;

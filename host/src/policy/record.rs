@@ -37,6 +37,15 @@ pub struct DecisionRecord {
     pub fuel_used: u64,
     pub duration_us: u64,
     pub peak_memory_bytes: usize,
+    /// For a gate: the export it judged, which the container's history is made of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportRef {
+    pub target: String,
+    pub size_bytes: u64,
 }
 
 impl DecisionRecord {
@@ -73,6 +82,7 @@ impl DecisionRecord {
             fuel_used: trace.fuel_used,
             duration_us: trace.duration_us,
             peak_memory_bytes: trace.peak_memory_bytes,
+            export: None,
         }
     }
 }

@@ -149,11 +149,7 @@ pub(crate) fn requested(
         pre_checkpoint: req.pre_checkpoint,
         with_previous: req.with_previous,
     };
-    let compression = match compression {
-        Compression::Zstd => wit::Compression::Zstd,
-        Compression::Gzip => wit::Compression::Gzip,
-        Compression::None => wit::Compression::None,
-    };
+    let compression = wit::Compression::from(compression);
     // As podman: with both --export and --create-image, only the archive is written.
     let exports = match (&req.export, &req.create_image) {
         (Some(path), _) => {
@@ -395,11 +391,7 @@ fn export_to(
     content: &Content,
     pending: Option<PendingFile>,
 ) -> Result<()> {
-    let compression = match target.compression {
-        wit::Compression::Zstd => Compression::Zstd,
-        wit::Compression::Gzip => Compression::Gzip,
-        wit::Compression::None => Compression::None,
-    };
+    let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
     let mut ask = |size: u64, digest: &str, included: export::Included| -> Result<GateVerdict> {
         if !gated {
