@@ -20,7 +20,7 @@ for spec in "default|builtin:default|" "migration|target/policies/migration.wasm
             "python-labels|target/policies/python_labels.wasm|" "js-hours|target/policies/js_hours.wasm|"; do
   IFS='|' read -r name file config <<< "$spec"
   args=(policy bench "$file" --facts "$facts")
-  [ -n "$config" ] && args+=(--config "$config")
+  [ -n "$config" ] && args+=(--policy-config "$config")
   n=$iterations
   case $name in python-labels|js-hours) n=$(( iterations / 5 > 0 ? iterations / 5 : 1 ));; esac
   cold=$("$ckpt" "${args[@]}" --iterations 1)

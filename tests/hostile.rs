@@ -191,7 +191,8 @@ fn tampered_and_dishonest_archives_are_refused() {
     rewrite(&real, &extra, |_, data| Some(data), vec![file("checkpoint/smuggled.img", b"x")]);
     assert_refused(&ckpt, &extra, "not in its manifest");
 
-    // Without a manifest (as podman writes them), config.dump is checked on its own terms.
+    // The manifest has no key: whoever edits an archive can write a matching one. config.dump
+    // is checked on its own terms.
     let unmanifested = |edit: &dyn Fn(&mut serde_json::Value)| {
         let path = ckpt.path(&format!("edited-{}.tar", rand_suffix()));
         rewrite(
@@ -208,6 +209,7 @@ fn tampered_and_dishonest_archives_are_refused() {
             },
             vec![],
         );
+        remanifest(&path);
         path
     };
     let bind = unmanifested(&|c| {
@@ -232,6 +234,7 @@ fn tampered_and_dishonest_archives_are_refused() {
         |name, data| (name != "ckpt-manifest.json").then_some(data),
         vec![file("deleted.files", serde_json::to_string(&[relative]).unwrap().as_bytes())],
     );
+    remanifest(&deleted);
     assert_refused(&ckpt, &deleted, "contains '..'");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
 }
@@ -259,6 +262,7 @@ fn archive_spec_and_annotations_are_not_trusted() {
         },
         vec![],
     );
+    remanifest(&evil);
     let id = ckpt.ok(&["restore", "-i", evil.to_str().unwrap(), "-n", "clean"]);
     let config =
         std::fs::read_to_string(ckpt.root.join("containers").join(id.trim()).join("userdata/config.json")).unwrap();
@@ -266,8 +270,131 @@ fn archive_spec_and_annotations_are_not_trusted() {
     assert_eq!(ckpt.exec("clean", "cat /x"), "x\n");
 }
 
+/// Replaces an archive's manifest with one that matches its members, as anyone can.
+fn remanifest(path: &Path) {
+    let original = path.with_extension("orig");
+    std::fs::rename(path, &original).unwrap();
+    let mut members = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&original).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if entry.header().entry_type().is_file() && name != "ckpt-manifest.json" {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            members.push(serde_json::json!({"name": name, "size": data.len(), "blake3": blake3::hash(&data).to_hex().to_string()}));
+        }
+    }
+    let manifest = serde_json::json!({"format": "ckpt-checkpoint/1 (blake3)", "members": members});
+    rewrite(
+        &original,
+        path,
+        |name, data| (name != "ckpt-manifest.json").then_some(data),
+        vec![file("ckpt-manifest.json", &serde_json::to_vec(&manifest).unwrap())],
+    );
+    std::fs::remove_file(original).unwrap();
+}
+
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+fn member(name: &str, kind: tar::EntryType, link: Option<&str>) -> Member {
+    Member { name: name.into(), kind, data: vec![], link: link.map(str::to_string), size_override: None }
+}
+
+/// Modes, owners and content of a host directory tree that no import may touch.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<_> = files_below(dir)
+        .into_iter()
+        .chain([dir.to_path_buf(), dir.join("sub")])
+        .map(|p| {
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let data = if meta.is_file() { std::fs::read(&p).unwrap() } else { vec![] };
+            (p, meta.mode(), data)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn archives_cannot_reach_host_files_through_links() {
+    let ckpt = Ckpt::new();
+    let victim = ckpt.path("host-dir");
+    std::fs::create_dir_all(victim.join("sub")).unwrap();
+    std::fs::write(victim.join("secret"), b"host secret").unwrap();
+    let before = snapshot(&victim);
+    let victim_str = victim.to_str().unwrap();
+    let secret = victim.join("secret");
+    let secret_str = secret.to_str().unwrap();
+    let mut dir_member = member("d", tar::EntryType::Directory, None);
+    dir_member.name = "d/".into();
+    let cases: Vec<(&str, Vec<Member>, &str)> = vec![
+        // The deferred chmod of `d` once followed the link that replaced it.
+        ("dir-then-symlink", vec![dir_member, member("d", tar::EntryType::Symlink, Some(victim_str))], "symlink"),
+        ("ctr.log-link", vec![member("ctr.log", tar::EntryType::Symlink, Some(secret_str))], "symlink"),
+        ("rootfs-diff-link", vec![member("rootfs-diff.tar", tar::EntryType::Symlink, Some(secret_str))], "symlink"),
+        ("checkpoint-link", vec![member("checkpoint", tar::EntryType::Symlink, Some(victim_str))], "symlink"),
+        ("parent-link-out", vec![member("checkpoint/parent", tar::EntryType::Symlink, Some(victim_str))], "symlink"),
+    ];
+    for (case, members, expected) in cases {
+        let archive = ckpt.path(&format!("{case}.tar"));
+        write_raw(&archive, &members);
+        assert_refused(&ckpt, &archive, expected);
+        assert_eq!(before, snapshot(&victim), "{case} changed a host directory");
+    }
+}
+
+#[test]
+fn a_ckpt_archive_cut_short_is_refused() {
+    let ckpt = Ckpt::new();
+    let archive = real_archive(&ckpt);
+    // Cut at a member boundary: without the manifest the archive would read as complete.
+    let cut = ckpt.path("cut.tar");
+    rewrite(&archive, &cut, |name, data| (name != "ckpt-manifest.json").then_some(data), vec![]);
+    assert_refused(&ckpt, &cut, "ckpt-manifest.json");
+}
+
+#[test]
+fn the_store_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let ckpt = Ckpt::new();
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    ckpt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "p",
+        "-v",
+        "pdata:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi > /data/f; exec sleep 1000",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let archive = ckpt.path("p.tar.zst");
+    ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "p"]);
+    ckpt.ok(&["checkpoint", "--create-image", "localhost/p-ckpt", "p"]);
+    nix::sys::stat::umask(old);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&ckpt.root), 0o700, "the store root");
+    assert_eq!(mode(&ckpt.runroot), 0o700, "the run root");
+    assert_eq!(mode(&archive), 0o600, "the exported archive");
+    assert_eq!(mode(&ckpt.root.join("decisions.jsonl")), 0o600, "the decision log");
+    for blob in files_below(&ckpt.root.join("images/oci/blobs")) {
+        assert_eq!(mode(&blob) & 0o077, 0, "{} holds image data and must be private", blob.display());
+    }
+    // What the container sees as its own keeps the usual modes.
+    assert_eq!(ckpt.exec_after_restore("p"), "755 755\n");
+    // A store made by an older, careless ckpt is fixed on first use.
+    std::fs::set_permissions(&ckpt.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(ckpt.root.join("decisions.jsonl"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    ckpt.ok(&["ps", "-a"]);
+    assert_eq!(mode(&ckpt.root), 0o700);
+    assert_eq!(mode(&ckpt.root.join("decisions.jsonl")), 0o600);
 }

@@ -284,3 +284,144 @@ fn policy_tools_evaluate_and_test_fixtures() {
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("FAIL  wrong"), "{}", r.stdout);
 }
+
+#[test]
+fn policies_cannot_block_the_host() {
+    let ckpt = Ckpt::new();
+    let facts = fixture("facts.json");
+    let export_facts = fixture("export-facts.json");
+    let eval = |component: &str, config: &str, decision: &str| -> serde_json::Value {
+        let facts = if decision == "gate" { &export_facts } else { &facts };
+        let started = std::time::Instant::now();
+        let out = ckpt.ok(&[
+            "policy",
+            "eval",
+            &policy(component),
+            "--facts",
+            facts,
+            "--policy-config",
+            config,
+            "--decision",
+            decision,
+        ]);
+        // The deadline is 5 s; compiling a Python or JavaScript component the first time adds a few.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{component} {config} took {:?}",
+            started.elapsed()
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let reasons = |value: &serde_json::Value| value["decision"].to_string();
+    let stopped = |value: &serde_json::Value| {
+        let error = value["error"].as_str().unwrap_or_default().to_string();
+        value["outcome"] == "deny" && (error.contains("ran out of fuel") || error.contains("deadline"))
+    };
+    // An hour's sleep passes at once, in Rust and in Python.
+    let rust = eval("hostile", r#"{"mode": "sleep"}"#, "plan");
+    assert!(reasons(&rust).contains("woke up"), "{rust}");
+    let python = eval("python_sleeper", "{}", "plan");
+    assert!(reasons(&python).contains("woke up after time.sleep(3600)"), "{python}");
+    // Reading stdin finds it closed instead of waiting.
+    let stdin = eval("hostile", r#"{"mode": "read-stdin"}"#, "plan");
+    assert!(reasons(&stdin).contains("Ok(0)"), "{stdin}");
+    // Sleeping forever, or waiting for a frozen clock, is a loop that is stopped and denied.
+    for (component, config, decision) in [
+        ("hostile", r#"{"mode": "sleep-forever"}"#, "plan"),
+        ("hostile", r#"{"mode": "sleep-forever"}"#, "gate"),
+        ("python_sleeper", "{}", "gate"),
+        ("js_sleeper", "{}", "plan"),
+        ("js_sleeper", "{}", "gate"),
+    ] {
+        let value = eval(component, config, decision);
+        assert!(stopped(&value), "{component} {decision}: {value}");
+    }
+    // And in a real checkpoint, a sleeping gate cannot keep the container stopped.
+    ckpt.counter("c", &[]);
+    let archive = ckpt.path("slept.tar");
+    let denied = ckpt.fails(&["checkpoint", "--gate", &policy("python_sleeper"), "-e", archive.to_str().unwrap(), "c"]);
+    assert!(denied.contains("python-sleeper"), "{denied}");
+    assert!(!archive.exists());
+    assert_eq!(ckpt.status("c"), "running");
+}
+
+#[test]
+fn policies_export_only_where_the_admin_allows() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let migration = policy("migration");
+    let elsewhere = tempfile::Builder::new().prefix("ckpt-not-allowed-").tempdir_in("/var/tmp").unwrap();
+    let store_target = ckpt.root.join("{name}.tar.zst");
+    for (target, expected) in [
+        (elsewhere.path().join("{name}.tar.zst"), "outside every allowed directory"),
+        (store_target.clone(), "inside ckpt's own store"),
+        (std::path::PathBuf::from("relative/{name}.tar"), "not a clean absolute path"),
+    ] {
+        let settings = serde_json::json!({"target": target.to_str().unwrap()}).to_string();
+        let denied = ckpt.fails(&["checkpoint", "--policy", &migration, "--policy-config", &settings, "c"]);
+        assert!(denied.contains(expected) && denied.contains("[exports] directories"), "{target:?}: {denied}");
+        assert!(denied.contains("ckpt.toml"), "the message names the config file: {denied}");
+        assert_eq!(ckpt.status("c"), "running", "{target:?}: nothing changed");
+    }
+    assert!(support::files_below(elsewhere.path()).is_empty());
+    assert!(!ckpt.root.join("c.tar.zst").exists());
+    // What the user typed is allowed anywhere, but never replaces a file that is not an archive.
+    let notes = elsewhere.path().join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    let refused = ckpt.fails(&["checkpoint", "-R", "-e", notes.to_str().unwrap(), "c"]);
+    assert!(refused.contains("is not a checkpoint archive"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+    let archive = elsewhere.path().join("c.tar.zst");
+    ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "c"]);
+    ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "c"]);
+    let refused = ckpt.fails(&["checkpoint", "-R", "--create-image", "busybox", "c"]);
+    assert!(refused.contains("is not a checkpoint image"), "{refused}");
+}
+
+#[test]
+fn a_rm_container_keeps_its_data_until_its_checkpoint_is_published() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("r", &["--rm"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let archive = ckpt.path("r.tar");
+    let settings = r#"{"mode": "panic"}"#;
+    let denied = ckpt.fails(&[
+        "checkpoint",
+        "--gate",
+        &policy("hostile"),
+        "--gate-config",
+        settings,
+        "-e",
+        archive.to_str().unwrap(),
+        "r",
+    ]);
+    assert!(denied.contains("restored and keeps running"), "{denied}");
+    assert!(!archive.exists());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(ckpt.status("r"), "running", "the --rm container was not deleted");
+    // Once an export is published, the container goes, as podman's does.
+    ckpt.ok(&["checkpoint", "-e", archive.to_str().unwrap(), "r"]);
+    assert!(archive.is_file());
+    assert!(support::eventually(std::time::Duration::from_secs(10), || ckpt.run(&["inspect", "r"]).code != 0));
+}
+
+#[test]
+fn text_from_policies_and_labels_reaches_the_terminal_escaped() {
+    let ckpt = Ckpt::new();
+    let hostile_label = "checkpoint.compress=\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    ckpt.counter("e", &["--label", hostile_label]);
+    let archive = ckpt.path("e.tar");
+    let r = ckpt.run(&["checkpoint", "--policy", &policy("python_labels"), "-R", "-e", archive.to_str().unwrap(), "e"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        !r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{7}'),
+        "raw escapes reached the terminal: {:?}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("\\x1b[2J") && r.stderr.contains("\\x07"), "{}", r.stderr);
+    // JSON stays JSON: the label comes back exactly as it was set.
+    assert_eq!(
+        ckpt.inspect("e")["Config"]["Labels"]["checkpoint.compress"],
+        &hostile_label["checkpoint.compress=".len()..]
+    );
+}

@@ -5,10 +5,12 @@
 //! - `store/`: on-disk state (containers, images, volumes) and its locks.
 //! - `runtime/`, `criu/`: the external binaries, each behind a trait.
 //! - `archive/`, `image/`, `rootfs/`: formats and filesystems ckpt builds itself.
+//! - `safefs`: the one way to write beneath a directory from untrusted input.
 //! - `supervisor/`: the conmon-like process that holds a container's stdio.
 
 pub mod archive;
 pub mod cli;
+pub mod config;
 pub mod criu;
 pub mod error;
 pub mod image;
@@ -17,6 +19,7 @@ pub mod ops;
 pub mod policy;
 pub mod rootfs;
 pub mod runtime;
+pub mod safefs;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

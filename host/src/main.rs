@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match ckpt::cli::run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("Error: {e}");
+            eprintln!("Error: {}", ckpt::util::escape_controls(&e.to_string()));
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::Serialize;
@@ -18,23 +18,37 @@ pub fn random_id() -> String {
 }
 
 /// Writes `bytes` to `path` so that readers see either the old or the new content, never a mix.
+/// The temporary file is created exclusively (never through a planted link), gets exactly `mode`
+/// whatever the umask, and the directory is synced after the rename.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        &random_id()[..12]
     ));
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
         .open(&tmp)
         .map_err(Error::io("create", &tmp))?;
-    file.write_all(bytes).map_err(Error::io("write", &tmp))?;
-    file.sync_all().map_err(Error::io("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(Error::io("rename into place", path))?;
+    let written = (|| {
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write", path)(e));
+    }
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -51,6 +65,13 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result
 
 pub fn create_dir_all(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(Error::io("create directory", path))
+}
+
+/// Creates `path` (and its parents, private) and gives it exactly `mode`: for the directories a
+/// container sees as its own (its root, a volume), which ckpt's private umask would make 0700.
+pub fn create_dir_with_mode(path: &Path, mode: u32) -> Result<()> {
+    create_dir_all(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("chmod", path))
 }
 
 /// Removes a directory tree; a tree that is already gone is not an error.
@@ -103,8 +124,7 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
     create_dir_all(parent)?;
     let path = parent.join(format!(".{prefix}-{}", &random_id()[..16]));
     fs::create_dir(&path).map_err(Error::io("create directory", &path))?;
-    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(Error::io("chmod", &path))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(Error::io("chmod", &path))?;
     Ok(TempDir { path })
 }
 
@@ -113,4 +133,52 @@ pub fn file_digest(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_mmap(path).map_err(Error::io("hash", path))?;
     Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+}
+
+/// Text from a policy, an archive, a label or a log, made safe for a terminal: control
+/// characters (C0 but newline and tab, DEL, C1) are shown as `\x1b`-style escapes, as `ls` and
+/// git do, so that no escape sequence clears a screen, sets a title or writes the clipboard.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_control = |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}';
+    if !text.chars().any(is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_control(c) {
+            if (c as u32) < 0x100 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_text_is_kept() {
+        assert_eq!(escape_controls("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(escape_controls("\x1b[2J\x1b]0;title\x07"), "\\x1b[2J\\x1b]0;title\\x07");
+        assert_eq!(escape_controls("c1 \u{9b}31m del \u{7f} é"), "c1 \\x9b31m del \\x7f é");
+    }
+
+    #[test]
+    fn atomic_writes_get_their_mode_whatever_the_umask_and_leave_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        write_atomic(&path, b"one", 0o644).unwrap();
+        nix::sys::stat::umask(old);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+    }
 }

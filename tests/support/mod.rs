@@ -35,6 +35,10 @@ impl Ckpt {
         let dir = tempfile::Builder::new().prefix("ckpt-test-").tempdir_in(base).unwrap();
         let root = dir.path().join("root");
         let runroot = dir.path().join("run");
+        // Policies in these tests export into the test's own directory, as an admin would allow.
+        let config =
+            format!("[exports]\ndirectories = [{:?}]\nimage-prefixes = [\"localhost/allowed/\"]\n", dir.path());
+        std::fs::write(dir.path().join("ckpt.toml"), config).unwrap();
         Ckpt { dir, root, runroot }
     }
 
@@ -44,6 +48,7 @@ impl Ckpt {
         // compile, and what is under test is that a cached one is not compiled again.
         cmd.env("CKPT_POLICY_CACHE", "/var/tmp/ckpt-test-policy-cache");
         cmd.arg("--root").arg(&self.root).arg("--runroot").arg(&self.runroot);
+        cmd.env("CKPT_CONFIG", self.dir.path().join("ckpt.toml"));
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -211,4 +216,12 @@ pub fn members(archive: &Path) -> Vec<String> {
 pub fn member(archive: &Path, name: &str) -> String {
     let out = Command::new("tar").arg("-xOf").arg(archive).arg(name).output().expect("tar runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Ckpt {
+    /// Restores a checkpointed container and prints the modes of its `/` and `/data`.
+    pub fn exec_after_restore(&self, name: &str) -> String {
+        self.ok(&["restore", name]);
+        self.exec(name, "stat -c %a / /data | tr '\\n' ' ' | sed 's/ $//'; echo")
+    }
 }

@@ -23,6 +23,8 @@ pub const CONTAINER_LOG: &str = "ctr.log";
 /// SHA-256 because hashing every memory page is on the export's critical path, and BLAKE3 is
 /// several times faster on the same core.
 pub const MANIFEST: &str = "ckpt-manifest.json";
+/// A manifest lists every member in a line or so; more than this is not one.
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ManifestEntry {
@@ -252,29 +254,76 @@ impl<W: Write> ArchiveWriter<W> {
 
 /// Builds an uncompressed inner tar (rootfs-diff.tar, volumes/<name>.tar) of `entries`, which are
 /// paths relative to `base`, as podman's entries are relative to `/`.
+///
+/// The files may belong to a container that is still running (`-R`): each entry is opened
+/// beneath `base` with no symlink followed, its header comes from that descriptor, and its member
+/// holds exactly the bytes the header promises (a file that grows is cut at the size it had, one
+/// that shrinks is padded with zeros), so the tar stays well-formed whatever the container does.
 pub fn write_inner_tar(output: &Path, base: &Path, entries: &[PathBuf]) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    let beneath = crate::safefs::Beneath::open(base)?;
     let file = File::create(output)?;
     let mut builder = tar::Builder::new(io::BufWriter::new(file));
     builder.follow_symlinks(false);
     for rel in entries {
-        let path = base.join(rel);
-        let meta = fs::symlink_metadata(&path)?;
-        if meta.file_type().is_socket() {
+        let handle = match beneath.open_at(rel, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+            Ok(fd) => File::from(fd),
+            // Deleted since the listing: the archive holds what is there now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", base.join(rel).display()))),
+        };
+        let meta = handle.metadata()?;
+        let file_type = meta.file_type();
+        if file_type.is_socket() {
             continue;
         }
         let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-        if meta.is_file() {
-            builder.append_data(&mut header, rel, File::open(&path)?)?;
-        } else if meta.file_type().is_symlink() {
-            builder.append_link(&mut header, rel, fs::read_link(&path)?)?;
+        if file_type.is_file() {
+            let reader = File::from(beneath.open_at(rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)?);
+            let meta = reader.metadata()?;
+            if !meta.is_file() {
+                return Err(io::Error::other(format!(
+                    "{} changed type while it was archived",
+                    base.join(rel).display()
+                )));
+            }
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            let size = meta.len();
+            builder.append_data(&mut header, rel, ExactSize { inner: reader.take(size), remaining: size })?;
+        } else if file_type.is_symlink() {
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            let target = nix::fcntl::readlinkat(&handle, "").map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            builder.append_link(&mut header, rel, PathBuf::from(target))?;
         } else {
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             header.set_size(0);
             let name = if meta.is_dir() { rel.join("") } else { rel.clone() };
             builder.append_data(&mut header, name, io::empty())?;
         }
     }
     builder.into_inner()?.flush()
+}
+
+/// Yields exactly `remaining` bytes: the inner reader's, then zeros if it ends early.
+struct ExactSize<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for ExactSize<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let mut n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Every path below `dir`, relative to it, parents before children, starting with `.`.
@@ -296,6 +345,14 @@ pub fn tree_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Whether `path` starts as a tar archive does, plain or compressed with zstd or gzip: what an
+/// earlier export left there, and so what an export may replace.
+pub fn looks_like_archive(path: &Path) -> bool {
+    let Ok(mut reader) = super::open_decompressed(path) else { return false };
+    let mut header = [0u8; 512];
+    reader.read_exact(&mut header).is_ok() && header[257..262] == *b"ustar"
+}
+
 /// Extracts an archive into `staging` and checks it against its manifest, if it has one
 /// (podman's archives have none).
 pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptions) -> Result<bool, ArchiveError> {
@@ -307,15 +364,20 @@ pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptio
 
 /// Returns whether a manifest was present; any mismatch, extra or missing member is an error.
 pub fn verify_manifest(staging: &Path, name: &str) -> Result<bool, ArchiveError> {
-    let manifest_path = staging.join(MANIFEST);
     let corrupt = |member: &str, detail: String| ArchiveError::CorruptMember {
         archive: name.into(),
         member: member.into(),
         detail,
     };
-    let bytes = match fs::read(&manifest_path) {
-        Ok(b) => b,
-        Err(_) => return Ok(false),
+    let beneath = crate::safefs::Beneath::open(staging).map_err(|e| corrupt(".", e.to_string()))?;
+    let bytes = match beneath.open_file(Path::new(MANIFEST)) {
+        Ok(file) => {
+            let mut bytes = Vec::new();
+            file.take(MAX_MANIFEST_BYTES).read_to_end(&mut bytes).map_err(|e| corrupt(MANIFEST, e.to_string()))?;
+            bytes
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(corrupt(MANIFEST, e.to_string())),
     };
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(MANIFEST, e.to_string()))?;
     if manifest.format != MANIFEST_FORMAT {
@@ -326,17 +388,16 @@ pub fn verify_manifest(staging: &Path, name: &str) -> Result<bool, ArchiveError>
         let Some(rel) = super::extract::clean_relative(Path::new(&entry.name)) else {
             return Err(corrupt(&entry.name, "the manifest names a path outside the archive".into()));
         };
-        let path = staging.join(&rel);
-        let meta = fs::symlink_metadata(&path)
-            .map_err(|_| corrupt(&entry.name, "listed in the manifest but missing".into()))?;
-        if !meta.is_file() || meta.len() != entry.size {
-            return Err(corrupt(
-                &entry.name,
-                format!("size {} does not match the manifest's {}", meta.len(), entry.size),
-            ));
+        // Opened beneath the staging with no link followed, so the bytes hashed are the member's.
+        let file = beneath
+            .open_file(&rel)
+            .map_err(|e| corrupt(&entry.name, format!("listed in the manifest but missing or not a file ({e})")))?;
+        let len = file.metadata().map_err(|e| corrupt(&entry.name, e.to_string()))?.len();
+        if len != entry.size {
+            return Err(corrupt(&entry.name, format!("size {len} does not match the manifest's {}", entry.size)));
         }
         let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap(&path).map_err(|e| corrupt(&entry.name, e.to_string()))?;
+        hasher.update_reader(file).map_err(|e| corrupt(&entry.name, e.to_string()))?;
         if hasher.finalize().to_hex().as_str() != entry.blake3 {
             return Err(corrupt(&entry.name, "its BLAKE3 digest does not match the manifest".into()));
         }
@@ -351,4 +412,77 @@ pub fn verify_manifest(staging: &Path, name: &str) -> Result<bool, ArchiveError>
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_size_cuts_a_grown_file_and_pads_a_shrunk_one() {
+        let mut out = Vec::new();
+        ExactSize { inner: &b"abcdef"[..], remaining: 4 }.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abcd");
+        out.clear();
+        ExactSize { inner: &b"ab"[..], remaining: 4 }.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"ab\0\0");
+    }
+
+    /// A file that grows while it is archived (a live container's log) leaves a tar whose every
+    /// member holds exactly the bytes its header promises.
+    #[test]
+    fn inner_tars_stay_well_formed_while_files_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("upper");
+        std::fs::create_dir(&base).unwrap();
+        let growing = base.join("log");
+        std::fs::write(&growing, vec![b'x'; 4 << 20]).unwrap();
+        std::fs::write(base.join("after"), b"after").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let growing = growing.clone();
+            std::thread::spawn(move || {
+                let mut file = std::fs::OpenOptions::new().append(true).open(growing).unwrap();
+                for _ in 0..4096 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    file.write_all(&[b'y'; 4096]).unwrap();
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let output = dir.path().join("inner.tar");
+        for _ in 0..5 {
+            write_inner_tar(&output, &base, &[PathBuf::from("log"), PathBuf::from("after")]).unwrap();
+            let mut archive = tar::Archive::new(File::open(&output).unwrap());
+            let mut names = Vec::new();
+            for entry in archive.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                assert_eq!(data.len() as u64, entry.header().size().unwrap());
+                names.push(entry.path().unwrap().display().to_string());
+            }
+            assert_eq!(names, ["log", "after"]);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn inner_tars_never_follow_a_link_swapped_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("upper");
+        std::fs::create_dir_all(base.join("sub")).unwrap();
+        std::fs::write(dir.path().join("host-secret"), b"TOP-SECRET-CONTENT").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host-secret"), base.join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), base.join("dirlink")).unwrap();
+        let output = dir.path().join("inner.tar");
+        write_inner_tar(&output, &base, &[PathBuf::from("link"), PathBuf::from("dirlink/host-secret")]).unwrap_err();
+        write_inner_tar(&output, &base, &[PathBuf::from("link")]).unwrap();
+        let bytes = std::fs::read(&output).unwrap();
+        assert!(!bytes.windows(18).any(|w| w == b"TOP-SECRET-CONTENT"), "a link is archived as a link");
+    }
 }

@@ -1,29 +1,56 @@
-//! A strict tar extractor for input ckpt does not trust (imported checkpoints, image layers).
+//! A strict tar extractor for input ckpt does not trust (imported checkpoints, image layers,
+//! the rootfs and volume tars inside an archive).
 //!
-//! Every member path is checked component by component, no existing symlink is ever followed,
-//! and the output is bounded, because tar readers have had escape and bomb bugs again and again.
+//! Everything is written through [`crate::safefs::Beneath`]: no symlink is ever followed, modes,
+//! owners and times are set through descriptors, a member may not turn an earlier member of the
+//! same archive into something of another type, and the output is bounded, because tar readers
+//! have had escape and bomb bugs again and again.
 
-use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
 use tar::EntryType;
 
 use super::ArchiveError;
+pub use crate::safefs::clean_relative;
+use crate::safefs::{self, Beneath, Kind, ResolveError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractLimits {
     pub max_total_bytes: u64,
     pub max_entries: u64,
     pub max_path_len: usize,
+    /// All member names together: what the extractor has to remember.
+    pub max_name_bytes: u64,
 }
 
 impl Default for ExtractLimits {
     fn default() -> Self {
-        ExtractLimits { max_total_bytes: 64 << 30, max_entries: 1_000_000, max_path_len: 4096 }
+        ExtractLimits {
+            max_total_bytes: 64 << 30,
+            max_entries: 1_000_000,
+            max_path_len: 4096,
+            max_name_bytes: 256 << 20,
+        }
     }
+}
+
+/// Which symlink members may be created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Symlinks {
+    /// None at all: an OCI layout or the outer checkpoint archive of a podman export.
+    #[default]
+    None,
+    /// Only CRIU's `parent` link from an images directory to an earlier pre-dump.
+    CriuParents,
+    /// Any target: a container's own filesystem, where links are data. They are created as
+    /// they are and never followed by ckpt.
+    Any,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,10 +58,58 @@ pub struct ExtractOptions {
     pub limits: ExtractLimits,
     /// Image layers: `.wh.` members delete what lower layers put there.
     pub whiteouts: bool,
-    /// Image layers may carry device nodes; checkpoint members never may.
+    /// Image layers may carry device nodes and FIFOs; checkpoint members never may.
     pub allow_devices: bool,
-    /// Restore owners and modes from the archive.
+    /// Restore owners from the archive (container content); otherwise everything is root's.
     pub preserve_owners: bool,
+    /// Keep setuid, setgid and sticky bits (container content, inside the 0700 store).
+    pub special_bits: bool,
+    pub symlinks: Symlinks,
+}
+
+impl ExtractOptions {
+    /// The members of a checkpoint archive or checkpoint image: plain files and directories,
+    /// CRIU's parent links, no special bits, owned by root.
+    pub fn checkpoint() -> ExtractOptions {
+        ExtractOptions { symlinks: Symlinks::CriuParents, ..Default::default() }
+    }
+
+    /// A container's files (`rootfs-diff.tar`, `volumes/*.tar`): owners, modes and links as
+    /// they were, no device nodes.
+    pub fn container_files() -> ExtractOptions {
+        ExtractOptions { preserve_owners: true, special_bits: true, symlinks: Symlinks::Any, ..Default::default() }
+    }
+
+    /// An OCI image layer: container files plus whiteouts and device nodes.
+    pub fn image_layer() -> ExtractOptions {
+        ExtractOptions { whiteouts: true, allow_devices: true, ..ExtractOptions::container_files() }
+    }
+}
+
+/// What a member was, for the rule that a later member may not change its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Dir,
+    File,
+    Symlink,
+    Node,
+}
+
+struct Extractor<'a> {
+    name: &'a str,
+    options: &'a ExtractOptions,
+    beneath: Beneath,
+    seen: HashMap<PathBuf, Written>,
+    name_bytes: u64,
+    dirs: Vec<DirMeta>,
+}
+
+/// A directory's metadata, set once all its members are in.
+struct DirMeta {
+    rel: PathBuf,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    mtime: u64,
 }
 
 /// Extracts `reader` into `dest`, which must exist. Returns the member paths written.
@@ -44,229 +119,349 @@ pub fn extract(
     name: &str,
     options: &ExtractOptions,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
-    let mut archive = tar::Archive::new(reader);
-    let refuse = |member: &Path, reason: &str| ArchiveError::Refused {
+    let beneath = Beneath::open(dest).map_err(|source| ArchiveError::Io {
         archive: name.to_string(),
-        member: member.display().to_string(),
-        reason: reason.to_string(),
-    };
-    let io_err = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source: io::Error| ArchiveError::Io { archive: name.to_string(), action, path, source }
-    };
+        action: "open the destination",
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    let mut extractor = Extractor { name, options, beneath, seen: HashMap::new(), name_bytes: 0, dirs: Vec::new() };
+    let mut archive = tar::Archive::new(reader);
+    let malformed = |e: io::Error| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() };
     let mut total: u64 = 0;
     let mut count: u64 = 0;
     let mut written = Vec::new();
-    let mut dirs_with_modes = Vec::new();
-    let mut seen = HashSet::new();
-    let entries =
-        archive.entries().map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
+    for entry in archive.entries().map_err(malformed)? {
+        let mut entry = entry.map_err(malformed)?;
         count += 1;
         if count > options.limits.max_entries {
-            return Err(ArchiveError::TooLarge {
-                archive: name.to_string(),
-                reason: format!("more than {} members", options.limits.max_entries),
-            });
+            return Err(extractor.too_large(format!("more than {} members", options.limits.max_entries)));
         }
-        let raw_path = entry
-            .path()
-            .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?
-            .into_owned();
+        let raw_path = entry.path().map_err(malformed)?.into_owned();
         if raw_path.as_os_str().len() > options.limits.max_path_len {
-            return Err(refuse(&raw_path, "path is too long"));
+            return Err(extractor.refuse(&raw_path, "path is too long"));
         }
-        let Some(rel) = clean_relative(&raw_path) else {
-            return Err(refuse(&raw_path, "path is absolute or contains '..'"));
+        let Some(rel) = safefs::clean_relative(&raw_path) else {
+            return Err(extractor.refuse(&raw_path, "path is absolute or contains '..'"));
         };
         if rel.as_os_str().is_empty() {
             continue; // the archive's own root, "./"
         }
         let kind = entry.header().entry_type();
-        if options.whiteouts
-            && let Some(file_name) = rel.file_name().and_then(|n| n.to_str())
-            && let Some(hidden) = file_name.strip_prefix(".wh.")
-        {
-            let parent = ensure_parent(dest, &rel, &refuse, &io_err)?;
-            if hidden == ".wh..opq" {
-                clear_dir(&parent).map_err(io_err("clear", &parent))?;
-            } else {
-                remove_any(&parent.join(hidden)).map_err(io_err("remove", &parent))?;
-            }
+        if matches!(
+            kind,
+            EntryType::XHeader | EntryType::XGlobalHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
             continue;
         }
-        let size = entry.header().size().unwrap_or(0);
+        if options.whiteouts && extractor.whiteout(&rel)? {
+            continue;
+        }
+        // The PAX size where there is one: the bytes tar-rs really hands out for this member.
+        let size = entry.size();
         total = total.saturating_add(size);
         if total > options.limits.max_total_bytes {
-            return Err(ArchiveError::TooLarge {
-                archive: name.to_string(),
-                reason: format!("more than {} bytes of content", options.limits.max_total_bytes),
-            });
+            return Err(extractor.too_large(format!("more than {} bytes of content", options.limits.max_total_bytes)));
         }
-        let parent = ensure_parent(dest, &rel, &refuse, &io_err)?;
-        let target = parent.join(rel.file_name().expect("a cleaned path has a last component"));
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+        extractor.member(&mut entry, &rel, kind, size)?;
+        written.push(rel);
+    }
+    extractor.finish_dirs()?;
+    Ok(written)
+}
+
+impl Extractor<'_> {
+    fn refuse(&self, member: &Path, reason: &str) -> ArchiveError {
+        ArchiveError::Refused {
+            archive: self.name.to_string(),
+            member: member.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn too_large(&self, reason: String) -> ArchiveError {
+        ArchiveError::TooLarge { archive: self.name.to_string(), reason }
+    }
+
+    fn io(&self, action: &'static str, rel: &Path) -> impl FnOnce(io::Error) -> ArchiveError + use<> {
+        let archive = self.name.to_string();
+        let path = self.beneath.path().join(rel);
+        move |source| ArchiveError::Io { archive, action, path, source }
+    }
+
+    fn resolve_err(&self, rel: &Path, action: &'static str, e: ResolveError) -> ArchiveError {
+        match e {
+            ResolveError::ParentNotDir => self.refuse(rel, "a parent directory is a symlink or not a directory"),
+            ResolveError::Io(source) => self.io(action, rel)(source),
+        }
+    }
+
+    /// Handles a `.wh.` member; returns whether `rel` was one.
+    fn whiteout(&mut self, rel: &Path) -> Result<bool, ArchiveError> {
+        let Some(file_name) = rel.file_name().and_then(|n| n.to_str()) else { return Ok(false) };
+        let Some(hidden) = file_name.strip_prefix(".wh.") else { return Ok(false) };
+        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        if hidden == ".wh..opq" {
+            // Opaque: hide what lower layers put here, keep what this layer wrote.
+            let parent = self
+                .beneath
+                .open_at(&parent_rel, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY)
+                .map_err(|e| if e.raw_os_error() == Some(libc::ENOENT) { None } else { Some(e) });
+            match parent {
+                Ok(dir) => {
+                    let seen = &self.seen;
+                    safefs::clear_dir(dir.as_fd(), |child| seen.contains_key(&parent_rel.join(child)))
+                        .map_err(self.io("clear", &parent_rel))?;
+                }
+                Err(None) => {}
+                Err(Some(e)) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)) => {
+                    return Err(self.refuse(rel, "a parent directory is a symlink or not a directory"));
+                }
+                Err(Some(e)) => return Err(self.io("open", &parent_rel)(e)),
+            }
+            return Ok(true);
+        }
+        if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
+            return Err(self.refuse(rel, "whiteout names no entry"));
+        }
+        let target = parent_rel.join(hidden);
+        self.beneath.remove(&target).map_err(|e| self.resolve_err(rel, "remove", e))?;
+        self.seen.remove(&target);
+        Ok(true)
+    }
+
+    fn remember(&mut self, rel: &Path, what: Written) -> Result<(), ArchiveError> {
+        if !self.seen.contains_key(rel) {
+            self.name_bytes += rel.as_os_str().len() as u64 + 32;
+            if self.name_bytes > self.options.limits.max_name_bytes {
+                return Err(
+                    self.too_large(format!("more than {} bytes of member names", self.options.limits.max_name_bytes))
+                );
+            }
+        }
+        self.seen.insert(rel.to_path_buf(), what);
+        Ok(())
+    }
+
+    fn member<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        rel: &Path,
+        kind: EntryType,
+        size: u64,
+    ) -> Result<(), ArchiveError> {
+        let what = match kind {
+            EntryType::Directory => Written::Dir,
+            EntryType::Regular | EntryType::Continuous => Written::File,
+            EntryType::Symlink => Written::Symlink,
+            EntryType::Link => Written::File,
+            EntryType::Char | EntryType::Block | EntryType::Fifo if self.options.allow_devices => Written::Node,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                return Err(self.refuse(rel, "device and FIFO members are not allowed here"));
+            }
+            other => return Err(self.refuse(rel, &format!("member type {other:?} is not supported"))),
+        };
+        if let Some(before) = self.seen.get(rel)
+            && *before != what
+        {
+            return Err(self.refuse(rel, "it replaces an earlier member of another type"));
+        }
+        let header = entry.header();
+        let mut mode = header.mode().unwrap_or(0o644) & 0o7777;
+        if !self.options.special_bits {
+            mode &= 0o777;
+        }
+        let owner =
+            self.options.preserve_owners.then(|| (header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32));
+        let mtime = header.mtime().unwrap_or(0);
+        let parent = self.beneath.parent(rel, true).map_err(|e| self.resolve_err(rel, "create directory", e))?;
+        let parent = parent.expect("created parents exist");
+        let dir = parent.dir;
+        let file_name = parent.name;
+        let existing = safefs::stat_at(dir.as_fd(), file_name).map_err(self.io("stat", rel))?;
+        let existing_kind = existing.as_ref().map(|s| match SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT {
+            SFlag::S_IFDIR => Kind::Dir,
+            SFlag::S_IFREG => Kind::File,
+            SFlag::S_IFLNK => Kind::Symlink,
+            _ => Kind::Other,
+        });
+        // Whatever is in the way goes, never followed; a directory that stays a directory stays.
+        if existing_kind.is_some() && !(what == Written::Dir && existing_kind == Some(Kind::Dir)) {
+            safefs::remove_entry(dir.as_fd(), file_name).map_err(self.io("replace", rel))?;
+        }
         match kind {
             EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => {
-                        remove_any(&target).map_err(io_err("replace", &target))?;
-                        fs::create_dir(&target).map_err(io_err("create directory", &target))?;
-                    }
-                    Err(_) => fs::create_dir(&target).map_err(io_err("create directory", &target))?,
+                if existing_kind != Some(Kind::Dir) {
+                    nix::sys::stat::mkdirat(&dir, file_name, Mode::from_bits_truncate(0o700))
+                        .map_err(|e| self.io("create directory", rel)(e.into()))?;
                 }
-                dirs_with_modes.push((target.clone(), mode));
+                // Modes last, so that a read-only directory does not stop its own members.
+                self.dirs.push(DirMeta { rel: rel.to_path_buf(), mode, owner, mtime });
             }
             EntryType::Regular | EntryType::Continuous => {
-                remove_non_dir(&target).map_err(io_err("replace", &target))?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&target)
-                    .map_err(io_err("create", &target))?;
-                let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(io_err("write", &target))?;
+                let fd = nix::fcntl::openat(
+                    &dir,
+                    file_name,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| self.io("create", rel)(e.into()))?;
+                let mut file = std::fs::File::from(fd);
+                let copied = io::copy(&mut entry.take(size), &mut file).map_err(self.io("write", rel))?;
                 if copied != size {
                     return Err(ArchiveError::Malformed {
-                        archive: name.to_string(),
+                        archive: self.name.to_string(),
                         detail: format!("member {:?} is truncated", rel.display()),
                     });
                 }
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &target))?;
+                self.finish_fd(file.as_fd(), rel, mode, owner, mtime)?;
             }
             EntryType::Symlink => {
                 let link = entry
                     .link_name()
-                    .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?
-                    .ok_or_else(|| refuse(&rel, "symlink without a target"))?;
-                remove_non_dir(&target).map_err(io_err("replace", &target))?;
-                // The link is created as it is, but never followed by ckpt: every later member
-                // is resolved with lstat, component by component.
-                std::os::unix::fs::symlink(&link, &target).map_err(io_err("create symlink", &target))?;
+                    .map_err(|e| ArchiveError::Malformed { archive: self.name.to_string(), detail: e.to_string() })?
+                    .ok_or_else(|| self.refuse(rel, "symlink without a target"))?
+                    .into_owned();
+                self.check_symlink(rel, &link)?;
+                nix::unistd::symlinkat(link.as_path(), &dir, file_name)
+                    .map_err(|e| self.io("create symlink", rel)(e.into()))?;
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::fchownat(
+                        &dir,
+                        file_name,
+                        Some(uid.into()),
+                        Some(gid.into()),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| self.io("chown", rel)(e.into()))?;
+                }
             }
             EntryType::Link => {
                 let link = entry
                     .link_name()
-                    .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?
-                    .ok_or_else(|| refuse(&rel, "hard link without a target"))?;
-                let Some(link_rel) = clean_relative(&link) else {
-                    return Err(refuse(&rel, "hard link target is absolute or contains '..'"));
+                    .map_err(|e| ArchiveError::Malformed { archive: self.name.to_string(), detail: e.to_string() })?
+                    .ok_or_else(|| self.refuse(rel, "hard link without a target"))?
+                    .into_owned();
+                let Some(link_rel) = safefs::clean_relative(&link) else {
+                    return Err(self.refuse(rel, "hard link target is absolute or contains '..'"));
                 };
-                let link_parent = ensure_parent_existing(dest, &link_rel).ok_or_else(|| {
-                    refuse(&rel, "hard link target is outside the archive or passes through a symlink")
-                })?;
-                let source = link_parent.join(link_rel.file_name().unwrap_or_default());
-                if !seen.contains(&link_rel) {
-                    return Err(refuse(&rel, "hard link target is not an earlier member of the archive"));
+                if self.seen.get(&link_rel) != Some(&Written::File) {
+                    return Err(self.refuse(rel, "hard link target is not an earlier file member of the archive"));
                 }
-                remove_non_dir(&target).map_err(io_err("replace", &target))?;
-                fs::hard_link(&source, &target).map_err(io_err("create hard link", &target))?;
+                let source = self
+                    .beneath
+                    .parent(&link_rel, false)
+                    .map_err(|e| self.resolve_err(rel, "resolve", e))?
+                    .ok_or_else(|| self.refuse(rel, "hard link target is gone"))?;
+                // linkat without AT_SYMLINK_FOLLOW links the entry itself, never a link's target.
+                nix::unistd::linkat(&source.dir, source.name, &dir, file_name, nix::fcntl::AtFlags::empty())
+                    .map_err(|e| self.io("create hard link", rel)(e.into()))?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo if options.allow_devices => {
-                remove_non_dir(&target).map_err(io_err("replace", &target))?;
+            _ => {
                 let dev_kind = match kind {
-                    EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
-                    EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
-                    _ => nix::sys::stat::SFlag::S_IFIFO,
+                    EntryType::Char => SFlag::S_IFCHR,
+                    EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
                 };
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0) as u64;
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0) as u64;
-                nix::sys::stat::mknod(
-                    &target,
+                let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
+                let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
+                nix::sys::stat::mknodat(
+                    &dir,
+                    file_name,
                     dev_kind,
-                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                    Mode::from_bits_truncate(0o600),
                     nix::sys::stat::makedev(major, minor),
                 )
-                .map_err(|e| io_err("create device", &target)(e.into()))?;
+                .map_err(|e| self.io("create device", rel)(e.into()))?;
+                let node = nix::fcntl::openat(
+                    &dir,
+                    file_name,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.io("open", rel)(e.into()))?;
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::fchownat(
+                        &dir,
+                        file_name,
+                        Some(uid.into()),
+                        Some(gid.into()),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| self.io("chown", rel)(e.into()))?;
+                }
+                safefs::chmod_fd(node.as_fd(), mode).map_err(self.io("chmod", rel))?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                return Err(refuse(&rel, "device and FIFO members are not allowed here"));
-            }
-            EntryType::XHeader | EntryType::XGlobalHeader | EntryType::GNULongName | EntryType::GNULongLink => continue,
-            other => return Err(refuse(&rel, &format!("member type {other:?} is not supported"))),
         }
-        if options.preserve_owners {
-            let uid = entry.header().uid().unwrap_or(0) as u32;
-            let gid = entry.header().gid().unwrap_or(0) as u32;
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err("chown", &target))?;
-        }
-        seen.insert(rel.clone());
-        written.push(rel);
+        self.remember(rel, what)
     }
-    // Directory modes last, so that a read-only directory does not stop its own members.
-    for (dir, mode) in dirs_with_modes.into_iter().rev() {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &dir))?;
-    }
-    Ok(written)
-}
 
-/// `a/./b/` → `a/b`; `None` for absolute paths and any `..`.
-pub fn clean_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+    /// Owner first, then mode (a chown clears set-id bits), then time; all through `fd`.
+    fn finish_fd(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        rel: &Path,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        mtime: u64,
+    ) -> Result<(), ArchiveError> {
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into())).map_err(|e| self.io("chown", rel)(e.into()))?;
         }
+        safefs::chmod_fd(fd, mode).map_err(self.io("chmod", rel))?;
+        let time = nix::sys::time::TimeSpec::new(mtime.min(i64::MAX as u64) as i64, 0);
+        nix::sys::stat::futimens(fd, &time, &time).map_err(|e| self.io("set the time of", rel)(e.into()))
     }
-    Some(out)
-}
 
-/// Creates the parent directories of `rel` under `dest`, refusing to pass through any symlink.
-fn ensure_parent<F, G, H>(dest: &Path, rel: &Path, refuse: &F, io_err: &G) -> Result<PathBuf, ArchiveError>
-where
-    F: Fn(&Path, &str) -> ArchiveError,
-    G: Fn(&'static str, &Path) -> H,
-    H: FnOnce(io::Error) -> ArchiveError,
-{
-    let mut current = dest.to_path_buf();
-    let Some(parent) = rel.parent() else { return Ok(current) };
-    for part in parent.components() {
-        current.push(part);
-        match fs::symlink_metadata(&current) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(refuse(rel, "a parent directory is a symlink"));
-            }
-            Ok(_) => return Err(refuse(rel, "a parent path is not a directory")),
-            Err(_) => fs::create_dir(&current).map_err(io_err("create directory", &current))?,
+    fn check_symlink(&self, rel: &Path, link: &Path) -> Result<(), ArchiveError> {
+        match self.options.symlinks {
+            Symlinks::Any => Ok(()),
+            Symlinks::None => Err(self.refuse(rel, "symlinks are not allowed in this archive")),
+            Symlinks::CriuParents if is_criu_parent_link(rel, link) => Ok(()),
+            Symlinks::CriuParents => Err(self.refuse(
+                rel,
+                "the only symlinks a checkpoint may hold are CRIU's parent links to ../pre-dump-N or ../pre-checkpoint",
+            )),
         }
     }
-    Ok(current)
-}
 
-/// Like `ensure_parent`, but only for directories that exist already.
-fn ensure_parent_existing(dest: &Path, rel: &Path) -> Option<PathBuf> {
-    let mut current = dest.to_path_buf();
-    for part in rel.parent()?.components() {
-        current.push(part);
-        if !fs::symlink_metadata(&current).ok()?.is_dir() {
-            return None;
+    /// Directory modes, owners and times, deepest first, through descriptors opened beneath
+    /// the root with no symlink followed.
+    fn finish_dirs(&mut self) -> Result<(), ArchiveError> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for DirMeta { rel, mode, owner, mtime } in dirs.into_iter().rev() {
+            let fd: OwnedFd = match self.beneath.open_at(&rel, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY)
+            {
+                Ok(fd) => fd,
+                // Removed by a later whiteout: nothing to set.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(self.io("open", &rel)(e)),
+            };
+            self.finish_fd(fd.as_fd(), &rel, mode, owner, mtime)?;
         }
-    }
-    Some(current)
-}
-
-fn remove_non_dir(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(_) => Ok(()),
+        Ok(())
     }
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
-    remove_non_dir(path)
+/// `checkpoint/parent -> ../pre-dump-3`, as CRIU writes it for a dump on top of pre-dumps.
+pub fn is_criu_parent_link(rel: &Path, link: &Path) -> bool {
+    let mut parts = rel.iter();
+    let (Some(dir), Some(file), None) = (parts.next(), parts.next(), parts.next()) else { return false };
+    file == OsStr::new("parent")
+        && is_images_dir_name(dir)
+        && link.parent() == Some(Path::new(".."))
+        && link.file_name().is_some_and(is_images_dir_name)
 }
 
-fn clear_dir(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        remove_any(&entry?.path())?;
-    }
-    Ok(())
+/// `checkpoint`, `pre-checkpoint` or `pre-dump-N`: the images directories an archive may hold.
+pub fn is_images_dir_name(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else { return false };
+    name == "checkpoint"
+        || name == "pre-checkpoint"
+        || name
+            .strip_prefix("pre-dump-")
+            .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
 }
+
+#[cfg(test)]
+mod tests;

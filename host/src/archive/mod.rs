@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-pub use extract::{ExtractLimits, ExtractOptions, extract};
+pub use extract::{ExtractLimits, ExtractOptions, Symlinks, extract};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

@@ -207,7 +207,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
         writeln!(out, "{}", serde_json::to_string_pretty(&entries).expect("json")).ok();
     } else if args.quiet {
         for e in &entries {
-            writeln!(out, "{}", &e["Id"].as_str().unwrap_or_default()[..12]).ok();
+            writeln!(out, "{}", e["Id"].as_str().unwrap_or_default().get(..12).unwrap_or_default()).ok();
         }
     } else {
         writeln!(out, "{:<12}  {:<24}  {:<24}  {:<14}  NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS").ok();
@@ -216,16 +216,15 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
                 .as_array()
                 .map(|c| c.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default();
-            writeln!(
-                out,
+            let line = format!(
                 "{:<12}  {:<24}  {:<24.24}  {:<14}  {}",
-                &e["Id"].as_str().unwrap_or_default()[..12],
+                e["Id"].as_str().unwrap_or_default().get(..12).unwrap_or_default(),
                 e["Image"].as_str().unwrap_or_default(),
                 command,
                 e["Status"].as_str().unwrap_or_default(),
                 e["Names"][0].as_str().unwrap_or_default()
-            )
-            .ok();
+            );
+            writeln!(out, "{}", crate::util::escape_controls(&line)).ok();
         }
     }
     Ok(0)
@@ -256,7 +255,7 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<i32> {
     let record = ctx.containers.lookup(&args.container)?;
     let mut out = std::io::stdout().lock();
     for change in container::diff(ctx, &record)? {
-        writeln!(out, "{} {}", change.kind.letter(), change.path).ok();
+        writeln!(out, "{} {}", change.kind.letter(), crate::util::escape_controls(&change.path)).ok();
     }
     Ok(0)
 }

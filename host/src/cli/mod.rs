@@ -30,6 +30,9 @@ pub struct Cli {
     /// The OCI runtime for new containers: a name in $PATH or a path.
     #[arg(long, global = true, default_value = "runc", env = "CKPT_RUNTIME")]
     pub runtime: String,
+    /// The host config: where policies may export (default /etc/ckpt/ckpt.toml).
+    #[arg(long = "config", global = true, env = "CKPT_CONFIG")]
+    pub host_config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,7 +69,14 @@ pub enum Command {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    let ctx = Context::new(Roots::new(&cli.root, &cli.runroot), cli.runtime);
+    // Everything ckpt writes is private unless it says otherwise (see `util::create_dir_with_mode`).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let roots = Roots::new(&cli.root, &cli.runroot);
+    if nix::unistd::geteuid().is_root() {
+        crate::store::secure_roots(&roots)?;
+    }
+    let mut ctx = Context::new(roots, cli.runtime);
+    ctx.config = crate::config::HostConfig::load(cli.host_config.as_deref())?;
     match cli.command {
         Command::Run(args) => container::run(&ctx, args),
         Command::Checkpoint(args) => checkpoint::checkpoint(&ctx, args),
@@ -78,7 +88,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 Some(other) => {
                     return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
                 }
-                None => print!("{}", crate::ops::inspect_checkpoint::render(&value)),
+                None => print!("{}", crate::util::escape_controls(&crate::ops::inspect_checkpoint::render(&value))),
             }
             Ok(0)
         }
@@ -104,7 +114,7 @@ pub fn for_each<T>(items: &[T], mut each: impl FnMut(&T) -> Result<()>) -> Resul
         if let Err(e) = each(item)
             && let Some(previous) = last.replace(e)
         {
-            eprintln!("Error: {previous}");
+            eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
         }
     }
     match last {

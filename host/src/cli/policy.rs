@@ -17,8 +17,8 @@ pub enum PolicyCommand {
         file: String,
         #[arg(long)]
         facts: PathBuf,
-        /// Settings: JSON, or @FILE.
-        #[arg(long)]
+        /// Settings: JSON, or @FILE (as `checkpoint --policy-config`).
+        #[arg(long = "policy-config")]
         config: Option<String>,
         #[arg(long, default_value = "plan")]
         decision: String,
@@ -33,7 +33,8 @@ pub enum PolicyCommand {
         file: String,
         #[arg(long)]
         facts: PathBuf,
-        #[arg(long)]
+        /// Settings: JSON, or @FILE (as `checkpoint --policy-config`).
+        #[arg(long = "policy-config")]
         config: Option<String>,
         #[arg(long, default_value_t = 1000)]
         iterations: usize,
@@ -63,7 +64,7 @@ pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
         }
         PolicyCommand::Test { file, cases } => {
             let (lines, all_passed) = policy::test(ctx, &file, &cases)?;
-            lines.iter().for_each(|l| println!("{l}"));
+            lines.iter().for_each(|l| println!("{}", crate::util::escape_controls(l)));
             Ok(if all_passed { 0 } else { 1 })
         }
     }

@@ -158,7 +158,8 @@ impl ImageStore {
         let digest = format!("sha256:{}", sha256_hex(bytes));
         let path = self.blob_path(&digest)?;
         if !path.exists() {
-            write_atomic(&path, bytes, 0o644)?;
+            // Blobs of checkpoint images hold memory pages: private, as everything in the store.
+            write_atomic(&path, bytes, 0o600)?;
         }
         Ok(digest)
     }
@@ -333,10 +334,9 @@ impl ImageStore {
         }
         let staging = self.rootfs_root.join(format!(".unpack-{}-{}", info.id, std::process::id()));
         remove_dir_all(&staging)?;
-        create_dir_all(&staging)?;
+        crate::util::create_dir_with_mode(&staging, 0o755)?;
         let manifest = self.manifest_by_digest(&info.manifest_digest)?;
-        let options =
-            ExtractOptions { whiteouts: true, allow_devices: true, preserve_owners: true, ..Default::default() };
+        let options = ExtractOptions::image_layer();
         for layer in manifest["layers"].as_array().into_iter().flatten() {
             let digest = layer["digest"].as_str().unwrap_or_default();
             let path = self.blob_path(digest)?;

@@ -41,6 +41,7 @@ pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
         "State": {
             "Status": st.status,
             "Running": st.running(),
+            "Paused": st.status == "paused",
             "Paused": false,
             "Pid": st.pid,
             "ExitCode": if st.running() { 0 } else { s.exit_code.unwrap_or(0) },
@@ -83,6 +84,7 @@ pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
         "State": st.status,
         "Status": match st.status {
             "running" => "Up".to_string(),
+            "paused" => "Up (Paused)".to_string(),
             "exited" => format!("Exited ({})", record.state.exit_code.unwrap_or(0)),
             other => other.to_string(),
         },

@@ -32,8 +32,9 @@ pub struct Status {
 }
 
 impl Status {
+    /// Running or paused: the container's processes exist (docker's and podman's `Running`).
     pub fn running(&self) -> bool {
-        self.status == "running"
+        self.status == "running" || self.status == "paused"
     }
 }
 
@@ -42,7 +43,9 @@ pub fn status(ctx: &Context, record: &ContainerRecord) -> Result<Status> {
     if let Some(state) = runtime.state(&record.id)?
         && state.is_running()
     {
-        return Ok(Status { status: "running", pid: state.pid });
+        // Frozen by someone, perhaps a CRIU that died mid-dump: shown as such, never as "Up".
+        let status = if state.status == "paused" { "paused" } else { "running" };
+        return Ok(Status { status, pid: state.pid });
     }
     let status = if record.state.started_at.is_some() || record.state.checkpointed { "exited" } else { "created" };
     Ok(Status { status, pid: 0 })
@@ -148,7 +151,8 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
             }
         }
         let paths = ctx.containers.paths(&record.id);
-        create_dir_all(&paths.upper())?;
+        // The upper layer's root is the container's `/`.
+        crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
         create_dir_all(&paths.bundle())?;
         ctx.containers.save(&record)
     })();

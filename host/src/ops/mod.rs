@@ -13,6 +13,7 @@ pub mod volumes;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::HostConfig;
 use crate::criu::{Criu, CriuBinary};
 use crate::error::Result;
 use crate::image::ImageStore;
@@ -27,6 +28,8 @@ pub struct Context {
     pub containers: ContainerStore,
     pub volumes: VolumeStore,
     pub images: ImageStore,
+    /// The admin's rules (`/etc/ckpt/ckpt.toml`).
+    pub config: HostConfig,
     /// Unit tests put a recording runtime here; otherwise the named binary is used.
     pub runtime_override: Option<Arc<dyn OciRuntime>>,
     /// Unit tests put a CRIU stand-in here; otherwise `criu` from $PATH is used.
@@ -39,6 +42,7 @@ impl Context {
             containers: ContainerStore::new(&roots),
             volumes: VolumeStore::new(&roots),
             images: ImageStore::new(&roots),
+            config: HostConfig::default(),
             roots,
             runtime,
             runtime_override: None,

@@ -17,11 +17,13 @@ use crate::archive::{self, ExtractOptions};
 use crate::criu::{self, RestoreStats};
 use crate::error::{Error, Result};
 use crate::runtime::RestoreOptions;
+use crate::safefs::{self, Beneath};
 use crate::store::{ContainerLock, ContainerRecord, MountKind, StateFlags, StoreLock};
 use crate::supervisor::Launch;
-use crate::util::{TempDir, create_dir_all, read_json, remove_dir_all, tempdir_in, validate_object_name};
+use crate::util::{TempDir, create_dir_all, remove_dir_all, tempdir_in, validate_object_name};
+use std::os::unix::fs::OpenOptionsExt;
 
-const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
+pub(crate) const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
@@ -233,55 +235,148 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
     run_restore(ctx, req, &mut record, printed.to_string())
 }
 
-/// A checkpoint unpacked into private staging, checked, not yet used.
+/// A checkpoint unpacked into private staging, checked, not yet used. Its members are only ever
+/// opened beneath the staging directory with no symlink followed.
 struct Staged {
     dir: TempDir,
+    beneath: Beneath,
     origin: String,
+    /// Whether a ckpt manifest listed and matched every member.
+    verified: bool,
 }
 
+/// How deep a chain of pre-dumps an imported checkpoint may have.
+const MAX_PARENT_CHAIN: usize = 64;
+
 impl Staged {
+    fn new(dir: TempDir, origin: String) -> Result<Staged> {
+        let beneath = Beneath::open(&dir.path).map_err(Error::io("open", &dir.path))?;
+        Ok(Staged { dir, beneath, origin, verified: false })
+    }
+
     fn from_archive(ctx: &Context, path: &Path) -> Result<Staged> {
         let dir = tempdir_in(&ctx.roots.root.join("tmp"), "import")?;
-        let options =
-            ExtractOptions { allow_devices: false, preserve_owners: false, whiteouts: false, ..Default::default() };
-        layout::extract_checkpoint(path, &dir.path, &options)?;
-        Ok(Staged { dir, origin: path.display().to_string() })
+        let mut staged = Staged::new(dir, path.display().to_string())?;
+        staged.verified = layout::extract_checkpoint(path, &staged.dir.path, &ExtractOptions::checkpoint())?;
+        Ok(staged)
     }
 
     fn from_image(ctx: &Context, name: &str) -> Result<Staged> {
         let info = ctx.images.resolve(name)?;
         let dir = tempdir_in(&ctx.roots.root.join("tmp"), "import")?;
+        let mut staged = Staged::new(dir, format!("image {name}"))?;
         let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
-        let options = ExtractOptions::default();
         for layer in manifest["layers"].as_array().into_iter().flatten() {
             let blob = ctx.images.blob_path(layer["digest"].as_str().unwrap_or_default())?;
-            archive::extract(archive::open_decompressed(&blob)?, &dir.path, name, &options)?;
+            archive::extract(
+                archive::open_decompressed(&blob)?,
+                &staged.dir.path,
+                name,
+                &ExtractOptions::checkpoint(),
+            )?;
         }
-        layout::verify_manifest(&dir.path, name)?;
-        Ok(Staged { dir, origin: format!("image {name}") })
+        staged.verified = layout::verify_manifest(&staged.dir.path, name)?;
+        Ok(staged)
     }
 
-    fn member(&self, name: &str) -> PathBuf {
-        self.dir.path.join(name)
+    fn refuse(&self, member: &str, reason: &str) -> Error {
+        archive::ArchiveError::Refused {
+            archive: self.origin.clone(),
+            member: member.to_string(),
+            reason: reason.into(),
+        }
+        .into()
+    }
+
+    /// Opens a top-level member that must be a regular file; `None` when the archive has none.
+    fn open_member(&self, name: &str) -> Result<Option<std::fs::File>> {
+        match self.beneath.open_file(Path::new(name)) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.refuse(name, &format!("it is not a regular file ({e})"))),
+        }
+    }
+
+    fn read_member_json<T: serde::de::DeserializeOwned>(&self, name: &'static str) -> Result<Option<T>> {
+        let Some(file) = self.open_member(name)? else { return Ok(None) };
+        serde_json::from_reader(std::io::BufReader::new(file)).map(Some).map_err(|e| Error::Corrupt {
+            what: name,
+            path: self.dir.path.join(name),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Whether `name` is a real directory in the staging (never a link to one).
+    fn has_dir(&self, name: &str) -> Result<bool> {
+        match self.beneath.kind(Path::new(name)) {
+            Ok(Some(safefs::Kind::Dir)) => Ok(true),
+            Ok(None) => Ok(false),
+            Ok(Some(_)) => Err(self.refuse(name, "it is not a directory")),
+            Err(e) => Err(self.refuse(name, &e.to_string())),
+        }
+    }
+
+    /// The images directory and the pre-dumps its `parent` links reach, nearest first.
+    fn images_chain(&self, images_dir: &str) -> Result<Vec<String>> {
+        let mut chain = vec![images_dir.to_string()];
+        let mut current = images_dir.to_string();
+        loop {
+            let dir = self
+                .beneath
+                .open_at(Path::new(&current), nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY)
+                .map_err(Error::io("open", self.dir.path.join(&current)))?;
+            let link = match nix::fcntl::readlinkat(&dir, "parent") {
+                Ok(link) => PathBuf::from(link),
+                Err(nix::errno::Errno::ENOENT) => return Ok(chain),
+                Err(e) => return Err(self.refuse(&format!("{current}/parent"), &format!("unreadable link ({e})"))),
+            };
+            let parent = link.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if !archive::extract::is_criu_parent_link(&Path::new(&current).join("parent"), &link)
+                || chain.contains(&parent)
+                || chain.len() > MAX_PARENT_CHAIN
+            {
+                return Err(self.refuse(&format!("{current}/parent"), "it is not a link to an earlier pre-dump"));
+            }
+            if !self.has_dir(&parent)? {
+                return Err(archive::ArchiveError::Missing { archive: self.origin.clone(), member: parent }.into());
+            }
+            chain.push(parent.clone());
+            current = parent;
+        }
+    }
+
+    /// Moves a staged images directory into the bundle.
+    fn move_dir_into(&self, name: &str, dest: &Path) -> Result<()> {
+        nix::fcntl::renameat(self.beneath.fd(), name, nix::fcntl::AT_FDCWD, dest)
+            .map_err(|e| Error::io("move checkpoint images into", dest)(e.into()))
     }
 }
 
 /// Rebuilds a container record from `config.dump`, keeping only what ckpt can check.
 fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> Result<ContainerRecord> {
-    let config_path = staged.member(layout::CONFIG_DUMP);
-    if !config_path.is_file() || !staged.member(layout::CHECKPOINT_DIR).join("inventory.img").is_file() {
-        return Err(archive::ArchiveError::Missing {
-            archive: staged.origin.clone(),
-            member: format!("{} or {}/inventory.img", layout::CONFIG_DUMP, layout::CHECKPOINT_DIR),
-        }
-        .into());
+    let config_path = staged.dir.path.join(layout::CONFIG_DUMP);
+    let missing = || archive::ArchiveError::Missing {
+        archive: staged.origin.clone(),
+        member: format!("{} or {}/inventory.img", layout::CONFIG_DUMP, layout::CHECKPOINT_DIR),
+    };
+    let inventory = format!("{}/inventory.img", layout::CHECKPOINT_DIR);
+    if !staged.has_dir(layout::CHECKPOINT_DIR)? || staged.open_member(&inventory)?.is_none() {
+        return Err(missing().into());
     }
-    let config: Value = read_json(&config_path, "config.dump")?;
+    let config: Value = staged.read_member_json(layout::CONFIG_DUMP)?.ok_or_else(missing)?;
     let mut record: ContainerRecord = serde_json::from_value(config["ckpt"].clone()).map_err(|e| Error::Corrupt {
         what: "config.dump",
         path: config_path.clone(),
         detail: format!("no ckpt container record in it ({e}); only ckpt archives can be imported"),
     })?;
+    if !staged.verified {
+        // A ckpt archive always ends with its manifest: without one it was cut short or altered.
+        return Err(archive::ArchiveError::Missing {
+            archive: staged.origin.clone(),
+            member: format!("{} (a ckpt archive without it was truncated or altered)", layout::MANIFEST),
+        }
+        .into());
+    }
     for mount in &record.mounts {
         if mount.kind == MountKind::Bind {
             return Err(Error::invalid(format!(
@@ -341,8 +436,8 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
                     volume.source
                 )));
             }
-            let tar = staged.member(&format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source));
-            if !tar.is_file() {
+            let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
+            if staged.open_member(&member)?.is_none() {
                 return Err(archive::ArchiveError::Missing {
                     archive: staged.origin.clone(),
                     member: format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source),
@@ -353,7 +448,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
     }
     let result = (|| {
         let paths = ctx.containers.paths(&record.id);
-        create_dir_all(&paths.upper())?;
+        crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
         create_dir_all(&paths.bundle())?;
         ctx.containers.save(&record)?;
         for volume in record.named_volumes() {
@@ -363,29 +458,42 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
             ctx.volumes.create(&volume.source, BTreeMap::new())?;
             created_volumes.push(volume.source.clone());
             if !req.ignore_volumes {
-                let tar = staged.member(&format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source));
-                let file = std::fs::File::open(&tar).map_err(Error::io("open", &tar))?;
-                let options = ExtractOptions { preserve_owners: true, ..Default::default() };
+                let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
+                let file = staged.open_member(&member)?.ok_or_else(|| staged.refuse(&member, "it is gone"))?;
                 archive::extract(
                     std::io::BufReader::new(file),
                     &ctx.volumes.mountpoint(&volume.source),
-                    &tar.display().to_string(),
-                    &options,
+                    &member,
+                    &ExtractOptions::container_files(),
                 )?;
             }
         }
-        std::fs::rename(staged.member(layout::CHECKPOINT_DIR), paths.checkpoint_dir())
-            .map_err(Error::io("move checkpoint into", paths.checkpoint_dir()))?;
-        if let Some(previous) = &req.import_previous {
-            let options = ExtractOptions::default();
-            let pre = tempdir_in(&ctx.roots.root.join("tmp"), "import-previous")?;
-            layout::extract_checkpoint(previous, &pre.path, &options)?;
-            std::fs::rename(pre.path.join(layout::PRE_CHECKPOINT_DIR), paths.pre_checkpoint_dir())
-                .map_err(Error::io("move pre-checkpoint into", paths.pre_checkpoint_dir()))?;
+        // The dump and every pre-dump it refers to: CRIU reads their pages through `parent`.
+        for dir in staged.images_chain(layout::CHECKPOINT_DIR)? {
+            staged.move_dir_into(&dir, &paths.bundle().join(&dir))?;
         }
-        if staged.member(layout::CONTAINER_LOG).is_file() {
-            std::fs::copy(staged.member(layout::CONTAINER_LOG), paths.log())
-                .map_err(Error::io("copy log to", paths.log()))?;
+        if let Some(previous) = &req.import_previous {
+            let pre = tempdir_in(&ctx.roots.root.join("tmp"), "import-previous")?;
+            let pre = Staged::new(pre, previous.display().to_string())?;
+            layout::extract_checkpoint(previous, &pre.dir.path, &ExtractOptions::checkpoint())?;
+            if !pre.has_dir(layout::PRE_CHECKPOINT_DIR)? {
+                return Err(archive::ArchiveError::Missing {
+                    archive: pre.origin.clone(),
+                    member: layout::PRE_CHECKPOINT_DIR.into(),
+                }
+                .into());
+            }
+            pre.move_dir_into(layout::PRE_CHECKPOINT_DIR, &paths.pre_checkpoint_dir())?;
+        }
+        if let Some(mut log) = staged.open_member(layout::CONTAINER_LOG)? {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(paths.log())
+                .map_err(Error::io("create", paths.log()))?;
+            std::io::copy(&mut log, &mut out).map_err(Error::io("copy log to", paths.log()))?;
         }
         lifecycle::prepare_bundle(ctx, &record)?;
         if !req.ignore_rootfs {
@@ -408,43 +516,25 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
 
 /// Applies `rootfs-diff.tar` and `deleted.files` onto the mounted rootfs, strictly inside it.
 fn apply_rootfs_diff(staged: &Staged, rootfs: &Path) -> Result<()> {
-    let diff = staged.member(layout::ROOTFS_DIFF);
-    if diff.is_file() {
-        let file = std::fs::File::open(&diff).map_err(Error::io("open", &diff))?;
-        let options = ExtractOptions { preserve_owners: true, ..Default::default() };
-        archive::extract(std::io::BufReader::new(file), rootfs, layout::ROOTFS_DIFF, &options)?;
+    if let Some(file) = staged.open_member(layout::ROOTFS_DIFF)? {
+        archive::extract(
+            std::io::BufReader::new(file),
+            rootfs,
+            layout::ROOTFS_DIFF,
+            &ExtractOptions::container_files(),
+        )?;
     }
-    let deleted = staged.member(layout::DELETED_FILES);
-    if deleted.is_file() {
-        let paths: Vec<String> = read_json(&deleted, "deleted.files")?;
-        for path in paths {
-            let refuse = |reason: &str| archive::ArchiveError::Refused {
-                archive: staged.origin.clone(),
-                member: format!("{}: {path:?}", layout::DELETED_FILES),
-                reason: reason.into(),
-            };
-            let rel = archive::extract::clean_relative(Path::new(path.trim_start_matches('/')))
-                .ok_or_else(|| refuse("path contains '..'"))?;
-            if rel.as_os_str().is_empty() {
-                return Err(refuse("the root itself cannot be deleted").into());
-            }
-            // Every parent must be a real directory inside the rootfs: a symlink is never followed.
-            let mut current = rootfs.to_path_buf();
-            for part in rel.parent().into_iter().flat_map(|p| p.components()) {
-                current.push(part);
-                match std::fs::symlink_metadata(&current) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => return Err(refuse("a parent is a symlink or not a directory").into()),
-                    Err(_) => break,
-                }
-            }
-            let target = rootfs.join(&rel);
-            match std::fs::symlink_metadata(&target) {
-                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&target).map_err(Error::io("remove", &target))?,
-                Ok(_) => std::fs::remove_file(&target).map_err(Error::io("remove", &target))?,
-                Err(_) => {}
-            }
+    let Some(paths) = staged.read_member_json::<Vec<String>>(layout::DELETED_FILES)? else { return Ok(()) };
+    let beneath = Beneath::open(rootfs).map_err(Error::io("open", rootfs))?;
+    for path in paths {
+        let member = format!("{}: {path:?}", layout::DELETED_FILES);
+        let rel = archive::extract::clean_relative(Path::new(path.trim_start_matches('/')))
+            .ok_or_else(|| staged.refuse(&member, "path contains '..'"))?;
+        if rel.as_os_str().is_empty() {
+            return Err(staged.refuse(&member, "the root itself cannot be deleted"));
         }
+        // Every parent must be a real directory inside the rootfs: a symlink is never followed.
+        beneath.remove(&rel).map_err(|e| staged.refuse(&member, &e.to_string()))?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -94,6 +95,33 @@ impl HostMonotonicClock for FrozenMonotonicClock {
     }
 }
 
+/// `wasi:clocks/monotonic-clock` with the frozen clock's time and timers that are always due.
+struct NoWaitClocks;
+
+impl wasmtime::component::HasData for NoWaitClocks {
+    type Data<'a> = NoWait<'a>;
+}
+
+struct NoWait<'a>(wasmtime_wasi::clocks::WasiClocksCtxView<'a>);
+
+impl wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host for NoWait<'_> {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host::now(&mut self.0)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<u64> {
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host::resolution(&mut self.0)
+    }
+
+    fn subscribe_instant(&mut self, _when: u64) -> wasmtime::Result<wasmtime::component::Resource<DynPollable>> {
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host::subscribe_duration(&mut self.0, 0)
+    }
+
+    fn subscribe_duration(&mut self, _duration: u64) -> wasmtime::Result<wasmtime::component::Resource<DynPollable>> {
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host::subscribe_duration(&mut self.0, 0)
+    }
+}
+
 /// The deterministic inputs of one decision: the instant and the seed of the facts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Determinism {
@@ -145,6 +173,15 @@ impl PolicyEngine {
         // WASI is linked only as empty, deterministic stand-ins (see `State`): Python and
         // JavaScript runtimes import it even when a policy never touches a file.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        // Timers that are due at once replace the real ones: a sleep or a poll on a timer would
+        // otherwise block inside the host, where neither fuel nor the epoch deadline can stop it.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<State, NoWaitClocks>(
+            &mut linker,
+            |state| NoWait(wasmtime_wasi::clocks::WasiClocksView::clocks(state)),
+        )
+        .map_err(engine_err)?;
+        linker.allow_shadowing(false);
         Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
         start_epoch_ticker(&engine);
         Ok(PolicyEngine { engine, linker, cache_dir: cache_dir.to_path_buf() })
@@ -185,6 +222,16 @@ impl PolicyEngine {
         let (info, _) = self.call(&policy, Determinism::default(), "describe", |p, s| p.call_describe(s));
         policy.info = info?;
         check_text(source, "name", &policy.info.name)?;
+        check_text(source, "version", &policy.info.version)?;
+        if policy.info.settings_schema.len() > limits::MAX_SCHEMA_BYTES || policy.info.decisions.len() > 16 {
+            return Err(PolicyError::BadAnswer {
+                policy: source.to_string(),
+                detail: format!(
+                    "describe returned a settings schema over {} bytes or more than 16 decisions",
+                    limits::MAX_SCHEMA_BYTES
+                ),
+            });
+        }
         Ok(policy)
     }
 

@@ -21,6 +21,8 @@ pub const MAX_EXPORTS: usize = 16;
 pub const MAX_LOG_LINES: usize = 256;
 pub const MAX_LOG_BYTES: usize = 64 << 10;
 pub const MAX_CAPTURED_OUTPUT: usize = 64 << 10;
+/// The JSON Schema of a policy's settings, from describe.
+pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 
 /// Caps the total of all linear memories, which per-memory limits alone do not.
 #[derive(Debug, Default)]

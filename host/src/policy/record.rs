@@ -2,7 +2,7 @@
 //! They go into the checkpoint archive and into ckpt's local log (`<root>/decisions.jsonl`).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -87,30 +87,153 @@ impl DecisionRecord {
     }
 }
 
-/// Appends records to the local log, one JSON document a line.
+/// The decision log is rotated past this size, keeping [`LOG_GENERATIONS`] older files.
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+pub const LOG_GENERATIONS: usize = 3;
+/// A record larger than this loses its policy logs: one chatty policy must not fill the disk.
+const MAX_RECORD_BYTES: usize = 256 << 10;
+/// How far back from the end [`history`] reads.
+const MAX_HISTORY_SCAN_BYTES: u64 = 8 << 20;
+
+/// Appends records to the local log, one JSON document a line, private (0600) whatever the
+/// umask; rotates it first when it has grown past [`MAX_LOG_BYTES`].
 pub fn append(log: &Path, records: &[DecisionRecord]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if records.is_empty() {
         return Ok(());
     }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    if std::fs::symlink_metadata(log).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+        rotate(log)?;
+    }
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(log)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     let mut buffer = Vec::new();
     for record in records {
-        serde_json::to_writer(&mut buffer, record).map_err(std::io::Error::other)?;
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        if line.len() > MAX_RECORD_BYTES {
+            let mut smaller = record.clone();
+            smaller.dropped_logs += smaller.logs.len();
+            smaller.logs.clear();
+            line = serde_json::to_vec(&smaller).map_err(std::io::Error::other)?;
+        }
+        buffer.extend_from_slice(&line);
         buffer.push(b'\n');
     }
     file.write_all(&buffer)
 }
 
-/// The records of one container, newest last, as far back as `limit`.
+/// `decisions.jsonl` → `.1` → `.2` …, dropping the oldest.
+fn rotate(log: &Path) -> std::io::Result<()> {
+    let generation = |n: usize| PathBuf::from(format!("{}.{n}", log.display()));
+    for n in (1..LOG_GENERATIONS).rev() {
+        match std::fs::rename(generation(n), generation(n + 1)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(log, generation(1))
+}
+
+/// The records of one container, newest last, as far back as `limit`. Reads the log backwards
+/// from its end, and never more than [`MAX_HISTORY_SCAN_BYTES`] of it; a torn or foreign line
+/// is skipped, not fatal.
 pub fn history(log: &Path, container_id: &str, limit: usize) -> Vec<DecisionRecord> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut out: Vec<DecisionRecord> = text
-        .lines()
-        .filter(|l| l.contains(container_id))
-        .filter_map(|l| serde_json::from_str::<DecisionRecord>(l).ok())
-        .filter(|r| r.container_id == container_id)
-        .collect();
-    let skip = out.len().saturating_sub(limit);
-    out.drain(..skip);
-    out
+    let mut newest_first = Vec::new();
+    let _ = scan_backwards(log, MAX_HISTORY_SCAN_BYTES, |line| {
+        if newest_first.len() >= limit {
+            return false;
+        }
+        if let Ok(text) = std::str::from_utf8(line)
+            && text.contains(container_id)
+            && let Ok(record) = serde_json::from_str::<DecisionRecord>(text)
+            && record.container_id == container_id
+        {
+            newest_first.push(record);
+        }
+        true
+    });
+    newest_first.reverse();
+    newest_first
+}
+
+/// Calls `each` with the lines of `path`, last first, until it returns false or `budget` bytes
+/// have been read.
+fn scan_backwards(path: &Path, budget: u64, mut each: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: u64 = 64 << 10;
+    let mut file = std::fs::File::open(path)?;
+    let mut end = file.metadata()?.len();
+    let floor = end.saturating_sub(budget);
+    let mut carry: Vec<u8> = Vec::new();
+    while end > floor {
+        let start = end.saturating_sub(CHUNK).max(floor);
+        let mut chunk = vec![0u8; (end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&carry);
+        let mut lines: Vec<&[u8]> = chunk.split(|&b| b == b'\n').collect();
+        // The first piece may be the tail of a line that starts in an earlier chunk.
+        let first = if start > floor { lines.remove(0).to_vec() } else { Vec::new() };
+        for line in lines.into_iter().rev().filter(|l| !l.is_empty()) {
+            if !each(line) {
+                return Ok(());
+            }
+        }
+        carry = first;
+        end = start;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str, n: usize) -> String {
+        format!("{{\"id\":\"{id}\",\"n\":{n}}}\n")
+    }
+
+    #[test]
+    fn backwards_scan_sees_every_line_once_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut text = String::new();
+        for n in 0..20_000 {
+            text.push_str(&line(if n % 3 == 0 { "a" } else { "b" }, n));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let mut seen = Vec::new();
+        scan_backwards(&path, u64::MAX, |l| {
+            seen.push(String::from_utf8(l.to_vec()).unwrap());
+            true
+        })
+        .unwrap();
+        seen.reverse();
+        assert_eq!(seen.len(), 20_000);
+        assert_eq!(seen.join("\n") + "\n", text);
+        let mut few = 0;
+        scan_backwards(&path, 100, |_| {
+            few += 1;
+            true
+        })
+        .unwrap();
+        assert!(few <= 5, "the budget bounds the scan: {few}");
+    }
+
+    #[test]
+    fn rotation_keeps_a_bounded_number_of_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("decisions.jsonl");
+        for n in 0..5 {
+            std::fs::write(&log, format!("{n}\n")).unwrap();
+            rotate(&log).unwrap();
+        }
+        assert!(!log.exists());
+        assert_eq!(std::fs::read_to_string(format!("{}.1", log.display())).unwrap(), "4\n");
+        assert_eq!(std::fs::read_to_string(format!("{}.3", log.display())).unwrap(), "2\n");
+        assert!(!PathBuf::from(format!("{}.4", log.display())).exists());
+    }
 }

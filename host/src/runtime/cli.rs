@@ -43,6 +43,15 @@ impl CliRuntime {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
+        // ckpt itself runs with umask 077 so that its store stays private; what the runtime
+        // creates inside the container (mount points, /dev) gets the usual 022.
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
         cmd.arg("--root").arg(&self.state_root);
         if let Some(log) = &self.log_file {
             cmd.arg("--log").arg(log).arg("--log-format").arg("json");

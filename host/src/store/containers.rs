@@ -40,6 +40,10 @@ pub struct StateFlags {
     /// Identifies the supervisor of the current run; a supervisor whose token no longer matches
     /// must not clean up a later run of the same container.
     pub run_token: Option<String>,
+    /// Set while a checkpoint that stops the container is being exported: the supervisor must
+    /// not remove a `--rm` container whose only copy is its local checkpoint.
+    #[serde(default)]
+    pub checkpoint_in_progress: bool,
 }
 
 /// What ckpt knows about one container; `container.json` in its directory.

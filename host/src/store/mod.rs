@@ -13,3 +13,50 @@ pub use containers::{ContainerRecord, ContainerStore, MountKind, MountSpec, Stat
 pub use lock::{ContainerLock, StoreLock, is_locked, wait_unlocked};
 pub use paths::{ContainerPaths, Roots};
 pub use volumes::{VolumeRecord, VolumeStore};
+
+/// Makes ckpt's roots private: 0700 whatever the umask or an earlier version left, so that no
+/// other user reaches checkpoint memory, decisions, set-id files a container made in its upper
+/// layer, or device nodes of an unpacked image. A store from before this rule gets its checkpoint
+/// data and decision logs made 0600 as well.
+pub fn secure_roots(roots: &Roots) -> crate::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let was_open = std::fs::symlink_metadata(&roots.root).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+    for dir in [&roots.root, &roots.runroot] {
+        crate::safefs::ensure_private_dir(dir, 0o700).map_err(|e| {
+            crate::Error::invalid(format!(
+                "cannot make {:?} a private (0700) directory: {e}; give --root/--runroot a directory ckpt owns",
+                dir.display().to_string()
+            ))
+        })?;
+    }
+    if was_open {
+        make_files_private(&roots.images_dir().join("oci/blobs/sha256"));
+        make_files_private(&roots.root);
+        if let Ok(entries) = std::fs::read_dir(roots.containers_dir()) {
+            for entry in entries.flatten() {
+                let bundle = entry.path().join("userdata");
+                for name in ["checkpoint", "pre-checkpoint"] {
+                    make_files_private(&bundle.join(name));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes group and other access from the regular files directly in `dir`.
+fn make_files_private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if let Ok(meta) = entry.path().symlink_metadata()
+            && meta.is_file()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(
+                entry.path(),
+                std::fs::Permissions::from_mode(meta.permissions().mode() & 0o700),
+            );
+        }
+    }
+}

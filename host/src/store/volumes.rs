@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::paths::Roots;
 use crate::error::{Error, Result};
-use crate::util::{create_dir_all, read_json, remove_dir_all, validate_object_name, write_json};
+use crate::util::{read_json, remove_dir_all, validate_object_name, write_json};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -51,7 +51,7 @@ impl VolumeStore {
         if self.exists(name) {
             return Err(Error::VolumeExists(name.to_string()));
         }
-        create_dir_all(&self.mountpoint(name))?;
+        crate::util::create_dir_with_mode(&self.mountpoint(name), 0o755)?;
         let record = VolumeRecord { name: name.to_string(), created_at: Utc::now(), labels };
         write_json(&self.record_path(name), &record)?;
         Ok(record)

@@ -225,7 +225,7 @@ fn cleanup_after_exit(ctx: &Context, runtime: &dyn OciRuntime, id: &str, token: 
     record.state.finished_at = Some(crate::util::now());
     // Podman reports 0 for a container that CRIU stopped.
     record.state.exit_code = Some(if record.state.checkpointed { 0 } else { exit_code });
-    if record.auto_remove {
+    if record.auto_remove && !record.state.checkpoint_in_progress {
         return crate::ops::lifecycle::remove_files(ctx, &record);
     }
     ctx.containers.save(&record)

@@ -195,6 +195,58 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone() })
 }
 
+/// A policy's export targets stay where the admin allows (`[exports]` in the host config);
+/// what the user typed is always allowed.
+fn confine_exports(ctx: &Context, planned: &Planned, requested: &[ExportTarget], policy_name: &str) -> Result<()> {
+    let forbidden = [ctx.roots.root.as_path(), ctx.roots.runroot.as_path()];
+    for target in &planned.exports {
+        if requested.iter().any(|r| r.kind == target.kind && r.location == target.location) {
+            continue;
+        }
+        let verdict = match target.kind {
+            TargetKind::Archive => ctx.config.allows_archive(Path::new(&target.location), &forbidden),
+            TargetKind::Image => {
+                crate::image::validate_reference(&target.location)?;
+                ctx.config.allows_image(&crate::image::normalize_reference(&target.location))
+            }
+        };
+        verdict.map_err(|why| {
+            Error::Policy(format!(
+                "policy {policy_name:?} chose to export to {:?}, which is not allowed: {why}; nothing was changed",
+                target.location
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// An export replaces only an earlier checkpoint archive or checkpoint image, never another file
+/// (a policy's typo must not turn /etc/passwd into a tar) or an ordinary image such as busybox.
+fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
+    match target.kind {
+        TargetKind::Archive => {
+            let path = Path::new(&target.location);
+            match std::fs::symlink_metadata(path) {
+                Err(_) => Ok(()),
+                Ok(meta) if meta.is_file() && layout::looks_like_archive(path) => Ok(()),
+                Ok(_) => Err(Error::invalid(format!(
+                    "export target {:?} exists and is not a checkpoint archive; remove it or choose another path",
+                    target.location
+                ))),
+            }
+        }
+        TargetKind::Image => match ctx.images.resolve(&target.location) {
+            Ok(info) if !info.annotations.contains_key(crate::ops::restore::CHECKPOINT_IMAGE_KEY) => {
+                Err(Error::invalid(format!(
+                    "image {:?} exists and is not a checkpoint image; choose another name for the checkpoint image",
+                    target.location
+                )))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
 pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>, Result<()>) {
     let prepared = validate(ctx, req).and_then(|compression| {
         let selected = select(ctx, req)?;
@@ -212,7 +264,11 @@ pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>,
         let outcome = plan_and_checkpoint(ctx, req, compression, record, &mut policies);
         let records = std::mem::take(&mut policies.records);
         if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
-            eprintln!("Error: cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
+            eprintln!(
+                "Error: cannot write the decision log {}: {}",
+                ctx.roots.policy_log().display(),
+                crate::util::escape_controls(&e.to_string())
+            );
         }
         let (stats, plan) = outcome?;
         done.push(Checkpointed { printed_name: printed.clone(), stats, plan });
@@ -233,6 +289,7 @@ fn plan_and_checkpoint(
     let facts = policy::facts::checkpoint(ctx, record, options, exports, trigger);
     let plan = policies.plan(&facts)?;
     let planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
+    confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
     if req.dry_run {
         let value = json!({
             "Id": record.id,
@@ -274,11 +331,15 @@ fn checkpoint_one(
     let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let record = ctx.containers.load(&record.id)?;
     let st = status(ctx, &record)?;
-    if !st.running() {
+    if st.status != "running" {
         return Err(Error::ContainerState {
             name: record.name.clone(),
             state: st.status.to_string(),
-            action: "cannot checkpoint: it is not running".into(),
+            action: if st.status == "paused" {
+                "cannot checkpoint: it is paused (frozen); 'ckpt system check --repair' thaws a container a crashed dump left frozen".into()
+            } else {
+                "cannot checkpoint: it is not running".into()
+            },
         });
     }
     let o = &planned.options;
@@ -308,6 +369,9 @@ fn checkpoint_one(
     // Export targets are claimed before the dump, so a bad path fails with nothing changed.
     let mut pending = Vec::new();
     for target in &planned.exports {
+        refuse_replacing(ctx, target)?;
+    }
+    for target in &planned.exports {
         match target.kind {
             TargetKind::Archive => pending.push(Some(PendingFile::create(Path::new(&target.location))?)),
             TargetKind::Image => {
@@ -326,8 +390,15 @@ fn checkpoint_one(
         options.parent_path = Some(PathBuf::from("..").join(last));
     }
     remove_dir_all(&image_dir)?;
+    let container_stopped = !options.leave_running;
+    if container_stopped && record.auto_remove {
+        set_in_progress(ctx, &record.id, true)?;
+    }
     let started = Instant::now();
     if let Err(e) = runtime.checkpoint(&record.id, &options) {
+        if container_stopped && record.auto_remove {
+            let _ = set_in_progress(ctx, &record.id, false);
+        }
         // CRIU resumed the container; a partial image directory must not look restorable.
         remove_dir_all(&image_dir)?;
         predump::clean(&paths, &parents);
@@ -335,7 +406,6 @@ fn checkpoint_one(
     }
     let runtime_duration = started.elapsed().as_micros() as u64;
     let stats_path = paths.in_bundle(layout::STATS_DUMP);
-    let container_stopped = !options.leave_running;
     let exported = (|| {
         let stats = if o.print_stats {
             criu::read_dump_stats(&stats_path)
@@ -357,7 +427,7 @@ fn checkpoint_one(
     })();
     let criu_statistics = match exported {
         Ok(stats) => stats,
-        Err(e) if container_stopped => return Err(roll_back(ctx, lock, &record, e)),
+        Err(e) if container_stopped => return Err(roll_back(ctx, lock, &record, &planned.options, e)),
         Err(e) => return Err(e),
     };
     if container_stopped {
@@ -367,6 +437,8 @@ fn checkpoint_one(
         record.state.restored = false;
         record.state.checkpoint_path = Some(image_dir);
         record.state.finished_at = record.state.checkpointed_at;
+        // Published: a `--rm` container may go now, as podman's does after its export.
+        record.state.checkpoint_in_progress = false;
         ctx.containers.save(&record)?;
     }
     if !o.keep && !o.pre_checkpoint {
@@ -452,19 +524,33 @@ fn export_to(
 
 /// After a successful dump the export failed or was denied: bring the container back from its
 /// local images, so that nothing is lost, and report both.
-fn roll_back(ctx: &Context, lock: ContainerLock, record: &ContainerRecord, cause: Error) -> Error {
+fn roll_back(
+    ctx: &Context,
+    lock: ContainerLock,
+    record: &ContainerRecord,
+    options: &wit::CheckpointOptions,
+    cause: Error,
+) -> Error {
     drop(lock);
     lifecycle::wait_for_supervisor(ctx, &record.id, lifecycle::SUPERVISOR_CLEANUP);
     let paths = ctx.containers.paths(&record.id);
+    // The same options as the dump: CRIU restores established connections and held locks
+    // only when asked to.
     let restore = crate::runtime::RestoreOptions {
         image_path: paths.checkpoint_dir(),
         work_path: paths.bundle(),
-        ..Default::default()
+        tcp_established: options.tcp_established,
+        file_locks: options.file_locks,
     };
     let result = (|| {
         let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
         let mut fresh = ctx.containers.load(&record.id)?;
         lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore))?;
+        if fresh.auto_remove {
+            let mut running = ctx.containers.load(&record.id)?;
+            running.state.checkpoint_in_progress = false;
+            ctx.containers.save(&running)?;
+        }
         remove_dir_all(&paths.checkpoint_dir())
     })();
     match result {
@@ -478,6 +564,13 @@ fn roll_back(ctx: &Context, lock: ContainerLock, record: &ContainerRecord, cause
             paths.checkpoint_dir().display()
         )),
     }
+}
+
+/// Marks (or clears) a checkpoint in progress in the container's record; the caller holds its lock.
+fn set_in_progress(ctx: &Context, id: &str, value: bool) -> Result<()> {
+    let mut record = ctx.containers.load(id)?;
+    record.state.checkpoint_in_progress = value;
+    ctx.containers.save(&record)
 }
 
 /// podman's `--print-stats` document, with ckpt's name for the total.

@@ -1,10 +1,24 @@
 //! Misbehaves as its settings say: `{"mode": "loop" | "alloc" | "recurse" | "read-file" |
-//! "connect" | "oversized" | "panic" | "ok"}`. Each misbehaviour must become a denial in ckpt.
+//! "connect" | "oversized" | "panic" | "log-flood" | "sleep" | "sleep-forever" | "read-stdin" |
+//! "ok"}`. Each misbehaviour must become a denial in ckpt.
 
 use ckpt_guest_sdk::types::*;
 use ckpt_guest_sdk::{Guest, Level, export_policy, info, log, plan_from_request};
 
-const MODES: &[&str] = &["loop", "alloc", "recurse", "read-file", "connect", "oversized", "panic", "log-flood", "ok"];
+const MODES: &[&str] = &[
+    "loop",
+    "alloc",
+    "recurse",
+    "read-file",
+    "connect",
+    "oversized",
+    "panic",
+    "log-flood",
+    "sleep",
+    "sleep-forever",
+    "read-stdin",
+    "ok",
+];
 
 fn mode(settings: &str) -> String {
     let value: ckpt_guest_sdk::serde_json::Value = ckpt_guest_sdk::serde_json::from_str(settings).unwrap_or_default();
@@ -48,6 +62,20 @@ fn misbehave(mode: &str) -> Option<PlanDecision> {
             Some(ckpt_guest_sdk::deny(format!("{stream:?}")))
         }
         "panic" => panic!("this policy panics on purpose"),
+        // The host's timers are always due: the hour passes at once and the policy answers.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Some(ckpt_guest_sdk::deny("woke up after sleeping an hour".to_string()))
+        }
+        // So an endless sleep is a busy loop, which the fuel stops.
+        "sleep-forever" => loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        },
+        "read-stdin" => {
+            let mut line = String::new();
+            let read = std::io::stdin().read_line(&mut line);
+            Some(ckpt_guest_sdk::deny(format!("stdin gave {read:?}")))
+        }
         "log-flood" => {
             for i in 0..100_000 {
                 log(Level::Info, &format!("line {i} {}", "x".repeat(1000)));

@@ -1,0 +1,302 @@
+//! Crafted tars against the extractor: every case asserts what it refuses and that nothing
+//! outside the destination changed. None of this needs root.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::*;
+
+#[derive(Clone, Debug)]
+enum M {
+    Dir(&'static str, u32),
+    File(&'static str, u32, &'static [u8]),
+    Symlink(&'static str, &'static str),
+    Hardlink(&'static str, &'static str),
+    Fifo(&'static str),
+}
+
+/// Raw ustar bytes, so that names tar-rs's builder would refuse (`..`, `/etc`) can be written.
+fn raw_tar(members: &[M]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for member in members {
+        let (name, kind, mode, data, link): (&str, u8, u32, &[u8], &str) = match member {
+            M::Dir(n, m) => (n, b'5', *m, b"", ""),
+            M::File(n, m, d) => (n, b'0', *m, d, ""),
+            M::Symlink(n, l) => (n, b'2', 0o777, b"", l),
+            M::Hardlink(n, l) => (n, b'1', 0o644, b"", l),
+            M::Fifo(n) => (n, b'6', 0o644, b"", ""),
+        };
+        out.extend(header(name, kind, mode, data.len() as u64, link));
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn header(name: &str, kind: u8, mode: u32, size: u64, link: &str) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(format!("{mode:07o}\0").as_bytes());
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// A destination beside an `outside` tree that must never change, with a link into it already
+/// in the destination (as an image's lower layer may have).
+struct Scene {
+    base: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(outside.join("victim")).unwrap();
+        std::fs::write(outside.join("secret"), b"secret").unwrap();
+        std::fs::set_permissions(outside.join("secret"), PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(outside.join("victim"), PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::create_dir(base.path().join("dest")).unwrap();
+        std::os::unix::fs::symlink(&outside, base.path().join("dest/pre")).unwrap();
+        Scene { base }
+    }
+
+    fn dest(&self) -> std::path::PathBuf {
+        self.base.path().join("dest")
+    }
+
+    /// Every entry outside the destination: type, mode, size, content and link target.
+    fn outside(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        walk(self.base.path(), self.base.path(), &mut out);
+        out
+    }
+
+    fn extract(&self, members: &[M], options: &ExtractOptions) -> Result<Vec<std::path::PathBuf>, ArchiveError> {
+        extract(&raw_tar(members)[..], &self.dest(), "test.tar", options)
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path == base.join("dest") {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let detail = if meta.file_type().is_symlink() {
+            format!("link {:?}", std::fs::read_link(&path).unwrap())
+        } else if meta.is_file() {
+            format!("file {:o} {:?}", meta.mode(), std::fs::read(&path).unwrap())
+        } else {
+            format!("{:o} {}", meta.mode(), meta.nlink())
+        };
+        out.insert(path.strip_prefix(base).unwrap().display().to_string(), detail);
+        if meta.is_dir() {
+            walk(base, &path, out);
+        }
+    }
+    let meta = std::fs::metadata(base).unwrap();
+    out.insert(".".into(), format!("{:o}", meta.mode()));
+}
+
+fn all_options() -> Vec<ExtractOptions> {
+    vec![
+        ExtractOptions::default(),
+        ExtractOptions::checkpoint(),
+        ExtractOptions { preserve_owners: false, ..ExtractOptions::container_files() },
+        ExtractOptions { preserve_owners: false, ..ExtractOptions::image_layer() },
+    ]
+}
+
+/// (case, members, the refusal expected with every option set, or `None` for "may succeed")
+fn cases() -> Vec<(&'static str, Vec<M>, Option<&'static str>)> {
+    use M::*;
+    vec![
+        ("dotdot", vec![File("../escape", 0o644, b"x")], Some("'..'")),
+        ("absolute", vec![File("/tmp/ckpt-unit-absolute", 0o644, b"x")], Some("absolute")),
+        (
+            "dir then symlink over it (chmod through the link)",
+            vec![Dir("d", 0o777), Symlink("d", "../outside/victim")],
+            Some("another type"),
+        ),
+        ("symlink then dir over it", vec![Symlink("d", "../outside"), Dir("d", 0o777)], Some("")),
+        ("file under a planted link", vec![Symlink("l", "../outside"), File("l/new", 0o644, b"x")], Some("")),
+        ("file under a pre-existing link", vec![File("pre/secret", 0o666, b"owned")], Some("symlink")),
+        ("dir under a pre-existing link", vec![Dir("pre/victim", 0o777)], Some("symlink")),
+        ("relative link then descend", vec![Symlink("l", ".."), File("l/outside/secret", 0o644, b"x")], Some("")),
+        ("hard link to outside", vec![Hardlink("h", "../outside/secret")], Some("'..'")),
+        ("hard link through a pre-existing link", vec![Hardlink("h", "pre/secret")], Some("earlier")),
+        ("hard link to a link", vec![Symlink("l", "../outside/secret"), Hardlink("h", "l")], Some("")),
+        ("file replaced by a dir", vec![File("x", 0o644, b"x"), Dir("x", 0o777)], Some("")),
+        ("fifo", vec![Fifo("p")], None),
+        ("duplicate files", vec![File("x", 0o644, b"one"), File("x", 0o600, b"two")], None),
+        ("read-only dir with members", vec![Dir("ro", 0o500), File("ro/f", 0o644, b"x")], None),
+        ("setuid file", vec![File("su", 0o4755, b"x")], None),
+    ]
+}
+
+#[test]
+fn crafted_tars_change_nothing_outside_the_destination() {
+    for (case, members, expected) in cases() {
+        for options in all_options() {
+            let scene = Scene::new();
+            let before = scene.outside();
+            let result = scene.extract(&members, &options);
+            assert_eq!(before, scene.outside(), "case {case:?} with {options:?} changed something outside");
+            if let Some(expected) = expected {
+                let err = result.expect_err(&format!("case {case:?} with {options:?} should be refused"));
+                assert!(err.to_string().contains(expected), "case {case:?}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn whiteouts_stay_inside_the_destination() {
+    let options = ExtractOptions { preserve_owners: false, ..ExtractOptions::image_layer() };
+    for name in [".wh...", ".wh..", ".wh.", "a/.wh...", "pre/.wh.secret", "pre/.wh..wh..opq"] {
+        let scene = Scene::new();
+        std::fs::create_dir(scene.dest().join("a")).unwrap();
+        let before = scene.outside();
+        let result = scene.extract(&[M::File(name, 0o644, b"")], &options);
+        assert!(result.is_err(), "whiteout {name:?} should be refused");
+        assert_eq!(before, scene.outside(), "whiteout {name:?} changed something outside");
+        assert!(scene.dest().join("a").is_dir(), "whiteout {name:?} removed a sibling");
+    }
+    let scene = Scene::new();
+    std::fs::create_dir_all(scene.dest().join("d/lower")).unwrap();
+    scene
+        .extract(
+            &[M::File("d/new", 0o644, b"x"), M::File("d/.wh..wh..opq", 0o644, b""), M::File(".wh.pre", 0o644, b"")],
+            &options,
+        )
+        .unwrap();
+    assert!(scene.dest().join("d/new").exists(), "an opaque whiteout keeps what its own layer wrote");
+    assert!(!scene.dest().join("d/lower").exists(), "an opaque whiteout hides the lower layer");
+    assert!(std::fs::symlink_metadata(scene.dest().join("pre")).is_err(), "a whiteout removes a link, not its target");
+    assert!(scene.base.path().join("outside/secret").exists());
+}
+
+#[test]
+fn modes_are_set_through_descriptors_and_special_bits_only_where_allowed() {
+    let members = [M::Dir("ro", 0o555), M::File("ro/f", 0o4755, b"data"), M::File("plain", 0o640, b"")];
+    let scene = Scene::new();
+    scene.extract(&members, &ExtractOptions::checkpoint()).unwrap();
+    let mode = |p: &str| std::fs::symlink_metadata(scene.dest().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("ro"), 0o555);
+    assert_eq!(mode("ro/f"), 0o755, "checkpoint members never keep set-id bits");
+    assert_eq!(mode("plain"), 0o640);
+    let scene = Scene::new();
+    scene.extract(&members, &ExtractOptions { preserve_owners: false, ..ExtractOptions::container_files() }).unwrap();
+    assert_eq!(std::fs::symlink_metadata(scene.dest().join("ro/f")).unwrap().mode() & 0o7777, 0o4755);
+}
+
+#[test]
+fn only_criu_parent_links_pass_in_a_checkpoint() {
+    let scene = Scene::new();
+    let ok =
+        [M::Dir("pre-dump-1", 0o700), M::Dir("checkpoint", 0o700), M::Symlink("checkpoint/parent", "../pre-dump-1")];
+    scene.extract(&ok, &ExtractOptions::checkpoint()).unwrap();
+    for bad in [
+        vec![M::Symlink("checkpoint", "../outside")],
+        vec![M::Symlink("checkpoint/parent", "/etc")],
+        vec![M::Symlink("checkpoint/parent", "../../outside")],
+        vec![M::Symlink("ctr.log", "/etc/shadow")],
+        vec![M::Symlink("rootfs-diff.tar", "../outside/secret")],
+    ] {
+        let scene = Scene::new();
+        let err = scene.extract(&bad, &ExtractOptions::checkpoint()).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn bounds_are_enforced() {
+    let scene = Scene::new();
+    let options =
+        ExtractOptions { limits: ExtractLimits { max_entries: 2, ..Default::default() }, ..Default::default() };
+    let err = scene.extract(&[M::Dir("a", 0o755), M::Dir("b", 0o755), M::Dir("c", 0o755)], &options).unwrap_err();
+    assert!(err.to_string().contains("more than 2 members"), "{err}");
+    let options =
+        ExtractOptions { limits: ExtractLimits { max_total_bytes: 3, ..Default::default() }, ..Default::default() };
+    let err = scene.extract(&[M::File("big", 0o644, b"four")], &options).unwrap_err();
+    assert!(err.to_string().contains("bytes of content"), "{err}");
+    let mut truncated = raw_tar(&[M::File("t", 0o644, &[7u8; 2000])]);
+    truncated.truncate(1024);
+    let err = extract(&truncated[..], &scene.dest(), "cut.tar", &ExtractOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("truncated") || err.to_string().contains("valid"), "{err}");
+}
+
+/// A small deterministic generator: the same sequences on every run, no extra crate.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn random_member_sequences_never_touch_the_outside() {
+    const NAMES: &[&str] = &[
+        "a",
+        "b",
+        "a/b",
+        "a/b/c",
+        "b/a",
+        "pre",
+        "pre/x",
+        "pre/victim",
+        "l",
+        "l/x",
+        "l/victim",
+        ".wh.a",
+        "a/.wh.b",
+        "a/.wh..wh..opq",
+        ".wh...",
+        "x",
+    ];
+    const TARGETS: &[&str] = &["..", "../outside", "../outside/victim", "/", "a", "a/b", "pre", "../../", "x"];
+    const MODES: &[u32] = &[0o777, 0o7777, 0o000, 0o755, 0o4755];
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let options = all_options();
+    for round in 0..3000 {
+        let count = 1 + rng.next() % 6;
+        let members: Vec<M> = (0..count)
+            .map(|_| {
+                let name = rng.pick(NAMES);
+                match rng.next() % 5 {
+                    0 => M::Dir(name, rng.pick(MODES)),
+                    1 => M::File(name, rng.pick(MODES), b"data"),
+                    2 => M::Symlink(name, rng.pick(TARGETS)),
+                    3 => M::Hardlink(name, rng.pick(TARGETS)),
+                    _ => M::Fifo(name),
+                }
+            })
+            .collect();
+        let options = &options[round % options.len()];
+        let scene = Scene::new();
+        let before = scene.outside();
+        let _ = scene.extract(&members, options);
+        assert_eq!(before, scene.outside(), "round {round}: {members:?} with {options:?} changed the outside");
+    }
+}

@@ -1,0 +1,181 @@
+//! The host's own rules, from `/etc/ckpt/ckpt.toml` (or `--config`): what a policy may do that
+//! the user did not type. A policy chooses export targets; the admin chooses where they may go.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_PATH: &str = "/etc/ckpt/ckpt.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    #[serde(default)]
+    pub exports: ExportRules,
+    /// The file this came from; `None` when there was none and the defaults apply.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Where policies may send checkpoints. Targets typed on the command line are always allowed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExportRules {
+    /// Directories a policy may write archives into (directly or below).
+    #[serde(default)]
+    pub directories: Vec<PathBuf>,
+    /// Prefixes of the checkpoint image names a policy may create, such as `localhost/ckpt/`.
+    #[serde(default)]
+    pub image_prefixes: Vec<String>,
+    /// Registries a policy may push to.
+    #[serde(default)]
+    pub registries: Vec<String>,
+}
+
+impl HostConfig {
+    /// Reads `path`, or the default file when `path` is `None` (a missing default file means
+    /// the defaults: policies may export nowhere the user did not name).
+    pub fn load(path: Option<&Path>) -> Result<HostConfig> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(HostConfig::default()),
+            Err(e) => return Err(Error::io("read the host config", &path)(e)),
+        };
+        let mut config: HostConfig = toml::from_str(&text).map_err(|e| Error::Corrupt {
+            what: "host config",
+            path: path.clone(),
+            detail: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        for dir in &config.exports.directories {
+            if !dir.is_absolute() {
+                return Err(Error::invalid(format!(
+                    "host config {:?}: [exports] directories entry {:?} is not an absolute path",
+                    path.display().to_string(),
+                    dir.display().to_string()
+                )));
+            }
+        }
+        config.source = Some(path);
+        Ok(config)
+    }
+
+    fn describe_source(&self) -> String {
+        match &self.source {
+            Some(path) => path.display().to_string(),
+            None => format!("{DEFAULT_PATH}, which does not exist"),
+        }
+    }
+
+    /// Whether a policy may write an archive at `target`; the error says which setting to change.
+    pub fn allows_archive(&self, target: &Path, forbidden: &[&Path]) -> std::result::Result<(), String> {
+        let refuse = |why: &str| {
+            format!(
+                "{why}; policies may export only into the directories listed under [exports] directories in {} ({})",
+                self.describe_source(),
+                list(self.exports.directories.iter().map(|d| d.display().to_string()))
+            )
+        };
+        if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(refuse("it is not a clean absolute path"));
+        }
+        let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {
+            return Err(refuse("it names no file"));
+        };
+        let parent = parent.canonicalize().map_err(|e| refuse(&format!("its directory cannot be resolved ({e})")))?;
+        let inside = |dir: &Path| dir.canonicalize().is_ok_and(|d| parent.starts_with(d));
+        if forbidden.iter().any(|dir| inside(dir)) {
+            return Err(refuse("it is inside ckpt's own store"));
+        }
+        if self.exports.directories.iter().any(|dir| inside(dir)) {
+            Ok(())
+        } else {
+            Err(refuse("it is outside every allowed directory"))
+        }
+    }
+
+    /// Whether a policy may create the checkpoint image `name` (already normalised).
+    pub fn allows_image(&self, name: &str) -> std::result::Result<(), String> {
+        if self.exports.image_prefixes.iter().any(|prefix| !prefix.is_empty() && name.starts_with(prefix.as_str())) {
+            return Ok(());
+        }
+        Err(format!(
+            "policies may create only images whose names start with a prefix listed under [exports] image-prefixes in {} ({})",
+            self.describe_source(),
+            list(self.exports.image_prefixes.iter().cloned())
+        ))
+    }
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.map(|i| format!("{i:?}")).collect();
+    if items.is_empty() { "none are".into() } else { format!("now: {}", items.join(", ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dirs: &[&Path], prefixes: &[&str]) -> HostConfig {
+        HostConfig {
+            exports: ExportRules {
+                directories: dirs.iter().map(|d| d.to_path_buf()).collect(),
+                image_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+                registries: vec![],
+            },
+            source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
+        }
+    }
+
+    #[test]
+    fn policies_export_only_into_allowed_directories() {
+        let base = tempfile::tempdir().unwrap();
+        let allowed = base.path().join("exports");
+        let store = base.path().join("store");
+        std::fs::create_dir_all(allowed.join("deep")).unwrap();
+        std::fs::create_dir_all(&store).unwrap();
+        std::os::unix::fs::symlink("/etc", allowed.join("etc")).unwrap();
+        let rules = config(&[&allowed, &store], &[]);
+        assert!(rules.allows_archive(&allowed.join("c.tar"), &[&store]).is_ok());
+        assert!(rules.allows_archive(&allowed.join("deep/c.tar"), &[&store]).is_ok());
+        for bad in [
+            PathBuf::from("/etc/passwd"),
+            allowed.join("../c.tar"),
+            allowed.join("etc/passwd"),
+            PathBuf::from("relative.tar"),
+            store.join("c.tar"),
+        ] {
+            let err = rules.allows_archive(&bad, &[&store]).unwrap_err();
+            assert!(err.contains("[exports] directories"), "{bad:?}: {err}");
+        }
+        let none = HostConfig::default();
+        let err = none.allows_archive(&allowed.join("c.tar"), &[]).unwrap_err();
+        assert!(err.contains("which does not exist") && err.contains("none are"), "{err}");
+    }
+
+    #[test]
+    fn image_names_need_an_allowed_prefix() {
+        let rules = config(&[], &["localhost/ckpt/"]);
+        assert!(rules.allows_image("localhost/ckpt/web:latest").is_ok());
+        assert!(rules.allows_image("localhost/busybox:latest").unwrap_err().contains("image-prefixes"));
+    }
+
+    #[test]
+    fn unknown_keys_and_relative_directories_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.toml");
+        std::fs::write(&path, "[exports]\ndirectory = [\"/srv\"]\n").unwrap();
+        assert!(HostConfig::load(Some(&path)).unwrap_err().to_string().contains("directory"));
+        std::fs::write(&path, "[exports]\ndirectories = [\"srv\"]\n").unwrap();
+        assert!(HostConfig::load(Some(&path)).unwrap_err().to_string().contains("not an absolute path"));
+        std::fs::write(&path, "[exports]\ndirectories = [\"/srv\"]\nimage-prefixes = [\"localhost/ckpt/\"]\n").unwrap();
+        let loaded = HostConfig::load(Some(&path)).unwrap();
+        assert_eq!(loaded.exports.directories, vec![PathBuf::from("/srv")]);
+        assert!(HostConfig::load(Some(&dir.path().join("missing.toml"))).is_err(), "an explicit file must exist");
+    }
+}
