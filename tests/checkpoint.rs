@@ -360,3 +360,74 @@ fn a_second_concurrent_checkpoint_is_refused() {
     drop(file);
     ckpt.ok(&["checkpoint", "c"]);
 }
+
+/// A container whose dump takes a while: 192 MiB of random data in its /dev/shm.
+fn big_counter(ckpt: &Ckpt, name: &str) {
+    let script = "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=192 2>/dev/null; i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done";
+    ckpt.ok(&["run", "-d", "--name", name, "busybox", "sh", "-c", script]);
+    assert!(eventually(Duration::from_secs(20), || ckpt.logs(name).contains("count 1")));
+}
+
+/// Leftovers of an export beside its target, or of staging in the store.
+fn leftovers(ckpt: &Ckpt) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = support::files_below(ckpt.dir.path())
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".ckpt-")))
+        .collect();
+    found.extend(support::files_below(&ckpt.root.join("tmp")));
+    found.extend(support::files_below(&ckpt.root.join("inflight")));
+    found
+}
+
+#[test]
+fn ctrl_c_during_an_export_rolls_back() {
+    let ckpt = Ckpt::new();
+    big_counter(&ckpt, "c");
+    let archive = ckpt.path("c.tar.zst");
+    let child = ckpt
+        .command()
+        .args(["checkpoint", "-e", archive.to_str().unwrap(), "c"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // The signal came after the last safe point: the checkpoint is whole and published.
+        assert!(archive.is_file());
+        ckpt.ok(&["restore", "c"]);
+    } else {
+        assert!(stderr.contains("interrupted by SIGINT") && stderr.contains("keeps running"), "{stderr}");
+        assert!(!archive.exists(), "nothing is published");
+    }
+    assert!(leftovers(&ckpt).is_empty(), "{:?}", leftovers(&ckpt));
+    assert_eq!(ckpt.status("c"), "running");
+}
+
+#[test]
+fn a_killed_checkpoint_is_found_and_repaired() {
+    let ckpt = Ckpt::new();
+    big_counter(&ckpt, "k");
+    let archive = ckpt.path("k.tar.zst");
+    for delay in [300, 900] {
+        let mut child = ckpt.command().args(["checkpoint", "-e", archive.to_str().unwrap(), "k"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        // CRIU runs in its own process group and finishes the dump it started.
+        std::thread::sleep(Duration::from_secs(3));
+        let check = ckpt.run(&["system", "check", "--repair"]);
+        assert!(check.code == 0, "{delay} ms: {}{}", check.stdout, check.stderr);
+        assert!(leftovers(&ckpt).is_empty(), "{delay} ms: {:?}", leftovers(&ckpt));
+        assert!(!archive.exists() || archive.is_file());
+        if ckpt.status("k") != "running" {
+            // Killed after the dump: the local checkpoint is whole and restores.
+            ckpt.ok(&["restore", "k"]);
+        }
+        assert_eq!(ckpt.status("k"), "running", "{delay} ms");
+        let _ = std::fs::remove_file(&archive);
+    }
+    assert_eq!(ckpt.ok(&["system", "check"]), "nothing to repair\n");
+}

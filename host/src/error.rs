@@ -64,6 +64,8 @@ pub enum Error {
     Corrupt { what: &'static str, path: PathBuf, detail: String },
     #[error("supervisor of container {id:?} failed: {detail}")]
     Supervisor { id: String, detail: String },
+    #[error("interrupted by {0}")]
+    Interrupted(String),
     /// Several containers failed; each message was already printed.
     #[error("{0}")]
     Many(String),

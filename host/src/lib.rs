@@ -14,6 +14,7 @@ pub mod config;
 pub mod criu;
 pub mod error;
 pub mod image;
+pub mod interrupt;
 pub mod netns;
 pub mod ops;
 pub mod policy;

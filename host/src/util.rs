@@ -26,8 +26,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         _ => Path::new("."),
     };
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
         &random_id()[..12]
     ));
     let mut file = OpenOptions::new()
@@ -122,7 +123,9 @@ impl Drop for TempDir {
 /// A fresh private directory under `parent` (ckpt's own roots, never a shared /tmp).
 pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
     create_dir_all(parent)?;
-    let path = parent.join(format!(".{prefix}-{}", &random_id()[..16]));
+    // The owner's PID in the name lets `ckpt system check` tell a crash's leftovers from work
+    // in progress.
+    let path = parent.join(format!(".{prefix}-{}-{}", std::process::id(), &random_id()[..16]));
     fs::create_dir(&path).map_err(Error::io("create directory", &path))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(Error::io("chmod", &path))?;
     Ok(TempDir { path })

@@ -196,6 +196,10 @@ impl<W: Write> ArchiveWriter<W> {
                 let mut total = 0u64;
                 loop {
                     let mut chunk = vec![0u8; 1 << 20];
+                    if let Err(e) = crate::interrupt::check_io() {
+                        let _ = sender.send(Err(e));
+                        break;
+                    }
                     match file.read(&mut chunk) {
                         Ok(0) => break,
                         Ok(n) => {
@@ -266,6 +270,7 @@ pub fn write_inner_tar(output: &Path, base: &Path, entries: &[PathBuf]) -> io::R
     let mut builder = tar::Builder::new(io::BufWriter::new(file));
     builder.follow_symlinks(false);
     for rel in entries {
+        crate::interrupt::check_io()?;
         let handle = match beneath.open_at(rel, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
             Ok(fd) => File::from(fd),
             // Deleted since the listing: the archive holds what is there now.

@@ -14,6 +14,16 @@ pub struct PendingFile {
     pub target: PathBuf,
     pub writer: BufWriter<File>,
     published: bool,
+    /// The note that names `temp_path` for `ckpt system check`, should ckpt be killed.
+    journal: Option<PathBuf>,
+}
+
+/// What an in-flight export leaves in the journal directory while it is written.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct InFlight {
+    pub pid: i32,
+    pub temp_path: PathBuf,
+    pub target: PathBuf,
 }
 
 impl PendingFile {
@@ -43,7 +53,24 @@ impl PendingFile {
             target: target.to_path_buf(),
             writer: BufWriter::with_capacity(1 << 20, file),
             published: false,
+            journal: None,
         })
+    }
+
+    /// [`PendingFile::create`], noting the temporary file in `journal_dir` first, so that a
+    /// later `ckpt system check` finds it if this process dies before it is published or removed.
+    pub fn create_journaled(target: &Path, journal_dir: &Path) -> Result<PendingFile> {
+        crate::util::create_dir_all(journal_dir)?;
+        let journal = journal_dir.join(format!("{}-{}.json", std::process::id(), &crate::util::random_id()[..12]));
+        let mut pending = PendingFile::create(target)?;
+        let note = InFlight {
+            pid: std::process::id() as i32,
+            temp_path: pending.temp_path.clone(),
+            target: target.to_path_buf(),
+        };
+        crate::util::write_json(&journal, &note)?;
+        pending.journal = Some(journal);
+        Ok(pending)
     }
 
     pub fn publish(mut self) -> Result<()> {
@@ -55,6 +82,9 @@ impl PendingFile {
         self.writer.get_ref().sync_all().map_err(Error::io("sync", &target))?;
         fs::rename(&self.temp_path, &target).map_err(Error::io("publish", &target))?;
         self.published = true;
+        if let Some(journal) = self.journal.take() {
+            let _ = fs::remove_file(journal);
+        }
         if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty())
             && let Ok(d) = File::open(dir)
         {
@@ -68,6 +98,9 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.published {
             let _ = fs::remove_file(&self.temp_path);
+        }
+        if let Some(journal) = self.journal.take() {
+            let _ = fs::remove_file(journal);
         }
     }
 }

@@ -63,8 +63,25 @@ pub enum Command {
     Volume(volume::VolumeCommand),
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    #[command(subcommand)]
+    System(SystemCommand),
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
+}
+
+/// Looking after ckpt's own state.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Find what interrupted commands left (temporary exports, staging, frozen containers,
+    /// records that disagree with the runtime); exits 1 if anything is left unrepaired.
+    Check {
+        /// Repair what was found.
+        #[arg(long)]
+        repair: bool,
+        /// `json` for a JSON document.
+        #[arg(long)]
+        format: Option<String>,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -77,6 +94,20 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     let mut ctx = Context::new(roots, cli.runtime);
     ctx.config = crate::config::HostConfig::load(cli.host_config.as_deref())?;
+    if matches!(cli.command, Command::Checkpoint(_) | Command::Restore(_)) {
+        crate::interrupt::install();
+    }
+    // What a killed ckpt left and nobody else can finish goes first; the rest is reported by
+    // `ckpt system check`.
+    if nix::unistd::geteuid().is_root() && !matches!(cli.command, Command::Supervise(_) | Command::System(_)) {
+        for finding in crate::ops::system::sweep_leftovers(&ctx, true) {
+            eprintln!(
+                "ckpt: removed {} ({})",
+                crate::util::escape_controls(&finding.object),
+                crate::util::escape_controls(&finding.detail)
+            );
+        }
+    }
     match cli.command {
         Command::Run(args) => container::run(&ctx, args),
         Command::Checkpoint(args) => checkpoint::checkpoint(&ctx, args),
@@ -104,6 +135,17 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Volume(cmd) => volume::run(&ctx, cmd),
         Command::Policy(cmd) => policy::run(&ctx, cmd),
         Command::Supervise(args) => container::supervise(&ctx, args),
+        Command::System(SystemCommand::Check { repair, format }) => {
+            let findings = crate::ops::system::check(&ctx, repair)?;
+            match format.as_deref() {
+                Some("json") => println!("{}", serde_json::to_string_pretty(&findings).expect("json")),
+                Some(other) => {
+                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
+                }
+                None => print!("{}", crate::util::escape_controls(&crate::ops::system::render(&findings))),
+            }
+            Ok(if findings.iter().all(|f| f.repaired) { 0 } else { 1 })
+        }
     }
 }
 

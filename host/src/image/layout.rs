@@ -380,7 +380,9 @@ impl ImageStore {
             create_dir_all(&self.rootfs_root)?;
             staging = tempdir_in(&self.rootfs_root, "load")?;
             let reader = archive::open_decompressed(source)?;
-            archive::extract(reader, &staging.path, &source.display().to_string(), &ExtractOptions::default())?;
+            // Links are kept as data and never followed: blobs are opened beneath the layout.
+            let options = ExtractOptions { symlinks: archive::Symlinks::Any, ..ExtractOptions::default() };
+            archive::extract(reader, &staging.path, &source.display().to_string(), &options)?;
             if !staging.path.join("oci-layout").is_file() {
                 return Err(ImageError::NotOci(source.display().to_string()).into());
             }
@@ -436,7 +438,12 @@ impl ImageStore {
         self.init_layout()?;
         let source = Self::blob_path_in(layout, digest)?;
         let target = self.blob_path(digest)?;
-        let mut reader = BufReader::new(File::open(&source).map_err(Error::io("open blob", &source))?);
+        // Beneath the layout with no link followed: a blob linked to a host file is refused.
+        let rel = source.strip_prefix(layout).unwrap_or(&source);
+        let blob = crate::safefs::Beneath::open(layout)
+            .and_then(|beneath| beneath.open_file(rel))
+            .map_err(Error::io("open blob", &source))?;
+        let mut reader = BufReader::new(blob);
         let tmp = target.with_extension(format!("incoming-{}", std::process::id()));
         let mut writer = HashingWriter {
             inner: File::create(&tmp).map_err(Error::io("create", &tmp))?,

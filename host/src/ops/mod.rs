@@ -8,6 +8,7 @@ pub mod inspect_checkpoint;
 pub mod lifecycle;
 pub mod policy;
 pub mod restore;
+pub mod system;
 pub mod volumes;
 
 use std::path::PathBuf;

@@ -218,6 +218,12 @@ impl OciRuntime for CliRuntime {
         self.run_captured(cmd, "delete", id).map(drop)
     }
 
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.args(["resume", id]);
+        self.run_captured(cmd, "resume", id).map(drop)
+    }
+
     fn exec(&self, id: &str, args: &[String], env: &[String], tty: bool) -> Result<i32, RuntimeError> {
         let mut cmd = self.command();
         cmd.arg("exec");
@@ -256,6 +262,9 @@ impl OciRuntime for CliRuntime {
             cmd.arg("--parent-path").arg(parent);
         }
         cmd.arg(id);
+        // Its own process group: Ctrl-C on the terminal reaches ckpt, which rolls back at a safe
+        // point, and never CRIU in the middle of a dump (a frozen container would be left).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
         self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
     }

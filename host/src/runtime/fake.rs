@@ -14,6 +14,7 @@ pub enum Call {
     State { id: String },
     Kill { id: String, signal: String },
     Delete { id: String, force: bool },
+    Resume { id: String },
     Exec { id: String, args: Vec<String> },
     Checkpoint { id: String, options: CheckpointOptions },
 }
@@ -92,6 +93,13 @@ impl OciRuntime for RecordingRuntime {
     }
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         self.record(Call::Delete { id: id.into(), force });
+        Ok(())
+    }
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.record(Call::Resume { id: id.into() });
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            state.status = "running".into();
+        }
         Ok(())
     }
     fn exec(&self, id: &str, args: &[String], _: &[String], _: bool) -> Result<i32, RuntimeError> {

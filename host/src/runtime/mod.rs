@@ -85,6 +85,8 @@ pub trait OciRuntime: Send + Sync {
     fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError>;
     fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
+    /// Thaws a paused (frozen) container.
+    fn resume(&self, id: &str) -> Result<(), RuntimeError>;
     /// Runs a process in the container with ckpt's own stdio; returns its exit code.
     fn exec(&self, id: &str, args: &[String], env: &[String], tty: bool) -> Result<i32, RuntimeError>;
     fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError>;

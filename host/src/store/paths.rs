@@ -43,6 +43,16 @@ impl Roots {
         self.runroot.join("runtime").join(runtime_name)
     }
 
+    /// Notes of exports being written, for `ckpt system check` after a crash.
+    pub fn inflight_dir(&self) -> PathBuf {
+        self.root.join("inflight")
+    }
+
+    /// Private staging: imports, exports and image layers being built.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     pub fn policy_log(&self) -> PathBuf {
         self.root.join("decisions.jsonl")
     }

@@ -373,7 +373,8 @@ fn checkpoint_one(
     }
     for target in &planned.exports {
         match target.kind {
-            TargetKind::Archive => pending.push(Some(PendingFile::create(Path::new(&target.location))?)),
+            TargetKind::Archive => pending
+                .push(Some(PendingFile::create_journaled(Path::new(&target.location), &ctx.roots.inflight_dir())?)),
             TargetKind::Image => {
                 crate::image::validate_reference(&target.location)?;
                 pending.push(None);
@@ -407,6 +408,7 @@ fn checkpoint_one(
     let runtime_duration = started.elapsed().as_micros() as u64;
     let stats_path = paths.in_bundle(layout::STATS_DUMP);
     let exported = (|| {
+        crate::interrupt::check()?;
         let stats = if o.print_stats {
             criu::read_dump_stats(&stats_path)
                 .map_err(|e| Error::invalid(format!("displaying checkpointing statistics not possible: {e}")))?
@@ -423,6 +425,8 @@ fn checkpoint_one(
         for (target, pending) in planned.exports.iter().zip(pending) {
             export_to(ctx, runtime.as_ref(), &record, facts, policies, target, &content, pending)?;
         }
+        // The last safe point: past it the checkpoint is published.
+        crate::interrupt::check()?;
         Ok(stats)
     })();
     let criu_statistics = match exported {
@@ -500,7 +504,7 @@ fn export_to(
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
                     let target_path = pending.target.clone();
                     drop(pending);
-                    let mut again = PendingFile::create(&target_path)?;
+                    let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
                     export::write_archive(ctx, record, &narrowed(drop_rootfs, drop_volumes), compression, &mut again)?;
                     again.publish()
                 }
