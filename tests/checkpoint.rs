@@ -303,6 +303,21 @@ fn established_tcp_needs_tcp_established() {
         eventually(Duration::from_secs(5), || ckpt.logs("tcp").matches("ping").count() > before + 2),
         "the connection carries on"
     );
+    // An export that fails after the dump rolls back with the dump's --tcp-established, so the
+    // connection survives the rollback too.
+    let small = ckpt.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    nix::mount::mount(Some("tmpfs"), &small, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=16k")).unwrap();
+    let target = small.join("tcp.tar");
+    let r = ckpt.run(&["checkpoint", "--tcp-established", "-c", "none", "-e", target.to_str().unwrap(), "tcp"]);
+    nix::mount::umount(&small).unwrap();
+    assert!(r.stderr.contains("restored and keeps running"), "{}", r.stderr);
+    assert_eq!(ckpt.status("tcp"), "running");
+    let before = ckpt.logs("tcp").matches("ping").count();
+    assert!(
+        eventually(Duration::from_secs(5), || ckpt.logs("tcp").matches("ping").count() > before + 2),
+        "the connection carries on after the rollback"
+    );
 }
 
 #[test]
@@ -430,4 +445,64 @@ fn a_killed_checkpoint_is_found_and_repaired() {
         let _ = std::fs::remove_file(&archive);
     }
     assert_eq!(ckpt.ok(&["system", "check"]), "nothing to repair\n");
+}
+
+fn runc(ckpt: &Ckpt, args: &[&str]) {
+    let status = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(ckpt.runroot.join("runtime/runc"))
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "runc {args:?}");
+}
+
+#[test]
+fn a_frozen_container_shows_as_paused_and_repair_thaws_it() {
+    let ckpt = Ckpt::new();
+    let id = ckpt.counter("f", &[]);
+    // What a CRIU killed after its freeze leaves: a frozen cgroup and nobody working on it.
+    runc(&ckpt, &["pause", &id]);
+    assert_eq!(ckpt.status("f"), "paused");
+    assert_eq!(ckpt.inspect("f")["State"]["Paused"], true);
+    assert!(ckpt.ok(&["ps"]).contains("Up (Paused)"));
+    let refused = ckpt.fails(&["checkpoint", "f"]);
+    assert!(refused.contains("paused") && refused.contains("system check --repair"), "{refused}");
+    let check = ckpt.run(&["system", "check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(check.stdout.contains("frozen") && check.stdout.contains("f:"), "{}", check.stdout);
+    ckpt.ok(&["system", "check", "--repair"]);
+    assert_eq!(ckpt.status("f"), "running");
+    let before = last_count(&ckpt.logs("f"));
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("f")) > before), "it counts again");
+    ckpt.ok(&["checkpoint", "-R", "f"]);
+}
+
+#[test]
+fn processes_the_runtime_lost_are_found_and_never_left_running() {
+    let ckpt = Ckpt::new();
+    let id = ckpt.counter("lost", &[]);
+    let pid = nix::unistd::Pid::from_raw(ckpt.inspect("lost")["State"]["Pid"].as_i64().unwrap() as i32);
+    // The supervisor dies and the runtime forgets the container; its process runs on.
+    let supervisor = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).contains("__supervise") && String::from_utf8_lossy(&c).contains(&id)
+            })
+        })
+        .expect("the supervisor runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::fs::remove_dir_all(ckpt.runroot.join("runtime/runc").join(&id)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(nix::sys::signal::kill(pid, None).is_ok(), "the container's process still runs");
+    let check = ckpt.run(&["system", "check"]);
+    assert!(check.stdout.contains("supervisor-gone"), "{}", check.stdout);
+    let refused = ckpt.fails(&["rm", "lost"]);
+    assert!(refused.contains("--force"), "{refused}");
+    ckpt.ok(&["rm", "-f", "lost"]);
+    assert!(eventually(Duration::from_secs(5), || nix::sys::signal::kill(pid, None).is_err()), "rm -f left it running");
+    assert!(ckpt.run(&["inspect", "lost"]).code != 0);
 }

@@ -398,3 +398,59 @@ fn the_store_is_private_whatever_the_umask() {
     assert_eq!(mode(&ckpt.root), 0o700);
     assert_eq!(mode(&ckpt.root.join("decisions.jsonl")), 0o600);
 }
+
+/// A real archive plus a pre-dump round its dump names as its parent, with a fresh manifest.
+fn with_pre_dump(real: &Path, out: &Path, pre_dump_is_dir: bool) {
+    let staged = out.with_extension("staged");
+    let mut archive = tar::Archive::new(std::fs::File::open(real).unwrap());
+    let mut builder = tar::Builder::new(std::fs::File::create(&staged).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        builder.append_data(&mut header.clone(), path, &data[..]).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o700);
+    if pre_dump_is_dir {
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        builder.append_data(&mut header.clone(), "pre-dump-1/", std::io::empty()).unwrap();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(6);
+        builder.append_data(&mut header.clone(), "pre-dump-1/marker.img", &b"marker"[..]).unwrap();
+    } else {
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(6);
+        builder.append_data(&mut header.clone(), "pre-dump-1", &b"marker"[..]).unwrap();
+    }
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    builder.append_link(&mut header, "checkpoint/parent", "../pre-dump-1").unwrap();
+    builder.into_inner().unwrap();
+    std::fs::rename(&staged, out).unwrap();
+    remanifest(out);
+}
+
+#[test]
+fn archives_with_pre_dump_rounds_import_with_their_chain() {
+    let ckpt = Ckpt::new();
+    let real = real_archive(&ckpt);
+    let chained = ckpt.path("chained.tar");
+    with_pre_dump(&real, &chained, true);
+    let id = ckpt.ok(&["restore", "-i", chained.to_str().unwrap(), "-n", "chained", "--keep"]);
+    let bundle = ckpt.root.join("containers").join(id.trim()).join("userdata");
+    assert_eq!(std::fs::read(bundle.join("pre-dump-1/marker.img")).unwrap(), b"marker");
+    assert_eq!(
+        std::fs::read(bundle.join("checkpoint/parent/marker.img")).unwrap(),
+        b"marker",
+        "the parent link resolves"
+    );
+    assert_eq!(ckpt.exec("chained", "cat /x"), "x\n");
+    // A parent that is not a directory of the archive is refused.
+    let broken = ckpt.path("broken-chain.tar");
+    with_pre_dump(&real, &broken, false);
+    assert_refused(&ckpt, &broken, "pre-dump-1");
+}

@@ -198,7 +198,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
     let mut entries = Vec::new();
     for record in ctx.containers.list()? {
         let entry = container::ps_entry(ctx, &record)?;
-        if args.all || entry["State"] == "running" {
+        if args.all || entry["State"] == "running" || entry["State"] == "paused" {
             entries.push(entry);
         }
     }

@@ -42,7 +42,6 @@ pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
             "Status": st.status,
             "Running": st.running(),
             "Paused": st.status == "paused",
-            "Paused": false,
             "Pid": st.pid,
             "ExitCode": if st.running() { 0 } else { s.exit_code.unwrap_or(0) },
             "StartedAt": time(&s.started_at),

@@ -312,6 +312,21 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()
     if runtime.state(&record.id)?.is_some() {
         runtime.delete(&record.id, true)?;
     }
+    // Processes the runtime has lost track of (a supervisor or runtime state gone) still run in
+    // the rootfs: without --force they keep the container; with it they go.
+    let merged = ctx.containers.paths(&record.id).merged();
+    let survivors =
+        if force { crate::rootfs::kill_processes_in(&merged) } else { crate::rootfs::processes_in(&merged) };
+    if !survivors.is_empty() {
+        return Err(Error::ContainerState {
+            name: record.name.clone(),
+            state: "running outside its runtime's knowledge".into(),
+            action: format!(
+                "processes {survivors:?} still run in its rootfs; {}",
+                if force { "they could not be killed" } else { "use --force to kill them" }
+            ),
+        });
+    }
     remove_files(ctx, &record)
 }
 

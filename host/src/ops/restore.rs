@@ -210,6 +210,14 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
     if !req.keep {
         remove_dir_all(&paths.checkpoint_dir())?;
         remove_dir_all(&paths.pre_checkpoint_dir())?;
+        // The pre-dump rounds the dump was based on hold memory pages too.
+        for entry in std::fs::read_dir(&bundle).map_err(Error::io("list", &bundle))?.flatten() {
+            if entry.file_name().to_str().is_some_and(|n| n.starts_with("pre-dump-"))
+                && archive::extract::is_images_dir_name(&entry.file_name())
+            {
+                remove_dir_all(&entry.path())?;
+            }
+        }
         for file in ["restore.log", "dump.log", "stats-dump", "stats-restore"] {
             crate::util::remove_file_if_exists(&bundle.join(file))?;
         }

@@ -170,6 +170,8 @@ fn release_run(
         runtime.delete(&record.id, true)?;
     }
     let paths = ctx.containers.paths(&record.id);
+    // Its processes went with the supervisor's watch; any left would write into a detached rootfs.
+    crate::rootfs::kill_processes_in(&paths.merged());
     crate::rootfs::unmount(&paths.merged())?;
     crate::netns::remove(&paths.netns())?;
     let mut fresh = ctx.containers.load(&record.id)?;

@@ -64,6 +64,42 @@ impl Overlay<'_> {
     }
 }
 
+/// The processes whose root directory is `merged`: a container's, whether or not its runtime
+/// still knows about it.
+pub fn processes_in(merged: &Path) -> Vec<nix::unistd::Pid> {
+    // A container's root is another mount namespace's view of the same overlay: the same
+    // device and inode, though its path reads as `/` from here.
+    let Ok(root) = fs::metadata(merged) else { return Vec::new() };
+    if !is_mountpoint(merged) {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/root/")).is_ok_and(|m| m.dev() == root.dev() && m.ino() == root.ino())
+        })
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
+}
+
+/// Kills every process still running in the container's rootfs, so that removing the
+/// container never leaves one writing into an unlinked upper layer. Returns those that survive.
+pub fn kill_processes_in(merged: &Path) -> Vec<nix::unistd::Pid> {
+    for _ in 0..50 {
+        let pids = processes_in(merged);
+        if pids.is_empty() {
+            return pids;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    processes_in(merged)
+}
+
 pub fn unmount(merged: &Path) -> Result<()> {
     if !is_mountpoint(merged) {
         return Ok(());
