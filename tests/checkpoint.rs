@@ -506,3 +506,43 @@ fn processes_the_runtime_lost_are_found_and_never_left_running() {
     assert!(eventually(Duration::from_secs(5), || nix::sys::signal::kill(pid, None).is_err()), "rm -f left it running");
     assert!(ckpt.run(&["inspect", "lost"]).code != 0);
 }
+
+#[test]
+fn parallel_checkpoints_of_one_container_leave_one_archive_and_a_running_container() {
+    let ckpt = Ckpt::new();
+    ckpt.counter("c", &[]);
+    let children: Vec<_> = (0..6)
+        .map(|n| {
+            let archive = ckpt.path(&format!("c-{n}.tar.zst"));
+            let child = ckpt
+                .command()
+                .args(["checkpoint", "-R", "-e", archive.to_str().unwrap(), "c"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (archive, child)
+        })
+        .collect();
+    let mut published = 0;
+    for (archive, child) in children {
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            published += 1;
+            assert!(archive.is_file());
+        } else {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("is busy"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!archive.exists());
+        }
+    }
+    assert!(published >= 1);
+    assert!(leftovers(&ckpt).is_empty(), "{:?}", leftovers(&ckpt));
+    assert_eq!(ckpt.status("c"), "running");
+    // And one path cannot take several containers' archives.
+    ckpt.counter("d", &[]);
+    let refused = ckpt.fails(&["checkpoint", "-R", "-a", "-e", ckpt.path("all.tar").to_str().unwrap()]);
+    assert!(refused.contains("one at a time"), "{refused}");
+}

@@ -454,3 +454,25 @@ fn archives_with_pre_dump_rounds_import_with_their_chain() {
     with_pre_dump(&real, &broken, false);
     assert_refused(&ckpt, &broken, "pre-dump-1");
 }
+
+#[test]
+fn truncated_and_garbled_compressed_archives_are_refused() {
+    let ckpt = Ckpt::new();
+    ckpt.ok(&["run", "-d", "--name", "z", "busybox", "sh", "-c", "exec sleep 1000"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for compression in ["zstd", "gzip"] {
+        let archive = ckpt.path(&format!("z.{compression}"));
+        ckpt.ok(&["checkpoint", "-R", "-c", compression, "-e", archive.to_str().unwrap(), "z"]);
+        let bytes = std::fs::read(&archive).unwrap();
+        let cut = ckpt.path(&format!("cut.{compression}"));
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        assert_refused(&ckpt, &cut, "");
+        let mut garbled = bytes.clone();
+        let middle = garbled.len() / 2;
+        garbled[middle..middle + 64].fill(0x5a);
+        let garbled_path = ckpt.path(&format!("garbled.{compression}"));
+        std::fs::write(&garbled_path, &garbled).unwrap();
+        assert_refused(&ckpt, &garbled_path, "");
+        assert_eq!(std::fs::read(&archive).unwrap(), bytes, "the archive itself is untouched");
+    }
+}

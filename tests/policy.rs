@@ -376,6 +376,12 @@ fn policies_export_only_where_the_admin_allows() {
     ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "c"]);
     let refused = ckpt.fails(&["checkpoint", "-R", "--create-image", "busybox", "c"]);
     assert!(refused.contains("is not a checkpoint image"), "{refused}");
+    // A link planted at the target is not an archive either; its target is untouched.
+    let planted = elsewhere.path().join("planted.tar");
+    std::os::unix::fs::symlink(&notes, &planted).unwrap();
+    let refused = ckpt.fails(&["checkpoint", "-R", "-e", planted.to_str().unwrap(), "c"]);
+    assert!(refused.contains("is not a checkpoint archive"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
 }
 
 #[test]

@@ -20,6 +20,9 @@ use super::ArchiveError;
 pub use crate::safefs::clean_relative;
 use crate::safefs::{self, Beneath, Kind, ResolveError};
 
+/// What an extraction leaves free on the destination's filesystem.
+const FREE_SPACE_RESERVE: u64 = 64 << 20;
+
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractLimits {
     pub max_total_bytes: u64,
@@ -128,6 +131,12 @@ pub fn extract(
     let mut extractor = Extractor { name, options, beneath, seen: HashMap::new(), name_bytes: 0, dirs: Vec::new() };
     let mut archive = tar::Archive::new(reader);
     let malformed = |e: io::Error| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() };
+    // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
+    let room = nix::sys::statvfs::statvfs(dest)
+        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+        .unwrap_or(u64::MAX)
+        .saturating_sub(FREE_SPACE_RESERVE);
+    let budget = options.limits.max_total_bytes.min(room);
     let mut total: u64 = 0;
     let mut count: u64 = 0;
     let mut written = Vec::new();
@@ -162,6 +171,12 @@ pub fn extract(
         total = total.saturating_add(size);
         if total > options.limits.max_total_bytes {
             return Err(extractor.too_large(format!("more than {} bytes of content", options.limits.max_total_bytes)));
+        }
+        if total > budget {
+            return Err(extractor.too_large(format!(
+                "its content needs more than the {budget} bytes free at {:?}",
+                dest.display().to_string()
+            )));
         }
         extractor.member(&mut entry, &rel, kind, size)?;
         written.push(rel);

@@ -166,7 +166,9 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
 /// Mounts the rootfs and writes the bundle: everything the runtime needs to run or restore.
 pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     let paths = ctx.containers.paths(&record.id);
-    let image = ctx.images.resolve(&record.image_ref).or_else(|_| ctx.images.resolve(&record.image_id))?;
+    // By ID first: a tag moved since (a load, an import, a --create-image) must not swap the
+    // lower layer under the container's upper one.
+    let image = ctx.images.resolve(&record.image_id).or_else(|_| ctx.images.resolve(&record.image_ref))?;
     let lower = ctx.images.rootfs(&image)?;
     Overlay { lower: &lower, upper: &paths.upper(), work: &paths.overlay_work(), merged: &paths.merged() }.mount()?;
     let bundle = paths.bundle();

@@ -413,7 +413,7 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
     record.auto_remove = false;
     record.state = StateFlags::default();
     record.created_at = crate::util::now();
-    ctx.images.resolve(&record.image_ref).or_else(|_| ctx.images.resolve(&record.image_id)).map_err(|_| {
+    ctx.images.resolve(&record.image_id).or_else(|_| ctx.images.resolve(&record.image_ref)).map_err(|_| {
         Error::invalid(format!(
             "the image {:?} of checkpoint {} is not in the local store; load it first",
             record.image_ref, staged.origin

@@ -14,6 +14,8 @@ enum M {
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
     Fifo(&'static str),
+    /// A PAX record giving the size, and a ustar header that says 0 (TARmageddon's desync).
+    PaxSized(&'static str, &'static [u8]),
 }
 
 /// Raw ustar bytes, so that names tar-rs's builder would refuse (`..`, `/etc`) can be written.
@@ -26,6 +28,17 @@ fn raw_tar(members: &[M]) -> Vec<u8> {
             M::Symlink(n, l) => (n, b'2', 0o777, b"", l),
             M::Hardlink(n, l) => (n, b'1', 0o644, b"", l),
             M::Fifo(n) => (n, b'6', 0o644, b"", ""),
+            M::PaxSized(n, d) => {
+                let record = format!("size={}\n", d.len());
+                let record = format!("{} {record}", record.len() + 1 + (record.len() + 3).to_string().len());
+                out.extend(header("pax", b'x', 0o644, record.len() as u64, ""));
+                out.extend_from_slice(record.as_bytes());
+                out.resize(out.len().div_ceil(512) * 512, 0);
+                out.extend(header(n, b'0', 0o644, 0, ""));
+                out.extend_from_slice(d);
+                out.resize(out.len().div_ceil(512) * 512, 0);
+                continue;
+            }
         };
         out.extend(header(name, kind, mode, data.len() as u64, link));
         out.extend_from_slice(data);
@@ -41,7 +54,13 @@ fn header(name: &str, kind: u8, mode: u32, size: u64, link: &str) -> [u8; 512] {
     h[100..108].copy_from_slice(format!("{mode:07o}\0").as_bytes());
     h[108..116].copy_from_slice(b"0000000\0");
     h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    if size < 0o77777777777 {
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    } else {
+        // GNU base-256, for sizes octal cannot hold.
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }
     h[136..148].copy_from_slice(b"00000000000\0");
     h[156] = kind;
     h[157..157 + link.len()].copy_from_slice(link.as_bytes());
@@ -221,6 +240,35 @@ fn only_criu_parent_links_pass_in_a_checkpoint() {
         let err = scene.extract(&bad, &ExtractOptions::checkpoint()).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{bad:?}: {err}");
     }
+}
+
+#[test]
+fn pax_sizes_are_the_sizes_that_count() {
+    let scene = Scene::new();
+    scene
+        .extract(&[M::PaxSized("p", b"0123456789"), M::File("after", 0o644, b"a")], &ExtractOptions::default())
+        .unwrap();
+    assert_eq!(std::fs::read(scene.dest().join("p")).unwrap(), b"0123456789", "the PAX size, not the ustar 0");
+    assert_eq!(std::fs::read(scene.dest().join("after")).unwrap(), b"a");
+    let options =
+        ExtractOptions { limits: ExtractLimits { max_total_bytes: 5, ..Default::default() }, ..Default::default() };
+    let err = Scene::new().extract(&[M::PaxSized("p", b"0123456789")], &options).unwrap_err();
+    assert!(err.to_string().contains("bytes of content"), "{err}");
+}
+
+#[test]
+fn an_archive_larger_than_the_free_space_is_refused_before_it_fills_the_disk() {
+    let scene = Scene::new();
+    // Declares a terabyte; the refusal comes before a byte of it is written.
+    let mut tar = header("huge", b'0', 0o644, 1 << 40, "").to_vec();
+    tar.resize(tar.len() + 4096, 0);
+    let options = ExtractOptions {
+        limits: ExtractLimits { max_total_bytes: u64::MAX, ..Default::default() },
+        ..Default::default()
+    };
+    let err = extract(&tar[..], &scene.dest(), "bomb.tar", &options).unwrap_err();
+    assert!(err.to_string().contains("free at"), "{err}");
+    assert!(std::fs::symlink_metadata(scene.dest().join("huge")).is_err());
 }
 
 #[test]

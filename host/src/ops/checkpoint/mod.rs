@@ -250,6 +250,13 @@ fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
 pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>, Result<()>) {
     let prepared = validate(ctx, req).and_then(|compression| {
         let selected = select(ctx, req)?;
+        // One path cannot hold several archives: each would replace the last.
+        if selected.len() > 1 && (req.export.is_some() || req.create_image.is_some()) {
+            return Err(Error::invalid(format!(
+                "--export and --create-image name one archive or image, but {} containers were selected; checkpoint them one at a time",
+                selected.len()
+            )));
+        }
         let planner = req.policy.clone().unwrap_or_else(|| policy::DEFAULT_POLICY_SOURCE.to_string());
         let settings = policy::read_settings(req.policy_config.as_deref())?;
         let policies = Policies::load(&ctx.policy_cache(), (&planner, &settings), &req.gates)?;
