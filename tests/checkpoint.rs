@@ -546,3 +546,31 @@ fn parallel_checkpoints_of_one_container_leave_one_archive_and_a_running_contain
     let refused = ckpt.fails(&["checkpoint", "-R", "-a", "-e", ckpt.path("all.tar").to_str().unwrap()]);
     assert!(refused.contains("one at a time"), "{refused}");
 }
+
+#[test]
+fn a_killed_import_is_found_and_removed() {
+    let ckpt = Ckpt::new();
+    big_counter(&ckpt, "src");
+    let archive = ckpt.path("src.tar.zst");
+    ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "src"]);
+    for (n, delay) in [200, 700, 1500].into_iter().enumerate() {
+        let name = format!("copy{n}");
+        let mut child = ckpt.command().args(["restore", "-i", archive.to_str().unwrap(), "-n", &name]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_secs(2));
+        let check = ckpt.run(&["system", "check", "--repair"]);
+        assert_eq!(check.code, 0, "{delay} ms: {}{}", check.stdout, check.stderr);
+        assert!(leftovers(&ckpt).is_empty(), "{delay} ms: {:?}", leftovers(&ckpt));
+        // Either the import had finished and the copy runs, or nothing of it is left.
+        let inspect = ckpt.run(&["inspect", &name]);
+        if inspect.code == 0 {
+            assert_eq!(ckpt.status(&name), "running", "{delay} ms");
+        } else {
+            ckpt.ok(&["restore", "-i", archive.to_str().unwrap(), "-n", &name]);
+        }
+        ckpt.ok(&["rm", "-f", &name]);
+    }
+    assert_eq!(ckpt.ok(&["system", "check"]), "nothing to repair\n");
+}

@@ -133,7 +133,7 @@ pub fn extract(
     let malformed = |e: io::Error| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() };
     // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
     let room = nix::sys::statvfs::statvfs(dest)
-        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(u64::MAX)
         .saturating_sub(FREE_SPACE_RESERVE);
     let budget = options.limits.max_total_bytes.min(room);

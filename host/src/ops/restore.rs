@@ -458,7 +458,9 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
         let paths = ctx.containers.paths(&record.id);
         crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
         create_dir_all(&paths.bundle())?;
-        ctx.containers.save(&record)?;
+        let mut importing = record.clone();
+        importing.state.importing = true;
+        ctx.containers.save(&importing)?;
         for volume in record.named_volumes() {
             if ctx.volumes.exists(&volume.source) {
                 continue;

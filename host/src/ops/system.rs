@@ -136,6 +136,21 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
         let repaired = repair && runtime.delete(&record.id, true).is_ok();
         found.push(finding("stale-runtime-state", format!("{} still keeps state for it", runtime.name()), repaired));
     }
+    if record.state.importing && !supervised && gone {
+        // A half-restored container has nothing to keep: its archive is still where it was.
+        let repaired = repair && crate::rootfs::kill_processes_in(&paths.merged()).is_empty() && {
+            if state.is_some() {
+                let _ = runtime.delete(&record.id, true);
+            }
+            crate::ops::lifecycle::remove_files(ctx, record).is_ok()
+        };
+        found.push(finding(
+            "interrupted-import",
+            "an import of this container was interrupted before it ran; restore it again from its archive".into(),
+            repaired,
+        ));
+        return Ok(found);
+    }
     if record.state.checkpoint_in_progress {
         let images = paths.checkpoint_dir();
         let restorable = images.join("inventory.img").is_file();

@@ -21,6 +21,8 @@ pub const MAX_EXPORTS: usize = 16;
 pub const MAX_LOG_LINES: usize = 256;
 pub const MAX_LOG_BYTES: usize = 64 << 10;
 pub const MAX_CAPTURED_OUTPUT: usize = 64 << 10;
+/// A component file: Python's runtime makes policies of about 20 MiB.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// The JSON Schema of a policy's settings, from describe.
 pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 

@@ -44,7 +44,17 @@ pub fn read_component(spec: &str) -> Result<(String, Vec<u8>), PolicyError> {
     if spec == DEFAULT_POLICY_SOURCE || spec == "default" {
         return Ok((DEFAULT_POLICY_SOURCE.to_string(), DEFAULT_POLICY.to_vec()));
     }
-    let bytes = std::fs::read(spec).map_err(|e| PolicyError::Read { path: spec.to_string(), detail: e.to_string() })?;
+    let read_err = |detail: String| PolicyError::Read { path: spec.to_string(), detail };
+    let file = std::fs::File::open(spec).map_err(|e| read_err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limits::MAX_COMPONENT_BYTES + 1), &mut bytes)
+        .map_err(|e| read_err(e.to_string()))?;
+    if bytes.len() as u64 > limits::MAX_COMPONENT_BYTES {
+        return Err(read_err(format!(
+            "it is larger than {} MiB, more than any policy needs (a Python one is about 20 MiB)",
+            limits::MAX_COMPONENT_BYTES >> 20
+        )));
+    }
     Ok((spec.to_string(), bytes))
 }
 

@@ -44,6 +44,10 @@ pub struct StateFlags {
     /// not remove a `--rm` container whose only copy is its local checkpoint.
     #[serde(default)]
     pub checkpoint_in_progress: bool,
+    /// Set from the moment an import creates the record until its restore succeeds: a record
+    /// still marked after a crash is a half-restored container.
+    #[serde(default)]
+    pub importing: bool,
 }
 
 /// What ckpt knows about one container; `container.json` in its directory.
