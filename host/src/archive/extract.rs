@@ -332,31 +332,14 @@ impl Extractor<'_> {
                 self.finish_fd(file.as_fd(), rel, mode, owner, mtime)?;
             }
             EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(|e| ArchiveError::Malformed { archive: self.name.to_string(), detail: e.to_string() })?
-                    .ok_or_else(|| self.refuse(rel, "symlink without a target"))?
-                    .into_owned();
+                let link = self.link_target(entry, rel, "symlink without a target")?;
                 self.check_symlink(rel, &link)?;
                 nix::unistd::symlinkat(link.as_path(), &dir, file_name)
                     .map_err(|e| self.io("create symlink", rel)(e.into()))?;
-                if let Some((uid, gid)) = owner {
-                    nix::unistd::fchownat(
-                        &dir,
-                        file_name,
-                        Some(uid.into()),
-                        Some(gid.into()),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io("chown", rel)(e.into()))?;
-                }
+                self.chown_at(dir.as_fd(), file_name, owner, rel)?;
             }
             EntryType::Link => {
-                let link = entry
-                    .link_name()
-                    .map_err(|e| ArchiveError::Malformed { archive: self.name.to_string(), detail: e.to_string() })?
-                    .ok_or_else(|| self.refuse(rel, "hard link without a target"))?
-                    .into_owned();
+                let link = self.link_target(entry, rel, "hard link without a target")?;
                 let Some(link_rel) = safefs::clean_relative(&link) else {
                     return Err(self.refuse(rel, "hard link target is absolute or contains '..'"));
                 };
@@ -395,20 +378,37 @@ impl Extractor<'_> {
                     Mode::empty(),
                 )
                 .map_err(|e| self.io("open", rel)(e.into()))?;
-                if let Some((uid, gid)) = owner {
-                    nix::unistd::fchownat(
-                        &dir,
-                        file_name,
-                        Some(uid.into()),
-                        Some(gid.into()),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io("chown", rel)(e.into()))?;
-                }
+                self.chown_at(dir.as_fd(), file_name, owner, rel)?;
                 safefs::chmod_fd(node.as_fd(), mode).map_err(self.io("chmod", rel))?;
             }
         }
         self.remember(rel, what)
+    }
+
+    fn link_target<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        rel: &Path,
+        missing: &str,
+    ) -> Result<PathBuf, ArchiveError> {
+        entry
+            .link_name()
+            .map_err(|e| ArchiveError::Malformed { archive: self.name.to_string(), detail: e.to_string() })?
+            .map(|l| l.into_owned())
+            .ok_or_else(|| self.refuse(rel, missing))
+    }
+
+    /// Chowns `name` in `dir` without following it (links and device nodes have no usable fd).
+    fn chown_at(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        owner: Option<(u32, u32)>,
+        rel: &Path,
+    ) -> Result<(), ArchiveError> {
+        let Some((uid, gid)) = owner else { return Ok(()) };
+        nix::unistd::fchownat(dir, name, Some(uid.into()), Some(gid.into()), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io("chown", rel)(e.into()))
     }
 
     /// Owner first, then mode (a chown clears set-id bits), then time; all through `fd`.
