@@ -13,8 +13,11 @@ pub mod cli;
 pub mod config;
 pub mod criu;
 pub mod error;
+pub mod hostinfo;
 pub mod image;
 pub mod interrupt;
+#[cfg(test)]
+mod layering;
 pub mod netns;
 pub mod ops;
 pub mod policy;

@@ -79,7 +79,7 @@ pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, netns: &Pat
             "io.ckpt.container.name": record.name,
         },
         "linux": {
-            "cgroupsPath": format!("/ckpt/{}", record.id),
+            "cgroupsPath": cgroup_path(&record.id),
             "namespaces": [
                 {"type": "pid"}, {"type": "network", "path": netns}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}
@@ -120,4 +120,9 @@ fn default_mounts() -> Vec<Value> {
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ]
+}
+
+/// The container's cgroup, below each controller's root (v1) or the unified root (v2).
+pub fn cgroup_path(id: &str) -> String {
+    format!("/ckpt/{id}")
 }

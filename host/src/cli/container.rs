@@ -160,7 +160,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
 }
 
 pub fn start(ctx: &Context, args: StartArgs) -> Result<i32> {
-    super::for_each(&args.containers, |name| {
+    crate::ops::each(&args.containers, |name| {
         let record = ctx.containers.lookup(name)?;
         lifecycle::start(ctx, &record)?;
         println!("{name}");
@@ -170,7 +170,7 @@ pub fn start(ctx: &Context, args: StartArgs) -> Result<i32> {
 }
 
 pub fn stop(ctx: &Context, args: StopArgs) -> Result<i32> {
-    super::for_each(&args.containers, |name| {
+    crate::ops::each(&args.containers, |name| {
         let record = ctx.containers.lookup(name)?;
         lifecycle::stop(ctx, &record, args.time)?;
         println!("{name}");
@@ -180,7 +180,7 @@ pub fn stop(ctx: &Context, args: StopArgs) -> Result<i32> {
 }
 
 pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
-    super::for_each(&args.containers, |name| {
+    crate::ops::each(&args.containers, |name| {
         let record = ctx.containers.lookup(name)?;
         lifecycle::remove(ctx, &record, args.force)?;
         println!("{}", record.id);
@@ -243,7 +243,7 @@ pub fn exec(ctx: &Context, args: ExecArgs) -> Result<i32> {
 
 pub fn inspect(ctx: &Context, args: InspectArgs) -> Result<i32> {
     let mut values = Vec::new();
-    let result = super::for_each(&args.containers, |name| {
+    let result = crate::ops::each(&args.containers, |name| {
         values.push(container::inspect(ctx, &ctx.containers.lookup(name)?)?);
         Ok(())
     });
@@ -274,5 +274,8 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
     } else {
         Launch::Run
     };
-    supervisor::run(ctx, &args.id, &args.token, launch)
+    let runtime_for = |record: &crate::store::ContainerRecord| {
+        ctx.runtime_with_log(&record.runtime, ctx.containers.paths(&record.id).runtime_log())
+    };
+    supervisor::run(&ctx.containers, &runtime_for, &args.id, &args.token, launch)
 }

@@ -99,7 +99,7 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
             }
         }
         ImageCommand::Rm { force, images: names } => {
-            super::for_each(&names, |name| {
+            crate::ops::each(&names, |name| {
                 let info = images::remove(ctx, name, force)?;
                 println!("Untagged: {}", info.reference);
                 Ok(())

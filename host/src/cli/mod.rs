@@ -148,19 +148,3 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
     }
 }
-
-/// Runs `each` for every item, printing all errors but the last, which is returned, as podman.
-pub fn for_each<T>(items: &[T], mut each: impl FnMut(&T) -> Result<()>) -> Result<()> {
-    let mut last = None;
-    for item in items {
-        if let Err(e) = each(item)
-            && let Some(previous) = last.replace(e)
-        {
-            eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
-        }
-    }
-    match last {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}

@@ -65,14 +65,14 @@ pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
                 }
             }
         }
-        VolumeCommand::Rm { force, names } => super::for_each(&names, |name| {
+        VolumeCommand::Rm { force, names } => crate::ops::each(&names, |name| {
             volumes::remove(ctx, name, force)?;
             println!("{name}");
             Ok(())
         })?,
         VolumeCommand::Inspect { names } => {
             let mut values = Vec::new();
-            let result = super::for_each(&names, |name| {
+            let result = crate::ops::each(&names, |name| {
                 values.push(volumes::inspect(ctx, name)?);
                 Ok(())
             });

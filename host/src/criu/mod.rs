@@ -42,9 +42,7 @@ pub struct CriuBinary {
 
 impl CriuBinary {
     pub fn find() -> Result<CriuBinary, CriuError> {
-        crate::runtime::find_in_path("criu")
-            .map(|path| CriuBinary { path, probe_cache: None })
-            .ok_or(CriuError::NotFound)
+        crate::util::find_in_path("criu").map(|path| CriuBinary { path, probe_cache: None }).ok_or(CriuError::NotFound)
     }
 
     pub fn with_probe_cache(mut self, path: PathBuf) -> CriuBinary {
@@ -56,7 +54,7 @@ impl CriuBinary {
     fn probe_key(&self) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.path).ok()?;
-        let kernel = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+        let kernel = crate::hostinfo::kernel();
         Some(format!("{} {} {} {kernel}", self.path.display(), meta.size(), meta.mtime()))
     }
 

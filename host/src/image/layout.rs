@@ -520,10 +520,4 @@ impl ImageStore {
     }
 }
 
-pub fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
+pub use crate::hostinfo::oci_arch;

@@ -216,7 +216,7 @@ pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> R
     let previous = record.state.clone();
     record.state.run_token = Some(token.clone());
     ctx.containers.save(record)?;
-    match supervisor::spawn(ctx, record, &token, launch) {
+    match supervisor::spawn(&ctx.containers, record, &token, launch) {
         Ok(pid) => Ok(pid),
         Err(e) => {
             record.state = previous;
@@ -334,11 +334,5 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()
 
 /// Removes everything ckpt holds for the container except its named volumes.
 pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
-    let paths = ctx.containers.paths(&record.id);
-    crate::rootfs::unmount(&paths.merged())?;
-    crate::netns::remove(&paths.netns())?;
-    // The record goes first, so that a half-removed container is never listed.
-    crate::util::remove_file_if_exists(&paths.record())?;
-    remove_dir_all(&paths.dir)?;
-    remove_dir_all(&paths.run_dir)
+    crate::store::teardown(&ctx.containers.paths(&record.id))
 }

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod container;
+pub mod facts;
 pub mod images;
 pub mod inspect_checkpoint;
 pub mod lifecycle;
@@ -78,5 +79,22 @@ impl Context {
             return Ok(Arc::clone(c));
         }
         Ok(Arc::new(CriuBinary::find()?.with_probe_cache(self.roots.runroot.join("criu-memory-tracking"))))
+    }
+}
+
+/// Runs `each` for every item, printing all errors but the last, which is returned, as podman
+/// does for several containers.
+pub fn each<T>(items: &[T], mut each: impl FnMut(&T) -> Result<()>) -> Result<()> {
+    let mut last = None;
+    for item in items {
+        if let Err(e) = each(item)
+            && let Some(previous) = last.replace(e)
+        {
+            eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }

@@ -57,7 +57,7 @@ pub fn facts(ctx: &Context, name: &str) -> Result<CheckpointFacts> {
     let record = ctx.containers.lookup(name)?;
     let plain = super::checkpoint::CheckpointRequest::default();
     let (options, exports) = super::checkpoint::requested(&plain, crate::archive::Compression::Zstd);
-    Ok(policy::facts::checkpoint(ctx, &record, options, exports, "cli"))
+    Ok(super::facts::checkpoint(ctx, &record, options, exports, "cli"))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {

@@ -148,7 +148,7 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
         Err(e) => return (Vec::new(), Err(e)),
     };
     let mut done = Vec::new();
-    let result = crate::cli::for_each(&sources, |source| {
+    let result = crate::ops::each(&sources, |source| {
         let restored = match source {
             Source::Local(record, printed) => restore_local(ctx, req, record, printed)?,
             Source::Archive(path) => restore_import(ctx, req, Staged::from_archive(ctx, path)?)?,

@@ -1,109 +1,69 @@
-//! The facts a policy receives: the container (from its record, its cgroup and /proc), the
-//! host, the request and the container's earlier checkpoints.
-
-use std::fs;
-use std::path::Path;
+//! The facts a policy receives, as a pure mapping from what `ops` gathered (the container's
+//! record and cgroup sample, the host, the request and the decision log): no I/O here, so every
+//! rule of the mapping is a unit test.
 
 use super::bindings::*;
-use crate::ops::Context;
+use super::record::DecisionRecord;
+use crate::hostinfo::HostInfo;
 use crate::store::ContainerRecord;
 
-/// `/sys/fs/cgroup/<controller>/ckpt/<id>` on cgroup v1, `/sys/fs/cgroup/ckpt/<id>` on v2.
-fn cgroup_file(controller: &str, id: &str, v1: &str, v2: &str) -> Option<String> {
-    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let path = if unified {
-        format!("/sys/fs/cgroup/ckpt/{id}/{v2}")
-    } else {
-        format!("/sys/fs/cgroup/{controller}/ckpt/{id}/{v1}")
-    };
-    fs::read_to_string(path).ok()
+/// What was measured of a running container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSample {
+    /// `running`, `paused`, `exited`, `created`, or `unknown`.
+    pub status: String,
+    pub memory_bytes: u64,
+    pub process_count: u32,
+    pub tcp_established: u32,
+    pub file_locks: u32,
+    pub rootfs_change_bytes: u64,
 }
 
-fn container_pids(id: &str) -> Vec<u32> {
-    cgroup_file("pids", id, "cgroup.procs", "cgroup.procs")
-        .or_else(|| cgroup_file("memory", id, "cgroup.procs", "cgroup.procs"))
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-/// Established TCP sockets in the container's network namespace (state 01 in /proc/net/tcp*).
-fn tcp_established(pid: u32) -> u32 {
-    ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
-        .map(|text| text.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count() as u32)
-        .sum()
-}
-
-fn file_locks(pids: &[u32]) -> u32 {
-    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
-    locks
-        .lines()
-        .filter(|l| l.split_whitespace().nth(4).and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| pids.contains(&p)))
-        .count() as u32
-}
-
-fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
+/// The checkpoint tools this host has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tools {
+    pub criu_version: u32,
+    pub runtime_name: String,
+    pub runtime_version: String,
+    pub memory_tracking: bool,
 }
 
 fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<KeyValue> {
     map.iter().map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() }).collect()
 }
 
-pub fn container(ctx: &Context, record: &ContainerRecord) -> ContainerFacts {
-    let status = crate::ops::lifecycle::status(ctx, record).ok();
-    let pids = container_pids(&record.id);
-    let init = status.as_ref().map(|s| s.pid).filter(|p| *p > 0).map(|p| p as u32);
-    let memory_bytes = cgroup_file("memory", &record.id, "memory.usage_in_bytes", "memory.current")
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
+pub fn container(record: &ContainerRecord, sample: ContainerSample) -> ContainerFacts {
     ContainerFacts {
         id: record.id.clone(),
         name: record.name.clone(),
         image: record.image_ref.clone(),
         labels: pairs(&record.labels),
         annotations: vec![KeyValue { key: "io.container.manager".into(), value: "ckpt".into() }],
-        state: status.map(|s| s.status.to_string()).unwrap_or_else(|| "unknown".into()),
-        memory_bytes,
-        process_count: pids.len() as u32,
-        tcp_established: init.map(tcp_established).unwrap_or(0),
-        file_locks: file_locks(&pids),
+        state: sample.status,
+        memory_bytes: sample.memory_bytes,
+        process_count: sample.process_count,
+        tcp_established: sample.tcp_established,
+        file_locks: sample.file_locks,
         volumes: record.named_volumes().map(|m| m.source.clone()).collect(),
-        rootfs_change_bytes: tree_bytes(&ctx.containers.paths(&record.id).upper()),
+        rootfs_change_bytes: sample.rootfs_change_bytes,
     }
 }
 
-pub fn host(ctx: &Context, runtime_name: &str) -> HostFacts {
-    let criu = ctx.criu().ok();
-    let runtime = ctx.runtime_named(runtime_name).ok();
-    let free_disk_bytes = nix::sys::statvfs::statvfs(&ctx.roots.root)
-        .or_else(|_| nix::sys::statvfs::statvfs("/"))
-        .map(|s| s.blocks_available() * s.fragment_size())
-        .unwrap_or(0);
+pub fn host(info: &HostInfo, tools: Tools) -> HostFacts {
     HostFacts {
-        criu_version: criu.as_ref().and_then(|c| c.version().ok()).unwrap_or(0),
-        runtime_name: runtime.as_ref().map(|r| r.name().to_string()).unwrap_or_default(),
-        runtime_version: runtime.as_ref().and_then(|r| r.version().ok()).unwrap_or_default(),
-        kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-        arch: crate::image::oci_arch().to_string(),
-        memory_tracking: criu.as_ref().is_some_and(|c| c.memory_tracking().is_ok()),
-        free_disk_bytes,
+        criu_version: tools.criu_version,
+        runtime_name: tools.runtime_name,
+        runtime_version: tools.runtime_version,
+        kernel: info.kernel.clone(),
+        arch: info.arch.to_string(),
+        memory_tracking: tools.memory_tracking,
+        free_disk_bytes: info.free_disk_bytes,
     }
 }
 
-/// The container's earlier exports that gates judged and let through (allowed or narrowed),
-/// from the decision log.
-pub fn history(ctx: &Context, record: &ContainerRecord) -> Vec<HistoryEntry> {
-    super::record::history(&ctx.roots.policy_log(), &record.id, 64)
+/// The container's earlier exports that gates judged and let through (allowed or narrowed).
+pub fn history(records: Vec<DecisionRecord>) -> Vec<HistoryEntry> {
+    records
         .into_iter()
         .filter(|r| r.kind == "gate" && r.error.is_none())
         .filter_map(|r| {
@@ -119,27 +79,92 @@ pub fn seed(id: &str, now_unix_ms: u64) -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-pub fn checkpoint(
-    ctx: &Context,
-    record: &ContainerRecord,
+/// The request, at `now`, for the container `id`.
+pub fn request(
+    id: &str,
     options: CheckpointOptions,
     exports: Vec<ExportTarget>,
     trigger: &str,
-) -> CheckpointFacts {
-    let now = chrono::Utc::now();
+    now: chrono::DateTime<chrono::Utc>,
+) -> RequestFacts {
     let now_unix_ms = now.timestamp_millis().max(0) as u64;
-    CheckpointFacts {
-        container: container(ctx, record),
-        host: host(ctx, &record.runtime),
-        request: RequestFacts {
-            options,
-            exports,
-            trigger: trigger.to_string(),
-            now: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            now_unix_ms,
-            seed: seed(&record.id, now_unix_ms),
-        },
-        history: history(ctx, record),
-        ext: vec![],
+    RequestFacts {
+        options,
+        exports,
+        trigger: trigger.to_string(),
+        now: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        now_unix_ms,
+        seed: seed(id, now_unix_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ContainerRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": "a".repeat(64), "name": "web", "image_name": "busybox", "image_ref": "localhost/busybox:latest",
+            "image_id": "b".repeat(64), "command": ["sh"], "env": [], "labels": {"tier": "db"},
+            "mounts": [
+                {"kind": "volume", "source": "data", "destination": "/data", "read_only": false},
+                {"kind": "bind", "source": "/etc", "destination": "/host", "read_only": true}
+            ],
+            "auto_remove": false, "created_at": "2026-01-01T00:00:00Z", "runtime": "runc",
+            "state": crate::store::StateFlags::default()
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn container_facts_map_the_record_and_the_sample() {
+        let sample =
+            ContainerSample { status: "running".into(), memory_bytes: 7, process_count: 2, ..Default::default() };
+        let facts = container(&record(), sample);
+        assert_eq!(facts.name, "web");
+        assert_eq!(facts.state, "running");
+        assert_eq!(facts.labels[0].key, "tier");
+        assert_eq!(facts.volumes, vec!["data".to_string()], "named volumes only, never bind mounts");
+        assert_eq!((facts.memory_bytes, facts.process_count), (7, 2));
+    }
+
+    #[test]
+    fn history_is_the_gate_records_that_let_an_export_through() {
+        let gate = |error: Option<&str>, export: bool| -> DecisionRecord {
+            serde_json::from_value(serde_json::json!({
+                "at": "2026-01-01T00:00:00Z", "kind": "gate", "container_id": "x", "container_name": "web",
+                "policy": {"source": "s", "name": "n", "version": "v", "digest": "d"},
+                "settings_digest": "", "facts_digest": "", "decision": null, "error": error,
+                "logs": [], "dropped_logs": 0, "fuel_used": 0, "duration_us": 0, "peak_memory_bytes": 0,
+                "export": if export { serde_json::json!({"target": "/srv/a.tar", "size_bytes": 9}) } else { serde_json::Value::Null },
+            }))
+            .unwrap()
+        };
+        let entries = history(vec![gate(None, true), gate(Some("denied"), true), gate(None, false)]);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].exported_to.as_deref(), Some("/srv/a.tar"));
+        assert_eq!(entries[0].size_bytes, 9);
+    }
+
+    #[test]
+    fn the_seed_depends_only_on_the_container_and_the_instant() {
+        assert_eq!(seed("a", 1), seed("a", 1));
+        assert_ne!(seed("a", 1), seed("a", 2));
+        assert_ne!(seed("a", 1), seed("b", 1));
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T10:00:00.5Z").unwrap().to_utc();
+        let options = CheckpointOptions {
+            leave_running: false,
+            tcp_established: false,
+            file_locks: false,
+            keep: false,
+            ignore_rootfs: false,
+            ignore_volumes: false,
+            print_stats: false,
+            pre_checkpoint: false,
+            with_previous: false,
+        };
+        let facts = request("a", options, vec![], "cli", now);
+        assert_eq!(facts.now, "2026-11-28T10:00:00.500Z");
+        assert_eq!(facts.seed, seed("a", facts.now_unix_ms));
     }
 }

@@ -19,7 +19,7 @@ impl CliRuntime {
         let path = if name_or_path.contains('/') {
             PathBuf::from(name_or_path)
         } else {
-            find_in_path(name_or_path).ok_or_else(|| RuntimeError::NotFound {
+            crate::util::find_in_path(name_or_path).ok_or_else(|| RuntimeError::NotFound {
                 name: name_or_path.to_string(),
                 detail: "it is not in $PATH".to_string(),
             })?
@@ -287,9 +287,4 @@ fn with_criu_log(err: RuntimeError, work_path: &Path, log_name: &str) -> Runtime
 pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }

@@ -7,7 +7,7 @@ pub mod fake;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-pub use cli::{CliRuntime, exit_code_of, find_in_path};
+pub use cli::{CliRuntime, exit_code_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -83,6 +83,10 @@ pub struct ContainerStore {
 }
 
 impl ContainerStore {
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
     pub fn new(roots: &Roots) -> ContainerStore {
         ContainerStore { roots: roots.clone() }
     }

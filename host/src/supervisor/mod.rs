@@ -20,9 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use log::{LogLine, LogWriter, read_log};
 
 use crate::error::{Error, Result};
-use crate::ops::Context;
 use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions};
-use crate::store::ContainerRecord;
+use crate::store::{ContainerRecord, ContainerStore};
 
 /// How the supervisor brings the container up.
 #[derive(Debug, Clone)]
@@ -39,8 +38,9 @@ struct Started {
 }
 
 /// Starts a supervisor for `record` and waits until the container runs or has failed to start.
-pub fn spawn(ctx: &Context, record: &ContainerRecord, token: &str, launch: &Launch) -> Result<i32> {
-    let paths = ctx.containers.paths(&record.id);
+pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str, launch: &Launch) -> Result<i32> {
+    let paths = containers.paths(&record.id);
+    let roots = containers.roots();
     crate::util::create_dir_all(&paths.run_dir)?;
     let exe = std::env::current_exe().map_err(Error::io("find own executable", "/proc/self/exe"))?;
     let supervisor_log = paths.supervisor_log();
@@ -50,7 +50,7 @@ pub fn spawn(ctx: &Context, record: &ContainerRecord, token: &str, launch: &Laun
         .open(&supervisor_log)
         .map_err(Error::io("open", &supervisor_log))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--root").arg(&ctx.roots.root).arg("--runroot").arg(&ctx.roots.runroot);
+    cmd.arg("--root").arg(&roots.root).arg("--runroot").arg(&roots.runroot);
     cmd.arg("--runtime").arg(&record.runtime);
     cmd.args(["__supervise", "--id", &record.id, "--token", token]);
     if let Launch::Restore(options) = launch {
@@ -87,8 +87,18 @@ pub fn spawn(ctx: &Context, record: &ContainerRecord, token: &str, launch: &Laun
     }
 }
 
+/// The runtime a supervisor drives, made for the container it supervises (its log goes to the
+/// container's run directory).
+pub type RuntimeFor<'a> = &'a dyn Fn(&ContainerRecord) -> Result<Arc<dyn OciRuntime>>;
+
 /// The body of `ckpt __supervise`. Never returns to the caller's command handling.
-pub fn run(ctx: &Context, id: &str, token: &str, launch: Launch) -> Result<i32> {
+pub fn run(
+    containers: &ContainerStore,
+    runtime_for: RuntimeFor<'_>,
+    id: &str,
+    token: &str,
+    launch: Launch,
+) -> Result<i32> {
     // Detach: the ckpt that started us waits only for this first process.
     // SAFETY: no other thread exists yet in this process.
     match unsafe { nix::unistd::fork() }
@@ -98,8 +108,8 @@ pub fn run(ctx: &Context, id: &str, token: &str, launch: Launch) -> Result<i32> 
         ForkResult::Child => {}
     }
     let _ = nix::unistd::setsid();
-    let record = ctx.containers.load(id)?;
-    let paths = ctx.containers.paths(id);
+    let record = containers.load(id)?;
+    let paths = containers.paths(id);
     let lock_path = paths.supervisor_lock();
     let lifetime_lock = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
     lifetime_lock.lock().map_err(Error::io("lock", &lock_path))?;
@@ -113,7 +123,7 @@ pub fn run(ctx: &Context, id: &str, token: &str, launch: Launch) -> Result<i32> 
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
-    let runtime = match ctx.runtime_with_log(&record.runtime, paths.runtime_log()) {
+    let runtime = match runtime_for(&record) {
         Ok(r) => r,
         Err(e) => {
             report(&Started { pid: None, error: Some(e.to_string()) });
@@ -162,7 +172,7 @@ pub fn run(ctx: &Context, id: &str, token: &str, launch: Launch) -> Result<i32> 
         let _ = reader.join();
     }
     drop(stdin_w);
-    cleanup_after_exit(ctx, runtime.as_ref(), id, token, status)?;
+    cleanup_after_exit(containers, runtime.as_ref(), id, token, status)?;
     drop(lifetime_lock);
     Ok(0)
 }
@@ -206,9 +216,15 @@ fn wait_by_polling(init: Pid) -> i32 {
 
 /// What conmon's exit command does for podman: record the exit, release the runtime's state and
 /// the rootfs mount, and remove `--rm` containers. Skipped if a later run owns the container.
-fn cleanup_after_exit(ctx: &Context, runtime: &dyn OciRuntime, id: &str, token: &str, exit_code: i32) -> Result<()> {
-    let _lock = crate::store::ContainerLock::acquire(&ctx.roots.locks_dir(), id)?;
-    let Ok(mut record) = ctx.containers.load(id) else { return Ok(()) };
+fn cleanup_after_exit(
+    containers: &ContainerStore,
+    runtime: &dyn OciRuntime,
+    id: &str,
+    token: &str,
+    exit_code: i32,
+) -> Result<()> {
+    let _lock = crate::store::ContainerLock::acquire(&containers.roots().locks_dir(), id)?;
+    let Ok(mut record) = containers.load(id) else { return Ok(()) };
     if record.state.run_token.as_deref() != Some(token) {
         return Ok(());
     }
@@ -219,14 +235,15 @@ fn cleanup_after_exit(ctx: &Context, runtime: &dyn OciRuntime, id: &str, token: 
         }
         let _ = runtime.delete(id, true);
     }
-    crate::rootfs::unmount(&ctx.containers.paths(id).merged())?;
-    crate::netns::remove(&ctx.containers.paths(id).netns())?;
+    let paths = containers.paths(id);
+    crate::rootfs::unmount(&paths.merged())?;
+    crate::netns::remove(&paths.netns())?;
     record.state.run_token = None;
     record.state.finished_at = Some(crate::util::now());
     // Podman reports 0 for a container that CRIU stopped.
     record.state.exit_code = Some(if record.state.checkpointed { 0 } else { exit_code });
     if record.auto_remove && !record.state.checkpoint_in_progress {
-        return crate::ops::lifecycle::remove_files(ctx, &record);
+        return crate::store::teardown(&paths);
     }
-    ctx.containers.save(&record)
+    containers.save(&record)
 }

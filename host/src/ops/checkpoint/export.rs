@@ -146,16 +146,7 @@ fn image_annotations(
     criu_version: u32,
 ) -> BTreeMap<String, String> {
     let key = |k: &str| format!("io.podman.annotations.checkpoint.{k}");
-    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let os_field = |name: &str| {
-        os_release
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_else(|| "unknown".into())
-    };
-    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "v2" } else { "v1" };
-    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let host = crate::hostinfo::HostInfo::probe(Path::new("/"));
     BTreeMap::from([
         (key("name"), record.name.clone()),
         (key("rawImageName"), record.image_name.clone()),
@@ -166,11 +157,11 @@ fn image_annotations(
         (key("runtime.name"), runtime.name().to_string()),
         (key("runtime.version"), runtime.version().unwrap_or_default()),
         (key("conmon.version"), format!("ckpt supervisor {}", env!("CARGO_PKG_VERSION"))),
-        (key("host.arch"), crate::image::oci_arch().to_string()),
-        (key("host.kernel"), kernel),
-        (key("cgroups.version"), cgroups.to_string()),
-        (key("distribution.version"), os_field("VERSION_ID")),
-        (key("distribution.name"), os_field("ID")),
+        (key("host.arch"), host.arch.to_string()),
+        (key("cgroups.version"), host.cgroups_version().to_string()),
+        (key("distribution.version"), host.distribution_version),
+        (key("distribution.name"), host.distribution),
+        (key("host.kernel"), host.kernel),
     ])
 }
 

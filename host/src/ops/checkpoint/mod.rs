@@ -267,7 +267,7 @@ pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>,
         Err(e) => return (Vec::new(), Err(e)),
     };
     let mut done = Vec::new();
-    let result = crate::cli::for_each(&selected, |(record, printed)| {
+    let result = crate::ops::each(&selected, |(record, printed)| {
         let outcome = plan_and_checkpoint(ctx, req, compression, record, &mut policies);
         let records = std::mem::take(&mut policies.records);
         if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
@@ -293,7 +293,7 @@ fn plan_and_checkpoint(
 ) -> Result<(ContainerStats, Option<Value>)> {
     let (options, exports) = requested(req, compression);
     let trigger = if req.trigger.is_empty() { "cli" } else { req.trigger.as_str() };
-    let facts = policy::facts::checkpoint(ctx, record, options, exports, trigger);
+    let facts = crate::ops::facts::checkpoint(ctx, record, options, exports, trigger);
     let plan = policies.plan(&facts)?;
     let planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;

@@ -1,0 +1,88 @@
+//! What this host is, probed in one place: kernel, architecture, cgroup version, distribution
+//! and free disk. The policy facts, the checkpoint image annotations and CRIU's probe cache all
+//! read it from here.
+
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// `uname -r`.
+    pub kernel: String,
+    /// The OCI name: `amd64`, `arm64`, ...
+    pub arch: &'static str,
+    pub cgroup_v2: bool,
+    /// `ID` and `VERSION_ID` of /etc/os-release, `unknown` when missing.
+    pub distribution: String,
+    pub distribution_version: String,
+    /// Free bytes for ckpt on the filesystem of its root.
+    pub free_disk_bytes: u64,
+}
+
+impl HostInfo {
+    pub fn probe(root: &Path) -> HostInfo {
+        let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        HostInfo {
+            kernel: kernel(),
+            arch: oci_arch(),
+            cgroup_v2: cgroup_v2(),
+            distribution: os_release_field(&os_release, "ID"),
+            distribution_version: os_release_field(&os_release, "VERSION_ID"),
+            free_disk_bytes: free_disk_bytes(root),
+        }
+    }
+
+    pub fn cgroups_version(&self) -> &'static str {
+        if self.cgroup_v2 { "v2" } else { "v1" }
+    }
+}
+
+pub fn kernel() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Free bytes on `path`'s filesystem, or on `/` when `path` is not there yet.
+pub fn free_disk_bytes(path: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .or_else(|_| nix::sys::statvfs::statvfs("/"))
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .unwrap_or(0)
+}
+
+fn os_release_field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_fields_are_read_without_quotes() {
+        let text = "PRETTY_NAME=\"Debian GNU/Linux 12\"\nVERSION_ID=\"12\"\nID=debian\n";
+        assert_eq!(os_release_field(text, "ID"), "debian");
+        assert_eq!(os_release_field(text, "VERSION_ID"), "12");
+        assert_eq!(os_release_field(text, "VERSION_CODENAME"), "unknown");
+    }
+
+    #[test]
+    fn the_probe_answers_on_any_linux() {
+        let info = HostInfo::probe(Path::new("/"));
+        assert!(!info.kernel.is_empty() && !info.arch.is_empty());
+        assert!(info.free_disk_bytes > 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! The architecture as a test: dependencies point one way, from the command line down to the
+//! store. A `use crate::…` that points up a layer, or a cycle inside one, fails here with the
+//! file and line, before it fails a reviewer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top to bottom. A module may use its own layer (without cycles) and the layers below it.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("the command line", &["cli"]),
+    ("the operations", &["ops"]),
+    ("the external systems and formats", &["policy", "archive", "image", "runtime", "criu", "supervisor"]),
+    (
+        "the foundations",
+        &["store", "rootfs", "netns", "spec", "util", "error", "safefs", "config", "interrupt", "hostinfo"],
+    ),
+];
+
+/// The aggregate error names the error type of each module above it; nothing else does.
+const ERROR_MAY_NAME: &[&str] = &["archive", "criu", "image", "policy", "runtime"];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|(_, modules)| modules.contains(&module))
+}
+
+/// `(module, used module, file:line)` for every `crate::x` in the non-comment source of `src`.
+fn edges(src: &Path) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).unwrap();
+            let module = rel.iter().next().unwrap().to_string_lossy().trim_end_matches(".rs").to_string();
+            if module == "lib" || module == "main" || module == "layering" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for (i, _) in line.match_indices("crate::") {
+                    let rest = &line[i + 7..];
+                    // `crate::{a, b::c}` names several modules at once.
+                    let names: Vec<&str> = match rest.strip_prefix('{') {
+                        Some(group) => group.split('}').next().unwrap_or("").split(',').collect(),
+                        None => vec![rest],
+                    };
+                    for name in names {
+                        let name: String =
+                            name.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                        let used = match name.as_str() {
+                            "Error" | "Result" => "error".to_string(),
+                            _ => name,
+                        };
+                        if !used.is_empty() && used != module {
+                            out.push((module.clone(), used, format!("{}:{}", rel.display(), n + 1)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dependencies_point_down_the_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut problems = Vec::new();
+    let mut same_layer: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, to, place) in edges(&src) {
+        let (Some(from_layer), Some(to_layer)) = (layer_of(&from), layer_of(&to)) else {
+            problems.push(format!("{place}: module {from:?} or {to:?} is in no layer; add it to LAYERS"));
+            continue;
+        };
+        if from == "error" && ERROR_MAY_NAME.contains(&to.as_str()) {
+            continue;
+        }
+        if to_layer < from_layer {
+            problems.push(format!(
+                "{place}: {from} ({}) uses {to} ({}), a layer above it",
+                LAYERS[from_layer].0, LAYERS[to_layer].0
+            ));
+        } else if to_layer == from_layer {
+            same_layer.entry(from).or_default().insert(to);
+        }
+    }
+    // Inside a layer: no cycle.
+    for start in same_layer.keys() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&String> = same_layer[start].iter().collect();
+        while let Some(next) = stack.pop() {
+            if next == start {
+                problems.push(format!("{start} depends on itself through modules of its own layer"));
+                break;
+            }
+            if seen.insert(next.clone()) {
+                stack.extend(same_layer.get(next).into_iter().flatten());
+            }
+        }
+    }
+    assert!(problems.is_empty(), "the layers are broken:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn an_upward_edge_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("store")).unwrap();
+    std::fs::write(
+        dir.path().join("store/mod.rs"),
+        "use crate::ops::Context;\n// crate::cli in a comment is fine\nuse crate::{util, policy::Policies};\n",
+    )
+    .unwrap();
+    let found = edges(dir.path());
+    let edge = |to: &str, line: usize| ("store".to_string(), to.to_string(), format!("store/mod.rs:{line}"));
+    assert_eq!(found, vec![edge("ops", 1), edge("util", 3), edge("policy", 3)]);
+    assert!(layer_of("ops").unwrap() < layer_of("store").unwrap());
+}

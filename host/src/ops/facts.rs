@@ -1,0 +1,102 @@
+//! Gathering the facts a policy decides on: the container's cgroup, /proc and upper layer, the
+//! host, the tools and the decision log. `policy::facts` turns what is gathered here into the
+//! contract's records.
+
+use std::fs;
+use std::path::Path;
+
+use super::Context;
+use super::lifecycle::status;
+use crate::policy::bindings::{CheckpointFacts, CheckpointOptions, ExportTarget};
+use crate::policy::facts::{self, ContainerSample, Tools};
+use crate::store::ContainerRecord;
+
+/// `/sys/fs/cgroup/<controller>/ckpt/<id>` on cgroup v1, `/sys/fs/cgroup/ckpt/<id>` on v2.
+fn cgroup_file(controller: &str, id: &str, v1: &str, v2: &str) -> Option<String> {
+    let path = if crate::hostinfo::cgroup_v2() {
+        format!("/sys/fs/cgroup/{}/{v2}", crate::spec::cgroup_path(id).trim_start_matches('/'))
+    } else {
+        format!("/sys/fs/cgroup/{controller}/{}/{v1}", crate::spec::cgroup_path(id).trim_start_matches('/'))
+    };
+    fs::read_to_string(path).ok()
+}
+
+fn container_pids(id: &str) -> Vec<u32> {
+    cgroup_file("pids", id, "cgroup.procs", "cgroup.procs")
+        .or_else(|| cgroup_file("memory", id, "cgroup.procs", "cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Established TCP sockets in the container's network namespace (state 01 in /proc/net/tcp*).
+fn tcp_established(pid: u32) -> u32 {
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .map(|text| text.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count() as u32)
+        .sum()
+}
+
+fn file_locks(pids: &[u32]) -> u32 {
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4).and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| pids.contains(&p)))
+        .count() as u32
+}
+
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub fn sample(ctx: &Context, record: &ContainerRecord) -> ContainerSample {
+    let status = status(ctx, record).ok();
+    let pids = container_pids(&record.id);
+    let init = status.as_ref().map(|s| s.pid).filter(|p| *p > 0).map(|p| p as u32);
+    ContainerSample {
+        status: status.map(|s| s.status.to_string()).unwrap_or_else(|| "unknown".into()),
+        memory_bytes: cgroup_file("memory", &record.id, "memory.usage_in_bytes", "memory.current")
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0),
+        process_count: pids.len() as u32,
+        tcp_established: init.map(tcp_established).unwrap_or(0),
+        file_locks: file_locks(&pids),
+        rootfs_change_bytes: tree_bytes(&ctx.containers.paths(&record.id).upper()),
+    }
+}
+
+pub fn tools(ctx: &Context, runtime_name: &str) -> Tools {
+    let criu = ctx.criu().ok();
+    let runtime = ctx.runtime_named(runtime_name).ok();
+    Tools {
+        criu_version: criu.as_ref().and_then(|c| c.version().ok()).unwrap_or(0),
+        runtime_name: runtime.as_ref().map(|r| r.name().to_string()).unwrap_or_default(),
+        runtime_version: runtime.as_ref().and_then(|r| r.version().ok()).unwrap_or_default(),
+        memory_tracking: criu.as_ref().is_some_and(|c| c.memory_tracking().is_ok()),
+    }
+}
+
+pub fn checkpoint(
+    ctx: &Context,
+    record: &ContainerRecord,
+    options: CheckpointOptions,
+    exports: Vec<ExportTarget>,
+    trigger: &str,
+) -> CheckpointFacts {
+    let host = crate::hostinfo::HostInfo::probe(&ctx.roots.root);
+    CheckpointFacts {
+        container: facts::container(record, sample(ctx, record)),
+        host: facts::host(&host, tools(ctx, &record.runtime)),
+        request: facts::request(&record.id, options, exports, trigger, chrono::Utc::now()),
+        history: facts::history(crate::policy::record::history(&ctx.roots.policy_log(), &record.id, 64)),
+        ext: vec![],
+    }
+}
