@@ -131,6 +131,15 @@ pub fn run(
         }
     };
     let stdio = ContainerStdio { stdin: stdin_r, stdout: stdout_w, stderr: stderr_w };
+    // The log exists before the container does: whoever follows it from the moment `start`
+    // returns (a foreground `run --rm`) must find it, even if the container is gone by then.
+    let log = match LogWriter::open(&paths.log()) {
+        Ok(log) => Arc::new(log),
+        Err(e) => {
+            report(&Started { pid: None, error: Some(e.to_string()) });
+            return Ok(1);
+        }
+    };
     let pid_file = paths.pid_file();
     let _ = std::fs::remove_file(&pid_file);
     let launched = match &launch {
@@ -159,7 +168,6 @@ pub fn run(
         let _ = nix::unistd::dup2_stdout(&devnull);
     }
 
-    let log = Arc::new(LogWriter::open(&paths.log())?);
     let readers: Vec<_> = [(stdout_r, "stdout"), (stderr_r, "stderr")]
         .into_iter()
         .map(|(fd, stream)| {

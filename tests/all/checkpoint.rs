@@ -1,15 +1,13 @@
 //! Checkpoint and restore with real runc and CRIU: every option, the rejected combinations,
 //! the failure paths (the container keeps running, nothing is published) and hostile archives.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Ckpt, eventually, last_count};
+use crate::support::{Ckpt, eventually, last_count};
 
 #[test]
 fn checkpoint_then_restore_carries_memory_state_on() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("web", &[]);
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("web")) >= 3));
     assert_eq!(ckpt.ok(&["checkpoint", "web"]), "web\n");
@@ -32,7 +30,7 @@ fn checkpoint_then_restore_carries_memory_state_on() {
 
 #[test]
 fn export_and_import_under_a_new_name_carry_rootfs_volumes_and_logs() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("src", &["-v", "vol:/data"]);
     ckpt.exec("src", "echo added > /added; echo more >> /etc/passwd; rm /etc/motd; echo in-volume > /data/v");
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("src")) >= 2));
@@ -101,7 +99,7 @@ fn export_and_import_under_a_new_name_carry_rootfs_volumes_and_logs() {
 
 #[test]
 fn ignore_rootfs_and_ignore_volumes_leave_members_out_of_the_export() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &["-v", "v:/data"]);
     ckpt.exec("c", "echo x > /x; echo y > /data/y");
     let archive = ckpt.path("c.tar");
@@ -131,7 +129,7 @@ fn ignore_rootfs_and_ignore_volumes_leave_members_out_of_the_export() {
 
 #[test]
 fn rejected_combinations_change_nothing() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let e = ckpt.path("x.tar");
     let e = e.to_str().unwrap();
@@ -179,7 +177,7 @@ fn rejected_combinations_change_nothing() {
 
 #[test]
 fn pre_checkpoint_needs_memory_tracking() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let tracking = std::process::Command::new("criu")
         .args(["check", "--feature", "mem_dirty_track"])
@@ -202,7 +200,7 @@ fn pre_checkpoint_needs_memory_tracking() {
 
 #[test]
 fn all_and_latest_select_containers_and_print_full_ids() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let a = ckpt.counter("a", &[]);
     let b = ckpt.counter("b", &[]);
     ckpt.ok(&["run", "--name", "done", "busybox", "true"]);
@@ -223,7 +221,7 @@ fn all_and_latest_select_containers_and_print_full_ids() {
 
 #[test]
 fn print_stats_prints_podman_schema_only() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let id = ckpt.counter("c", &[]);
     let out = ckpt.ok(&["checkpoint", "--print-stats", "c"]);
     let doc: serde_json::Value = serde_json::from_str(&out).expect("only JSON is printed");
@@ -249,7 +247,7 @@ fn print_stats_prints_podman_schema_only() {
 
 #[test]
 fn create_image_then_restore_several_times_under_new_names() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("src", &[]);
     ckpt.exec("src", "echo from-image > /marker");
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("src")) >= 3));
@@ -287,7 +285,7 @@ fn create_image_then_restore_several_times_under_new_names() {
 
 #[test]
 fn established_tcp_needs_tcp_established() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let script = "nc -l -p 9000 -e cat & sleep 0.5; (while :; do echo ping; sleep 0.2; done) | nc 127.0.0.1 9000";
     ckpt.ok(&["run", "-d", "--name", "tcp", "busybox", "sh", "-c", script]);
     assert!(eventually(Duration::from_secs(5), || ckpt.logs("tcp").contains("ping")));
@@ -322,8 +320,8 @@ fn established_tcp_needs_tcp_established() {
 
 #[test]
 fn held_file_lock_needs_file_locks() {
-    let ckpt = Ckpt::new();
-    support::import_flock_image(&ckpt);
+    let Some(ckpt) = Ckpt::available() else { return };
+    crate::support::import_flock_image(&ckpt);
     ckpt.ok(&["run", "-d", "--name", "locker", "flock", "/usr/bin/flock", "/tmp/lock", "/bin/sleep", "1000"]);
     assert!(eventually(Duration::from_secs(5), || ckpt.status("locker") == "running"));
     std::thread::sleep(Duration::from_millis(300));
@@ -337,7 +335,7 @@ fn held_file_lock_needs_file_locks() {
 
 #[test]
 fn failed_exports_leave_the_container_running_and_publish_nothing() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     // A target whose directory does not exist fails before the dump.
     let bad = ckpt.path("missing-dir/out.tar.zst");
@@ -362,7 +360,7 @@ fn failed_exports_leave_the_container_running_and_publish_nothing() {
 
 #[test]
 fn a_second_concurrent_checkpoint_is_refused() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let lock = ckpt.runroot.join("locks");
     let id = ckpt.inspect("c")["Id"].as_str().unwrap().to_string();
@@ -385,18 +383,18 @@ fn big_counter(ckpt: &Ckpt, name: &str) {
 
 /// Leftovers of an export beside its target, or of staging in the store.
 fn leftovers(ckpt: &Ckpt) -> Vec<std::path::PathBuf> {
-    let mut found: Vec<_> = support::files_below(ckpt.dir.path())
+    let mut found: Vec<_> = crate::support::files_below(ckpt.dir.path())
         .into_iter()
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".ckpt-")))
         .collect();
-    found.extend(support::files_below(&ckpt.root.join("tmp")));
-    found.extend(support::files_below(&ckpt.root.join("inflight")));
+    found.extend(crate::support::files_below(&ckpt.root.join("tmp")));
+    found.extend(crate::support::files_below(&ckpt.root.join("inflight")));
     found
 }
 
 #[test]
 fn ctrl_c_during_an_export_rolls_back() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     big_counter(&ckpt, "c");
     let archive = ckpt.path("c.tar.zst");
     let child = ckpt
@@ -423,7 +421,7 @@ fn ctrl_c_during_an_export_rolls_back() {
 
 #[test]
 fn a_killed_checkpoint_is_found_and_repaired() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     big_counter(&ckpt, "k");
     let archive = ckpt.path("k.tar.zst");
     for delay in [300, 900] {
@@ -459,7 +457,7 @@ fn runc(ckpt: &Ckpt, args: &[&str]) {
 
 #[test]
 fn a_frozen_container_shows_as_paused_and_repair_thaws_it() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let id = ckpt.counter("f", &[]);
     // What a CRIU killed after its freeze leaves: a frozen cgroup and nobody working on it.
     runc(&ckpt, &["pause", &id]);
@@ -480,7 +478,7 @@ fn a_frozen_container_shows_as_paused_and_repair_thaws_it() {
 
 #[test]
 fn processes_the_runtime_lost_are_found_and_never_left_running() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let id = ckpt.counter("lost", &[]);
     let pid = nix::unistd::Pid::from_raw(ckpt.inspect("lost")["State"]["Pid"].as_i64().unwrap() as i32);
     // The supervisor dies and the runtime forgets the container; its process runs on.
@@ -509,7 +507,7 @@ fn processes_the_runtime_lost_are_found_and_never_left_running() {
 
 #[test]
 fn parallel_checkpoints_of_one_container_leave_one_archive_and_a_running_container() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let children: Vec<_> = (0..6)
         .map(|n| {
@@ -549,7 +547,7 @@ fn parallel_checkpoints_of_one_container_leave_one_archive_and_a_running_contain
 
 #[test]
 fn a_killed_import_is_found_and_removed() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     big_counter(&ckpt, "src");
     let archive = ckpt.path("src.tar.zst");
     ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "src"]);

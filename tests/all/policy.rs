@@ -2,13 +2,11 @@
 //! deciding real checkpoints with real runc and CRIU, and the sandbox holding against policies
 //! that misbehave.
 
-mod support;
-
-use support::{Ckpt, fixture, member, members, policy};
+use crate::support::{Ckpt, fixture, member, members, policy};
 
 #[test]
 fn the_default_path_goes_through_the_builtin_component() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let out = ckpt.ok(&["checkpoint", "--dry-run", "-R", "c"]);
     let plans: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -37,10 +35,10 @@ fn the_default_path_goes_through_the_builtin_component() {
 
 #[test]
 fn migration_plans_tcp_and_exports_to_its_target() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let script = "nc -l -p 9000 -e cat & sleep 0.5; (while :; do echo ping; sleep 0.2; done) | nc 127.0.0.1 9000";
     ckpt.ok(&["run", "-d", "--name", "db", "busybox", "sh", "-c", script]);
-    assert!(support::eventually(std::time::Duration::from_secs(5), || ckpt.logs("db").contains("ping")));
+    assert!(crate::support::eventually(std::time::Duration::from_secs(5), || ckpt.logs("db").contains("ping")));
     let target = ckpt.path("{name}.tar.zst");
     let settings = serde_json::json!({"target": target.to_str().unwrap()}).to_string();
     let migration = policy("migration");
@@ -74,7 +72,7 @@ fn migration_plans_tcp_and_exports_to_its_target() {
 
 #[test]
 fn compliance_gate_denies_and_narrows() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("pii", &["--label", "data-class=pii", "-v", "secrets:/data"]);
     ckpt.exec("pii", "echo s3cret > /data/key");
     let allowed = ckpt.path("secure");
@@ -131,7 +129,7 @@ fn compliance_gate_denies_and_narrows() {
 
 #[test]
 fn python_planner_and_javascript_gate_decide_real_checkpoints() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("skip", &["--label", "checkpoint.skip=true"]);
     ckpt.counter("gz", &["--label", "checkpoint.compress=gzip", "-v", "big:/data"]);
     let python = policy("python_labels");
@@ -181,7 +179,7 @@ fn python_planner_and_javascript_gate_decide_real_checkpoints() {
 
 #[test]
 fn misbehaving_policies_are_denied_and_the_next_checkpoint_works() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let hostile = policy("hostile");
     for (mode, expected) in [
@@ -229,7 +227,7 @@ fn misbehaving_policies_are_denied_and_the_next_checkpoint_works() {
 
 #[test]
 fn imports_beyond_wasi_and_non_components_are_refused() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let not_wasm = ckpt.path("x.wasm");
     std::fs::write(&not_wasm, b"\x7fELF not a component").unwrap();
@@ -244,7 +242,7 @@ fn imports_beyond_wasi_and_non_components_are_refused() {
 
 #[test]
 fn policy_tools_evaluate_and_test_fixtures() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("web", &["--label", "checkpoint.compress=none"]);
     let facts: serde_json::Value = serde_json::from_str(&ckpt.ok(&["policy", "facts", "web"])).unwrap();
     assert_eq!(facts["container"]["name"], "web");
@@ -287,7 +285,7 @@ fn policy_tools_evaluate_and_test_fixtures() {
 
 #[test]
 fn policies_cannot_block_the_host() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let facts = fixture("facts.json");
     let export_facts = fixture("export-facts.json");
     let eval = |component: &str, config: &str, decision: &str| -> serde_json::Value {
@@ -347,7 +345,7 @@ fn policies_cannot_block_the_host() {
 
 #[test]
 fn policies_export_only_where_the_admin_allows() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("c", &[]);
     let migration = policy("migration");
     let elsewhere = tempfile::Builder::new().prefix("ckpt-not-allowed-").tempdir_in("/var/tmp").unwrap();
@@ -363,7 +361,7 @@ fn policies_export_only_where_the_admin_allows() {
         assert!(denied.contains("ckpt.toml"), "the message names the config file: {denied}");
         assert_eq!(ckpt.status("c"), "running", "{target:?}: nothing changed");
     }
-    assert!(support::files_below(elsewhere.path()).is_empty());
+    assert!(crate::support::files_below(elsewhere.path()).is_empty());
     assert!(!ckpt.root.join("c.tar.zst").exists());
     // What the user typed is allowed anywhere, but never replaces a file that is not an archive.
     let notes = elsewhere.path().join("notes.txt");
@@ -386,7 +384,7 @@ fn policies_export_only_where_the_admin_allows() {
 
 #[test]
 fn a_rm_container_keeps_its_data_until_its_checkpoint_is_published() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("r", &["--rm"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let archive = ckpt.path("r.tar");
@@ -408,12 +406,12 @@ fn a_rm_container_keeps_its_data_until_its_checkpoint_is_published() {
     // Once an export is published, the container goes, as podman's does.
     ckpt.ok(&["checkpoint", "-e", archive.to_str().unwrap(), "r"]);
     assert!(archive.is_file());
-    assert!(support::eventually(std::time::Duration::from_secs(10), || ckpt.run(&["inspect", "r"]).code != 0));
+    assert!(crate::support::eventually(std::time::Duration::from_secs(10), || ckpt.run(&["inspect", "r"]).code != 0));
 }
 
 #[test]
 fn text_from_policies_and_labels_reaches_the_terminal_escaped() {
-    let ckpt = Ckpt::new();
+    let Some(ckpt) = Ckpt::available() else { return };
     let hostile_label = "checkpoint.compress=\u{1b}]0;pwned\u{7}\u{1b}[2J";
     ckpt.counter("e", &["--label", hostile_label]);
     let archive = ckpt.path("e.tar");
