@@ -103,7 +103,7 @@ fn rounds_chain_until_the_policy_sees_convergence() {
         let parent = (i > 0).then(|| std::path::PathBuf::from(format!("../pre-dump-{i}")));
         assert_eq!(call.parent_path, parent, "each round is relative to the previous one");
     }
-    let rounds: Vec<_> = policies.records.iter().filter(|r| r.kind == "round").collect();
+    let rounds: Vec<_> = policies.records.iter().filter(|r| r.kind == ckpt::policy::Kind::Round).collect();
     assert_eq!(rounds.len(), 3);
     assert_eq!(rounds[2].decision["action"], "DumpNow");
     assert!(rounds[2].decision["reason"].as_str().unwrap().contains("converged"));
@@ -137,7 +137,7 @@ fn a_fixed_number_of_rounds_needs_no_decision_and_a_failed_round_cleans_up() {
     )
     .unwrap();
     assert_eq!(dirs.len(), 2);
-    assert!(policies.records.iter().all(|r| r.kind != "round"));
+    assert!(policies.records.iter().all(|r| r.kind != ckpt::policy::Kind::Round));
 
     let s = setup(&[100_000]);
     s.runtime.push_dump_effect(Box::new(|_: &CheckpointOptions| {

@@ -20,8 +20,8 @@ pub enum PolicyCommand {
         /// Settings: JSON, or @FILE (as `checkpoint --policy-config`).
         #[arg(long = "policy-config")]
         config: Option<String>,
-        #[arg(long, default_value = "plan")]
-        decision: String,
+        #[arg(long, value_enum, default_value_t = crate::policy::Kind::Plan)]
+        decision: crate::policy::Kind,
         /// The rounds so far (JSON list), for a `round` decision.
         #[arg(long)]
         rounds: Option<PathBuf>,
@@ -53,7 +53,7 @@ pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
             Ok(0)
         }
         PolicyCommand::Eval { file, facts, config, decision, rounds } => {
-            let value = policy::eval(ctx, &file, &facts, config.as_deref(), &decision, rounds.as_deref())?;
+            let value = policy::eval(ctx, &file, &facts, config.as_deref(), decision, rounds.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&value).expect("json"));
             Ok(0)
         }

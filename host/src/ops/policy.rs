@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::Context;
 use crate::error::{Error, Result};
 use crate::policy::bindings::*;
-use crate::policy::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
+use crate::policy::decision::{self, Answer, Kind, Outcome, Question};
+use crate::policy::{self, LoadedPolicy, PolicyEngine, Trace};
 
 fn engine(ctx: &Context) -> Result<PolicyEngine> {
     Ok(PolicyEngine::new(&ctx.policy_cache())?)
@@ -68,49 +69,38 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
 
 /// One decision of any kind, with its trace.
 pub struct Evaluated {
+    /// The answer as JSON, or why there is none (which counts as a denial).
     pub decision: std::result::Result<Value, String>,
+    pub outcome: Outcome,
     pub trace: Trace,
 }
 
+/// Parses `facts` for the question `kind` and asks it through the same path a checkpoint does.
 fn evaluate(
     engine: &PolicyEngine,
     policy: &LoadedPolicy,
-    kind: &str,
+    kind: Kind,
     facts: &Value,
     rounds: &[RoundStats],
 ) -> Result<Evaluated> {
     let bad = |e: serde_json::Error| Error::invalid(format!("facts do not fit the {kind} decision: {e}"));
-    let (decision, trace) = match kind {
-        "plan" => {
+    let (answer, trace) = match kind {
+        Kind::Plan | Kind::Round => {
             let facts: CheckpointFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
-            let det = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
-            let (r, t) = engine.call(policy, det, "plan", |p, s| p.call_plan(s, &policy.settings, &facts));
-            let r = r.and_then(|d| match &d {
-                PlanDecision::Plan(plan) => policy::validate_plan(policy, plan).map(|()| d),
-                PlanDecision::Deny(_) => Ok(d),
-            });
-            (r.map(|d| to_json(&d)), t)
+            let question = if kind == Kind::Plan { Question::Plan(&facts) } else { Question::Round(&facts, rounds) };
+            decision::decide(engine, policy, question)
         }
-        "round" => {
-            let facts: CheckpointFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
-            let det = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
-            let (r, t) =
-                engine.call(policy, det, "after-round", |p, s| p.call_after_round(s, &policy.settings, &facts, rounds));
-            (r.map(|d| to_json(&d)), t)
-        }
-        "gate" => {
+        Kind::Gate => {
             let facts: ExportFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
-            let (r, t) =
-                engine.call(policy, Determinism::default(), "gate", |p, s| p.call_gate(s, &policy.settings, &facts));
-            (r.map(|d| to_json(&d)), t)
+            decision::decide(engine, policy, Question::Gate(&facts))
         }
-        other => return Err(Error::invalid(format!("decision {other:?} is not one of plan, round, gate"))),
     };
-    Ok(Evaluated { decision: decision.map_err(|e| e.to_string()), trace })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or_default()
+    Ok(Evaluated {
+        // A failure is a denial: fail closed, here as in a checkpoint.
+        outcome: answer.as_ref().map_or(Outcome::Deny, Answer::outcome),
+        decision: answer.map(|a| a.to_json()).map_err(|e| e.to_string()),
+        trace,
+    })
 }
 
 /// `ckpt policy eval`.
@@ -119,7 +109,7 @@ pub fn eval(
     file: &str,
     facts: &Path,
     config: Option<&str>,
-    kind: &str,
+    kind: Kind,
     rounds: Option<&Path>,
 ) -> Result<Value> {
     let (engine, policy) = load(ctx, file, config)?;
@@ -133,28 +123,11 @@ pub fn eval(
         "policy": {"name": policy.info.name, "digest": policy.digest},
         "decision": evaluated.decision.as_ref().ok(),
         "error": evaluated.decision.as_ref().err(),
-        "outcome": outcome(&evaluated.decision),
+        "outcome": evaluated.outcome,
         "logs": evaluated.trace.logs,
         "fuel_used": evaluated.trace.fuel_used,
         "duration_us": evaluated.trace.duration_us,
     }))
-}
-
-/// The short name of a decision, as test cases expect it: `plan`, `deny`, `allow`, `narrow`,
-/// `another-round`, `dump-now`, `abort`; a failure is `deny` (fail closed).
-pub fn outcome(decision: &std::result::Result<Value, String>) -> String {
-    let Ok(value) = decision else { return "deny".into() };
-    let key = match value {
-        Value::Object(map) if map.contains_key("action") => map["action"].as_str().unwrap_or_default().to_string(),
-        Value::Object(map) => map.keys().next().cloned().unwrap_or_default(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    };
-    match key.as_str() {
-        "AnotherRound" => "another-round".into(),
-        "DumpNow" => "dump-now".into(),
-        other => other.to_ascii_lowercase(),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +141,7 @@ struct Cases {
 struct Case {
     name: String,
     #[serde(default = "plan_kind")]
-    decision: String,
+    decision: Kind,
     /// The facts, or the name of a JSON file beside the cases file.
     facts: Value,
     /// Merged into the facts (objects merge, anything else replaces), to vary a shared fixture.
@@ -181,8 +154,8 @@ struct Case {
     expect: Expect,
 }
 
-fn plan_kind() -> String {
-    "plan".into()
+fn plan_kind() -> Kind {
+    Kind::Plan
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,11 +210,11 @@ pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>
         let config = case.config.as_ref().or(cases.config.as_ref()).map(|c| c.to_string()).unwrap_or_default();
         let verdict = case_facts(case, cases_file).and_then(|facts| {
             let policy = engine.load(&source, &bytes, &config)?;
-            evaluate(&engine, &policy, &case.decision, &facts, &case.rounds)
+            evaluate(&engine, &policy, case.decision, &facts, &case.rounds)
         });
         let (ok, detail) = match verdict {
             Ok(evaluated) => {
-                let got = outcome(&evaluated.decision);
+                let got = evaluated.outcome.to_string();
                 let text = match &evaluated.decision {
                     Ok(v) => v.to_string(),
                     Err(e) => e.clone(),
@@ -292,13 +265,11 @@ pub fn bench(ctx: &Context, file: &str, facts: &Path, config: Option<&str>, iter
     let loaded = engine.load(&source, &bytes, &settings)?;
     let load_us = started.elapsed().as_micros() as u64;
     let facts: CheckpointFacts = read_json(facts, "facts file")?;
-    let determinism = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
     let mut samples = Vec::with_capacity(iterations);
     let mut fuel = 0;
     for _ in 0..iterations.max(1) {
         let started = std::time::Instant::now();
-        let (result, trace) =
-            engine.call(&loaded, determinism, "plan", |p, s| p.call_plan(s, &loaded.settings, &facts));
+        let (result, trace) = decision::decide(&engine, &loaded, Question::Plan(&facts));
         samples.push(started.elapsed().as_nanos() as u64);
         result?;
         fuel = trace.fuel_used;

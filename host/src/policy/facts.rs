@@ -65,7 +65,7 @@ pub fn host(info: &HostInfo, tools: Tools) -> HostFacts {
 pub fn history(records: Vec<DecisionRecord>) -> Vec<HistoryEntry> {
     records
         .into_iter()
-        .filter(|r| r.kind == "gate" && r.error.is_none())
+        .filter(|r| r.kind == super::Kind::Gate && r.error.is_none())
         .filter_map(|r| {
             let export = r.export?;
             Some(HistoryEntry { at: r.at, exported_to: Some(export.target), size_bytes: export.size_bytes })

@@ -3,6 +3,7 @@
 //! policy is a denial (fail closed), reported with the policy's name and what it did.
 
 pub mod bindings;
+pub mod decision;
 mod engine;
 pub mod facts;
 mod limits;
@@ -10,6 +11,7 @@ pub mod record;
 
 use std::path::Path;
 
+pub use decision::{Answer, Kind, Outcome, Question};
 pub use engine::{Determinism, LoadedPolicy, LogLine, PolicyEngine, Trace};
 pub use record::DecisionRecord;
 
@@ -74,51 +76,6 @@ pub fn read_settings(arg: Option<&str>) -> Result<String, PolicyError> {
     Ok(text)
 }
 
-fn policy_label(policy: &LoadedPolicy) -> String {
-    format!("{:?} ({})", policy.info.name, policy.source)
-}
-
-fn check_reasons(policy: &LoadedPolicy, reasons: &[String]) -> Result<(), PolicyError> {
-    if reasons.len() > limits::MAX_REASONS {
-        return Err(PolicyError::BadAnswer {
-            policy: policy_label(policy),
-            detail: format!("{} reasons, more than {}", reasons.len(), limits::MAX_REASONS),
-        });
-    }
-    reasons.iter().try_for_each(|r| engine::check_text(&policy_label(policy), "a reason", r))
-}
-
-/// What a plan may hold: bounded text, a bounded number of clean export targets.
-pub fn validate_plan(policy: &LoadedPolicy, plan: &Plan) -> Result<(), PolicyError> {
-    check_reasons(policy, &plan.reasons)?;
-    if plan.exports.len() > limits::MAX_EXPORTS {
-        return Err(PolicyError::BadAnswer {
-            policy: policy_label(policy),
-            detail: format!("{} export targets, more than {}", plan.exports.len(), limits::MAX_EXPORTS),
-        });
-    }
-    for target in &plan.exports {
-        engine::check_text(&policy_label(policy), "an export location", &target.location)?;
-        if target.location.trim().is_empty() {
-            return Err(PolicyError::BadAnswer {
-                policy: policy_label(policy),
-                detail: "an export target has an empty location".into(),
-            });
-        }
-    }
-    match plan.pre_dump {
-        PreDumpPlan::Rounds(n) if n > 16 => Err(PolicyError::BadAnswer {
-            policy: policy_label(policy),
-            detail: format!("{n} pre-dump rounds, more than 16"),
-        }),
-        PreDumpPlan::Converge(c) if c.max_rounds > 16 => Err(PolicyError::BadAnswer {
-            policy: policy_label(policy),
-            detail: format!("up to {} pre-dump rounds, more than 16", c.max_rounds),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// The planner, the gates, and the records of what they decided.
 pub struct Policies {
     pub engine: PolicyEngine,
@@ -150,23 +107,20 @@ impl Policies {
     }
 
     pub fn plan(&mut self, facts: &CheckpointFacts) -> Result<Plan, PolicyError> {
-        let determinism = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
-        let (result, trace) =
-            self.engine.call(&self.planner, determinism, "plan", |p, s| p.call_plan(s, &self.planner.settings, facts));
-        let checked = result.and_then(|decision| match decision {
-            PlanDecision::Plan(plan) => validate_plan(&self.planner, &plan).map(|()| plan),
-            PlanDecision::Deny(reasons) => {
-                check_reasons(&self.planner, &reasons)?;
-                Err(PolicyError::Denied {
-                    policy: policy_label(&self.planner),
-                    container: facts.container.name.clone(),
-                    reasons: reasons.join("; "),
-                })
-            }
+        let (answer, trace) = decision::decide(&self.engine, &self.planner, Question::Plan(facts));
+        let plan = answer.and_then(|answer| match answer {
+            Answer::Plan(PlanDecision::Plan(plan)) => Ok(plan),
+            Answer::Plan(PlanDecision::Deny(reasons)) => Err(PolicyError::Denied {
+                policy: decision::label(&self.planner),
+                container: facts.container.name.clone(),
+                reasons: reasons.join("; "),
+            }),
+            other => unreachable!("a plan question has a plan answer, not {other:?}"),
         });
-        let value = checked.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default());
-        self.records.push(DecisionRecord::new("plan", &self.planner, &facts.container, facts, value, trace));
-        checked
+        // The record holds the plan, or the denial as its error.
+        let value = plan.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default());
+        self.records.push(DecisionRecord::new(Kind::Plan, &self.planner, &facts.container, facts, value, trace));
+        plan
     }
 
     pub fn after_round(
@@ -174,66 +128,110 @@ impl Policies {
         facts: &CheckpointFacts,
         rounds: &[RoundStats],
     ) -> Result<RoundDecision, PolicyError> {
-        let determinism = Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed };
-        let (result, trace) = self.engine.call(&self.planner, determinism, "after-round", |p, s| {
-            p.call_after_round(s, &self.planner.settings, facts, rounds)
-        });
-        let checked =
-            result.and_then(|d| engine::check_text(&policy_label(&self.planner), "a reason", &d.reason).map(|()| d));
-        let value = checked.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
-        self.records.push(DecisionRecord::new("round", &self.planner, &facts.container, rounds, value, trace));
-        checked
+        let (answer, trace) = decision::decide(&self.engine, &self.planner, Question::Round(facts, rounds));
+        let value = answer.as_ref().map(Answer::to_json);
+        self.records.push(DecisionRecord::new(Kind::Round, &self.planner, &facts.container, rounds, value, trace));
+        match answer? {
+            Answer::Round(decision) => Ok(decision),
+            other => unreachable!("a round question has a round answer, not {other:?}"),
+        }
     }
 
     /// Asks every gate; any deny wins, narrowings add up, and nothing can widen the plan.
     pub fn gate(&mut self, facts: &ExportFacts) -> Result<GateVerdict, PolicyError> {
-        let now_unix_ms =
-            chrono::DateTime::parse_from_rfc3339(&facts.now).map(|t| t.timestamp_millis() as u64).unwrap_or(0);
-        let mut verdict = GateVerdict::Allow;
-        let mut denial = None;
+        let mut verdict = Ok(GateVerdict::Allow);
         for gate in &self.gates {
-            let (result, trace) = self
-                .engine
-                .call(gate, Determinism { now_unix_ms, seed: 0 }, "gate", |p, s| p.call_gate(s, &gate.settings, facts));
-            let checked = result.and_then(|decision| match decision {
-                GateDecision::Deny(reason) => {
-                    engine::check_text(&policy_label(gate), "a reason", &reason)?;
-                    Err(PolicyError::Denied {
-                        policy: policy_label(gate),
-                        container: facts.container.name.clone(),
-                        reasons: format!("export to {}: {reason}", facts.target.location),
-                    })
-                }
-                other => Ok(other),
+            let (answer, trace) = decision::decide(&self.engine, gate, Question::Gate(facts));
+            // A denial is the record's error, so the history (made of gate records without one)
+            // holds only exports that were let through.
+            let decision = answer.and_then(|a| match a {
+                Answer::Gate(GateDecision::Deny(reason)) => Err(denied(&decision::label(gate), facts, &reason)),
+                Answer::Gate(d) => Ok(d),
+                other => unreachable!("a gate question has a gate answer, not {other:?}"),
             });
-            let value = checked.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
-            let mut record = DecisionRecord::new("gate", gate, &facts.container, facts, value, trace);
+            let value = decision.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
+            let mut record = DecisionRecord::new(Kind::Gate, gate, &facts.container, facts, value, trace);
             record.export =
                 Some(record::ExportRef { target: facts.target.location.clone(), size_bytes: facts.size_bytes });
             self.records.push(record);
-            match checked {
-                Ok(GateDecision::Narrow(n)) => {
-                    engine::check_text(&policy_label(gate), "a reason", &n.reason)?;
-                    let (mut rootfs, mut volumes, mut reasons) = match verdict {
-                        GateVerdict::Narrow { drop_rootfs, drop_volumes, reasons } => {
-                            (drop_rootfs, drop_volumes, reasons)
-                        }
-                        GateVerdict::Allow => (false, false, Vec::new()),
-                    };
-                    rootfs |= n.drop_rootfs;
-                    volumes |= n.drop_volumes;
-                    reasons.push(format!("{}: {}", gate.info.name, n.reason));
-                    verdict = GateVerdict::Narrow { drop_rootfs: rootfs, drop_volumes: volumes, reasons };
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    denial.get_or_insert(e);
-                }
+            verdict = combine(verdict, (&gate.info.name, &decision::label(gate)), facts, decision);
+        }
+        verdict
+    }
+}
+
+fn denied(gate_label: &str, facts: &ExportFacts, reason: &str) -> PolicyError {
+    PolicyError::Denied {
+        policy: gate_label.to_string(),
+        container: facts.container.name.clone(),
+        reasons: format!("export to {}: {reason}", facts.target.location),
+    }
+}
+
+/// Folds one gate's answer into the verdict so far: the first failure or denial stands, and
+/// narrowings add up.
+pub fn combine(
+    so_far: Result<GateVerdict, PolicyError>,
+    (gate_name, gate_label): (&str, &str),
+    facts: &ExportFacts,
+    decision: Result<GateDecision, PolicyError>,
+) -> Result<GateVerdict, PolicyError> {
+    let so_far = so_far?;
+    match decision? {
+        GateDecision::Allow => Ok(so_far),
+        GateDecision::Deny(reason) => Err(denied(gate_label, facts, &reason)),
+        GateDecision::Narrow(n) => {
+            let (mut rootfs, mut volumes, mut reasons) = match so_far {
+                GateVerdict::Narrow { drop_rootfs, drop_volumes, reasons } => (drop_rootfs, drop_volumes, reasons),
+                GateVerdict::Allow => (false, false, Vec::new()),
+            };
+            rootfs |= n.drop_rootfs;
+            volumes |= n.drop_volumes;
+            reasons.push(format!("{gate_name}: {}", n.reason));
+            Ok(GateVerdict::Narrow { drop_rootfs: rootfs, drop_volumes: volumes, reasons })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> ExportFacts {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/export-facts.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn narrow(rootfs: bool, volumes: bool) -> Result<GateDecision, PolicyError> {
+        Ok(GateDecision::Narrow(Narrowing { drop_rootfs: rootfs, drop_volumes: volumes, reason: "why".into() }))
+    }
+
+    fn fold(decisions: Vec<Result<GateDecision, PolicyError>>) -> Result<GateVerdict, PolicyError> {
+        let facts = facts();
+        let mut verdict = Ok(GateVerdict::Allow);
+        for (n, decision) in decisions.into_iter().enumerate() {
+            let name = format!("g{n}");
+            verdict = combine(verdict, (&name, &format!("{name:?}")), &facts, decision);
+        }
+        verdict
+    }
+
+    #[test]
+    fn gates_allow_together_narrow_cumulatively_and_any_denial_wins() {
+        assert_eq!(fold(vec![Ok(GateDecision::Allow), Ok(GateDecision::Allow)]).unwrap(), GateVerdict::Allow);
+        let narrowed = fold(vec![narrow(true, false), Ok(GateDecision::Allow), narrow(false, true)]).unwrap();
+        assert_eq!(
+            narrowed,
+            GateVerdict::Narrow {
+                drop_rootfs: true,
+                drop_volumes: true,
+                reasons: vec!["g0: why".into(), "g2: why".into()]
             }
-        }
-        match denial {
-            Some(e) => Err(e),
-            None => Ok(verdict),
-        }
+        );
+        let denied = fold(vec![narrow(true, false), Ok(GateDecision::Deny("no".into())), Ok(GateDecision::Allow)]);
+        let text = denied.unwrap_err().to_string();
+        assert!(text.contains("\"g1\"") && text.contains("no"), "{text}");
+        let failed = fold(vec![Err(PolicyError::Engine("trapped".into())), Ok(GateDecision::Deny("later".into()))]);
+        assert!(failed.unwrap_err().to_string().contains("trapped"), "the first failure stands");
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::PolicyError;
 use super::bindings::ContainerFacts;
+use super::decision::Kind;
 use super::engine::{LoadedPolicy, LogLine, Trace};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,7 +23,7 @@ pub struct PolicyRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub at: String,
-    pub kind: String,
+    pub kind: Kind,
     pub container_id: String,
     pub container_name: String,
     pub policy: PolicyRef,
@@ -50,7 +51,7 @@ pub struct ExportRef {
 
 impl DecisionRecord {
     pub fn new(
-        kind: &str,
+        kind: Kind,
         policy: &LoadedPolicy,
         container: &ContainerFacts,
         facts: &(impl Serialize + ?Sized),
@@ -64,7 +65,7 @@ impl DecisionRecord {
         };
         DecisionRecord {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            kind: kind.to_string(),
+            kind,
             container_id: container.id.clone(),
             container_name: container.name.clone(),
             policy: PolicyRef {

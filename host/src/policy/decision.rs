@@ -1,0 +1,261 @@
+//! One decision path. A real checkpoint and `ckpt policy eval|test|bench` ask the same question
+//! through [`decide`], which calls the export in a fresh store and checks the answer against the
+//! host's limits, so a policy that passes its tests is never refused in production for its answer.
+
+use serde::Serialize;
+
+use super::bindings::*;
+use super::engine::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
+use super::{PolicyError, limits};
+
+/// The three decisions of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Plan,
+    Round,
+    Gate,
+}
+
+impl Kind {
+    /// The export that answers it, as the WIT names it.
+    pub fn export(self) -> &'static str {
+        match self {
+            Kind::Plan => "plan",
+            Kind::Round => "after-round",
+            Kind::Gate => "gate",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Plan => "plan",
+            Kind::Round => "round",
+            Kind::Gate => "gate",
+        })
+    }
+}
+
+/// What a policy is asked, with the facts it is asked about.
+#[derive(Debug, Clone, Copy)]
+pub enum Question<'a> {
+    Plan(&'a CheckpointFacts),
+    Round(&'a CheckpointFacts, &'a [RoundStats]),
+    Gate(&'a ExportFacts),
+}
+
+impl Question<'_> {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Question::Plan(_) => Kind::Plan,
+            Question::Round(..) => Kind::Round,
+            Question::Gate(_) => Kind::Gate,
+        }
+    }
+
+    /// The instant and seed the policy's clock and randomness start from.
+    fn determinism(&self) -> Determinism {
+        match self {
+            Question::Plan(facts) | Question::Round(facts, _) => {
+                Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed }
+            }
+            Question::Gate(facts) => Determinism {
+                now_unix_ms: chrono::DateTime::parse_from_rfc3339(&facts.now)
+                    .map(|t| t.timestamp_millis().max(0) as u64)
+                    .unwrap_or(0),
+                seed: 0,
+            },
+        }
+    }
+}
+
+/// A policy's answer, checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Plan(PlanDecision),
+    Round(RoundDecision),
+    Gate(GateDecision),
+}
+
+/// The short name of an answer, as cases files expect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Plan,
+    Deny,
+    Allow,
+    Narrow,
+    AnotherRound,
+    DumpNow,
+    Abort,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Plan => "plan",
+            Outcome::Deny => "deny",
+            Outcome::Allow => "allow",
+            Outcome::Narrow => "narrow",
+            Outcome::AnotherRound => "another-round",
+            Outcome::DumpNow => "dump-now",
+            Outcome::Abort => "abort",
+        })
+    }
+}
+
+impl Answer {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Answer::Plan(PlanDecision::Plan(_)) => Outcome::Plan,
+            Answer::Plan(PlanDecision::Deny(_)) | Answer::Gate(GateDecision::Deny(_)) => Outcome::Deny,
+            Answer::Gate(GateDecision::Allow) => Outcome::Allow,
+            Answer::Gate(GateDecision::Narrow(_)) => Outcome::Narrow,
+            Answer::Round(d) => match d.action {
+                RoundAction::AnotherRound => Outcome::AnotherRound,
+                RoundAction::DumpNow => Outcome::DumpNow,
+                RoundAction::Abort => Outcome::Abort,
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// Asks `policy` the question in a fresh store and checks what it answers.
+pub fn decide(
+    engine: &PolicyEngine,
+    policy: &LoadedPolicy,
+    question: Question<'_>,
+) -> (Result<Answer, PolicyError>, Trace) {
+    let settings = policy.settings.as_str();
+    let kind = question.kind();
+    let (answer, trace) = engine.call(policy, question.determinism(), kind.export(), |p, store| {
+        Ok(match question {
+            Question::Plan(facts) => Answer::Plan(p.call_plan(store, settings, facts)?),
+            Question::Round(facts, rounds) => Answer::Round(p.call_after_round(store, settings, facts, rounds)?),
+            Question::Gate(facts) => Answer::Gate(p.call_gate(store, settings, facts)?),
+        })
+    });
+    (answer.and_then(|a| check(&label(policy), &a).map(|()| a)), trace)
+}
+
+pub(super) fn label(policy: &LoadedPolicy) -> String {
+    format!("{:?} ({})", policy.info.name, policy.source)
+}
+
+fn bad(policy: &str, detail: String) -> PolicyError {
+    PolicyError::BadAnswer { policy: policy.to_string(), detail }
+}
+
+fn check_reason(policy: &str, reason: &str) -> Result<(), PolicyError> {
+    engine::check_text(policy, "a reason", reason)
+}
+
+fn check_reasons(policy: &str, reasons: &[String]) -> Result<(), PolicyError> {
+    if reasons.len() > limits::MAX_REASONS {
+        return Err(bad(policy, format!("{} reasons, more than {}", reasons.len(), limits::MAX_REASONS)));
+    }
+    reasons.iter().try_for_each(|r| check_reason(policy, r))
+}
+
+/// The host's limits on any answer, whoever asked; `policy` names it in the error.
+pub fn check(policy: &str, answer: &Answer) -> Result<(), PolicyError> {
+    match answer {
+        Answer::Plan(PlanDecision::Plan(plan)) => check_plan(policy, plan),
+        Answer::Plan(PlanDecision::Deny(reasons)) => check_reasons(policy, reasons),
+        Answer::Round(decision) => check_reason(policy, &decision.reason),
+        Answer::Gate(GateDecision::Deny(reason)) => check_reason(policy, reason),
+        Answer::Gate(GateDecision::Narrow(narrow)) => check_reason(policy, &narrow.reason),
+        Answer::Gate(GateDecision::Allow) => Ok(()),
+    }
+}
+
+/// What a plan may hold: bounded text, a bounded number of clean export targets, a bounded
+/// number of pre-dump rounds.
+fn check_plan(policy: &str, plan: &Plan) -> Result<(), PolicyError> {
+    check_reasons(policy, &plan.reasons)?;
+    if plan.exports.len() > limits::MAX_EXPORTS {
+        return Err(bad(policy, format!("{} export targets, more than {}", plan.exports.len(), limits::MAX_EXPORTS)));
+    }
+    for target in &plan.exports {
+        engine::check_text(policy, "an export location", &target.location)?;
+        if target.location.trim().is_empty() {
+            return Err(bad(policy, "an export target has an empty location".into()));
+        }
+    }
+    let rounds = match plan.pre_dump {
+        PreDumpPlan::Rounds(n) => n,
+        PreDumpPlan::Converge(c) => c.max_rounds,
+        PreDumpPlan::None => 0,
+    };
+    if rounds > limits::MAX_PRE_DUMP_ROUNDS {
+        return Err(bad(policy, format!("{rounds} pre-dump rounds, more than {}", limits::MAX_PRE_DUMP_ROUNDS)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(reasons: Vec<String>, exports: Vec<ExportTarget>, pre_dump: PreDumpPlan) -> Answer {
+        let options = CheckpointOptions {
+            leave_running: false,
+            tcp_established: false,
+            file_locks: false,
+            keep: false,
+            ignore_rootfs: false,
+            ignore_volumes: false,
+            print_stats: false,
+            pre_checkpoint: false,
+            with_previous: false,
+        };
+        Answer::Plan(PlanDecision::Plan(Plan { options, pre_dump, exports, reasons }))
+    }
+
+    fn archive(location: &str) -> ExportTarget {
+        ExportTarget { kind: TargetKind::Archive, location: location.into(), compression: Compression::Zstd }
+    }
+
+    #[test]
+    fn every_answer_is_held_to_the_same_limits() {
+        let long = "x".repeat(limits::MAX_TEXT_BYTES + 1);
+        let refused = [
+            plan(vec![long.clone()], vec![], PreDumpPlan::None),
+            plan(vec!["r".into(); limits::MAX_REASONS + 1], vec![], PreDumpPlan::None),
+            plan(vec![], vec![archive("")], PreDumpPlan::None),
+            plan(vec![], vec![archive("a\0b")], PreDumpPlan::None),
+            plan(vec![], vec![archive("/a"); limits::MAX_EXPORTS + 1], PreDumpPlan::None),
+            plan(vec![], vec![], PreDumpPlan::Rounds(limits::MAX_PRE_DUMP_ROUNDS + 1)),
+            Answer::Plan(PlanDecision::Deny(vec![long.clone()])),
+            Answer::Round(RoundDecision { action: RoundAction::DumpNow, reason: long.clone() }),
+            Answer::Gate(GateDecision::Deny(long.clone())),
+            Answer::Gate(GateDecision::Narrow(Narrowing { drop_rootfs: true, drop_volumes: false, reason: long })),
+        ];
+        for answer in refused {
+            let err = check("\"p\" (p.wasm)", &answer).unwrap_err();
+            assert!(err.to_string().contains("\"p\" (p.wasm)"), "{err}");
+        }
+        assert!(check("p", &plan(vec!["ok".into()], vec![archive("/srv/a.tar")], PreDumpPlan::Rounds(3))).is_ok());
+        assert!(check("p", &Answer::Gate(GateDecision::Allow)).is_ok());
+    }
+
+    #[test]
+    fn outcomes_have_the_names_cases_files_use() {
+        let round = |action| Answer::Round(RoundDecision { action, reason: String::new() });
+        assert_eq!(plan(vec![], vec![], PreDumpPlan::None).outcome().to_string(), "plan");
+        assert_eq!(Answer::Plan(PlanDecision::Deny(vec![])).outcome().to_string(), "deny");
+        assert_eq!(round(RoundAction::AnotherRound).outcome().to_string(), "another-round");
+        assert_eq!(round(RoundAction::DumpNow).outcome().to_string(), "dump-now");
+        assert_eq!(round(RoundAction::Abort).outcome().to_string(), "abort");
+        assert_eq!(Answer::Gate(GateDecision::Allow).outcome().to_string(), "allow");
+        assert_eq!(serde_json::to_value(Outcome::AnotherRound).unwrap(), "another-round");
+        assert_eq!(Kind::Round.export(), "after-round");
+    }
+}
