@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod extract;
 pub mod publish;
+pub mod summary;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};

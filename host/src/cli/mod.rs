@@ -113,13 +113,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Checkpoint(args) => checkpoint::checkpoint(&ctx, args),
         Command::Restore(args) => checkpoint::restore(&ctx, args),
         Command::InspectCheckpoint { format, archive } => {
-            let value = crate::ops::inspect_checkpoint::inspect_checkpoint(&archive)?;
+            let summary = crate::archive::summary::summarize(&archive)?;
             match format.as_deref() {
-                Some("json") => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
+                Some("json") => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
                 Some(other) => {
                     return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
                 }
-                None => print!("{}", crate::util::escape_controls(&crate::ops::inspect_checkpoint::render(&value))),
+                None => print!("{}", crate::util::escape_controls(&crate::archive::summary::render(&summary))),
             }
             Ok(0)
         }

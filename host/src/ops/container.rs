@@ -8,7 +8,7 @@ use super::Context;
 use super::lifecycle::status;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, Change};
-use crate::store::{ContainerRecord, MountKind};
+use crate::store::{ContainerRecord, ContainerStatus, MountKind};
 use crate::supervisor::read_log;
 
 fn time(t: &Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -41,7 +41,7 @@ pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
         "State": {
             "Status": st.status,
             "Running": st.running(),
-            "Paused": st.status == "paused",
+            "Paused": st.status == ContainerStatus::Paused,
             "Pid": st.pid,
             "ExitCode": if st.running() { 0 } else { s.exit_code.unwrap_or(0) },
             "StartedAt": time(&s.started_at),
@@ -82,10 +82,10 @@ pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
         "CreatedAt": record.created_at.to_rfc3339(),
         "State": st.status,
         "Status": match st.status {
-            "running" => "Up".to_string(),
-            "paused" => "Up (Paused)".to_string(),
-            "exited" => format!("Exited ({})", record.state.exit_code.unwrap_or(0)),
-            other => other.to_string(),
+            ContainerStatus::Running => "Up".to_string(),
+            ContainerStatus::Paused => "Up (Paused)".to_string(),
+            ContainerStatus::Exited => format!("Exited ({})", record.state.exit_code.unwrap_or(0)),
+            ContainerStatus::Created => "Created".to_string(),
         },
         "Pid": st.pid,
         "Labels": record.labels,

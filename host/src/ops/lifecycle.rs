@@ -8,7 +8,9 @@ use super::Context;
 use crate::error::{Error, Result};
 use crate::rootfs::Overlay;
 use crate::spec::{self, HostMount};
-use crate::store::{ContainerLock, ContainerRecord, MountKind, MountSpec, StateFlags, StoreLock, wait_unlocked};
+use crate::store::{
+    ContainerLock, ContainerRecord, ContainerStatus, MountKind, MountSpec, StateFlags, StoreLock, wait_unlocked,
+};
 use crate::supervisor::{self, Launch};
 use crate::util::{create_dir_all, random_id, remove_dir_all, validate_object_name, write_atomic, write_json};
 
@@ -24,17 +26,17 @@ pub struct RunOptions {
     pub command: Vec<String>,
 }
 
-/// A container's status as inspect and ps show it.
+/// A container's status as inspect and ps show it, and its init's PID while it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    pub status: &'static str,
+    pub status: ContainerStatus,
     pub pid: i32,
 }
 
 impl Status {
     /// Running or paused: the container's processes exist (docker's and podman's `Running`).
     pub fn running(&self) -> bool {
-        self.status == "running" || self.status == "paused"
+        self.status.is_alive()
     }
 }
 
@@ -44,10 +46,14 @@ pub fn status(ctx: &Context, record: &ContainerRecord) -> Result<Status> {
         && state.is_running()
     {
         // Frozen by someone, perhaps a CRIU that died mid-dump: shown as such, never as "Up".
-        let status = if state.status == "paused" { "paused" } else { "running" };
+        let status = if state.is_paused() { ContainerStatus::Paused } else { ContainerStatus::Running };
         return Ok(Status { status, pid: state.pid });
     }
-    let status = if record.state.started_at.is_some() || record.state.checkpointed { "exited" } else { "created" };
+    let status = if record.state.started_at.is_some() || record.state.checkpointed {
+        ContainerStatus::Exited
+    } else {
+        ContainerStatus::Created
+    };
     Ok(Status { status, pid: 0 })
 }
 
@@ -289,13 +295,7 @@ pub fn stop(ctx: &Context, record: &ContainerRecord, timeout_secs: u64) -> Resul
 /// A kill of a container that exited meanwhile is not an error.
 fn ignore_gone(result: std::result::Result<(), crate::runtime::RuntimeError>) -> Result<()> {
     match result {
-        Err(crate::runtime::RuntimeError::Failed { stderr, .. })
-            if stderr.contains("not running")
-                || stderr.contains("does not exist")
-                || stderr.contains("process already finished") =>
-        {
-            Ok(())
-        }
+        Err(crate::runtime::RuntimeError::Gone { .. }) => Ok(()),
         other => other.map_err(Error::from),
     }
 }

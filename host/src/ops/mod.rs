@@ -5,7 +5,6 @@ pub mod checkpoint;
 pub mod container;
 pub mod facts;
 pub mod images;
-pub mod inspect_checkpoint;
 pub mod lifecycle;
 pub mod policy;
 pub mod restore;

@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::Context;
 use super::lifecycle::{self, status};
 use crate::archive::checkpoint as layout;
+use crate::archive::summary::ConfigDump;
 use crate::archive::{self, ExtractOptions};
 use crate::criu::{self, RestoreStats};
 use crate::error::{Error, Result};
 use crate::runtime::RestoreOptions;
 use crate::safefs::{self, Beneath};
-use crate::store::{ContainerLock, ContainerRecord, MountKind, StateFlags, StoreLock};
+use crate::store::{ContainerLock, ContainerRecord, ContainerStatus, MountKind, StateFlags, StoreLock};
 use crate::supervisor::Launch;
 use crate::util::{TempDir, create_dir_all, remove_dir_all, tempdir_in, validate_object_name};
 use std::os::unix::fs::OpenOptionsExt;
@@ -128,7 +128,7 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
         // Only checkpointed ones: podman also picks exited containers that have no checkpoint,
         // and then fails on each of them.
         for record in ctx.containers.list()? {
-            if record.state.checkpointed && status(ctx, &record)?.status == "exited" {
+            if status(ctx, &record)?.status.can_restore(record.state.checkpointed) {
                 let id = record.id.clone();
                 sources.push(Source::Local(Box::new(record), id));
             }
@@ -233,7 +233,7 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
     let _lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let mut record = ctx.containers.load(&record.id)?;
     let st = status(ctx, &record)?;
-    if st.status != "exited" {
+    if st.status != ContainerStatus::Exited {
         return Err(Error::ContainerState {
             name: record.name.clone(),
             state: st.status.to_string(),
@@ -371,11 +371,11 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
     if !staged.has_dir(layout::CHECKPOINT_DIR)? || staged.open_member(&inventory)?.is_none() {
         return Err(missing().into());
     }
-    let config: Value = staged.read_member_json(layout::CONFIG_DUMP)?.ok_or_else(missing)?;
-    let mut record: ContainerRecord = serde_json::from_value(config["ckpt"].clone()).map_err(|e| Error::Corrupt {
+    let config: ConfigDump = staged.read_member_json(layout::CONFIG_DUMP)?.ok_or_else(missing)?;
+    let mut record = config.ckpt.ok_or_else(|| Error::Corrupt {
         what: "config.dump",
         path: config_path.clone(),
-        detail: format!("no ckpt container record in it ({e}); only ckpt archives can be imported"),
+        detail: "no ckpt container record in it; only ckpt archives can be imported".into(),
     })?;
     if !staged.verified {
         // A ckpt archive always ends with its manifest: without one it was cut short or altered.

@@ -73,6 +73,15 @@ impl CliRuntime {
     }
 
     fn failure(&self, action: &'static str, id: &str, status: &std::process::ExitStatus, stderr: &str) -> RuntimeError {
+        // Only where an absent container is an answer; a dump that fails is a failure whatever it says.
+        if matches!(action, "state" | "kill" | "delete" | "resume") && is_gone(stderr) {
+            return RuntimeError::Gone {
+                runtime: self.name.clone(),
+                action,
+                id: id.to_string(),
+                stderr: stderr.into(),
+            };
+        }
         let mut detail = stderr.to_string();
         if detail.is_empty() {
             detail = self.log_errors();
@@ -185,11 +194,10 @@ impl OciRuntime for CliRuntime {
             .output()
             .map_err(|source| RuntimeError::Spawn { runtime: self.name.clone(), action: "state", source })?;
         if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            if stderr.contains("does not exist") || stderr.contains("not found") || stderr.contains("No such file") {
-                return Ok(None);
-            }
-            return Err(self.failure("state", id, &output.status, stderr.trim()));
+            return match self.failure("state", id, &output.status, String::from_utf8_lossy(&output.stderr).trim()) {
+                RuntimeError::Gone { .. } => Ok(None),
+                other => Err(other),
+            };
         }
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| RuntimeError::BadState {
             runtime: self.name.clone(),
@@ -268,6 +276,13 @@ impl OciRuntime for CliRuntime {
         let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
         self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
     }
+}
+
+/// What runc and crun say when a container is unknown or its process has already exited.
+fn is_gone(stderr: &str) -> bool {
+    ["does not exist", "not found", "No such file", "not running", "process already finished"]
+        .iter()
+        .any(|phrase| stderr.contains(phrase))
 }
 
 /// Adds CRIU's own error lines to a runtime failure: runc only says "criu failed".

@@ -15,6 +15,9 @@ pub enum RuntimeError {
     NotFound { name: String, detail: String },
     #[error("{runtime} {action} of container {id:?} failed ({status}): {stderr}")]
     Failed { runtime: String, action: &'static str, id: String, status: String, stderr: String },
+    /// The runtime does not know the container, or its process has already exited.
+    #[error("{runtime} {action}: container {id:?} is not running or does not exist: {stderr}")]
+    Gone { runtime: String, action: &'static str, id: String, stderr: String },
     #[error("could not run {runtime} {action}: {source}")]
     Spawn { runtime: String, action: &'static str, source: std::io::Error },
     #[error("{runtime} state of container {id:?} is not valid JSON: {detail}")]
@@ -30,7 +33,11 @@ pub struct RuntimeState {
 
 impl RuntimeState {
     pub fn is_running(&self) -> bool {
-        self.status == "running" || self.status == "paused"
+        self.status == "running" || self.is_paused()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.status == "paused"
     }
 }
 

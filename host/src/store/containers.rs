@@ -26,6 +26,47 @@ pub struct MountSpec {
     pub read_only: bool,
 }
 
+/// Where a container is in its life, as podman names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Created,
+    Running,
+    /// Frozen: by the runtime's pause, or by a CRIU that died mid-dump.
+    Paused,
+    Exited,
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Created => "created",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Paused => "paused",
+            ContainerStatus::Exited => "exited",
+        }
+    }
+
+    /// Its processes exist (docker's and podman's `Running`, true when paused too).
+    pub fn is_alive(self) -> bool {
+        matches!(self, ContainerStatus::Running | ContainerStatus::Paused)
+    }
+
+    pub fn can_checkpoint(self) -> bool {
+        self == ContainerStatus::Running
+    }
+
+    pub fn can_restore(self, checkpointed: bool) -> bool {
+        self == ContainerStatus::Exited && checkpointed
+    }
+}
+
+impl std::fmt::Display for ContainerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The checkpoint-related state that inspect shows under `State`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StateFlags {
@@ -149,5 +190,22 @@ impl ContainerStore {
 
     pub fn latest(&self) -> Result<Option<ContainerRecord>> {
         Ok(self.list()?.into_iter().next_back())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_running_container_checkpoints_and_only_an_exited_checkpointed_one_restores() {
+        use ContainerStatus::*;
+        for status in [Created, Running, Paused, Exited] {
+            assert_eq!(status.can_checkpoint(), status == Running, "{status}");
+            assert_eq!(status.can_restore(true), status == Exited, "{status}");
+            assert!(!status.can_restore(false), "{status}");
+            assert_eq!(status.is_alive(), matches!(status, Running | Paused), "{status}");
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
     }
 }

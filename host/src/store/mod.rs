@@ -9,7 +9,7 @@ mod lock;
 mod paths;
 mod volumes;
 
-pub use containers::{ContainerRecord, ContainerStore, MountKind, MountSpec, StateFlags};
+pub use containers::{ContainerRecord, ContainerStatus, ContainerStore, MountKind, MountSpec, StateFlags};
 pub use lock::{ContainerLock, StoreLock, is_locked, wait_unlocked};
 pub use paths::{ContainerPaths, Roots};
 pub use volumes::{VolumeRecord, VolumeStore};

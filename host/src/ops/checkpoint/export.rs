@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::archive::Compression;
 use crate::archive::checkpoint::{self as layout, ArchiveWriter, Compressor};
@@ -37,23 +37,6 @@ pub struct Included {
 }
 
 pub const DECISIONS: &str = "ckpt-decisions.json";
-
-/// podman's `config.dump` keys that checkpointctl reads, plus ckpt's own record.
-pub fn config_dump(record: &ContainerRecord, runtime_name: &str) -> Value {
-    let volumes: Vec<Value> = record.named_volumes().map(|m| json!({"Name": m.source, "Dest": m.destination, "Options": if m.read_only { vec!["ro"] } else { vec![] }})).collect();
-    json!({
-        "id": record.id,
-        "name": record.name,
-        "rootfsImageID": record.image_id,
-        "rootfsImageName": record.image_ref,
-        "rawImageName": record.image_name,
-        "runtime": runtime_name,
-        "createdTime": record.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        "namedVolumes": volumes,
-        "labels": record.labels,
-        "ckpt": record,
-    })
-}
 
 /// Writes the archive into `pending` (not yet published): one streaming pass over the CRIU
 /// images, compressed on all cores.
@@ -88,7 +71,11 @@ fn add_members<W: Write>(
     }
     let runtime_name = record.runtime.rsplit('/').next().unwrap_or(&record.runtime);
     writer
-        .add_bytes(layout::CONFIG_DUMP, &serde_json::to_vec_pretty(&config_dump(record, runtime_name)).expect("json"))
+        .add_bytes(
+            layout::CONFIG_DUMP,
+            &serde_json::to_vec_pretty(&crate::archive::summary::ConfigDump::from_record(record, runtime_name))
+                .expect("json"),
+        )
         .map_err(werr("archive", &bundle))?;
     let spec = std::fs::read(bundle.join("config.json")).map_err(werr("read", &bundle.join("config.json")))?;
     writer.add_bytes(layout::SPEC_DUMP, &spec).map_err(werr("archive", &bundle))?;

@@ -338,11 +338,11 @@ fn checkpoint_one(
     let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let record = ctx.containers.load(&record.id)?;
     let st = status(ctx, &record)?;
-    if st.status != "running" {
+    if !st.status.can_checkpoint() {
         return Err(Error::ContainerState {
             name: record.name.clone(),
             state: st.status.to_string(),
-            action: if st.status == "paused" {
+            action: if st.status == crate::store::ContainerStatus::Paused {
                 "cannot checkpoint: it is paused (frozen); 'ckpt system check --repair' thaws a container a crashed dump left frozen".into()
             } else {
                 "cannot checkpoint: it is not running".into()
