@@ -62,7 +62,8 @@ pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, netns: &Pat
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": 0, "gid": 0},
+            // ckpt itself runs with umask 077; the container gets the usual one.
+            "user": {"uid": 0, "gid": 0, "umask": 0o022},
             "args": record.command,
             "env": env,
             "cwd": "/",
@@ -125,4 +126,33 @@ fn default_mounts() -> Vec<Value> {
 /// The container's cgroup, below each controller's root (v1) or the unified root (v2).
 pub fn cgroup_path(id: &str) -> String {
     format!("/ckpt/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_holds_the_record_and_nothing_else_from_outside() {
+        let record: ContainerRecord = serde_json::from_value(json!({
+            "id": "ab".repeat(32), "name": "web", "image_name": "busybox", "image_ref": "busybox:latest",
+            "image_id": "c".repeat(64), "command": ["sh", "-c", "true"], "env": ["PATH=/custom", "A=1"],
+            "labels": {}, "mounts": [], "auto_remove": false, "created_at": "2026-01-01T00:00:00Z",
+            "runtime": "runc", "state": crate::store::StateFlags::default()
+        }))
+        .unwrap();
+        let data = Path::new("/var/lib/ckpt/volumes/data/_data");
+        let mounts = [HostMount { source: data, destination: "/data", read_only: true }];
+        let spec = build(&record, Path::new("/r"), Path::new("/b"), Path::new("/run/ckpt/netns"), &mounts);
+        assert_eq!(spec["hostname"], "abababababab");
+        let env: Vec<&str> = spec["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(env.contains(&"PATH=/custom") && !env.iter().any(|e| e.starts_with("PATH=/usr")), "{env:?}");
+        assert_eq!(spec["process"]["user"]["umask"], 0o022);
+        assert_eq!(spec["linux"]["namespaces"][1]["path"], "/run/ckpt/netns");
+        let binds: Vec<&Value> = spec["mounts"].as_array().unwrap().iter().filter(|m| m["type"] == "bind").collect();
+        let sources: Vec<&str> = binds.iter().map(|m| m["source"].as_str().unwrap()).collect();
+        assert_eq!(sources, ["/b/hosts", "/b/hostname", "/var/lib/ckpt/volumes/data/_data"]);
+        assert!(binds[2]["options"].as_array().unwrap().contains(&json!("ro")));
+        assert!(spec["annotations"].get("org.criu.config").is_none());
+    }
 }

@@ -423,6 +423,43 @@ pub fn verify_manifest(staging: &Path, name: &str) -> Result<bool, ArchiveError>
 mod tests {
     use super::*;
 
+    /// A small archive written by ckpt's own writer, extracted into `staging`.
+    fn staged_archive(staging: &Path) {
+        let mut writer = ArchiveWriter::new(Vec::new());
+        writer.add_bytes("config.dump", b"{}").unwrap();
+        writer.add_bytes("checkpoint/inventory.img", b"inventory").unwrap();
+        let bytes = writer.finish().unwrap();
+        std::fs::create_dir_all(staging).unwrap();
+        crate::archive::extract(&bytes[..], staging, "t", &ExtractOptions::checkpoint()).unwrap();
+    }
+
+    #[test]
+    fn the_manifest_catches_changed_extra_and_missing_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("ok");
+        staged_archive(&staging);
+        assert!(verify_manifest(&staging, "t").unwrap());
+        type Edit = fn(&Path);
+        let cases: [(&str, Edit); 3] = [
+            ("BLAKE3 digest does not match", |s| {
+                std::fs::write(s.join("checkpoint/inventory.img"), b"invent0ry").unwrap()
+            }),
+            ("not in its manifest", |s| std::fs::write(s.join("checkpoint/extra.img"), b"x").unwrap()),
+            ("missing", |s| std::fs::remove_file(s.join("config.dump")).unwrap()),
+        ];
+        for (n, (expected, edit)) in cases.into_iter().enumerate() {
+            let staging = dir.path().join(format!("case-{n}"));
+            staged_archive(&staging);
+            edit(&staging);
+            let err = verify_manifest(&staging, "t").unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let podman = dir.path().join("podman");
+        staged_archive(&podman);
+        std::fs::remove_file(podman.join(MANIFEST)).unwrap();
+        assert!(!verify_manifest(&podman, "t").unwrap(), "no manifest is reported, not an error");
+    }
+
     #[test]
     fn exact_size_cuts_a_grown_file_and_pads_a_shrunk_one() {
         let mut out = Vec::new();

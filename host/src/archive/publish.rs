@@ -114,3 +114,31 @@ where
     write(&mut pending.writer).map_err(Error::io("write", output))?;
     pending.publish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_export_leaves_nothing_and_a_published_one_is_whole_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("inflight");
+        let target = dir.path().join("out.tar");
+        {
+            let mut pending = PendingFile::create_journaled(&target, &journal).unwrap();
+            pending.writer.write_all(b"half").unwrap();
+            assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 1, "the journal names the temporary file");
+        }
+        assert!(!target.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the journal directory is left");
+        assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+        let mut pending = PendingFile::create_journaled(&target, &journal).unwrap();
+        pending.writer.write_all(b"whole").unwrap();
+        pending.publish().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+        assert!(PendingFile::create(dir.path()).err().unwrap().to_string().contains("is a directory"));
+    }
+}

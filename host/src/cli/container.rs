@@ -72,7 +72,7 @@ pub struct PsArgs {
     pub quiet: bool,
     /// `json` for a JSON array.
     #[arg(long)]
-    pub format: Option<String>,
+    pub format: Option<super::OutputFormat>,
 }
 
 /// Show a container's output.
@@ -190,11 +190,6 @@ pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
 }
 
 pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
-    if let Some(format) = &args.format
-        && format != "json"
-    {
-        return Err(Error::invalid(format!("--format {format:?} is not supported; use json")));
-    }
     let mut entries = Vec::new();
     for record in ctx.containers.list()? {
         let entry = container::ps_entry(ctx, &record)?;
@@ -207,7 +202,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
         writeln!(out, "{}", serde_json::to_string_pretty(&entries).expect("json")).ok();
     } else if args.quiet {
         for e in &entries {
-            writeln!(out, "{}", e["Id"].as_str().unwrap_or_default().get(..12).unwrap_or_default()).ok();
+            writeln!(out, "{}", super::short_id(e["Id"].as_str().unwrap_or_default())).ok();
         }
     } else {
         writeln!(out, "{:<12}  {:<24}  {:<24}  {:<14}  NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS").ok();
@@ -218,7 +213,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
                 .unwrap_or_default();
             let line = format!(
                 "{:<12}  {:<24}  {:<24.24}  {:<14}  {}",
-                e["Id"].as_str().unwrap_or_default().get(..12).unwrap_or_default(),
+                super::short_id(e["Id"].as_str().unwrap_or_default()),
                 e["Image"].as_str().unwrap_or_default(),
                 command,
                 e["Status"].as_str().unwrap_or_default(),

@@ -21,7 +21,7 @@ pub enum ImageCommand {
         #[arg(short, long)]
         quiet: bool,
         #[arg(long)]
-        format: Option<String>,
+        format: Option<super::OutputFormat>,
     },
     /// Remove images.
     Rm {
@@ -69,18 +69,15 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
         ImageCommand::Ls { quiet, format } => {
             let list = ctx.images.list()?;
             let mut out = std::io::stdout().lock();
-            match format.as_deref() {
-                Some("json") => {
+            match format {
+                Some(super::OutputFormat::Json) => {
                     let values: Vec<_> = list
                         .iter()
                         .map(|i| serde_json::json!({"Id": i.id, "Names": [i.reference], "Digest": i.manifest_digest, "Created": i.created, "Size": i.size, "Annotations": i.annotations}))
                         .collect();
                     writeln!(out, "{}", serde_json::to_string_pretty(&values).expect("json")).ok();
                 }
-                Some(other) => {
-                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
-                }
-                None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", &i.id[..12]))),
+                None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", super::short_id(&i.id)))),
                 None => {
                     writeln!(out, "{:<40}  {:<10}  {:<12}  {:<30}  SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED")
                         .ok();
@@ -89,7 +86,7 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
                         writeln!(
                             out,
                             "{repo:<40}  {tag:<10}  {:<12}  {:<30}  {}",
-                            &i.id[..12],
+                            super::short_id(&i.id),
                             i.created.as_deref().unwrap_or(""),
                             i.size
                         )

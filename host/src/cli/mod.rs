@@ -46,7 +46,7 @@ pub enum Command {
     InspectCheckpoint {
         /// `json` for a JSON document.
         #[arg(long)]
-        format: Option<String>,
+        format: Option<OutputFormat>,
         archive: PathBuf,
     },
     Start(container::StartArgs),
@@ -69,6 +69,12 @@ pub enum Command {
     Supervise(container::SuperviseArgs),
 }
 
+/// `--format`: a JSON document instead of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Json,
+}
+
 /// Looking after ckpt's own state.
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
@@ -80,7 +86,7 @@ pub enum SystemCommand {
         repair: bool,
         /// `json` for a JSON document.
         #[arg(long)]
-        format: Option<String>,
+        format: Option<OutputFormat>,
     },
 }
 
@@ -114,11 +120,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(args) => checkpoint::restore(&ctx, args),
         Command::InspectCheckpoint { format, archive } => {
             let summary = crate::archive::summary::summarize(&archive)?;
-            match format.as_deref() {
-                Some("json") => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
-                Some(other) => {
-                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
-                }
+            match format {
+                Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
                 None => print!("{}", crate::util::escape_controls(&crate::archive::summary::render(&summary))),
             }
             Ok(0)
@@ -137,14 +140,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Supervise(args) => container::supervise(&ctx, args),
         Command::System(SystemCommand::Check { repair, format }) => {
             let findings = crate::ops::system::check(&ctx, repair)?;
-            match format.as_deref() {
-                Some("json") => println!("{}", serde_json::to_string_pretty(&findings).expect("json")),
-                Some(other) => {
-                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
-                }
+            match format {
+                Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&findings).expect("json")),
                 None => print!("{}", crate::util::escape_controls(&crate::ops::system::render(&findings))),
             }
             Ok(if findings.iter().all(|f| f.repaired) { 0 } else { 1 })
         }
     }
+}
+
+/// The first 12 characters of an ID, as podman prints them; all of a shorter one.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }

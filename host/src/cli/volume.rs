@@ -20,7 +20,7 @@ pub enum VolumeCommand {
         #[arg(short, long)]
         quiet: bool,
         #[arg(long)]
-        format: Option<String>,
+        format: Option<super::OutputFormat>,
     },
     /// Remove volumes.
     Rm {
@@ -43,13 +43,10 @@ pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
         VolumeCommand::Ls { quiet, format } => {
             let list = ctx.volumes.list()?;
             let mut out = std::io::stdout().lock();
-            match format.as_deref() {
-                Some("json") => {
+            match format {
+                Some(super::OutputFormat::Json) => {
                     let values = list.iter().map(|v| volumes::inspect(ctx, &v.name)).collect::<Result<Vec<_>>>()?;
                     writeln!(out, "{}", serde_json::to_string_pretty(&values).expect("json")).ok();
-                }
-                Some(other) => {
-                    return Err(crate::Error::invalid(format!("--format {other:?} is not supported; use json")));
                 }
                 None => {
                     if !quiet {

@@ -122,16 +122,29 @@ impl ImageStore {
         Ok(())
     }
 
+    /// The index, checked to be an object with a `manifests` list, so that no later step can
+    /// trip over a hand-edited or truncated file.
     fn read_index(&self) -> Result<Value> {
         let path = self.layout.join("index.json");
-        match fs::read(&path) {
+        let index: Value = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
                 what: "image index",
-                path,
+                path: path.clone(),
                 detail: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(json!({"schemaVersion": 2, "manifests": []})),
-            Err(e) => Err(Error::io("read", &path)(e)),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => json!({"schemaVersion": 2, "manifests": []}),
+            Err(e) => return Err(Error::io("read", &path)(e)),
+        };
+        if !index.get("manifests").is_some_and(Value::is_array) {
+            return Err(Error::Corrupt { what: "image index", path, detail: "it has no \"manifests\" list".into() });
+        }
+        Ok(index)
+    }
+
+    fn manifests_mut(index: &mut Value) -> &mut Vec<Value> {
+        match index.get_mut("manifests") {
+            Some(Value::Array(list)) => list,
+            _ => unreachable!("read_index checked the manifests list"),
         }
     }
 
@@ -225,7 +238,7 @@ impl ImageStore {
         let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
         let manifest_digest = self.write_blob(&manifest_bytes)?;
         let mut index = self.read_index()?;
-        let manifests = index["manifests"].as_array_mut().expect("index has manifests");
+        let manifests = Self::manifests_mut(&mut index);
         manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(reference));
         manifests.push(json!({
             "mediaType": MANIFEST_TYPE,
@@ -425,7 +438,7 @@ impl ImageStore {
             }
             let _lock = self.lock()?;
             let mut ours = self.read_index()?;
-            let list = ours["manifests"].as_array_mut().expect("manifests");
+            let list = Self::manifests_mut(&mut ours);
             list.retain(|e| e["annotations"][REF_NAME].as_str() != Some(reference.as_str()));
             list.push(json!({"mediaType": MANIFEST_TYPE, "digest": digest, "size": manifest_bytes.len(), "annotations": {REF_NAME: reference}}));
             self.write_index(&ours)?;
@@ -507,9 +520,7 @@ impl ImageStore {
         let info = self.resolve(name)?;
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
-        index["manifests"]
-            .as_array_mut()
-            .expect("manifests")
+        Self::manifests_mut(&mut index)
             .retain(|m| m["annotations"][REF_NAME].as_str() != Some(info.reference.as_str()));
         self.write_index(&index)?;
         // Blobs can be shared with other images; the unpacked rootfs goes when no name uses it.
@@ -521,3 +532,50 @@ impl ImageStore {
 }
 
 pub use crate::hostinfo::oci_arch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_get_latest_unless_they_name_a_tag_or_digest() {
+        assert_eq!(normalize_reference("busybox"), "busybox:latest");
+        assert_eq!(normalize_reference("localhost:5000/web"), "localhost:5000/web:latest");
+        assert_eq!(normalize_reference("web:v1"), "web:v1");
+        assert_eq!(normalize_reference("web@sha256:abc"), "web@sha256:abc");
+    }
+
+    #[test]
+    fn image_names_with_spaces_controls_or_dotdot_are_refused() {
+        for bad in ["", "a b", "a\u{1b}b", "../etc", &"x".repeat(256)] {
+            assert!(validate_reference(bad).is_err(), "{bad:?}");
+        }
+        validate_reference("localhost/checkpoints/web:2026-11-28").unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_index_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&Roots::new(dir.path().join("root"), dir.path().join("run")));
+        std::fs::create_dir_all(store.layout_dir()).unwrap();
+        for text in ["[]", "{\"manifests\": 3}", "{}", "not json"] {
+            std::fs::write(store.layout_dir().join("index.json"), text).unwrap();
+            let err = store.list().unwrap_err().to_string();
+            assert!(err.contains("image index"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn blobs_are_private_and_addressed_by_their_digest() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&Roots::new(dir.path().join("root"), dir.path().join("run")));
+        store.init_layout().unwrap();
+        let digest = store.write_blob(b"memory pages").unwrap();
+        assert_eq!(digest, format!("sha256:{}", sha256_hex(b"memory pages")));
+        let path = store.blob_path(&digest).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(store.read_blob(&digest).unwrap(), b"memory pages");
+        assert!(store.blob_path("md5:abc").is_err());
+    }
+}

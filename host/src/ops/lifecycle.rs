@@ -336,3 +336,60 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()
 pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     crate::store::teardown(&ctx.containers.paths(&record.id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse_as_podman_writes_them() {
+        let named = parse_volume("data:/data").unwrap();
+        assert_eq!((named.kind, named.source.as_str(), named.read_only), (MountKind::Volume, "data", false));
+        let bind = parse_volume("/tmp:/host:ro").unwrap();
+        assert_eq!((bind.kind, bind.read_only), (MountKind::Bind, true));
+        for bad in
+            ["data", "data:relative", "data:/d/../etc", "data:/d:bogus", "/does/not/exist:/d", "bad/name:/d", "a:b:c:d"]
+        {
+            assert!(parse_volume(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn key_values_need_a_key() {
+        let parsed = parse_key_values(&["a=1".into(), "b=".into(), "c=x=y".into()], "--label").unwrap();
+        assert_eq!(parsed["a"], "1");
+        assert_eq!(parsed["b"], "");
+        assert_eq!(parsed["c"], "x=y");
+        let err = parse_key_values(&["=novalue".into()], "--env").unwrap_err().to_string();
+        assert!(err.contains("--env") && err.contains("KEY=VALUE"), "{err}");
+        assert!(parse_key_values(&["nokey".into()], "--label").is_err());
+    }
+
+    #[test]
+    fn generated_names_are_stable_and_podman_shaped() {
+        let id = "0a1b2c3d".repeat(8);
+        let name = generated_name(&id);
+        assert_eq!(name, generated_name(&id));
+        assert!(name.ends_with("_2c3d") && name.split('_').count() == 3, "{name}");
+        validate_object_name("container", &name).unwrap();
+    }
+
+    #[test]
+    fn gone_containers_are_not_errors_for_stop() {
+        let gone = crate::runtime::RuntimeError::Gone {
+            runtime: "runc".into(),
+            action: "kill",
+            id: "x".into(),
+            stderr: "container not running".into(),
+        };
+        assert!(ignore_gone(Err(gone)).is_ok());
+        let failed = crate::runtime::RuntimeError::Failed {
+            runtime: "runc".into(),
+            action: "kill",
+            id: "x".into(),
+            status: "exit status: 1".into(),
+            stderr: "permission denied".into(),
+        };
+        assert!(ignore_gone(Err(failed)).is_err());
+    }
+}

@@ -187,3 +187,57 @@ fn walk_upper(lower: &Path, upper: &Path, rel: &Path, parent_added: bool, out: &
 pub fn join_rel(base: &Path, rel: &Path) -> PathBuf {
     base.join(rel.strip_prefix("/").unwrap_or(rel))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(changes: &[Change]) -> Vec<(char, &str)> {
+        changes.iter().map(|c| (c.kind.letter(), c.path.as_str())).collect()
+    }
+
+    #[test]
+    fn the_upper_layer_reads_as_added_and_changed_against_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::write(lower.join("etc/motd"), "old").unwrap();
+        fs::create_dir_all(upper.join("etc")).unwrap();
+        fs::write(upper.join("etc/motd"), "new").unwrap();
+        fs::create_dir_all(upper.join("data/sub")).unwrap();
+        fs::write(upper.join("data/sub/f"), "x").unwrap();
+        fs::write(upper.join("etc/hostname"), "managed").unwrap();
+        let changes = changes(&lower, &upper).unwrap();
+        assert_eq!(
+            kinds(&changes),
+            vec![('A', "/data"), ('A', "/data/sub"), ('A', "/data/sub/f"), ('C', "/etc"), ('C', "/etc/motd")],
+            "files the runtime manages (/etc/hostname) are left out"
+        );
+    }
+
+    #[test]
+    fn whiteouts_read_as_deleted() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // a whiteout is a 0:0 character device, which only root can make
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        fs::create_dir_all(lower.join("bin")).unwrap();
+        fs::write(lower.join("bin/gone"), "x").unwrap();
+        fs::create_dir_all(upper.join("bin")).unwrap();
+        nix::sys::stat::mknod(
+            &upper.join("bin/gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(kinds(&changes(&lower, &upper).unwrap()), vec![('C', "/bin"), ('D', "/bin/gone")]);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/var/lib/a\\040b\\011c"), "/var/lib/a b\tc");
+        assert!(is_mountpoint(Path::new("/")) || !Path::new("/proc/self/mountinfo").exists());
+    }
+}

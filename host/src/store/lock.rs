@@ -76,3 +76,21 @@ pub fn wait_unlocked(path: &Path, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_container_lock_makes_a_second_try_busy_until_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = ContainerLock::try_acquire(dir.path(), "id", "web").unwrap();
+        assert!(is_locked(&held.path));
+        let busy = ContainerLock::try_acquire(dir.path(), "id", "web").err().unwrap();
+        assert!(busy.to_string().contains("\"web\" is busy"), "{busy}");
+        drop(held);
+        assert!(!is_locked(&ContainerLock::path_for(dir.path(), "id")));
+        assert!(ContainerLock::try_acquire(dir.path(), "id", "web").is_ok());
+        assert!(wait_unlocked(&ContainerLock::path_for(dir.path(), "id"), Duration::from_millis(10)));
+    }
+}

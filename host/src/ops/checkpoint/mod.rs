@@ -73,8 +73,18 @@ pub struct Checkpointed {
     pub plan: Option<Value>,
 }
 
-/// Checks the option combinations podman rejects, in podman's order, before anything changes.
+/// Checks the option combinations podman rejects, in podman's order, before anything changes;
+/// then whether this host can pre-dump, if asked to.
 pub fn validate(ctx: &Context, req: &CheckpointRequest) -> Result<Compression> {
+    let compression = validate_options(req, nix::unistd::geteuid().is_root())?;
+    if req.with_previous || req.pre_checkpoint {
+        ctx.criu()?.memory_tracking()?;
+    }
+    Ok(compression)
+}
+
+/// The option rules alone, with podman's messages in podman's order.
+pub fn validate_options(req: &CheckpointRequest, is_root: bool) -> Result<Compression> {
     if req.all && req.latest {
         return Err(Error::invalid("--all and --latest cannot be used together"));
     }
@@ -92,7 +102,7 @@ pub fn validate(ctx: &Context, req: &CheckpointRequest) -> Result<Compression> {
         Some(value) => Compression::parse(value)?,
         None => Compression::Zstd,
     };
-    if !nix::unistd::geteuid().is_root() {
+    if !is_root {
         return Err(Error::invalid("checkpointing a container requires root"));
     }
     if req.ignore_rootfs && req.export.is_none() {
@@ -103,9 +113,6 @@ pub fn validate(ctx: &Context, req: &CheckpointRequest) -> Result<Compression> {
     }
     if req.with_previous && req.pre_checkpoint {
         return Err(Error::invalid("--with-previous can not be used with --pre-checkpoint"));
-    }
-    if req.with_previous || req.pre_checkpoint {
-        ctx.criu()?.memory_tracking()?;
     }
     Ok(compression)
 }
@@ -596,4 +603,94 @@ pub fn to_four_space_json(value: &Value) -> String {
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
     value.serialize(&mut ser).expect("json");
     String::from_utf8(out).expect("utf-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut CheckpointRequest)) -> CheckpointRequest {
+        let mut req = CheckpointRequest { containers: vec!["c".into()], ..Default::default() };
+        edit(&mut req);
+        req
+    }
+
+    #[test]
+    fn podmans_rejected_combinations_are_rejected_with_podmans_words() {
+        let cases: Vec<(CheckpointRequest, &str)> = vec![
+            (request(|r| (r.all, r.latest) = (true, true)), "--all and --latest cannot be used together"),
+            (request(|r| r.all = true), "no arguments are needed with --all"),
+            (request(|r| r.latest = true), "--latest and containers cannot be used together"),
+            (request(|r| r.containers.clear()), "you must provide at least one name or id"),
+            (request(|r| r.compress = Some("zstd".into())), "--compress can only be used with --export"),
+            (
+                request(|r| (r.export, r.compress) = (Some("/a".into()), Some("lz4".into()))),
+                "selected compression algorithm (\"lz4\") not supported",
+            ),
+            (request(|r| r.ignore_rootfs = true), "--ignore-rootfs can only be used with --export"),
+            (request(|r| r.ignore_volumes = true), "--ignore-volumes can only be used with --export"),
+            (
+                request(|r| (r.with_previous, r.pre_checkpoint) = (true, true)),
+                "--with-previous can not be used with --pre-checkpoint",
+            ),
+        ];
+        for (req, expected) in cases {
+            let err = validate_options(&req, true).unwrap_err().to_string();
+            assert!(err.contains(expected), "{req:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn root_is_checked_after_the_flags_as_podman_does() {
+        let err = validate_options(&request(|r| r.compress = Some("zstd".into())), false).unwrap_err();
+        assert!(err.to_string().contains("--compress can only be used with --export"));
+        let err = validate_options(&request(|_| {}), false).unwrap_err();
+        assert!(err.to_string().contains("requires root"));
+    }
+
+    #[test]
+    fn valid_requests_name_their_compression() {
+        assert_eq!(validate_options(&request(|_| {}), true).unwrap(), Compression::Zstd);
+        let gzip = request(|r| (r.export, r.compress) = (Some("/a".into()), Some("GZIP".into())));
+        assert_eq!(validate_options(&gzip, true).unwrap(), Compression::Gzip);
+    }
+
+    fn facts(memory_tracking: bool) -> CheckpointFacts {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/facts.json");
+        let mut facts: CheckpointFacts = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        facts.host.memory_tracking = memory_tracking;
+        facts
+    }
+
+    fn plan(edit: impl FnOnce(&mut wit::Plan)) -> wit::Plan {
+        let facts = facts(false);
+        let mut plan = wit::Plan {
+            options: facts.request.options,
+            pre_dump: PreDumpPlan::None,
+            exports: facts.request.exports.clone(),
+            reasons: vec![],
+        };
+        edit(&mut plan);
+        plan
+    }
+
+    #[test]
+    fn plans_that_break_the_hosts_rules_are_refused_before_anything_changes() {
+        let image = ExportTarget { kind: TargetKind::Image, location: "i".into(), compression: wit::Compression::Zstd };
+        let refused = [
+            plan(|p| (p.options.with_previous, p.options.pre_checkpoint) = (true, true)),
+            plan(|p| (p.options.ignore_rootfs, p.exports) = (true, vec![])),
+            plan(|p| (p.options.pre_checkpoint, p.exports) = (true, vec![image])),
+        ];
+        for p in refused {
+            let err = check_plan(&p, &facts(true), "p").unwrap_err().to_string();
+            assert!(err.contains("refused before anything changed"), "{err}");
+        }
+        let rounds = plan(|p| p.pre_dump = PreDumpPlan::Rounds(2));
+        let err = check_plan(&rounds, &facts(false), "p").unwrap_err().to_string();
+        assert!(err.contains("mem_dirty_track"), "{err}");
+        assert!(check_plan(&rounds, &facts(true), "p").is_ok());
+        let mixed = plan(|p| (p.pre_dump, p.options.pre_checkpoint) = (PreDumpPlan::Rounds(2), true));
+        assert!(check_plan(&mixed, &facts(true), "p").is_err());
+    }
 }
