@@ -13,10 +13,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Exit code for errors of ckpt itself, as podman uses it.
 pub const EXIT_CKPT_ERROR: i32 = 125;
-/// Exit code when the command inside the container cannot be invoked.
-pub const EXIT_CANNOT_INVOKE: i32 = 126;
-/// Exit code when the command inside the container is not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+/// A command stopped by Ctrl-C or SIGTERM exits as a shell reports it: 128 + the signal.
+const EXIT_SIGNAL_BASE: i32 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,9 +64,22 @@ pub enum Error {
     Supervisor { id: String, detail: String },
     #[error("interrupted by {0}")]
     Interrupted(String),
-    /// Several containers failed; each message was already printed.
-    #[error("{0}")]
-    Many(String),
+    #[error(
+        "a complete checkpoint for container {name:?} cannot be found, cannot restore: {} does not exist",
+        missing.display()
+    )]
+    NotCheckpointed { name: String, missing: PathBuf },
+    /// The export failed after the dump, and the container was brought back from its images.
+    #[error(
+        "checkpoint of container {name:?} was not exported, and the container was restored and keeps running: {cause}"
+    )]
+    RolledBack { name: String, cause: Box<Error> },
+    /// The export failed, and so did bringing the container back; its images are kept.
+    #[error(
+        "checkpoint of container {name:?} was not exported ({cause}), and restoring it failed too ({restore}); its checkpoint stays in {} for 'ckpt restore'",
+        images.display()
+    )]
+    RollbackFailed { name: String, cause: Box<Error>, restore: Box<Error>, images: PathBuf },
 }
 
 impl Error {
@@ -82,6 +93,28 @@ impl Error {
     }
 
     pub fn exit_code(&self) -> i32 {
-        EXIT_CKPT_ERROR
+        match self {
+            Error::Interrupted(signal) => match signal.as_str() {
+                "SIGINT" => EXIT_SIGNAL_BASE + libc::SIGINT,
+                "SIGTERM" => EXIT_SIGNAL_BASE + libc::SIGTERM,
+                _ => EXIT_CKPT_ERROR,
+            },
+            Error::RolledBack { cause, .. } | Error::RollbackFailed { cause, .. } => cause.exit_code(),
+            _ => EXIT_CKPT_ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_podman_and_the_shell() {
+        assert_eq!(Error::invalid("x").exit_code(), 125);
+        assert_eq!(Error::Interrupted("SIGINT".into()).exit_code(), 130);
+        let rolled = Error::RolledBack { name: "c".into(), cause: Box::new(Error::Interrupted("SIGTERM".into())) };
+        assert_eq!(rolled.exit_code(), 143);
+        assert!(rolled.to_string().contains("restored and keeps running: interrupted by SIGTERM"));
     }
 }

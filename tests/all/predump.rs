@@ -93,7 +93,8 @@ fn rounds_chain_until_the_policy_sees_convergence() {
     let paths = s.ctx.containers.paths(&s.facts.container.id);
     let base =
         CheckpointOptions { image_path: paths.checkpoint_dir(), work_path: paths.bundle(), ..Default::default() };
-    let dirs = predump::run_rounds(s.runtime.as_ref(), &mut policies, &s.facts, &paths, &plan.pre_dump, &base).unwrap();
+    let dirs =
+        predump::run_rounds(s.runtime.as_ref(), &mut policies, &s.facts, &paths, &plan.pre_dump, &base).unwrap().keep();
     assert_eq!(dirs, vec!["pre-dump-1", "pre-dump-2", "pre-dump-3"], "stopped after the round under 100 pages");
     let calls = pre_dumps(&s.runtime);
     assert_eq!(calls.len(), 3);
@@ -117,7 +118,8 @@ fn a_round_that_stops_shrinking_ends_the_pre_dumps() {
     let plan = PreDumpPlan::Converge(Convergence { max_rounds: 8, stop_below_pages: 100, min_shrink_percent: 80 });
     let dirs =
         predump::run_rounds(s.runtime.as_ref(), &mut policies, &s.facts, &paths, &plan, &CheckpointOptions::default())
-            .unwrap();
+            .unwrap()
+            .keep();
     assert_eq!(dirs.len(), 2);
     assert!(policies.records.last().unwrap().decision["reason"].as_str().unwrap().contains("not converging"));
 }
@@ -135,7 +137,8 @@ fn a_fixed_number_of_rounds_needs_no_decision_and_a_failed_round_cleans_up() {
         &PreDumpPlan::Rounds(2),
         &CheckpointOptions::default(),
     )
-    .unwrap();
+    .unwrap()
+    .keep();
     assert_eq!(dirs.len(), 2);
     assert!(policies.records.iter().all(|r| r.kind != ckpt::policy::Kind::Round));
 

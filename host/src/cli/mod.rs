@@ -30,6 +30,10 @@ pub struct Cli {
     /// The OCI runtime for new containers: a name in $PATH or a path.
     #[arg(long, global = true, default_value = "runc", env = "CKPT_RUNTIME")]
     pub runtime: String,
+    /// How much ckpt says on stderr about what it does: error, warn, info, debug (each runtime
+    /// and CRIU invocation, with its log file) or trace.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Warn, env = "CKPT_LOG_LEVEL")]
+    pub log_level: LogLevel,
     /// The host config: where policies may export (default /etc/ckpt/ckpt.toml).
     #[arg(long = "config", global = true, env = "CKPT_CONFIG")]
     pub host_config: Option<PathBuf>,
@@ -69,6 +73,27 @@ pub enum Command {
     Supervise(container::SuperviseArgs),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> tracing::Level {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
 /// `--format`: a JSON document instead of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -92,6 +117,11 @@ pub enum SystemCommand {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::from(cli.log_level))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
     // Everything ckpt writes is private unless it says otherwise (see `util::create_dir_with_mode`).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let roots = Roots::new(&cli.root, &cli.runroot);

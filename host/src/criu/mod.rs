@@ -59,6 +59,7 @@ impl CriuBinary {
     }
 
     fn probe_memory_tracking(&self) -> Result<(), CriuError> {
+        tracing::debug!(criu = %self.path.display(), "criu check --feature mem_dirty_track");
         let output = Command::new(&self.path)
             .args(["check", "--feature", "mem_dirty_track"])
             .stdin(Stdio::null())

@@ -175,11 +175,10 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
     if !paths.checkpoint_dir().join("inventory.img").exists() {
-        return Err(Error::invalid(format!(
-            "a complete checkpoint for container {:?} cannot be found, cannot restore: {} does not exist",
-            record.name,
-            paths.checkpoint_dir().join("inventory.img").display()
-        )));
+        return Err(Error::NotCheckpointed {
+            name: record.name.clone(),
+            missing: paths.checkpoint_dir().join("inventory.img"),
+        });
     }
     criu::check_version(ctx.criu()?.as_ref())?;
     let previous = record.state.clone();
@@ -435,7 +434,6 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
             record.id
         )));
     }
-    let mut created_volumes = Vec::new();
     for volume in record.named_volumes() {
         if !req.ignore_volumes {
             if ctx.volumes.exists(&volume.source) {
@@ -454,74 +452,90 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
             }
         }
     }
-    let result = (|| {
-        let paths = ctx.containers.paths(&record.id);
-        crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
-        create_dir_all(&paths.bundle())?;
-        let mut importing = record.clone();
-        importing.state.importing = true;
-        ctx.containers.save(&importing)?;
-        for volume in record.named_volumes() {
-            if ctx.volumes.exists(&volume.source) {
-                continue;
+    // Declared after the store lock, so that a failed import is undone before the lock goes.
+    let mut txn = ImportTxn { ctx, record: &record, created_volumes: Vec::new(), committed: false };
+    let paths = ctx.containers.paths(&record.id);
+    crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
+    create_dir_all(&paths.bundle())?;
+    let mut importing = record.clone();
+    importing.state.importing = true;
+    ctx.containers.save(&importing)?;
+    for volume in record.named_volumes() {
+        if ctx.volumes.exists(&volume.source) {
+            continue;
+        }
+        ctx.volumes.create(&volume.source, BTreeMap::new())?;
+        txn.created_volumes.push(volume.source.clone());
+        if !req.ignore_volumes {
+            let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
+            let file = staged.open_member(&member)?.ok_or_else(|| staged.refuse(&member, "it is gone"))?;
+            archive::extract(
+                std::io::BufReader::new(file),
+                &ctx.volumes.mountpoint(&volume.source),
+                &member,
+                &ExtractOptions::container_files(),
+            )?;
+        }
+    }
+    // The dump and every pre-dump it refers to: CRIU reads their pages through `parent`.
+    for dir in staged.images_chain(layout::CHECKPOINT_DIR)? {
+        staged.move_dir_into(&dir, &paths.bundle().join(&dir))?;
+    }
+    if let Some(previous) = &req.import_previous {
+        let pre = tempdir_in(&ctx.roots.root.join("tmp"), "import-previous")?;
+        let pre = Staged::new(pre, previous.display().to_string())?;
+        layout::extract_checkpoint(previous, &pre.dir.path, &ExtractOptions::checkpoint())?;
+        if !pre.has_dir(layout::PRE_CHECKPOINT_DIR)? {
+            return Err(archive::ArchiveError::Missing {
+                archive: pre.origin.clone(),
+                member: layout::PRE_CHECKPOINT_DIR.into(),
             }
-            ctx.volumes.create(&volume.source, BTreeMap::new())?;
-            created_volumes.push(volume.source.clone());
-            if !req.ignore_volumes {
-                let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
-                let file = staged.open_member(&member)?.ok_or_else(|| staged.refuse(&member, "it is gone"))?;
-                archive::extract(
-                    std::io::BufReader::new(file),
-                    &ctx.volumes.mountpoint(&volume.source),
-                    &member,
-                    &ExtractOptions::container_files(),
-                )?;
-            }
+            .into());
         }
-        // The dump and every pre-dump it refers to: CRIU reads their pages through `parent`.
-        for dir in staged.images_chain(layout::CHECKPOINT_DIR)? {
-            staged.move_dir_into(&dir, &paths.bundle().join(&dir))?;
-        }
-        if let Some(previous) = &req.import_previous {
-            let pre = tempdir_in(&ctx.roots.root.join("tmp"), "import-previous")?;
-            let pre = Staged::new(pre, previous.display().to_string())?;
-            layout::extract_checkpoint(previous, &pre.dir.path, &ExtractOptions::checkpoint())?;
-            if !pre.has_dir(layout::PRE_CHECKPOINT_DIR)? {
-                return Err(archive::ArchiveError::Missing {
-                    archive: pre.origin.clone(),
-                    member: layout::PRE_CHECKPOINT_DIR.into(),
-                }
-                .into());
-            }
-            pre.move_dir_into(layout::PRE_CHECKPOINT_DIR, &paths.pre_checkpoint_dir())?;
-        }
-        if let Some(mut log) = staged.open_member(layout::CONTAINER_LOG)? {
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(paths.log())
-                .map_err(Error::io("create", paths.log()))?;
-            std::io::copy(&mut log, &mut out).map_err(Error::io("copy log to", paths.log()))?;
-        }
-        lifecycle::prepare_bundle(ctx, &record)?;
-        if !req.ignore_rootfs {
-            apply_rootfs_diff(&staged, &paths.merged())?;
-        }
-        let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
-        let mut record = record.clone();
-        let printed = record.id.clone();
-        run_restore(ctx, req, &mut record, printed)
-    })();
+        pre.move_dir_into(layout::PRE_CHECKPOINT_DIR, &paths.pre_checkpoint_dir())?;
+    }
+    if let Some(mut log) = staged.open_member(layout::CONTAINER_LOG)? {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(paths.log())
+            .map_err(Error::io("create", paths.log()))?;
+        std::io::copy(&mut log, &mut out).map_err(Error::io("copy log to", paths.log()))?;
+    }
+    lifecycle::prepare_bundle(ctx, &record)?;
+    if !req.ignore_rootfs {
+        apply_rootfs_diff(&staged, &paths.merged())?;
+    }
+    let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
+    let mut restored = record.clone();
+    let printed = restored.id.clone();
+    let done = run_restore(ctx, req, &mut restored, printed)?;
+    txn.committed = true;
     drop(store_lock);
-    result.inspect_err(|_| {
-        // A refused or failed import leaves nothing behind.
-        let _ = lifecycle::remove_files(ctx, &record);
-        for name in &created_volumes {
-            let _ = ctx.volumes.remove(name);
+    Ok(done)
+}
+
+/// An import under way: unless committed, dropping it removes the container and the volumes
+/// it created, so that a refused or failed import leaves nothing behind.
+struct ImportTxn<'a> {
+    ctx: &'a Context,
+    record: &'a ContainerRecord,
+    created_volumes: Vec<String>,
+    committed: bool,
+}
+
+impl Drop for ImportTxn<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
         }
-    })
+        let _ = lifecycle::remove_files(self.ctx, self.record);
+        for name in &self.created_volumes {
+            let _ = self.ctx.volumes.remove(name);
+        }
+    }
 }
 
 /// Applies `rootfs-diff.tar` and `deleted.files` onto the mounted rootfs, strictly inside it.

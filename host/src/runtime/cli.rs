@@ -60,6 +60,7 @@ impl CliRuntime {
     }
 
     fn run_captured(&self, mut cmd: Command, action: &'static str, id: &str) -> Result<Output, RuntimeError> {
+        trace_invocation(&cmd, action, self.log_file.as_deref());
         let output = cmd.stdin(Stdio::null()).output().map_err(|source| RuntimeError::Spawn {
             runtime: self.name.clone(),
             action,
@@ -117,6 +118,7 @@ impl CliRuntime {
         if let Some(log) = &self.log_file {
             let _ = fs::remove_file(log);
         }
+        trace_invocation(&cmd, action, self.log_file.as_deref());
         let status = cmd
             .stdin(Stdio::from(stdio.stdin))
             .stdout(Stdio::from(stdio.stdout))
@@ -183,6 +185,7 @@ impl OciRuntime for CliRuntime {
             cmd.arg("--file-locks");
         }
         cmd.arg(id);
+        tracing::debug!(action = "restore", log = %options.work_path.join("restore.log").display(), "criu");
         self.run_with_stdio(cmd, "restore", id, stdio).map_err(|e| with_criu_log(e, &options.work_path, "restore.log"))
     }
 
@@ -274,8 +277,20 @@ impl OciRuntime for CliRuntime {
         // point, and never CRIU in the middle of a dump (a frozen container would be left).
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
+        tracing::debug!(action, log = %options.work_path.join("dump.log").display(), "criu");
         self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
     }
+}
+
+/// One line per runtime invocation at `--log-level debug`: the command and where its log goes.
+fn trace_invocation(cmd: &Command, action: &str, log: Option<&Path>) {
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    tracing::debug!(
+        action,
+        command = %format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" ")),
+        log = %log.map_or_else(|| "-".into(), |l| l.display().to_string()),
+        "runtime"
+    );
 }
 
 /// What runc and crun say when a container is unknown or its process has already exited.

@@ -414,11 +414,13 @@ fn checkpoint_one(
         if container_stopped && record.auto_remove {
             let _ = set_in_progress(ctx, &record.id, false);
         }
-        // CRIU resumed the container; a partial image directory must not look restorable.
+        // CRIU resumed the container; a partial image directory must not look restorable (and
+        // the pre-dump rounds go with `parents`).
         remove_dir_all(&image_dir)?;
-        predump::clean(&paths, &parents);
         return Err(e.into());
     }
+    // The dump refers to them: they stay with it, in the bundle and in every export.
+    let parents = parents.keep();
     let runtime_duration = started.elapsed().as_micros() as u64;
     let stats_path = paths.in_bundle(layout::STATS_DUMP);
     let exported = (|| {
@@ -572,15 +574,13 @@ fn roll_back(
         remove_dir_all(&paths.checkpoint_dir())
     })();
     match result {
-        Ok(()) => Error::invalid(format!(
-            "checkpoint of container {:?} was not exported, and the container was restored and keeps running: {cause}",
-            record.name
-        )),
-        Err(e) => Error::invalid(format!(
-            "checkpoint of container {:?} was not exported ({cause}), and restoring it failed too ({e}); its checkpoint stays in {} for 'ckpt restore'",
-            record.name,
-            paths.checkpoint_dir().display()
-        )),
+        Ok(()) => Error::RolledBack { name: record.name.clone(), cause: Box::new(cause) },
+        Err(e) => Error::RollbackFailed {
+            name: record.name.clone(),
+            cause: Box::new(cause),
+            restore: Box::new(e),
+            images: paths.checkpoint_dir(),
+        },
     }
 }
 

@@ -20,8 +20,41 @@ pub fn round_dir(round: u32) -> String {
     format!("pre-dump-{round}")
 }
 
-/// Runs the planned rounds; returns the directories of the rounds, oldest first, for the final
-/// dump to use the last one as its parent.
+/// The round directories of a checkpoint in progress, oldest first. They go when this is
+/// dropped, unless the dump that uses them as parents succeeded and [`PreDumpRounds::keep`] was
+/// called.
+#[derive(Debug)]
+pub struct PreDumpRounds {
+    bundle: PathBuf,
+    dirs: Vec<String>,
+}
+
+impl PreDumpRounds {
+    fn new(bundle: PathBuf) -> PreDumpRounds {
+        PreDumpRounds { bundle, dirs: Vec::new() }
+    }
+
+    /// The directory the next dump names as its parent.
+    pub fn last(&self) -> Option<&String> {
+        self.dirs.last()
+    }
+
+    /// The rounds stay: the dump on top of them succeeded.
+    pub fn keep(mut self) -> Vec<String> {
+        std::mem::take(&mut self.dirs)
+    }
+}
+
+impl Drop for PreDumpRounds {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = remove_dir_all(&self.bundle.join(dir));
+        }
+    }
+}
+
+/// Runs the planned rounds; returns their directories, oldest first, for the final dump to use
+/// the last one as its parent. On any error the rounds made so far are removed.
 pub fn run_rounds(
     runtime: &dyn OciRuntime,
     policies: &mut Policies,
@@ -29,16 +62,16 @@ pub fn run_rounds(
     paths: &ContainerPaths,
     plan: &PreDumpPlan,
     base: &CheckpointOptions,
-) -> Result<Vec<String>> {
+) -> Result<PreDumpRounds> {
+    let bundle = paths.bundle();
+    let mut dirs = PreDumpRounds::new(bundle.clone());
     let (limit, ask_policy) = match plan {
-        PreDumpPlan::None => return Ok(Vec::new()),
+        PreDumpPlan::None | PreDumpPlan::Rounds(0) => return Ok(dirs),
         PreDumpPlan::Rounds(n) => (*n, false),
         PreDumpPlan::Converge(c) => (c.max_rounds, true),
     };
     let limit = limit.clamp(1, MAX_ROUNDS);
-    let bundle = paths.bundle();
     let mut rounds: Vec<RoundStats> = Vec::new();
-    let mut dirs: Vec<String> = Vec::new();
     for round in 1..=limit {
         let dir = round_dir(round);
         remove_dir_all(&bundle.join(&dir))?;
@@ -51,12 +84,10 @@ pub fn run_rounds(
             ..base.clone()
         };
         let started = Instant::now();
-        if let Err(e) = runtime.checkpoint(&facts.container.id, &options) {
-            clean(paths, &dirs);
-            remove_dir_all(&bundle.join(&dir))?;
-            return Err(e.into());
-        }
-        let stats = criu::read_dump_stats(&bundle.join("stats-dump"))?;
+        // Claimed before CRIU writes into it, so that a failed round is removed with the rest.
+        dirs.dirs.push(dir);
+        runtime.checkpoint(&facts.container.id, &options)?;
+        let stats = criu::read_dump_stats(&bundle.join(crate::archive::checkpoint::STATS_DUMP))?;
         rounds.push(RoundStats {
             round,
             pages_scanned: stats.pages_scanned,
@@ -64,16 +95,14 @@ pub fn run_rounds(
             frozen_time_us: stats.frozen_time,
             duration_us: started.elapsed().as_micros() as u64,
         });
-        dirs.push(dir);
         if !ask_policy {
             continue;
         }
-        let decision = policies.after_round(facts, &rounds).inspect_err(|_| clean(paths, &dirs))?;
+        let decision = policies.after_round(facts, &rounds)?;
         match decision.action {
             RoundAction::AnotherRound => continue,
             RoundAction::DumpNow => break,
             RoundAction::Abort => {
-                clean(paths, &dirs);
                 return Err(Error::Policy(format!(
                     "policy {:?} aborted the checkpoint of container {:?} after pre-dump round {round}: {}; the container keeps running",
                     policies.planner.info.name, facts.container.name, decision.reason
@@ -82,11 +111,4 @@ pub fn run_rounds(
         }
     }
     Ok(dirs)
-}
-
-/// Removes the round directories of an abandoned checkpoint.
-pub fn clean(paths: &ContainerPaths, dirs: &[String]) {
-    for dir in dirs {
-        let _ = remove_dir_all(&paths.bundle().join(dir));
-    }
 }
