@@ -125,3 +125,31 @@ fn an_upward_edge_is_caught() {
     assert_eq!(found, vec![edge("ops", 1), edge("util", 3), edge("policy", 3)]);
     assert!(layer_of("ops").unwrap() < layer_of("store").unwrap());
 }
+
+#[test]
+fn the_readme_names_every_module() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(manifest.join("../README.md")).unwrap();
+    let start = readme.find("## Architecture").expect("README has an architecture section");
+    let tree = &readme[start..];
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(manifest.join("src")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "layering.rs" {
+            continue;
+        }
+        let shown = if entry.path().is_dir() { format!("  {name}/") } else { format!("  {name}") };
+        if !tree.contains(&format!("\n{shown} ")) {
+            missing.push(shown.trim().to_string());
+        }
+    }
+    for (_, modules) in LAYERS {
+        for module in *modules {
+            let placed = tree.contains(&format!("\n  {module}/ ")) || tree.contains(&format!("\n  {module}.rs "));
+            if !placed {
+                missing.push(format!("{module} (in LAYERS)"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README's architecture tree does not name: {missing:?}");
+}
