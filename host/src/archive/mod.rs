@@ -1,6 +1,7 @@
 //! Tar archives: compression, the strict extractor for untrusted input, and the checkpoint
 //! archive in podman's layout.
 
+pub mod assemble;
 pub mod checkpoint;
 pub mod extract;
 pub mod publish;

@@ -159,7 +159,7 @@ pub fn exec(ctx: &Context, record: &ContainerRecord, command: &[String], env: &[
 
 /// The changes to the container's root filesystem, as `podman diff` lists them.
 pub fn diff(ctx: &Context, record: &ContainerRecord) -> Result<Vec<Change>> {
-    let image = ctx.images.resolve(&record.image_ref).or_else(|_| ctx.images.resolve(&record.image_id))?;
+    let image = ctx.images.resolve(&record.image_id).or_else(|_| ctx.images.resolve(&record.image_ref))?;
     let lower = ctx.images.rootfs(&image)?;
     rootfs::changes(&lower, &ctx.containers.paths(&record.id).upper())
 }

@@ -262,7 +262,7 @@ impl Staged {
     }
 
     fn from_archive(ctx: &Context, path: &Path) -> Result<Staged> {
-        let dir = tempdir_in(&ctx.roots.root.join("tmp"), "import")?;
+        let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
         let mut staged = Staged::new(dir, path.display().to_string())?;
         staged.verified = layout::extract_checkpoint(path, &staged.dir.path, &ExtractOptions::checkpoint())?;
         Ok(staged)
@@ -270,7 +270,7 @@ impl Staged {
 
     fn from_image(ctx: &Context, name: &str) -> Result<Staged> {
         let info = ctx.images.resolve(name)?;
-        let dir = tempdir_in(&ctx.roots.root.join("tmp"), "import")?;
+        let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
         let mut staged = Staged::new(dir, format!("image {name}"))?;
         let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
         for layer in manifest["layers"].as_array().into_iter().flatten() {
@@ -482,7 +482,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
         staged.move_dir_into(&dir, &paths.bundle().join(&dir))?;
     }
     if let Some(previous) = &req.import_previous {
-        let pre = tempdir_in(&ctx.roots.root.join("tmp"), "import-previous")?;
+        let pre = tempdir_in(&ctx.roots.staging_dir(), "import-previous")?;
         let pre = Staged::new(pre, previous.display().to_string())?;
         layout::extract_checkpoint(previous, &pre.dir.path, &ExtractOptions::checkpoint())?;
         if !pre.has_dir(layout::PRE_CHECKPOINT_DIR)? {

@@ -2,41 +2,22 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 
 use crate::archive::Compression;
-use crate::archive::checkpoint::{self as layout, ArchiveWriter, Compressor};
+use crate::archive::assemble::{self, Sources};
+use crate::archive::checkpoint::{ArchiveWriter, Compressor};
 use crate::archive::publish::PendingFile;
+use crate::archive::summary::ConfigDump;
 use crate::error::{Error, Result};
 use crate::ops::Context;
 use crate::policy::GateVerdict;
-use crate::rootfs::ChangeKind;
 use crate::runtime::OciRuntime;
 use crate::store::ContainerRecord;
 
-/// What goes into one export.
-#[derive(Debug, Clone, Default)]
-pub struct Content {
-    /// `pre-checkpoint` for a pre-checkpoint export, else `checkpoint`.
-    pub images_dir: &'static str,
-    /// Earlier pre-dump rounds the dump refers to as its parents.
-    pub parents: Vec<String>,
-    pub ignore_rootfs: bool,
-    pub ignore_volumes: bool,
-    /// `ckpt-decisions.json`: the decision records so far.
-    pub decisions: Vec<u8>,
-}
-
-/// What an export turned out to hold, for the gates.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Included {
-    pub rootfs: bool,
-    pub volumes: bool,
-}
-
-pub const DECISIONS: &str = "ckpt-decisions.json";
+pub use crate::archive::assemble::{Content, DECISIONS, Included};
 
 /// Writes the archive into `pending` (not yet published): one streaming pass over the CRIU
 /// images, compressed on all cores.
@@ -56,6 +37,7 @@ pub fn write_archive(
     Ok(included)
 }
 
+/// Gathers where the members come from (the rootfs changes only when they go in) and writes them.
 fn add_members<W: Write>(
     ctx: &Context,
     record: &ContainerRecord,
@@ -63,67 +45,20 @@ fn add_members<W: Write>(
     writer: &mut ArchiveWriter<W>,
 ) -> Result<Included> {
     let paths = ctx.containers.paths(&record.id);
-    let bundle = paths.bundle();
-    let werr = |what: &'static str, path: &Path| Error::io(what, path.to_path_buf());
-    let mut included = Included::default();
-    for dir in content.parents.iter().map(String::as_str).chain([content.images_dir]) {
-        writer.add_tree(dir, &bundle.join(dir)).map_err(werr("archive", &bundle.join(dir)))?;
-    }
+    let changes = if content.ignore_rootfs { Vec::new() } else { crate::ops::container::diff(ctx, record)? };
     let runtime_name = record.runtime.rsplit('/').next().unwrap_or(&record.runtime);
-    writer
-        .add_bytes(
-            layout::CONFIG_DUMP,
-            &serde_json::to_vec_pretty(&crate::archive::summary::ConfigDump::from_record(record, runtime_name))
-                .expect("json"),
-        )
-        .map_err(werr("archive", &bundle))?;
-    let spec = std::fs::read(bundle.join("config.json")).map_err(werr("read", &bundle.join("config.json")))?;
-    writer.add_bytes(layout::SPEC_DUMP, &spec).map_err(werr("archive", &bundle))?;
-    if let Ok(meta) = std::fs::metadata(bundle.join(layout::STATS_DUMP))
-        && meta.is_file()
-    {
-        writer.add_path(layout::STATS_DUMP, &bundle.join(layout::STATS_DUMP)).map_err(werr("archive", &bundle))?;
-    }
-    if paths.log().exists() {
-        writer.add_path(layout::CONTAINER_LOG, &paths.log()).map_err(werr("archive", &paths.log()))?;
-    }
-    if !content.decisions.is_empty() {
-        writer.add_bytes(DECISIONS, &content.decisions).map_err(werr("archive", &bundle))?;
-    }
-    let scratch = crate::util::tempdir_in(&ctx.roots.root.join("tmp"), "export")?;
-    if !content.ignore_rootfs {
-        let changes = crate::ops::container::diff(ctx, record)?;
-        let kept: Vec<PathBuf> = changes
-            .iter()
-            .filter(|c| c.kind != ChangeKind::Deleted)
-            .map(|c| PathBuf::from(c.path.trim_start_matches('/')))
-            .collect();
-        let deleted: Vec<&str> =
-            changes.iter().filter(|c| c.kind == ChangeKind::Deleted).map(|c| c.path.as_str()).collect();
-        if !kept.is_empty() {
-            let diff_tar = scratch.path.join(layout::ROOTFS_DIFF);
-            layout::write_inner_tar(&diff_tar, &paths.upper(), &kept).map_err(werr("write", &diff_tar))?;
-            writer.add_path(layout::ROOTFS_DIFF, &diff_tar).map_err(werr("archive", &diff_tar))?;
-        }
-        if !deleted.is_empty() {
-            writer
-                .add_bytes(layout::DELETED_FILES, &serde_json::to_vec(&deleted).expect("json"))
-                .map_err(werr("archive", &bundle))?;
-        }
-        included.rootfs = !changes.is_empty();
-    }
-    if !content.ignore_volumes {
-        for volume in record.named_volumes() {
-            let mountpoint = ctx.volumes.mountpoint(&volume.source);
-            let tar_path = scratch.path.join(format!("{}.tar", volume.source));
-            let entries = layout::tree_entries(&mountpoint).map_err(werr("read volume", &mountpoint))?;
-            layout::write_inner_tar(&tar_path, &mountpoint, &entries).map_err(werr("write", &tar_path))?;
-            let name = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
-            writer.add_path(&name, &tar_path).map_err(werr("archive", &tar_path))?;
-            included.volumes = true;
-        }
-    }
-    Ok(included)
+    let config = ConfigDump::from_record(record, runtime_name);
+    let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "export")?;
+    let sources = Sources {
+        bundle: &paths.bundle(),
+        log: &paths.log(),
+        upper: &paths.upper(),
+        changes: &changes,
+        config: &config,
+        volumes: record.named_volumes().map(|v| (v.source.clone(), ctx.volumes.mountpoint(&v.source))).collect(),
+        scratch: &scratch.path,
+    };
+    Ok(assemble::add_members(writer, content, &sources)?)
 }
 
 /// The `io.podman.annotations.checkpoint.*` annotations, with this host's true values.
@@ -163,7 +98,7 @@ pub fn create_image(
     name: &str,
     gates: &mut dyn FnMut(u64, &str, Included) -> Result<GateVerdict>,
 ) -> Result<GateVerdict> {
-    let scratch = crate::util::tempdir_in(&ctx.roots.root.join("tmp"), "image")?;
+    let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "image")?;
     let tar_path = scratch.path.join("layer.tar");
     let included = {
         let file = std::fs::File::create(&tar_path).map_err(Error::io("create", &tar_path))?;
