@@ -28,3 +28,20 @@ impl From<Compression> for crate::archive::Compression {
         }
     }
 }
+
+impl CheckpointOptions {
+    /// Every option off: what a plain `ckpt checkpoint NAME` asks for.
+    pub fn none() -> CheckpointOptions {
+        CheckpointOptions {
+            leave_running: false,
+            tcp_established: false,
+            file_locks: false,
+            keep: false,
+            ignore_rootfs: false,
+            ignore_volumes: false,
+            print_stats: false,
+            pre_checkpoint: false,
+            with_previous: false,
+        }
+    }
+}

@@ -205,17 +205,7 @@ mod tests {
     use super::*;
 
     fn plan(reasons: Vec<String>, exports: Vec<ExportTarget>, pre_dump: PreDumpPlan) -> Answer {
-        let options = CheckpointOptions {
-            leave_running: false,
-            tcp_established: false,
-            file_locks: false,
-            keep: false,
-            ignore_rootfs: false,
-            ignore_volumes: false,
-            print_stats: false,
-            pre_checkpoint: false,
-            with_previous: false,
-        };
+        let options = CheckpointOptions::none();
         Answer::Plan(PlanDecision::Plan(Plan { options, pre_dump, exports, reasons }))
     }
 

@@ -152,17 +152,7 @@ mod tests {
         assert_ne!(seed("a", 1), seed("a", 2));
         assert_ne!(seed("a", 1), seed("b", 1));
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T10:00:00.5Z").unwrap().to_utc();
-        let options = CheckpointOptions {
-            leave_running: false,
-            tcp_established: false,
-            file_locks: false,
-            keep: false,
-            ignore_rootfs: false,
-            ignore_volumes: false,
-            print_stats: false,
-            pre_checkpoint: false,
-            with_previous: false,
-        };
+        let options = CheckpointOptions::none();
         let facts = request("a", options, vec![], "cli", now);
         assert_eq!(facts.now, "2026-11-28T10:00:00.500Z");
         assert_eq!(facts.seed, seed("a", facts.now_unix_ms));
