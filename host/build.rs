@@ -1,19 +1,53 @@
 //! Builds the default policy (`policies/default`) for wasm32-wasip2 and hands it to the host,
 //! which embeds it: the default path of every checkpoint goes through WebAssembly too.
+//!
+//! The component is kept under a digest of everything it is built from (its sources, the guest
+//! SDK, the WIT, the lock file), so a touched file, a checkout or a `cargo check` after an
+//! unrelated change copies the kept one instead of running a second cargo.
 
 use std::env;
-use std::path::PathBuf;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The names and contents of every file below `paths`, in a stable order.
+fn inputs_digest(workspace: &Path, paths: &[&str]) -> u64 {
+    fn walk(path: &Path, hasher: &mut std::collections::hash_map::DefaultHasher) {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for entry in entries.iter().filter(|e| !e.ends_with("target")) {
+                walk(entry, hasher);
+            }
+        } else if let Ok(bytes) = std::fs::read(path) {
+            path.hash(hasher);
+            bytes.hash(hasher);
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    for path in paths {
+        walk(&workspace.join(path), &mut hasher);
+    }
+    hasher.finish()
+}
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("host/ sits in the workspace").to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in ["policies/default", "guest-sdk/src", "guest-sdk/Cargo.toml", "wit"] {
+    let inputs = ["policies/default", "guest-sdk/src", "guest-sdk/Cargo.toml", "wit", "Cargo.lock"];
+    for watched in inputs {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     // A target directory of its own, so that this nested build never waits on the outer one.
     let target_dir = workspace.join("target").join("policy-build");
+    let kept = target_dir.join(format!("default-{:016x}.wasm", inputs_digest(&workspace, &inputs)));
+    if kept.is_file() {
+        std::fs::copy(&kept, out_dir.join("default.wasm")).unwrap_or_else(|e| panic!("copy {}: {e}", kept.display()));
+        return;
+    }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -50,4 +84,5 @@ fn main() {
     );
     let built = target_dir.join("wasm32-wasip2/release/ckpt_policy_default.wasm");
     std::fs::copy(&built, out_dir.join("default.wasm")).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    let _ = std::fs::copy(&built, &kept);
 }
