@@ -193,7 +193,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
     let mut entries = Vec::new();
     for record in ctx.containers.list()? {
         let entry = container::ps_entry(ctx, &record)?;
-        if args.all || entry["State"] == "running" || entry["State"] == "paused" {
+        if args.all || entry.state.is_alive() {
             entries.push(entry);
         }
     }
@@ -202,24 +202,12 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
         writeln!(out, "{}", serde_json::to_string_pretty(&entries).expect("json")).ok();
     } else if args.quiet {
         for e in &entries {
-            writeln!(out, "{}", super::short_id(e["Id"].as_str().unwrap_or_default())).ok();
+            writeln!(out, "{}", super::short_id(&e.id)).ok();
         }
     } else {
         writeln!(out, "{:<12}  {:<24}  {:<24}  {:<14}  NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS").ok();
         for e in &entries {
-            let command = e["Command"]
-                .as_array()
-                .map(|c| c.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
-                .unwrap_or_default();
-            let line = format!(
-                "{:<12}  {:<24}  {:<24.24}  {:<14}  {}",
-                super::short_id(e["Id"].as_str().unwrap_or_default()),
-                e["Image"].as_str().unwrap_or_default(),
-                command,
-                e["Status"].as_str().unwrap_or_default(),
-                e["Names"][0].as_str().unwrap_or_default()
-            );
-            writeln!(out, "{}", crate::util::escape_controls(&line)).ok();
+            writeln!(out, "{}", crate::util::escape_controls(&e.row())).ok();
         }
     }
     Ok(0)

@@ -179,7 +179,4 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// The first 12 characters of an ID, as podman prints them; all of a shorter one.
-pub fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}
+pub use crate::util::short_id;

@@ -46,7 +46,7 @@ pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
         PolicyCommand::Inspect { file } => {
             let value = policy::inspect(ctx, &file)?;
             println!("{}", serde_json::to_string_pretty(&value).expect("json"));
-            Ok(if value["runs_here"] == true { 0 } else { 1 })
+            Ok(if value.runs_here { 0 } else { 1 })
         }
         PolicyCommand::Facts { container } => {
             println!("{}", serde_json::to_string_pretty(&policy::facts(ctx, &container)?).expect("json"));

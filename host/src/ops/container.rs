@@ -2,7 +2,9 @@
 
 use std::io::{Read, Write};
 
-use serde_json::{Value, json};
+use std::path::PathBuf;
+
+use serde::Serialize;
 
 use super::Context;
 use super::lifecycle::status;
@@ -16,82 +18,191 @@ fn time(t: &Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 /// One element of `ckpt inspect`, in podman's shape.
-pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Inspect {
+    pub id: String,
+    pub created: String,
+    pub path: Option<String>,
+    pub args: Vec<String>,
+    pub state: InspectState,
+    pub image: String,
+    pub image_name: String,
+    pub name: String,
+    pub log_path: PathBuf,
+    #[serde(rename = "OCIRuntime")]
+    pub oci_runtime: String,
+    pub mounts: Vec<InspectMount>,
+    pub config: InspectConfig,
+    pub host_config: InspectHostConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectState {
+    pub status: ContainerStatus,
+    pub running: bool,
+    pub paused: bool,
+    pub pid: i32,
+    pub exit_code: i32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub checkpointed: bool,
+    pub checkpointed_at: String,
+    pub restored: bool,
+    pub restored_at: String,
+    pub checkpoint_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectMount {
+    #[serde(rename = "Type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub source: PathBuf,
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<&'static str>,
+    #[serde(rename = "RW")]
+    pub rw: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectConfig {
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectHostConfig {
+    pub auto_remove: bool,
+}
+
+pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Inspect> {
     let st = status(ctx, record)?;
     let paths = ctx.containers.paths(&record.id);
-    let mounts: Vec<Value> = record
+    let mounts = record
         .mounts
         .iter()
         .map(|m| match m.kind {
-            MountKind::Volume => json!({
-                "Type": "volume", "Name": m.source, "Source": ctx.volumes.mountpoint(&m.source),
-                "Destination": m.destination, "Driver": "local", "RW": !m.read_only
-            }),
-            MountKind::Bind => json!({
-                "Type": "bind", "Source": m.source, "Destination": m.destination, "RW": !m.read_only
-            }),
+            MountKind::Volume => InspectMount {
+                kind: "volume",
+                name: Some(m.source.clone()),
+                source: ctx.volumes.mountpoint(&m.source),
+                destination: m.destination.clone(),
+                driver: Some("local"),
+                rw: !m.read_only,
+            },
+            MountKind::Bind => InspectMount {
+                kind: "bind",
+                name: None,
+                source: PathBuf::from(&m.source),
+                destination: m.destination.clone(),
+                driver: None,
+                rw: !m.read_only,
+            },
         })
         .collect();
     let s = &record.state;
-    Ok(json!({
-        "Id": record.id,
-        "Created": record.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        "Path": record.command.first(),
-        "Args": record.command.get(1..).unwrap_or_default(),
-        "State": {
-            "Status": st.status,
-            "Running": st.running(),
-            "Paused": st.status == ContainerStatus::Paused,
-            "Pid": st.pid,
-            "ExitCode": if st.running() { 0 } else { s.exit_code.unwrap_or(0) },
-            "StartedAt": time(&s.started_at),
-            "FinishedAt": time(&s.finished_at),
-            "Checkpointed": s.checkpointed,
-            "CheckpointedAt": time(&s.checkpointed_at),
-            "Restored": s.restored,
-            "RestoredAt": time(&s.restored_at),
-            "CheckpointPath": s.checkpoint_path,
+    Ok(Inspect {
+        id: record.id.clone(),
+        created: record.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        path: record.command.first().cloned(),
+        args: record.command.get(1..).unwrap_or_default().to_vec(),
+        state: InspectState {
+            status: st.status,
+            running: st.running(),
+            paused: st.status == ContainerStatus::Paused,
+            pid: st.pid,
+            exit_code: if st.running() { 0 } else { s.exit_code.unwrap_or(0) },
+            started_at: time(&s.started_at),
+            finished_at: time(&s.finished_at),
+            checkpointed: s.checkpointed,
+            checkpointed_at: time(&s.checkpointed_at),
+            restored: s.restored,
+            restored_at: time(&s.restored_at),
+            checkpoint_path: s.checkpoint_path.clone(),
         },
-        "Image": record.image_id,
-        "ImageName": record.image_ref,
-        "Name": record.name,
-        "LogPath": paths.log(),
-        "OCIRuntime": record.runtime,
-        "Mounts": mounts,
-        "Config": {
-            "Image": record.image_name,
-            "Cmd": record.command,
-            "Env": record.env,
-            "Labels": record.labels,
-            "Hostname": crate::spec::hostname(record),
+        image: record.image_id.clone(),
+        image_name: record.image_ref.clone(),
+        name: record.name.clone(),
+        log_path: paths.log(),
+        oci_runtime: record.runtime.clone(),
+        mounts,
+        config: InspectConfig {
+            image: record.image_name.clone(),
+            cmd: record.command.clone(),
+            env: record.env.clone(),
+            labels: record.labels.clone(),
+            hostname: crate::spec::hostname(record).to_string(),
         },
-        "HostConfig": {"AutoRemove": record.auto_remove},
-    }))
+        host_config: InspectHostConfig { auto_remove: record.auto_remove },
+    })
 }
 
-/// A line of `ckpt ps --format json`, in podman's shape.
-pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<Value> {
+/// One element of `ckpt ps --format json`, in podman's shape.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PsEntry {
+    pub id: String,
+    pub names: Vec<String>,
+    pub image: String,
+    #[serde(rename = "ImageID")]
+    pub image_id: String,
+    pub command: Vec<String>,
+    pub created: i64,
+    pub created_at: String,
+    pub state: ContainerStatus,
+    pub status: String,
+    pub pid: i32,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub auto_remove: bool,
+    pub mounts: Vec<String>,
+}
+
+impl PsEntry {
+    /// The row of the `ps` table.
+    pub fn row(&self) -> String {
+        format!(
+            "{:<12}  {:<24}  {:<24.24}  {:<14}  {}",
+            crate::util::short_id(&self.id),
+            self.image,
+            self.command.join(" "),
+            self.status,
+            self.names.first().map(String::as_str).unwrap_or_default()
+        )
+    }
+}
+
+pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<PsEntry> {
     let st = status(ctx, record)?;
-    Ok(json!({
-        "Id": record.id,
-        "Names": [record.name],
-        "Image": record.image_ref,
-        "ImageID": record.image_id,
-        "Command": record.command,
-        "Created": record.created_at.timestamp(),
-        "CreatedAt": record.created_at.to_rfc3339(),
-        "State": st.status,
-        "Status": match st.status {
+    Ok(PsEntry {
+        id: record.id.clone(),
+        names: vec![record.name.clone()],
+        image: record.image_ref.clone(),
+        image_id: record.image_id.clone(),
+        command: record.command.clone(),
+        created: record.created_at.timestamp(),
+        created_at: record.created_at.to_rfc3339(),
+        state: st.status,
+        status: match st.status {
             ContainerStatus::Running => "Up".to_string(),
             ContainerStatus::Paused => "Up (Paused)".to_string(),
             ContainerStatus::Exited => format!("Exited ({})", record.state.exit_code.unwrap_or(0)),
             ContainerStatus::Created => "Created".to_string(),
         },
-        "Pid": st.pid,
-        "Labels": record.labels,
-        "AutoRemove": record.auto_remove,
-        "Mounts": record.mounts.iter().map(|m| &m.destination).collect::<Vec<_>>(),
-    }))
+        pid: st.pid,
+        labels: record.labels.clone(),
+        auto_remove: record.auto_remove,
+        mounts: record.mounts.iter().map(|m| m.destination.clone()).collect(),
+    })
 }
 
 /// Prints the container's log: stdout lines to `out`, stderr lines to `err`.

@@ -26,31 +26,61 @@ fn load(ctx: &Context, file: &str, settings: Option<&str>) -> Result<(PolicyEngi
 
 /// `ckpt policy inspect`: what the policy says about itself, its imports, its digest, and
 /// whether this host can run it.
-pub fn inspect(ctx: &Context, file: &str) -> Result<Value> {
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyDescription {
+    pub source: String,
+    pub digest: String,
+    pub size_bytes: usize,
+    pub runs_here: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<Vec<DecisionKind>>,
+    /// The JSON Schema as JSON when it parses, else as the text the policy gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imports: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precompiled_in_cache: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn inspect(ctx: &Context, file: &str) -> Result<PolicyDescription> {
     let engine = engine(ctx)?;
     let (source, bytes) = policy::read_component(file)?;
     let described = engine.describe(&source, &bytes);
-    Ok(match described {
-        Ok(p) => json!({
-            "source": p.source,
-            "digest": p.digest,
-            "name": p.info.name,
-            "version": p.info.version,
-            "decisions": p.info.decisions,
-            "settings_schema": serde_json::from_str::<Value>(&p.info.settings_schema).unwrap_or(Value::String(p.info.settings_schema.clone())),
-            "imports": p.imports,
-            "size_bytes": bytes.len(),
-            "runs_here": true,
-            "precompiled_in_cache": p.cached,
-        }),
-        Err(e) => json!({
-            "source": source,
-            "digest": format!("blake3:{}", blake3::hash(&bytes).to_hex()),
-            "size_bytes": bytes.len(),
-            "runs_here": false,
-            "error": e.to_string(),
-        }),
-    })
+    let mut description = PolicyDescription {
+        source,
+        digest: format!("blake3:{}", blake3::hash(&bytes).to_hex()),
+        size_bytes: bytes.len(),
+        runs_here: described.is_ok(),
+        name: None,
+        version: None,
+        decisions: None,
+        settings_schema: None,
+        imports: None,
+        precompiled_in_cache: None,
+        error: None,
+    };
+    match described {
+        Ok(p) => {
+            description.settings_schema = Some(
+                serde_json::from_str::<Value>(&p.info.settings_schema)
+                    .unwrap_or(Value::String(p.info.settings_schema.clone())),
+            );
+            description.name = Some(p.info.name);
+            description.version = Some(p.info.version);
+            description.decisions = Some(p.info.decisions);
+            description.imports = Some(p.imports);
+            description.precompiled_in_cache = Some(p.cached);
+        }
+        Err(e) => description.error = Some(e.to_string()),
+    }
+    Ok(description)
 }
 
 /// `ckpt policy facts`: the facts a planner would receive for this container, as a fixture.
