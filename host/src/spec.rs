@@ -1,11 +1,17 @@
-//! The OCI runtime spec (`config.json`) ckpt writes for each container.
+//! The OCI runtime spec (`config.json`) ckpt writes for each container, built with oci-spec's
+//! types so that a misspelt key is a compile error, not a runtime that ignores it.
 //!
 //! It is rebuilt from ckpt's own record every time, never read back from an archive, so that a
 //! hostile checkpoint cannot smuggle mounts, devices or annotations into a restore.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
 
 use crate::store::ContainerRecord;
 
@@ -33,7 +39,22 @@ pub struct HostMount<'a> {
     pub read_only: bool,
 }
 
-pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, netns: &Path, mounts: &[HostMount]) -> Value {
+fn mount(destination: &str, kind: &str, source: impl AsRef<Path>, options: &[&str]) -> Result<Mount, OciSpecError> {
+    let builder = MountBuilder::default().destination(destination).typ(kind).source(source.as_ref());
+    if options.is_empty() {
+        builder.build()
+    } else {
+        builder.options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>()).build()
+    }
+}
+
+pub fn build(
+    record: &ContainerRecord,
+    rootfs: &Path,
+    bundle: &Path,
+    netns: &Path,
+    mounts: &[HostMount],
+) -> Result<Spec, OciSpecError> {
     let mut env: Vec<String> = vec![DEFAULT_PATH.to_string(), "TERM=xterm".to_string()];
     env.push(format!("HOSTNAME={}", hostname(record)));
     for e in &record.env {
@@ -41,61 +62,82 @@ pub fn build(record: &ContainerRecord, rootfs: &Path, bundle: &Path, netns: &Pat
         env.retain(|existing| existing.split('=').next() != Some(key));
         env.push(e.clone());
     }
-    let mut all_mounts = default_mounts();
+    let mut all_mounts = default_mounts()?;
     for (file, destination) in [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname")] {
-        all_mounts.push(json!({
-            "destination": destination, "type": "bind",
-            "source": bundle.join(file), "options": ["bind", "rprivate"]
-        }));
+        all_mounts.push(mount(destination, "bind", bundle.join(file), &["bind", "rprivate"])?);
     }
     for m in mounts {
-        let mut options = vec!["rbind", "rprivate"];
-        if m.read_only {
-            options.push("ro");
-        }
-        all_mounts.push(json!({
-            "destination": m.destination, "type": "bind", "source": m.source, "options": options
-        }));
+        let options: &[&str] = if m.read_only { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };
+        all_mounts.push(mount(m.destination, "bind", m.source, options)?);
     }
-    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            // ckpt itself runs with umask 077; the container gets the usual one.
-            "user": {"uid": 0, "gid": 0, "umask": 0o022},
-            "args": record.command,
-            "env": env,
-            "cwd": "/",
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps
-            },
-            "noNewPrivileges": false
-        },
-        "root": {"path": rootfs, "readonly": false},
-        "hostname": hostname(record),
-        "mounts": all_mounts,
-        "annotations": {
-            "io.container.manager": "ckpt",
-            "io.ckpt.container.name": record.name,
-        },
-        "linux": {
-            "cgroupsPath": cgroup_path(&record.id),
-            "namespaces": [
-                {"type": "pid"}, {"type": "network", "path": netns}, {"type": "ipc"},
-                {"type": "uts"}, {"type": "mount"}
-            ],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-                "/proc/scsi", "/sys/firmware", "/sys/dev/block"
-            ],
-            "readonlyPaths": [
-                "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                "/proc/sysrq-trigger"
+    // By the names the spec's JSON uses, the names podman's list has.
+    let caps = DEFAULT_CAPABILITIES
+        .iter()
+        .map(|c| serde_json::from_value::<Capability>(serde_json::Value::from(*c)))
+        .collect::<Result<HashSet<Capability>, _>>()
+        .map_err(|e| OciSpecError::Other(format!("capability: {e}")))?;
+    let mut capabilities =
+        LinuxCapabilitiesBuilder::default().bounding(caps.clone()).effective(caps.clone()).permitted(caps).build()?;
+    // Only what podman grants: nothing inheritable, nothing ambient.
+    capabilities.set_inheritable(None).set_ambient(None);
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        // ckpt itself runs with umask 077; the container gets the usual one.
+        .user(UserBuilder::default().uid(0u32).gid(0u32).umask(0o022u32).build()?)
+        .args(record.command.clone())
+        .env(env)
+        .cwd("/")
+        .capabilities(capabilities)
+        .no_new_privileges(false)
+        .build()?;
+    // No rlimits: ckpt may not raise any (no CAP_SYS_RESOURCE here), so it asks for none.
+    process.set_rlimits(None);
+    let namespace = |typ: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(typ).build();
+    let mut linux = LinuxBuilder::default()
+        .cgroups_path(cgroup_path(&record.id))
+        .namespaces(vec![
+            namespace(LinuxNamespaceType::Pid)?,
+            LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(netns).build()?,
+            namespace(LinuxNamespaceType::Ipc)?,
+            namespace(LinuxNamespaceType::Uts)?,
+            namespace(LinuxNamespaceType::Mount)?,
+        ])
+        .masked_paths(
+            [
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+                "/sys/dev/block",
             ]
-        }
-    })
+            .map(String::from)
+            .to_vec(),
+        )
+        .readonly_paths(
+            ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .build()?;
+    // The runtime's own device rules apply; ckpt adds none.
+    linux.set_resources(None);
+    SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(RootBuilder::default().path(rootfs).readonly(false).build()?)
+        .hostname(hostname(record))
+        .mounts(all_mounts)
+        .annotations(HashMap::from([
+            ("io.container.manager".to_string(), "ckpt".to_string()),
+            ("io.ckpt.container.name".to_string(), record.name.clone()),
+        ]))
+        .linux(linux)
+        .build()
 }
 
 /// The first 12 characters of the ID, as podman uses for the hostname.
@@ -103,24 +145,18 @@ pub fn hostname(record: &ContainerRecord) -> &str {
     &record.id[..12.min(record.id.len())]
 }
 
-fn default_mounts() -> Vec<Value> {
-    vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
+    Ok(vec![
+        mount("/proc", "proc", "proc", &[])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
         // A tmpfs inside the container's mount namespace: CRIU dumps its content itself, so
         // nothing like podman's devshm-checkpoint.tar is needed.
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ]
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
+    ])
 }
 
 /// The container's cgroup, below each controller's root (v1) or the unified root (v2).
@@ -131,6 +167,7 @@ pub fn cgroup_path(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     #[test]
     fn the_spec_holds_the_record_and_nothing_else_from_outside() {
@@ -143,7 +180,8 @@ mod tests {
         .unwrap();
         let data = Path::new("/var/lib/ckpt/volumes/data/_data");
         let mounts = [HostMount { source: data, destination: "/data", read_only: true }];
-        let spec = build(&record, Path::new("/r"), Path::new("/b"), Path::new("/run/ckpt/netns"), &mounts);
+        let spec = build(&record, Path::new("/r"), Path::new("/b"), Path::new("/run/ckpt/netns"), &mounts).unwrap();
+        let spec = serde_json::to_value(&spec).unwrap();
         assert_eq!(spec["hostname"], "abababababab");
         let env: Vec<&str> = spec["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
         assert!(env.contains(&"PATH=/custom") && !env.iter().any(|e| e.starts_with("PATH=/usr")), "{env:?}");
@@ -154,5 +192,9 @@ mod tests {
         assert_eq!(sources, ["/b/hosts", "/b/hostname", "/var/lib/ckpt/volumes/data/_data"]);
         assert!(binds[2]["options"].as_array().unwrap().contains(&json!("ro")));
         assert!(spec["annotations"].get("org.criu.config").is_none());
+        let caps = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len(), "{caps:?}");
+        assert!(spec["process"]["capabilities"].get("ambient").is_none());
+        assert!(spec["process"].get("rlimits").is_none() && spec["linux"].get("resources").is_none());
     }
 }

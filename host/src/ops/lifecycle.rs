@@ -211,7 +211,9 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
         .map(|(m, source)| HostMount { source, destination: &m.destination, read_only: m.read_only })
         .collect();
     crate::netns::create(&paths.netns())?;
-    let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts);
+    let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts).map_err(|e| {
+        Error::invalid(format!("the OCI runtime spec of container {:?} cannot be built: {e}", record.name))
+    })?;
     write_json(&bundle.join("config.json"), &config)
 }
 
