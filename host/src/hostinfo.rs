@@ -52,12 +52,14 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
+/// Free bytes on `path`'s filesystem for an unprivileged writer; `None` when it cannot be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(path).ok().map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+}
+
 /// Free bytes on `path`'s filesystem, or on `/` when `path` is not there yet.
 pub fn free_disk_bytes(path: &Path) -> u64 {
-    nix::sys::statvfs::statvfs(path)
-        .or_else(|_| nix::sys::statvfs::statvfs("/"))
-        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-        .unwrap_or(0)
+    free_bytes(path).or_else(|| free_bytes(Path::new("/"))).unwrap_or(0)
 }
 
 fn os_release_field(text: &str, name: &str) -> String {

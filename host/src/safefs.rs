@@ -43,7 +43,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(stat: &FileStat) -> Kind {
+    pub fn of(stat: &FileStat) -> Kind {
         match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
             SFlag::S_IFDIR => Kind::Dir,
             SFlag::S_IFREG => Kind::File,
@@ -168,7 +168,9 @@ impl Beneath {
     }
 }
 
-fn is_not_dir(e: &io::Error) -> bool {
+/// Whether opening a path failed because a component is a symlink, not a directory, or on
+/// another mount: what [`open_beneath`] refuses to pass.
+pub fn is_not_dir(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV))
 }
 

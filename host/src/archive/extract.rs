@@ -132,10 +132,7 @@ pub fn extract(
     let mut archive = tar::Archive::new(reader);
     let malformed = |e: io::Error| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() };
     // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
-    let room = nix::sys::statvfs::statvfs(dest)
-        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-        .unwrap_or(u64::MAX)
-        .saturating_sub(FREE_SPACE_RESERVE);
+    let room = crate::hostinfo::free_bytes(dest).unwrap_or(u64::MAX).saturating_sub(FREE_SPACE_RESERVE);
     let budget = options.limits.max_total_bytes.min(room);
     let mut total: u64 = 0;
     let mut count: u64 = 0;
@@ -229,7 +226,7 @@ impl Extractor<'_> {
                         .map_err(self.io("clear", &parent_rel))?;
                 }
                 Err(None) => {}
-                Err(Some(e)) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)) => {
+                Err(Some(e)) if safefs::is_not_dir(&e) => {
                     return Err(self.refuse(rel, "a parent directory is a symlink or not a directory"));
                 }
                 Err(Some(e)) => return Err(self.io("open", &parent_rel)(e)),
@@ -294,12 +291,7 @@ impl Extractor<'_> {
         let dir = parent.dir;
         let file_name = parent.name;
         let existing = safefs::stat_at(dir.as_fd(), file_name).map_err(self.io("stat", rel))?;
-        let existing_kind = existing.as_ref().map(|s| match SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT {
-            SFlag::S_IFDIR => Kind::Dir,
-            SFlag::S_IFREG => Kind::File,
-            SFlag::S_IFLNK => Kind::Symlink,
-            _ => Kind::Other,
-        });
+        let existing_kind = existing.as_ref().map(Kind::of);
         // Whatever is in the way goes, never followed; a directory that stays a directory stays.
         if existing_kind.is_some() && !(what == Written::Dir && existing_kind == Some(Kind::Dir)) {
             safefs::remove_entry(dir.as_fd(), file_name).map_err(self.io("replace", rel))?;

@@ -49,6 +49,17 @@ impl Compression {
         }
     }
 
+    /// What the first bytes of a stream announce: zstd's or gzip's magic, or neither.
+    pub fn sniff(magic: &[u8]) -> Compression {
+        if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else {
+            Compression::None
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Compression::Zstd => "zstd",
@@ -83,16 +94,16 @@ pub fn decompress<R: BufRead + 'static>(mut reader: R, name: &str) -> Result<Box
             source,
         })?
         .to_vec();
-    if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let mut decoder = zstd::Decoder::with_buffer(reader)
-            .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
-        decoder
-            .window_log_max(ZSTD_WINDOW_LOG_MAX)
-            .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
-        Ok(Box::new(decoder))
-    } else if magic.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
-    } else {
-        Ok(Box::new(reader))
+    match Compression::sniff(&magic) {
+        Compression::Zstd => {
+            let mut decoder = zstd::Decoder::with_buffer(reader)
+                .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
+            Ok(Box::new(decoder))
+        }
+        Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader))),
+        Compression::None => Ok(Box::new(reader)),
     }
 }

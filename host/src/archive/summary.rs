@@ -105,14 +105,10 @@ pub struct ArchiveSummary {
 }
 
 /// The compression a file's first bytes announce.
-pub fn sniff_compression(path: &Path) -> std::io::Result<&'static str> {
+fn sniff_compression(path: &Path) -> std::io::Result<super::Compression> {
     let mut magic = [0u8; 4];
     let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic))?;
-    Ok(match &magic[..n] {
-        [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
-        [0x1f, 0x8b, ..] => "gzip",
-        _ => "none",
-    })
+    Ok(super::Compression::sniff(&magic[..n]))
 }
 
 pub fn summarize(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
@@ -120,7 +116,7 @@ pub fn summarize(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
     let io_err = |source| ArchiveError::Io { archive: name.clone(), action: "read", path: path.to_path_buf(), source };
     let malformed = |e: std::io::Error| ArchiveError::Malformed { archive: name.clone(), detail: e.to_string() };
     let archive_size = std::fs::metadata(path).map_err(io_err)?.len();
-    let compression = sniff_compression(path).map_err(io_err)?;
+    let compression = sniff_compression(path).map_err(io_err)?.name();
     let mut tar = tar::Archive::new(super::open_decompressed(path)?);
     let (mut config, mut annotations, mut stats_bytes) = (None, BTreeMap::new(), None);
     let (mut checkpoint_size, mut rootfs_diff_size, mut volumes, mut manifest, mut pre_checkpoint) =

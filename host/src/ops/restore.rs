@@ -444,11 +444,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
             }
             let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
             if staged.open_member(&member)?.is_none() {
-                return Err(archive::ArchiveError::Missing {
-                    archive: staged.origin.clone(),
-                    member: format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source),
-                }
-                .into());
+                return Err(archive::ArchiveError::Missing { archive: staged.origin.clone(), member }.into());
             }
         }
     }
