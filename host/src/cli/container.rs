@@ -202,7 +202,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
         writeln!(out, "{}", serde_json::to_string_pretty(&entries).expect("json")).ok();
     } else if args.quiet {
         for e in &entries {
-            writeln!(out, "{}", super::short_id(&e.id)).ok();
+            writeln!(out, "{}", crate::util::short_id(&e.id)).ok();
         }
     } else {
         writeln!(out, "{:<12}  {:<24}  {:<24}  {:<14}  NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS").ok();

@@ -77,7 +77,7 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
                         .collect();
                     writeln!(out, "{}", serde_json::to_string_pretty(&values).expect("json")).ok();
                 }
-                None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", super::short_id(&i.id)))),
+                None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", crate::util::short_id(&i.id)))),
                 None => {
                     writeln!(out, "{:<40}  {:<10}  {:<12}  {:<30}  SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED")
                         .ok();
@@ -86,7 +86,7 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
                         writeln!(
                             out,
                             "{repo:<40}  {tag:<10}  {:<12}  {:<30}  {}",
-                            super::short_id(&i.id),
+                            crate::util::short_id(&i.id),
                             i.created.as_deref().unwrap_or(""),
                             i.size
                         )

@@ -125,7 +125,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     // Everything ckpt writes is private unless it says otherwise (see `util::create_dir_with_mode`).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let roots = Roots::new(&cli.root, &cli.runroot);
-    if nix::unistd::geteuid().is_root() {
+    let is_root = nix::unistd::geteuid().is_root();
+    if is_root {
         crate::store::secure_roots(&roots)?;
     }
     let mut ctx = Context::new(roots, cli.runtime);
@@ -135,7 +136,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     // What a killed ckpt left and nobody else can finish goes first; the rest is reported by
     // `ckpt system check`.
-    if nix::unistd::geteuid().is_root() && !matches!(cli.command, Command::Supervise(_) | Command::System(_)) {
+    if is_root && !matches!(cli.command, Command::Supervise(_) | Command::System(_)) {
         for finding in crate::ops::system::sweep_leftovers(&ctx, true) {
             eprintln!(
                 "ckpt: removed {} ({})",
@@ -178,5 +179,3 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
     }
 }
-
-pub use crate::util::short_id;
