@@ -71,28 +71,11 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
             let mut out = std::io::stdout().lock();
             match format {
                 Some(super::OutputFormat::Json) => {
-                    let values: Vec<_> = list
-                        .iter()
-                        .map(|i| serde_json::json!({"Id": i.id, "Names": [i.reference], "Digest": i.manifest_digest, "Created": i.created, "Size": i.size, "Annotations": i.annotations}))
-                        .collect();
-                    writeln!(out, "{}", serde_json::to_string_pretty(&values).expect("json")).ok();
+                    let rows: Vec<_> = list.iter().map(ImageRow::from).collect();
+                    writeln!(out, "{}", serde_json::to_string_pretty(&rows).expect("image rows serialise")).ok();
                 }
                 None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", crate::util::short_id(&i.id)))),
-                None => {
-                    writeln!(out, "{:<40}  {:<10}  {:<12}  {:<30}  SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED")
-                        .ok();
-                    for i in &list {
-                        let (repo, tag) = i.reference.rsplit_once(':').unwrap_or((&i.reference, ""));
-                        writeln!(
-                            out,
-                            "{repo:<40}  {tag:<10}  {:<12}  {:<30}  {}",
-                            crate::util::short_id(&i.id),
-                            i.created.as_deref().unwrap_or(""),
-                            i.size
-                        )
-                        .ok();
-                    }
-                }
+                None => drop(write!(out, "{}", images_table(&list))),
             }
         }
         ImageCommand::Rm { force, images: names } => {
@@ -104,4 +87,67 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `ckpt image ls` as a table, in podman's columns.
+fn images_table(images: &[crate::image::ImageInfo]) -> String {
+    let mut table = format!("{:<40}  {:<10}  {:<12}  {:<30}  SIZE\n", "REPOSITORY", "TAG", "IMAGE ID", "CREATED");
+    for image in images {
+        let (repo, tag) = image.reference.rsplit_once(':').unwrap_or((&image.reference, ""));
+        let row = format!(
+            "{repo:<40}  {tag:<10}  {:<12}  {:<30}  {}",
+            crate::util::short_id(&image.id),
+            image.created.as_deref().unwrap_or(""),
+            image.size
+        );
+        table.push_str(&crate::util::escape_controls(&row));
+        table.push('\n');
+    }
+    table
+}
+
+/// One image in `image ls --format json`, with podman's field names.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImageRow<'a> {
+    id: &'a str,
+    names: [&'a str; 1],
+    digest: String,
+    created: Option<&'a str>,
+    size: u64,
+    annotations: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a crate::image::ImageInfo> for ImageRow<'a> {
+    fn from(image: &'a crate::image::ImageInfo) -> Self {
+        ImageRow {
+            id: &image.id,
+            names: [&image.reference],
+            digest: image.manifest_digest.to_string(),
+            created: image.created.as_deref(),
+            size: image.size,
+            annotations: &image.annotations,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_table_splits_repository_and_tag() {
+        let image = |reference: &str, id: char, size| crate::image::ImageInfo {
+            reference: reference.into(),
+            id: id.to_string().repeat(64),
+            manifest_digest: format!("sha256:{}", "e".repeat(64)).parse().unwrap(),
+            created: Some("2026-11-28T06:48:25.883508449Z".into()),
+            size,
+            annotations: Default::default(),
+        };
+        let images = [image("busybox:latest", 'a', 1183212), image("localhost:5000/ckpt/web:2026-11-28", 'b', 21873)];
+        insta::assert_snapshot!("image_table", images_table(&images));
+        let rows: Vec<_> = images.iter().map(ImageRow::from).collect();
+        insta::assert_json_snapshot!("image_rows", rows);
+    }
 }

@@ -1,10 +1,17 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use oci_spec::image::{
+    Config, Descriptor, Digest, DigestAlgorithm, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    ImageIndex, ImageManifest, ImageManifestBuilder, MediaType, OciLayout, OciLayoutBuilder, RootFsBuilder,
+    SCHEMA_VERSION, Sha256Digest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
 
 use super::{ImageError, busybox};
 use crate::archive::{self, ExtractOptions};
@@ -13,10 +20,8 @@ use crate::store::Roots;
 use crate::util::{create_dir_all, remove_dir_all, tempdir_in, write_atomic};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-pub const LAYER_GZIP_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const CREATED: &str = "org.opencontainers.image.created";
+const LAYOUT_VERSION: &str = "1.0.0";
 
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
@@ -24,7 +29,7 @@ pub struct ImageInfo {
     pub reference: String,
     /// The config digest's hex, as podman's image ID.
     pub id: String,
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     pub created: Option<String>,
     pub size: u64,
     pub annotations: BTreeMap<String, String>,
@@ -33,10 +38,15 @@ pub struct ImageInfo {
 /// A layer written to the blob store.
 #[derive(Debug, Clone)]
 pub struct LayerBlob {
-    pub digest: String,
-    pub diff_id: String,
+    pub digest: Digest,
+    pub diff_id: Digest,
     pub size: u64,
-    pub media_type: &'static str,
+}
+
+impl LayerBlob {
+    fn descriptor(&self) -> Descriptor {
+        Descriptor::new(MediaType::ImageLayerGzip, self.size, self.digest.clone())
+    }
 }
 
 pub struct ImageStore {
@@ -63,20 +73,59 @@ pub fn validate_reference(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+fn sha256_digest(hasher: Sha256) -> Digest {
+    let hex = hex::encode(hasher.finalize());
+    Sha256Digest::from_str(&hex).expect("a sha256 hash is 64 lowercase hex digits").into()
 }
 
-/// Accepts only `sha256:<64 hex>`, so that a digest can never become a path trick.
-fn digest_hex(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then_some(hex)
+/// Only sha256 digests name blobs here; oci-spec has already checked their hex, so a digest can
+/// never become a path trick.
+fn sha256_hex(digest: &Digest) -> Option<&str> {
+    (*digest.algorithm() == DigestAlgorithm::Sha256).then(|| digest.digest())
+}
+
+/// The image's name, from the index entry's annotations.
+fn ref_name(entry: &Descriptor) -> Option<&str> {
+    entry.annotations().as_ref()?.get(REF_NAME).map(String::as_str)
+}
+
+fn entries_except(index: &ImageIndex, reference: &str) -> Vec<Descriptor> {
+    index.manifests().iter().filter(|entry| ref_name(entry) != Some(reference)).cloned().collect()
+}
+
+fn index_entry(manifest: Digest, size: u64, reference: &str) -> Descriptor {
+    let mut entry = Descriptor::new(MediaType::ImageManifest, size, manifest);
+    entry.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), reference.to_string())])));
+    entry
+}
+
+/// oci-spec keeps annotations in hash maps; going through `serde_json::Value` sorts every object's
+/// keys, so the same image always has the same bytes and the same digest.
+fn canonical_json(document: &impl Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(document).expect("OCI documents serialise");
+    serde_json::to_vec(&value).expect("a JSON value serialises")
+}
+
+fn empty_index() -> ImageIndex {
+    let mut index = ImageIndex::default();
+    index.set_media_type(Some(MediaType::ImageIndex));
+    index
+}
+
+fn layout_marker() -> OciLayout {
+    OciLayoutBuilder::default().image_layout_version(LAYOUT_VERSION).build().expect("the version is set")
 }
 
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     written: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -97,7 +146,8 @@ impl ImageStore {
         ImageStore { layout: dir.join("oci"), rootfs_root: dir.join("rootfs"), lock_path: dir.join("images.lock") }
     }
 
-    pub fn layout_dir(&self) -> &Path {
+    #[cfg(test)]
+    fn layout_dir(&self) -> &Path {
         &self.layout
     }
 
@@ -112,49 +162,41 @@ impl ImageStore {
         create_dir_all(&self.layout.join("blobs/sha256"))?;
         let marker = self.layout.join("oci-layout");
         if !marker.exists() {
-            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
+            write_atomic(&marker, &canonical_json(&layout_marker()), 0o644)?;
         }
         let index = self.layout.join("index.json");
         if !index.exists() {
-            let empty = json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": []});
-            write_atomic(&index, empty.to_string().as_bytes(), 0o644)?;
+            write_atomic(&index, &canonical_json(&empty_index()), 0o644)?;
         }
         Ok(())
     }
 
-    /// The index, checked to be an object with a `manifests` list, so that no later step can
-    /// trip over a hand-edited or truncated file.
-    fn read_index(&self) -> Result<Value> {
+    /// The index, parsed as an OCI image index, so that no later step can trip over a hand-edited
+    /// or truncated file.
+    fn read_index(&self) -> Result<ImageIndex> {
         let path = self.layout.join("index.json");
-        let index: Value = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                what: "image index",
-                path: path.clone(),
-                detail: e.to_string(),
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => json!({"schemaVersion": 2, "manifests": []}),
-            Err(e) => return Err(Error::io("read", &path)(e)),
-        };
-        if !index.get("manifests").is_some_and(Value::is_array) {
-            return Err(Error::Corrupt { what: "image index", path, detail: "it has no \"manifests\" list".into() });
-        }
-        Ok(index)
-    }
-
-    fn manifests_mut(index: &mut Value) -> &mut Vec<Value> {
-        match index.get_mut("manifests") {
-            Some(Value::Array(list)) => list,
-            _ => unreachable!("read_index checked the manifests list"),
+        match fs::read(&path) {
+            Ok(bytes) => parse_document("image index", &path, &bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(empty_index()),
+            Err(e) => Err(Error::io("read", &path)(e)),
         }
     }
 
-    fn write_index(&self, index: &Value) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(index).expect("json");
-        write_atomic(&self.layout.join("index.json"), &bytes, 0o644)
+    fn write_index(&self, index: &ImageIndex) -> Result<()> {
+        write_atomic(&self.layout.join("index.json"), &canonical_json(index), 0o644)
     }
 
-    fn blob_path_in(layout: &Path, digest: &str) -> Result<PathBuf> {
-        let hex = digest_hex(digest).ok_or_else(|| ImageError::BadBlob {
+    /// Names `reference` in the index, replacing the image that had that name before.
+    fn tag(&self, reference: &str, manifest: Digest, manifest_size: u64) -> Result<()> {
+        let mut index = self.read_index()?;
+        let mut entries = entries_except(&index, reference);
+        entries.push(index_entry(manifest, manifest_size, reference));
+        index.set_manifests(entries);
+        self.write_index(&index)
+    }
+
+    fn blob_path_in(layout: &Path, digest: &Digest) -> Result<PathBuf> {
+        let hex = sha256_hex(digest).ok_or_else(|| ImageError::BadBlob {
             path: layout.display().to_string(),
             digest: digest.to_string(),
             detail: "is not a sha256 digest".into(),
@@ -162,13 +204,13 @@ impl ImageStore {
         Ok(layout.join("blobs/sha256").join(hex))
     }
 
-    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+    pub fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
         Self::blob_path_in(&self.layout, digest)
     }
 
-    pub fn write_blob(&self, bytes: &[u8]) -> Result<String> {
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         self.init_layout()?;
-        let digest = format!("sha256:{}", sha256_hex(bytes));
+        let digest = sha256_digest(Sha256::new_with_prefix(bytes));
         let path = self.blob_path(&digest)?;
         if !path.exists() {
             // Blobs of checkpoint images hold memory pages: private, as everything in the store.
@@ -177,9 +219,13 @@ impl ImageStore {
         Ok(digest)
     }
 
-    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
         fs::read(&path).map_err(Error::io("read blob", &path))
+    }
+
+    fn read_document<T: DeserializeOwned>(&self, what: &'static str, digest: &Digest) -> Result<T> {
+        parse_document(what, &self.blob_path(digest)?, &self.read_blob(digest)?)
     }
 
     /// Streams a tar (any compression) into a gzip layer blob, computing digest and diff ID.
@@ -187,19 +233,19 @@ impl ImageStore {
         self.init_layout()?;
         let tmp = self.layout.join(format!("blobs/sha256/.incoming-{}", std::process::id()));
         let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        let compressed = HashingWriter { inner: io::BufWriter::new(file), hasher: Sha256::new(), written: 0 };
+        let compressed = HashingWriter::new(io::BufWriter::new(file));
         let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::fast());
-        let mut uncompressed = HashingWriter { inner: gz, hasher: Sha256::new(), written: 0 };
+        let mut uncompressed = HashingWriter::new(gz);
         let mut reader = tar_stream;
         io::copy(&mut reader, &mut uncompressed).map_err(Error::io("write layer", &tmp))?;
-        let diff_id = format!("sha256:{}", hex::encode(uncompressed.hasher.finalize()));
+        let diff_id = sha256_digest(uncompressed.hasher);
         let mut compressed = uncompressed.inner.finish().map_err(Error::io("write layer", &tmp))?;
         compressed.flush().map_err(Error::io("write layer", &tmp))?;
-        let digest = format!("sha256:{}", hex::encode(compressed.hasher.finalize()));
+        let digest = sha256_digest(compressed.hasher);
         let size = compressed.written;
         compressed.inner.into_inner().map_err(|e| Error::io("write layer", &tmp)(e.into_error()))?.sync_all().ok();
         fs::rename(&tmp, self.blob_path(&digest)?).map_err(Error::io("store layer", &tmp))?;
-        Ok(LayerBlob { digest, diff_id, size, media_type: LAYER_GZIP_TYPE })
+        Ok(LayerBlob { digest, diff_id, size })
     }
 
     /// Records an image made of `layers` under `reference`, replacing any image of that name.
@@ -207,87 +253,73 @@ impl ImageStore {
         &self,
         reference: &str,
         layers: &[LayerBlob],
-        config_extra: Value,
+        run_config: Option<Config>,
         annotations: BTreeMap<String, String>,
     ) -> Result<ImageInfo> {
         let _lock = self.lock()?;
         self.init_layout()?;
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let mut config = json!({
-            "created": created,
-            "architecture": oci_arch(),
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| &l.diff_id).collect::<Vec<_>>()},
-            "history": [{"created": created, "created_by": "ckpt"}],
-        });
-        if let (Some(obj), Value::Object(extra)) = (config.as_object_mut(), config_extra) {
-            obj.extend(extra);
-        }
-        let config_bytes = serde_json::to_vec(&config).expect("json");
+        let rootfs = RootFsBuilder::default()
+            .diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+            .build()
+            .map_err(build_error("image rootfs"))?;
+        let history = HistoryBuilder::default()
+            .created(&created)
+            .created_by("ckpt")
+            .build()
+            .map_err(build_error("image history"))?;
+        let mut config = ImageConfigurationBuilder::default()
+            .created(&created)
+            .architecture(oci_arch())
+            .os("linux")
+            .rootfs(rootfs)
+            .history(vec![history])
+            .build()
+            .map_err(build_error("image config"))?;
+        config.set_config(Some(run_config.unwrap_or_default()));
+        let config_bytes = canonical_json(&config);
         let config_digest = self.write_blob(&config_bytes)?;
-        let mut manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": config_bytes.len()},
-            "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
-        });
-        let mut annotations = annotations;
-        annotations.insert("org.opencontainers.image.created".into(), created);
-        manifest["annotations"] = json!(annotations);
-        let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
+        let mut annotations: HashMap<String, String> = annotations.into_iter().collect();
+        annotations.insert(CREATED.into(), created);
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(SCHEMA_VERSION)
+            .media_type(MediaType::ImageManifest)
+            .config(Descriptor::new(MediaType::ImageConfig, config_bytes.len() as u64, config_digest))
+            .layers(layers.iter().map(LayerBlob::descriptor).collect::<Vec<_>>())
+            .annotations(annotations)
+            .build()
+            .map_err(build_error("image manifest"))?;
+        let manifest_bytes = canonical_json(&manifest);
         let manifest_digest = self.write_blob(&manifest_bytes)?;
-        let mut index = self.read_index()?;
-        let manifests = Self::manifests_mut(&mut index);
-        manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(reference));
-        manifests.push(json!({
-            "mediaType": MANIFEST_TYPE,
-            "digest": manifest_digest,
-            "size": manifest_bytes.len(),
-            "annotations": {REF_NAME: reference},
-        }));
-        self.write_index(&index)?;
+        self.tag(reference, manifest_digest.clone(), manifest_bytes.len() as u64)?;
         self.info_for(reference, &manifest_digest)
     }
 
-    fn info_for(&self, reference: &str, manifest_digest: &str) -> Result<ImageInfo> {
+    fn info_for(&self, reference: &str, manifest_digest: &Digest) -> Result<ImageInfo> {
         let manifest = self.manifest_by_digest(manifest_digest)?;
-        let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default().to_string();
-        let config: Value = serde_json::from_slice(&self.read_blob(&config_digest)?).unwrap_or(Value::Null);
-        let size =
-            manifest["layers"].as_array().map(|ls| ls.iter().filter_map(|l| l["size"].as_u64()).sum()).unwrap_or(0);
-        let annotations = manifest["annotations"]
-            .as_object()
-            .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-            .unwrap_or_default();
+        let config: ImageConfiguration = self.read_document("image config", manifest.config().digest())?;
         Ok(ImageInfo {
             reference: reference.to_string(),
-            id: digest_hex(&config_digest).unwrap_or_default().to_string(),
-            manifest_digest: manifest_digest.to_string(),
-            created: config["created"].as_str().map(str::to_string),
-            size,
-            annotations,
+            id: sha256_hex(manifest.config().digest()).unwrap_or_default().to_string(),
+            manifest_digest: manifest_digest.clone(),
+            created: config.created().clone(),
+            size: manifest.layers().iter().map(Descriptor::size).sum(),
+            annotations: manifest.annotations().clone().unwrap_or_default().into_iter().collect(),
         })
     }
 
-    pub fn manifest_by_digest(&self, digest: &str) -> Result<Value> {
-        let bytes = self.read_blob(digest)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            what: "image manifest",
-            path: self.blob_path(digest).unwrap_or_default(),
-            detail: e.to_string(),
-        })
+    pub fn manifest_by_digest(&self, digest: &Digest) -> Result<ImageManifest> {
+        self.read_document("image manifest", digest)
     }
 
     pub fn list(&self) -> Result<Vec<ImageInfo>> {
         let index = self.read_index()?;
-        let mut out = Vec::new();
-        for m in index["manifests"].as_array().into_iter().flatten() {
-            if let (Some(reference), Some(digest)) = (m["annotations"][REF_NAME].as_str(), m["digest"].as_str()) {
-                out.push(self.info_for(reference, digest)?);
-            }
-        }
-        Ok(out)
+        index
+            .manifests()
+            .iter()
+            .filter_map(|entry| Some((ref_name(entry)?, entry.digest())))
+            .map(|(reference, digest)| self.info_for(reference, digest))
+            .collect()
     }
 
     /// Finds an image by name (with or without tag) or by ID prefix. The built-in busybox image
@@ -308,31 +340,24 @@ impl ImageStore {
         if reference == busybox::BUILTIN_BUSYBOX || reference == format!("localhost/{}", busybox::BUILTIN_BUSYBOX) {
             let layer_bytes = busybox::build_layer()?;
             let layer = self.write_layer_from_tar(flate2::read::GzDecoder::new(&layer_bytes[..]))?;
-            let config = json!({"config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}});
-            return self.add_image(busybox::BUILTIN_BUSYBOX, &[layer], config, BTreeMap::new());
+            let mut run_config = Config::default();
+            run_config.set_cmd(Some(vec!["sh".into()]));
+            run_config.set_env(Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]));
+            return self.add_image(busybox::BUILTIN_BUSYBOX, &[layer], Some(run_config), BTreeMap::new());
         }
         Err(Error::NoSuchImage(name.to_string()))
     }
 
-    /// The default command of an image's config.
+    /// The default command of an image's config: its entrypoint, then its command.
     pub fn default_command(&self, info: &ImageInfo) -> Result<Vec<String>> {
         let config = self.config(info)?;
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
-        };
-        let mut command = strings(&config["config"]["Entrypoint"]);
-        command.extend(strings(&config["config"]["Cmd"]));
-        Ok(command)
+        let Some(run) = config.config() else { return Ok(Vec::new()) };
+        Ok(run.entrypoint().iter().chain(run.cmd()).flatten().cloned().collect())
     }
 
-    pub fn config(&self, info: &ImageInfo) -> Result<Value> {
+    pub fn config(&self, info: &ImageInfo) -> Result<ImageConfiguration> {
         let manifest = self.manifest_by_digest(&info.manifest_digest)?;
-        let digest = manifest["config"]["digest"].as_str().unwrap_or_default();
-        serde_json::from_slice(&self.read_blob(digest)?).map_err(|e| Error::Corrupt {
-            what: "image config",
-            path: self.blob_path(digest).unwrap_or_default(),
-            detail: e.to_string(),
-        })
+        self.read_document("image config", manifest.config().digest())
     }
 
     /// The unpacked root filesystem of an image, the lower layer of its containers' overlays.
@@ -350,9 +375,8 @@ impl ImageStore {
         crate::util::create_dir_with_mode(&staging, 0o755)?;
         let manifest = self.manifest_by_digest(&info.manifest_digest)?;
         let options = ExtractOptions::image_layer();
-        for layer in manifest["layers"].as_array().into_iter().flatten() {
-            let digest = layer["digest"].as_str().unwrap_or_default();
-            let path = self.blob_path(digest)?;
+        for layer in manifest.layers() {
+            let path = self.blob_path(layer.digest())?;
             let reader = archive::open_decompressed(&path)?;
             if let Err(e) = archive::extract(reader, &staging, &path.display().to_string(), &options) {
                 remove_dir_all(&staging)?;
@@ -381,7 +405,7 @@ impl ImageStore {
             }
             .into());
         }
-        self.add_image(&normalize_reference(name), &[layer], json!({}), BTreeMap::new())
+        self.add_image(&normalize_reference(name), &[layer], None, BTreeMap::new())
     }
 
     /// `ckpt image load`: copies the images of an OCI layout directory or OCI archive.
@@ -403,51 +427,42 @@ impl ImageStore {
         } else {
             return Err(ImageError::NotOci(source.display().to_string()).into());
         };
-        let index: Value = serde_json::from_slice(
-            &fs::read(layout.join("index.json")).map_err(Error::io("read", layout.join("index.json")))?,
-        )
-        .map_err(|e| ImageError::Invalid { image: source.display().to_string(), detail: format!("index.json: {e}") })?;
+        let invalid =
+            |image: &str, detail: String| -> Error { ImageError::Invalid { image: image.to_string(), detail }.into() };
+        let index_path = layout.join("index.json");
+        let index: ImageIndex = serde_json::from_slice(&fs::read(&index_path).map_err(Error::io("read", &index_path))?)
+            .map_err(|e| invalid(&source.display().to_string(), format!("index.json: {e}")))?;
         let mut loaded = Vec::new();
-        for m in index["manifests"].as_array().into_iter().flatten() {
-            let digest = m["digest"].as_str().unwrap_or_default();
-            let reference = match (name, m["annotations"][REF_NAME].as_str()) {
+        for entry in index.manifests() {
+            let reference = match (name, ref_name(entry)) {
                 (Some(n), _) => normalize_reference(n),
                 (None, Some(r)) if r.contains(':') || r.contains('/') => normalize_reference(r),
                 (None, Some(r)) => normalize_reference(&format!("localhost/{r}")),
                 (None, None) => {
-                    return Err(ImageError::Invalid {
-                        image: source.display().to_string(),
-                        detail: "the manifest has no name (org.opencontainers.image.ref.name); give one".into(),
-                    }
-                    .into());
+                    return Err(invalid(
+                        &source.display().to_string(),
+                        "the manifest has no name (org.opencontainers.image.ref.name); give one".into(),
+                    ));
                 }
             };
-            let manifest_bytes = self.copy_verified_blob(&layout, digest)?;
-            let manifest: Value = serde_json::from_slice(&manifest_bytes)
-                .map_err(|e| ImageError::Invalid { image: reference.clone(), detail: format!("manifest: {e}") })?;
-            if manifest["mediaType"].as_str().is_some_and(|t| t != MANIFEST_TYPE) {
-                return Err(ImageError::Invalid {
-                    image: reference,
-                    detail: "only single-platform OCI image manifests can be loaded".into(),
-                }
-                .into());
+            if *entry.media_type() != MediaType::ImageManifest {
+                return Err(invalid(&reference, "only single-platform OCI image manifests can be loaded".into()));
             }
-            self.copy_verified_blob(&layout, manifest["config"]["digest"].as_str().unwrap_or_default())?;
-            for layer in manifest["layers"].as_array().into_iter().flatten() {
-                self.copy_verified_blob(&layout, layer["digest"].as_str().unwrap_or_default())?;
+            let manifest_bytes = self.copy_verified_blob(&layout, entry.digest())?;
+            let manifest: ImageManifest =
+                serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(&reference, format!("manifest: {e}")))?;
+            self.copy_verified_blob(&layout, manifest.config().digest())?;
+            for layer in manifest.layers() {
+                self.copy_verified_blob(&layout, layer.digest())?;
             }
             let _lock = self.lock()?;
-            let mut ours = self.read_index()?;
-            let list = Self::manifests_mut(&mut ours);
-            list.retain(|e| e["annotations"][REF_NAME].as_str() != Some(reference.as_str()));
-            list.push(json!({"mediaType": MANIFEST_TYPE, "digest": digest, "size": manifest_bytes.len(), "annotations": {REF_NAME: reference}}));
-            self.write_index(&ours)?;
+            self.tag(&reference, entry.digest().clone(), manifest_bytes.len() as u64)?;
             loaded.push(reference);
         }
         Ok(loaded)
     }
 
-    fn copy_verified_blob(&self, layout: &Path, digest: &str) -> Result<Vec<u8>> {
+    fn copy_verified_blob(&self, layout: &Path, digest: &Digest) -> Result<Vec<u8>> {
         self.init_layout()?;
         let source = Self::blob_path_in(layout, digest)?;
         let target = self.blob_path(digest)?;
@@ -458,18 +473,14 @@ impl ImageStore {
             .map_err(Error::io("open blob", &source))?;
         let mut reader = BufReader::new(blob);
         let tmp = target.with_extension(format!("incoming-{}", std::process::id()));
-        let mut writer = HashingWriter {
-            inner: File::create(&tmp).map_err(Error::io("create", &tmp))?,
-            hasher: Sha256::new(),
-            written: 0,
-        };
+        let mut writer = HashingWriter::new(File::create(&tmp).map_err(Error::io("create", &tmp))?);
         io::copy(&mut reader, &mut writer).map_err(Error::io("copy blob", &source))?;
-        let actual = format!("sha256:{}", hex::encode(writer.hasher.finalize()));
-        if actual != digest {
+        let actual = sha256_digest(writer.hasher);
+        if actual != *digest {
             let _ = fs::remove_file(&tmp);
             return Err(ImageError::BadBlob {
                 path: layout.display().to_string(),
-                digest: digest.into(),
+                digest: digest.to_string(),
                 detail: format!("has content with digest {actual}"),
             }
             .into());
@@ -482,19 +493,11 @@ impl ImageStore {
     pub fn save(&self, name: &str, output: &Path) -> Result<()> {
         let info = self.resolve(name)?;
         let manifest = self.manifest_by_digest(&info.manifest_digest)?;
-        let mut digests =
-            vec![info.manifest_digest.clone(), manifest["config"]["digest"].as_str().unwrap_or_default().to_string()];
-        digests.extend(
-            manifest["layers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l["digest"].as_str().map(str::to_string)),
-        );
-        let manifest_size = self.read_blob(&info.manifest_digest)?.len();
-        let index = json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [{
-            "mediaType": MANIFEST_TYPE, "digest": info.manifest_digest, "size": manifest_size,
-            "annotations": {REF_NAME: info.reference}}]});
+        let mut digests = vec![info.manifest_digest.clone(), manifest.config().digest().clone()];
+        digests.extend(manifest.layers().iter().map(|layer| layer.digest().clone()));
+        let manifest_size = self.read_blob(&info.manifest_digest)?.len() as u64;
+        let mut index = empty_index();
+        index.set_manifests(vec![index_entry(info.manifest_digest.clone(), manifest_size, &info.reference)]);
         crate::archive::publish::publish_file(output, |file| {
             let mut builder = tar::Builder::new(file);
             let mut add = |path: &str, data: &[u8]| -> io::Result<()> {
@@ -505,12 +508,12 @@ impl ImageStore {
                 h.set_entry_type(tar::EntryType::Regular);
                 builder.append_data(&mut h, path, data)
             };
-            add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-            add("index.json", &serde_json::to_vec(&index).expect("json"))?;
+            add("oci-layout", &canonical_json(&layout_marker()))?;
+            add("index.json", &canonical_json(&index))?;
             for digest in &digests {
                 let path = self.blob_path(digest).map_err(io::Error::other)?;
                 let mut file = File::open(&path)?;
-                builder.append_file(format!("blobs/sha256/{}", digest_hex(digest).unwrap_or_default()), &mut file)?;
+                builder.append_file(format!("blobs/sha256/{}", digest.digest()), &mut file)?;
             }
             builder.into_inner()?.flush()
         })
@@ -520,8 +523,7 @@ impl ImageStore {
         let info = self.resolve(name)?;
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
-        Self::manifests_mut(&mut index)
-            .retain(|m| m["annotations"][REF_NAME].as_str() != Some(info.reference.as_str()));
+        index.set_manifests(entries_except(&index, &info.reference));
         self.write_index(&index)?;
         // Blobs can be shared with other images; the unpacked rootfs goes when no name uses it.
         if !self.list()?.iter().any(|i| i.id == info.id) {
@@ -531,7 +533,15 @@ impl ImageStore {
     }
 }
 
-pub use crate::hostinfo::oci_arch;
+fn parse_document<T: DeserializeOwned>(what: &'static str, path: &Path, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt { what, path: path.to_path_buf(), detail: e.to_string() })
+}
+
+fn build_error(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> Error {
+    move |e| ImageError::Invalid { image: what.to_string(), detail: e.to_string() }.into()
+}
+
+use crate::hostinfo::oci_arch;
 
 #[cfg(test)]
 mod tests {
@@ -572,10 +582,46 @@ mod tests {
         let store = ImageStore::new(&Roots::new(dir.path().join("root"), dir.path().join("run")));
         store.init_layout().unwrap();
         let digest = store.write_blob(b"memory pages").unwrap();
-        assert_eq!(digest, format!("sha256:{}", sha256_hex(b"memory pages")));
+        assert_eq!(digest.to_string(), format!("sha256:{}", hex::encode(Sha256::digest(b"memory pages"))));
         let path = store.blob_path(&digest).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(store.read_blob(&digest).unwrap(), b"memory pages");
-        assert!(store.blob_path("md5:abc").is_err());
+        assert!(store.blob_path(&Digest::from_str(&format!("sha512:{}", "a".repeat(128))).unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_added_image_lists_with_its_annotations_layers_and_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&Roots::new(dir.path().join("root"), dir.path().join("run")));
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "etc/motd", &b"hello"[..]).unwrap();
+        let layer = store.write_layer_from_tar(&tar.into_inner().unwrap()[..]).unwrap();
+        let mut run = Config::default();
+        run.set_entrypoint(Some(vec!["/bin/sh".into(), "-c".into()]));
+        run.set_cmd(Some(vec!["sleep 1".into()]));
+        let annotations = BTreeMap::from([("io.podman.annotations.checkpoint.name".to_string(), "web".to_string())]);
+        let added = store.add_image("localhost/web:1", std::slice::from_ref(&layer), Some(run), annotations).unwrap();
+
+        let listed = store.resolve("localhost/web:1").unwrap();
+        assert_eq!(listed.manifest_digest, added.manifest_digest);
+        assert_eq!(listed.size, layer.size);
+        assert_eq!(listed.annotations["io.podman.annotations.checkpoint.name"], "web");
+        assert!(listed.annotations.contains_key(CREATED));
+        assert_eq!(store.default_command(&listed).unwrap(), ["/bin/sh", "-c", "sleep 1"]);
+        assert_eq!(store.resolve(&listed.id[..12]).unwrap().reference, "localhost/web:1");
+
+        // The stored documents are the OCI types, with their keys sorted.
+        let manifest_bytes = store.read_blob(&listed.manifest_digest).unwrap();
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).unwrap();
+        assert_eq!(manifest.layers()[0].media_type(), &MediaType::ImageLayerGzip);
+        assert_eq!(canonical_json(&manifest), manifest_bytes);
+        let config = store.config(&listed).unwrap();
+        assert_eq!(config.rootfs().diff_ids(), &[layer.diff_id.to_string()]);
+
+        store.remove("localhost/web:1").unwrap();
+        assert!(store.list().unwrap().is_empty());
     }
 }

@@ -4,8 +4,7 @@
 mod busybox;
 mod layout;
 
-pub use busybox::BUILTIN_BUSYBOX;
-pub use layout::{ImageInfo, ImageStore, LayerBlob, normalize_reference, oci_arch, validate_reference};
+pub use layout::{ImageInfo, ImageStore, normalize_reference, validate_reference};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

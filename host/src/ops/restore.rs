@@ -273,8 +273,8 @@ impl Staged {
         let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
         let mut staged = Staged::new(dir, format!("image {name}"))?;
         let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
-        for layer in manifest["layers"].as_array().into_iter().flatten() {
-            let blob = ctx.images.blob_path(layer["digest"].as_str().unwrap_or_default())?;
+        for layer in manifest.layers() {
+            let blob = ctx.images.blob_path(layer.digest())?;
             archive::extract(
                 archive::open_decompressed(&blob)?,
                 &staged.dir.path,

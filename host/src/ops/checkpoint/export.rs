@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::json;
-
 use crate::archive::Compression;
 use crate::archive::assemble::{self, Sources};
 use crate::archive::checkpoint::{ArchiveWriter, Compressor};
@@ -17,7 +15,7 @@ use crate::policy::GateVerdict;
 use crate::runtime::OciRuntime;
 use crate::store::ContainerRecord;
 
-pub use crate::archive::assemble::{Content, DECISIONS, Included};
+pub use crate::archive::assemble::{Content, Included};
 
 /// Writes the archive into `pending` (not yet published): one streaming pass over the CRIU
 /// images, compressed on all cores.
@@ -115,6 +113,6 @@ pub fn create_image(
     let file = std::fs::File::open(&tar_path).map_err(Error::io("open", &tar_path))?;
     let layer = ctx.images.write_layer_from_tar(std::io::BufReader::new(file))?;
     let annotations = image_annotations(record, runtime, ctx.criu()?.version()?);
-    ctx.images.add_image(&crate::image::normalize_reference(name), &[layer], json!({}), annotations)?;
+    ctx.images.add_image(&crate::image::normalize_reference(name), &[layer], None, annotations)?;
     Ok(GateVerdict::Allow)
 }
