@@ -8,25 +8,25 @@
 //! - `safefs`: the one way to write beneath a directory from untrusted input.
 //! - `supervisor/`: the conmon-like process that holds a container's stdio.
 
-pub mod archive;
+pub(crate) mod archive;
 pub mod cli;
-pub mod config;
-pub mod criu;
+pub(crate) mod config;
+pub(crate) mod criu;
 pub mod error;
-pub mod hostinfo;
-pub mod image;
-pub mod interrupt;
+pub(crate) mod hostinfo;
+pub(crate) mod image;
+pub(crate) mod interrupt;
 #[cfg(test)]
 mod layering;
-pub mod netns;
-pub mod ops;
-pub mod policy;
-pub mod rootfs;
-pub mod runtime;
-pub mod safefs;
-pub mod spec;
-pub mod store;
-pub mod supervisor;
+pub(crate) mod netns;
+pub(crate) mod ops;
+pub(crate) mod policy;
+pub(crate) mod rootfs;
+pub(crate) mod runtime;
+pub(crate) mod safefs;
+pub(crate) mod spec;
+pub(crate) mod store;
+pub(crate) mod supervisor;
 pub mod util;
 
 pub use error::{Error, Result};

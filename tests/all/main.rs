@@ -9,4 +9,3 @@ mod checkpoint;
 mod containers;
 mod hostile;
 mod policy;
-mod predump;

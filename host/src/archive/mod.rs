@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-pub use extract::{ExtractLimits, ExtractOptions, Symlinks, extract};
+pub use extract::{ExtractOptions, Symlinks, extract};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

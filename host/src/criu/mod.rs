@@ -2,10 +2,12 @@
 
 mod stats;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-pub use stats::{DumpStats, RestoreStats, encode_dump_stats, parse_dump_stats, read_dump_stats, read_restore_stats};
+#[cfg(test)]
+pub use stats::encode_dump_stats;
+pub use stats::{DumpStats, RestoreStats, parse_dump_stats, read_dump_stats, read_restore_stats};
 
 /// The oldest CRIU that podman accepts (3.11).
 pub const MIN_CRIU_VERSION: u32 = 31100;
@@ -72,10 +74,6 @@ impl CriuBinary {
                 format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
             Err(CriuError::NoMemTrack(said.trim().to_string()))
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -163,6 +163,7 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
 }
 
 /// Encodes a stats image, for test doubles that stand in for CRIU.
+#[cfg(test)]
 pub fn encode_dump_stats(stats: &DumpStats) -> Vec<u8> {
     let mut inner = Vec::new();
     for (field, value) in [
@@ -190,6 +191,7 @@ pub fn encode_dump_stats(stats: &DumpStats) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);

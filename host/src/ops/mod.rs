@@ -56,16 +56,14 @@ impl Context {
         if let Some(r) = &self.runtime_override {
             return Ok(Arc::clone(r));
         }
-        let base = self.roots.runroot.join("runtime");
-        Ok(Arc::new(CliRuntime::resolve(name_or_path, &base)?))
+        Ok(Arc::new(CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?))
     }
 
     pub fn runtime_with_log(&self, name_or_path: &str, log: PathBuf) -> Result<Arc<dyn OciRuntime>> {
         if let Some(r) = &self.runtime_override {
             return Ok(Arc::clone(r));
         }
-        let base = self.roots.runroot.join("runtime");
-        Ok(Arc::new(CliRuntime::resolve(name_or_path, &base)?.with_log_file(log)))
+        Ok(Arc::new(CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?.with_log_file(log)))
     }
 
     /// Where compiled policies are cached: `<root>/policy-cache`, or `$CKPT_POLICY_CACHE`.

@@ -31,6 +31,7 @@ impl From<Compression> for crate::archive::Compression {
 
 impl CheckpointOptions {
     /// Every option off: what a plain `ckpt checkpoint NAME` asks for.
+    #[cfg(test)]
     pub fn none() -> CheckpointOptions {
         CheckpointOptions {
             leave_running: false,

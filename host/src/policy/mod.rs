@@ -11,8 +11,8 @@ pub mod record;
 
 use std::path::Path;
 
-pub use decision::{Answer, Kind, Outcome, Question};
-pub use engine::{Determinism, LoadedPolicy, LogLine, PolicyEngine, Trace};
+pub use decision::{Answer, Kind, Question};
+pub use engine::{LoadedPolicy, PolicyEngine, Trace};
 pub use record::DecisionRecord;
 
 use bindings::*;

@@ -2,12 +2,13 @@
 //! recording fake while integration tests drive the real binary.
 
 mod cli;
-pub mod fake;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-pub use cli::{CliRuntime, exit_code_of};
+pub use cli::CliRuntime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

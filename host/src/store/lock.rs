@@ -29,7 +29,6 @@ impl StoreLock {
 /// Exclusive right to change one container. Released when dropped.
 pub struct ContainerLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 impl ContainerLock {
@@ -42,7 +41,7 @@ impl ContainerLock {
         let path = Self::path_for(locks_dir, id);
         let file = open_lock_file(&path)?;
         file.lock().map_err(Error::io("lock", &path))?;
-        Ok(ContainerLock { _file: file, path })
+        Ok(ContainerLock { _file: file })
     }
 
     /// Fails at once when another operation holds the lock, as a second checkpoint must.
@@ -50,7 +49,7 @@ impl ContainerLock {
         let path = Self::path_for(locks_dir, id);
         let file = open_lock_file(&path)?;
         match file.try_lock() {
-            Ok(()) => Ok(ContainerLock { _file: file, path }),
+            Ok(()) => Ok(ContainerLock { _file: file }),
             Err(TryLockError::WouldBlock) => Err(Error::ContainerBusy(name.to_string())),
             Err(TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
         }
@@ -85,7 +84,7 @@ mod tests {
     fn a_held_container_lock_makes_a_second_try_busy_until_it_is_released() {
         let dir = tempfile::tempdir().unwrap();
         let held = ContainerLock::try_acquire(dir.path(), "id", "web").unwrap();
-        assert!(is_locked(&held.path));
+        assert!(is_locked(&ContainerLock::path_for(dir.path(), "id")));
         let busy = ContainerLock::try_acquire(dir.path(), "id", "web").err().unwrap();
         assert!(busy.to_string().contains("\"web\" is busy"), "{busy}");
         drop(held);

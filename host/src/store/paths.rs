@@ -38,9 +38,9 @@ impl Roots {
         self.root.join("images")
     }
 
-    /// The state root handed to the OCI runtime (`runc --root`).
-    pub fn runtime_state_root(&self, runtime_name: &str) -> PathBuf {
-        self.runroot.join("runtime").join(runtime_name)
+    /// Where each OCI runtime keeps its state (`runc --root <this>/runc`).
+    pub fn runtime_states_dir(&self) -> PathBuf {
+        self.runroot.join("runtime")
     }
 
     /// Notes of exports being written, for `ckpt system check` after a crash.

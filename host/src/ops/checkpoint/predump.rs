@@ -112,3 +112,6 @@ pub fn run_rounds(
     }
     Ok(dirs)
 }
+
+#[cfg(test)]
+mod tests;

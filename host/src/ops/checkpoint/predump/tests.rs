@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use ckpt::criu::{Criu, CriuError, DumpStats, encode_dump_stats};
-use ckpt::ops::Context;
-use ckpt::ops::checkpoint::predump;
-use ckpt::policy::Policies;
-use ckpt::policy::bindings::{CheckpointFacts, Convergence, PreDumpPlan};
-use ckpt::runtime::fake::{Call, RecordingRuntime};
-use ckpt::runtime::{CheckpointOptions, RuntimeError};
-use ckpt::store::Roots;
+use crate::criu::{Criu, CriuError, DumpStats, encode_dump_stats};
+use crate::ops::Context;
+use crate::ops::checkpoint::predump;
+use crate::policy::Policies;
+use crate::policy::bindings::{CheckpointFacts, Convergence, PreDumpPlan};
+use crate::runtime::fake::{Call, RecordingRuntime};
+use crate::runtime::{CheckpointOptions, RuntimeError};
+use crate::store::Roots;
 
 struct TrackingCriu;
 
@@ -104,7 +104,7 @@ fn rounds_chain_until_the_policy_sees_convergence() {
         let parent = (i > 0).then(|| std::path::PathBuf::from(format!("../pre-dump-{i}")));
         assert_eq!(call.parent_path, parent, "each round is relative to the previous one");
     }
-    let rounds: Vec<_> = policies.records.iter().filter(|r| r.kind == ckpt::policy::Kind::Round).collect();
+    let rounds: Vec<_> = policies.records.iter().filter(|r| r.kind == crate::policy::Kind::Round).collect();
     assert_eq!(rounds.len(), 3);
     assert_eq!(rounds[2].decision["action"], "DumpNow");
     assert!(rounds[2].decision["reason"].as_str().unwrap().contains("converged"));
@@ -140,7 +140,7 @@ fn a_fixed_number_of_rounds_needs_no_decision_and_a_failed_round_cleans_up() {
     .unwrap()
     .keep();
     assert_eq!(dirs.len(), 2);
-    assert!(policies.records.iter().all(|r| r.kind != ckpt::policy::Kind::Round));
+    assert!(policies.records.iter().all(|r| r.kind != crate::policy::Kind::Round));
 
     let s = setup(&[100_000]);
     s.runtime.push_dump_effect(Box::new(|_: &CheckpointOptions| {
