@@ -135,7 +135,8 @@ fn the_readme_names_every_module() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(manifest.join("src")).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "layering.rs" {
+        // insta's snapshots/ directories hold test data, not modules.
+        if name == "layering.rs" || name == "snapshots" {
             continue;
         }
         let shown = if entry.path().is_dir() { format!("  {name}/") } else { format!("  {name}") };

@@ -205,10 +205,7 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
             writeln!(out, "{}", crate::util::short_id(&e.id)).ok();
         }
     } else {
-        writeln!(out, "{:<12}  {:<24}  {:<24}  {:<14}  NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS").ok();
-        for e in &entries {
-            writeln!(out, "{}", crate::util::escape_controls(&e.row())).ok();
-        }
+        write!(out, "{}", container::ps_table(&entries)).ok();
     }
     Ok(0)
 }

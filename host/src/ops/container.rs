@@ -167,9 +167,19 @@ pub struct PsEntry {
     pub mounts: Vec<String>,
 }
 
+/// `ckpt ps` as a table, in podman's columns.
+pub fn ps_table(entries: &[PsEntry]) -> String {
+    let mut table = format!("{:<12}  {:<24}  {:<24}  {:<14}  NAMES\n", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS");
+    for entry in entries {
+        table.push_str(&crate::util::escape_controls(&entry.row()));
+        table.push('\n');
+    }
+    table
+}
+
 impl PsEntry {
     /// The row of the `ps` table.
-    pub fn row(&self) -> String {
+    fn row(&self) -> String {
         format!(
             "{:<12}  {:<24}  {:<24.24}  {:<14}  {}",
             crate::util::short_id(&self.id),
@@ -273,4 +283,37 @@ pub fn diff(ctx: &Context, record: &ContainerRecord) -> Result<Vec<Change>> {
     let image = ctx.images.resolve(&record.image_id).or_else(|_| ctx.images.resolve(&record.image_ref))?;
     let lower = ctx.images.rootfs(&image)?;
     rootfs::changes(&lower, &ctx.containers.paths(&record.id).upper())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: char, name: &str, command: &str, state: ContainerStatus, status: &str) -> PsEntry {
+        PsEntry {
+            id: id.to_string().repeat(64),
+            names: vec![name.into()],
+            image: "busybox:latest".into(),
+            image_id: "c".repeat(64),
+            command: command.split(' ').map(str::to_string).collect(),
+            created: 0,
+            created_at: "2026-11-28T00:00:00+00:00".into(),
+            state,
+            status: status.into(),
+            pid: 0,
+            labels: Default::default(),
+            auto_remove: false,
+            mounts: vec![],
+        }
+    }
+
+    #[test]
+    fn the_ps_table_has_podmans_columns_and_escapes_names() {
+        let entries = [
+            entry('a', "web", "sh -c while true; do echo tick; sleep 1; done", ContainerStatus::Running, "Up"),
+            entry('b', "db", "sleep 1000", ContainerStatus::Paused, "Up (Paused)"),
+            entry('c', "evil\u{1b}[2J", "true", ContainerStatus::Exited, "Exited (0)"),
+        ];
+        insta::assert_snapshot!("ps_table", ps_table(&entries));
+    }
 }

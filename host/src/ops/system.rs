@@ -250,4 +250,24 @@ mod tests {
         assert!(staging.join(&live).exists(), "work of a live process is left alone");
         assert!(sweep_leftovers(&ctx, true).is_empty());
     }
+
+    #[test]
+    fn findings_render_one_line_each() {
+        assert_eq!(render(&[]), "nothing to repair\n");
+        let findings = [
+            Finding {
+                kind: "frozen container",
+                object: "web".into(),
+                detail: "its cgroup is FROZEN".into(),
+                repaired: true,
+            },
+            Finding {
+                kind: "leftover staging",
+                object: "/var/lib/ckpt/tmp/.import-77-0123456789abcdef".into(),
+                detail: "process 77 is gone".into(),
+                repaired: false,
+            },
+        ];
+        insta::assert_snapshot!("system_check_text", render(&findings));
+    }
 }
