@@ -73,10 +73,10 @@ mod tests {
 
     #[test]
     fn joins_partial_records() {
-        let log = b"t1 stdout P hel\nt2 stdout F lo\nt3 stderr F oops\nt4 stdout P tail\n";
+        let log = b"t1 stdout P abc\nt2 stdout F def\nt3 stderr F oops\nt4 stdout P tail\n";
         let lines = read_log(log);
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0].text, b"hello\n");
+        assert_eq!(lines[0].text, b"abcdef\n");
         assert_eq!(lines[1].stream, "stderr");
         assert_eq!(lines[2].text, b"tail");
     }
