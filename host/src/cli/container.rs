@@ -67,12 +67,8 @@ pub struct PsArgs {
     /// Show all containers, not only running ones.
     #[arg(short, long)]
     pub all: bool,
-    /// Print IDs only.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// `json` for a JSON array.
-    #[arg(long)]
-    pub format: Option<super::OutputFormat>,
+    #[command(flatten)]
+    pub list: super::ListArgs,
 }
 
 /// Show a container's output.
@@ -198,9 +194,9 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
         }
     }
     let mut out = std::io::stdout().lock();
-    if args.format.is_some() {
+    if args.list.format.is_some() {
         writeln!(out, "{}", serde_json::to_string_pretty(&entries).expect("json")).ok();
-    } else if args.quiet {
+    } else if args.list.quiet {
         for e in &entries {
             writeln!(out, "{}", crate::util::short_id(&e.id)).ok();
         }

@@ -17,12 +17,7 @@ pub enum ImageCommand {
     Save(SaveArgs),
     /// List images.
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long)]
-        format: Option<super::OutputFormat>,
-    },
+    Ls(super::ListArgs),
     /// Remove images.
     Rm {
         #[arg(short, long)]
@@ -66,7 +61,7 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
             }
         }
         ImageCommand::Save(args) => ctx.images.save(&args.image, &args.output)?,
-        ImageCommand::Ls { quiet, format } => {
+        ImageCommand::Ls(super::ListArgs { quiet, format }) => {
             let list = ctx.images.list()?;
             let mut out = std::io::stdout().lock();
             match format {

@@ -100,6 +100,17 @@ pub enum OutputFormat {
     Json,
 }
 
+/// The flags every listing command (`ps`, `image ls`, `volume ls`) shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Print IDs (or names) only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// `json` for a JSON array.
+    #[arg(long)]
+    pub format: Option<OutputFormat>,
+}
+
 /// Looking after ckpt's own state.
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {

@@ -16,12 +16,7 @@ pub enum VolumeCommand {
     },
     /// List volumes.
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long)]
-        format: Option<super::OutputFormat>,
-    },
+    Ls(super::ListArgs),
     /// Remove volumes.
     Rm {
         /// Remove the containers that use them too.
@@ -40,7 +35,7 @@ pub enum VolumeCommand {
 pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
     match command {
         VolumeCommand::Create { label, name } => println!("{}", volumes::create(ctx, &name, &label)?.name),
-        VolumeCommand::Ls { quiet, format } => {
+        VolumeCommand::Ls(super::ListArgs { quiet, format }) => {
             let list = ctx.volumes.list()?;
             let mut out = std::io::stdout().lock();
             match format {
