@@ -18,6 +18,10 @@ const EXIT_SIGNAL_BASE: i32 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "ckpt needs root: '{command}' works on the store at {root:?} and runs containers through the OCI runtime and CRIU, which only root may do; run it as root"
+    )]
+    NeedsRoot { command: String, root: PathBuf },
     #[error("no such container {0:?}")]
     NoSuchContainer(String),
     #[error("no such image {0:?}")]

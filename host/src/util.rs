@@ -166,6 +166,48 @@ pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+/// A Go duration: `90s`, `10m`, `1h30m`, `1.5h`, `250ms`. `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).filter(|&i| i > 0)?;
+        let value: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = &rest[unit_end..];
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
+/// A size as podman prints it: decimal units, three significant digits (`1.18 MB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 999.5 && unit < UNITS.len() - 1 {
+        size /= 1000.0;
+        unit += 1;
+    }
+    let integer_digits = if size < 1.0 { 1 } else { size.log10().floor() as usize + 1 };
+    let text = format!("{size:.*}", 3usize.saturating_sub(integer_digits));
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    format!("{text} {}", UNITS[unit])
+}
+
 /// The first `name` in `$PATH`.
 pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -194,5 +236,32 @@ mod tests {
         write_atomic(&path, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        let secs = |text: &str| parse_duration(text).map(|d| d.as_secs_f64());
+        assert_eq!(secs("90s"), Some(90.0));
+        assert_eq!(secs("1h30m"), Some(5400.0));
+        assert_eq!(secs("1.5h"), Some(5400.0));
+        assert_eq!(secs("250ms"), Some(0.25));
+        for bad in ["", "10", "m", "5 m", "1d", "-5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_podman_prints_them() {
+        let cases = [
+            (0, "0 B"),
+            (999, "999 B"),
+            (1000, "1 kB"),
+            (21873, "21.9 kB"),
+            (1183212, "1.18 MB"),
+            (5 << 30, "5.37 GB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(human_size(bytes), text, "{bytes}");
+        }
     }
 }

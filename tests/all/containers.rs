@@ -195,7 +195,8 @@ fn errors_name_the_object_exit_125_and_change_nothing() {
         vec!["run", "-d", "--name", "x", "--label", "nokey", "busybox", "true"],
         vec!["run", "-d", "--name", "bad/name", "busybox", "true"],
         vec!["run", "-d", "--bogus-flag", "busybox", "true"],
-        vec!["ps", "--format", "yaml"],
+        vec!["ps", "--format", "{{.Names"],
+        vec!["ps", "--format", "{{.NoSuchField}}", "-a"],
         vec!["stop"],
     ] {
         let r = ckpt.run(&bad);
@@ -256,4 +257,49 @@ fn images_import_load_save_list_and_remove() {
     ckpt.ok(&["run", "-d", "--name", "user", "mine", "/bin/sh", "-c", "sleep 1000"]);
     assert!(ckpt.fails(&["image", "rm", "mine"]).contains("in use by container \"user\""));
     assert!(ckpt.fails(&["image", "load", "-i", tarball.to_str().unwrap()]).contains("neither an OCI image layout"));
+}
+
+#[test]
+fn go_templates_on_inspect_ps_images_volumes_and_checkpoints() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.ok(&["run", "-d", "--name", "tpl", "--label", "app=web", "busybox", "sleep", "1000"]);
+    ckpt.ok(&["run", "--name", "done", "busybox", "true"]);
+    let state = "{{.State.Status}}:{{.State.Running}}:{{.State.Paused}}:{{.State.Checkpointed}}";
+    assert_eq!(
+        ckpt.ok(&["inspect", "--format", state, "tpl", "done"]),
+        "running:true:false:false\nexited:false:false:false\n"
+    );
+    assert_eq!(
+        ckpt.ok(&["inspect", "-f", r#"{{index .Config.Labels "app"}} {{json .Config.Cmd}}"#, "tpl"]),
+        "web [\"sleep\",\"1000\"]\n"
+    );
+
+    let table = ckpt.ok(&["ps", "-a", "--format", r"table {{.ID}}\t{{.Names}}\t{{.State}}"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CONTAINER ID  NAMES"), "{table}");
+    assert!(lines.iter().any(|l| l.contains("  tpl  ") && l.ends_with("running")), "{table}");
+    assert_eq!(ckpt.ok(&["ps", "--filter", "status=exited", "--format", "{{.Names}}"]), "done\n");
+    assert_eq!(
+        ckpt.ok(&["ps", "-a", "--filter", "label=app=web", "--format", "{{.Names}} {{.Labels}}"]),
+        "tpl map[app:web]\n"
+    );
+    assert_eq!(ckpt.ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]), "busybox:latest\n");
+    ckpt.ok(&["volume", "create", "tv"]);
+    assert_eq!(ckpt.ok(&["volume", "ls", "--format", "{{.Name}} {{.Driver}}"]), "tv local\n");
+
+    let archive = ckpt.path("tpl.tar");
+    ckpt.ok(&["checkpoint", "-R", "-e", archive.to_str().unwrap(), "tpl"]);
+    let shown = ckpt.ok(&["inspect-checkpoint", "--format", "{{.container}} {{.runtime}}", archive.to_str().unwrap()]);
+    assert_eq!(shown, "tpl runc\n");
+
+    // A bad field is named, the exit code is podman's 125, and nothing is printed to stdout.
+    let bad = ckpt.run(&["inspect", "--format", "{{.State.Bogus}}", "tpl"]);
+    assert_eq!(bad.code, 125);
+    assert!(bad.stderr.contains(r#"no field "Bogus" in .State"#), "{}", bad.stderr);
+    assert!(bad.stdout.is_empty());
+    let unclosed = ckpt.run(&["ps", "--format", "{{.Names"]);
+    assert_eq!(unclosed.code, 125);
+    assert!(unclosed.stderr.contains("no closing }}"), "{}", unclosed.stderr);
+    let filter = ckpt.fails(&["ps", "--filter", "colour=red"]);
+    assert!(filter.contains("colour=red") && filter.contains("ancestor"), "{filter}");
 }

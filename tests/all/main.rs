@@ -8,4 +8,5 @@ mod support;
 mod checkpoint;
 mod containers;
 mod hostile;
+mod podman_habits;
 mod policy;

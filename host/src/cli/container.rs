@@ -14,6 +14,20 @@ pub struct RunArgs {
     /// Run in the background and print the container ID.
     #[arg(short, long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+/// Create a container without starting it; `ckpt start` starts it.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+/// What `run` and `create` share: the container's definition.
+#[derive(Debug, Args)]
+pub struct ContainerArgs {
     /// The container's name.
     #[arg(long)]
     pub name: Option<String>,
@@ -41,7 +55,7 @@ pub struct StartArgs {
     pub containers: Vec<String>,
 }
 
-/// Stop one or more running containers.
+/// Stop one or more running containers (`restart`: and start them again).
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Seconds to wait after SIGTERM before SIGKILL.
@@ -57,6 +71,22 @@ pub struct RmArgs {
     /// Stop running containers first.
     #[arg(short, long)]
     pub force: bool,
+    /// With --force: seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 0)]
+    pub time: u64,
+    /// Every container.
+    #[arg(short, long)]
+    pub all: bool,
+    /// A container that does not exist is not an error.
+    #[arg(short, long)]
+    pub ignore: bool,
+    #[arg(required_unless_present = "all")]
+    pub containers: Vec<String>,
+}
+
+/// Pause or unpause containers, or wait for them to exit.
+#[derive(Debug, Args)]
+pub struct ContainersArgs {
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -69,6 +99,12 @@ pub struct PsArgs {
     pub all: bool,
     #[command(flatten)]
     pub list: super::ListArgs,
+    /// KEY=VALUE: id, name, label, status or ancestor; several must all match.
+    #[arg(short, long = "filter")]
+    pub filter: Vec<String>,
+    /// The latest container only.
+    #[arg(short, long)]
+    pub latest: bool,
 }
 
 /// Show a container's output.
@@ -77,12 +113,24 @@ pub struct LogsArgs {
     /// Keep following the log until the container exits.
     #[arg(short, long)]
     pub follow: bool,
+    /// Only lines written since this time: RFC 3339, a date, Unix seconds, or a duration ago (10m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines written before this time, in the same forms as --since.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only the last N lines (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub tail: i64,
     pub container: String,
 }
 
 /// Run a command in a running container.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
+    /// Start the command and return at once, with no stdio.
+    #[arg(short, long)]
+    pub detach: bool,
     #[arg(short, long = "env")]
     pub env: Vec<String>,
     #[arg(short, long)]
@@ -97,6 +145,9 @@ pub struct ExecArgs {
 /// Show containers as a JSON array.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
+    /// `json`, or a Go template applied to each container (`{{.State.Status}}`).
+    #[arg(short, long, value_parser = super::format_arg)]
+    pub format: Option<super::Format>,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -125,17 +176,27 @@ pub struct SuperviseArgs {
     pub file_locks: bool,
 }
 
+impl ContainerArgs {
+    fn options(self) -> lifecycle::RunOptions {
+        lifecycle::RunOptions {
+            name: self.name,
+            volumes: self.volume,
+            env: self.env,
+            labels: self.label,
+            auto_remove: self.rm,
+            image: self.image,
+            command: self.command,
+        }
+    }
+}
+
+pub fn create(ctx: &Context, args: CreateArgs) -> Result<i32> {
+    println!("{}", lifecycle::create(ctx, &args.container.options())?.id);
+    Ok(0)
+}
+
 pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
-    let options = lifecycle::RunOptions {
-        name: args.name,
-        volumes: args.volume,
-        env: args.env,
-        labels: args.label,
-        auto_remove: args.rm,
-        image: args.image,
-        command: args.command,
-    };
-    let record = lifecycle::create(ctx, &options)?;
+    let record = lifecycle::create(ctx, &args.container.options())?;
     let record = match lifecycle::start(ctx, &record) {
         Ok(r) => r,
         Err(e) => {
@@ -150,7 +211,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     }
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    container::logs(ctx, &record, &mut out, &mut err, true)?;
+    let follow = container::LogSelection { follow: true, ..Default::default() };
+    container::logs(ctx, &record, &mut out, &mut err, &follow)?;
     lifecycle::wait_for_supervisor(ctx, &record.id, std::time::Duration::from_secs(30));
     Ok(ctx.containers.load(&record.id).ok().and_then(|r| r.state.exit_code).unwrap_or(0))
 }
@@ -175,10 +237,48 @@ pub fn stop(ctx: &Context, args: StopArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
+pub fn restart(ctx: &Context, args: StopArgs) -> Result<i32> {
+    crate::ops::each(&args.containers, |name| {
+        lifecycle::restart(ctx, &ctx.containers.lookup(name)?, args.time)?;
+        println!("{name}");
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+pub fn pause(ctx: &Context, args: ContainersArgs, freeze: bool) -> Result<i32> {
     crate::ops::each(&args.containers, |name| {
         let record = ctx.containers.lookup(name)?;
-        lifecycle::remove(ctx, &record, args.force)?;
+        if freeze {
+            lifecycle::pause(ctx, &record)?
+        } else {
+            lifecycle::unpause(ctx, &record)?
+        }
+        println!("{name}");
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+/// Prints each container's exit code once it has exited, as podman's wait does.
+pub fn wait(ctx: &Context, args: ContainersArgs) -> Result<i32> {
+    crate::ops::each(&args.containers, |name| {
+        let code = lifecycle::wait(ctx, &ctx.containers.lookup(name)?, std::time::Duration::from_millis(100))?;
+        println!("{code}");
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
+    let names =
+        if args.all { ctx.containers.list()?.into_iter().map(|r| r.id).collect() } else { args.containers.clone() };
+    crate::ops::each(&names, |name| {
+        let record = match ctx.containers.lookup(name) {
+            Err(Error::NoSuchContainer(_)) if args.ignore => return Ok(()),
+            other => other?,
+        };
+        lifecycle::remove(ctx, &record, args.force, args.time)?;
         println!("{}", record.id);
         Ok(())
     })?;
@@ -186,16 +286,25 @@ pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
 }
 
 pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
+    let filters = args.filter.iter().map(|f| container::PsFilter::parse(f)).collect::<Result<Vec<_>>>()?;
+    let mut records = ctx.containers.list()?;
+    if args.latest {
+        records.sort_by_key(|r| r.created_at);
+        records = records.pop().into_iter().collect();
+    }
     let mut entries = Vec::new();
-    for record in ctx.containers.list()? {
+    for record in records {
         let entry = container::ps_entry(ctx, &record)?;
-        if args.all || entry.state.is_alive() {
+        // A filter names what it wants to see, so it widens past running containers.
+        let shown = if filters.is_empty() { args.all || args.latest || entry.state.is_alive() } else { true };
+        if shown && filters.iter().all(|f| f.matches(&entry)) {
             entries.push(entry);
         }
     }
     let mut out = std::io::stdout().lock();
-    if args.list.format.is_some() {
-        writeln!(out, "{}", serde_json::to_string_pretty(&entries).expect("json")).ok();
+    if let Some(format) = &args.list.format {
+        let rows: Vec<PsTemplateRow> = entries.iter().map(PsTemplateRow::from).collect();
+        super::print_rows(format, &entries, &rows, PS_HEADINGS)?;
     } else if args.list.quiet {
         for e in &entries {
             writeln!(out, "{}", crate::util::short_id(&e.id)).ok();
@@ -208,13 +317,27 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
 
 pub fn logs(ctx: &Context, args: LogsArgs) -> Result<i32> {
     let record = ctx.containers.lookup(&args.container)?;
-    container::logs(ctx, &record, &mut std::io::stdout(), &mut std::io::stderr(), args.follow)?;
+    let now = chrono::Utc::now();
+    let time =
+        |value: &Option<String>, flag| value.as_deref().map(|v| container::parse_log_time(v, flag, now)).transpose();
+    let selection = container::LogSelection {
+        follow: args.follow,
+        since: time(&args.since, "--since")?,
+        until: time(&args.until, "--until")?,
+        tail: usize::try_from(args.tail).ok(),
+    };
+    container::logs(ctx, &record, &mut std::io::stdout(), &mut std::io::stderr(), &selection)?;
     Ok(0)
 }
 
 pub fn exec(ctx: &Context, args: ExecArgs) -> Result<i32> {
     let record = ctx.containers.lookup(&args.container)?;
-    container::exec(ctx, &record, &args.command, &args.env, args.tty)
+    let mode = match (args.detach, args.tty) {
+        (true, _) => crate::runtime::ExecMode::Detached,
+        (false, true) => crate::runtime::ExecMode::Terminal,
+        (false, false) => crate::runtime::ExecMode::Attached,
+    };
+    container::exec(ctx, &record, &args.command, &args.env, mode)
 }
 
 pub fn inspect(ctx: &Context, args: InspectArgs) -> Result<i32> {
@@ -223,7 +346,7 @@ pub fn inspect(ctx: &Context, args: InspectArgs) -> Result<i32> {
         values.push(container::inspect(ctx, &ctx.containers.lookup(name)?)?);
         Ok(())
     });
-    println!("{}", serde_json::to_string_pretty(&values).expect("json"));
+    super::print_documents(args.format.as_ref().unwrap_or(&super::Format::Json), &values)?;
     result.map(|()| 0)
 }
 
@@ -254,4 +377,48 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
         ctx.runtime_with_log(&record.runtime, ctx.containers.paths(&record.id).runtime_log())
     };
     supervisor::run(&ctx.containers, &runtime_for, &args.id, &args.token, launch)
+}
+
+/// The fields of `ps --format '{{...}}'`, as podman's ps template names them (they differ from
+/// its JSON: `.ID` is short, `.Names` and `.Command` are strings).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PsTemplateRow<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    names: String,
+    image: &'a str,
+    #[serde(rename = "ImageID")]
+    image_id: &'a str,
+    command: String,
+    created_at: &'a str,
+    status: &'a str,
+    state: &'a str,
+    pid: i32,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    mounts: &'a [String],
+    auto_remove: bool,
+    ports: &'static str,
+}
+
+const PS_HEADINGS: &[(&str, &str)] = &[("ID", "CONTAINER ID"), ("CreatedAt", "CREATED")];
+
+impl<'a> From<&'a container::PsEntry> for PsTemplateRow<'a> {
+    fn from(entry: &'a container::PsEntry) -> Self {
+        PsTemplateRow {
+            id: crate::util::short_id(&entry.id),
+            names: entry.names.join(","),
+            image: &entry.image,
+            image_id: &entry.image_id,
+            command: entry.command.join(" "),
+            created_at: &entry.created_at,
+            status: &entry.status,
+            state: entry.state.as_str(),
+            pid: entry.pid,
+            labels: &entry.labels,
+            mounts: &entry.mounts,
+            auto_remove: entry.auto_remove,
+            ports: "",
+        }
+    }
 }

@@ -65,9 +65,10 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
             let list = ctx.images.list()?;
             let mut out = std::io::stdout().lock();
             match format {
-                Some(super::OutputFormat::Json) => {
+                Some(format) => {
                     let rows: Vec<_> = list.iter().map(ImageRow::from).collect();
-                    writeln!(out, "{}", serde_json::to_string_pretty(&rows).expect("image rows serialise")).ok();
+                    let template_rows: Vec<_> = list.iter().map(ImageTemplateRow::from).collect();
+                    super::print_rows(&format, &rows, &template_rows, IMAGE_HEADINGS)?;
                 }
                 None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", crate::util::short_id(&i.id)))),
                 None => drop(write!(out, "{}", images_table(&list))),
@@ -99,6 +100,42 @@ fn images_table(images: &[crate::image::ImageInfo]) -> String {
         table.push('\n');
     }
     table
+}
+
+/// The fields of `image ls --format '{{...}}'`, as podman's images template names them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImageTemplateRow<'a> {
+    repository: &'a str,
+    tag: &'a str,
+    #[serde(rename = "ID")]
+    id: &'a str,
+    digest: String,
+    created_at: &'a str,
+    created: &'a str,
+    size: String,
+    names: [&'a str; 1],
+    annotations: &'a std::collections::BTreeMap<String, String>,
+}
+
+const IMAGE_HEADINGS: &[(&str, &str)] =
+    &[("ID", "IMAGE ID"), ("CreatedAt", "CREATED"), ("Created", "CREATED"), ("Repository", "REPOSITORY")];
+
+impl<'a> From<&'a crate::image::ImageInfo> for ImageTemplateRow<'a> {
+    fn from(image: &'a crate::image::ImageInfo) -> Self {
+        let (repository, tag) = image.reference.rsplit_once(':').unwrap_or((&image.reference, ""));
+        ImageTemplateRow {
+            repository,
+            tag,
+            id: crate::util::short_id(&image.id),
+            digest: image.manifest_digest.to_string(),
+            created_at: image.created.as_deref().unwrap_or_default(),
+            created: image.created.as_deref().unwrap_or_default(),
+            size: crate::util::human_size(image.size),
+            names: [&image.reference],
+            annotations: &image.annotations,
+        }
+    }
 }
 
 /// One image in `image ls --format json`, with podman's field names.

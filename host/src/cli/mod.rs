@@ -4,6 +4,7 @@ mod checkpoint;
 mod container;
 mod image;
 mod policy;
+mod template;
 mod volume;
 
 use std::path::PathBuf;
@@ -48,21 +49,40 @@ pub enum Command {
     Restore(checkpoint::RestoreArgs),
     /// Show what a checkpoint archive holds, as checkpointctl's show does.
     InspectCheckpoint {
-        /// `json` for a JSON document.
-        #[arg(long)]
-        format: Option<OutputFormat>,
+        /// `json` for a JSON document, or a Go template.
+        #[arg(long, value_parser = format_arg)]
+        format: Option<Format>,
         archive: PathBuf,
     },
+    Create(container::CreateArgs),
     Start(container::StartArgs),
     Stop(container::StopArgs),
+    /// Stop containers and start them again.
+    Restart(container::StopArgs),
+    /// Freeze containers' processes through the runtime.
+    Pause(container::ContainersArgs),
+    /// Thaw paused containers.
+    Unpause(container::ContainersArgs),
+    /// Wait for containers to exit and print their exit codes.
+    Wait(container::ContainersArgs),
     Rm(container::RmArgs),
+    #[command(alias = "list")]
     Ps(container::PsArgs),
     Logs(container::LogsArgs),
     Exec(container::ExecArgs),
     Inspect(container::InspectArgs),
     Diff(container::DiffArgs),
+    /// The container commands, as `podman container ...` spells them.
+    #[command(subcommand)]
+    Container(ContainerCommand),
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// List images (`image ls`).
+    Images(ListArgs),
+    /// Load images from an OCI archive or layout (`image load`).
+    Load(image::LoadArgs),
+    /// Write an image as an OCI archive (`image save`).
+    Save(image::SaveArgs),
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
     #[command(subcommand)]
@@ -71,6 +91,55 @@ pub enum Command {
     System(SystemCommand),
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
+}
+
+/// `ckpt container <command>`: the same as `ckpt <command>`.
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    Run(container::RunArgs),
+    Create(container::CreateArgs),
+    Start(container::StartArgs),
+    Stop(container::StopArgs),
+    /// Stop containers and start them again.
+    Restart(container::StopArgs),
+    /// Freeze containers' processes through the runtime.
+    Pause(container::ContainersArgs),
+    /// Thaw paused containers.
+    Unpause(container::ContainersArgs),
+    /// Wait for containers to exit and print their exit codes.
+    Wait(container::ContainersArgs),
+    Rm(container::RmArgs),
+    #[command(alias = "ls", alias = "list")]
+    Ps(container::PsArgs),
+    Logs(container::LogsArgs),
+    Exec(container::ExecArgs),
+    Inspect(container::InspectArgs),
+    Diff(container::DiffArgs),
+    Checkpoint(checkpoint::CheckpointArgs),
+    Restore(checkpoint::RestoreArgs),
+}
+
+impl From<ContainerCommand> for Command {
+    fn from(command: ContainerCommand) -> Command {
+        match command {
+            ContainerCommand::Run(a) => Command::Run(a),
+            ContainerCommand::Create(a) => Command::Create(a),
+            ContainerCommand::Start(a) => Command::Start(a),
+            ContainerCommand::Stop(a) => Command::Stop(a),
+            ContainerCommand::Restart(a) => Command::Restart(a),
+            ContainerCommand::Pause(a) => Command::Pause(a),
+            ContainerCommand::Unpause(a) => Command::Unpause(a),
+            ContainerCommand::Wait(a) => Command::Wait(a),
+            ContainerCommand::Rm(a) => Command::Rm(a),
+            ContainerCommand::Ps(a) => Command::Ps(a),
+            ContainerCommand::Logs(a) => Command::Logs(a),
+            ContainerCommand::Exec(a) => Command::Exec(a),
+            ContainerCommand::Inspect(a) => Command::Inspect(a),
+            ContainerCommand::Diff(a) => Command::Diff(a),
+            ContainerCommand::Checkpoint(a) => Command::Checkpoint(a),
+            ContainerCommand::Restore(a) => Command::Restore(a),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,10 +163,60 @@ impl From<LogLevel> for tracing::Level {
     }
 }
 
-/// `--format`: a JSON document instead of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Json,
+pub use template::Format;
+
+/// clap's parser for `--format`: `json`, or a Go template that must parse.
+fn format_arg(text: &str) -> std::result::Result<Format, template::TemplateError> {
+    Format::parse(text)
+}
+
+fn template_error(error: template::TemplateError) -> crate::Error {
+    crate::Error::invalid(error.to_string())
+}
+
+/// One document per item, as `inspect` prints them: one JSON array, or the template once per
+/// item, each followed by a newline.
+fn print_documents<T: serde::Serialize>(format: &Format, items: &[T]) -> Result<()> {
+    let mut out = String::new();
+    match format {
+        Format::Json => out = serde_json::to_string_pretty(items).expect("documents serialise") + "\n",
+        Format::Template(template) => {
+            for item in items {
+                let value = serde_json::to_value(item).expect("documents serialise");
+                out.push_str(&template.render(&value).map_err(template_error)?);
+                out.push('\n');
+            }
+        }
+    }
+    print!("{}", crate::util::escape_controls(&out));
+    Ok(())
+}
+
+/// The rows of a listing: a JSON array of `json_rows`, or the template over `template_rows`
+/// (podman's template fields differ from its JSON fields). A `table` template gets a header,
+/// with podman's heading where `headings` has one, and aligned columns.
+fn print_rows<J: serde::Serialize, R: serde::Serialize>(
+    format: &Format,
+    json_rows: &[J],
+    template_rows: &[R],
+    headings: &[(&str, &str)],
+) -> Result<()> {
+    let Format::Template(template) = format else {
+        println!("{}", serde_json::to_string_pretty(json_rows).expect("rows serialise"));
+        return Ok(());
+    };
+    let mut lines = Vec::new();
+    if template.is_table() {
+        lines.push(template.header(headings));
+    }
+    for row in template_rows {
+        let value = serde_json::to_value(row).expect("rows serialise");
+        lines.push(template.render(&value).map_err(template_error)?);
+    }
+    let text = if template.is_table() { template::align_columns(&lines) } else { lines.join("\n") + "\n" };
+    let text = if template_rows.is_empty() && !template.is_table() { String::new() } else { text };
+    print!("{}", crate::util::escape_controls(&text));
+    Ok(())
 }
 
 /// The flags every listing command (`ps`, `image ls`, `volume ls`) shares.
@@ -106,9 +225,9 @@ pub struct ListArgs {
     /// Print IDs (or names) only.
     #[arg(short, long)]
     pub quiet: bool,
-    /// `json` for a JSON array.
-    #[arg(long)]
-    pub format: Option<OutputFormat>,
+    /// `json` for a JSON array, or a Go template applied to each row (`table ...` adds a header).
+    #[arg(long, value_parser = format_arg)]
+    pub format: Option<Format>,
 }
 
 /// Looking after ckpt's own state.
@@ -120,9 +239,9 @@ pub enum SystemCommand {
         /// Repair what was found.
         #[arg(long)]
         repair: bool,
-        /// `json` for a JSON document.
-        #[arg(long)]
-        format: Option<OutputFormat>,
+        /// `json` for a JSON document, or a Go template applied to each finding.
+        #[arg(long, value_parser = format_arg)]
+        format: Option<Format>,
     },
 }
 
@@ -137,17 +256,24 @@ pub fn run(cli: Cli) -> Result<i32> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let roots = Roots::new(&cli.root, &cli.runroot);
     let is_root = nix::unistd::geteuid().is_root();
+    let command = cli.command.unnested();
+    if !is_root && command.needs_root() {
+        return Err(crate::Error::NeedsRoot {
+            command: command_words(std::env::args().skip(1)),
+            root: cli.root.clone(),
+        });
+    }
     if is_root {
         crate::store::secure_roots(&roots)?;
     }
     let mut ctx = Context::new(roots, cli.runtime);
     ctx.config = crate::config::HostConfig::load(cli.host_config.as_deref())?;
-    if matches!(cli.command, Command::Checkpoint(_) | Command::Restore(_)) {
+    if matches!(command, Command::Checkpoint(_) | Command::Restore(_)) {
         crate::interrupt::install();
     }
     // What a killed ckpt left and nobody else can finish goes first; the rest is reported by
     // `ckpt system check`.
-    if is_root && !matches!(cli.command, Command::Supervise(_) | Command::System(_)) {
+    if is_root && !matches!(command, Command::Supervise(_) | Command::System(_)) {
         for finding in crate::ops::system::sweep_leftovers(&ctx, true) {
             eprintln!(
                 "ckpt: removed {} ({})",
@@ -156,34 +282,88 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
         }
     }
-    match cli.command {
-        Command::Run(args) => container::run(&ctx, args),
-        Command::Checkpoint(args) => checkpoint::checkpoint(&ctx, args),
-        Command::Restore(args) => checkpoint::restore(&ctx, args),
+    dispatch(&ctx, command)
+}
+
+impl Command {
+    /// `container checkpoint` is `checkpoint`.
+    fn unnested(self) -> Command {
+        match self {
+            Command::Container(inner) => Command::from(inner),
+            other => other,
+        }
+    }
+
+    /// Everything but the policy author's tools and reading an archive works on the store and
+    /// the runtime, which need root. Checkpoint and restore check it themselves, after their
+    /// flags, with podman's words.
+    fn needs_root(&self) -> bool {
+        !matches!(
+            self,
+            Command::Policy(_) | Command::InspectCheckpoint { .. } | Command::Checkpoint(_) | Command::Restore(_)
+        )
+    }
+}
+
+/// The subcommand's words in a command line (`ckpt --root /x container ps -a` → `ckpt container ps`).
+fn command_words(args: impl Iterator<Item = String>) -> String {
+    const GLOBALS_WITH_VALUES: [&str; 5] = ["--root", "--runroot", "--runtime", "--log-level", "--config"];
+    const GROUPS: [&str; 5] = ["container", "image", "volume", "policy", "system"];
+    let mut words = vec!["ckpt".to_string()];
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if GLOBALS_WITH_VALUES.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            let group = GROUPS.contains(&arg.as_str());
+            words.push(arg);
+            if !group {
+                break;
+            }
+        }
+    }
+    words.join(" ")
+}
+
+fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
+    match command {
+        Command::Run(args) => container::run(ctx, args),
+        Command::Create(args) => container::create(ctx, args),
+        Command::Restart(args) => container::restart(ctx, args),
+        Command::Pause(args) => container::pause(ctx, args, true),
+        Command::Unpause(args) => container::pause(ctx, args, false),
+        Command::Wait(args) => container::wait(ctx, args),
+        Command::Container(command) => dispatch(ctx, Command::from(command)),
+        Command::Images(args) => image::run(ctx, image::ImageCommand::Ls(args)),
+        Command::Load(args) => image::run(ctx, image::ImageCommand::Load(args)),
+        Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
+        Command::Checkpoint(args) => checkpoint::checkpoint(ctx, args),
+        Command::Restore(args) => checkpoint::restore(ctx, args),
         Command::InspectCheckpoint { format, archive } => {
             let summary = crate::archive::summary::summarize(&archive)?;
             match format {
-                Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
+                Some(Format::Json) => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
+                Some(format) => print_documents(&format, std::slice::from_ref(&summary))?,
                 None => print!("{}", crate::util::escape_controls(&crate::archive::summary::render(&summary))),
             }
             Ok(0)
         }
-        Command::Start(args) => container::start(&ctx, args),
-        Command::Stop(args) => container::stop(&ctx, args),
-        Command::Rm(args) => container::rm(&ctx, args),
-        Command::Ps(args) => container::ps(&ctx, args),
-        Command::Logs(args) => container::logs(&ctx, args),
-        Command::Exec(args) => container::exec(&ctx, args),
-        Command::Inspect(args) => container::inspect(&ctx, args),
-        Command::Diff(args) => container::diff(&ctx, args),
-        Command::Image(cmd) => image::run(&ctx, cmd),
-        Command::Volume(cmd) => volume::run(&ctx, cmd),
-        Command::Policy(cmd) => policy::run(&ctx, cmd),
-        Command::Supervise(args) => container::supervise(&ctx, args),
+        Command::Start(args) => container::start(ctx, args),
+        Command::Stop(args) => container::stop(ctx, args),
+        Command::Rm(args) => container::rm(ctx, args),
+        Command::Ps(args) => container::ps(ctx, args),
+        Command::Logs(args) => container::logs(ctx, args),
+        Command::Exec(args) => container::exec(ctx, args),
+        Command::Inspect(args) => container::inspect(ctx, args),
+        Command::Diff(args) => container::diff(ctx, args),
+        Command::Image(cmd) => image::run(ctx, cmd),
+        Command::Volume(cmd) => volume::run(ctx, cmd),
+        Command::Policy(cmd) => policy::run(ctx, cmd),
+        Command::Supervise(args) => container::supervise(ctx, args),
         Command::System(SystemCommand::Check { repair, format }) => {
-            let findings = crate::ops::system::check(&ctx, repair)?;
+            let findings = crate::ops::system::check(ctx, repair)?;
             match format {
-                Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&findings).expect("json")),
+                Some(format) => print_rows(&format, &findings, &findings, &[])?,
                 None => print!("{}", crate::util::escape_controls(&crate::ops::system::render(&findings))),
             }
             Ok(if findings.iter().all(|f| f.repaired) { 0 } else { 1 })

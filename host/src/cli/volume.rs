@@ -39,9 +39,9 @@ pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
             let list = ctx.volumes.list()?;
             let mut out = std::io::stdout().lock();
             match format {
-                Some(super::OutputFormat::Json) => {
+                Some(format) => {
                     let values = list.iter().map(|v| volumes::inspect(ctx, &v.name)).collect::<Result<Vec<_>>>()?;
-                    writeln!(out, "{}", serde_json::to_string_pretty(&values).expect("json")).ok();
+                    super::print_rows(&format, &values, &values, &[("Name", "VOLUME NAME")])?;
                 }
                 None => {
                     if !quiet {

@@ -167,6 +167,69 @@ pub struct PsEntry {
     pub mounts: Vec<String>,
 }
 
+/// One `ps --filter KEY=VALUE`, as podman takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PsFilter {
+    /// An ID prefix.
+    Id(String),
+    /// A part of the name; `^` and `$` anchor it, as in podman's regular expressions.
+    Name(String),
+    /// `label=KEY` or `label=KEY=VALUE`.
+    Label(String, Option<String>),
+    Status(ContainerStatus),
+    /// The image, by name or ID prefix.
+    Ancestor(String),
+}
+
+impl PsFilter {
+    pub fn parse(text: &str) -> Result<PsFilter> {
+        let invalid = |detail: &str| Error::invalid(format!("ps --filter {text:?}: {detail}"));
+        let (key, value) = text.split_once('=').ok_or_else(|| invalid("give KEY=VALUE"))?;
+        Ok(match key {
+            "id" => PsFilter::Id(value.to_string()),
+            "name" => PsFilter::Name(value.to_string()),
+            "label" => match value.split_once('=') {
+                Some((k, v)) => PsFilter::Label(k.to_string(), Some(v.to_string())),
+                None => PsFilter::Label(value.to_string(), None),
+            },
+            "status" => PsFilter::Status(match value {
+                "created" => ContainerStatus::Created,
+                "running" => ContainerStatus::Running,
+                "paused" => ContainerStatus::Paused,
+                "exited" | "stopped" => ContainerStatus::Exited,
+                _ => return Err(invalid("the status is one of created, running, paused, exited")),
+            }),
+            "ancestor" => PsFilter::Ancestor(value.to_string()),
+            _ => return Err(invalid("the keys are id, name, label, status and ancestor")),
+        })
+    }
+
+    pub fn matches(&self, entry: &PsEntry) -> bool {
+        match self {
+            PsFilter::Id(prefix) => entry.id.starts_with(prefix.as_str()),
+            PsFilter::Name(pattern) => entry.names.iter().any(|name| name_matches(pattern, name)),
+            PsFilter::Label(key, value) => {
+                entry.labels.get(key).is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
+            }
+            PsFilter::Status(status) => entry.state == *status,
+            PsFilter::Ancestor(image) => {
+                entry.image == *image
+                    || entry.image == crate::image::normalize_reference(image)
+                    || (image.len() >= 4 && entry.image_id.starts_with(image.as_str()))
+            }
+        }
+    }
+}
+
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match (pattern.strip_prefix('^'), pattern.strip_suffix('$')) {
+        (Some(rest), _) if rest.ends_with('$') => name == &rest[..rest.len() - 1],
+        (Some(rest), _) => name.starts_with(rest),
+        (None, Some(rest)) => name.ends_with(rest),
+        (None, None) => name.contains(pattern),
+    }
+}
+
 /// `ckpt ps` as a table, in podman's columns.
 pub fn ps_table(entries: &[PsEntry]) -> String {
     let mut table = format!("{:<12}  {:<24}  {:<24}  {:<14}  NAMES\n", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS");
@@ -219,13 +282,62 @@ pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<PsEntry> {
 ///
 /// The log is read through one open handle, so a `--rm` container that is removed while it is
 /// followed still shows everything it wrote.
+/// Which lines `logs` shows, as podman's `--since`, `--until` and `--tail` choose them.
+#[derive(Debug, Clone, Default)]
+pub struct LogSelection {
+    pub follow: bool,
+    /// Lines written at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Lines written before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only the last N lines of what was written so far (following then shows new ones).
+    pub tail: Option<usize>,
+}
+
+impl LogSelection {
+    fn keeps(&self, line: &crate::supervisor::LogLine) -> bool {
+        let Ok(time) = chrono::DateTime::parse_from_rfc3339(&line.time) else { return true };
+        self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time < until)
+    }
+}
+
+/// `--since` and `--until` as podman takes them: an RFC 3339 time, a date, Unix seconds, or a
+/// Go duration before `now` (`10m`, `1h30m`, `90s`).
+pub fn parse_log_time(
+    text: &str,
+    flag: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists")));
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        let whole = seconds.trunc() as i64;
+        let nanos = (seconds.fract() * 1e9) as u32;
+        if let Some(time) = DateTime::from_timestamp(whole, nanos) {
+            return Ok(time);
+        }
+    }
+    if let Some(ago) = crate::util::parse_duration(text) {
+        return Ok(now - chrono::Duration::from_std(ago).unwrap_or(chrono::Duration::MAX));
+    }
+    Err(Error::invalid(format!(
+        "{flag} {text:?} is neither a time (2026-11-28T10:00:00Z, 2026-11-28, Unix seconds) nor a duration (10m, 1h30m)"
+    )))
+}
+
 pub fn logs(
     ctx: &Context,
     record: &ContainerRecord,
     out: &mut dyn Write,
     err: &mut dyn Write,
-    follow: bool,
+    selection: &LogSelection,
 ) -> Result<()> {
+    let follow = selection.follow;
     let path = ctx.containers.paths(&record.id).log();
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => Some(f),
@@ -233,6 +345,7 @@ pub fn logs(
         Err(e) => return Err(Error::io("read log", &path)(e)),
     };
     let mut pending = Vec::new();
+    let mut first = true;
     loop {
         let alive = follow && is_alive(ctx, record)?;
         if file.is_none() {
@@ -243,7 +356,12 @@ pub fn logs(
         }
         // Only complete records are shown, so a line is never printed in halves.
         let complete = pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in read_log(&pending[..complete]) {
+        let mut lines: Vec<_> = read_log(&pending[..complete]).into_iter().filter(|l| selection.keeps(l)).collect();
+        if let Some(tail) = selection.tail.filter(|_| first) {
+            lines.drain(..lines.len().saturating_sub(tail));
+        }
+        first = false;
+        for line in lines {
             let sink: &mut dyn Write = if line.stream == "stderr" { err } else { out };
             sink.write_all(&line.text).map_err(Error::io("write", "stdout"))?;
         }
@@ -262,7 +380,13 @@ fn is_alive(ctx: &Context, record: &ContainerRecord) -> Result<bool> {
     Ok(status(ctx, &fresh)?.running() || crate::store::is_locked(&ctx.containers.paths(&record.id).supervisor_lock()))
 }
 
-pub fn exec(ctx: &Context, record: &ContainerRecord, command: &[String], env: &[String], tty: bool) -> Result<i32> {
+pub fn exec(
+    ctx: &Context,
+    record: &ContainerRecord,
+    command: &[String],
+    env: &[String],
+    mode: crate::runtime::ExecMode,
+) -> Result<i32> {
     if command.is_empty() {
         return Err(Error::invalid("exec needs a command to run in the container"));
     }
@@ -274,8 +398,15 @@ pub fn exec(ctx: &Context, record: &ContainerRecord, command: &[String], env: &[
             action: "cannot exec in a container that is not running; start it first".into(),
         });
     }
-    let runtime = ctx.runtime_named(&record.runtime)?;
-    Ok(runtime.exec(&record.id, command, env, tty)?)
+    let runtime = match mode {
+        crate::runtime::ExecMode::Detached => {
+            let log = ctx.containers.paths(&record.id).bundle().join("exec-detached.log");
+            let _ = std::fs::remove_file(&log);
+            ctx.runtime_with_log(&record.runtime, log)?
+        }
+        _ => ctx.runtime_named(&record.runtime)?,
+    };
+    Ok(runtime.exec(&record.id, command, env, mode)?)
 }
 
 /// The changes to the container's root filesystem, as `podman diff` lists them.
@@ -315,5 +446,42 @@ mod tests {
             entry('c', "evil\u{1b}[2J", "true", ContainerStatus::Exited, "Exited (0)"),
         ];
         insta::assert_snapshot!("ps_table", ps_table(&entries));
+    }
+
+    #[test]
+    fn ps_filters_read_as_podmans() {
+        let web = entry('a', "web", "top", ContainerStatus::Running, "Up");
+        let mut db = entry('b', "db-1", "sleep 1", ContainerStatus::Exited, "Exited (0)");
+        db.labels.insert("tier".into(), "back".into());
+        let keep = |filter: &str| -> Vec<String> {
+            let filter = PsFilter::parse(filter).unwrap();
+            [&web, &db].into_iter().filter(|e| filter.matches(e)).map(|e| e.names[0].clone()).collect()
+        };
+        assert_eq!(keep("status=running"), ["web"]);
+        assert_eq!(keep("status=exited"), ["db-1"]);
+        assert_eq!(keep("name=db"), ["db-1"]);
+        assert_eq!(keep("name=^web$"), ["web"]);
+        assert!(keep("name=^we$").is_empty());
+        assert_eq!(keep("id=bbbb"), ["db-1"]);
+        assert_eq!(keep("label=tier"), ["db-1"]);
+        assert!(keep("label=tier=front").is_empty());
+        assert_eq!(keep("ancestor=busybox").len(), 2);
+        for bad in ["status=sleeping", "colour=red", "name"] {
+            let err = PsFilter::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn log_times_read_as_podman_takes_them() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let at = |text: &str| parse_log_time(text, "--since", now).unwrap().to_rfc3339();
+        assert_eq!(at("2026-11-28T09:00:00+01:00"), "2026-11-28T08:00:00+00:00");
+        assert_eq!(at("2026-11-27"), "2026-11-27T00:00:00+00:00");
+        assert_eq!(at("1795860000"), "2026-11-28T10:00:00+00:00");
+        assert_eq!(at("10m"), "2026-11-28T09:50:00+00:00");
+        assert_eq!(at("1h30m"), "2026-11-28T08:30:00+00:00");
+        let err = parse_log_time("yesterday", "--since", now).unwrap_err().to_string();
+        assert!(err.contains("--since \"yesterday\""), "{err}");
     }
 }

@@ -14,7 +14,7 @@ pub fn remove(ctx: &Context, name: &str, force: bool) -> Result<ImageInfo> {
             return Err(Error::ImageInUse { name: name.to_string(), container: user.name.clone() });
         }
         for user in &users {
-            super::lifecycle::remove(ctx, user, true)?;
+            super::lifecycle::remove(ctx, user, true, 0)?;
         }
     }
     ctx.images.remove(name)

@@ -302,12 +302,64 @@ fn ignore_gone(result: std::result::Result<(), crate::runtime::RuntimeError>) ->
     }
 }
 
-pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool) -> Result<()> {
+/// `podman pause`: freezes a running container through the runtime.
+pub fn pause(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    let _lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
+    let current = status(ctx, record)?.status;
+    if current != ContainerStatus::Running {
+        return Err(improper(record, current, "can't pause"));
+    }
+    Ok(ctx.runtime_named(&record.runtime)?.pause(&record.id)?)
+}
+
+/// `podman unpause`: thaws a paused container.
+pub fn unpause(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    let _lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
+    let current = status(ctx, record)?.status;
+    if current != ContainerStatus::Paused {
+        return Err(Error::ContainerState {
+            name: record.name.clone(),
+            state: current.to_string(),
+            action: "can't unpause: it is not paused".into(),
+        });
+    }
+    Ok(ctx.runtime_named(&record.runtime)?.resume(&record.id)?)
+}
+
+fn improper(record: &ContainerRecord, state: ContainerStatus, action: &str) -> Error {
+    Error::ContainerState {
+        name: record.name.clone(),
+        state: state.to_string(),
+        action: format!("{action}: it is not running"),
+    }
+}
+
+/// `podman wait`: blocks until the container is not running (a checkpoint counts) and its
+/// supervisor has recorded the exit; returns the exit code.
+pub fn wait(ctx: &Context, record: &ContainerRecord, poll: Duration) -> Result<i32> {
+    while status(ctx, record)?.running() {
+        std::thread::sleep(poll);
+    }
+    settle(ctx, record)?;
+    let record = ctx.containers.load(&record.id)?;
+    Ok(record.state.exit_code.unwrap_or(0))
+}
+
+/// `podman restart`: stops a running container (SIGTERM, then SIGKILL after `timeout_secs`)
+/// and starts it again; a stopped one is just started.
+pub fn restart(ctx: &Context, record: &ContainerRecord, timeout_secs: u64) -> Result<ContainerRecord> {
+    stop(ctx, record, timeout_secs)?;
+    start(ctx, record)
+}
+
+/// Removes a container; with `force`, a running one is stopped first, waiting `stop_timeout`
+/// seconds after SIGTERM (podman's `rm -f -t`, 0 by default: SIGKILL at once).
+pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool, stop_timeout: u64) -> Result<()> {
     if status(ctx, record)?.running() {
         if !force {
             return Err(Error::ContainerRunning(record.name.clone()));
         }
-        stop(ctx, record, 0)?;
+        stop(ctx, record, stop_timeout)?;
     }
     settle(ctx, record)?;
     let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;

@@ -32,7 +32,7 @@ pub fn remove(ctx: &Context, name: &str, force: bool) -> Result<()> {
         }
         for user in &users {
             let record = ctx.containers.lookup(user)?;
-            super::lifecycle::remove(ctx, &record, true)?;
+            super::lifecycle::remove(ctx, &record, true, 0)?;
         }
     }
     ctx.volumes.remove(name)

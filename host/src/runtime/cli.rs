@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use super::{CheckpointOptions, ContainerStdio, OciRuntime, RestoreOptions, RuntimeError, RuntimeState};
+use super::{CheckpointOptions, ContainerStdio, ExecMode, OciRuntime, RestoreOptions, RuntimeError, RuntimeState};
 
 pub struct CliRuntime {
     name: String,
@@ -235,11 +235,22 @@ impl OciRuntime for CliRuntime {
         self.run_captured(cmd, "resume", id).map(drop)
     }
 
-    fn exec(&self, id: &str, args: &[String], env: &[String], tty: bool) -> Result<i32, RuntimeError> {
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.args(["pause", id]);
+        self.run_captured(cmd, "pause", id).map(drop)
+    }
+
+    fn exec(&self, id: &str, args: &[String], env: &[String], mode: ExecMode) -> Result<i32, RuntimeError> {
         let mut cmd = self.command();
         cmd.arg("exec");
-        if tty {
-            cmd.arg("--tty");
+        match mode {
+            ExecMode::Attached => {}
+            ExecMode::Terminal => drop(cmd.arg("--tty")),
+            ExecMode::Detached => {
+                // The process keeps no descriptor of ckpt's: its stdio is the null device.
+                cmd.arg("--detach").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            }
         }
         for e in env {
             cmd.arg("--env").arg(e);
@@ -250,6 +261,10 @@ impl OciRuntime for CliRuntime {
             action: "exec",
             source,
         })?;
+        // A detached process that could not start leaves its reason only in the runtime's log.
+        if mode == ExecMode::Detached && !status.success() {
+            return Err(self.failure("exec", id, &status, ""));
+        }
         Ok(exit_code_of(status))
     }
 

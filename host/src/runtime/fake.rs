@@ -14,6 +14,7 @@ pub enum Call {
     State { id: String },
     Kill { id: String, signal: String },
     Delete { id: String, force: bool },
+    Pause { id: String },
     Resume { id: String },
     Exec { id: String, args: Vec<String> },
     Checkpoint { id: String, options: CheckpointOptions },
@@ -95,6 +96,13 @@ impl OciRuntime for RecordingRuntime {
         self.record(Call::Delete { id: id.into(), force });
         Ok(())
     }
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.record(Call::Pause { id: id.into() });
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            state.status = "paused".into();
+        }
+        Ok(())
+    }
     fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         self.record(Call::Resume { id: id.into() });
         if let Some(state) = self.state.lock().unwrap().as_mut() {
@@ -102,7 +110,7 @@ impl OciRuntime for RecordingRuntime {
         }
         Ok(())
     }
-    fn exec(&self, id: &str, args: &[String], _: &[String], _: bool) -> Result<i32, RuntimeError> {
+    fn exec(&self, id: &str, args: &[String], _: &[String], _: super::ExecMode) -> Result<i32, RuntimeError> {
         self.record(Call::Exec { id: id.into(), args: args.to_vec() });
         Ok(0)
     }

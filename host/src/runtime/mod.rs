@@ -69,6 +69,17 @@ pub struct RestoreOptions {
     pub file_locks: bool,
 }
 
+/// How `exec` attaches the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecMode {
+    /// ckpt's stdio, without a terminal.
+    Attached,
+    /// ckpt's stdio as the process's controlling terminal (`-t`).
+    Terminal,
+    /// No stdio; ckpt returns once the process runs (`-d`).
+    Detached,
+}
+
 pub trait OciRuntime: Send + Sync {
     /// The short name (`runc`, `crun`), used for the state root and in archives.
     fn name(&self) -> &str;
@@ -93,9 +104,13 @@ pub trait OciRuntime: Send + Sync {
     fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError>;
     fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
+    /// Freezes the container's processes (its cgroup freezer).
+    fn pause(&self, id: &str) -> Result<(), RuntimeError>;
     /// Thaws a paused (frozen) container.
     fn resume(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Runs a process in the container with ckpt's own stdio; returns its exit code.
-    fn exec(&self, id: &str, args: &[String], env: &[String], tty: bool) -> Result<i32, RuntimeError>;
+    /// Runs a process in the container with ckpt's own stdio and returns its exit code; or,
+    /// detached, starts it with no stdio and returns 0 once it runs (an error, with the
+    /// runtime's log, when it cannot start).
+    fn exec(&self, id: &str, args: &[String], env: &[String], exec: ExecMode) -> Result<i32, RuntimeError>;
     fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError>;
 }

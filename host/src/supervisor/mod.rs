@@ -17,7 +17,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
-pub use log::{LogWriter, read_log};
+pub use log::{LogLine, LogWriter, read_log};
 
 use crate::error::{Error, Result};
 use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions};

@@ -202,7 +202,9 @@ pub fn import_flock_image(ckpt: &Ckpt) {
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    for applet in ["sleep", "rm"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
     std::fs::copy("/usr/bin/flock", rootfs.join("usr/bin/flock")).unwrap();
     let ldd = Command::new("ldd").arg("/usr/bin/flock").output().unwrap();
     for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {

@@ -350,7 +350,7 @@ fn checkpoint_one(
             name: record.name.clone(),
             state: st.status.to_string(),
             action: if st.status == crate::store::ContainerStatus::Paused {
-                "cannot checkpoint: it is paused (frozen); 'ckpt system check --repair' thaws a container a crashed dump left frozen".into()
+                "cannot checkpoint: it is paused, as podman refuses too; 'ckpt unpause' it first ('ckpt system check --repair' thaws one that a crashed dump left frozen)".into()
             } else {
                 "cannot checkpoint: it is not running".into()
             },
