@@ -120,3 +120,32 @@ fn podman_checkpoint_workflow_runs_unchanged_through_a_wrapper() {
     assert!(output.status.success(), "the podman workflow failed:\n{log}");
     assert!(log.contains("workflow: all steps passed"), "{log}");
 }
+
+#[test]
+fn completions_load_in_bash_and_man_pages_render() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let script = ckpt.path("ckpt.bash");
+    ckpt.ok(&["completion", "bash", "--file", script.to_str().unwrap()]);
+    let probe = format!(
+        "source {:?} && COMP_WORDS=(ckpt container che) COMP_CWORD=2 COMP_LINE='ckpt container che' COMP_POINT=18 && _ckpt ckpt che container && echo \"${{COMPREPLY[@]}}\"",
+        script
+    );
+    let completed = std::process::Command::new("bash").arg("-c").arg(&probe).output().unwrap();
+    assert!(completed.status.success(), "{}", String::from_utf8_lossy(&completed.stderr));
+    assert_eq!(String::from_utf8_lossy(&completed.stdout).trim(), "checkpoint");
+    for shell in ["zsh", "fish"] {
+        assert!(ckpt.ok(&["completion", shell]).contains("ckpt"), "{shell}");
+    }
+
+    let man = ckpt.path("man");
+    let pages = ckpt.ok(&["generate-man", man.join("man1").to_str().unwrap()]);
+    assert!(pages.lines().count() > 40, "{pages}");
+    let rendered = std::process::Command::new("man")
+        .arg("ckpt-checkpoint")
+        .env("MANPATH", &man)
+        .env("MANPAGER", "cat")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(text.contains("ckpt-checkpoint - Checkpoint") && text.contains("--leave-running"), "{text}");
+}

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod container;
 mod image;
+mod man_pages;
 mod policy;
 mod template;
 mod volume;
@@ -89,6 +90,19 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     #[command(subcommand)]
     System(SystemCommand),
+    /// Print a shell completion script: `source <(ckpt completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        /// Write it to this file instead of stdout.
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+    },
+    /// Write a man page for ckpt and each of its commands into DIR (ckpt.1, ckpt-checkpoint.1, ...).
+    #[command(name = "generate-man", hide = true)]
+    GenerateMan {
+        dir: PathBuf,
+    },
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
 }
@@ -300,7 +314,12 @@ impl Command {
     fn needs_root(&self) -> bool {
         !matches!(
             self,
-            Command::Policy(_) | Command::InspectCheckpoint { .. } | Command::Checkpoint(_) | Command::Restore(_)
+            Command::Policy(_)
+                | Command::InspectCheckpoint { .. }
+                | Command::Checkpoint(_)
+                | Command::Restore(_)
+                | Command::Completion { .. }
+                | Command::GenerateMan { .. }
         )
     }
 }
@@ -334,6 +353,22 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Unpause(args) => container::pause(ctx, args, false),
         Command::Wait(args) => container::wait(ctx, args),
         Command::Container(command) => dispatch(ctx, Command::from(command)),
+        Command::Completion { shell, file } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ckpt", &mut script);
+            match file {
+                Some(path) => crate::util::write_atomic(&path, &script, 0o644)?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &script)
+                    .map_err(crate::Error::io("write", "stdout"))?,
+            }
+            Ok(0)
+        }
+        Command::GenerateMan { dir } => {
+            for page in man_pages::write_all(&dir)? {
+                println!("{}", page.display());
+            }
+            Ok(0)
+        }
         Command::Images(args) => image::run(ctx, image::ImageCommand::Ls(args)),
         Command::Load(args) => image::run(ctx, image::ImageCommand::Load(args)),
         Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
