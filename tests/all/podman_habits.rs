@@ -149,3 +149,28 @@ fn completions_load_in_bash_and_man_pages_render() {
     let text = String::from_utf8_lossy(&rendered.stdout);
     assert!(text.contains("ckpt-checkpoint - Checkpoint") && text.contains("--leave-running"), "{text}");
 }
+
+#[test]
+fn info_rmi_images_all_and_volume_rm_all_as_podmans_helpers_use_them() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let runtime = ckpt.ok(&["info", "--format", "{{ .Host.OCIRuntime.Name }}:{{.Store.GraphDriverName}}"]);
+    assert_eq!(runtime, "runc:overlay\n");
+    let info: serde_json::Value = serde_json::from_str(&ckpt.ok(&["info"])).unwrap();
+    assert!(info["Host"]["CRIU"]["Version"].as_u64().unwrap() >= 40000, "{info}");
+    ckpt.ok(&["run", "-d", "--name", "i", "busybox", "sleep", "1000"]);
+    assert_eq!(ckpt.ok(&["info", "-f", "{{.Store.ContainerStore.Running}}"]), "1\n");
+    assert_eq!(ckpt.ok(&["ps", "--all", "--external", "--format", "{{.Names}}"]), "i\n");
+    assert_eq!(ckpt.ok(&["images", "--all", "--format", "{{.Repository}}:{{.Tag}}"]), "busybox:latest\n");
+    // A flag given twice takes its last value, as podman's do.
+    assert_eq!(ckpt.ok(&["ps", "--format", "{{.ID}}", "--format", "{{.Names}}"]), "i\n");
+    ckpt.ok(&["volume", "create", "a"]);
+    ckpt.ok(&["volume", "create", "b"]);
+    ckpt.ok(&["volume", "rm", "-a"]);
+    assert!(ckpt.ok(&["volume", "ls", "-q"]).is_empty());
+    ckpt.ok(&["rm", "-f", "i"]);
+    ckpt.ok(&["save", "-o", ckpt.path("bb.tar").to_str().unwrap(), "busybox"]);
+    ckpt.ok(&["rmi", "busybox"]);
+    assert!(ckpt.ok(&["images", "-q"]).is_empty());
+    ckpt.ok(&["load", "-i", ckpt.path("bb.tar").to_str().unwrap()]);
+    assert_eq!(ckpt.ok(&["images", "--format", "{{.Repository}}"]), "busybox\n");
+}

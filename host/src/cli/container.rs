@@ -105,6 +105,9 @@ pub struct PsArgs {
     /// The latest container only.
     #[arg(short, long)]
     pub latest: bool,
+    /// Containers of other tools too, as podman's flag for buildah's; ckpt sees only its own.
+    #[arg(long)]
+    pub external: bool,
 }
 
 /// Show a container's output.

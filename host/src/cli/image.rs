@@ -17,7 +17,7 @@ pub enum ImageCommand {
     Save(SaveArgs),
     /// List images.
     #[command(alias = "list")]
-    Ls(super::ListArgs),
+    Ls(ImageListArgs),
     /// Remove images.
     Rm {
         #[arg(short, long)]
@@ -25,6 +25,15 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ImageListArgs {
+    #[command(flatten)]
+    pub list: super::ListArgs,
+    /// All images; ckpt keeps no intermediate ones, so this lists the same.
+    #[arg(short, long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -61,7 +70,7 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
             }
         }
         ImageCommand::Save(args) => ctx.images.save(&args.image, &args.output)?,
-        ImageCommand::Ls(super::ListArgs { quiet, format }) => {
+        ImageCommand::Ls(ImageListArgs { list: super::ListArgs { quiet, format }, .. }) => {
             let list = ctx.images.list()?;
             let mut out = std::io::stdout().lock();
             match format {

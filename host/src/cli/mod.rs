@@ -20,6 +20,8 @@ use crate::store::Roots;
 #[command(
     name = "ckpt",
     version,
+    // As Go's flag package does for podman: a flag given twice takes its last value.
+    args_override_self = true,
     about = "Checkpoint and restore Linux containers, with decisions made by WebAssembly policies"
 )]
 pub struct Cli {
@@ -79,7 +81,14 @@ pub enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// List images (`image ls`).
-    Images(ListArgs),
+    Images(image::ImageListArgs),
+    /// Remove images (`image rm`).
+    Rmi {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Load images from an OCI archive or layout (`image load`).
     Load(image::LoadArgs),
     /// Write an image as an OCI archive (`image save`).
@@ -90,6 +99,12 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     #[command(subcommand)]
     System(SystemCommand),
+    /// Show the host, the OCI runtime, CRIU and the store, in podman's shape.
+    Info {
+        /// `json` (the default), or a Go template (`{{.Host.OCIRuntime.Name}}`).
+        #[arg(short, long, value_parser = format_arg)]
+        format: Option<Format>,
+    },
     /// Print a shell completion script: `source <(ckpt completion bash)`.
     Completion {
         #[arg(value_enum)]
@@ -353,6 +368,14 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Unpause(args) => container::pause(ctx, args, false),
         Command::Wait(args) => container::wait(ctx, args),
         Command::Container(command) => dispatch(ctx, Command::from(command)),
+        Command::Info { format } => {
+            let info = crate::ops::info::info(ctx)?;
+            match format {
+                Some(template @ Format::Template(_)) => print_documents(&template, std::slice::from_ref(&info))?,
+                _ => println!("{}", serde_json::to_string_pretty(&info).expect("info serialises")),
+            }
+            Ok(0)
+        }
         Command::Completion { shell, file } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ckpt", &mut script);
@@ -370,6 +393,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Images(args) => image::run(ctx, image::ImageCommand::Ls(args)),
+        Command::Rmi { force, images } => image::run(ctx, image::ImageCommand::Rm { force, images }),
         Command::Load(args) => image::run(ctx, image::ImageCommand::Load(args)),
         Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
         Command::Checkpoint(args) => checkpoint::checkpoint(ctx, args),

@@ -22,7 +22,10 @@ pub enum VolumeCommand {
         /// Remove the containers that use them too.
         #[arg(short, long)]
         force: bool,
-        #[arg(required = true)]
+        /// Every volume.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(required_unless_present = "all")]
         names: Vec<String>,
     },
     /// Show volumes as a JSON array.
@@ -57,11 +60,14 @@ pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
                 }
             }
         }
-        VolumeCommand::Rm { force, names } => crate::ops::each(&names, |name| {
-            volumes::remove(ctx, name, force)?;
-            println!("{name}");
-            Ok(())
-        })?,
+        VolumeCommand::Rm { force, all, names } => {
+            let names = if all { ctx.volumes.list()?.into_iter().map(|v| v.name).collect() } else { names };
+            crate::ops::each(&names, |name| {
+                volumes::remove(ctx, name, force)?;
+                println!("{name}");
+                Ok(())
+            })?
+        }
         VolumeCommand::Inspect { names } => {
             let mut values = Vec::new();
             let result = crate::ops::each(&names, |name| {

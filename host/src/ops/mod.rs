@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod container;
 pub mod facts;
 pub mod images;
+pub mod info;
 pub mod lifecycle;
 pub mod policy;
 pub mod restore;
