@@ -44,6 +44,21 @@ impl WasiView for State {
     }
 }
 
+impl State {
+    fn new(wasi: WasiCtx, stdout: MemoryOutputPipe, stderr: MemoryOutputPipe) -> State {
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: TotalMemoryLimiter::default(),
+            logs: Vec::new(),
+            log_bytes: 0,
+            dropped_logs: 0,
+            stdout,
+            stderr,
+        }
+    }
+}
+
 impl bindings::ckpt::policy::types::Host for State {}
 
 impl bindings::ckpt::policy::log::Host for State {
@@ -324,16 +339,7 @@ impl PolicyEngine {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = State {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: TotalMemoryLimiter::default(),
-            logs: Vec::new(),
-            log_bytes: 0,
-            dropped_logs: 0,
-            stdout: stdout.clone(),
-            stderr: stderr.clone(),
-        };
+        let state = State::new(wasi, stdout.clone(), stderr.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         let _ = store.set_fuel(limits::FUEL);
@@ -427,4 +433,37 @@ pub fn check_text(policy: &str, what: &str, text: &str) -> Result<(), PolicyErro
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindings::ckpt::policy::log::Host as _;
+
+    fn state() -> State {
+        State::new(WasiCtxBuilder::new().build(), MemoryOutputPipe::new(16), MemoryOutputPipe::new(16))
+    }
+
+    /// The host side of the `log` import, called as a guest would, without a guest.
+    #[test]
+    fn the_log_import_cuts_long_messages_and_drops_lines_past_its_limits() {
+        let mut s = state();
+        s.log(Level::Warn, "é".repeat(limits::MAX_TEXT_BYTES));
+        let first = &s.logs[0];
+        assert_eq!(first.level, "warn");
+        assert!(first.message.ends_with('…'), "a long message is cut and says so");
+        assert!(first.message.len() <= limits::MAX_TEXT_BYTES + '…'.len_utf8());
+        for i in 0..limits::MAX_LOG_LINES + 10 {
+            s.log(Level::Info, format!("line {i}"));
+        }
+        assert_eq!(s.logs.len(), limits::MAX_LOG_LINES);
+        assert_eq!(s.dropped_logs, 11, "the lines past the limit are counted, not kept");
+
+        let mut s = state();
+        let big = "x".repeat(limits::MAX_TEXT_BYTES);
+        while s.dropped_logs == 0 {
+            s.log(Level::Debug, big.clone());
+        }
+        assert!(s.log_bytes >= limits::MAX_LOG_BYTES && s.log_bytes < limits::MAX_LOG_BYTES + limits::MAX_TEXT_BYTES);
+    }
 }
