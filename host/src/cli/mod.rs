@@ -47,9 +47,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Run(container::RunArgs),
-    Checkpoint(checkpoint::CheckpointArgs),
-    Restore(checkpoint::RestoreArgs),
+    #[command(flatten)]
+    Containers(ContainerCommand),
     /// Show what a checkpoint archive holds, as checkpointctl's show does.
     InspectCheckpoint {
         /// `json` for a JSON document, or a Go template.
@@ -57,24 +56,6 @@ pub enum Command {
         format: Option<Format>,
         archive: PathBuf,
     },
-    Create(container::CreateArgs),
-    Start(container::StartArgs),
-    Stop(container::StopArgs),
-    /// Stop containers and start them again.
-    Restart(container::StopArgs),
-    /// Freeze containers' processes through the runtime.
-    Pause(container::ContainersArgs),
-    /// Thaw paused containers.
-    Unpause(container::ContainersArgs),
-    /// Wait for containers to exit and print their exit codes.
-    Wait(container::ContainersArgs),
-    Rm(container::RmArgs),
-    #[command(alias = "list")]
-    Ps(container::PsArgs),
-    Logs(container::LogsArgs),
-    Exec(container::ExecArgs),
-    Inspect(container::InspectArgs),
-    Diff(container::DiffArgs),
     /// The container commands, as `podman container ...` spells them.
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -115,14 +96,12 @@ pub enum Command {
     },
     /// Write a man page for ckpt and each of its commands into DIR (ckpt.1, ckpt-checkpoint.1, ...).
     #[command(name = "generate-man", hide = true)]
-    GenerateMan {
-        dir: PathBuf,
-    },
+    GenerateMan { dir: PathBuf },
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
 }
 
-/// `ckpt container <command>`: the same as `ckpt <command>`.
+/// The commands on containers, at the top level and, as podman spells them, under `container`.
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommand {
     Run(container::RunArgs),
@@ -146,29 +125,6 @@ pub enum ContainerCommand {
     Diff(container::DiffArgs),
     Checkpoint(checkpoint::CheckpointArgs),
     Restore(checkpoint::RestoreArgs),
-}
-
-impl From<ContainerCommand> for Command {
-    fn from(command: ContainerCommand) -> Command {
-        match command {
-            ContainerCommand::Run(a) => Command::Run(a),
-            ContainerCommand::Create(a) => Command::Create(a),
-            ContainerCommand::Start(a) => Command::Start(a),
-            ContainerCommand::Stop(a) => Command::Stop(a),
-            ContainerCommand::Restart(a) => Command::Restart(a),
-            ContainerCommand::Pause(a) => Command::Pause(a),
-            ContainerCommand::Unpause(a) => Command::Unpause(a),
-            ContainerCommand::Wait(a) => Command::Wait(a),
-            ContainerCommand::Rm(a) => Command::Rm(a),
-            ContainerCommand::Ps(a) => Command::Ps(a),
-            ContainerCommand::Logs(a) => Command::Logs(a),
-            ContainerCommand::Exec(a) => Command::Exec(a),
-            ContainerCommand::Inspect(a) => Command::Inspect(a),
-            ContainerCommand::Diff(a) => Command::Diff(a),
-            ContainerCommand::Checkpoint(a) => Command::Checkpoint(a),
-            ContainerCommand::Restore(a) => Command::Restore(a),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -297,7 +253,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     let mut ctx = Context::new(roots, cli.runtime);
     ctx.config = crate::config::HostConfig::load(cli.host_config.as_deref())?;
-    if matches!(command, Command::Checkpoint(_) | Command::Restore(_)) {
+    if matches!(command, Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))) {
         crate::interrupt::install();
     }
     // What a killed ckpt left and nobody else can finish goes first; the rest is reported by
@@ -314,11 +270,32 @@ pub fn run(cli: Cli) -> Result<i32> {
     dispatch(&ctx, command)
 }
 
+fn dispatch_container(ctx: &Context, command: ContainerCommand) -> Result<i32> {
+    match command {
+        ContainerCommand::Run(args) => container::run(ctx, args),
+        ContainerCommand::Create(args) => container::create(ctx, args),
+        ContainerCommand::Restart(args) => container::restart(ctx, args),
+        ContainerCommand::Pause(args) => container::pause(ctx, args, true),
+        ContainerCommand::Unpause(args) => container::pause(ctx, args, false),
+        ContainerCommand::Wait(args) => container::wait(ctx, args),
+        ContainerCommand::Checkpoint(args) => checkpoint::checkpoint(ctx, args),
+        ContainerCommand::Restore(args) => checkpoint::restore(ctx, args),
+        ContainerCommand::Start(args) => container::start(ctx, args),
+        ContainerCommand::Stop(args) => container::stop(ctx, args),
+        ContainerCommand::Rm(args) => container::rm(ctx, args),
+        ContainerCommand::Ps(args) => container::ps(ctx, args),
+        ContainerCommand::Logs(args) => container::logs(ctx, args),
+        ContainerCommand::Exec(args) => container::exec(ctx, args),
+        ContainerCommand::Inspect(args) => container::inspect(ctx, args),
+        ContainerCommand::Diff(args) => container::diff(ctx, args),
+    }
+}
+
 impl Command {
     /// `container checkpoint` is `checkpoint`.
     fn unnested(self) -> Command {
         match self {
-            Command::Container(inner) => Command::from(inner),
+            Command::Container(inner) => Command::Containers(inner),
             other => other,
         }
     }
@@ -331,8 +308,7 @@ impl Command {
             self,
             Command::Policy(_)
                 | Command::InspectCheckpoint { .. }
-                | Command::Checkpoint(_)
-                | Command::Restore(_)
+                | Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))
                 | Command::Completion { .. }
                 | Command::GenerateMan { .. }
         )
@@ -361,13 +337,7 @@ fn command_words(args: impl Iterator<Item = String>) -> String {
 
 fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
     match command {
-        Command::Run(args) => container::run(ctx, args),
-        Command::Create(args) => container::create(ctx, args),
-        Command::Restart(args) => container::restart(ctx, args),
-        Command::Pause(args) => container::pause(ctx, args, true),
-        Command::Unpause(args) => container::pause(ctx, args, false),
-        Command::Wait(args) => container::wait(ctx, args),
-        Command::Container(command) => dispatch(ctx, Command::from(command)),
+        Command::Containers(command) | Command::Container(command) => dispatch_container(ctx, command),
         Command::Info { format } => {
             let info = crate::ops::info::info(ctx)?;
             match format {
@@ -396,8 +366,6 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Rmi { force, images } => image::run(ctx, image::ImageCommand::Rm { force, images }),
         Command::Load(args) => image::run(ctx, image::ImageCommand::Load(args)),
         Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
-        Command::Checkpoint(args) => checkpoint::checkpoint(ctx, args),
-        Command::Restore(args) => checkpoint::restore(ctx, args),
         Command::InspectCheckpoint { format, archive } => {
             let summary = crate::archive::summary::summarize(&archive)?;
             match format {
@@ -407,14 +375,6 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Start(args) => container::start(ctx, args),
-        Command::Stop(args) => container::stop(ctx, args),
-        Command::Rm(args) => container::rm(ctx, args),
-        Command::Ps(args) => container::ps(ctx, args),
-        Command::Logs(args) => container::logs(ctx, args),
-        Command::Exec(args) => container::exec(ctx, args),
-        Command::Inspect(args) => container::inspect(ctx, args),
-        Command::Diff(args) => container::diff(ctx, args),
         Command::Image(cmd) => image::run(ctx, cmd),
         Command::Volume(cmd) => volume::run(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),
