@@ -159,6 +159,36 @@ fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
     ])
 }
 
+/// Where podman keeps a named volume's data, under its default graph root.
+const PODMAN_VOLUMES: &str = "/var/lib/containers/storage/volumes";
+
+/// The spec as `spec.dump` carries it to another engine. ckpt itself never reads it back; podman
+/// makes it the restored container's spec, so nothing in it may name a path that exists only
+/// here: `/etc/hosts` and `/etc/hostname` go (the destination binds its own), the network
+/// namespace loses its path (the destination makes one), and named volumes point where podman
+/// recreates them from the archive.
+pub fn portable(mut spec: Spec, record: &ContainerRecord) -> Spec {
+    let volumes: HashMap<&str, &str> =
+        record.named_volumes().map(|v| (v.destination.as_str(), v.source.as_str())).collect();
+    let mounts = spec.mounts().clone().unwrap_or_default().into_iter().filter_map(|mut m| {
+        let destination = m.destination().to_string_lossy().into_owned();
+        if destination == "/etc/hosts" || destination == "/etc/hostname" {
+            return None;
+        }
+        if let Some(name) = volumes.get(destination.as_str()) {
+            m.set_source(Some(Path::new(PODMAN_VOLUMES).join(name).join("_data")));
+        }
+        Some(m)
+    });
+    spec.set_mounts(Some(mounts.collect()));
+    if let Some(namespaces) = spec.linux_mut().as_mut().and_then(|linux| linux.namespaces_mut().as_mut()) {
+        for namespace in namespaces.iter_mut().filter(|n| n.typ() == LinuxNamespaceType::Network) {
+            namespace.set_path(None);
+        }
+    }
+    spec
+}
+
 /// The container's cgroup, below each controller's root (v1) or the unified root (v2).
 pub fn cgroup_path(id: &str) -> String {
     format!("/ckpt/{id}")
@@ -202,5 +232,30 @@ mod tests {
             set.as_array_mut().unwrap().sort_by(|a, b| a.as_str().cmp(&b.as_str()));
         }
         insta::assert_json_snapshot!("runtime_spec", spec);
+    }
+
+    #[test]
+    fn the_portable_spec_names_no_path_of_this_host() {
+        let record: ContainerRecord = serde_json::from_value(json!({
+            "id": "ab".repeat(32), "name": "web", "image_name": "busybox", "image_ref": "busybox:latest",
+            "image_id": "c".repeat(64), "command": ["sh"], "env": [], "labels": {},
+            "mounts": [{"kind": "volume", "source": "data", "destination": "/data", "read_only": false}],
+            "auto_remove": false, "created_at": "2026-01-01T00:00:00Z", "runtime": "runc"
+        }))
+        .unwrap();
+        let data = Path::new("/var/lib/ckpt/volumes/data/_data");
+        let mounts = [HostMount { source: data, destination: "/data", read_only: false }];
+        let spec = build(&record, Path::new("/r"), Path::new("/b"), Path::new("/run/ckpt/netns"), &mounts).unwrap();
+        let spec = serde_json::to_value(portable(spec, &record)).unwrap();
+        let binds: Vec<(&str, &str)> = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "bind")
+            .map(|m| (m["destination"].as_str().unwrap(), m["source"].as_str().unwrap()))
+            .collect();
+        assert_eq!(binds, [("/data", "/var/lib/containers/storage/volumes/data/_data")]);
+        let network = spec["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap();
+        assert!(network.get("path").is_none(), "{network}");
     }
 }

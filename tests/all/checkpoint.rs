@@ -429,8 +429,13 @@ fn a_killed_checkpoint_is_found_and_repaired() {
         std::thread::sleep(Duration::from_millis(delay));
         let _ = child.kill();
         let _ = child.wait();
-        // CRIU runs in its own process group and finishes the dump it started.
-        std::thread::sleep(Duration::from_secs(3));
+        // CRIU runs in its own process group and finishes the dump it started; on a loaded
+        // machine that takes a while.
+        let id = ckpt.inspect("k")["Id"].as_str().unwrap().to_string();
+        assert!(
+            eventually(Duration::from_secs(60), || !runc_checkpoint_running(&id)),
+            "{delay} ms: the dump never ended"
+        );
         let check = ckpt.run(&["system", "check", "--repair"]);
         assert!(check.code == 0, "{delay} ms: {}{}", check.stdout, check.stderr);
         assert!(leftovers(&ckpt).is_empty(), "{delay} ms: {:?}", leftovers(&ckpt));
@@ -443,6 +448,15 @@ fn a_killed_checkpoint_is_found_and_repaired() {
         let _ = std::fs::remove_file(&archive);
     }
     assert_eq!(ckpt.ok(&["system", "check"]), "nothing to repair\n");
+}
+
+/// Whether a `runc checkpoint` of the container is still at work.
+fn runc_checkpoint_running(id: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        words.iter().any(|w| *w == b"checkpoint") && words.iter().any(|w| *w == id.as_bytes())
+    })
 }
 
 fn runc(ckpt: &Ckpt, args: &[&str]) {

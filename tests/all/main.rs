@@ -8,5 +8,6 @@ mod support;
 mod checkpoint;
 mod containers;
 mod hostile;
+mod interop;
 mod podman_habits;
 mod policy;

@@ -68,7 +68,18 @@ pub fn add_members<W: Write>(
     let config = serde_json::to_vec_pretty(sources.config).expect("a ConfigDump serialises");
     writer.add_bytes(layout::CONFIG_DUMP, &config).map_err(io("archive", bundle))?;
     let spec_path = bundle.join("config.json");
-    let spec = std::fs::read(&spec_path).map_err(io("read", &spec_path))?;
+    let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|e| ArchiveError::Io {
+        archive: "checkpoint archive".into(),
+        action: "read",
+        path: spec_path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let record = sources.config.ckpt.as_ref();
+    let spec = match record {
+        Some(record) => crate::spec::portable(spec, record),
+        None => spec,
+    };
+    let spec = serde_json::to_vec_pretty(&spec).expect("a runtime spec serialises");
     writer.add_bytes(layout::SPEC_DUMP, &spec).map_err(io("archive", bundle))?;
     let stats = bundle.join(layout::STATS_DUMP);
     if std::fs::metadata(&stats).is_ok_and(|m| m.is_file()) {

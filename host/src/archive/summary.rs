@@ -28,7 +28,7 @@ pub struct ConfigDump {
     pub rootfs_image_id: String,
     #[serde(default)]
     pub rootfs_image_name: String,
-    #[serde(default)]
+    #[serde(default, rename = "RawImageName", alias = "rawImageName")]
     pub raw_image_name: String,
     #[serde(default)]
     pub runtime: String,
@@ -38,17 +38,26 @@ pub struct ConfigDump {
     pub named_volumes: Vec<NamedVolume>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// podman makes a network namespace for the restored container when this is set; without
+    /// it, it would hand the runtime the path of the exporting side's namespace.
+    #[serde(default, rename = "createNetNS")]
+    pub create_net_ns: bool,
+    /// podman's network mode: ckpt's containers have loopback only, which podman calls `none`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network_mode: String,
     /// ckpt's own record; podman's archives have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ckpt: Option<ContainerRecord>,
 }
 
+/// An entry of `namedVolumes`, with podman's keys (ckpt before 0.1 wrote them capitalised).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
 pub struct NamedVolume {
+    #[serde(rename = "volumeName", alias = "Name")]
     pub name: String,
+    #[serde(alias = "Dest")]
     pub dest: String,
-    #[serde(default)]
+    #[serde(default, alias = "Options")]
     pub options: Vec<String>,
 }
 
@@ -71,6 +80,8 @@ impl ConfigDump {
                 })
                 .collect(),
             labels: record.labels.clone(),
+            create_net_ns: true,
+            network_mode: "none".into(),
             ckpt: Some(record.clone()),
         }
     }
@@ -221,10 +232,13 @@ mod tests {
     fn a_podman_config_dump_reads_without_a_ckpt_record() {
         let podman = r#"{"id":"abc","name":"web","rootfsImageID":"sha","rootfsImageName":"docker.io/library/nginx:latest",
             "rawImageName":"nginx","runtime":"runc","createdTime":"2026-01-01T00:00:00Z",
-            "namedVolumes":[{"Name":"data","Dest":"/data","Options":[]}],"someOtherKey":1}"#;
+            "namedVolumes":[{"volumeName":"data","dest":"/data","options":["rw"]}],"createNetNS":true,"someOtherKey":1}"#;
         let config: ConfigDump = serde_json::from_str(podman).unwrap();
         assert_eq!(config.rootfs_image_id, "sha");
         assert_eq!(config.named_volumes[0].dest, "/data");
+        assert!(config.create_net_ns);
+        let older: NamedVolume = serde_json::from_str(r#"{"Name":"data","Dest":"/data","Options":["ro"]}"#).unwrap();
+        assert_eq!((older.name.as_str(), older.options.as_slice()), ("data", &["ro".to_string()][..]));
         assert!(config.ckpt.is_none());
         let back = serde_json::to_value(&config).unwrap();
         assert_eq!(back["rootfsImageName"], "docker.io/library/nginx:latest");

@@ -148,6 +148,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
         auto_remove: options.auto_remove,
         created_at: crate::util::now(),
         runtime: runtime.name().to_string(),
+        root_mode: Some(crate::store::CONTAINER_ROOT_MODE),
         state: StateFlags::default(),
     };
     let made = (|| {
@@ -158,7 +159,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
         }
         let paths = ctx.containers.paths(&record.id);
         // The upper layer's root is the container's `/`.
-        crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
+        crate::util::create_dir_with_mode(&paths.upper(), record.root_mode())?;
         create_dir_all(&paths.bundle())?;
         ctx.containers.save(&record)
     })();

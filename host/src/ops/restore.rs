@@ -451,7 +451,8 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
     // Declared after the store lock, so that a failed import is undone before the lock goes.
     let mut txn = ImportTxn { ctx, record: &record, created_volumes: Vec::new(), committed: false };
     let paths = ctx.containers.paths(&record.id);
-    crate::util::create_dir_with_mode(&paths.upper(), 0o755)?;
+    // CRIU finds `/` as it was dumped, or refuses.
+    crate::util::create_dir_with_mode(&paths.upper(), record.root_mode())?;
     create_dir_all(&paths.bundle())?;
     let mut importing = record.clone();
     importing.state.importing = true;

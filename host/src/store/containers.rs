@@ -109,11 +109,25 @@ pub struct ContainerRecord {
     pub created_at: DateTime<Utc>,
     /// The OCI runtime's name or path, as chosen at creation.
     pub runtime: String,
+    /// The mode of the container's `/`. CRIU checks it on restore, so an import recreates it;
+    /// absent in records from before it was kept, which all had 0755.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_mode: Option<u32>,
     #[serde(default)]
     pub state: StateFlags,
 }
 
+/// The mode of `/` in new containers: podman's (containers/storage makes it 0555), so that a
+/// checkpoint restores in either engine.
+pub const CONTAINER_ROOT_MODE: u32 = 0o555;
+/// The mode of `/` in containers whose record does not say.
+const LEGACY_ROOT_MODE: u32 = 0o755;
+
 impl ContainerRecord {
+    pub fn root_mode(&self) -> u32 {
+        self.root_mode.unwrap_or(LEGACY_ROOT_MODE)
+    }
+
     pub fn named_volumes(&self) -> impl Iterator<Item = &MountSpec> {
         self.mounts.iter().filter(|m| m.kind == MountKind::Volume)
     }

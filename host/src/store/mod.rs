@@ -9,7 +9,9 @@ mod lock;
 mod paths;
 mod volumes;
 
-pub use containers::{ContainerRecord, ContainerStatus, ContainerStore, MountKind, MountSpec, StateFlags};
+pub use containers::{
+    CONTAINER_ROOT_MODE, ContainerRecord, ContainerStatus, ContainerStore, MountKind, MountSpec, StateFlags,
+};
 pub use lock::{ContainerLock, StoreLock, is_locked, wait_unlocked};
 pub use paths::{ContainerPaths, Roots};
 pub use volumes::{VolumeRecord, VolumeStore};
