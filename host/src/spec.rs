@@ -63,7 +63,14 @@ pub fn build(
         env.push(e.clone());
     }
     let mut all_mounts = default_mounts()?;
-    for (file, destination) in [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname")] {
+    let mut files = vec![("hosts", "/etc/hosts"), ("hostname", "/etc/hostname")];
+    if record.podman_mounts {
+        files.extend([("resolv.conf", "/etc/resolv.conf"), (".containerenv", "/run/.containerenv")]);
+        all_mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        let options = ["bind", "rprivate", "nosuid", "noexec", "nodev"];
+        all_mounts.push(mount("/dev/shm", "bind", bundle.join(PODMAN_SHM_DIR), &options)?);
+    }
+    for (file, destination) in files {
         all_mounts.push(mount(destination, "bind", bundle.join(file), &["bind", "rprivate"])?);
     }
     for m in mounts {
@@ -158,6 +165,10 @@ fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
         mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
     ])
 }
+
+/// The bundle directory bound at `/dev/shm` for a container restored from podman, whose
+/// `/dev/shm` was a bind mount there too.
+pub const PODMAN_SHM_DIR: &str = "shm";
 
 /// Where podman keeps a named volume's data, under its default graph root.
 const PODMAN_VOLUMES: &str = "/var/lib/containers/storage/volumes";

@@ -74,3 +74,81 @@ fn podman_restores_a_ckpt_archive_and_the_container_carries_on() {
     assert!(in_volume > at_checkpoint, "the volume came along and is written to");
     assert_eq!(podman.ok(&["inspect", "--format", "{{.State.Status}}", "ckpt-moving"]).trim(), "running");
 }
+
+#[test]
+fn ckpt_restores_podman_archives_and_checkpoint_images() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let podman =
+        Podman { containers: vec!["ckpt-from-podman", "ckpt-from-podman-image"], volumes: vec!["ckpt-podmandata"] };
+    let image = ckpt.path("busybox.tar");
+    ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
+    let loaded = podman.ok(&["load", "-i", image.to_str().unwrap()]);
+    let busybox = loaded.trim().rsplit(' ').next().unwrap().to_string();
+    let counter = "i=0; while true; do echo count $i; echo $i > /data/n; i=$((i+1)); sleep 0.1; done";
+    let count = |name: &str| last_count(&ckpt.logs(name));
+
+    // An exported archive, with a named volume.
+    let id = podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ckpt-from-podman",
+        "-v",
+        "ckpt-podmandata:/data",
+        &busybox,
+        "sh",
+        "-c",
+        counter,
+    ]);
+    let podman_count = || last_count(&podman.ok(&["logs", "ckpt-from-podman"]));
+    assert!(eventually(Duration::from_secs(5), || podman_count() >= 5));
+    let archive = ckpt.path("from-podman.tar.zst");
+    podman.ok(&["container", "checkpoint", "-e", archive.to_str().unwrap(), "ckpt-from-podman"]);
+    let at_checkpoint = podman_count();
+    let restored = ckpt.run(&["restore", "-i", archive.to_str().unwrap()]);
+    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    assert_eq!(restored.stdout.trim(), id.trim(), "the container keeps podman's ID");
+    assert!(restored.stderr.contains("is a podman checkpoint: it has no ckpt manifest"), "{}", restored.stderr);
+    assert!(eventually(Duration::from_secs(5), || count("ckpt-from-podman") > at_checkpoint + 3));
+    let in_volume: u64 = ckpt.exec("ckpt-from-podman", "cat /data/n").trim().parse().unwrap();
+    assert!(in_volume > at_checkpoint, "the volume came along and is written to");
+    // It checkpoints and restores again in ckpt, now as ckpt's.
+    ckpt.ok(&["checkpoint", "ckpt-from-podman"]);
+    ckpt.ok(&["restore", "ckpt-from-podman"]);
+    assert_eq!(ckpt.status("ckpt-from-podman"), "running");
+
+    // A checkpoint image, moved as an OCI archive.
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ckpt-from-podman-image",
+        &busybox,
+        "sh",
+        "-c",
+        "i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&podman.ok(&["logs", "ckpt-from-podman-image"])) >= 5));
+    podman.ok(&[
+        "container",
+        "checkpoint",
+        "--create-image",
+        "localhost/ckpt-from-podman-ckpt",
+        "ckpt-from-podman-image",
+    ]);
+    let image_archive = ckpt.path("podman-ckpt-image.tar");
+    podman.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        image_archive.to_str().unwrap(),
+        "localhost/ckpt-from-podman-ckpt",
+    ]);
+    let _ = podman.run(&["rmi", "-f", "localhost/ckpt-from-podman-ckpt"]);
+    ckpt.ok(&["load", "-i", image_archive.to_str().unwrap()]);
+    ckpt.ok(&["restore", "localhost/ckpt-from-podman-ckpt"]);
+    let at_image = count("ckpt-from-podman-image");
+    assert!(at_image >= 5, "it carries on from the image's count, not from zero");
+    assert!(eventually(Duration::from_secs(5), || count("ckpt-from-podman-image") > at_image + 3));
+}

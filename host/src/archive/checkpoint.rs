@@ -19,6 +19,8 @@ pub const DELETED_FILES: &str = "deleted.files";
 pub const VOLUMES_DIR: &str = "volumes";
 pub const STATS_DUMP: &str = "stats-dump";
 pub const CONTAINER_LOG: &str = "ctr.log";
+/// podman's copy of its `/dev/shm` bind mount; ckpt's own `/dev/shm` is a tmpfs CRIU dumps.
+pub const DEVSHM: &str = "devshm-checkpoint.tar";
 /// ckpt's own addition: size and BLAKE3 digest of every other member. BLAKE3 rather than
 /// SHA-256 because hashing every memory page is on the export's critical path, and BLAKE3 is
 /// several times faster on the same core.

@@ -149,6 +149,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
         created_at: crate::util::now(),
         runtime: runtime.name().to_string(),
         root_mode: Some(crate::store::CONTAINER_ROOT_MODE),
+        podman_mounts: false,
         state: StateFlags::default(),
     };
     let made = (|| {
@@ -187,6 +188,13 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
         record.name
     );
     write_atomic(&bundle.join("hosts"), hosts.as_bytes(), 0o644)?;
+    if record.podman_mounts {
+        // What podman bound into the container, made again so that CRIU finds every mount.
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        write_atomic(&bundle.join("resolv.conf"), &resolv, 0o644)?;
+        write_atomic(&bundle.join(".containerenv"), b"engine=\"ckpt\"\n", 0o644)?;
+        crate::util::create_dir_with_mode(&bundle.join(spec::PODMAN_SHM_DIR), 0o1777)?;
+    }
     let sources: Vec<PathBuf> = record
         .mounts
         .iter()

@@ -18,7 +18,7 @@ use crate::criu::{self, RestoreStats};
 use crate::error::{Error, Result};
 use crate::runtime::RestoreOptions;
 use crate::safefs::{self, Beneath};
-use crate::store::{ContainerLock, ContainerRecord, ContainerStatus, MountKind, StateFlags, StoreLock};
+use crate::store::{ContainerLock, ContainerRecord, ContainerStatus, MountKind, MountSpec, StateFlags, StoreLock};
 use crate::supervisor::Launch;
 use crate::util::{TempDir, create_dir_all, remove_dir_all, tempdir_in, validate_object_name};
 use std::os::unix::fs::OpenOptionsExt;
@@ -371,19 +371,27 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
         return Err(missing().into());
     }
     let config: ConfigDump = staged.read_member_json(layout::CONFIG_DUMP)?.ok_or_else(missing)?;
-    let mut record = config.ckpt.ok_or_else(|| Error::Corrupt {
-        what: "config.dump",
-        path: config_path.clone(),
-        detail: "no ckpt container record in it; only ckpt archives can be imported".into(),
-    })?;
-    if !staged.verified {
+    let mut record = match config.ckpt.clone() {
+        Some(record) if staged.verified => record,
         // A ckpt archive always ends with its manifest: without one it was cut short or altered.
-        return Err(archive::ArchiveError::Missing {
-            archive: staged.origin.clone(),
-            member: format!("{} (a ckpt archive without it was truncated or altered)", layout::MANIFEST),
+        Some(_) => {
+            return Err(archive::ArchiveError::Missing {
+                archive: staged.origin.clone(),
+                member: format!("{} (a ckpt archive without it was truncated or altered)", layout::MANIFEST),
+            }
+            .into());
         }
-        .into());
-    }
+        None => {
+            eprintln!(
+                "ckpt: {} is a podman checkpoint: it has no ckpt manifest, so its members are not checked against digests; every other check applies",
+                crate::util::escape_controls(&staged.origin)
+            );
+            let spec: oci_spec::runtime::Spec = staged.read_member_json(layout::SPEC_DUMP)?.ok_or_else(|| {
+                archive::ArchiveError::Missing { archive: staged.origin.clone(), member: layout::SPEC_DUMP.into() }
+            })?;
+            record_from_podman(&config, &spec, &config_path)?
+        }
+    };
     for mount in &record.mounts {
         if mount.kind == MountKind::Bind {
             return Err(Error::invalid(format!(
@@ -419,6 +427,59 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
         ))
     })?;
     Ok(record)
+}
+
+/// podman's own bind mounts, which ckpt makes again for a container restored from podman.
+const PODMAN_BINDS: [&str; 5] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/.containerenv", "/dev/shm"];
+
+/// A record for a container checkpointed by podman, from its `config.dump` and `spec.dump`.
+/// Only named volumes come along; a bind mount of a host path is refused, as from ckpt archives.
+fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path: &Path) -> Result<ContainerRecord> {
+    let corrupt = |detail: String| Error::Corrupt { what: "spec.dump", path: path.to_path_buf(), detail };
+    let process = spec.process().as_ref().ok_or_else(|| corrupt("it has no process".into()))?;
+    let command = process.args().clone().unwrap_or_default();
+    if command.is_empty() {
+        return Err(corrupt("its process has no arguments".into()));
+    }
+    let mut mounts: Vec<MountSpec> = config
+        .named_volumes
+        .iter()
+        .map(|v| MountSpec {
+            kind: MountKind::Volume,
+            source: v.name.clone(),
+            destination: v.dest.clone(),
+            read_only: v.options.iter().any(|o| o == "ro"),
+        })
+        .collect();
+    for mount in spec.mounts().iter().flatten().filter(|m| m.typ().as_deref() == Some("bind")) {
+        let destination = mount.destination().to_string_lossy().into_owned();
+        let known = PODMAN_BINDS.contains(&destination.as_str()) || mounts.iter().any(|m| m.destination == destination);
+        if !known {
+            let source = mount.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default();
+            mounts.push(MountSpec { kind: MountKind::Bind, source, destination, read_only: false });
+        }
+    }
+    Ok(ContainerRecord {
+        id: config.id.clone(),
+        name: config.name.clone(),
+        image_name: if config.raw_image_name.is_empty() {
+            config.rootfs_image_name.clone()
+        } else {
+            config.raw_image_name.clone()
+        },
+        image_ref: config.rootfs_image_name.clone(),
+        image_id: config.rootfs_image_id.clone(),
+        command,
+        env: process.env().clone().unwrap_or_default(),
+        labels: config.labels.clone(),
+        mounts,
+        auto_remove: false,
+        created_at: crate::util::now(),
+        runtime: config.runtime.clone(),
+        root_mode: Some(crate::store::CONTAINER_ROOT_MODE),
+        podman_mounts: true,
+        state: StateFlags::default(),
+    })
 }
 
 fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result<Restored> {
@@ -502,6 +563,10 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
         std::io::copy(&mut log, &mut out).map_err(Error::io("copy log to", paths.log()))?;
     }
     lifecycle::prepare_bundle(ctx, &record)?;
+    if let Some(shm) = staged.open_member(layout::DEVSHM)?.filter(|_| record.podman_mounts) {
+        let dir = paths.bundle().join(crate::spec::PODMAN_SHM_DIR);
+        archive::extract(std::io::BufReader::new(shm), &dir, layout::DEVSHM, &ExtractOptions::container_files())?;
+    }
     if !req.ignore_rootfs {
         apply_rootfs_diff(&staged, &paths.merged())?;
     }

@@ -113,6 +113,10 @@ pub struct ContainerRecord {
     /// absent in records from before it was kept, which all had 0755.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_mode: Option<u32>,
+    /// Restored from podman's checkpoint: CRIU expects the bind mounts podman gave it
+    /// (`/etc/resolv.conf`, `/run/.containerenv`, `/dev/shm`) to be there again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub podman_mounts: bool,
     #[serde(default)]
     pub state: StateFlags,
 }
