@@ -455,7 +455,7 @@ fn runc_checkpoint_running(id: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        words.iter().any(|w| *w == b"checkpoint") && words.iter().any(|w| *w == id.as_bytes())
+        words.contains(&&b"checkpoint"[..]) && words.contains(&id.as_bytes())
     })
 }
 
