@@ -14,7 +14,7 @@ ckpt="$PWD/target/release/ckpt --root $work/ckpt-root --runroot /run/ckpt-bench-
 
 # One image for both: busybox with every applet, plus the host's flock and its libraries.
 cp /bin/busybox "$work/rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do ln -sf busybox "$work/rootfs/bin/$applet"; done
+for applet in $(/bin/busybox --list); do [ -e "$work/rootfs/bin/$applet" ] || ln -s busybox "$work/rootfs/bin/$applet"; done
 cp /usr/bin/flock "$work/rootfs/usr/bin/flock"
 for lib in $(ldd /usr/bin/flock | grep -o '/[^ ]*'); do
   mkdir -p "$work/rootfs$(dirname "$lib")"; cp "$lib" "$work/rootfs$lib"
