@@ -14,6 +14,8 @@ pub const DEFAULT_PATH: &str = "/etc/ckpt/ckpt.toml";
 pub struct HostConfig {
     #[serde(default)]
     pub exports: ExportRules,
+    #[serde(default)]
+    pub registries: RegistryRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -34,6 +36,24 @@ pub struct ExportRules {
     #[serde(default)]
     #[expect(dead_code, reason = "registry export targets are not implemented yet")]
     pub registries: Vec<String>,
+}
+
+/// How ckpt reaches registries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryRules {
+    /// Registries (`host[:port]`) reached without TLS verification, as containers' registries.conf
+    /// `insecure = true` does.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+}
+
+impl RegistryRules {
+    /// Whether `reference`'s registry is listed as insecure.
+    pub fn is_insecure(&self, reference: &str) -> bool {
+        let host = reference.split('/').next().unwrap_or_default();
+        self.insecure.iter().any(|r| r == host)
+    }
 }
 
 impl HostConfig {
@@ -130,6 +150,7 @@ mod tests {
                 image_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
                 registries: vec![],
             },
+            registries: RegistryRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }
@@ -179,5 +200,14 @@ mod tests {
         let loaded = HostConfig::load(Some(&path)).unwrap();
         assert_eq!(loaded.exports.directories, vec![PathBuf::from("/srv")]);
         assert!(HostConfig::load(Some(&dir.path().join("missing.toml"))).is_err(), "an explicit file must exist");
+    }
+
+    #[test]
+    fn insecure_registries_are_named_by_host_and_port() {
+        let rules: HostConfig = toml::from_str("[registries]\ninsecure = [\"localhost:5000\"]\n").unwrap();
+        assert!(rules.registries.is_insecure("localhost:5000/ckpt/web:1"));
+        assert!(!rules.registries.is_insecure("localhost:5001/ckpt/web:1"));
+        assert!(!rules.registries.is_insecure("registry.example.com/localhost:5000"));
+        assert!(toml::from_str::<HostConfig>("[registries]\nsecure = []\n").is_err(), "unknown keys are errors");
     }
 }

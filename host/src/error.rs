@@ -7,6 +7,7 @@ use crate::archive::ArchiveError;
 use crate::criu::CriuError;
 use crate::image::ImageError;
 use crate::policy::PolicyError;
+use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,6 +53,8 @@ pub enum Error {
     Policy(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Criu(#[from] CriuError),
     #[error(transparent)]

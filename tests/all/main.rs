@@ -11,3 +11,4 @@ mod hostile;
 mod interop;
 mod podman_habits;
 mod policy;
+mod registry;

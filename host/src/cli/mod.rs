@@ -70,6 +70,21 @@ pub enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Push an image, a checkpoint image for example, to a registry.
+    Push {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        image: String,
+        /// Where to: HOST[:PORT]/NAME[:TAG]; the image's own name when it names a registry.
+        destination: Option<String>,
+    },
+    /// Pull an image from a registry into ckpt's store.
+    Pull {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// HOST[:PORT]/NAME[:TAG]
+        reference: String,
+    },
     /// Load images from an OCI archive or layout (`image load`).
     Load(image::LoadArgs),
     /// Write an image as an OCI archive (`image save`).
@@ -204,6 +219,27 @@ fn print_rows<J: serde::Serialize, R: serde::Serialize>(
     Ok(())
 }
 
+/// podman's registry flags for `push` and `pull`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Verify the registry's TLS certificate (`--tls-verify=false` to skip). Unset: verify,
+    /// unless the host config lists the registry under `[registries] insecure`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// USER[:PASS] for the registry.
+    #[arg(long)]
+    pub creds: Option<String>,
+    /// The auth file (default: the containers auth file, then docker's, as podman reads them).
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+}
+
+impl From<RegistryArgs> for crate::ops::images::RegistryFlags {
+    fn from(args: RegistryArgs) -> Self {
+        crate::ops::images::RegistryFlags { tls_verify: args.tls_verify, creds: args.creds, authfile: args.authfile }
+    }
+}
+
 /// The flags every listing command (`ps`, `image ls`, `volume ls`) shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
@@ -253,7 +289,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     let mut ctx = Context::new(roots, cli.runtime);
     ctx.config = crate::config::HostConfig::load(cli.host_config.as_deref())?;
-    if matches!(command, Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))) {
+    if matches!(
+        command,
+        Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_)) | Command::Pull { .. }
+    ) {
         crate::interrupt::install();
     }
     // What a killed ckpt left and nobody else can finish goes first; the rest is reported by
@@ -365,6 +404,15 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Images(args) => image::run(ctx, image::ImageCommand::Ls(args)),
         Command::Rmi { force, images } => image::run(ctx, image::ImageCommand::Rm { force, images }),
         Command::Load(args) => image::run(ctx, image::ImageCommand::Load(args)),
+        Command::Push { registry, image, destination } => {
+            let to = crate::ops::images::push(ctx, &image, destination.as_deref(), &registry.into())?;
+            println!("{to}");
+            Ok(0)
+        }
+        Command::Pull { registry, reference } => {
+            println!("{}", crate::ops::images::pull(ctx, &reference, &registry.into())?.id);
+            Ok(0)
+        }
         Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
         Command::InspectCheckpoint { format, archive } => {
             let summary = crate::archive::summary::summarize(&archive)?;

@@ -146,8 +146,8 @@ impl ImageStore {
         ImageStore { layout: dir.join("oci"), rootfs_root: dir.join("rootfs"), lock_path: dir.join("images.lock") }
     }
 
-    #[cfg(test)]
-    fn layout_dir(&self) -> &Path {
+    /// The OCI image layout directory, which skopeo reads and writes as `oci:<dir>:<name>`.
+    pub fn layout(&self) -> &Path {
         &self.layout
     }
 
@@ -567,9 +567,9 @@ mod tests {
     fn a_corrupt_index_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::new(&Roots::new(dir.path().join("root"), dir.path().join("run")));
-        std::fs::create_dir_all(store.layout_dir()).unwrap();
+        std::fs::create_dir_all(store.layout()).unwrap();
         for text in ["[]", "{\"manifests\": 3}", "{}", "not json"] {
-            std::fs::write(store.layout_dir().join("index.json"), text).unwrap();
+            std::fs::write(store.layout().join("index.json"), text).unwrap();
             let err = store.list().unwrap_err().to_string();
             assert!(err.contains("image index"), "{text}: {err}");
         }

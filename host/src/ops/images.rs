@@ -5,6 +5,7 @@ use std::path::Path;
 use super::Context;
 use crate::error::{Error, Result};
 use crate::image::ImageInfo;
+use crate::registry::Registry;
 
 pub fn remove(ctx: &Context, name: &str, force: bool) -> Result<ImageInfo> {
     let info = ctx.images.resolve(name)?;
@@ -28,4 +29,47 @@ pub fn import(ctx: &Context, tarball: &Path, name: &str) -> Result<ImageInfo> {
         )));
     }
     ctx.images.import_rootfs(tarball, name)
+}
+
+/// The flags of `push` and `pull`; `tls_verify` unset means: verify, unless the host config
+/// lists the registry as insecure.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryFlags {
+    pub tls_verify: Option<bool>,
+    pub creds: Option<String>,
+    pub authfile: Option<std::path::PathBuf>,
+}
+
+fn access(ctx: &Context, reference: &str, flags: &RegistryFlags) -> crate::registry::Access {
+    crate::registry::Access {
+        tls_verify: flags.tls_verify.unwrap_or(!ctx.config.registries.is_insecure(reference)),
+        creds: flags.creds.clone(),
+        authfile: flags.authfile.clone(),
+    }
+}
+
+/// `ckpt push IMAGE [DEST]`: DEST defaults to the image's own name, which must then name a
+/// registry. Returns where it went.
+pub fn push(ctx: &Context, name: &str, destination: Option<&str>, flags: &RegistryFlags) -> Result<String> {
+    let info = ctx.images.resolve(name)?;
+    let destination = destination.map(crate::image::normalize_reference).unwrap_or_else(|| info.reference.clone());
+    crate::registry::check_reference(&destination)?;
+    let registry = crate::registry::Skopeo::find()?;
+    registry.push(ctx.images.layout(), &info.reference, &destination, &access(ctx, &destination, flags))?;
+    Ok(destination)
+}
+
+/// `ckpt pull REF`: the image goes to a private staging layout first and is then loaded, digest
+/// by digest, so an interrupted or failed pull leaves nothing in the store and a retry starts
+/// clean.
+pub fn pull(ctx: &Context, reference: &str, flags: &RegistryFlags) -> Result<ImageInfo> {
+    crate::registry::check_reference(reference)?;
+    let name = crate::image::normalize_reference(reference);
+    let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "pull")?;
+    let layout = staging.path.join("oci");
+    let registry = crate::registry::Skopeo::find()?;
+    registry.pull(reference, &layout, &name, &access(ctx, reference, flags))?;
+    crate::interrupt::check()?;
+    ctx.images.load(&layout, Some(&name))?;
+    ctx.images.resolve(&name)
 }

@@ -73,12 +73,13 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
     for target in &req.targets {
         match ctx.containers.lookup(target) {
             Ok(record) => sources.push(Source::Local(Box::new(record), target.trim_start_matches('/').to_string())),
-            Err(Error::NoSuchContainer(_)) => match ctx.images.resolve(target) {
+            Err(Error::NoSuchContainer(_)) => match resolve_or_pull(ctx, target) {
                 Ok(info) if info.annotations.contains_key(CHECKPOINT_IMAGE_KEY) => {
                     sources.push(Source::Image(target.clone()))
                 }
                 Ok(info) => return Err(Error::invalid(format!("image is not a checkpoint: {}", info.id))),
-                Err(_) => return Err(Error::NoSuchContainerOrImage(target.clone())),
+                Err(Error::NoSuchImage(_)) => return Err(Error::NoSuchContainerOrImage(target.clone())),
+                Err(e) => return Err(e),
             },
             Err(e) => return Err(e),
         }
@@ -427,6 +428,17 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
         ))
     })?;
     Ok(record)
+}
+
+/// A checkpoint image by name or ID; one that names a registry and is not here yet is pulled
+/// first, as podman's restore does.
+fn resolve_or_pull(ctx: &Context, target: &str) -> Result<crate::image::ImageInfo> {
+    match ctx.images.resolve(target) {
+        Err(Error::NoSuchImage(_)) if crate::registry::check_reference(target).is_ok() => {
+            super::images::pull(ctx, target, &super::images::RegistryFlags::default())
+        }
+        other => other,
+    }
 }
 
 /// podman's own bind mounts, which ckpt makes again for a container restored from podman.

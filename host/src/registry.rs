@@ -1,0 +1,134 @@
+//! Registries, through skopeo behind a trait as runc and CRIU are: skopeo streams blobs in both
+//! directions, never holding one in memory, and reads the containers and docker auth files as
+//! podman does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How to reach a registry, with podman's flags.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Access {
+    /// `false` for `--tls-verify=false` or a registry the host config lists as insecure.
+    pub tls_verify: bool,
+    /// `--creds USER[:PASS]`.
+    pub creds: Option<String>,
+    /// `--authfile`; skopeo's defaults (the containers auth file, then docker's) otherwise.
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("skopeo is not installed ({0}); run scripts/setup")]
+    NoSkopeo(String),
+    #[error("{action} {reference:?} failed ({status}): {stderr}")]
+    Failed { action: &'static str, reference: String, status: String, stderr: String },
+    #[error("{0:?} is not a registry reference: give HOST[:PORT]/NAME[:TAG], for example localhost:5000/ckpt/web:1")]
+    BadReference(String),
+}
+
+/// Copies images between a local OCI layout and a registry.
+pub trait Registry {
+    /// Pushes the image `name` of the layout at `layout` to `destination` (`host/name:tag`).
+    fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError>;
+    /// Pulls `source` (`host/name:tag`) into the layout at `layout` under `name`.
+    fn pull(&self, source: &str, layout: &Path, name: &str, access: &Access) -> Result<(), RegistryError>;
+}
+
+/// A reference ckpt sends to a registry: a host (with a dot or a port, or `localhost`), then a
+/// path, and a tag or digest.
+pub fn check_reference(reference: &str) -> Result<(), RegistryError> {
+    let bad = || RegistryError::BadReference(reference.to_string());
+    let (host, path) = reference.split_once('/').ok_or_else(bad)?;
+    let host_like = host == "localhost" || host.contains('.') || host.contains(':');
+    let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !host_like || !clean(host) || !clean(path) || path.contains("..") || reference.starts_with('-') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+pub struct Skopeo {
+    path: PathBuf,
+}
+
+impl Skopeo {
+    pub fn find() -> Result<Skopeo, RegistryError> {
+        crate::util::find_in_path("skopeo")
+            .map(|path| Skopeo { path })
+            .ok_or_else(|| RegistryError::NoSkopeo("not in $PATH".into()))
+    }
+
+    fn copy(&self, action: &'static str, reference: &str, args: &[String]) -> Result<(), RegistryError> {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("copy").arg("--quiet").args(args);
+        tracing::debug!(?cmd, "{action}");
+        let output = cmd.output().map_err(|e| RegistryError::NoSkopeo(e.to_string()))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(RegistryError::Failed {
+            action,
+            reference: reference.to_string(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// skopeo's flags for one side of a copy (`src` or `dest`).
+fn access_args(side: &str, access: &Access) -> Vec<String> {
+    let mut args = vec![format!("--{side}-tls-verify={}", access.tls_verify)];
+    if let Some(creds) = &access.creds {
+        args.push(format!("--{side}-creds={creds}"));
+    }
+    if let Some(authfile) = &access.authfile {
+        args.push(format!("--{side}-authfile={}", authfile.display()));
+    }
+    args
+}
+
+fn oci(layout: &Path, name: &str) -> String {
+    format!("oci:{}:{name}", layout.display())
+}
+
+impl Registry for Skopeo {
+    fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError> {
+        check_reference(destination)?;
+        let mut args = access_args("dest", access);
+        // Digests are kept, so a pushed checkpoint image is the same image on the other side.
+        args.extend(["--preserve-digests".to_string(), oci(layout, name), format!("docker://{destination}")]);
+        self.copy("push to", destination, &args)
+    }
+
+    fn pull(&self, source: &str, layout: &Path, name: &str, access: &Access) -> Result<(), RegistryError> {
+        check_reference(source)?;
+        let mut args = access_args("src", access);
+        args.extend(["--preserve-digests".to_string(), format!("docker://{source}"), oci(layout, name)]);
+        self.copy("pull of", source, &args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_need_a_registry_host() {
+        for good in ["localhost:5000/ckpt/web:1", "registry.example.com/a/b@sha256:00", "localhost/web"] {
+            check_reference(good).unwrap();
+        }
+        for bad in ["web", "ckpt/web:1", "localhost:5000/", "-x/y", "localhost:5000/a b", "localhost/../x"] {
+            assert!(check_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn access_becomes_skopeos_flags() {
+        let access = Access { tls_verify: false, creds: Some("u:p".into()), authfile: Some("/a.json".into()) };
+        assert_eq!(
+            access_args("dest", &access),
+            ["--dest-tls-verify=false", "--dest-creds=u:p", "--dest-authfile=/a.json"]
+        );
+        assert_eq!(access_args("src", &Access { tls_verify: true, ..Default::default() }), ["--src-tls-verify=true"]);
+    }
+}

@@ -1,0 +1,98 @@
+//! Checkpoint images through a real registry (Debian's docker-registry on loopback), pushed and
+//! pulled by ckpt and recognised by podman.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Ckpt, eventually, last_count};
+
+/// A registry on a free loopback port, storing under the test's directory; stopped on drop.
+struct LocalRegistry {
+    child: Child,
+    host: String,
+}
+
+impl LocalRegistry {
+    fn start(ckpt: &Ckpt) -> LocalRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = ckpt.path("registry.yml");
+        let storage = ckpt.path("registry-data");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("scripts/setup installs docker-registry");
+        let host = format!("localhost:{port}");
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "docker-registry did not listen on {host}");
+        LocalRegistry { child, host }
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn checkpoint_images_go_through_a_registry_and_come_back_running() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let registry = LocalRegistry::start(&ckpt);
+    let image = format!("{}/ckpt/web:1", registry.host);
+    ckpt.counter("web", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("web")) >= 5));
+    ckpt.ok(&["checkpoint", "--create-image", &image, "web"]);
+    let at_checkpoint = last_count(&ckpt.logs("web"));
+
+    // TLS is verified unless the flag or the host config says otherwise.
+    let refused = ckpt.fails(&["push", &image]);
+    assert!(refused.contains("push to") && refused.contains(&image), "{refused}");
+    assert_eq!(ckpt.ok(&["push", "--tls-verify=false", &image]).trim(), image);
+    ckpt.ok(&["rm", "-f", "web"]);
+    ckpt.ok(&["rmi", &image]);
+
+    // restore REF pulls first, as podman's restore does; the host config lists the registry.
+    let config = ckpt.path("with-registry.toml");
+    std::fs::write(&config, format!("[registries]\ninsecure = [{:?}]\n", registry.host)).unwrap();
+    let config = config.to_str().unwrap();
+    ckpt.ok(&["--config", config, "restore", &image, "-n", "web2"]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("web2")) > at_checkpoint + 3));
+    assert_eq!(ckpt.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).lines().filter(|l| *l == image).count(), 1);
+
+    // A pull that fails says what and where, and leaves nothing behind.
+    let before = crate::support::files_below(&ckpt.root);
+    let missing = format!("{}/ckpt/nothing:1", registry.host);
+    let err = ckpt.fails(&["--config", config, "pull", &missing]);
+    assert!(err.contains(&missing), "{err}");
+    assert_eq!(crate::support::files_below(&ckpt.root), before, "a failed pull leaves nothing");
+    assert!(ckpt.fails(&["pull", "web"]).contains("is not a registry reference"));
+
+    // podman recognises the checkpoint image and restores it.
+    let podman = |args: &[&str]| Command::new("podman").args(["--runtime", "runc"]).args(args).output().unwrap();
+    let saved = ckpt.path("busybox.tar");
+    ckpt.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
+    assert!(podman(&["load", "-q", "-i", saved.to_str().unwrap()]).status.success());
+    assert!(podman(&["pull", "-q", "--tls-verify=false", &image]).status.success());
+    let restored = podman(&["container", "restore", "-n", "ckpt-registry-web", &image]);
+    let stderr = String::from_utf8_lossy(&restored.stderr).into_owned();
+    let carried_on = || {
+        let logs = podman(&["logs", "ckpt-registry-web"]);
+        last_count(&String::from_utf8_lossy(&logs.stdout)) > at_checkpoint + 3
+    };
+    let ok = restored.status.success() && eventually(Duration::from_secs(5), carried_on);
+    let _ = podman(&["rm", "-f", "-t", "0", "ckpt-registry-web"]);
+    let _ = podman(&["rmi", "-f", &image]);
+    assert!(ok, "podman restore of {image}: {stderr}");
+}
