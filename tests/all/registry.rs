@@ -96,3 +96,52 @@ fn checkpoint_images_go_through_a_registry_and_come_back_running() {
     let _ = podman(&["rmi", "-f", &image]);
     assert!(ok, "podman restore of {image}: {stderr}");
 }
+
+#[test]
+fn policies_come_from_a_registry_pinned_by_digest() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let registry = LocalRegistry::start(&ckpt);
+    let config = ckpt.path("with-registry.toml");
+    std::fs::write(&config, format!("[registries]\ninsecure = [{:?}]\n", registry.host)).unwrap();
+    let config = config.to_str().unwrap();
+    let destination = format!("{}/ckpt/policies/default:1", registry.host);
+    let pinned = ckpt.ok(&["--config", config, "policy", "push", &crate::support::policy("default"), &destination]);
+    let pinned = pinned.trim();
+    assert!(pinned.starts_with(&format!("{}/ckpt/policies/default@sha256:", registry.host)), "{pinned}");
+
+    let described: serde_json::Value =
+        serde_json::from_str(&ckpt.ok(&["--config", config, "policy", "inspect", pinned])).unwrap();
+    assert_eq!(described["name"], "default");
+    assert_eq!(described["source"], pinned);
+    ckpt.counter("p", &[]);
+    ckpt.ok(&["--config", config, "checkpoint", "--policy", pinned, "p"]);
+    let decisions = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
+    assert!(decisions.contains(pinned), "the decision record names the policy by its pinned reference");
+
+    // Only a digest pins a policy, and a digest the registry does not have is an error.
+    let tag = ckpt.fails(&["--config", config, "policy", "inspect", &destination]);
+    assert!(tag.contains("pinned by its digest"), "{tag}");
+    let unknown = format!("{}/ckpt/policies/default@sha256:{}", registry.host, "0".repeat(64));
+    assert!(ckpt.fails(&["--config", config, "policy", "inspect", &unknown]).contains("manifest unknown"));
+    // An image is not a policy.
+    let image = format!("{}/ckpt/busybox:1", registry.host);
+    let pushed = ckpt.run(&["--config", config, "push", "busybox", &image]);
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])
+        .output()
+        .unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&manifest.stdout));
+    let not_policy =
+        ckpt.fails(&["--config", config, "policy", "inspect", &format!("{}/ckpt/busybox@{digest}", registry.host)]);
+    assert!(not_policy.contains("it is not a policy"), "{not_policy}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut child| {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(bytes)?;
+        child.wait_with_output()
+    });
+    String::from_utf8_lossy(&out.unwrap().stdout).split_whitespace().next().unwrap().to_string()
+}

@@ -28,6 +28,15 @@ pub enum PolicyCommand {
     },
     /// Table-driven cases: facts plus the expected decision, for a policy in any language.
     Test { file: String, cases: PathBuf },
+    /// Publish a policy component to a registry as a wasm OCI artifact; prints
+    /// HOST/NAME@sha256:DIGEST, which `--policy` and `--gate` take.
+    Push {
+        #[command(flatten)]
+        registry: super::RegistryArgs,
+        file: String,
+        /// HOST[:PORT]/NAME[:TAG]
+        destination: String,
+    },
     /// Load cost and per-decision latency (fresh instance, call, drop) as percentiles.
     Bench {
         file: String,
@@ -43,6 +52,10 @@ pub enum PolicyCommand {
 
 pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
     match command {
+        PolicyCommand::Push { registry, file, destination } => {
+            println!("{}", policy::push(ctx, &file, &destination, &registry.into())?);
+            Ok(0)
+        }
         PolicyCommand::Inspect { file } => {
             let value = policy::inspect(ctx, &file)?;
             println!("{}", serde_json::to_string_pretty(&value).expect("json"));

@@ -1,6 +1,7 @@
 //! Images, stored as one OCI image layout that skopeo and podman can read
 //! (`oci:<root>/images/oci:<name>`), plus an unpacked root filesystem per image for the overlay.
 
+pub mod artifact;
 mod busybox;
 mod layout;
 

@@ -40,7 +40,7 @@ pub struct RegistryFlags {
     pub authfile: Option<std::path::PathBuf>,
 }
 
-fn access(ctx: &Context, reference: &str, flags: &RegistryFlags) -> crate::registry::Access {
+pub fn registry_access(ctx: &Context, reference: &str, flags: &RegistryFlags) -> crate::registry::Access {
     crate::registry::Access {
         tls_verify: flags.tls_verify.unwrap_or(!ctx.config.registries.is_insecure(reference)),
         creds: flags.creds.clone(),
@@ -55,7 +55,7 @@ pub fn push(ctx: &Context, name: &str, destination: Option<&str>, flags: &Regist
     let destination = destination.map(crate::image::normalize_reference).unwrap_or_else(|| info.reference.clone());
     crate::registry::check_reference(&destination)?;
     let registry = crate::registry::Skopeo::find()?;
-    registry.push(ctx.images.layout(), &info.reference, &destination, &access(ctx, &destination, flags))?;
+    registry.push(ctx.images.layout(), &info.reference, &destination, &registry_access(ctx, &destination, flags))?;
     Ok(destination)
 }
 
@@ -68,7 +68,7 @@ pub fn pull(ctx: &Context, reference: &str, flags: &RegistryFlags) -> Result<Ima
     let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "pull")?;
     let layout = staging.path.join("oci");
     let registry = crate::registry::Skopeo::find()?;
-    registry.pull(reference, &layout, &name, &access(ctx, reference, flags))?;
+    registry.pull(reference, &layout, &name, &registry_access(ctx, reference, flags))?;
     crate::interrupt::check()?;
     ctx.images.load(&layout, Some(&name))?;
     ctx.images.resolve(&name)

@@ -11,14 +11,68 @@ use crate::error::{Error, Result};
 use crate::policy::bindings::*;
 use crate::policy::decision::{self, Answer, Kind, Outcome, Question};
 use crate::policy::{self, LoadedPolicy, PolicyEngine, Trace};
+use crate::registry::Registry;
 
 fn engine(ctx: &Context) -> Result<PolicyEngine> {
     Ok(PolicyEngine::new(&ctx.policy_cache())?)
 }
 
+/// A policy's source and bytes. `HOST/NAME@sha256:DIGEST` is a wasm OCI artifact in a registry,
+/// pinned by its manifest's digest: fetched once into the policy cache and read from there, and
+/// named by its reference in decision records. Anything else is a file, or `default`.
+pub fn fetch_component(ctx: &Context, spec: &str) -> Result<(String, Vec<u8>)> {
+    let path = fetched_path(ctx, spec)?;
+    let (_, bytes) = policy::read_component(&path)?;
+    Ok((spec.to_string(), bytes))
+}
+
+fn fetched_path(ctx: &Context, spec: &str) -> Result<String> {
+    if crate::registry::check_reference(spec).is_err() || Path::new(spec).exists() {
+        return Ok(spec.to_string());
+    }
+    let pin = spec.rsplit_once("@sha256:").map(|(_, hex)| hex).unwrap_or_default();
+    let pinned: oci_spec::image::Digest = format!("sha256:{pin}").parse().map_err(|_| {
+        Error::invalid(format!(
+            "policy {spec:?}: a policy from a registry is pinned by its digest: give HOST/NAME@sha256:DIGEST, as 'ckpt policy push' prints it"
+        ))
+    })?;
+    let cached = ctx.policy_cache().join("oci").join(format!("{pin}.wasm"));
+    if cached.is_file() {
+        return Ok(cached.display().to_string());
+    }
+    let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "policy-pull")?;
+    let layout = staging.path.join("oci");
+    let access = super::images::registry_access(ctx, spec, &super::images::RegistryFlags::default());
+    crate::registry::Skopeo::find()?.pull(spec, &layout, "policy", &access)?;
+    let wasm =
+        crate::image::artifact::read_wasm_artifact(&layout, spec, &pinned, crate::policy::limits::MAX_COMPONENT_BYTES)?;
+    crate::util::create_dir_with_mode(cached.parent().expect("the cache file has a directory"), 0o700)?;
+    crate::util::write_atomic(&cached, &wasm, 0o600)?;
+    Ok(cached.display().to_string())
+}
+
+/// `ckpt policy push FILE HOST/NAME[:TAG]`: publishes a component as a wasm OCI artifact;
+/// returns the reference pinned by digest, which `--policy` takes.
+pub fn push(ctx: &Context, file: &str, destination: &str, flags: &super::images::RegistryFlags) -> Result<String> {
+    crate::registry::check_reference(destination)?;
+    let (_, wasm) = policy::read_component(file)?;
+    if !wasm.starts_with(b"\0asm") || wasm.get(4..8) != Some(&[0x0d, 0x00, 0x01, 0x00][..]) {
+        return Err(Error::invalid(format!(
+            "policy {file:?} is not a WebAssembly component; build it for wasm32-wasip2"
+        )));
+    }
+    let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "policy-push")?;
+    let layout = staging.path.join("oci");
+    let digest = crate::image::artifact::write_wasm_artifact(&layout, "policy", &wasm)?;
+    let access = super::images::registry_access(ctx, destination, flags);
+    crate::registry::Skopeo::find()?.push(&layout, "policy", destination, &access)?;
+    let repository = destination.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(destination, |(r, _)| r);
+    Ok(format!("{repository}@{digest}"))
+}
+
 fn load(ctx: &Context, file: &str, settings: Option<&str>) -> Result<(PolicyEngine, LoadedPolicy)> {
     let engine = engine(ctx)?;
-    let (source, bytes) = policy::read_component(file)?;
+    let (source, bytes) = fetch_component(ctx, file)?;
     let settings = policy::read_settings(settings)?;
     let loaded = engine.load(&source, &bytes, &settings)?;
     Ok((engine, loaded))
@@ -51,7 +105,7 @@ pub struct PolicyDescription {
 
 pub fn inspect(ctx: &Context, file: &str) -> Result<PolicyDescription> {
     let engine = engine(ctx)?;
-    let (source, bytes) = policy::read_component(file)?;
+    let (source, bytes) = fetch_component(ctx, file)?;
     let described = engine.describe(&source, &bytes);
     let mut description = PolicyDescription {
         source,

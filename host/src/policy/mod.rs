@@ -6,7 +6,7 @@ pub mod bindings;
 pub mod decision;
 mod engine;
 pub mod facts;
-mod limits;
+pub(crate) mod limits;
 pub mod record;
 
 use std::path::Path;
@@ -42,6 +42,12 @@ pub enum PolicyError {
 }
 
 /// Reads `--policy`/`--gate` FILE, or the built-in default.
+/// A component to load: its source (as records name it) and bytes, and its settings.
+pub struct Component {
+    pub read: (String, Vec<u8>),
+    pub settings: String,
+}
+
 pub fn read_component(spec: &str) -> Result<(String, Vec<u8>), PolicyError> {
     if spec == DEFAULT_POLICY_SOURCE || spec == "default" {
         return Ok((DEFAULT_POLICY_SOURCE.to_string(), DEFAULT_POLICY.to_vec()));
@@ -92,16 +98,27 @@ pub enum GateVerdict {
 }
 
 impl Policies {
+    #[cfg(test)]
     pub fn load(cache_dir: &Path, planner: (&str, &str), gates: &[(String, String)]) -> Result<Policies, PolicyError> {
-        let engine = PolicyEngine::new(cache_dir)?;
-        let (source, bytes) = read_component(planner.0)?;
-        let planner = engine.load(&source, &bytes, planner.1)?;
         let gates = gates
             .iter()
-            .map(|(spec, settings)| {
-                let (source, bytes) = read_component(spec)?;
-                engine.load(&source, &bytes, settings)
-            })
+            .map(|(spec, settings)| Ok(Component { read: read_component(spec)?, settings: settings.clone() }))
+            .collect::<Result<Vec<_>, PolicyError>>()?;
+        let planner = Component { read: read_component(planner.0)?, settings: planner.1.to_string() };
+        Policies::load_components(cache_dir, planner, gates)
+    }
+
+    /// Compiles (or takes from the cache) the planner and the gates, already read.
+    pub fn load_components(
+        cache_dir: &Path,
+        planner: Component,
+        gates: Vec<Component>,
+    ) -> Result<Policies, PolicyError> {
+        let engine = PolicyEngine::new(cache_dir)?;
+        let planner = engine.load(&planner.read.0, &planner.read.1, &planner.settings)?;
+        let gates = gates
+            .into_iter()
+            .map(|gate| engine.load(&gate.read.0, &gate.read.1, &gate.settings))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Policies { engine, planner, gates, records: Vec::new() })
     }

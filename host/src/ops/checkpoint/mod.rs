@@ -264,9 +264,19 @@ pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>,
                 selected.len()
             )));
         }
-        let planner = req.policy.clone().unwrap_or_else(|| policy::DEFAULT_POLICY_SOURCE.to_string());
-        let settings = policy::read_settings(req.policy_config.as_deref())?;
-        let policies = Policies::load(&ctx.policy_cache(), (&planner, &settings), &req.gates)?;
+        let planner = req.policy.as_deref().unwrap_or(policy::DEFAULT_POLICY_SOURCE);
+        let planner = policy::Component {
+            read: crate::ops::policy::fetch_component(ctx, planner)?,
+            settings: policy::read_settings(req.policy_config.as_deref())?,
+        };
+        let gates = req
+            .gates
+            .iter()
+            .map(|(spec, settings)| {
+                Ok(policy::Component { read: crate::ops::policy::fetch_component(ctx, spec)?, settings: settings.clone() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let policies = Policies::load_components(&ctx.policy_cache(), planner, gates)?;
         Ok((compression, selected, policies))
     });
     let (compression, selected, mut policies) = match prepared {
