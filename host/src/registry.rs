@@ -39,7 +39,10 @@ pub trait Registry {
 pub fn check_reference(reference: &str) -> Result<(), RegistryError> {
     let bad = || RegistryError::BadReference(reference.to_string());
     let (host, path) = reference.split_once('/').ok_or_else(bad)?;
-    let host_like = host == "localhost" || host.contains('.') || host.contains(':');
+    let host_chars = host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    let host_like = host_chars
+        && host.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && (host == "localhost" || host.contains('.') || host.contains(':'));
     let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
     if !host_like || !clean(host) || !clean(path) || path.contains("..") || reference.starts_with('-') {
         return Err(bad());
@@ -117,7 +120,16 @@ mod tests {
         for good in ["localhost:5000/ckpt/web:1", "registry.example.com/a/b@sha256:00", "localhost/web"] {
             check_reference(good).unwrap();
         }
-        for bad in ["web", "ckpt/web:1", "localhost:5000/", "-x/y", "localhost:5000/a b", "localhost/../x"] {
+        for bad in [
+            "web",
+            "ckpt/web:1",
+            "localhost:5000/",
+            "-x/y",
+            "localhost:5000/a b",
+            "localhost/../x",
+            "../p.wasm",
+            "./p.wasm",
+        ] {
             assert!(check_reference(bad).is_err(), "{bad}");
         }
     }
