@@ -281,6 +281,34 @@ fn policy_tools_evaluate_and_test_fixtures() {
     let r = ckpt.run(&["policy", "test", &policy("python_labels"), wrong.to_str().unwrap()]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("FAIL  wrong"), "{}", r.stdout);
+
+    // A key that names nothing is an error that names it, never silently dropped: in a patch,
+    std::fs::write(
+        &wrong,
+        serde_json::json!({"cases": [{"name": "kebab", "facts": facts, "patch": {"container": {"memory-bytes": 1}},
+            "expect": {"outcome": "plan"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let r = ckpt.run(&["policy", "test", &policy("python_labels"), wrong.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains(r#"patch key "container.memory-bytes" names no field"#)
+            && r.stdout.contains(r#"did you mean "memory_bytes"?"#),
+        "{}",
+        r.stdout
+    );
+    // in a cases file,
+    std::fs::write(&wrong, serde_json::json!({"cases": [{"name": "x", "facts": facts, "expectt": {}}]}).to_string())
+        .unwrap();
+    let err = ckpt.fails(&["policy", "test", &policy("python_labels"), wrong.to_str().unwrap()]);
+    assert!(err.contains("unknown field `expectt`"), "{err}");
+    // and in a facts fixture.
+    let mut misspelt = facts.clone();
+    misspelt["container"]["labelz"] = serde_json::json!({});
+    std::fs::write(&facts_file, misspelt.to_string()).unwrap();
+    let err = ckpt.fails(&["policy", "eval", &policy("python_labels"), "--facts", facts_file.to_str().unwrap()]);
+    assert!(err.contains(r#""container.labelz""#) && err.contains("labels"), "{err}");
 }
 
 #[test]

@@ -159,6 +159,33 @@ pub struct Evaluated {
     pub trace: Trace,
 }
 
+/// Every key of `given` must name a field of the facts: a misspelt key would otherwise be
+/// dropped without a word, and the case would test something else than it says.
+fn no_unknown_keys(given: &Value, known: &Value, kind: Kind) -> Result<()> {
+    fn walk(given: &Value, known: &Value, path: &str, unknown: &mut Vec<String>) {
+        let (Value::Object(given), Value::Object(known)) = (given, known) else { return };
+        for (key, value) in given {
+            let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            match known.get(key) {
+                Some(field) => walk(value, field, &here, unknown),
+                None => {
+                    let close = key.replace('-', "_");
+                    let hint =
+                        if known.contains_key(&close) { format!(" (did you mean {close:?}?)") } else { String::new() };
+                    let fields: Vec<&str> = known.keys().map(String::as_str).collect();
+                    unknown.push(format!("{here:?}{hint}; the fields there are {}", fields.join(", ")));
+                }
+            }
+        }
+    }
+    let mut unknown = Vec::new();
+    walk(given, known, "", &mut unknown);
+    match unknown.is_empty() {
+        true => Ok(()),
+        false => Err(Error::invalid(format!("the {kind} facts have keys that name no field: {}", unknown.join("; ")))),
+    }
+}
+
 /// Parses `facts` for the question `kind` and asks it through the same path a checkpoint does.
 fn evaluate(
     engine: &PolicyEngine,
@@ -167,15 +194,18 @@ fn evaluate(
     facts: &Value,
     rounds: &[RoundStats],
 ) -> Result<Evaluated> {
+    let facts_given = facts;
     let bad = |e: serde_json::Error| Error::invalid(format!("facts do not fit the {kind} decision: {e}"));
     let (answer, trace) = match kind {
         Kind::Plan | Kind::Round => {
             let facts: CheckpointFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
+            no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
             let question = if kind == Kind::Plan { Question::Plan(&facts) } else { Question::Round(&facts, rounds) };
             decision::decide(engine, policy, question)
         }
         Kind::Gate => {
             let facts: ExportFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
+            no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
             decision::decide(engine, policy, Question::Gate(&facts))
         }
     };
@@ -215,6 +245,7 @@ pub fn eval(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Cases {
     #[serde(default)]
     config: Option<Value>,
@@ -222,6 +253,7 @@ struct Cases {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Case {
     name: String,
     #[serde(default = "plan_kind")]
@@ -243,6 +275,7 @@ fn plan_kind() -> Kind {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Expect {
     outcome: String,
     /// A JSON value the decision must contain (objects by subset, everything else equal).
@@ -253,14 +286,31 @@ struct Expect {
     reason: Option<String>,
 }
 
-fn merge(target: &mut Value, patch: &Value) {
+/// Merges `patch` into `target`; a patch key that names nothing in the facts is an error that
+/// names it, since the case would silently test the unpatched facts.
+fn merge(target: &mut Value, patch: &Value, path: &str) -> Result<()> {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
-                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let known: Vec<String> = t.keys().cloned().collect();
+                let Some(field) = t.get_mut(k) else {
+                    let close = k.replace('-', "_");
+                    let hint =
+                        if known.contains(&close) { format!(" (did you mean {close:?}?)") } else { String::new() };
+                    return Err(Error::invalid(format!(
+                        "patch key {here:?} names no field of the facts{hint}; the fields there are {}",
+                        known.join(", ")
+                    )));
+                };
+                merge(field, v, &here)?;
             }
+            Ok(())
         }
-        (t, p) => *t = p.clone(),
+        (t, p) => {
+            *t = p.clone();
+            Ok(())
+        }
     }
 }
 
@@ -270,7 +320,7 @@ fn case_facts(case: &Case, cases_file: &Path) -> Result<Value> {
         other => other.clone(),
     };
     if let Some(patch) = &case.patch {
-        merge(&mut facts, patch);
+        merge(&mut facts, patch, "").map_err(|e| Error::invalid(format!("case {:?}: {e}", case.name)))?;
     }
     Ok(facts)
 }
@@ -287,7 +337,7 @@ fn contains(actual: &Value, wanted: &Value) -> bool {
 pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>, bool)> {
     let cases: Cases = read_json(cases_file, "cases file")?;
     let engine = engine(ctx)?;
-    let (source, bytes) = policy::read_component(file)?;
+    let (source, bytes) = fetch_component(ctx, file)?;
     let mut lines = Vec::new();
     let (mut passed, mut failed) = (0, 0);
     for case in &cases.cases {
@@ -343,7 +393,7 @@ pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>
 /// (fresh store, instantiate, call, drop), as percentiles over `iterations` decisions.
 pub fn bench(ctx: &Context, file: &str, facts: &Path, config: Option<&str>, iterations: usize) -> Result<Value> {
     let engine = engine(ctx)?;
-    let (source, bytes) = policy::read_component(file)?;
+    let (source, bytes) = fetch_component(ctx, file)?;
     let settings = policy::read_settings(config)?;
     let started = std::time::Instant::now();
     let loaded = engine.load(&source, &bytes, &settings)?;
