@@ -2,23 +2,14 @@
 //! media type `application/vnd.wasm.config.v0+json` and whose one layer is the component,
 //! `application/wasm`.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
-
-use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType, SCHEMA_VERSION};
-use sha2::{Digest as _, Sha256};
 
 use super::ImageError;
+use super::layout::{canonical_json, digest_of, empty_index, index_entry, layout_marker};
+use oci_spec::image::{Descriptor, Digest, ImageManifest, ImageManifestBuilder, MediaType, SCHEMA_VERSION};
 
 pub const WASM_CONFIG_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_LAYER_TYPE: &str = "application/wasm";
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-fn sha256(bytes: &[u8]) -> Digest {
-    let hex = hex::encode(Sha256::digest(bytes));
-    oci_spec::image::Sha256Digest::from_str(&hex).expect("a sha256 hash is 64 lowercase hex digits").into()
-}
 
 fn invalid(artifact: &str, detail: impl Into<String>) -> ImageError {
     ImageError::Invalid { image: artifact.to_string(), detail: detail.into() }
@@ -31,7 +22,7 @@ pub fn write_wasm_artifact(layout: &Path, name: &str, wasm: &[u8]) -> Result<Dig
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io)?;
     let put = |bytes: &[u8]| -> Result<Digest, ImageError> {
-        let digest = sha256(bytes);
+        let digest = digest_of(bytes);
         std::fs::write(blobs.join(digest.digest()), bytes).map_err(io)?;
         Ok(digest)
     };
@@ -46,14 +37,12 @@ pub fn write_wasm_artifact(layout: &Path, name: &str, wasm: &[u8]) -> Result<Dig
         .layers(vec![layer])
         .build()
         .map_err(|e| invalid(name, e.to_string()))?;
-    let manifest_bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
+    let manifest_bytes = canonical_json(&manifest);
     let manifest_digest = put(&manifest_bytes)?;
-    let mut entry = Descriptor::new(MediaType::ImageManifest, manifest_bytes.len() as u64, manifest_digest.clone());
-    entry.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), name.to_string())])));
-    let mut index = ImageIndex::default();
-    index.set_manifests(vec![entry]);
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("an index serialises")).map_err(io)?;
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
+    let mut index = empty_index();
+    index.set_manifests(vec![index_entry(manifest_digest.clone(), manifest_bytes.len() as u64, name)]);
+    std::fs::write(layout.join("index.json"), canonical_json(&index)).map_err(io)?;
+    std::fs::write(layout.join("oci-layout"), canonical_json(&layout_marker())).map_err(io)?;
     Ok(manifest_digest)
 }
 
@@ -72,7 +61,7 @@ pub fn read_wasm_artifact(
             return Err(invalid(artifact, format!("blob {digest} is not a file of at most {limit} bytes")));
         }
         let bytes = std::fs::read(&path).map_err(|e| invalid(artifact, format!("blob {digest}: {e}")))?;
-        if sha256(&bytes) != *digest {
+        if digest_of(&bytes) != *digest {
             return Err(invalid(artifact, format!("blob {digest} does not have that digest")));
         }
         Ok(bytes)
@@ -103,12 +92,12 @@ mod tests {
         let wasm = b"\0asm\x0d\0\x01\0component bytes";
         let pinned = write_wasm_artifact(dir.path(), "policy", wasm).unwrap();
         assert_eq!(read_wasm_artifact(dir.path(), "p", &pinned, 1 << 20).unwrap(), wasm);
-        let other = sha256(b"another manifest");
+        let other = digest_of(b"another manifest");
         assert!(read_wasm_artifact(dir.path(), "p", &other, 1 << 20).is_err());
         let err = read_wasm_artifact(dir.path(), "p", &pinned, 4).unwrap_err().to_string();
         assert!(err.contains("at most 4 bytes"), "{err}");
         // A layer whose bytes changed no longer has its digest.
-        let layer = sha256(wasm);
+        let layer = digest_of(wasm);
         std::fs::write(dir.path().join("blobs/sha256").join(layer.digest()), b"tampered").unwrap();
         let err = read_wasm_artifact(dir.path(), "p", &pinned, 1 << 20).unwrap_err().to_string();
         assert!(err.contains("does not have that digest"), "{err}");

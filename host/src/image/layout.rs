@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::{ImageError, busybox};
 use crate::archive::{self, ExtractOptions};
 use crate::error::{Error, Result};
+use crate::hostinfo::oci_arch;
 use crate::store::Roots;
 use crate::util::{create_dir_all, remove_dir_all, tempdir_in, write_atomic};
 
@@ -73,6 +74,11 @@ pub fn validate_reference(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The digest of bytes held in memory.
+pub(super) fn digest_of(bytes: &[u8]) -> Digest {
+    sha256_digest(Sha256::new_with_prefix(bytes))
+}
+
 fn sha256_digest(hasher: Sha256) -> Digest {
     let hex = hex::encode(hasher.finalize());
     Sha256Digest::from_str(&hex).expect("a sha256 hash is 64 lowercase hex digits").into()
@@ -93,7 +99,7 @@ fn entries_except(index: &ImageIndex, reference: &str) -> Vec<Descriptor> {
     index.manifests().iter().filter(|entry| ref_name(entry) != Some(reference)).cloned().collect()
 }
 
-fn index_entry(manifest: Digest, size: u64, reference: &str) -> Descriptor {
+pub(super) fn index_entry(manifest: Digest, size: u64, reference: &str) -> Descriptor {
     let mut entry = Descriptor::new(MediaType::ImageManifest, size, manifest);
     entry.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), reference.to_string())])));
     entry
@@ -101,18 +107,18 @@ fn index_entry(manifest: Digest, size: u64, reference: &str) -> Descriptor {
 
 /// oci-spec keeps annotations in hash maps; going through `serde_json::Value` sorts every object's
 /// keys, so the same image always has the same bytes and the same digest.
-fn canonical_json(document: &impl Serialize) -> Vec<u8> {
+pub(super) fn canonical_json(document: &impl Serialize) -> Vec<u8> {
     let value = serde_json::to_value(document).expect("OCI documents serialise");
     serde_json::to_vec(&value).expect("a JSON value serialises")
 }
 
-fn empty_index() -> ImageIndex {
+pub(super) fn empty_index() -> ImageIndex {
     let mut index = ImageIndex::default();
     index.set_media_type(Some(MediaType::ImageIndex));
     index
 }
 
-fn layout_marker() -> OciLayout {
+pub(super) fn layout_marker() -> OciLayout {
     OciLayoutBuilder::default().image_layout_version(LAYOUT_VERSION).build().expect("the version is set")
 }
 
@@ -210,7 +216,7 @@ impl ImageStore {
 
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         self.init_layout()?;
-        let digest = sha256_digest(Sha256::new_with_prefix(bytes));
+        let digest = digest_of(bytes);
         let path = self.blob_path(&digest)?;
         if !path.exists() {
             // Blobs of checkpoint images hold memory pages: private, as everything in the store.
@@ -540,8 +546,6 @@ fn parse_document<T: DeserializeOwned>(what: &'static str, path: &Path, bytes: &
 fn build_error(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> Error {
     move |e| ImageError::Invalid { image: what.to_string(), detail: e.to_string() }.into()
 }
-
-use crate::hostinfo::oci_arch;
 
 #[cfg(test)]
 mod tests {
