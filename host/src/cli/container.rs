@@ -290,11 +290,7 @@ pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
 
 pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
     let filters = args.filter.iter().map(|f| container::PsFilter::parse(f)).collect::<Result<Vec<_>>>()?;
-    let mut records = ctx.containers.list()?;
-    if args.latest {
-        records.sort_by_key(|r| r.created_at);
-        records = records.pop().into_iter().collect();
-    }
+    let records = if args.latest { ctx.containers.latest()?.into_iter().collect() } else { ctx.containers.list()? };
     let mut entries = Vec::new();
     for record in records {
         let entry = container::ps_entry(ctx, &record)?;
