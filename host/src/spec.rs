@@ -63,9 +63,9 @@ pub fn build(
         env.push(e.clone());
     }
     let mut all_mounts = default_mounts()?;
-    let mut files = vec![("hosts", "/etc/hosts"), ("hostname", "/etc/hostname")];
+    let mut files = OWN_FILES.to_vec();
     if record.podman_mounts {
-        files.extend([("resolv.conf", "/etc/resolv.conf"), (".containerenv", "/run/.containerenv")]);
+        files.extend(PODMAN_FILES);
         all_mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
         let options = ["bind", "rprivate", "nosuid", "noexec", "nodev"];
         all_mounts.push(mount("/dev/shm", "bind", bundle.join(PODMAN_SHM_DIR), &options)?);
@@ -166,9 +166,19 @@ fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
     ])
 }
 
+/// The bundle files ckpt binds into every container, and their destinations.
+const OWN_FILES: [(&str, &str); 2] = [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname")];
+/// The bundle files ckpt also binds into a container restored from podman, which bound them.
+const PODMAN_FILES: [(&str, &str); 2] = [("resolv.conf", "/etc/resolv.conf"), (".containerenv", "/run/.containerenv")];
 /// The bundle directory bound at `/dev/shm` for a container restored from podman, whose
 /// `/dev/shm` was a bind mount there too.
 pub const PODMAN_SHM_DIR: &str = "shm";
+
+/// Whether the engine binds `destination` itself (ckpt, or podman before it), so that a
+/// checkpoint carries no such bind of its own.
+pub fn engine_bind(destination: &str) -> bool {
+    destination == "/dev/shm" || OWN_FILES.iter().chain(&PODMAN_FILES).any(|(_, d)| *d == destination)
+}
 
 /// Where podman keeps a named volume's data, under its default graph root.
 const PODMAN_VOLUMES: &str = "/var/lib/containers/storage/volumes";
@@ -183,7 +193,7 @@ pub fn portable(mut spec: Spec, record: &ContainerRecord) -> Spec {
         record.named_volumes().map(|v| (v.destination.as_str(), v.source.as_str())).collect();
     let mounts = spec.mounts().clone().unwrap_or_default().into_iter().filter_map(|mut m| {
         let destination = m.destination().to_string_lossy().into_owned();
-        if destination == "/etc/hosts" || destination == "/etc/hostname" {
+        if OWN_FILES.iter().any(|(_, d)| *d == destination) {
             return None;
         }
         if let Some(name) = volumes.get(destination.as_str()) {

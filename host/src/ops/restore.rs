@@ -441,9 +441,6 @@ fn resolve_or_pull(ctx: &Context, target: &str) -> Result<crate::image::ImageInf
     }
 }
 
-/// podman's own bind mounts, which ckpt makes again for a container restored from podman.
-const PODMAN_BINDS: [&str; 5] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/.containerenv", "/dev/shm"];
-
 /// A record for a container checkpointed by podman, from its `config.dump` and `spec.dump`.
 /// Only named volumes come along; a bind mount of a host path is refused, as from ckpt archives.
 fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path: &Path) -> Result<ContainerRecord> {
@@ -465,7 +462,7 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
         .collect();
     for mount in spec.mounts().iter().flatten().filter(|m| m.typ().as_deref() == Some("bind")) {
         let destination = mount.destination().to_string_lossy().into_owned();
-        let known = PODMAN_BINDS.contains(&destination.as_str()) || mounts.iter().any(|m| m.destination == destination);
+        let known = crate::spec::engine_bind(&destination) || mounts.iter().any(|m| m.destination == destination);
         if !known {
             let source = mount.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default();
             mounts.push(MountSpec { kind: MountKind::Bind, source, destination, read_only: false });
