@@ -55,12 +55,9 @@ fn fetched_path(ctx: &Context, spec: &str) -> Result<String> {
 /// returns the reference pinned by digest, which `--policy` takes.
 pub fn push(ctx: &Context, file: &str, destination: &str, flags: &super::images::RegistryFlags) -> Result<String> {
     crate::registry::check_reference(destination)?;
-    let (_, wasm) = policy::read_component(file)?;
-    if !wasm.starts_with(b"\0asm") || wasm.get(4..8) != Some(&[0x0d, 0x00, 0x01, 0x00][..]) {
-        return Err(Error::invalid(format!(
-            "policy {file:?} is not a WebAssembly component; build it for wasm32-wasip2"
-        )));
-    }
+    let (source, wasm) = policy::read_component(file)?;
+    // What is published must load as a policy here: a component of the ckpt:policy world.
+    engine(ctx)?.describe(&source, &wasm)?;
     let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "policy-push")?;
     let layout = staging.path.join("oci");
     let digest = crate::image::artifact::write_wasm_artifact(&layout, "policy", &wasm)?;
