@@ -43,6 +43,25 @@ pub struct Cli {
     pub host_config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+    /// The subcommand as typed, `ckpt container ps`, for messages; set by `parse_args`.
+    #[arg(skip)]
+    pub words: String,
+}
+
+impl Cli {
+    /// Parses the process's arguments, keeping the subcommand's words as clap matched them.
+    pub fn parse_args() -> std::result::Result<Cli, clap::Error> {
+        let matches = <Cli as clap::CommandFactory>::command().try_get_matches()?;
+        let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+        let mut words = vec!["ckpt"];
+        let mut level = &matches;
+        while let Some((name, sub)) = level.subcommand() {
+            words.push(name);
+            level = sub;
+        }
+        cli.words = words.join(" ");
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,8 +232,11 @@ fn print_rows<J: serde::Serialize, R: serde::Serialize>(
         let value = serde_json::to_value(row).expect("rows serialise");
         lines.push(template.render(&value).map_err(template_error)?);
     }
-    let text = if template.is_table() { template::align_columns(&lines) } else { lines.join("\n") + "\n" };
-    let text = if template_rows.is_empty() && !template.is_table() { String::new() } else { text };
+    let text = if template.is_table() {
+        template::align_columns(&lines)
+    } else {
+        lines.iter().map(|line| format!("{line}\n")).collect()
+    };
     print!("{}", crate::util::escape_controls(&text));
     Ok(())
 }
@@ -279,10 +301,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     let is_root = nix::unistd::geteuid().is_root();
     let command = cli.command.unnested();
     if !is_root && command.needs_root() {
-        return Err(crate::Error::NeedsRoot {
-            command: command_words(std::env::args().skip(1)),
-            root: cli.root.clone(),
-        });
+        return Err(crate::Error::NeedsRoot { command: cli.words.clone(), root: cli.root.clone() });
     }
     if is_root {
         crate::store::secure_roots(&roots)?;
@@ -352,26 +371,6 @@ impl Command {
                 | Command::GenerateMan { .. }
         )
     }
-}
-
-/// The subcommand's words in a command line (`ckpt --root /x container ps -a` → `ckpt container ps`).
-fn command_words(args: impl Iterator<Item = String>) -> String {
-    const GLOBALS_WITH_VALUES: [&str; 5] = ["--root", "--runroot", "--runtime", "--log-level", "--config"];
-    const GROUPS: [&str; 5] = ["container", "image", "volume", "policy", "system"];
-    let mut words = vec!["ckpt".to_string()];
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        if GLOBALS_WITH_VALUES.contains(&arg.as_str()) {
-            args.next();
-        } else if !arg.starts_with('-') {
-            let group = GROUPS.contains(&arg.as_str());
-            words.push(arg);
-            if !group {
-                break;
-            }
-        }
-    }
-    words.join(" ")
 }
 
 fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
