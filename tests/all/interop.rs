@@ -2,47 +2,15 @@
 //! `ckpt image save` + `podman load` for the image, then the archive.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Ckpt, eventually, last_count};
-
-/// podman on the host's default store: a ckpt archive names its volumes where podman keeps them
-/// by default, as podman's own archives name its graph root. What a test makes there goes when
-/// the test ends.
-struct Podman {
-    containers: Vec<&'static str>,
-    volumes: Vec<&'static str>,
-}
-
-impl Podman {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("podman").args(["--runtime", "runc"]).args(args).output().expect("podman runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        for name in &self.containers {
-            let _ = self.run(&["rm", "-f", "-t", "0", name]);
-        }
-        for name in &self.volumes {
-            let _ = self.run(&["volume", "rm", "-f", name]);
-        }
-    }
-}
+use crate::support::{Ckpt, Podman, eventually, last_count};
 
 #[test]
 fn podman_restores_a_ckpt_archive_and_the_container_carries_on() {
     let Some(ckpt) = Ckpt::available() else { return };
     assert!(Path::new("/usr/bin/podman").exists(), "scripts/setup installs podman");
-    let podman = Podman { containers: vec!["ckpt-moving"], volumes: vec!["ckpt-movingdata"] };
+    let podman = Podman::cleaning(&["ckpt-moving"], &["ckpt-movingdata"], &[]);
     ckpt.ok(&[
         "run",
         "-d",
@@ -78,8 +46,7 @@ fn podman_restores_a_ckpt_archive_and_the_container_carries_on() {
 #[test]
 fn ckpt_restores_podman_archives_and_checkpoint_images() {
     let Some(ckpt) = Ckpt::available() else { return };
-    let podman =
-        Podman { containers: vec!["ckpt-from-podman", "ckpt-from-podman-image"], volumes: vec!["ckpt-podmandata"] };
+    let podman = Podman::cleaning(&["ckpt-from-podman", "ckpt-from-podman-image"], &["ckpt-podmandata"], &[]);
     let image = ckpt.path("busybox.tar");
     ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
     let loaded = podman.ok(&["load", "-i", image.to_str().unwrap()]);

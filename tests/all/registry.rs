@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Ckpt, eventually, last_count};
+use crate::support::{Ckpt, Podman, eventually, last_count};
 
 /// A registry on a free loopback port, storing under the test's directory; stopped on drop.
 struct LocalRegistry {
@@ -80,21 +80,14 @@ fn checkpoint_images_go_through_a_registry_and_come_back_running() {
     assert!(ckpt.fails(&["pull", "web"]).contains("is not a registry reference"));
 
     // podman recognises the checkpoint image and restores it.
-    let podman = |args: &[&str]| Command::new("podman").args(["--runtime", "runc"]).args(args).output().unwrap();
+    let podman = Podman::cleaning(&["ckpt-registry-web"], &[], &[&image]);
     let saved = ckpt.path("busybox.tar");
     ckpt.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
-    assert!(podman(&["load", "-q", "-i", saved.to_str().unwrap()]).status.success());
-    assert!(podman(&["pull", "-q", "--tls-verify=false", &image]).status.success());
-    let restored = podman(&["container", "restore", "-n", "ckpt-registry-web", &image]);
-    let stderr = String::from_utf8_lossy(&restored.stderr).into_owned();
-    let carried_on = || {
-        let logs = podman(&["logs", "ckpt-registry-web"]);
-        last_count(&String::from_utf8_lossy(&logs.stdout)) > at_checkpoint + 3
-    };
-    let ok = restored.status.success() && eventually(Duration::from_secs(5), carried_on);
-    let _ = podman(&["rm", "-f", "-t", "0", "ckpt-registry-web"]);
-    let _ = podman(&["rmi", "-f", &image]);
-    assert!(ok, "podman restore of {image}: {stderr}");
+    podman.ok(&["load", "-q", "-i", saved.to_str().unwrap()]);
+    podman.ok(&["pull", "-q", "--tls-verify=false", &image]);
+    podman.ok(&["container", "restore", "-n", "ckpt-registry-web", &image]);
+    let carried_on = || last_count(&podman.ok(&["logs", "ckpt-registry-web"])) > at_checkpoint + 3;
+    assert!(eventually(Duration::from_secs(5), carried_on), "podman restored {image} but it did not carry on");
 }
 
 #[test]

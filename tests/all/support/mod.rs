@@ -248,3 +248,43 @@ impl Ckpt {
         self.exec(name, "stat -c %a / /data | tr '\\n' ' ' | sed 's/ $//'; echo")
     }
 }
+
+/// podman on the host's default store: a ckpt archive names its volumes where podman keeps them
+/// by default, as podman's own archives name its graph root. The containers, volumes and images
+/// a test names go when the test ends.
+pub struct Podman {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Podman {
+    pub fn cleaning(containers: &[&str], volumes: &[&str], images: &[&str]) -> Podman {
+        let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Podman { containers: owned(containers), volumes: owned(volumes), images: owned(images) }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman").args(["--runtime", "runc"]).args(args).output().expect("podman runs")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in &self.containers {
+            let _ = self.run(&["rm", "-f", "-t", "0", name]);
+        }
+        for name in &self.volumes {
+            let _ = self.run(&["volume", "rm", "-f", name]);
+        }
+        for name in &self.images {
+            let _ = self.run(&["rmi", "-f", name]);
+        }
+    }
+}
