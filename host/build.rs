@@ -1,5 +1,6 @@
-//! Builds the default policy (`policies/default`) for wasm32-wasip2 and hands it to the host,
-//! which embeds it: the default path of every checkpoint goes through WebAssembly too.
+//! Builds the default policy (`policies/default`) and the default retainer
+//! (`policies/default-retainer`) for wasm32-wasip2 and hands them to the host, which embeds
+//! them: the default path of every checkpoint, and of retention, goes through WebAssembly too.
 //!
 //! The component is kept under a digest of everything it is built from (its sources, the guest
 //! SDK, the WIT, the lock file), so a touched file, a checkout or a `cargo check` after an
@@ -37,15 +38,21 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("host/ sits in the workspace").to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let inputs = ["policies/default", "guest-sdk/src", "guest-sdk/Cargo.toml", "wit", "Cargo.lock"];
+    let inputs =
+        ["policies/default", "policies/default-retainer", "guest-sdk/src", "guest-sdk/Cargo.toml", "wit", "Cargo.lock"];
     for watched in inputs {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     // A target directory of its own, so that this nested build never waits on the outer one.
     let target_dir = workspace.join("target").join("policy-build");
-    let kept = target_dir.join(format!("default-{:016x}.wasm", inputs_digest(&workspace, &inputs)));
-    if kept.is_file() {
-        std::fs::copy(&kept, out_dir.join("default.wasm")).unwrap_or_else(|e| panic!("copy {}: {e}", kept.display()));
+    let digest = inputs_digest(&workspace, &inputs);
+    let kept = |name: &str| target_dir.join(format!("{name}-{digest:016x}.wasm"));
+    if EMBEDDED.iter().all(|(_, name)| kept(name).is_file()) {
+        for (_, name) in EMBEDDED {
+            let kept = kept(name);
+            std::fs::copy(&kept, out_dir.join(format!("{name}.wasm")))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", kept.display()));
+        }
         return;
     }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -60,6 +67,8 @@ fn main() {
             "wasm32-wasip2",
             "-p",
             "ckpt-policy-default",
+            "-p",
+            "ckpt-policy-default-retainer",
             "--target-dir",
         ])
         .arg(&target_dir);
@@ -80,9 +89,16 @@ fn main() {
     let status = command.status().expect("cargo runs");
     assert!(
         status.success(),
-        "building the default policy for wasm32-wasip2 failed; run scripts/setup (it adds the target)"
+        "building the default policies for wasm32-wasip2 failed; run scripts/setup (it adds the target)"
     );
-    let built = target_dir.join("wasm32-wasip2/release/ckpt_policy_default.wasm");
-    std::fs::copy(&built, out_dir.join("default.wasm")).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
-    let _ = std::fs::copy(&built, &kept);
+    for (krate, name) in EMBEDDED {
+        let built = target_dir.join(format!("wasm32-wasip2/release/{krate}.wasm"));
+        std::fs::copy(&built, out_dir.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+        let _ = std::fs::copy(&built, kept(name));
+    }
 }
+
+/// The embedded components: the crate's artifact name, and the name the host includes.
+const EMBEDDED: [(&str, &str); 2] =
+    [("ckpt_policy_default", "default"), ("ckpt_policy_default_retainer", "default-retainer")];

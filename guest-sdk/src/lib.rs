@@ -15,7 +15,7 @@
 /// live at the crate root, and generating at the root would define them twice.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.1.0",
         world: "policy",
         pub_export_macro: true,
         default_bindings_module: "ckpt_guest_sdk::bindings",
@@ -135,3 +135,11 @@ pub fn sample_facts(name: &str) -> CheckpointFacts {
         ext: vec![],
     }
 }
+
+/// `ckpt:policy@0.2.0`: one small world per role, with typed settings.
+///
+/// Implement [`v2::Planner`], [`v2::Gate`] or [`v2::Retainer`] and export it with
+/// [`export_planner!`], [`export_gate!`] or [`export_retainer!`]. The settings are a serde type:
+/// the SDK parses them (unknown keys are errors when the type says `deny_unknown_fields`) and
+/// generates their JSON Schema for `describe` with schemars.
+pub mod v2;

@@ -31,10 +31,9 @@ pub struct ExportRules {
     /// Prefixes of the checkpoint image names a policy may create, such as `localhost/ckpt/`.
     #[serde(default)]
     pub image_prefixes: Vec<String>,
-    /// Registries a policy may push to. Parsed now so that a config written for registry
-    /// exports stays valid before they land.
+    /// Prefixes of the registry references a policy may push checkpoint images to, such as
+    /// `registry.example.com/ckpt/`.
     #[serde(default)]
-    #[expect(dead_code, reason = "registry export targets are not implemented yet")]
     pub registries: Vec<String>,
 }
 
@@ -130,6 +129,20 @@ impl HostConfig {
             "policies may create only images whose names start with a prefix listed under [exports] image-prefixes in {} ({})",
             self.describe_source(),
             list(self.exports.image_prefixes.iter().cloned())
+        ))
+    }
+}
+
+impl HostConfig {
+    /// Whether a policy may push a checkpoint image to `reference` (already normalised).
+    pub fn allows_registry(&self, reference: &str) -> std::result::Result<(), String> {
+        if self.exports.registries.iter().any(|prefix| !prefix.is_empty() && reference.starts_with(prefix.as_str())) {
+            return Ok(());
+        }
+        Err(format!(
+            "policies may push only to references that start with a prefix listed under [exports] registries in {} ({})",
+            self.describe_source(),
+            list(self.exports.registries.iter().cloned())
         ))
     }
 }

@@ -99,6 +99,18 @@ impl Error {
         Error::InvalidArgument(message.into())
     }
 
+    /// A policy said no (or failed, which counts as no), possibly after the dump was rolled back.
+    pub fn is_denial(&self) -> bool {
+        match self {
+            Error::Policy(_)
+            | Error::PolicyEngine(
+                PolicyError::Denied { .. } | PolicyError::Failed { .. } | PolicyError::BadAnswer { .. },
+            ) => true,
+            Error::RolledBack { cause, .. } | Error::RollbackFailed { cause, .. } => cause.is_denial(),
+            _ => false,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Interrupted(signal) => match signal.as_str() {

@@ -132,6 +132,19 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
 }
 
 /// `blake3:<hex>` of a file's content.
+/// The bytes of the regular files below `dir`; what cannot be read counts as nothing.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) if meta.is_file() => meta.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 pub fn file_digest(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_mmap(path).map_err(Error::io("hash", path))?;

@@ -12,3 +12,4 @@ mod interop;
 mod podman_habits;
 mod policy;
 mod registry;
+mod schedules;

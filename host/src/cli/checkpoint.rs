@@ -150,6 +150,7 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         gates,
         dry_run: args.dry_run,
         trigger: args.trigger,
+        schedule: None,
     };
     let (done, result) = checkpoint::checkpoint(ctx, &req);
     if req.dry_run {
@@ -159,7 +160,16 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         let stats: Vec<_> = done.iter().map(|d| d.stats.clone()).collect();
         println!("{}", checkpoint::stats_document(started.elapsed(), &stats));
     } else {
-        done.iter().for_each(|d| println!("{}", d.printed_name));
+        for d in &done {
+            match &d.skipped {
+                Some(reason) => eprintln!(
+                    "container {:?} was not checkpointed: the policy skipped it: {}",
+                    d.printed_name,
+                    crate::util::escape_controls(reason)
+                ),
+                None => println!("{}", d.printed_name),
+            }
+        }
     }
     result.map(|()| 0)
 }

@@ -5,6 +5,7 @@ mod container;
 mod image;
 mod man_pages;
 mod policy;
+mod schedule;
 mod template;
 mod volume;
 
@@ -114,6 +115,14 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     #[command(subcommand)]
     System(SystemCommand),
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// Run the schedules in the foreground, one JSON line per event, until SIGTERM.
+    Daemon(schedule::DaemonArgs),
+    #[command(subcommand)]
+    Catalog(schedule::CatalogCommand),
+    #[command(subcommand)]
+    Audit(schedule::AuditCommand),
     /// Show the host, the OCI runtime, CRIU and the store, in podman's shape.
     Info {
         /// `json` (the default), or a Go template (`{{.Host.OCIRuntime.Name}}`).
@@ -310,7 +319,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     ctx.config = crate::config::HostConfig::load(cli.host_config.as_deref())?;
     if matches!(
         command,
-        Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_)) | Command::Pull { .. }
+        Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))
+            | Command::Pull { .. }
+            | Command::Daemon(_)
+            | Command::Schedule(schedule::ScheduleCommand::Run { .. })
     ) {
         crate::interrupt::install();
     }
@@ -424,6 +436,10 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         }
         Command::Image(cmd) => image::run(ctx, cmd),
         Command::Volume(cmd) => volume::run(ctx, cmd),
+        Command::Schedule(cmd) => schedule::run_schedule(ctx, cmd),
+        Command::Daemon(args) => schedule::run_daemon(ctx, args),
+        Command::Catalog(cmd) => schedule::run_catalog(ctx, cmd),
+        Command::Audit(cmd) => schedule::run_audit(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),
         Command::Supervise(args) => container::supervise(ctx, args),
         Command::System(SystemCommand::Check { repair, format }) => {

@@ -90,12 +90,13 @@ pub fn checkpoint(
     options: CheckpointOptions,
     exports: Vec<ExportTarget>,
     trigger: &str,
+    schedule: Option<crate::policy::bindings::ScheduleFacts>,
 ) -> CheckpointFacts {
     let host = crate::hostinfo::HostInfo::probe(&ctx.roots.root);
     CheckpointFacts {
         container: facts::container(record, sample(ctx, record)),
         host: facts::host(&host, tools(ctx, &record.runtime)),
-        request: facts::request(&record.id, options, exports, trigger, chrono::Utc::now()),
+        request: facts::request(&record.id, options, exports, trigger, schedule, chrono::Utc::now()),
         history: facts::history(crate::policy::record::history(&ctx.roots.policy_log(), &record.id, 64)),
         ext: vec![],
     }

@@ -1,14 +1,17 @@
 //! One module per operation. Orchestration only: the work is done by `store`, `runtime`,
 //! `criu`, `archive`, `image`, `rootfs` and `supervisor`.
 
+pub mod catalog;
 pub mod checkpoint;
 pub mod container;
+pub mod daemon;
 pub mod facts;
 pub mod images;
 pub mod info;
 pub mod lifecycle;
 pub mod policy;
 pub mod restore;
+pub mod schedule;
 pub mod system;
 pub mod volumes;
 
@@ -70,6 +73,26 @@ impl Context {
     /// Where compiled policies are cached: `<root>/policy-cache`, or `$CKPT_POLICY_CACHE`.
     pub fn policy_cache(&self) -> PathBuf {
         std::env::var_os("CKPT_POLICY_CACHE").map(PathBuf::from).unwrap_or_else(|| self.roots.root.join("policy-cache"))
+    }
+
+    pub fn catalog(&self) -> crate::store::catalog::Catalog {
+        crate::store::catalog::Catalog::new(self.roots.catalog_dir())
+    }
+
+    pub fn audit_log(&self) -> crate::store::audit::AuditLog {
+        crate::store::audit::AuditLog::new(self.roots.audit_log(), self.roots.locks_dir())
+    }
+
+    /// Appends to the audit log. The operation it records has happened: a log that cannot be
+    /// written is reported, and the operation stands.
+    pub fn audit(&self, event: &str, fields: serde_json::Value) {
+        if let Err(e) = self.audit_log().append(event, fields) {
+            eprintln!(
+                "Error: cannot write the audit log {}: {}",
+                self.roots.audit_log().display(),
+                crate::util::escape_controls(&e.to_string())
+            );
+        }
     }
 
     pub fn criu(&self) -> Result<Arc<dyn Criu>> {

@@ -139,7 +139,7 @@ pub fn facts(ctx: &Context, name: &str) -> Result<CheckpointFacts> {
     let record = ctx.containers.lookup(name)?;
     let plain = super::checkpoint::CheckpointRequest::default();
     let (options, exports) = super::checkpoint::requested(&plain, crate::archive::Compression::Zstd);
-    Ok(super::facts::checkpoint(ctx, &record, options, exports, "cli"))
+    Ok(super::facts::checkpoint(ctx, &record, options, exports, "cli", None))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
@@ -204,6 +204,11 @@ fn evaluate(
             let facts: ExportFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
             no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
             decision::decide(engine, policy, Question::Gate(&facts))
+        }
+        Kind::Retain => {
+            let facts: RetainFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
+            no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
+            decision::decide(engine, policy, Question::Retain(&facts))
         }
     };
     Ok(Evaluated {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
+use serde_json::json;
 
 use super::Context;
 use super::lifecycle::{self, status};
@@ -150,13 +151,31 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
     };
     let mut done = Vec::new();
     let result = crate::ops::each(&sources, |source| {
-        let restored = match source {
-            Source::Local(record, printed) => restore_local(ctx, req, record, printed)?,
-            Source::Archive(path) => restore_import(ctx, req, Staged::from_archive(ctx, path)?)?,
-            Source::Image(name) => restore_import(ctx, req, Staged::from_image(ctx, name)?)
-                .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}")))?,
+        let (from, restored) = match source {
+            Source::Local(record, printed) => ("local", restore_local(ctx, req, record, printed)),
+            Source::Archive(path) => {
+                ("archive", Staged::from_archive(ctx, path).and_then(|staged| restore_import(ctx, req, staged)))
+            }
+            Source::Image(name) => (
+                "image",
+                Staged::from_image(ctx, name)
+                    .and_then(|staged| restore_import(ctx, req, staged))
+                    .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}"))),
+            ),
         };
-        done.push(restored);
+        let location = match source {
+            Source::Local(record, _) => record.name.clone(),
+            Source::Archive(path) => path.display().to_string(),
+            Source::Image(name) => name.clone(),
+        };
+        let outcome = match &restored {
+            Ok(r) => {
+                json!({"from": from, "location": location, "container": r.printed_name, "container-id": r.stats.id})
+            }
+            Err(e) => json!({"from": from, "location": location, "error": e.to_string()}),
+        };
+        ctx.audit(if restored.is_ok() { "restore" } else { "restore-failed" }, outcome);
+        done.push(restored?);
         Ok(())
     });
     (done, result)

@@ -1,13 +1,63 @@
-//! The one place where the WIT world becomes Rust: every generated type lives here.
+//! The one place where the WIT worlds become Rust: every generated type lives here.
+//!
+//! ckpt speaks `ckpt:policy@0.2.0` (`wit/policy.wit`): its types are the host's own, and a
+//! component exports one of its worlds, `planner`, `gate` or `retainer`. Components of
+//! `ckpt:policy/policy@0.1.0` (`wit/v0.1.0`) keep loading: their facts and answers are the same
+//! records less what 0.2.0 added, so they are carried across by name (see [`to_v1`]).
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "policy",
-    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
-});
+/// `ckpt:policy/planner@0.2.0`, and with it the shared `types` and `log` interfaces.
+mod planner {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "planner",
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
 
-pub use self::ckpt::policy::log::Level;
-pub use self::ckpt::policy::types::*;
+mod gate {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "gate",
+        with: {
+            "ckpt:policy/types": super::planner::ckpt::policy::types,
+            "ckpt:policy/log": super::planner::ckpt::policy::log,
+        },
+    });
+}
+
+mod retainer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "retainer",
+        with: {
+            "ckpt:policy/types": super::planner::ckpt::policy::types,
+            "ckpt:policy/log": super::planner::ckpt::policy::log,
+        },
+    });
+}
+
+/// `ckpt:policy/policy@0.1.0`, planner and gate in one world.
+pub mod v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "policy",
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
+pub use self::gate::{Gate, GatePre};
+pub use self::planner::ckpt::policy::log::Level;
+pub use self::planner::ckpt::policy::types::*;
+pub use self::planner::ckpt::policy::{log as log_interface, types as types_interface};
+pub use self::planner::{Planner, PlannerPre};
+pub use self::retainer::{Retainer, RetainerPre};
+
+/// Carries a 0.2.0 value to its 0.1.0 twin, or back, by the names both share. Fields that 0.2.0
+/// added are dropped on the way to 0.1.0; every 0.1.0 value exists in 0.2.0.
+pub fn to_v1<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
+    let json = serde_json::to_value(value)?;
+    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("no 0.1.0 form of this value: {e}")))
+}
 
 impl From<crate::archive::Compression> for Compression {
     fn from(c: crate::archive::Compression) -> Compression {

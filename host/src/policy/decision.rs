@@ -4,17 +4,18 @@
 
 use serde::Serialize;
 
-use super::bindings::*;
+use super::bindings::{to_v1, v1, *};
 use super::engine::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
 use super::{PolicyError, limits};
 
-/// The three decisions of the contract.
+/// The decisions of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Plan,
     Round,
     Gate,
+    Retain,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
             Kind::Plan => "plan",
             Kind::Round => "after-round",
             Kind::Gate => "gate",
+            Kind::Retain => "retain",
         }
     }
 }
@@ -34,6 +36,7 @@ impl std::fmt::Display for Kind {
             Kind::Plan => "plan",
             Kind::Round => "round",
             Kind::Gate => "gate",
+            Kind::Retain => "retain",
         })
     }
 }
@@ -44,6 +47,7 @@ pub enum Question<'a> {
     Plan(&'a CheckpointFacts),
     Round(&'a CheckpointFacts, &'a [RoundStats]),
     Gate(&'a ExportFacts),
+    Retain(&'a RetainFacts),
 }
 
 impl Question<'_> {
@@ -52,6 +56,7 @@ impl Question<'_> {
             Question::Plan(_) => Kind::Plan,
             Question::Round(..) => Kind::Round,
             Question::Gate(_) => Kind::Gate,
+            Question::Retain(_) => Kind::Retain,
         }
     }
 
@@ -67,6 +72,7 @@ impl Question<'_> {
                     .unwrap_or(0),
                 seed: 0,
             },
+            Question::Retain(facts) => Determinism { now_unix_ms: facts.now_unix_ms, seed: 0 },
         }
     }
 }
@@ -78,6 +84,7 @@ pub enum Answer {
     Plan(PlanDecision),
     Round(RoundDecision),
     Gate(GateDecision),
+    Retain(Vec<Deletion>),
 }
 
 /// The short name of an answer, as cases files expect it.
@@ -86,11 +93,16 @@ pub enum Answer {
 pub enum Outcome {
     Plan,
     Deny,
+    Skip,
     Allow,
     Narrow,
     AnotherRound,
     DumpNow,
     Abort,
+    /// A retainer named entries to delete.
+    Delete,
+    /// A retainer kept every entry.
+    Keep,
 }
 
 impl std::fmt::Display for Outcome {
@@ -98,11 +110,14 @@ impl std::fmt::Display for Outcome {
         f.write_str(match self {
             Outcome::Plan => "plan",
             Outcome::Deny => "deny",
+            Outcome::Skip => "skip",
             Outcome::Allow => "allow",
             Outcome::Narrow => "narrow",
             Outcome::AnotherRound => "another-round",
             Outcome::DumpNow => "dump-now",
             Outcome::Abort => "abort",
+            Outcome::Delete => "delete",
+            Outcome::Keep => "keep",
         })
     }
 }
@@ -112,6 +127,9 @@ impl Answer {
         match self {
             Answer::Plan(PlanDecision::Plan(_)) => Outcome::Plan,
             Answer::Plan(PlanDecision::Deny(_)) | Answer::Gate(GateDecision::Deny(_)) => Outcome::Deny,
+            Answer::Plan(PlanDecision::Skip(_)) => Outcome::Skip,
+            Answer::Retain(deletions) if deletions.is_empty() => Outcome::Keep,
+            Answer::Retain(_) => Outcome::Delete,
             Answer::Gate(GateDecision::Allow) => Outcome::Allow,
             Answer::Gate(GateDecision::Narrow(_)) => Outcome::Narrow,
             Answer::Round(d) => match d.action {
@@ -135,11 +153,31 @@ pub fn decide(
 ) -> (Result<Answer, PolicyError>, Trace) {
     let settings = policy.settings.as_str();
     let kind = question.kind();
-    let (answer, trace) = engine.call(policy, question.determinism(), kind.export(), |p, store| {
-        Ok(match question {
-            Question::Plan(facts) => Answer::Plan(p.call_plan(store, settings, facts)?),
-            Question::Round(facts, rounds) => Answer::Round(p.call_after_round(store, settings, facts, rounds)?),
-            Question::Gate(facts) => Answer::Gate(p.call_gate(store, settings, facts)?),
+    let (answer, trace) = engine.call(policy, question.determinism(), kind.export(), |instance, store| {
+        use engine::Instance as I;
+        Ok(match (question, instance) {
+            (Question::Plan(facts), I::Planner(p)) => Answer::Plan(p.call_plan(store, settings, facts)?),
+            (Question::Plan(facts), I::PolicyV1(p)) => {
+                Answer::Plan(to_v1(&p.call_plan(store, settings, &to_v1(facts)?)?)?)
+            }
+            (Question::Round(facts, rounds), I::Planner(p)) => {
+                Answer::Round(p.call_after_round(store, settings, facts, rounds)?)
+            }
+            (Question::Round(facts, rounds), I::PolicyV1(p)) => {
+                let rounds: Vec<v1::RoundStats> = to_v1(&rounds)?;
+                Answer::Round(to_v1(&p.call_after_round(store, settings, &to_v1(facts)?, &rounds)?)?)
+            }
+            (Question::Gate(facts), I::Gate(p)) => Answer::Gate(p.call_gate(store, settings, facts)?),
+            (Question::Gate(facts), I::PolicyV1(p)) => {
+                Answer::Gate(to_v1(&p.call_gate(store, settings, &to_v1(facts)?)?)?)
+            }
+            (Question::Retain(facts), I::Retainer(p)) => Answer::Retain(p.call_retain(store, settings, facts)?),
+            _ => {
+                return Err(wasmtime::Error::msg(format!(
+                    "it exports {}, which makes no {kind} decision",
+                    policy.world()
+                )));
+            }
         })
     });
     (answer.and_then(|a| check(&label(policy), &a).map(|()| a)), trace)
@@ -169,6 +207,13 @@ pub fn check(policy: &str, answer: &Answer) -> Result<(), PolicyError> {
     match answer {
         Answer::Plan(PlanDecision::Plan(plan)) => check_plan(policy, plan),
         Answer::Plan(PlanDecision::Deny(reasons)) => check_reasons(policy, reasons),
+        Answer::Plan(PlanDecision::Skip(reason)) => check_reason(policy, reason),
+        Answer::Retain(deletions) => {
+            if deletions.len() > limits::MAX_DELETIONS {
+                return Err(bad(policy, format!("{} deletions, more than {}", deletions.len(), limits::MAX_DELETIONS)));
+            }
+            deletions.iter().try_for_each(|d| check_reason(policy, &d.reason))
+        }
         Answer::Round(decision) => check_reason(policy, &decision.reason),
         Answer::Gate(GateDecision::Deny(reason)) => check_reason(policy, reason),
         Answer::Gate(GateDecision::Narrow(narrow)) => check_reason(policy, &narrow.reason),

@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -15,7 +15,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PolicyError;
-use super::bindings::{self, Level, Policy, PolicyPre};
+use super::bindings::{self, Gate, GatePre, Level, Planner, PlannerPre, Retainer, RetainerPre, v1};
 use super::limits::{self, TotalMemoryLimiter};
 
 /// One line a policy logged.
@@ -59,9 +59,23 @@ impl State {
     }
 }
 
-impl bindings::ckpt::policy::types::Host for State {}
+impl bindings::types_interface::Host for State {}
+impl v1::ckpt::policy::types::Host for State {}
 
-impl bindings::ckpt::policy::log::Host for State {
+impl v1::ckpt::policy::log::Host for State {
+    fn log(&mut self, level: v1::ckpt::policy::log::Level, message: String) {
+        use v1::ckpt::policy::log::Level as V1;
+        let level = match level {
+            V1::Debug => Level::Debug,
+            V1::Info => Level::Info,
+            V1::Warn => Level::Warn,
+            V1::Error => Level::Error,
+        };
+        bindings::log_interface::Host::log(self, level, message)
+    }
+}
+
+impl bindings::log_interface::Host for State {
     fn log(&mut self, level: Level, message: String) {
         // Bounded by cutting, never by trapping: a chatty policy still gets its decision made.
         if self.logs.len() >= limits::MAX_LOG_LINES || self.log_bytes >= limits::MAX_LOG_BYTES {
@@ -144,6 +158,129 @@ pub struct Determinism {
     pub seed: u64,
 }
 
+/// The world a component exports, which says what it can decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum World {
+    #[serde(rename = "ckpt:policy/policy@0.1.0")]
+    PolicyV1,
+    #[serde(rename = "ckpt:policy/planner@0.2.0")]
+    Planner,
+    #[serde(rename = "ckpt:policy/gate@0.2.0")]
+    Gate,
+    #[serde(rename = "ckpt:policy/retainer@0.2.0")]
+    Retainer,
+}
+
+impl World {
+    pub const ALL: [World; 4] = [World::Planner, World::Gate, World::Retainer, World::PolicyV1];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            World::PolicyV1 => "ckpt:policy/policy@0.1.0",
+            World::Planner => "ckpt:policy/planner@0.2.0",
+            World::Gate => "ckpt:policy/gate@0.2.0",
+            World::Retainer => "ckpt:policy/retainer@0.2.0",
+        }
+    }
+
+    /// The role a component plays: a 0.1.0 policy plans and gates.
+    pub fn serves(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (World::PolicyV1 | World::Planner, Role::Planner)
+                | (World::PolicyV1 | World::Gate, Role::Gate)
+                | (World::Retainer, Role::Retainer)
+        )
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a component is loaded as: `--policy`, `--gate`, or a schedule's `--retainer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Planner,
+    Gate,
+    Retainer,
+}
+
+impl Role {
+    /// The worlds that serve it, as an error names them.
+    pub fn worlds(self) -> String {
+        let worlds: Vec<&str> = World::ALL.iter().filter(|w| w.serves(self)).map(|w| w.name()).collect();
+        worlds.join(" or ")
+    }
+
+    pub fn flag(self) -> &'static str {
+        match self {
+            Role::Planner => "--policy",
+            Role::Gate => "--gate",
+            Role::Retainer => "--retainer",
+        }
+    }
+}
+
+/// A component's exports, checked against its world's types once, at load.
+#[derive(Clone)]
+enum Exports {
+    PolicyV1(v1::PolicyPre<State>),
+    Planner(PlannerPre<State>),
+    Gate(GatePre<State>),
+    Retainer(RetainerPre<State>),
+}
+
+/// A component instantiated in a fresh store for one call.
+pub enum Instance {
+    PolicyV1(v1::Policy),
+    Planner(Planner),
+    Gate(Gate),
+    Retainer(Retainer),
+}
+
+impl Exports {
+    fn world(&self) -> World {
+        match self {
+            Exports::PolicyV1(_) => World::PolicyV1,
+            Exports::Planner(_) => World::Planner,
+            Exports::Gate(_) => World::Gate,
+            Exports::Retainer(_) => World::Retainer,
+        }
+    }
+
+    fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Exports::PolicyV1(pre) => Instance::PolicyV1(pre.instantiate(store)?),
+            Exports::Planner(pre) => Instance::Planner(pre.instantiate(store)?),
+            Exports::Gate(pre) => Instance::Gate(pre.instantiate(store)?),
+            Exports::Retainer(pre) => Instance::Retainer(pre.instantiate(store)?),
+        })
+    }
+}
+
+impl Instance {
+    fn describe(&self, store: &mut Store<State>) -> wasmtime::Result<bindings::PolicyInfo> {
+        match self {
+            Instance::PolicyV1(p) => bindings::to_v1(&p.call_describe(store)?),
+            Instance::Planner(p) => p.call_describe(store),
+            Instance::Gate(p) => p.call_describe(store),
+            Instance::Retainer(p) => p.call_describe(store),
+        }
+    }
+
+    fn validate_settings(&self, store: &mut Store<State>, settings: &str) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Instance::PolicyV1(p) => p.call_validate_settings(store, settings),
+            Instance::Planner(p) => p.call_validate_settings(store, settings),
+            Instance::Gate(p) => p.call_validate_settings(store, settings),
+            Instance::Retainer(p) => p.call_validate_settings(store, settings),
+        }
+    }
+}
+
 /// A compiled, validated policy, ready for decisions.
 pub struct LoadedPolicy {
     /// The file it came from, or `builtin:default`.
@@ -155,7 +292,13 @@ pub struct LoadedPolicy {
     pub settings_digest: String,
     pub imports: Vec<String>,
     pub cached: bool,
-    pre: PolicyPre<State>,
+    exports: Exports,
+}
+
+impl LoadedPolicy {
+    pub fn world(&self) -> World {
+        self.exports.world()
+    }
 }
 
 /// What one decision produced besides its answer.
@@ -177,13 +320,7 @@ pub struct PolicyEngine {
 impl PolicyEngine {
     pub fn new(cache_dir: &Path) -> Result<PolicyEngine, PolicyError> {
         let engine_err = |e: wasmtime::Error| PolicyError::Engine(format!("{e:#}"));
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.consume_fuel(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(limits::WASM_STACK_BYTES);
-        config.parallel_compilation(true);
-        let engine = Engine::new(&config).map_err(engine_err)?;
+        let engine = shared_engine()?;
         let mut linker = Linker::new(&engine);
         // WASI is linked only as empty, deterministic stand-ins (see `State`): Python and
         // JavaScript runtimes import it even when a policy never touches a file.
@@ -197,8 +334,9 @@ impl PolicyEngine {
         )
         .map_err(engine_err)?;
         linker.allow_shadowing(false);
-        Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
-        start_epoch_ticker(&engine);
+        v1::Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
+        // The gate and retainer worlds import the same `log` and `types` as the planner's.
+        Planner::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
         Ok(PolicyEngine { engine, linker, cache_dir: cache_dir.to_path_buf() })
     }
 
@@ -217,8 +355,7 @@ impl PolicyEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_err(format!("{e:#}; a policy may import only ckpt:policy/log and WASI")))?;
-        let pre = PolicyPre::new(instance_pre)
-            .map_err(|e| load_err(format!("it does not export the ckpt:policy world: {e:#}")))?;
+        let exports = exports_of(instance_pre).map_err(load_err)?;
         let mut policy = LoadedPolicy {
             source: source.to_string(),
             digest,
@@ -232,9 +369,9 @@ impl PolicyEngine {
             settings_digest: format!("blake3:{}", blake3::hash(b"").to_hex()),
             imports,
             cached,
-            pre,
+            exports,
         };
-        let (info, _) = self.call(&policy, Determinism::default(), "describe", |p, s| p.call_describe(s));
+        let (info, _) = self.call(&policy, Determinism::default(), "describe", |p, s| p.describe(s));
         policy.info = info?;
         check_text(source, "name", &policy.info.name)?;
         check_text(source, "version", &policy.info.version)?;
@@ -253,13 +390,34 @@ impl PolicyEngine {
     /// [`PolicyEngine::describe`], then validates `settings`: bad settings are refused here,
     /// when the policy is loaded, never in the middle of a checkpoint.
     pub fn load(&self, source: &str, bytes: &[u8], settings: &str) -> Result<LoadedPolicy, PolicyError> {
-        let mut policy = self.describe(source, bytes)?;
-        let (valid, _) = self
-            .call(&policy, Determinism::default(), "validate-settings", |p, s| p.call_validate_settings(s, settings));
+        self.validate(self.describe(source, bytes)?, settings)
+    }
+
+    fn validate(&self, mut policy: LoadedPolicy, settings: &str) -> Result<LoadedPolicy, PolicyError> {
+        let (valid, _) =
+            self.call(&policy, Determinism::default(), "validate-settings", |p, s| p.validate_settings(s, settings));
         valid?.map_err(|detail| PolicyError::Settings { policy: policy.info.name.clone(), detail: cut(detail) })?;
         policy.settings = settings.to_string();
         policy.settings_digest = format!("blake3:{}", blake3::hash(settings.as_bytes()).to_hex());
         Ok(policy)
+    }
+
+    /// [`PolicyEngine::load`] for a role: a component of a world that does not serve it is
+    /// refused with the names of the worlds that do.
+    pub fn load_as(&self, role: Role, source: &str, bytes: &[u8], settings: &str) -> Result<LoadedPolicy, PolicyError> {
+        let policy = self.describe(source, bytes)?;
+        if !policy.world().serves(role) {
+            return Err(PolicyError::Load {
+                policy: source.to_string(),
+                detail: format!(
+                    "it is a {} component, but {} takes a {} component",
+                    policy.world(),
+                    role.flag(),
+                    role.worlds()
+                ),
+            });
+        }
+        self.validate(policy, settings)
     }
 
     fn component(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, bool)> {
@@ -320,7 +478,7 @@ impl PolicyEngine {
         policy: &LoadedPolicy,
         determinism: Determinism,
         decision: &'static str,
-        body: impl FnOnce(&Policy, &mut Store<State>) -> wasmtime::Result<T>,
+        body: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<T>,
     ) -> (Result<T, PolicyError>, Trace) {
         let started = Instant::now();
         let stdout = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
@@ -345,7 +503,7 @@ impl PolicyEngine {
         let _ = store.set_fuel(limits::FUEL);
         store.set_epoch_deadline((limits::DEADLINE.as_millis() / limits::EPOCH_TICK.as_millis()) as u64);
         store.epoch_deadline_trap();
-        let result = policy.pre.instantiate(&mut store).and_then(|instance| body(&instance, &mut store));
+        let result = policy.exports.instantiate(&mut store).and_then(|instance| body(&instance, &mut store));
         let result = result.map_err(|e| {
             let said = String::from_utf8_lossy(&stderr.contents()).into_owned();
             classify(&policy.info.name, &policy.source, decision, e, &said)
@@ -369,24 +527,54 @@ impl PolicyEngine {
     }
 }
 
-fn start_epoch_ticker(engine: &Engine) {
-    static TICKING: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
-    let mut engines = TICKING.lock().expect("ticker list");
-    let first = engines.is_empty();
-    engines.push(engine.clone());
-    if first {
+/// Finds the world a component exports: the first whose exports its types match. One that
+/// matches none is refused with the names of the worlds and why the closest did not fit.
+fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result<Exports, String> {
+    let planner = match PlannerPre::new(pre.clone()) {
+        Ok(p) => return Ok(Exports::Planner(p)),
+        Err(e) => e,
+    };
+    if let Ok(p) = GatePre::new(pre.clone()) {
+        return Ok(Exports::Gate(p));
+    }
+    if let Ok(p) = RetainerPre::new(pre.clone()) {
+        return Ok(Exports::Retainer(p));
+    }
+    let v1 = match v1::PolicyPre::new(pre) {
+        Ok(p) => return Ok(Exports::PolicyV1(p)),
+        Err(e) => e,
+    };
+    let names: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
+    // A component that imports 0.1.0 was written for 0.1.0: its mismatch says the most.
+    let closest = if format!("{v1:#}").contains("@0.1.0") { v1 } else { planner };
+    Err(format!("it exports none of the worlds ckpt loads ({}): {closest:#}", names.join(", ")))
+}
+
+/// One engine for the whole process, with one thread ticking its epochs: a daemon that loads
+/// policies for every run keeps the same engine (and its memory) rather than gathering engines.
+fn shared_engine() -> Result<Engine, PolicyError> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(limits::WASM_STACK_BYTES);
+        config.parallel_compilation(true);
+        let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+        let ticking = engine.clone();
         std::thread::Builder::new()
             .name("policy-epoch".into())
-            .spawn(|| {
+            .spawn(move || {
                 loop {
                     std::thread::sleep(limits::EPOCH_TICK);
-                    for engine in TICKING.lock().expect("ticker list").iter() {
-                        engine.increment_epoch();
-                    }
+                    ticking.increment_epoch();
                 }
             })
-            .expect("spawn the epoch ticker");
-    }
+            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+        Ok(engine)
+    });
+    engine.clone().map_err(PolicyError::Engine)
 }
 
 /// Names what the policy did: ran out of fuel or time, grew too much memory, overflowed its
@@ -438,7 +626,7 @@ pub fn check_text(policy: &str, what: &str, text: &str) -> Result<(), PolicyErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindings::ckpt::policy::log::Host as _;
+    use bindings::log_interface::Host as _;
 
     fn state() -> State {
         State::new(WasiCtxBuilder::new().build(), MemoryOutputPipe::new(16), MemoryOutputPipe::new(16))

@@ -85,6 +85,7 @@ pub fn request(
     options: CheckpointOptions,
     exports: Vec<ExportTarget>,
     trigger: &str,
+    schedule: Option<ScheduleFacts>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> RequestFacts {
     let now_unix_ms = now.timestamp_millis().max(0) as u64;
@@ -92,6 +93,7 @@ pub fn request(
         options,
         exports,
         trigger: trigger.to_string(),
+        schedule,
         now: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         now_unix_ms,
         seed: seed(id, now_unix_ms),
@@ -153,7 +155,7 @@ mod tests {
         assert_ne!(seed("a", 1), seed("b", 1));
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T10:00:00.5Z").unwrap().to_utc();
         let options = CheckpointOptions::none();
-        let facts = request("a", options, vec![], "cli", now);
+        let facts = request("a", options, vec![], "cli", None, now);
         assert_eq!(facts.now, "2026-11-28T10:00:00.500Z");
         assert_eq!(facts.seed, seed("a", facts.now_unix_ms));
     }

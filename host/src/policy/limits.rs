@@ -18,6 +18,8 @@ pub const WASM_STACK_BYTES: usize = 1 << 20;
 pub const MAX_REASONS: usize = 64;
 pub const MAX_TEXT_BYTES: usize = 4096;
 pub const MAX_EXPORTS: usize = 16;
+/// Deletions one retention answer may name: one per catalog entry it was shown, at most.
+pub const MAX_DELETIONS: usize = 4096;
 /// Pre-dump rounds one plan may ask for.
 pub const MAX_PRE_DUMP_ROUNDS: u32 = 16;
 pub const MAX_LOG_LINES: usize = 256;

@@ -12,7 +12,7 @@ pub mod record;
 use std::path::Path;
 
 pub use decision::{Answer, Kind, Question};
-pub use engine::{LoadedPolicy, PolicyEngine, Trace};
+pub use engine::{LoadedPolicy, PolicyEngine, Role, Trace};
 pub use record::DecisionRecord;
 
 use bindings::*;
@@ -20,6 +20,11 @@ use bindings::*;
 /// The default policy, built from `policies/default` for wasm32-wasip2 by the build script.
 pub const DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default.wasm"));
 pub const DEFAULT_POLICY_SOURCE: &str = "builtin:default";
+
+/// The default retainer, built from `policies/default-retainer`: the newest `keep-last`
+/// entries (10 unless its settings say otherwise), within `max-total-bytes`.
+pub const DEFAULT_RETAINER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-retainer.wasm"));
+pub const DEFAULT_RETAINER_SOURCE: &str = "builtin:default-retainer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -35,6 +40,8 @@ pub enum PolicyError {
     BadAnswer { policy: String, detail: String },
     #[error("policy {policy} denied the checkpoint of container {container:?}: {reasons}")]
     Denied { policy: String, container: String, reasons: String },
+    #[error("policy {policy} skipped the checkpoint of container {container:?}: {reason}")]
+    Skipped { policy: String, container: String, reason: String },
     #[error("settings {origin:?} are not valid JSON: {detail}")]
     SettingsSyntax { origin: String, detail: String },
     #[error("cannot read policy {path:?}: {detail}")]
@@ -51,6 +58,9 @@ pub struct Component {
 pub fn read_component(spec: &str) -> Result<(String, Vec<u8>), PolicyError> {
     if spec == DEFAULT_POLICY_SOURCE || spec == "default" {
         return Ok((DEFAULT_POLICY_SOURCE.to_string(), DEFAULT_POLICY.to_vec()));
+    }
+    if spec == DEFAULT_RETAINER_SOURCE || spec == "default-retainer" {
+        return Ok((DEFAULT_RETAINER_SOURCE.to_string(), DEFAULT_RETAINER.to_vec()));
     }
     let read_err = |detail: String| PolicyError::Read { path: spec.to_string(), detail };
     let file = std::fs::File::open(spec).map_err(|e| read_err(e.to_string()))?;
@@ -115,10 +125,10 @@ impl Policies {
         gates: Vec<Component>,
     ) -> Result<Policies, PolicyError> {
         let engine = PolicyEngine::new(cache_dir)?;
-        let planner = engine.load(&planner.read.0, &planner.read.1, &planner.settings)?;
+        let planner = engine.load_as(Role::Planner, &planner.read.0, &planner.read.1, &planner.settings)?;
         let gates = gates
             .into_iter()
-            .map(|gate| engine.load(&gate.read.0, &gate.read.1, &gate.settings))
+            .map(|gate| engine.load_as(Role::Gate, &gate.read.0, &gate.read.1, &gate.settings))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Policies { engine, planner, gates, records: Vec::new() })
     }
@@ -131,6 +141,11 @@ impl Policies {
                 policy: decision::label(&self.planner),
                 container: facts.container.name.clone(),
                 reasons: reasons.join("; "),
+            }),
+            Answer::Plan(PlanDecision::Skip(reason)) => Err(PolicyError::Skipped {
+                policy: decision::label(&self.planner),
+                container: facts.container.name.clone(),
+                reason,
             }),
             other => unreachable!("a plan question has a plan answer, not {other:?}"),
         });
@@ -174,6 +189,54 @@ impl Policies {
             verdict = combine(verdict, (&gate.info.name, &decision::label(gate)), facts, decision);
         }
         verdict
+    }
+}
+
+/// A retainer, loaded on its own: retention runs after a schedule's checkpoints, apart from them.
+pub struct Retention {
+    pub engine: PolicyEngine,
+    pub retainer: LoadedPolicy,
+}
+
+impl Retention {
+    pub fn load(cache_dir: &Path, retainer: Component) -> Result<Retention, PolicyError> {
+        let engine = PolicyEngine::new(cache_dir)?;
+        let retainer = engine.load_as(Role::Retainer, &retainer.read.0, &retainer.read.1, &retainer.settings)?;
+        Ok(Retention { engine, retainer })
+    }
+
+    /// Asks which entries to delete. The answer may name only entries it was shown and never a
+    /// pinned one; any other answer, like any failure, deletes nothing (fail closed).
+    pub fn retain(&self, facts: &RetainFacts) -> (Result<Vec<Deletion>, PolicyError>, DecisionRecord) {
+        let (answer, trace) = decision::decide(&self.engine, &self.retainer, Question::Retain(facts));
+        let label = decision::label(&self.retainer);
+        let deletions = answer.map(|answer| match answer {
+            Answer::Retain(deletions) => deletions,
+            other => unreachable!("a retain question has a retain answer, not {other:?}"),
+        });
+        let deletions = deletions.and_then(|deletions| {
+            for deletion in &deletions {
+                match facts.entries.iter().find(|e| e.id == deletion.id) {
+                    None => {
+                        return Err(PolicyError::BadAnswer {
+                            policy: label.clone(),
+                            detail: format!("it named {:?}, which is not one of the entries it was shown", deletion.id),
+                        });
+                    }
+                    Some(entry) if entry.pinned => {
+                        return Err(PolicyError::BadAnswer {
+                            policy: label.clone(),
+                            detail: format!("it named {:?}, which is pinned", deletion.id),
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(deletions)
+        });
+        let value = deletions.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
+        let record = DecisionRecord::for_retention(&self.retainer, facts, value, trace);
+        (deletions, record)
     }
 }
 
@@ -231,6 +294,51 @@ mod tests {
             verdict = combine(verdict, (&name, &format!("{name:?}")), &facts, decision);
         }
         verdict
+    }
+
+    fn entry(id: &str, pinned: bool) -> CatalogEntry {
+        CatalogEntry {
+            id: id.into(),
+            kind: EntryKind::Archive,
+            location: format!("/srv/{id}.tar.zst"),
+            size_bytes: 10,
+            created: "2026-11-28T00:00:00Z".into(),
+            created_unix_ms: 0,
+            trigger: "schedule".into(),
+            schedule: None,
+            pinned,
+            policy_digest: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_role_takes_only_the_worlds_that_serve_it() {
+        let cache = tempfile::tempdir().unwrap();
+        let retainer = || Component { read: read_component("default-retainer").unwrap(), settings: String::new() };
+        let planner = || Component { read: read_component("default").unwrap(), settings: String::new() };
+        let as_gate = Policies::load_components(cache.path(), planner(), vec![retainer()]).err().unwrap().to_string();
+        assert!(
+            as_gate.contains("ckpt:policy/retainer@0.2.0 component, but --gate takes a ckpt:policy/gate@0.2.0 or ckpt:policy/policy@0.1.0 component"),
+            "{as_gate}"
+        );
+        let as_retainer = Retention::load(cache.path(), planner()).err().unwrap().to_string();
+        assert!(as_retainer.contains("is a ckpt:policy/policy@0.1.0 component"), "{as_retainer}");
+
+        let retention =
+            Retention::load(cache.path(), Component { settings: r#"{"keep-last": 1}"#.into(), ..retainer() }).unwrap();
+        let facts = RetainFacts {
+            container_id: "0".repeat(64),
+            container_name: "web".into(),
+            entries: vec![entry("new", false), entry("pinned", true), entry("old", false)],
+            now: "2026-11-28T00:00:00Z".into(),
+            now_unix_ms: 0,
+        };
+        let (deletions, record) = retention.retain(&facts);
+        let ids: Vec<String> = deletions.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec!["old"]);
+        assert_eq!(record.kind, Kind::Retain);
+        let bad = Retention::load(cache.path(), Component { settings: r#"{"keep_last": 1}"#.into(), ..retainer() });
+        assert!(bad.err().unwrap().to_string().contains("keep_last"), "unknown settings keys are refused at load");
     }
 
     #[test]

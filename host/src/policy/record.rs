@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::PolicyError;
-use super::bindings::ContainerFacts;
+use super::bindings::{ContainerFacts, RetainFacts};
 use super::decision::Kind;
 use super::engine::{LoadedPolicy, LogLine, Trace};
 
@@ -58,6 +58,34 @@ impl DecisionRecord {
         decision: Result<Value, &PolicyError>,
         trace: Trace,
     ) -> DecisionRecord {
+        DecisionRecord::about((&container.id, &container.name), kind, policy, facts, decision, trace)
+    }
+
+    /// The record of a retention decision about one container's catalog entries.
+    pub fn for_retention(
+        policy: &LoadedPolicy,
+        facts: &RetainFacts,
+        decision: Result<Value, &PolicyError>,
+        trace: Trace,
+    ) -> DecisionRecord {
+        DecisionRecord::about(
+            (&facts.container_id, &facts.container_name),
+            Kind::Retain,
+            policy,
+            facts,
+            decision,
+            trace,
+        )
+    }
+
+    fn about(
+        (container_id, container_name): (&str, &str),
+        kind: Kind,
+        policy: &LoadedPolicy,
+        facts: &(impl Serialize + ?Sized),
+        decision: Result<Value, &PolicyError>,
+        trace: Trace,
+    ) -> DecisionRecord {
         let facts_json = serde_json::to_vec(facts).unwrap_or_default();
         let (decision, error) = match decision {
             Ok(value) => (value, None),
@@ -66,8 +94,8 @@ impl DecisionRecord {
         DecisionRecord {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             kind,
-            container_id: container.id.clone(),
-            container_name: container.name.clone(),
+            container_id: container_id.to_string(),
+            container_name: container_name.to_string(),
             policy: PolicyRef {
                 source: policy.source.clone(),
                 name: policy.info.name.clone(),

@@ -19,10 +19,28 @@ pub struct StoreLock {
 
 impl StoreLock {
     pub fn acquire(locks_dir: &Path) -> Result<StoreLock> {
-        let path = locks_dir.join("store.lock");
+        StoreLock::named(locks_dir, "store")
+    }
+
+    /// A lock of its own for one shared file (the audit log, a schedule's state).
+    pub fn named(locks_dir: &Path, name: &str) -> Result<StoreLock> {
+        let path = locks_dir.join(format!("{name}.lock"));
         let file = open_lock_file(&path)?;
         file.lock().map_err(Error::io("lock", &path))?;
         Ok(StoreLock { _file: file })
+    }
+}
+
+impl StoreLock {
+    /// [`StoreLock::named`] without waiting: `None` while another process holds it.
+    pub fn try_named(locks_dir: &Path, name: &str) -> Result<Option<StoreLock>> {
+        let path = locks_dir.join(format!("{name}.lock"));
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StoreLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
+        }
     }
 }
 

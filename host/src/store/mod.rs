@@ -4,9 +4,12 @@
 //! runtime a state root of its own below the run root, so it never sees containers that podman
 //! or containerd manage.
 
+pub mod audit;
+pub mod catalog;
 mod containers;
 mod lock;
 mod paths;
+pub mod schedules;
 mod volumes;
 
 pub use containers::{

@@ -56,6 +56,22 @@ impl Roots {
     pub fn policy_log(&self) -> PathBuf {
         self.root.join("decisions.jsonl")
     }
+
+    /// The hash-chained log of everything that checkpointed, restored, exported, denied,
+    /// skipped, deleted or changed a schedule.
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.log")
+    }
+
+    /// One file per checkpoint ckpt made: `<id>.json`.
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.root.join("catalog")
+    }
+
+    /// One directory per schedule: its definition and its state.
+    pub fn schedules_dir(&self) -> PathBuf {
+        self.root.join("schedules")
+    }
 }
 
 /// Paths inside one container's directory.

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::policy::bindings::{self as wit, CheckpointFacts, ExportFacts, ExportTarget, PreDumpPlan, TargetKind};
 use crate::policy::{self, GateVerdict, Policies};
 use crate::runtime::{CheckpointOptions, OciRuntime};
+use crate::store::catalog::{Entry, EntryKind, EntryPolicy};
 use crate::store::{ContainerLock, ContainerRecord};
 use crate::supervisor::Launch;
 use crate::util::{remove_dir_all, remove_file_if_exists};
@@ -53,6 +54,8 @@ pub struct CheckpointRequest {
     pub dry_run: bool,
     /// What asked for this checkpoint: `cli` unless a scheduler says otherwise.
     pub trigger: String,
+    /// The schedule that asked, with its last run and missed runs.
+    pub schedule: Option<wit::ScheduleFacts>,
 }
 
 /// `container_statistics[]` of `--print-stats`.
@@ -71,6 +74,10 @@ pub struct Checkpointed {
     pub stats: ContainerStats,
     /// With `--dry-run`: the plan, and nothing was done.
     pub plan: Option<Value>,
+    /// The planner skipped it, saying why: nothing was done, and that is not an error.
+    pub skipped: Option<String>,
+    /// The catalog entries it made.
+    pub entries: Vec<Entry>,
 }
 
 /// Checks the option combinations podman rejects, in podman's order, before anything changes;
@@ -187,7 +194,7 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     if (o.ignore_rootfs || o.ignore_volumes) && plan.exports.is_empty() {
         return Err(refuse("--ignore-rootfs or --ignore-volumes without an export"));
     }
-    if o.pre_checkpoint && plan.exports.iter().any(|t| t.kind == TargetKind::Image) {
+    if o.pre_checkpoint && plan.exports.iter().any(|t| t.kind != TargetKind::Archive) {
         return Err(refuse("a checkpoint image of a pre-checkpoint"));
     }
     let rounds = !matches!(plan.pre_dump, PreDumpPlan::None);
@@ -216,6 +223,10 @@ fn confine_exports(ctx: &Context, planned: &Planned, requested: &[ExportTarget],
                 crate::image::validate_reference(&target.location)?;
                 ctx.config.allows_image(&crate::image::normalize_reference(&target.location))
             }
+            TargetKind::Registry => {
+                crate::registry::check_reference(&target.location)?;
+                ctx.config.allows_registry(&crate::image::normalize_reference(&target.location))
+            }
         };
         verdict.map_err(|why| {
             Error::Policy(format!(
@@ -229,6 +240,7 @@ fn confine_exports(ctx: &Context, planned: &Planned, requested: &[ExportTarget],
 
 /// An export replaces only an earlier checkpoint archive or checkpoint image, never another file
 /// (a policy's typo must not turn /etc/passwd into a tar) or an ordinary image such as busybox.
+/// A registry export is staged as a local image of the same name, held to the same rule.
 fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
     match target.kind {
         TargetKind::Archive => {
@@ -242,7 +254,7 @@ fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
                 ))),
             }
         }
-        TargetKind::Image => match ctx.images.resolve(&target.location) {
+        TargetKind::Image | TargetKind::Registry => match ctx.images.resolve(&target.location) {
             Ok(info) if !info.annotations.contains_key(crate::ops::restore::CHECKPOINT_IMAGE_KEY) => {
                 Err(Error::invalid(format!(
                     "image {:?} exists and is not a checkpoint image; choose another name for the checkpoint image",
@@ -294,11 +306,84 @@ pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>,
                 crate::util::escape_controls(&e.to_string())
             );
         }
-        let (stats, plan) = outcome?;
-        done.push(Checkpointed { printed_name: printed.clone(), stats, plan });
+        let about = json!({
+            "container": record.name, "container-id": record.id, "trigger": trigger_of(req),
+            "schedule": req.schedule.as_ref().map(|s| &s.name),
+            "policy": {"source": policies.planner.source, "digest": policies.planner.digest},
+        });
+        let outcome = match outcome {
+            Err(Error::PolicyEngine(policy::PolicyError::Skipped { reason, .. })) => {
+                if !req.dry_run {
+                    ctx.audit("skip", with(&about, json!({"reason": reason})));
+                }
+                let stats = ContainerStats::none(&record.id);
+                Ok(Checkpointed {
+                    printed_name: printed.clone(),
+                    stats,
+                    plan: None,
+                    skipped: Some(reason),
+                    entries: vec![],
+                })
+            }
+            Ok((_, Some(plan))) => {
+                let stats = ContainerStats::none(&record.id);
+                Ok(Checkpointed {
+                    printed_name: printed.clone(),
+                    stats,
+                    plan: Some(plan),
+                    skipped: None,
+                    entries: vec![],
+                })
+            }
+            Ok((done, None)) => {
+                let ids: Vec<&str> = done.entries.iter().map(|e| e.id.as_str()).collect();
+                let targets: Vec<&str> = done.entries.iter().map(|e| e.location.as_str()).collect();
+                ctx.audit("checkpoint", with(&about, json!({"entries": ids, "locations": targets})));
+                Ok(Checkpointed {
+                    printed_name: printed.clone(),
+                    stats: done.stats,
+                    plan: None,
+                    skipped: None,
+                    entries: done.entries,
+                })
+            }
+            Err(e) => {
+                if !req.dry_run {
+                    let event = if e.is_denial() { "denial" } else { "checkpoint-failed" };
+                    ctx.audit(event, with(&about, json!({"error": e.to_string()})));
+                }
+                Err(e)
+            }
+        };
+        done.push(outcome?);
         Ok(())
     });
     (done, result)
+}
+
+fn trigger_of(req: &CheckpointRequest) -> &str {
+    if req.trigger.is_empty() { "cli" } else { req.trigger.as_str() }
+}
+
+/// `base` with the keys of `more` added.
+fn with(base: &Value, more: Value) -> Value {
+    let mut out = base.clone();
+    if let (Value::Object(out), Value::Object(more)) = (&mut out, more) {
+        out.extend(more);
+    }
+    out
+}
+
+/// What one checkpoint produced: its statistics, and where it went.
+struct Made {
+    stats: ContainerStats,
+    entries: Vec<Entry>,
+}
+
+impl ContainerStats {
+    fn none(id: &str) -> ContainerStats {
+        ContainerStats { id: id.to_string(), runtime_checkpoint_duration: 0, criu_statistics: DumpStats::default() }
+    }
 }
 
 fn plan_and_checkpoint(
@@ -307,10 +392,10 @@ fn plan_and_checkpoint(
     compression: Compression,
     record: &ContainerRecord,
     policies: &mut Policies,
-) -> Result<(ContainerStats, Option<Value>)> {
+) -> Result<(Made, Option<Value>)> {
     let (options, exports) = requested(req, compression);
-    let trigger = if req.trigger.is_empty() { "cli" } else { req.trigger.as_str() };
-    let facts = crate::ops::facts::checkpoint(ctx, record, options, exports, trigger);
+    let trigger = trigger_of(req);
+    let facts = crate::ops::facts::checkpoint(ctx, record, options, exports, trigger, req.schedule.clone());
     let plan = policies.plan(&facts)?;
     let planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
@@ -322,14 +407,78 @@ fn plan_and_checkpoint(
             "plan": plan,
             "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
         });
-        let stats = ContainerStats {
-            id: record.id.clone(),
-            runtime_checkpoint_duration: 0,
-            criu_statistics: DumpStats::default(),
-        };
-        return Ok((stats, Some(value)));
+        return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
     }
-    checkpoint_one(ctx, record, &facts, &planned, policies).map(|stats| (stats, None))
+    let stats = checkpoint_one(ctx, record, &facts, &planned, policies)?;
+    let entries = catalog_entries(ctx, record, &facts, &planned, policies);
+    Ok((Made { stats, entries }, None))
+}
+
+/// Records what a checkpoint made in the catalog: each export, or the local checkpoint when it
+/// made none. A local checkpoint replaces the container's last one, so its entry does too.
+fn catalog_entries(
+    ctx: &Context,
+    record: &ContainerRecord,
+    facts: &CheckpointFacts,
+    planned: &Planned,
+    policies: &Policies,
+) -> Vec<Entry> {
+    let paths = ctx.containers.paths(&record.id);
+    let base = Entry {
+        id: String::new(),
+        container_id: record.id.clone(),
+        container_name: record.name.clone(),
+        kind: EntryKind::Local,
+        location: String::new(),
+        size_bytes: 0,
+        digest: None,
+        created: crate::util::now(),
+        trigger: facts.request.trigger.clone(),
+        schedule: facts.request.schedule.as_ref().map(|s| s.name.clone()),
+        policy: EntryPolicy { source: policies.planner.source.clone(), digest: policies.planner.digest.clone() },
+        plan: json!({"options": planned.options, "pre-dump": planned.pre_dump, "exports": planned.exports}),
+        pinned: false,
+    };
+    let mut entries = Vec::new();
+    for target in &planned.exports {
+        let mut entry =
+            Entry { id: crate::store::catalog::new_id(), location: target.location.clone(), ..base.clone() };
+        match target.kind {
+            TargetKind::Archive => {
+                let path = Path::new(&target.location);
+                entry.kind = EntryKind::Archive;
+                entry.size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                entry.digest = crate::util::file_digest(path).ok();
+            }
+            TargetKind::Image | TargetKind::Registry => {
+                entry.kind = EntryKind::Image;
+                if let Ok(info) = ctx.images.resolve(&target.location) {
+                    entry.location = info.reference;
+                    entry.size_bytes = info.size;
+                    entry.digest = Some(info.manifest_digest.to_string());
+                }
+            }
+        }
+        entries.push(entry);
+    }
+    if planned.exports.is_empty() {
+        let dir = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
+        let location = dir.display().to_string();
+        let catalog = ctx.catalog();
+        for earlier in catalog.list().unwrap_or_default() {
+            if earlier.kind == EntryKind::Local && earlier.container_id == record.id && earlier.location == location {
+                let _ = catalog.forget(&earlier.id);
+            }
+        }
+        let size_bytes = crate::util::dir_size(&dir);
+        entries.push(Entry { id: crate::store::catalog::new_id(), location, size_bytes, ..base });
+    }
+    for entry in &entries {
+        if let Err(e) = ctx.catalog().add(entry) {
+            eprintln!("Error: cannot record checkpoint {} in the catalog: {e}", entry.id);
+        }
+    }
+    entries
 }
 
 fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned) -> CheckpointOptions {
@@ -401,6 +550,10 @@ fn checkpoint_one(
                 .push(Some(PendingFile::create_journaled(Path::new(&target.location), &ctx.roots.inflight_dir())?)),
             TargetKind::Image => {
                 crate::image::validate_reference(&target.location)?;
+                pending.push(None);
+            }
+            TargetKind::Registry => {
+                crate::registry::check_reference(&target.location)?;
                 pending.push(None);
             }
         }
@@ -536,17 +689,23 @@ fn export_to(
                 }
             }
         }
-        (TargetKind::Image, _) => {
+        (TargetKind::Image | TargetKind::Registry, _) => {
             match export::create_image(ctx, runtime, record, content, &target.location, &mut ask)? {
-                GateVerdict::Allow => Ok(()),
+                GateVerdict::Allow => {}
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
                     let narrower = narrowed(drop_rootfs, drop_volumes);
                     export::create_image(ctx, runtime, record, &narrower, &target.location, &mut |_, _, _| {
                         Ok(GateVerdict::Allow)
                     })
-                    .map(drop)
+                    .map(drop)?;
                 }
             }
+            if target.kind == TargetKind::Registry {
+                // The gates saw the image; what they let through is what is pushed.
+                crate::interrupt::check()?;
+                crate::ops::images::push(ctx, &target.location, None, &Default::default())?;
+            }
+            Ok(())
         }
         (TargetKind::Archive, None) => unreachable!("every archive target has a pending file"),
     }

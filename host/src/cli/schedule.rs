@@ -1,0 +1,330 @@
+//! `ckpt schedule`, `ckpt daemon`, `ckpt catalog` and `ckpt audit`: scheduled checkpoints, what
+//! they made, and the log of it all.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use clap::{Args, Subcommand};
+
+use super::template::Format;
+use crate::error::Result;
+use crate::ops::{Context, catalog, daemon, schedule};
+use crate::store::schedules::{PolicySpec, Schedule, ScheduleFlags, Selector, When};
+
+/// Manage checkpoint schedules; `ckpt daemon` runs them.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule: when, which containers, and how (the checkpoint flags and policies).
+    Add(Box<AddArgs>),
+    /// List schedules with their next run, last run and last result.
+    #[command(alias = "list")]
+    Ls {
+        /// `json`, or a Go template.
+        #[arg(long, value_parser = super::format_arg)]
+        format: Option<Format>,
+    },
+    /// Remove schedules (the checkpoints they made stay in the catalog).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop running a schedule until it is resumed.
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Run a schedule once now, in the foreground.
+    Run {
+        name: String,
+        /// How many containers to checkpoint at once.
+        #[arg(long, default_value_t = 2)]
+        max_parallel: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("when").required(true).args(["every", "cron"]))]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["container", "label", "all"]))]
+pub struct AddArgs {
+    pub name: String,
+    /// Run every DURATION (30s, 5m, 1h) from now on.
+    #[arg(long)]
+    pub every: Option<String>,
+    /// Run at the times of a five-field cron expression, in UTC (`*/15 * * * *`).
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// A container to checkpoint (repeat for more).
+    #[arg(long)]
+    pub container: Vec<String>,
+    /// Every running container with this label (K or K=V).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Every running container.
+    #[arg(long)]
+    pub all: bool,
+    /// Export each checkpoint: an archive path (`/srv/ckpt/{name}-{time}.tar.zst`) or an image
+    /// name; `{name}`, `{id}` and `{time}` expand.
+    #[arg(short, long, value_name = "TEMPLATE")]
+    pub export: Option<String>,
+    #[arg(short = 'R', long)]
+    pub leave_running: bool,
+    #[arg(long)]
+    pub tcp_established: bool,
+    #[arg(long)]
+    pub file_locks: bool,
+    #[arg(short, long)]
+    pub keep: bool,
+    #[arg(long)]
+    pub ignore_rootfs: bool,
+    #[arg(long)]
+    pub ignore_volumes: bool,
+    #[arg(short, long)]
+    pub compress: Option<String>,
+    /// The planner: a component file or pinned registry reference.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub policy: Option<String>,
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub policy_config: Option<String>,
+    #[arg(long, value_name = "FILE.wasm")]
+    pub gate: Vec<String>,
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub gate_config: Vec<String>,
+    /// Which entries to delete after each run; the built-in one keeps the newest `keep-last`
+    /// (10) within `max-total-bytes`.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub retainer: Option<String>,
+    /// Settings of the retainer, built-in or not: `{"keep-last": 3}`.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub retainer_config: Option<String>,
+    /// Start each run up to this much later, the same delay for the same slot.
+    #[arg(long)]
+    pub jitter: Option<String>,
+}
+
+/// The checkpoints ckpt made, and what is left of them.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// List entries, newest first: all, or one container's.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_parser = super::format_arg)]
+        format: Option<Format>,
+        container: Option<String>,
+    },
+    /// Delete what entries name (archive, image or local checkpoint), and the entries.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Keep an entry whatever retention says.
+    Pin {
+        id: String,
+    },
+    Unpin {
+        id: String,
+    },
+}
+
+/// The hash-chained audit log.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole chain; exit 1 naming the first entry that was edited, removed or moved.
+    Verify,
+    /// Print the entries, oldest first, as JSON lines.
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// How many checkpoints run at once, across all schedules.
+    #[arg(long, default_value_t = 2)]
+    pub max_parallel: usize,
+    /// Serve metrics in Prometheus' text format on ADDR (`127.0.0.1:9464`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+fn spec(source: Option<String>, config: Option<&str>) -> Result<Option<PolicySpec>> {
+    Ok(match source {
+        Some(source) => Some(PolicySpec { source, settings: crate::policy::read_settings(config)? }),
+        None => None,
+    })
+}
+
+pub fn run_schedule(ctx: &Context, command: ScheduleCommand) -> Result<i32> {
+    match command {
+        ScheduleCommand::Add(args) => {
+            let args = *args;
+            let selector = match (args.container.is_empty(), args.label, args.all) {
+                (false, _, _) => Selector::Containers(args.container),
+                (true, Some(label), _) => Selector::Label(label),
+                _ => Selector::All,
+            };
+            let gates = args
+                .gate
+                .into_iter()
+                .enumerate()
+                .map(|(i, source)| spec(Some(source), args.gate_config.get(i).map(String::as_str)))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            let retainer = match (args.retainer, &args.retainer_config) {
+                (None, None) => None,
+                (source, config) => spec(
+                    Some(source.unwrap_or_else(|| crate::policy::DEFAULT_RETAINER_SOURCE.to_string())),
+                    config.as_deref(),
+                )?,
+            };
+            let schedule = Schedule {
+                name: args.name.clone(),
+                when: match (args.every, args.cron) {
+                    (Some(every), _) => When::Every(every),
+                    (None, Some(cron)) => When::Cron(cron),
+                    (None, None) => unreachable!("clap requires --every or --cron"),
+                },
+                selector,
+                export: args.export,
+                flags: ScheduleFlags {
+                    leave_running: args.leave_running,
+                    tcp_established: args.tcp_established,
+                    file_locks: args.file_locks,
+                    keep: args.keep,
+                    ignore_rootfs: args.ignore_rootfs,
+                    ignore_volumes: args.ignore_volumes,
+                    compress: args.compress,
+                },
+                policy: spec(args.policy, args.policy_config.as_deref())?,
+                gates,
+                retainer,
+                jitter: args.jitter,
+                paused: false,
+                created: crate::util::now(),
+            };
+            schedule::add(ctx, schedule)?;
+            println!("{}", args.name);
+        }
+        ScheduleCommand::Ls { format } => {
+            let rows = schedule::list(ctx)?;
+            match format {
+                Some(format) => super::print_rows(&format, &rows, &rows, &[])?,
+                None => {
+                    let mut lines = vec!["NAME\tWHEN\tCONTAINERS\tNEXT RUN\tLAST RUN\tLAST RESULT".to_string()];
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                        t.map_or("-".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    };
+                    for row in &rows {
+                        lines.push(format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            row.schedule.name,
+                            row.schedule.when,
+                            row.schedule.selector,
+                            if row.schedule.paused { "paused".to_string() } else { time(row.next_run) },
+                            time(row.state.last_run),
+                            row.state.last_result.as_deref().unwrap_or("-"),
+                        ));
+                    }
+                    print!("{}", crate::util::escape_controls(&super::template::align_columns(&lines)));
+                }
+            }
+        }
+        ScheduleCommand::Rm { names } => crate::ops::each(&names, |name| {
+            schedule::remove(ctx, name)?;
+            println!("{name}");
+            Ok(())
+        })?,
+        ScheduleCommand::Pause { name } => {
+            schedule::set_paused(ctx, &name, true)?;
+            println!("{name}");
+        }
+        ScheduleCommand::Resume { name } => {
+            schedule::set_paused(ctx, &name, false)?;
+            println!("{name}");
+        }
+        ScheduleCommand::Run { name, max_parallel } => {
+            let outcome = schedule::run_now(ctx, &name, max_parallel)?;
+            println!("{}", serde_json::to_string_pretty(&outcome).expect("json"));
+            return Ok(if matches!(outcome.result.as_str(), "ok" | "skipped") { 0 } else { 1 });
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_daemon(ctx: &Context, args: DaemonArgs) -> Result<i32> {
+    daemon::run(ctx, &daemon::DaemonOptions { max_parallel: args.max_parallel, metrics: args.metrics })?;
+    Ok(0)
+}
+
+pub fn run_catalog(ctx: &Context, command: CatalogCommand) -> Result<i32> {
+    match command {
+        CatalogCommand::Ls { format, container } => {
+            let rows = catalog::list(ctx, container.as_deref())?;
+            match format {
+                Some(format) => super::print_rows(&format, &rows, &rows, &[])?,
+                None => {
+                    let mut lines =
+                        vec!["ID\tCONTAINER\tKIND\tCREATED\tSIZE\tTRIGGER\tPINNED\tSTATUS\tLOCATION".to_string()];
+                    for row in &rows {
+                        let e = &row.entry;
+                        lines.push(format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            e.id,
+                            e.container_name,
+                            e.kind,
+                            e.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            crate::util::human_size(e.size_bytes),
+                            e.schedule.as_ref().map_or(e.trigger.clone(), |s| format!("schedule:{s}")),
+                            if e.pinned { "yes" } else { "no" },
+                            row.presence,
+                            e.location,
+                        ));
+                    }
+                    print!("{}", crate::util::escape_controls(&super::template::align_columns(&lines)));
+                }
+            }
+        }
+        CatalogCommand::Rm { ids } => crate::ops::each(&ids, |id| {
+            println!("{}", catalog::remove(ctx, id)?.id);
+            Ok(())
+        })?,
+        CatalogCommand::Pin { id } => println!("{}", catalog::pin(ctx, &id, true)?.id),
+        CatalogCommand::Unpin { id } => println!("{}", catalog::pin(ctx, &id, false)?.id),
+    }
+    Ok(0)
+}
+
+pub fn run_audit(ctx: &Context, command: AuditCommand) -> Result<i32> {
+    let log = ctx.audit_log();
+    match command {
+        AuditCommand::Verify => match log.verify()? {
+            Ok(verified) => {
+                println!(
+                    "{}: {} entries, {} to {}, the chain is intact{}",
+                    ctx.roots.audit_log().display(),
+                    verified.entries,
+                    verified.first_seq,
+                    verified.last_seq,
+                    if verified.anchored_after_rotation {
+                        " (it starts after generations that were rotated away)"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(0)
+            }
+            Err(broken) => {
+                eprintln!("Error: the audit log was tampered with: {broken}");
+                Ok(1)
+            }
+        },
+        AuditCommand::Ls => {
+            let mut out = std::io::stdout().lock();
+            for entry in log.entries()? {
+                writeln!(out, "{}", crate::util::escape_controls(&entry.to_string())).ok();
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `ckpt daemon`: runs the schedules in the foreground, one structured line (JSON) per event on
+//! standard output, until SIGTERM or Ctrl-C. Schedules are read again at every tick, so `ckpt
+//! schedule add|rm|pause|resume` take effect without a restart; each schedule's place is on disk,
+//! so a restart carries on where the last daemon stopped and reports the runs it missed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::Context;
+use super::schedule::{self, ContainerOutcome, Limits};
+use crate::error::{Error, Result};
+
+/// How often the daemon looks for due schedules.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub max_parallel: usize,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Prints one event as a line of JSON.
+fn log(event: &str, fields: Value) {
+    let mut line = serde_json::Map::new();
+    line.insert("time".into(), Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+    line.insert("event".into(), event.into());
+    if let Value::Object(fields) = fields {
+        line.extend(fields);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", Value::Object(line));
+    let _ = out.flush();
+}
+
+/// Counters for `--metrics`, in Prometheus' text format.
+#[derive(Default)]
+struct Metrics {
+    runs: BTreeMap<(String, String), u64>,
+    checkpoints: BTreeMap<String, u64>,
+    checkpoint_seconds: f64,
+    lag_seconds_max: f64,
+    lag_seconds_last: f64,
+    missed: u64,
+}
+
+impl Metrics {
+    fn render(&self, in_flight: usize) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP ckpt_schedule_runs_total Schedule runs, by schedule and result.\n");
+        out.push_str("# TYPE ckpt_schedule_runs_total counter\n");
+        for ((schedule, result), n) in &self.runs {
+            out.push_str(&format!(
+                "ckpt_schedule_runs_total{{schedule=\"{}\",result=\"{result}\"}} {n}\n",
+                escape(schedule)
+            ));
+        }
+        out.push_str("# HELP ckpt_checkpoints_total Scheduled container checkpoints, by result.\n");
+        out.push_str("# TYPE ckpt_checkpoints_total counter\n");
+        for (result, n) in &self.checkpoints {
+            out.push_str(&format!("ckpt_checkpoints_total{{result=\"{result}\"}} {n}\n"));
+        }
+        out.push_str("# TYPE ckpt_checkpoint_seconds_total counter\n");
+        out.push_str(&format!("ckpt_checkpoint_seconds_total {:.3}\n", self.checkpoint_seconds));
+        out.push_str("# HELP ckpt_schedule_lag_seconds From a slot to the start of a checkpoint.\n");
+        out.push_str("# TYPE ckpt_schedule_lag_seconds gauge\n");
+        out.push_str(&format!("ckpt_schedule_lag_seconds{{stat=\"last\"}} {:.3}\n", self.lag_seconds_last));
+        out.push_str(&format!("ckpt_schedule_lag_seconds{{stat=\"max\"}} {:.3}\n", self.lag_seconds_max));
+        out.push_str("# TYPE ckpt_schedule_missed_runs_total counter\n");
+        out.push_str(&format!("ckpt_schedule_missed_runs_total {}\n", self.missed));
+        out.push_str("# TYPE ckpt_checkpoints_in_flight gauge\n");
+        out.push_str(&format!("ckpt_checkpoints_in_flight {in_flight}\n"));
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Answers every request on `listener` with the metrics; GET only, no keep-alive.
+fn serve_metrics(listener: TcpListener, metrics: &Mutex<Metrics>, limits: &Limits) {
+    listener.set_nonblocking(true).ok();
+    while crate::interrupt::received().is_none() {
+        let Ok((mut stream, _)) = listener.accept() else {
+            std::thread::sleep(TICK);
+            continue;
+        };
+        stream.set_nonblocking(false).ok();
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let body = metrics.lock().expect("metrics").render(limits.in_flight());
+        let _ = write!(
+            stream,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C; a checkpoint in flight then finishes or rolls back (it stops at
+/// its next safe point), the runs in flight record where they stand, and the daemon returns.
+pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
+    let _only = crate::store::StoreLock::try_named(&ctx.roots.locks_dir(), "daemon")?.ok_or_else(|| {
+        Error::invalid(format!("another ckpt daemon is running on the store {}", ctx.roots.root.display()))
+    })?;
+    let listener = match options.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| Error::invalid(format!("--metrics {addr}: cannot listen there: {e}")))?,
+        ),
+        None => None,
+    };
+    let limits = Limits::new(options.max_parallel);
+    let metrics = Mutex::new(Metrics::default());
+    let running: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    log(
+        "daemon-start",
+        json!({"pid": std::process::id(), "max-parallel": limits.max_parallel,
+        "metrics": options.metrics.map(|a| a.to_string()), "root": ctx.roots.root}),
+    );
+    std::thread::scope(|scope| {
+        if let Some(listener) = listener {
+            scope.spawn(|| serve_metrics(listener, &metrics, &limits));
+        }
+        while crate::interrupt::received().is_none() {
+            let schedules = ctx.schedules().list().unwrap_or_else(|e| {
+                log("error", json!({"error": e.to_string()}));
+                Vec::new()
+            });
+            let now = Utc::now();
+            for schedule in schedules {
+                if schedule.paused || running.lock().expect("running").contains(&schedule.name) {
+                    continue;
+                }
+                let state = ctx.schedules().state(&schedule.name);
+                let Some((slot, missed)) = schedule.due(&state, now) else { continue };
+                if now < slot + chrono::Duration::from_std(schedule.jitter_for(slot)).unwrap_or_default() {
+                    continue;
+                }
+                running.lock().expect("running").insert(schedule.name.clone());
+                let (limits, metrics, running) = (&limits, &metrics, &running);
+                scope.spawn(move || {
+                    log("run-start", json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed}));
+                    let on_container = |o: &ContainerOutcome| {
+                        log("checkpoint", json!({"schedule": schedule.name, "outcome": o}));
+                        let mut m = metrics.lock().expect("metrics");
+                        *m.checkpoints.entry(o.result.to_string()).or_default() += 1;
+                        if o.result == "ok" {
+                            m.checkpoint_seconds += o.duration_ms as f64 / 1000.0;
+                            m.lag_seconds_last = o.lag_ms as f64 / 1000.0;
+                            m.lag_seconds_max = m.lag_seconds_max.max(m.lag_seconds_last);
+                        }
+                    };
+                    let result = match schedule::run(ctx, &schedule, slot, missed, limits, &on_container) {
+                        Ok(outcome) => outcome.result,
+                        Err(e) => {
+                            log("error", json!({"schedule": schedule.name, "error": e.to_string()}));
+                            "failed".to_string()
+                        }
+                    };
+                    ctx.audit(
+                        "schedule-run",
+                        json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed, "result": result}),
+                    );
+                    log("run-end", json!({"schedule": schedule.name, "slot": slot, "result": result}));
+                    let mut m = metrics.lock().expect("metrics");
+                    *m.runs.entry((schedule.name.clone(), result)).or_default() += 1;
+                    m.missed += u64::from(missed);
+                    drop(m);
+                    running.lock().expect("running").remove(&schedule.name);
+                });
+            }
+            std::thread::sleep(TICK);
+        }
+        log(
+            "daemon-stopping",
+            json!({"signal": crate::interrupt::received().map(|s| s.to_string()),
+            "runs-in-flight": running.lock().expect("running").len()}),
+        );
+    });
+    log("daemon-stop", json!({}));
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! A `ckpt:policy/planner@0.2.0` component written with the SDK's typed `Planner`: it plans what
+//! the request says, but skips a scheduled run that comes after missed ones (no catching up) or
+//! whose container carries the `skip-label`.
+
+use ckpt_guest_sdk::export_planner;
+use ckpt_guest_sdk::v2::types::{CheckpointFacts, Plan, PlanDecision, PreDumpPlan};
+use ckpt_guest_sdk::v2::{Describe, Level, Planner, log};
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Settings {
+    /// A container with this label is never checkpointed by a schedule.
+    pub skip_label: String,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { skip_label: "checkpoint.skip".to_string() }
+    }
+}
+
+pub struct Skipper;
+
+impl Describe for Skipper {
+    type Settings = Settings;
+    const NAME: &'static str = "skipper";
+    const VERSION: &'static str = "0.2.0";
+}
+
+impl Planner for Skipper {
+    fn plan(settings: &Settings, facts: CheckpointFacts) -> PlanDecision {
+        if let Some(schedule) = &facts.request.schedule {
+            if schedule.missed_runs > 0 {
+                log(Level::Info, &format!("schedule {} missed {} runs", schedule.name, schedule.missed_runs));
+                return PlanDecision::Skip(format!("{} runs were missed; not catching up", schedule.missed_runs));
+            }
+            if facts.container.labels.iter().any(|kv| kv.key == settings.skip_label) {
+                return PlanDecision::Skip(format!("the container has the label {}", settings.skip_label));
+            }
+        }
+        PlanDecision::Plan(Plan {
+            options: facts.request.options,
+            pre_dump: PreDumpPlan::None,
+            exports: facts.request.exports.clone(),
+            reasons: vec!["as requested".to_string()],
+        })
+    }
+}
+
+export_planner!(Skipper);
