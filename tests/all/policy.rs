@@ -12,7 +12,7 @@ fn the_default_path_goes_through_the_builtin_component() {
     let plans: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plans[0]["policy"]["name"], "default");
     assert_eq!(plans[0]["policy"]["source"], "builtin:default");
-    assert_eq!(plans[0]["plan"]["options"]["leave_running"], true);
+    assert_eq!(plans[0]["plan"]["options"]["leave-running"], true);
     assert_eq!(ckpt.status("c"), "running", "a dry run changes nothing");
     let archive = ckpt.path("c.tar.zst");
     ckpt.ok(&["checkpoint", "-e", archive.to_str().unwrap(), "c"]);
@@ -54,9 +54,9 @@ fn migration_plans_tcp_and_exports_to_its_target() {
     assert!(archive.is_file(), "exported where the settings say");
     let records: serde_json::Value = serde_json::from_str(&member(&archive, "ckpt-decisions.json")).unwrap();
     let plan = &records[0]["decision"];
-    assert_eq!(plan["options"]["tcp_established"], true, "established connections were seen: {plan}");
+    assert_eq!(plan["options"]["tcp-established"], true, "established connections were seen: {plan}");
     if !tracking {
-        assert_eq!(plan["pre_dump"], "None");
+        assert_eq!(plan["pre-dump"], "none");
         assert!(records[0]["logs"].to_string().contains("no memory dirty tracking"));
     }
     ckpt.ok(&["restore", "--tcp-established", "db"]);
@@ -110,7 +110,7 @@ fn compliance_gate_denies_and_narrows() {
     // The judged export is the container's history in the facts of its next decision.
     let facts: serde_json::Value = serde_json::from_str(&ckpt.ok(&["policy", "facts", "pii"])).unwrap();
     let history = facts["history"].as_array().unwrap();
-    assert!(history.iter().any(|h| h["exported_to"] == archive.to_str().unwrap()), "{history:?}");
+    assert!(history.iter().any(|h| h["exported-to"] == archive.to_str().unwrap()), "{history:?}");
     // An unlabelled container is denied, as the settings say.
     ckpt.counter("plain", &[]);
     let unlabelled = ckpt.fails(&[
@@ -246,9 +246,9 @@ fn policy_tools_evaluate_and_test_fixtures() {
     ckpt.counter("web", &["--label", "checkpoint.compress=none"]);
     let facts: serde_json::Value = serde_json::from_str(&ckpt.ok(&["policy", "facts", "web"])).unwrap();
     assert_eq!(facts["container"]["name"], "web");
-    assert!(facts["container"]["memory_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(facts["container"]["process_count"], 2);
-    assert!(facts["host"]["criu_version"].as_u64().unwrap() >= 40200);
+    assert!(facts["container"]["memory-bytes"].as_u64().unwrap() > 0, "the WIT's names: {facts}");
+    assert_eq!(facts["container"]["process-count"], 2);
+    assert!(facts["host"]["criu-version"].as_u64().unwrap() >= 40200);
     let facts_file = ckpt.path("facts.json");
     std::fs::write(&facts_file, facts.to_string()).unwrap();
     let eval: serde_json::Value = serde_json::from_str(&ckpt.ok(&[
@@ -285,7 +285,7 @@ fn policy_tools_evaluate_and_test_fixtures() {
     // A key that names nothing is an error that names it, never silently dropped: in a patch,
     std::fs::write(
         &wrong,
-        serde_json::json!({"cases": [{"name": "kebab", "facts": facts, "patch": {"container": {"memory-bytes": 1}},
+        serde_json::json!({"cases": [{"name": "snake", "facts": facts, "patch": {"container": {"memory_bytes": 1}},
             "expect": {"outcome": "plan"}}]})
         .to_string(),
     )
@@ -293,8 +293,8 @@ fn policy_tools_evaluate_and_test_fixtures() {
     let r = ckpt.run(&["policy", "test", &policy("python_labels"), wrong.to_str().unwrap()]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stdout.contains(r#"patch key "container.memory-bytes" names no field"#)
-            && r.stdout.contains(r#"did you mean "memory_bytes"?"#),
+        r.stdout.contains(r#"patch key "container.memory_bytes" names no field"#)
+            && r.stdout.contains(r#"did you mean "memory-bytes"?"#),
         "{}",
         r.stdout
     );

@@ -17,30 +17,11 @@ pub struct CheckpointArgs {
     /// Act on the latest container ckpt knows about.
     #[arg(short, long)]
     pub latest: bool,
-    /// Keep all temporary checkpoint files.
-    #[arg(short, long)]
-    pub keep: bool,
-    /// Leave the container running after writing the checkpoint.
-    #[arg(short = 'R', long)]
-    pub leave_running: bool,
-    /// Checkpoint a container with established TCP connections.
-    #[arg(long)]
-    pub tcp_established: bool,
-    /// Checkpoint a container with file locks.
-    #[arg(long)]
-    pub file_locks: bool,
+    #[command(flatten)]
+    pub dump: DumpFlags,
     /// Export the checkpoint to a tar archive.
     #[arg(short, long)]
     pub export: Option<PathBuf>,
-    /// Compression of the exported archive: zstd (default), gzip or none.
-    #[arg(short, long)]
-    pub compress: Option<String>,
-    /// Leave the root filesystem changes out of the exported archive.
-    #[arg(long)]
-    pub ignore_rootfs: bool,
-    /// Leave the named volumes out of the exported archive.
-    #[arg(long)]
-    pub ignore_volumes: bool,
     /// Dump the container's memory only, leaving it running (needs memory dirty tracking).
     #[arg(short = 'P', long)]
     pub pre_checkpoint: bool,
@@ -53,18 +34,8 @@ pub struct CheckpointArgs {
     /// Print statistics about the checkpoint as JSON.
     #[arg(long)]
     pub print_stats: bool,
-    /// The planner policy: a WebAssembly component (default: the built-in default policy).
-    #[arg(long, value_name = "FILE.wasm")]
-    pub policy: Option<PathBuf>,
-    /// Settings for the planner: JSON, or @FILE.
-    #[arg(long, value_name = "JSON|@FILE")]
-    pub policy_config: Option<String>,
-    /// An export gate policy; give it several times, any deny wins.
-    #[arg(long, value_name = "FILE.wasm")]
-    pub gate: Vec<PathBuf>,
-    /// Settings for the gates, in the order of --gate: JSON, or @FILE.
-    #[arg(long, value_name = "JSON|@FILE")]
-    pub gate_config: Vec<String>,
+    #[command(flatten)]
+    pub policies: PolicyFlags,
     /// Print the planner's decision and checkpoint nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -72,6 +43,68 @@ pub struct CheckpointArgs {
     #[arg(long, default_value = "cli")]
     pub trigger: String,
     pub containers: Vec<String>,
+}
+
+/// The dump and export flags that `checkpoint` and `schedule add` share.
+#[derive(Debug, Args)]
+pub struct DumpFlags {
+    /// Keep all temporary checkpoint files.
+    #[arg(short, long)]
+    pub keep: bool,
+    /// Leave the container running after writing the checkpoint.
+    #[arg(short = 'R', long)]
+    pub leave_running: bool,
+    /// Checkpoint a container with established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Checkpoint a container with file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Compression of the exported archive: zstd (default), gzip or none.
+    #[arg(short, long)]
+    pub compress: Option<String>,
+    /// Leave the root filesystem changes out of the exported archive.
+    #[arg(long)]
+    pub ignore_rootfs: bool,
+    /// Leave the named volumes out of the exported archive.
+    #[arg(long)]
+    pub ignore_volumes: bool,
+}
+
+/// The planner and the gates, with their settings.
+#[derive(Debug, Args)]
+pub struct PolicyFlags {
+    /// The planner policy: a component file or a pinned registry reference (default: the
+    /// built-in default policy).
+    #[arg(long, value_name = "FILE.wasm")]
+    pub policy: Option<String>,
+    /// Settings for the planner: JSON, or @FILE.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub policy_config: Option<String>,
+    /// An export gate policy; give it several times, any deny wins.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub gate: Vec<String>,
+    /// Settings for the gates, in the order of --gate: JSON, or @FILE.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub gate_config: Vec<String>,
+}
+
+impl PolicyFlags {
+    /// Each gate with its settings (`{}` when not given).
+    pub fn gates(&self) -> Result<Vec<(String, String)>> {
+        if self.gate_config.len() > self.gate.len() {
+            return Err(crate::Error::invalid(
+                "more --gate-config than --gate: each setting goes with the --gate in the same position",
+            ));
+        }
+        self.gate
+            .iter()
+            .enumerate()
+            .map(|(i, gate)| {
+                Ok((gate.clone(), crate::policy::read_settings(self.gate_config.get(i).map(String::as_str))?))
+            })
+            .collect()
+    }
 }
 
 /// Restore one or more containers from a checkpoint.
@@ -115,38 +148,25 @@ pub struct RestoreArgs {
 
 pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
     let started = Instant::now();
-    if args.gate_config.len() > args.gate.len() {
-        return Err(crate::Error::invalid(
-            "more --gate-config than --gate: each setting goes with the --gate in the same position",
-        ));
-    }
-    let gates = args
-        .gate
-        .iter()
-        .enumerate()
-        .map(|(i, gate)| {
-            let settings = crate::policy::read_settings(args.gate_config.get(i).map(String::as_str))?;
-            Ok((gate.display().to_string(), settings))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let gates = args.policies.gates()?;
     let req = CheckpointRequest {
         containers: args.containers,
         all: args.all,
         latest: args.latest,
-        keep: args.keep,
-        leave_running: args.leave_running,
-        tcp_established: args.tcp_established,
-        file_locks: args.file_locks,
+        keep: args.dump.keep,
+        leave_running: args.dump.leave_running,
+        tcp_established: args.dump.tcp_established,
+        file_locks: args.dump.file_locks,
         export: args.export,
-        compress: args.compress,
-        ignore_rootfs: args.ignore_rootfs,
-        ignore_volumes: args.ignore_volumes,
+        compress: args.dump.compress,
+        ignore_rootfs: args.dump.ignore_rootfs,
+        ignore_volumes: args.dump.ignore_volumes,
         pre_checkpoint: args.pre_checkpoint,
         with_previous: args.with_previous,
         create_image: args.create_image,
         print_stats: args.print_stats,
-        policy: args.policy.map(|p| p.display().to_string()),
-        policy_config: args.policy_config,
+        policy: args.policies.policy,
+        policy_config: args.policies.policy_config,
         gates,
         dry_run: args.dry_run,
         trigger: args.trigger,

@@ -12,7 +12,10 @@ pub enum PolicyCommand {
     Inspect { file: String },
     /// The facts a policy would receive for a container, as JSON (a ready fixture).
     Facts { container: String },
-    /// One decision: `plan` (default), `round` or `gate`, with its reasons, logs and fuel.
+    /// The JSON Schema of facts and decisions as JSON (`wit/policy.schema.json`).
+    Schema,
+    /// One decision: `plan` (default), `round`, `gate` or `retain`, with its reasons, logs and
+    /// fuel.
     Eval {
         file: String,
         #[arg(long)]
@@ -60,6 +63,10 @@ pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
             let value = policy::inspect(ctx, &file)?;
             println!("{}", serde_json::to_string_pretty(&value).expect("json"));
             Ok(if value.runs_here { 0 } else { 1 })
+        }
+        PolicyCommand::Schema => {
+            println!("{}", serde_json::to_string_pretty(&crate::policy::json::schema()).expect("json"));
+            Ok(0)
         }
         PolicyCommand::Facts { container } => {
             println!("{}", serde_json::to_string_pretty(&policy::facts(ctx, &container)?).expect("json"));

@@ -68,29 +68,10 @@ pub struct AddArgs {
     /// name; `{name}`, `{id}` and `{time}` expand.
     #[arg(short, long, value_name = "TEMPLATE")]
     pub export: Option<String>,
-    #[arg(short = 'R', long)]
-    pub leave_running: bool,
-    #[arg(long)]
-    pub tcp_established: bool,
-    #[arg(long)]
-    pub file_locks: bool,
-    #[arg(short, long)]
-    pub keep: bool,
-    #[arg(long)]
-    pub ignore_rootfs: bool,
-    #[arg(long)]
-    pub ignore_volumes: bool,
-    #[arg(short, long)]
-    pub compress: Option<String>,
-    /// The planner: a component file or pinned registry reference.
-    #[arg(long, value_name = "FILE.wasm")]
-    pub policy: Option<String>,
-    #[arg(long, value_name = "JSON|@FILE")]
-    pub policy_config: Option<String>,
-    #[arg(long, value_name = "FILE.wasm")]
-    pub gate: Vec<String>,
-    #[arg(long, value_name = "JSON|@FILE")]
-    pub gate_config: Vec<String>,
+    #[command(flatten)]
+    pub dump: super::checkpoint::DumpFlags,
+    #[command(flatten)]
+    pub policies: super::checkpoint::PolicyFlags,
     /// Which entries to delete after each run; the built-in one keeps the newest `keep-last`
     /// (10) within `max-total-bytes`.
     #[arg(long, value_name = "FILE.wasm")]
@@ -162,15 +143,8 @@ pub fn run_schedule(ctx: &Context, command: ScheduleCommand) -> Result<i32> {
                 (true, Some(label), _) => Selector::Label(label),
                 _ => Selector::All,
             };
-            let gates = args
-                .gate
-                .into_iter()
-                .enumerate()
-                .map(|(i, source)| spec(Some(source), args.gate_config.get(i).map(String::as_str)))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .flatten()
-                .collect();
+            let gates =
+                args.policies.gates()?.into_iter().map(|(source, settings)| PolicySpec { source, settings }).collect();
             let retainer = match (args.retainer, &args.retainer_config) {
                 (None, None) => None,
                 (source, config) => spec(
@@ -188,15 +162,15 @@ pub fn run_schedule(ctx: &Context, command: ScheduleCommand) -> Result<i32> {
                 selector,
                 export: args.export,
                 flags: ScheduleFlags {
-                    leave_running: args.leave_running,
-                    tcp_established: args.tcp_established,
-                    file_locks: args.file_locks,
-                    keep: args.keep,
-                    ignore_rootfs: args.ignore_rootfs,
-                    ignore_volumes: args.ignore_volumes,
-                    compress: args.compress,
+                    leave_running: args.dump.leave_running,
+                    tcp_established: args.dump.tcp_established,
+                    file_locks: args.dump.file_locks,
+                    keep: args.dump.keep,
+                    ignore_rootfs: args.dump.ignore_rootfs,
+                    ignore_volumes: args.dump.ignore_volumes,
+                    compress: args.dump.compress,
                 },
-                policy: spec(args.policy, args.policy_config.as_deref())?,
+                policy: spec(args.policies.policy, args.policies.policy_config.as_deref())?,
                 gates,
                 retainer,
                 jitter: args.jitter,

@@ -10,7 +10,7 @@ use super::Context;
 use crate::error::{Error, Result};
 use crate::policy::bindings::*;
 use crate::policy::decision::{self, Answer, Kind, Outcome, Question};
-use crate::policy::{self, LoadedPolicy, PolicyEngine, Trace};
+use crate::policy::{self, LoadedPolicy, PolicyEngine, Trace, json};
 use crate::registry::Registry;
 
 fn engine(ctx: &Context) -> Result<PolicyEngine> {
@@ -135,11 +135,11 @@ pub fn inspect(ctx: &Context, file: &str) -> Result<PolicyDescription> {
 }
 
 /// `ckpt policy facts`: the facts a planner would receive for this container, as a fixture.
-pub fn facts(ctx: &Context, name: &str) -> Result<CheckpointFacts> {
+pub fn facts(ctx: &Context, name: &str) -> Result<Value> {
     let record = ctx.containers.lookup(name)?;
     let plain = super::checkpoint::CheckpointRequest::default();
     let (options, exports) = super::checkpoint::requested(&plain, crate::archive::Compression::Zstd);
-    Ok(super::facts::checkpoint(ctx, &record, options, exports, "cli", None))
+    Ok(json::to_json(&super::facts::checkpoint(ctx, &record, options, exports, "cli", None)))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
@@ -156,33 +156,6 @@ pub struct Evaluated {
     pub trace: Trace,
 }
 
-/// Every key of `given` must name a field of the facts: a misspelt key would otherwise be
-/// dropped without a word, and the case would test something else than it says.
-fn no_unknown_keys(given: &Value, known: &Value, kind: Kind) -> Result<()> {
-    fn walk(given: &Value, known: &Value, path: &str, unknown: &mut Vec<String>) {
-        let (Value::Object(given), Value::Object(known)) = (given, known) else { return };
-        for (key, value) in given {
-            let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-            match known.get(key) {
-                Some(field) => walk(value, field, &here, unknown),
-                None => {
-                    let close = key.replace('-', "_");
-                    let hint =
-                        if known.contains_key(&close) { format!(" (did you mean {close:?}?)") } else { String::new() };
-                    let fields: Vec<&str> = known.keys().map(String::as_str).collect();
-                    unknown.push(format!("{here:?}{hint}; the fields there are {}", fields.join(", ")));
-                }
-            }
-        }
-    }
-    let mut unknown = Vec::new();
-    walk(given, known, "", &mut unknown);
-    match unknown.is_empty() {
-        true => Ok(()),
-        false => Err(Error::invalid(format!("the {kind} facts have keys that name no field: {}", unknown.join("; ")))),
-    }
-}
-
 /// Parses `facts` for the question `kind` and asks it through the same path a checkpoint does.
 fn evaluate(
     engine: &PolicyEngine,
@@ -191,25 +164,15 @@ fn evaluate(
     facts: &Value,
     rounds: &[RoundStats],
 ) -> Result<Evaluated> {
-    let facts_given = facts;
-    let bad = |e: serde_json::Error| Error::invalid(format!("facts do not fit the {kind} decision: {e}"));
+    let bad = |e: String| Error::invalid(format!("the {kind} facts do not fit the contract: {e}"));
     let (answer, trace) = match kind {
         Kind::Plan | Kind::Round => {
-            let facts: CheckpointFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
-            no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
+            let facts: CheckpointFacts = json::from_json(facts).map_err(bad)?;
             let question = if kind == Kind::Plan { Question::Plan(&facts) } else { Question::Round(&facts, rounds) };
             decision::decide(engine, policy, question)
         }
-        Kind::Gate => {
-            let facts: ExportFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
-            no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
-            decision::decide(engine, policy, Question::Gate(&facts))
-        }
-        Kind::Retain => {
-            let facts: RetainFacts = serde_json::from_value(facts.clone()).map_err(bad)?;
-            no_unknown_keys(facts_given, &serde_json::to_value(&facts).expect("facts serialise"), kind)?;
-            decision::decide(engine, policy, Question::Retain(&facts))
-        }
+        Kind::Gate => decision::decide(engine, policy, Question::Gate(&json::from_json(facts).map_err(bad)?)),
+        Kind::Retain => decision::decide(engine, policy, Question::Retain(&json::from_json(facts).map_err(bad)?)),
     };
     Ok(Evaluated {
         // A failure is a denial: fail closed, here as in a checkpoint.
@@ -231,7 +194,8 @@ pub fn eval(
     let (engine, policy) = load(ctx, file, config)?;
     let facts: Value = read_json(facts, "facts file")?;
     let rounds: Vec<RoundStats> = match rounds {
-        Some(path) => read_json(path, "rounds file")?,
+        Some(path) => json::list_from_json(&read_json::<Value>(path, "rounds file")?)
+            .map_err(|e| Error::invalid(format!("rounds file {:?}: {e}", path.display().to_string())))?,
         None => Vec::new(),
     };
     let evaluated = evaluate(&engine, &policy, kind, &facts, &rounds)?;
@@ -265,8 +229,9 @@ struct Case {
     /// Merged into the facts (objects merge, anything else replaces), to vary a shared fixture.
     #[serde(default)]
     patch: Option<Value>,
+    /// Pre-dump rounds for a `round` decision, in the contract's JSON.
     #[serde(default)]
-    rounds: Vec<RoundStats>,
+    rounds: Option<Value>,
     #[serde(default)]
     config: Option<Value>,
     expect: Expect,
@@ -297,7 +262,7 @@ fn merge(target: &mut Value, patch: &Value, path: &str) -> Result<()> {
                 let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 let known: Vec<String> = t.keys().cloned().collect();
                 let Some(field) = t.get_mut(k) else {
-                    let close = k.replace('-', "_");
+                    let close = k.replace('_', "-");
                     let hint =
                         if known.contains(&close) { format!(" (did you mean {close:?}?)") } else { String::new() };
                     return Err(Error::invalid(format!(
@@ -345,8 +310,12 @@ pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>
     for case in &cases.cases {
         let config = case.config.as_ref().or(cases.config.as_ref()).map(|c| c.to_string()).unwrap_or_default();
         let verdict = case_facts(case, cases_file).and_then(|facts| {
+            let rounds: Vec<RoundStats> = match &case.rounds {
+                Some(rounds) => json::list_from_json(rounds).map_err(|e| Error::invalid(format!("rounds: {e}")))?,
+                None => Vec::new(),
+            };
             let policy = engine.load(&source, &bytes, &config)?;
-            evaluate(&engine, &policy, case.decision, &facts, &case.rounds)
+            evaluate(&engine, &policy, case.decision, &facts, &rounds)
         });
         let (ok, detail) = match verdict {
             Ok(evaluated) => {
@@ -400,7 +369,8 @@ pub fn bench(ctx: &Context, file: &str, facts: &Path, config: Option<&str>, iter
     let started = std::time::Instant::now();
     let loaded = engine.load(&source, &bytes, &settings)?;
     let load_us = started.elapsed().as_micros() as u64;
-    let facts: CheckpointFacts = read_json(facts, "facts file")?;
+    let facts: CheckpointFacts = json::from_json(&read_json::<Value>(facts, "facts file")?)
+        .map_err(|e| Error::invalid(format!("facts file {:?}: {e}", facts.display().to_string())))?;
     let mut samples = Vec::with_capacity(iterations);
     let mut fuel = 0;
     for _ in 0..iterations.max(1) {

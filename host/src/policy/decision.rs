@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::bindings::{to_v1, v1, *};
 use super::engine::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
-use super::{PolicyError, limits};
+use super::{PolicyError, json, limits};
 
 /// The decisions of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -140,8 +140,14 @@ impl Answer {
         }
     }
 
+    /// The answer in the contract's JSON names.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
+        match self {
+            Answer::Plan(d) => json::to_json(d),
+            Answer::Round(d) => json::to_json(d),
+            Answer::Gate(d) => json::to_json(d),
+            Answer::Retain(d) => json::list_to_json(d),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod decision;
 mod engine;
 pub mod facts;
+pub mod json;
 pub(crate) mod limits;
 pub mod record;
 
@@ -150,7 +151,7 @@ impl Policies {
             other => unreachable!("a plan question has a plan answer, not {other:?}"),
         });
         // The record holds the plan, or the denial as its error.
-        let value = plan.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default());
+        let value = plan.as_ref().map(json::to_json);
         self.records.push(DecisionRecord::new(Kind::Plan, &self.planner, &facts.container, facts, value, trace));
         plan
     }
@@ -181,7 +182,7 @@ impl Policies {
                 Answer::Gate(d) => Ok(d),
                 other => unreachable!("a gate question has a gate answer, not {other:?}"),
             });
-            let value = decision.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
+            let value = decision.as_ref().map(json::to_json);
             let mut record = DecisionRecord::new(Kind::Gate, gate, &facts.container, facts, value, trace);
             record.export =
                 Some(record::ExportRef { target: facts.target.location.clone(), size_bytes: facts.size_bytes });
@@ -234,7 +235,7 @@ impl Retention {
             }
             Ok(deletions)
         });
-        let value = deletions.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default());
+        let value = deletions.as_ref().map(|d| json::list_to_json(d));
         let record = DecisionRecord::for_retention(&self.retainer, facts, value, trace);
         (deletions, record)
     }
@@ -279,7 +280,7 @@ mod tests {
 
     fn facts() -> ExportFacts {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/export-facts.json");
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        json::from_json(&serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()).unwrap()
     }
 
     fn narrow(rootfs: bool, volumes: bool) -> Result<GateDecision, PolicyError> {

@@ -404,7 +404,7 @@ fn plan_and_checkpoint(
             "Id": record.id,
             "Name": record.name,
             "policy": {"name": policies.planner.info.name, "source": policies.planner.source, "digest": policies.planner.digest},
-            "plan": plan,
+            "plan": crate::policy::json::to_json(&plan),
             "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
         });
         return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
@@ -436,7 +436,10 @@ fn catalog_entries(
         trigger: facts.request.trigger.clone(),
         schedule: facts.request.schedule.as_ref().map(|s| s.name.clone()),
         policy: EntryPolicy { source: policies.planner.source.clone(), digest: policies.planner.digest.clone() },
-        plan: json!({"options": planned.options, "pre-dump": planned.pre_dump, "exports": planned.exports}),
+        plan: {
+            use crate::policy::json::{list_to_json, to_json};
+            json!({"options": to_json(&planned.options), "pre-dump": to_json(&planned.pre_dump), "exports": list_to_json(&planned.exports)})
+        },
         pinned: false,
     };
     let mut entries = Vec::new();
@@ -826,7 +829,8 @@ mod tests {
 
     fn facts(memory_tracking: bool) -> CheckpointFacts {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/facts.json");
-        let mut facts: CheckpointFacts = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut facts: CheckpointFacts = crate::policy::json::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
         facts.host.memory_tracking = memory_tracking;
         facts
     }

@@ -61,7 +61,8 @@ fn setup(pages_written: &[u64]) -> Setup {
     ctx.runtime_override = Some(runtime.clone());
     ctx.criu_override = Some(Arc::new(TrackingCriu));
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/facts.json");
-    let mut facts: CheckpointFacts = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let mut facts: CheckpointFacts = crate::policy::json::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
     facts.host.memory_tracking = true;
     std::fs::create_dir_all(ctx.containers.paths(&facts.container.id).bundle()).unwrap();
     Setup { _dir: dir, ctx, runtime, facts }
@@ -106,7 +107,7 @@ fn rounds_chain_until_the_policy_sees_convergence() {
     }
     let rounds: Vec<_> = policies.records.iter().filter(|r| r.kind == crate::policy::Kind::Round).collect();
     assert_eq!(rounds.len(), 3);
-    assert_eq!(rounds[2].decision["action"], "DumpNow");
+    assert_eq!(rounds[2].decision["action"], "dump-now");
     assert!(rounds[2].decision["reason"].as_str().unwrap().contains("converged"));
 }
 
