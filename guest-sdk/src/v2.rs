@@ -68,12 +68,18 @@ pub fn log(level: Level, message: &str) {
     }
 }
 
-/// What every policy says about itself.
+/// What every policy says about itself, and its settings.
 pub trait Describe {
-    /// Its settings document; `{}` or no settings at all give `Settings::default()`.
-    type Settings: DeserializeOwned + JsonSchema + Default;
+    /// Its settings document, parsed with serde (no settings at all read as `{}`); its JSON
+    /// Schema is generated for `describe`.
+    type Settings: DeserializeOwned + JsonSchema;
     const NAME: &'static str;
     const VERSION: &'static str;
+
+    /// Checks beyond the type's own (ranges, say); called when the policy is loaded.
+    fn validate(_settings: &Self::Settings) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Decides how a container is checkpointed, and whether pre-dump rounds go on.
@@ -116,10 +122,98 @@ pub fn describe<P: Describe>(decisions: &[DecisionKind]) -> PolicyInfo {
     }
 }
 
-/// The settings of a call: validated when the policy was loaded, so a failure here is the
-/// host's, and the defaults stand in.
-pub fn settings_of<P: Describe>(settings: &str) -> P::Settings {
-    parse_settings(settings).unwrap_or_default()
+/// Parses and checks settings, as `validate-settings` and every call do.
+pub fn settings_of<P: Describe>(settings: &str) -> Result<P::Settings, String> {
+    let parsed = parse_settings(settings)?;
+    P::validate(&parsed)?;
+    Ok(parsed)
+}
+
+/// The plan that does exactly what the request says.
+pub fn plan_from_request(facts: &CheckpointFacts) -> Plan {
+    Plan {
+        options: facts.request.options,
+        pre_dump: PreDumpPlan::None,
+        exports: facts.request.exports.clone(),
+        reasons: vec!["as requested".to_string()],
+    }
+}
+
+pub fn deny(reason: impl Into<String>) -> PlanDecision {
+    PlanDecision::Deny(vec![reason.into()])
+}
+
+/// The value of a container label.
+pub fn label<'a>(container: &'a ContainerFacts, key: &str) -> Option<&'a str> {
+    container.labels.iter().find(|kv| kv.key == key).map(|kv| kv.value.as_str())
+}
+
+/// Facts for native unit tests: a running container and an empty request from the command line.
+pub fn sample_facts(name: &str) -> CheckpointFacts {
+    let options = CheckpointOptions {
+        leave_running: false,
+        tcp_established: false,
+        file_locks: false,
+        keep: false,
+        ignore_rootfs: false,
+        ignore_volumes: false,
+        print_stats: false,
+        pre_checkpoint: false,
+        with_previous: false,
+    };
+    CheckpointFacts {
+        container: ContainerFacts {
+            id: "0".repeat(64),
+            name: name.to_string(),
+            image: "busybox:latest".to_string(),
+            labels: vec![],
+            annotations: vec![],
+            state: "running".to_string(),
+            memory_bytes: 64 << 20,
+            process_count: 1,
+            tcp_established: 0,
+            file_locks: 0,
+            volumes: vec![],
+            rootfs_change_bytes: 0,
+        },
+        host: HostFacts {
+            criu_version: 40201,
+            runtime_name: "runc".to_string(),
+            runtime_version: "runc version 1.1.5".to_string(),
+            kernel: "6.18.0".to_string(),
+            arch: "amd64".to_string(),
+            memory_tracking: false,
+            free_disk_bytes: 80 << 30,
+        },
+        request: RequestFacts {
+            options,
+            exports: vec![],
+            trigger: "cli".to_string(),
+            schedule: None,
+            now: "2026-11-27T00:00:00Z".to_string(),
+            now_unix_ms: 1_795_737_600_000,
+            seed: 1,
+        },
+        history: vec![],
+        ext: vec![],
+    }
+}
+
+/// Export facts for native unit tests: an archive of `name` going to `location`.
+pub fn sample_export_facts(name: &str, location: &str) -> ExportFacts {
+    ExportFacts {
+        container: sample_facts(name).container,
+        target: ExportTarget {
+            kind: TargetKind::Archive,
+            location: location.to_string(),
+            compression: Compression::Zstd,
+        },
+        size_bytes: 1 << 20,
+        has_rootfs: true,
+        has_volumes: false,
+        digest: format!("blake3:{}", "0".repeat(64)),
+        now: "2026-11-27T12:00:00.000Z".to_string(),
+    }
 }
 
 /// Exports a [`Planner`] as the component's `planner` world.
@@ -132,17 +226,23 @@ macro_rules! export_planner {
                 $crate::v2::describe::<$policy>(&[$crate::v2::types::DecisionKind::Plan, $crate::v2::types::DecisionKind::Round])
             }
             fn validate_settings(settings: String) -> Result<(), String> {
-                $crate::v2::parse_settings::<<$policy as $crate::v2::Describe>::Settings>(&settings).map(drop)
+                $crate::v2::settings_of::<$policy>(&settings).map(drop)
             }
             fn plan(settings: String, facts: $crate::v2::types::CheckpointFacts) -> $crate::v2::types::PlanDecision {
-                <$policy as $crate::v2::Planner>::plan(&$crate::v2::settings_of::<$policy>(&settings), facts)
+                match $crate::v2::settings_of::<$policy>(&settings) {
+                    Ok(settings) => <$policy as $crate::v2::Planner>::plan(&settings, facts),
+                    Err(e) => $crate::v2::types::PlanDecision::Deny(vec![e]),
+                }
             }
             fn after_round(
                 settings: String,
                 facts: $crate::v2::types::CheckpointFacts,
                 rounds: Vec<$crate::v2::types::RoundStats>,
             ) -> $crate::v2::types::RoundDecision {
-                <$policy as $crate::v2::Planner>::after_round(&$crate::v2::settings_of::<$policy>(&settings), facts, rounds)
+                match $crate::v2::settings_of::<$policy>(&settings) {
+                    Ok(settings) => <$policy as $crate::v2::Planner>::after_round(&settings, facts, rounds),
+                    Err(e) => $crate::v2::types::RoundDecision { action: $crate::v2::types::RoundAction::Abort, reason: e },
+                }
             }
         }
         $crate::v2::planner::export_planner_world!(__CkptPlanner with_types_in $crate::v2::planner);
@@ -159,10 +259,13 @@ macro_rules! export_gate {
                 $crate::v2::describe::<$policy>(&[$crate::v2::types::DecisionKind::Gate])
             }
             fn validate_settings(settings: String) -> Result<(), String> {
-                $crate::v2::parse_settings::<<$policy as $crate::v2::Describe>::Settings>(&settings).map(drop)
+                $crate::v2::settings_of::<$policy>(&settings).map(drop)
             }
             fn gate(settings: String, facts: $crate::v2::types::ExportFacts) -> $crate::v2::types::GateDecision {
-                <$policy as $crate::v2::Gate>::gate(&$crate::v2::settings_of::<$policy>(&settings), facts)
+                match $crate::v2::settings_of::<$policy>(&settings) {
+                    Ok(settings) => <$policy as $crate::v2::Gate>::gate(&settings, facts),
+                    Err(e) => $crate::v2::types::GateDecision::Deny(e),
+                }
             }
         }
         $crate::v2::gate::export_gate_world!(__CkptGate with_types_in $crate::v2::gate);
@@ -179,10 +282,14 @@ macro_rules! export_retainer {
                 $crate::v2::describe::<$policy>(&[$crate::v2::types::DecisionKind::Retain])
             }
             fn validate_settings(settings: String) -> Result<(), String> {
-                $crate::v2::parse_settings::<<$policy as $crate::v2::Describe>::Settings>(&settings).map(drop)
+                $crate::v2::settings_of::<$policy>(&settings).map(drop)
             }
             fn retain(settings: String, facts: $crate::v2::types::RetainFacts) -> Vec<$crate::v2::types::Deletion> {
-                <$policy as $crate::v2::Retainer>::retain(&$crate::v2::settings_of::<$policy>(&settings), facts)
+                // Settings that no longer parse delete nothing.
+                match $crate::v2::settings_of::<$policy>(&settings) {
+                    Ok(settings) => <$policy as $crate::v2::Retainer>::retain(&settings, facts),
+                    Err(_) => Vec::new(),
+                }
             }
         }
         $crate::v2::retainer::export_retainer_world!(__CkptRetainer with_types_in $crate::v2::retainer);

@@ -1,4 +1,4 @@
-// An export gate in JavaScript: checkpoints may leave only within the allowed hours (UTC, from
+// An export gate in JavaScript (the `ckpt:policy/gate@0.2.0` world): checkpoints may leave only within the allowed hours (UTC, from
 // the facts' clock, never the machine's) and only below a size; over the size, volumes are
 // dropped first if that is enough to say yes.
 //
@@ -24,7 +24,7 @@ function parse(settings) {
 export function describe() {
   return {
     name: "js-hours",
-    version: "0.1.0",
+    version: "0.2.0",
     decisions: ["gate"],
     settingsSchema: JSON.stringify({
       type: "object",
@@ -36,17 +36,6 @@ export function describe() {
 
 export function validateSettings(settings) {
   parse(settings);
-}
-
-export function plan(settings, facts) {
-  return {
-    tag: "plan",
-    val: { options: facts.request.options, preDump: { tag: "none" }, exports: facts.request.exports, reasons: ["as requested"] },
-  };
-}
-
-export function afterRound(settings, facts, rounds) {
-  return { action: "dump-now", reason: "js-hours plans no rounds" };
 }
 
 export function gate(settings, facts) {

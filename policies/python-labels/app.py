@@ -1,4 +1,5 @@
-"""A planner in Python: containers steer their own checkpoints with labels.
+"""A planner in Python (the `ckpt:policy/planner@0.2.0` world): containers steer their own
+checkpoints with labels.
 
 - `checkpoint.skip=true` denies the checkpoint.
 - `checkpoint.compress=zstd|gzip|none` sets the compression of every export.
@@ -36,7 +37,7 @@ class WitWorld(wit_world.WitWorld):
     def describe(self):
         return types.PolicyInfo(
             name="python-labels",
-            version="0.1.0",
+            version="0.2.0",
             decisions=[types.DecisionKind.PLAN],
             settings_schema='{"type":"object","properties":{"max_memory_bytes":{"type":"integer","minimum":1}},"additionalProperties":false}',
         )
@@ -74,6 +75,3 @@ class WitWorld(wit_world.WitWorld):
 
     def after_round(self, settings, facts, rounds):
         return types.RoundDecision(action=types.RoundAction.DUMP_NOW, reason="python-labels plans no rounds")
-
-    def gate(self, settings, facts):
-        return types.GateDecision_Allow()

@@ -457,3 +457,53 @@ fn text_from_policies_and_labels_reaches_the_terminal_escaped() {
         &hostile_label["checkpoint.compress=".len()..]
     );
 }
+
+/// ckpt keeps loading `ckpt:policy/policy@0.1.0` components unchanged: the five examples as
+/// they were written for 0.1.0 (`tests/policies/v0.1.0`) pass their cases and decide real
+/// checkpoints, while the same examples rewritten for 0.2.0 serve as one world each.
+#[test]
+fn the_five_0_1_0_examples_still_load_and_decide() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    for (component, cases) in [
+        ("v010_python_labels", "python-labels.cases.json"),
+        ("v010_js_hours", "js-hours.cases.json"),
+        ("v010_compliance", "compliance.cases.json"),
+        ("v010_migration", "migration.cases.json"),
+    ] {
+        let out = ckpt.ok(&["policy", "test", &policy(component), &fixture(cases)]);
+        assert!(out.trim_end().ends_with(" 0 failed"), "{component}: {out}");
+    }
+    for (component, world) in [
+        ("v010_default", "ckpt:policy/policy@0.1.0"),
+        ("default", "ckpt:policy/planner@0.2.0"),
+        ("js_hours", "ckpt:policy/gate@0.2.0"),
+    ] {
+        let inspected: serde_json::Value =
+            serde_json::from_str(&ckpt.ok(&["policy", "inspect", &policy(component)])).unwrap();
+        assert_eq!(inspected["world"], world, "{component}");
+    }
+    // A 0.1.0 planner and a 0.1.0 gate decide a real checkpoint together.
+    ckpt.counter("old", &["--label", "data-class=public"]);
+    let archive = ckpt.path("old.tar.zst");
+    let gate_settings = r#"{"classes": {"public": {"targets": ["/"]}}}"#;
+    ckpt.ok(&[
+        "checkpoint",
+        "-R",
+        "--policy",
+        &policy("v010_default"),
+        "--gate",
+        &policy("v010_compliance"),
+        "--gate-config",
+        gate_settings,
+        "-e",
+        archive.to_str().unwrap(),
+        "old",
+    ]);
+    assert!(archive.is_file());
+    // A 0.2.0 gate is not a planner, and the error names the worlds.
+    let err = ckpt.fails(&["checkpoint", "--policy", &policy("js_hours"), "old"]);
+    assert!(
+        err.contains("it is a ckpt:policy/gate@0.2.0 component, but --policy takes a ckpt:policy/planner@0.2.0 or ckpt:policy/policy@0.1.0 component"),
+        "{err}"
+    );
+}

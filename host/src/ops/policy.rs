@@ -83,6 +83,9 @@ pub struct PolicyDescription {
     pub digest: String,
     pub size_bytes: usize,
     pub runs_here: bool,
+    /// The world it exports, such as `ckpt:policy/planner@0.2.0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub world: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,6 +112,7 @@ pub fn inspect(ctx: &Context, file: &str) -> Result<PolicyDescription> {
         digest: format!("blake3:{}", blake3::hash(&bytes).to_hex()),
         size_bytes: bytes.len(),
         runs_here: described.is_ok(),
+        world: None,
         name: None,
         version: None,
         decisions: None,
@@ -123,6 +127,7 @@ pub fn inspect(ctx: &Context, file: &str) -> Result<PolicyDescription> {
                 serde_json::from_str::<Value>(&p.info.settings_schema)
                     .unwrap_or(Value::String(p.info.settings_schema.clone())),
             );
+            description.world = Some(p.world().to_string());
             description.name = Some(p.info.name);
             description.version = Some(p.info.version);
             description.decisions = Some(p.info.decisions);

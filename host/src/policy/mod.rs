@@ -323,7 +323,7 @@ mod tests {
             "{as_gate}"
         );
         let as_retainer = Retention::load(cache.path(), planner()).err().unwrap().to_string();
-        assert!(as_retainer.contains("is a ckpt:policy/policy@0.1.0 component"), "{as_retainer}");
+        assert!(as_retainer.contains("is a ckpt:policy/planner@0.2.0 component"), "{as_retainer}");
 
         let retention =
             Retention::load(cache.path(), Component { settings: r#"{"keep-last": 1}"#.into(), ..retainer() }).unwrap();

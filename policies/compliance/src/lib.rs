@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, Level, export_policy, info, label, log, plan_from_request, settings};
+use ckpt_guest_sdk::export_gate;
+use ckpt_guest_sdk::v2::types::*;
+use ckpt_guest_sdk::v2::{Describe, Gate, Level, label, log};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Settings {
+pub struct Settings {
     #[serde(default = "default_label")]
     label: String,
     classes: BTreeMap<String, Class>,
@@ -19,9 +20,9 @@ struct Settings {
     unlabelled: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Class {
+pub struct Class {
     /// Allowed target prefixes: a path prefix for archives, `image:<prefix>` for images.
     targets: Vec<String>,
     #[serde(default = "yes")]
@@ -40,50 +41,31 @@ fn yes() -> bool {
     true
 }
 
-const SCHEMA: &str = r#"{"type":"object","required":["classes"],"additionalProperties":false,"properties":{
-"label":{"type":"string"},"unlabelled":{"type":"string"},
-"classes":{"type":"object","additionalProperties":{"type":"object","required":["targets"],"additionalProperties":false,
-"properties":{"targets":{"type":"array","items":{"type":"string"}},"volumes":{"type":"boolean"},"rootfs":{"type":"boolean"}}}}}}"#;
-
-fn parse(text: &str) -> Result<Settings, String> {
-    let s: Settings = settings(text)?;
-    if s.unlabelled != "deny" && s.unlabelled != "allow" && !s.classes.contains_key(&s.unlabelled) {
-        return Err(format!("settings: \"unlabelled\" is {:?}: use deny, allow or a class name", s.unlabelled));
-    }
-    Ok(s)
-}
-
 fn target_name(target: &ExportTarget) -> String {
     match target.kind {
         TargetKind::Archive => target.location.clone(),
         TargetKind::Image => format!("image:{}", target.location),
+        TargetKind::Registry => format!("registry:{}", target.location),
     }
 }
 
 pub struct Compliance;
 
-impl Guest for Compliance {
-    fn describe() -> PolicyInfo {
-        info("compliance", env!("CARGO_PKG_VERSION"), &[DecisionKind::Gate], SCHEMA)
-    }
+impl Describe for Compliance {
+    type Settings = Settings;
+    const NAME: &'static str = "compliance";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    fn validate_settings(settings: String) -> Result<(), String> {
-        parse(&settings).map(drop)
+    fn validate(s: &Settings) -> Result<(), String> {
+        if s.unlabelled != "deny" && s.unlabelled != "allow" && !s.classes.contains_key(&s.unlabelled) {
+            return Err(format!("settings: \"unlabelled\" is {:?}: use deny, allow or a class name", s.unlabelled));
+        }
+        Ok(())
     }
+}
 
-    fn plan(_settings: String, facts: CheckpointFacts) -> PlanDecision {
-        PlanDecision::Plan(plan_from_request(&facts))
-    }
-
-    fn after_round(_settings: String, _facts: CheckpointFacts, _rounds: Vec<RoundStats>) -> RoundDecision {
-        RoundDecision { action: RoundAction::DumpNow, reason: "compliance does not plan rounds".into() }
-    }
-
-    fn gate(settings: String, facts: ExportFacts) -> GateDecision {
-        let s = match parse(&settings) {
-            Ok(s) => s,
-            Err(e) => return GateDecision::Deny(e),
-        };
+impl Gate for Compliance {
+    fn gate(s: &Settings, facts: ExportFacts) -> GateDecision {
         let class_name = match label(&facts.container, &s.label) {
             Some(class) => class.to_string(),
             None if s.unlabelled == "allow" => return GateDecision::Allow,
@@ -116,51 +98,43 @@ impl Guest for Compliance {
     }
 }
 
-export_policy!(Compliance);
+export_gate!(Compliance);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::sample_facts;
+    use ckpt_guest_sdk::v2::{sample_export_facts, settings_of};
 
     const SETTINGS: &str = r#"{"classes": {"public": {"targets": ["/var/tmp/"]}, "pii": {"targets": ["/secure/"], "volumes": false}}, "unlabelled": "public"}"#;
 
+    fn settings() -> Settings {
+        settings_of::<Compliance>(SETTINGS).unwrap()
+    }
+
     fn export(class: Option<&str>, location: &str, has_volumes: bool) -> ExportFacts {
-        let mut container = sample_facts("c").container;
+        let mut facts = sample_export_facts("c", location);
         if let Some(class) = class {
-            container.labels.push(KeyValue { key: "data-class".into(), value: class.into() });
+            facts.container.labels.push(KeyValue { key: "data-class".into(), value: class.into() });
         }
-        ExportFacts {
-            container,
-            target: ExportTarget {
-                kind: TargetKind::Archive,
-                location: location.into(),
-                compression: Compression::Zstd,
-            },
-            size_bytes: 1,
-            has_rootfs: true,
-            has_volumes,
-            digest: "blake3:00".into(),
-            now: "2026-11-27T00:00:00Z".into(),
-        }
+        facts.has_volumes = has_volumes;
+        facts
     }
 
     #[test]
     fn gates_by_class() {
-        assert_eq!(Compliance::gate(SETTINGS.into(), export(None, "/var/tmp/a.tar", true)), GateDecision::Allow);
+        assert_eq!(Compliance::gate(&settings(), export(None, "/var/tmp/a.tar", true)), GateDecision::Allow);
         assert!(matches!(
-            Compliance::gate(SETTINGS.into(), export(Some("pii"), "/var/tmp/a.tar", true)),
+            Compliance::gate(&settings(), export(Some("pii"), "/var/tmp/a.tar", true)),
             GateDecision::Deny(_)
         ));
-        let GateDecision::Narrow(n) = Compliance::gate(SETTINGS.into(), export(Some("pii"), "/secure/a.tar", true))
-        else {
+        let GateDecision::Narrow(n) = Compliance::gate(&settings(), export(Some("pii"), "/secure/a.tar", true)) else {
             panic!()
         };
         assert!(n.drop_volumes && !n.drop_rootfs);
         assert!(matches!(
-            Compliance::gate(SETTINGS.into(), export(Some("other"), "/var/tmp/a", false)),
+            Compliance::gate(&settings(), export(Some("other"), "/var/tmp/a", false)),
             GateDecision::Deny(_)
         ));
-        assert!(Compliance::validate_settings(r#"{"classes":{},"unlabelled":"nope"}"#.into()).is_err());
+        assert!(settings_of::<Compliance>(r#"{"classes":{},"unlabelled":"nope"}"#).is_err());
     }
 }

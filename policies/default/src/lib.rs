@@ -1,47 +1,36 @@
-//! ckpt's default policy: exactly what the command-line flags say, as podman behaves. It is
+//! ckpt's default planner: exactly what the command-line flags say, as podman behaves. It is
 //! embedded in the ckpt binary, so the default path goes through WebAssembly too.
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, export_policy, info, plan_from_request};
+use ckpt_guest_sdk::export_planner;
+use ckpt_guest_sdk::v2::types::{CheckpointFacts, PlanDecision};
+use ckpt_guest_sdk::v2::{Describe, Planner, plan_from_request};
+
+/// The default policy takes no settings: `{}` or nothing.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
 
 pub struct DefaultPolicy;
 
-impl Guest for DefaultPolicy {
-    fn describe() -> PolicyInfo {
-        info(
-            "default",
-            env!("CARGO_PKG_VERSION"),
-            &[DecisionKind::Plan, DecisionKind::Round, DecisionKind::Gate],
-            r#"{"type":"object","additionalProperties":false}"#,
-        )
-    }
+impl Describe for DefaultPolicy {
+    type Settings = NoSettings;
+    const NAME: &'static str = "default";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+}
 
-    fn validate_settings(settings: String) -> Result<(), String> {
-        match settings.trim() {
-            "" | "{}" => Ok(()),
-            other => Err(format!("the default policy takes no settings, got {other}")),
-        }
-    }
-
-    fn plan(_settings: String, facts: CheckpointFacts) -> PlanDecision {
+impl Planner for DefaultPolicy {
+    fn plan(_settings: &NoSettings, facts: CheckpointFacts) -> PlanDecision {
         PlanDecision::Plan(plan_from_request(&facts))
-    }
-
-    fn after_round(_settings: String, _facts: CheckpointFacts, _rounds: Vec<RoundStats>) -> RoundDecision {
-        RoundDecision { action: RoundAction::DumpNow, reason: "the default policy plans no pre-dump rounds".into() }
-    }
-
-    fn gate(_settings: String, _facts: ExportFacts) -> GateDecision {
-        GateDecision::Allow
     }
 }
 
-export_policy!(DefaultPolicy);
+export_planner!(DefaultPolicy);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::sample_facts;
+    use ckpt_guest_sdk::v2::types::{Compression, ExportTarget, PreDumpPlan, TargetKind};
+    use ckpt_guest_sdk::v2::{parse_settings, sample_facts};
 
     #[test]
     fn plans_what_the_request_says() {
@@ -52,10 +41,11 @@ mod tests {
             location: "/tmp/x.tar".into(),
             compression: Compression::Gzip,
         });
-        let PlanDecision::Plan(plan) = DefaultPolicy::plan(String::new(), facts.clone()) else { panic!("denied") };
+        let PlanDecision::Plan(plan) = DefaultPolicy::plan(&NoSettings {}, facts.clone()) else { panic!("denied") };
         assert!(plan.options.leave_running);
         assert_eq!(plan.exports, facts.request.exports);
         assert!(matches!(plan.pre_dump, PreDumpPlan::None));
-        assert!(DefaultPolicy::validate_settings("{\"x\":1}".into()).is_err());
+        assert!(parse_settings::<NoSettings>("{\"x\":1}").is_err());
+        assert!(parse_settings::<NoSettings>("").is_ok());
     }
 }

@@ -1,13 +1,14 @@
 //! Migration: pre-dump until the dirty pages converge (where the host tracks dirty memory),
 //! keep established TCP connections, and export to the target named in the settings.
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, Level, export_policy, info, log, plan_from_request, settings};
+use ckpt_guest_sdk::export_planner;
+use ckpt_guest_sdk::v2::types::*;
+use ckpt_guest_sdk::v2::{Describe, Level, Planner, log, plan_from_request};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Settings {
+pub struct Settings {
     /// Archive path; `{name}` and `{id}` are replaced with the container's.
     target: String,
     #[serde(default = "default_compression")]
@@ -37,25 +38,6 @@ fn default_shrink() -> u32 {
     80
 }
 
-const SCHEMA: &str = r#"{"type":"object","required":["target"],"additionalProperties":false,"properties":{
-"target":{"type":"string"},"compression":{"enum":["zstd","gzip","none"]},"max_rounds":{"type":"integer","minimum":1,"maximum":16},
-"stop_below_pages":{"type":"integer","minimum":0},"min_shrink_percent":{"type":"integer","minimum":1,"maximum":100},"require_pre_dump":{"type":"boolean"}}}"#;
-
-fn parse(text: &str) -> Result<Settings, String> {
-    let s: Settings = settings(text)?;
-    if s.target.trim().is_empty() {
-        return Err("settings: \"target\" must name an archive path".into());
-    }
-    if !(1..=16).contains(&s.max_rounds) {
-        return Err(format!("settings: \"max_rounds\" must be 1 to 16, got {}", s.max_rounds));
-    }
-    if !(1..=100).contains(&s.min_shrink_percent) {
-        return Err(format!("settings: \"min_shrink_percent\" must be 1 to 100, got {}", s.min_shrink_percent));
-    }
-    compression(&s.compression)?;
-    Ok(s)
-}
-
 fn compression(name: &str) -> Result<Compression, String> {
     match name {
         "zstd" => Ok(Compression::Zstd),
@@ -67,20 +49,27 @@ fn compression(name: &str) -> Result<Compression, String> {
 
 pub struct Migration;
 
-impl Guest for Migration {
-    fn describe() -> PolicyInfo {
-        info("migration", env!("CARGO_PKG_VERSION"), &[DecisionKind::Plan, DecisionKind::Round], SCHEMA)
-    }
+impl Describe for Migration {
+    type Settings = Settings;
+    const NAME: &'static str = "migration";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    fn validate_settings(settings: String) -> Result<(), String> {
-        parse(&settings).map(drop)
+    fn validate(s: &Settings) -> Result<(), String> {
+        if s.target.trim().is_empty() {
+            return Err("settings: \"target\" must name an archive path".into());
+        }
+        if !(1..=16).contains(&s.max_rounds) {
+            return Err(format!("settings: \"max_rounds\" must be 1 to 16, got {}", s.max_rounds));
+        }
+        if !(1..=100).contains(&s.min_shrink_percent) {
+            return Err(format!("settings: \"min_shrink_percent\" must be 1 to 100, got {}", s.min_shrink_percent));
+        }
+        compression(&s.compression).map(drop)
     }
+}
 
-    fn plan(settings: String, facts: CheckpointFacts) -> PlanDecision {
-        let s = match parse(&settings) {
-            Ok(s) => s,
-            Err(e) => return PlanDecision::Deny(vec![e]),
-        };
+impl Planner for Migration {
+    fn plan(s: &Settings, facts: CheckpointFacts) -> PlanDecision {
         let mut plan = plan_from_request(&facts);
         plan.reasons.clear();
         if facts.container.tcp_established > 0 {
@@ -113,10 +102,7 @@ impl Guest for Migration {
         PlanDecision::Plan(plan)
     }
 
-    fn after_round(settings: String, _facts: CheckpointFacts, rounds: Vec<RoundStats>) -> RoundDecision {
-        let Ok(s) = parse(&settings) else {
-            return RoundDecision { action: RoundAction::Abort, reason: "settings became invalid".into() };
-        };
+    fn after_round(s: &Settings, _facts: CheckpointFacts, rounds: Vec<RoundStats>) -> RoundDecision {
         let Some(last) = rounds.last() else {
             return RoundDecision { action: RoundAction::AnotherRound, reason: "no round yet".into() };
         };
@@ -142,18 +128,18 @@ impl Guest for Migration {
             reason: format!("round {} wrote {} pages", last.round, last.pages_written),
         }
     }
-
-    fn gate(_settings: String, _facts: ExportFacts) -> GateDecision {
-        GateDecision::Allow
-    }
 }
 
-export_policy!(Migration);
+export_planner!(Migration);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::sample_facts;
+    use ckpt_guest_sdk::v2::{sample_facts, settings_of};
+
+    fn settings() -> Settings {
+        settings_of::<Migration>(SETTINGS).unwrap()
+    }
 
     fn round(round: u32, pages_written: u64) -> RoundStats {
         RoundStats { round, pages_scanned: 131072, pages_written, frozen_time_us: 1000, duration_us: 50000 }
@@ -164,7 +150,7 @@ mod tests {
     #[test]
     fn converges_then_dumps() {
         let facts = sample_facts("db");
-        let next = |rounds: Vec<RoundStats>| Migration::after_round(SETTINGS.into(), facts.clone(), rounds).action;
+        let next = |rounds: Vec<RoundStats>| Migration::after_round(&settings(), facts.clone(), rounds).action;
         assert_eq!(next(vec![round(1, 100000)]), RoundAction::AnotherRound);
         assert_eq!(next(vec![round(1, 100000), round(2, 20000)]), RoundAction::AnotherRound);
         assert_eq!(next(vec![round(1, 100000), round(2, 20000), round(3, 50)]), RoundAction::DumpNow);
@@ -176,20 +162,20 @@ mod tests {
         let mut facts = sample_facts("db");
         facts.container.tcp_established = 2;
         facts.host.memory_tracking = true;
-        let PlanDecision::Plan(plan) = Migration::plan(SETTINGS.into(), facts.clone()) else { panic!("denied") };
+        let PlanDecision::Plan(plan) = Migration::plan(&settings(), facts.clone()) else { panic!("denied") };
         assert!(plan.options.tcp_established);
         assert!(matches!(plan.pre_dump, PreDumpPlan::Converge(_)));
         assert_eq!(plan.exports[0].location, "/var/tmp/db.tar.zst");
         facts.host.memory_tracking = false;
-        let PlanDecision::Plan(plan) = Migration::plan(SETTINGS.into(), facts) else { panic!("denied") };
+        let PlanDecision::Plan(plan) = Migration::plan(&settings(), facts) else { panic!("denied") };
         assert!(matches!(plan.pre_dump, PreDumpPlan::None));
         assert!(ckpt_guest_sdk::take_logs().iter().any(|(_, m)| m.contains("no memory dirty tracking")));
     }
 
     #[test]
     fn rejects_bad_settings() {
-        assert!(Migration::validate_settings("{}".into()).unwrap_err().contains("target"));
-        assert!(Migration::validate_settings(r#"{"target":"/x","max_rounds":0}"#.into()).is_err());
-        assert!(Migration::validate_settings(r#"{"target":"/x","bogus":1}"#.into()).is_err());
+        assert!(settings_of::<Migration>("{}").unwrap_err().contains("target"));
+        assert!(settings_of::<Migration>(r#"{"target":"/x","max_rounds":0}"#).is_err());
+        assert!(settings_of::<Migration>(r#"{"target":"/x","bogus":1}"#).is_err());
     }
 }
