@@ -3,7 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -132,6 +132,34 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
 }
 
 /// `blake3:<hex>` of a file's content.
+/// The answer of `probe` about the executable `binary` (its version, say), kept for the life of
+/// the process and asked again only when the file changes (another inode or modification time):
+/// a daemon checkpointing every minute should not run `criu --version` every minute.
+pub fn cached_probe<T: Clone + Send + 'static, E>(
+    binary: &Path,
+    what: &'static str,
+    probe: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    use std::any::Any;
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    type Key = (PathBuf, &'static str, u64, i64, i64);
+    static CACHE: Mutex<Option<HashMap<Key, Box<dyn Any + Send>>>> = Mutex::new(None);
+    let key = std::fs::metadata(binary).ok().map(|m| (binary.to_path_buf(), what, m.ino(), m.mtime(), m.mtime_nsec()));
+    if let Some(key) = &key
+        && let Some(found) = CACHE.lock().expect("probe cache").get_or_insert_default().get(key)
+        && let Some(value) = found.downcast_ref::<T>()
+    {
+        return Ok(value.clone());
+    }
+    let value = probe()?;
+    if let Some(key) = key {
+        CACHE.lock().expect("probe cache").get_or_insert_default().insert(key, Box::new(value.clone()));
+    }
+    Ok(value)
+}
+
 /// The bytes of the regular files below `dir`; what cannot be read counts as nothing.
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };

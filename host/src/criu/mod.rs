@@ -79,14 +79,16 @@ impl CriuBinary {
 
 impl Criu for CriuBinary {
     fn version(&self) -> Result<u32, CriuError> {
-        let output = Command::new(&self.path)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| CriuError::Version(e.to_string()))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        parse_version(&text)
-            .ok_or_else(|| CriuError::Version(format!("unexpected 'criu --version' output {:?}", text.trim())))
+        crate::util::cached_probe(&self.path, "version", || {
+            let output = Command::new(&self.path)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| CriuError::Version(e.to_string()))?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            parse_version(&text)
+                .ok_or_else(|| CriuError::Version(format!("unexpected 'criu --version' output {:?}", text.trim())))
+        })
     }
 
     fn memory_tracking(&self) -> Result<(), CriuError> {

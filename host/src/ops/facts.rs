@@ -28,13 +28,19 @@ fn container_pids(id: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Established TCP sockets in the container's network namespace (state 01 in /proc/net/tcp*).
+/// Established TCP connections in the container's network namespace: its `CurrEstab` counter
+/// (ESTABLISHED and CLOSE-WAIT, both of which need `--tcp-established`). Reading
+/// `/proc/PID/net/tcp` instead walks the host's whole connection table, every time.
 fn tcp_established(pid: u32) -> u32 {
-    ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
-        .map(|text| text.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count() as u32)
-        .sum()
+    let snmp = fs::read_to_string(format!("/proc/{pid}/net/snmp")).unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "CurrEstab")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 fn file_locks(pids: &[u32]) -> u32 {

@@ -139,20 +139,27 @@ impl OciRuntime for CliRuntime {
     }
 
     fn version(&self) -> Result<String, RuntimeError> {
-        let mut cmd = Command::new(&self.path);
-        cmd.arg("--version");
-        let output = self.run_captured(cmd, "--version", "")?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_string())
+        crate::util::cached_probe(&self.path, "version", || {
+            let mut cmd = Command::new(&self.path);
+            cmd.arg("--version");
+            let output = self.run_captured(cmd, "--version", "")?;
+            Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_string())
+        })
     }
 
     fn supports_checkpoint(&self) -> bool {
-        Command::new(&self.path)
-            .args(["checkpoint", "--help"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::util::cached_probe(&self.path, "checkpoint", || {
+            Ok::<bool, ()>(
+                Command::new(&self.path)
+                    .args(["checkpoint", "--help"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success()),
+            )
+        })
+        .unwrap_or(false)
     }
 
     fn run_detached(
