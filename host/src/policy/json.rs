@@ -96,6 +96,15 @@ fn kind(id: TypeId) -> &'static TypeDefKind {
     &contract().resolve.types[id].kind
 }
 
+/// A variant's case and payload: `"case"`, or `{"case": payload}`.
+fn variant_parts(value: &Value) -> Option<(&str, Option<&Value>)> {
+    match value {
+        Value::String(tag) => Some((tag.as_str(), None)),
+        Value::Object(map) if map.len() == 1 => map.iter().next().map(|(tag, payload)| (tag.as_str(), Some(payload))),
+        _ => None,
+    }
+}
+
 fn to_wit(value: &Value, ty: &Type) -> Value {
     let Type::Id(id) = ty else { return value.clone() };
     match (kind(*id), value) {
@@ -113,14 +122,7 @@ fn to_wit(value: &Value, ty: &Type) -> Value {
             e.cases.iter().find(|c| c.name.to_upper_camel_case() == *s).map_or(s.clone(), |c| c.name.clone()),
         ),
         (TypeDefKind::Variant(variant), v) => {
-            let (tag, payload) = match v {
-                Value::String(tag) => (tag.as_str(), None),
-                Value::Object(map) if map.len() == 1 => {
-                    let (tag, payload) = map.iter().next().expect("one");
-                    (tag.as_str(), Some(payload))
-                }
-                other => return other.clone(),
-            };
+            let Some((tag, payload)) = variant_parts(v) else { return v.clone() };
             let Some(case) = variant.cases.iter().find(|c| c.name.to_upper_camel_case() == tag) else {
                 return v.clone();
             };
@@ -181,16 +183,9 @@ fn from_wit(value: &Value, ty: &Type, path: &str, problems: &mut Vec<String>) ->
             }
         },
         (TypeDefKind::Variant(variant), v) => {
-            let (tag, payload) = match v {
-                Value::String(tag) => (tag.as_str(), None),
-                Value::Object(map) if map.len() == 1 => {
-                    let (tag, payload) = map.iter().next().expect("one");
-                    (tag.as_str(), Some(payload))
-                }
-                _ => {
-                    problems.push(format!("{path:?} must be a case name or {{\"case\": value}}"));
-                    return Value::Null;
-                }
+            let Some((tag, payload)) = variant_parts(v) else {
+                problems.push(format!("{path:?} must be a case name or {{\"case\": value}}"));
+                return Value::Null;
             };
             let Some(case) = variant.cases.iter().find(|c| c.name == tag) else {
                 let cases: Vec<&str> = variant.cases.iter().map(|c| c.name.as_str()).collect();
