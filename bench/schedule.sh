@@ -92,7 +92,7 @@ while true; do
 done
 read -r plag50 plag99 < <(cut -d' ' -f1 "$work/podman-runs.txt" | percentiles)
 read -r pwall50 pwall99 < <(cut -d' ' -f2 "$work/podman-runs.txt" | percentiles)
-pn=$(wc -l < "$work/podman-runs.txt")
+podman_count=$(wc -l < "$work/podman-runs.txt")
 pcpu=$(awk '{s += $3} END {if (NR) printf "%d", s / NR; else print 0}' "$work/podman-runs.txt")
 pfailed=$(grep -c '^failed' "$work/podman.err" 2>/dev/null || true)
 
@@ -102,7 +102,7 @@ echo "  lag slot+jitter -> dump start: p50 ${lag50} ms, p99 ${lag99} ms"
 echo "  wall per checkpoint: p50 ${wall50} ms, p99 ${wall99} ms"
 echo "  daemon CPU per checkpoint: $(( own_ms / (ok > 0 ? ok : 1) )) ms own (beyond CRIU and runc), $(( all_ms / (ok > 0 ? ok : 1) )) ms with its children"
 echo "  daemon RSS: ${rss_warm:-n/a} KiB two minutes in, ${rss_last} KiB at the end, ${rss_max} KiB at most"
-echo "podman timer: $pn checkpoints, ${pfailed:-0} failed"
+echo "podman timer: $podman_count checkpoints, ${pfailed:-0} failed"
 echo "  lag slot -> checkpoint start: p50 ${plag50} ms, p99 ${plag99} ms"
 echo "  wall per checkpoint: p50 ${pwall50} ms, p99 ${pwall99} ms"
 echo "  CPU per checkpoint (podman and its children): ${pcpu} ms"
