@@ -9,6 +9,7 @@ use crate::image::ImageError;
 use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
+use crate::ssh::SshError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,6 +59,8 @@ pub enum Error {
     #[error(transparent)]
     Criu(#[from] CriuError),
     #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -81,6 +84,12 @@ pub enum Error {
         "checkpoint of container {name:?} was not exported, and the container was restored and keeps running: {cause}"
     )]
     RolledBack { name: String, cause: Box<Error> },
+    /// A migration lost touch with its destination after sending the checkpoint: the container
+    /// may run there, so it is not brought back here; its checkpoint is kept.
+    #[error(
+        "migration of container {name:?} to {destination} cannot be confirmed ({cause}); it was not restored here, so that it runs on one side at most: check {destination} ('ckpt ps'), and if it does not run there, 'ckpt restore {name}' here"
+    )]
+    HandoffUnconfirmed { name: String, destination: String, cause: Box<Error> },
     /// The export failed, and so did bringing the container back; its images are kept.
     #[error(
         "checkpoint of container {name:?} was not exported ({cause}), and restoring it failed too ({restore}); its checkpoint stays in {} for 'ckpt restore'",

@@ -9,7 +9,10 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     ("the command line", &["cli"]),
     ("the operations", &["ops"]),
-    ("the external systems and formats", &["policy", "archive", "image", "registry", "runtime", "criu", "supervisor"]),
+    (
+        "the external systems and formats",
+        &["policy", "archive", "image", "registry", "ssh", "runtime", "criu", "supervisor"],
+    ),
     (
         "the foundations",
         &["store", "rootfs", "netns", "spec", "util", "error", "safefs", "config", "interrupt", "hostinfo"],
@@ -17,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// The aggregate error names the error type of each module above it; nothing else does.
-const ERROR_MAY_NAME: &[&str] = &["archive", "criu", "image", "policy", "registry", "runtime"];
+const ERROR_MAY_NAME: &[&str] = &["archive", "criu", "image", "policy", "registry", "runtime", "ssh"];
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|(_, modules)| modules.contains(&module))

@@ -26,6 +26,7 @@ pub(crate) mod rootfs;
 pub(crate) mod runtime;
 pub(crate) mod safefs;
 pub(crate) mod spec;
+pub(crate) mod ssh;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 pub mod util;

@@ -9,6 +9,7 @@ mod checkpoint;
 mod containers;
 mod hostile;
 mod interop;
+mod migrate;
 mod podman_habits;
 mod policy;
 mod registry;

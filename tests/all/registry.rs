@@ -1,50 +1,11 @@
 //! Checkpoint images through a real registry (Debian's docker-registry on loopback), pushed and
 //! pulled by ckpt and recognised by podman.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::servers::LocalRegistry;
 use crate::support::{Ckpt, Podman, eventually, last_count};
-
-/// A registry on a free loopback port, storing under the test's directory; stopped on drop.
-struct LocalRegistry {
-    child: Child,
-    host: String,
-}
-
-impl LocalRegistry {
-    fn start(ckpt: &Ckpt) -> LocalRegistry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = ckpt.path("registry.yml");
-        let storage = ckpt.path("registry-data");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("scripts/setup installs docker-registry");
-        let host = format!("localhost:{port}");
-        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        assert!(up, "docker-registry did not listen on {host}");
-        LocalRegistry { child, host }
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn checkpoint_images_go_through_a_registry_and_come_back_running() {

@@ -369,6 +369,19 @@ pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptio
     verify_manifest(staging, &name)
 }
 
+/// The same, from a stream (a pipe, an ssh channel): nothing needs to seek, and each member is
+/// checked as it lands.
+pub fn extract_checkpoint_stream<R: std::io::BufRead + 'static>(
+    stream: R,
+    name: &str,
+    staging: &Path,
+    options: &ExtractOptions,
+) -> Result<bool, ArchiveError> {
+    let reader = super::decompress(stream, name)?;
+    super::extract(reader, staging, name, options)?;
+    verify_manifest(staging, name)
+}
+
 /// Returns whether a manifest was present; any mismatch, extra or missing member is an error.
 pub fn verify_manifest(staging: &Path, name: &str) -> Result<bool, ArchiveError> {
     let corrupt = |member: &str, detail: String| ArchiveError::CorruptMember {

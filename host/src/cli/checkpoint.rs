@@ -164,6 +164,7 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         pre_checkpoint: args.pre_checkpoint,
         with_previous: args.with_previous,
         create_image: args.create_image,
+        registry: None,
         print_stats: args.print_stats,
         policy: args.policies.policy,
         policy_config: args.policies.policy_config,

@@ -4,6 +4,7 @@ mod checkpoint;
 mod container;
 mod image;
 mod man_pages;
+mod migrate;
 mod policy;
 mod schedule;
 mod template;
@@ -119,6 +120,7 @@ pub enum Command {
     Schedule(schedule::ScheduleCommand),
     /// Run the schedules in the foreground, one JSON line per event, until SIGTERM.
     Daemon(schedule::DaemonArgs),
+    Migrate(migrate::MigrateArgs),
     #[command(subcommand)]
     Catalog(schedule::CatalogCommand),
     #[command(subcommand)]
@@ -139,7 +141,9 @@ pub enum Command {
     },
     /// Write a man page for ckpt and each of its commands into DIR (ckpt.1, ckpt-checkpoint.1, ...).
     #[command(name = "generate-man", hide = true)]
-    GenerateMan { dir: PathBuf },
+    GenerateMan {
+        dir: PathBuf,
+    },
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
 }
@@ -322,6 +326,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))
             | Command::Pull { .. }
             | Command::Daemon(_)
+            | Command::Migrate(_)
             | Command::Schedule(schedule::ScheduleCommand::Run { .. })
     ) {
         crate::interrupt::install();
@@ -438,6 +443,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Volume(cmd) => volume::run(ctx, cmd),
         Command::Schedule(cmd) => schedule::run_schedule(ctx, cmd),
         Command::Daemon(args) => schedule::run_daemon(ctx, args),
+        Command::Migrate(args) => migrate::run(ctx, args),
         Command::Catalog(cmd) => schedule::run_catalog(ctx, cmd),
         Command::Audit(cmd) => schedule::run_audit(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),

@@ -9,6 +9,7 @@ pub mod facts;
 pub mod images;
 pub mod info;
 pub mod lifecycle;
+pub mod migrate;
 pub mod policy;
 pub mod restore;
 pub mod schedule;

@@ -56,9 +56,14 @@ pub struct Restored {
     pub stats: ContainerStats,
 }
 
+/// `--import -` reads the archive from standard input, as `ckpt migrate` sends it over ssh.
+pub(crate) const STDIN: &str = "-";
+
 enum Source {
     Local(Box<ContainerRecord>, String),
     Archive(PathBuf),
+    /// An archive on standard input.
+    Stream,
     Image(String),
 }
 
@@ -117,7 +122,14 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
     if let Some(name) = &req.name {
         validate_object_name("container", name)?;
     }
-    if let Some(import) = &req.import {
+    if req.import.as_deref() == Some(Path::new(STDIN)) {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(Error::invalid(
+                "--import - reads a checkpoint archive from standard input, which is a terminal; pipe the archive in",
+            ));
+        }
+        sources.push(Source::Stream);
+    } else if let Some(import) = &req.import {
         if !import.is_file() {
             return Err(Error::invalid(format!(
                 "checkpoint archive {:?} does not exist or is not a file",
@@ -156,6 +168,7 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
             Source::Archive(path) => {
                 ("archive", Staged::from_archive(ctx, path).and_then(|staged| restore_import(ctx, req, staged)))
             }
+            Source::Stream => ("stream", Staged::from_stdin(ctx).and_then(|staged| restore_import(ctx, req, staged))),
             Source::Image(name) => (
                 "image",
                 Staged::from_image(ctx, name)
@@ -166,6 +179,7 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
         let location = match source {
             Source::Local(record, _) => record.name.clone(),
             Source::Archive(path) => path.display().to_string(),
+            Source::Stream => "standard input".to_string(),
             Source::Image(name) => name.clone(),
         };
         let outcome = match &restored {
@@ -285,6 +299,19 @@ impl Staged {
         let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
         let mut staged = Staged::new(dir, path.display().to_string())?;
         staged.verified = layout::extract_checkpoint(path, &staged.dir.path, &ExtractOptions::checkpoint())?;
+        Ok(staged)
+    }
+
+    fn from_stdin(ctx: &Context) -> Result<Staged> {
+        let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
+        let mut staged = Staged::new(dir, "standard input".into())?;
+        let stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+        staged.verified = layout::extract_checkpoint_stream(
+            stdin,
+            "standard input",
+            &staged.dir.path,
+            &ExtractOptions::checkpoint(),
+        )?;
         Ok(staged)
     }
 

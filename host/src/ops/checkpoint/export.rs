@@ -27,11 +27,24 @@ pub fn write_archive(
     pending: &mut PendingFile,
 ) -> Result<Included> {
     let target = pending.target.clone();
-    let io_err = |e: std::io::Error| Error::io("write checkpoint archive", &target)(e);
-    let compressor = Compressor::new(&mut pending.writer, compression).map_err(io_err)?;
+    stream_archive(ctx, record, content, compression, &mut pending.writer, &target)
+}
+
+/// The same archive, into any stream (`target` names it in errors): an ssh channel to a
+/// migration's destination, say.
+pub fn stream_archive<W: Write>(
+    ctx: &Context,
+    record: &ContainerRecord,
+    content: &Content,
+    compression: Compression,
+    out: W,
+    target: &Path,
+) -> Result<Included> {
+    let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
+    let compressor = Compressor::new(out, compression).map_err(io_err)?;
     let mut writer = ArchiveWriter::new(compressor);
     let included = add_members(ctx, record, content, &mut writer)?;
-    writer.finish().and_then(Compressor::finish).and_then(|w| w.flush()).map_err(io_err)?;
+    writer.finish().and_then(Compressor::finish).and_then(|mut w| w.flush()).map_err(io_err)?;
     Ok(included)
 }
 

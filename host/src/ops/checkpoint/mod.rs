@@ -45,6 +45,8 @@ pub struct CheckpointRequest {
     pub pre_checkpoint: bool,
     pub with_previous: bool,
     pub create_image: Option<String>,
+    /// A registry reference to push the checkpoint image to (`ckpt migrate --via`).
+    pub registry: Option<String>,
     pub print_stats: bool,
     /// The planner: a component file, or the built-in default when `None`.
     pub policy: Option<String>,
@@ -172,7 +174,12 @@ pub(crate) fn requested(
         (None, Some(image)) => vec![ExportTarget { kind: TargetKind::Image, location: image.clone(), compression }],
         (None, None) => vec![],
     };
-    (options, exports)
+    let pushed = req.registry.iter().map(|reference| ExportTarget {
+        kind: TargetKind::Registry,
+        location: reference.clone(),
+        compression: wit::Compression::from(Compression::Zstd),
+    });
+    (options, exports.into_iter().chain(pushed).collect())
 }
 
 /// A plan that passed the host's own rules.
@@ -266,7 +273,31 @@ fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
     }
 }
 
+/// What becomes of a stopped container's dump before the checkpoint counts as done. `ckpt
+/// migrate` hands it to the destination here, after every export and the last safe point, and
+/// inside the checkpoint's rollback: a failed handoff brings the container back on this side.
+pub trait Handoff {
+    /// Ok once the container runs elsewhere. [`Error::HandoffUnconfirmed`] when nobody can tell:
+    /// the dump then stays here, checkpointed, for the caller to say so.
+    fn deliver(
+        &self,
+        ctx: &Context,
+        record: &ContainerRecord,
+        options: &wit::CheckpointOptions,
+        content: &Content,
+    ) -> Result<()>;
+}
+
 pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>, Result<()>) {
+    checkpoint_handing_off(ctx, req, None)
+}
+
+/// [`checkpoint`], with the dump of each container handed off before it counts as done.
+pub fn checkpoint_handing_off(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    handoff: Option<&dyn Handoff>,
+) -> (Vec<Checkpointed>, Result<()>) {
     let prepared = validate(ctx, req).and_then(|compression| {
         let selected = select(ctx, req)?;
         // One path cannot hold several archives: each would replace the last.
@@ -297,7 +328,7 @@ pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>,
     };
     let mut done = Vec::new();
     let result = crate::ops::each(&selected, |(record, printed)| {
-        let outcome = plan_and_checkpoint(ctx, req, compression, record, &mut policies);
+        let outcome = plan_and_checkpoint(ctx, req, compression, record, &mut policies, handoff);
         let records = std::mem::take(&mut policies.records);
         if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
             eprintln!(
@@ -392,12 +423,19 @@ fn plan_and_checkpoint(
     compression: Compression,
     record: &ContainerRecord,
     policies: &mut Policies,
+    handoff: Option<&dyn Handoff>,
 ) -> Result<(Made, Option<Value>)> {
     let (options, exports) = requested(req, compression);
     let trigger = trigger_of(req);
     let facts = crate::ops::facts::checkpoint(ctx, record, options, exports, trigger, req.schedule.clone());
     let plan = policies.plan(&facts)?;
     let planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
+    if handoff.is_some() && (planned.options.leave_running || planned.options.pre_checkpoint) {
+        return Err(Error::Policy(format!(
+            "policy {:?} planned --leave-running or --pre-checkpoint for a migration, which would leave the container running on both sides; refused before anything changed",
+            policies.planner.info.name
+        )));
+    }
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
     if req.dry_run {
         let value = json!({
@@ -409,7 +447,7 @@ fn plan_and_checkpoint(
         });
         return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
     }
-    let stats = checkpoint_one(ctx, record, &facts, &planned, policies)?;
+    let stats = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
     let entries = catalog_entries(ctx, record, &facts, &planned, policies);
     Ok((Made { stats, entries }, None))
 }
@@ -503,6 +541,7 @@ fn checkpoint_one(
     facts: &CheckpointFacts,
     planned: &Planned,
     policies: &mut Policies,
+    handoff: Option<&dyn Handoff>,
 ) -> Result<ContainerStats> {
     let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let record = ctx.containers.load(&record.id)?;
@@ -519,7 +558,7 @@ fn checkpoint_one(
         });
     }
     let o = &planned.options;
-    if record.auto_remove && !planned.exports.iter().any(|t| t.kind == TargetKind::Archive) {
+    if record.auto_remove && handoff.is_none() && !planned.exports.iter().any(|t| t.kind == TargetKind::Archive) {
         return Err(Error::invalid(format!(
             "cannot checkpoint container {:?}: it was started with --rm, so only --export can keep its checkpoint",
             record.name
@@ -609,10 +648,14 @@ fn checkpoint_one(
         }
         // The last safe point: past it the checkpoint is published.
         crate::interrupt::check()?;
+        if let Some(handoff) = handoff {
+            handoff.deliver(ctx, &record, o, &content)?;
+        }
         Ok(stats)
     })();
-    let criu_statistics = match exported {
-        Ok(stats) => stats,
+    let (criu_statistics, unconfirmed) = match exported {
+        Ok(stats) => (stats, None),
+        Err(e @ Error::HandoffUnconfirmed { .. }) => (DumpStats::default(), Some(e)),
         Err(e) if container_stopped => return Err(roll_back(ctx, lock, &record, &planned.options, e)),
         Err(e) => return Err(e),
     };
@@ -634,6 +677,9 @@ fn checkpoint_one(
     // The supervisor records the exit in the background; whatever starts the container again
     // waits for it first (see `lifecycle::settle`).
     drop(lock);
+    if let Some(e) = unconfirmed {
+        return Err(e);
+    }
     Ok(ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics })
 }
 

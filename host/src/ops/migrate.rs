@@ -1,0 +1,349 @@
+//! `ckpt migrate NAME ssh://HOST`: move a running container to ckpt on another machine.
+//!
+//! The dump is an ordinary checkpoint (planned by the policy, past the gates), and handing it to
+//! the destination is its last step, inside the checkpoint's rollback. The archive streams down
+//! the ssh channel into `ckpt restore --import -` there, or goes through a registry (`--via`).
+//! Until the destination says the container runs, the source keeps its checkpoint; a failure
+//! brings the container back here. Only then is the source removed (or kept, `--keep-source`).
+
+use std::cell::Cell;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Context;
+use super::checkpoint::export::{self, Content};
+use super::checkpoint::{CheckpointRequest, Handoff};
+use crate::archive::Compression;
+use crate::error::{Error, Result};
+use crate::policy::bindings as wit;
+use crate::ssh::{Destination, RemoteCkpt, Ssh, SshError, SshOptions};
+use crate::store::ContainerRecord;
+
+#[derive(Debug, Clone, Default)]
+pub struct MigrateRequest {
+    pub container: String,
+    /// `ssh://[USER@]HOST[:PORT][/ROOT]`.
+    pub destination: String,
+    /// A registry reference to go through instead of the ssh channel.
+    pub via: Option<String>,
+    pub keep_source: bool,
+    pub compress: Option<String>,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub policy: Option<String>,
+    pub policy_config: Option<String>,
+    pub gates: Vec<(String, String)>,
+    pub ssh: SshOptions,
+}
+
+/// What a migration did, for the user and the audit log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Migrated {
+    pub container: String,
+    pub id: String,
+    pub destination: String,
+    /// `ssh` (streamed) or `registry`.
+    pub transport: &'static str,
+    pub strategy: &'static str,
+    /// From the freeze to the destination's word that the container runs.
+    pub downtime_ms: u64,
+    pub total_ms: u64,
+    /// The archive's bytes down the channel (0 through a registry, which skopeo moves).
+    pub bytes_sent: u64,
+    /// `removed` or `kept` (checkpointed, `--keep-source`).
+    pub source: &'static str,
+}
+
+pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
+    let started = Instant::now();
+    let destination = Destination::parse(&req.destination)?;
+    let compression = Compression::parse(req.compress.as_deref().unwrap_or("zstd"))?;
+    if let Some(via) = &req.via {
+        crate::registry::check_reference(via)?;
+    }
+    if req.via.is_none() && !req.gates.is_empty() {
+        return Err(Error::invalid(
+            "--gate needs --via REF: a gate sees the finished checkpoint image before it leaves, and an ssh stream is never finished before it leaves",
+        ));
+    }
+    let record = ctx.containers.lookup(&req.container)?;
+    let remote = Ssh::new(destination, req.ssh.clone())?;
+    refuse_taken_name(&remote, &record)?;
+    let handoff = ToDestination {
+        remote: &remote,
+        via: req.via.clone(),
+        compression,
+        frozen_at: Cell::new(None),
+        confirmed_at: Cell::new(None),
+        bytes_sent: Cell::new(0),
+    };
+    let checkpoint = CheckpointRequest {
+        containers: vec![record.id.clone()],
+        tcp_established: req.tcp_established,
+        file_locks: req.file_locks,
+        registry: req.via.clone(),
+        policy: req.policy.clone(),
+        policy_config: req.policy_config.clone(),
+        gates: req.gates.clone(),
+        trigger: "migrate".into(),
+        ..CheckpointRequest::default()
+    };
+    let (done, result) = super::checkpoint::checkpoint_handing_off(ctx, &checkpoint, Some(&handoff));
+    result?;
+    let stats = done.first().map(|d| d.stats.runtime_checkpoint_duration).unwrap_or(0);
+    let source = if req.keep_source {
+        "kept"
+    } else {
+        let record = ctx.containers.load(&record.id)?;
+        super::lifecycle::remove(ctx, &record, true, 0)?;
+        // Its named volumes went with it; one that another container still uses stays.
+        for volume in record.named_volumes() {
+            if super::volumes::users(ctx, &volume.source)?.is_empty() {
+                super::volumes::remove(ctx, &volume.source, false)?;
+            }
+        }
+        "removed"
+    };
+    let delivered = match (handoff.frozen_at.get(), handoff.confirmed_at.get()) {
+        (Some(from), Some(to)) => to.duration_since(from),
+        _ => Duration::ZERO,
+    };
+    let migrated = Migrated {
+        container: record.name.clone(),
+        id: record.id.clone(),
+        destination: remote.destination(),
+        transport: if req.via.is_some() { "registry" } else { "ssh" },
+        strategy: "stop-and-copy",
+        downtime_ms: (Duration::from_micros(stats) + delivered).as_millis() as u64,
+        total_ms: started.elapsed().as_millis() as u64,
+        bytes_sent: handoff.bytes_sent.get(),
+        source,
+    };
+    ctx.audit("migrate", serde_json::to_value(&migrated).unwrap_or_default());
+    Ok(migrated)
+}
+
+/// A container of the same name at the destination would make the import fail after the
+/// freeze; find out first, while nothing has changed.
+fn refuse_taken_name(remote: &dyn RemoteCkpt, record: &ContainerRecord) -> Result<()> {
+    let probe = ["inspect", "--format", "{{.Id}}", record.name.as_str()].map(String::from);
+    match remote.run(&probe, None) {
+        Ok(_) => Err(Error::invalid(format!(
+            "{} already has a container named {:?}; remove it there or rename this one first; nothing was changed",
+            remote.destination(),
+            record.name
+        ))),
+        Err(SshError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(()),
+        Err(e) => Err(Error::invalid(format!(
+            "cannot use {} as a migration destination: {e}; nothing was changed",
+            remote.destination()
+        ))),
+    }
+}
+
+/// Sends the dump to the destination and waits for its word.
+struct ToDestination<'a> {
+    remote: &'a dyn RemoteCkpt,
+    via: Option<String>,
+    compression: Compression,
+    frozen_at: Cell<Option<Instant>>,
+    confirmed_at: Cell<Option<Instant>>,
+    bytes_sent: Cell<u64>,
+}
+
+impl ToDestination<'_> {
+    /// Whether the container runs at the destination: `Ok(false)` when it is not there at all.
+    fn runs_there(&self, name: &str) -> std::result::Result<bool, SshError> {
+        let probe = ["inspect", "--format", "{{.State.Status}}", name].map(String::from);
+        match self.remote.run(&probe, None) {
+            Ok(status) => Ok(status.trim() == "running"),
+            Err(SshError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Handoff for ToDestination<'_> {
+    fn deliver(
+        &self,
+        ctx: &Context,
+        record: &ContainerRecord,
+        options: &wit::CheckpointOptions,
+        content: &Content,
+    ) -> Result<()> {
+        // The dump has just stopped the container: its downtime starts with the freeze the
+        // runtime's checkpoint measured, and goes on from here.
+        self.frozen_at.set(Some(Instant::now()));
+        let mut args: Vec<String> = vec!["restore".into()];
+        if options.tcp_established {
+            args.push("--tcp-established".into());
+        }
+        if options.file_locks {
+            args.push("--file-locks".into());
+        }
+        let sent = match &self.via {
+            Some(reference) => {
+                args.push(reference.clone());
+                self.remote.run(&args, None)
+            }
+            None => {
+                args.extend(["--import".into(), "-".into()]);
+                let name = Path::new("the migration stream");
+                let mut stream = |out: &mut dyn Write| {
+                    let mut counted = Counted { inner: out, bytes: 0 };
+                    let result = export::stream_archive(ctx, record, content, self.compression, &mut counted, name);
+                    self.bytes_sent.set(counted.bytes);
+                    result.map(drop).map_err(std::io::Error::other)
+                };
+                self.remote.run(&args, Some(&mut stream))
+            }
+        };
+        // The destination's restore returns once the container runs there: that is its word.
+        let lost = match sent {
+            Ok(_) => {
+                self.confirmed_at.set(Some(Instant::now()));
+                return Ok(());
+            }
+            Err(e) if e.is_unknown_outcome() => e,
+            Err(e) => return Err(e.into()),
+        };
+        // The channel broke: ask again before deciding which side runs it.
+        match self.runs_there(&record.name) {
+            Ok(true) => {
+                self.confirmed_at.set(Some(Instant::now()));
+                Ok(())
+            }
+            Ok(false) => Err(lost.into()),
+            Err(e) => Err(Error::HandoffUnconfirmed {
+                name: record.name.clone(),
+                destination: self.remote.destination(),
+                cause: Box::new(e.into()),
+            }),
+        }
+    }
+}
+
+/// Counts what passes through to the channel.
+struct Counted<'a> {
+    inner: &'a mut dyn Write,
+    bytes: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::store::Roots;
+
+    /// A destination that answers from a script and records what it was asked.
+    #[derive(Default)]
+    struct ScriptedRemote {
+        answers: RefCell<VecDeque<std::result::Result<String, SshError>>>,
+        asked: RefCell<Vec<Vec<String>>>,
+    }
+
+    impl RemoteCkpt for ScriptedRemote {
+        fn destination(&self) -> String {
+            "ssh://far".into()
+        }
+
+        fn run(
+            &self,
+            args: &[String],
+            _input: Option<crate::ssh::Upload<'_>>,
+        ) -> std::result::Result<String, SshError> {
+            self.asked.borrow_mut().push(args.to_vec());
+            self.answers.borrow_mut().pop_front().expect("an answer for every question")
+        }
+    }
+
+    fn lost() -> SshError {
+        SshError::Unreachable { destination: "ssh://far".into(), stderr: "Connection reset".into() }
+    }
+
+    fn failed(stderr: &str) -> SshError {
+        SshError::Failed {
+            destination: "ssh://far".into(),
+            command: "x".into(),
+            status: "1".into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// Delivers through the registry path (no archive to write) against `answers`.
+    fn deliver(answers: Vec<std::result::Result<String, SshError>>) -> (Result<()>, Vec<Vec<String>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(Roots::new(dir.path().join("root"), dir.path().join("run")), "runc".into());
+        let record: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "id": "ab".repeat(32), "name": "web", "image_name": "busybox", "image_ref": "busybox:latest",
+            "image_id": "c".repeat(64), "command": ["sh"], "env": [], "labels": {}, "mounts": [],
+            "auto_remove": false, "created_at": "2026-01-01T00:00:00Z", "runtime": "runc",
+            "state": crate::store::StateFlags::default()
+        }))
+        .unwrap();
+        let remote = ScriptedRemote { answers: RefCell::new(answers.into()), ..Default::default() };
+        let handoff = ToDestination {
+            remote: &remote,
+            via: Some("localhost:5000/ckpt/web:1".into()),
+            compression: Compression::Zstd,
+            frozen_at: Cell::new(None),
+            confirmed_at: Cell::new(None),
+            bytes_sent: Cell::new(0),
+        };
+        let mut options = crate::policy::bindings::CheckpointOptions::none();
+        options.tcp_established = true;
+        let result = handoff.deliver(&ctx, &record, &options, &Content::default());
+        (result, remote.asked.into_inner())
+    }
+
+    #[test]
+    fn a_restore_that_returns_is_the_destinations_word() {
+        let (result, asked) = deliver(vec![Ok("web\n".into())]);
+        result.unwrap();
+        assert_eq!(asked, vec![vec!["restore", "--tcp-established", "localhost:5000/ckpt/web:1"]]);
+    }
+
+    #[test]
+    fn a_refusal_there_brings_the_container_back_here() {
+        let (result, asked) = deliver(vec![Err(failed("Error: no space left"))]);
+        let err = result.unwrap_err();
+        assert!(!matches!(err, Error::HandoffUnconfirmed { .. }), "a clear no rolls back: {err}");
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert_eq!(asked.len(), 1, "no need to ask again");
+    }
+
+    #[test]
+    fn a_broken_channel_asks_again_before_choosing_a_side() {
+        // It runs there after all: done.
+        let (result, asked) = deliver(vec![Err(lost()), Ok("running\n".into())]);
+        result.unwrap();
+        assert_eq!(asked[1], vec!["inspect", "--format", "{{.State.Status}}", "web"]);
+        // It is not there: roll back here.
+        let (result, _) = deliver(vec![Err(lost()), Err(failed("Error: no such container \"web\""))]);
+        assert!(matches!(result.unwrap_err(), Error::Ssh(SshError::Unreachable { .. })));
+        // Nobody can tell: keep the checkpoint here and say what to do.
+        let (result, _) = deliver(vec![Err(lost()), Err(lost())]);
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::HandoffUnconfirmed { .. }));
+        let text = err.to_string();
+        assert!(text.contains("cannot be confirmed") && text.contains("'ckpt restore web' here"), "{text}");
+    }
+}

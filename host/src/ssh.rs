@@ -1,0 +1,264 @@
+//! The far side of a migration: ckpt on another machine, run through the system's ssh client as
+//! podman's remote mode runs podman. The destination is `ssh://[USER@]HOST[:PORT][/ROOT]`; the
+//! checkpoint archive goes down the channel's standard input, so nothing is written to disk
+//! in between.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// ssh's own exit code for a failed connection (a remote command's code is passed through).
+const SSH_CONNECTION_FAILED: i32 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error(
+        "{0:?} is not a migration destination: give ssh://[USER@]HOST[:PORT][/ROOT], for example ssh://root@10.0.0.2/var/lib/ckpt"
+    )]
+    BadDestination(String),
+    #[error("ssh is not installed ({0}); run scripts/setup")]
+    NoSsh(String),
+    #[error("cannot reach {destination}: {stderr}")]
+    Unreachable { destination: String, stderr: String },
+    #[error("'ckpt {command}' on {destination} failed ({status}): {stderr}")]
+    Failed { destination: String, command: String, status: String, stderr: String },
+    #[error("{action} through ssh to {destination}: {source}")]
+    Io { action: &'static str, destination: String, source: std::io::Error },
+}
+
+impl SshError {
+    /// Whether the far side may have done what it was asked: the channel broke, so nobody knows.
+    pub fn is_unknown_outcome(&self) -> bool {
+        matches!(self, SshError::Unreachable { .. } | SshError::Io { .. })
+    }
+}
+
+/// `ssh://[USER@]HOST[:PORT][/ROOT]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    /// The destination's `--root`; its default store when absent.
+    pub root: Option<PathBuf>,
+}
+
+impl Destination {
+    pub fn parse(url: &str) -> Result<Destination, SshError> {
+        let bad = || SshError::BadDestination(url.to_string());
+        let rest = url.strip_prefix("ssh://").ok_or_else(bad)?;
+        let (authority, root) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(PathBuf::from(&rest[i..]))),
+            None => (rest, None),
+        };
+        let (user, host_port) = match authority.rsplit_once('@') {
+            Some((user, host)) => (Some(user.to_string()), host),
+            None => (None, authority),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
+                (host, Some(port.parse::<u16>().map_err(|_| bad())?))
+            }
+            _ => (host_port, None),
+        };
+        let word = |s: &str| {
+            !s.is_empty() && !s.starts_with('-') && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-[]:".contains(c))
+        };
+        if !word(host) || user.as_deref().is_some_and(|u| !word(u)) || root.as_ref().is_some_and(|r| r == "/") {
+            return Err(bad());
+        }
+        Ok(Destination { user, host: host.to_string(), port, root })
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ssh://")?;
+        if let Some(user) = &self.user {
+            write!(f, "{user}@")?;
+        }
+        write!(f, "{}", self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        if let Some(root) = &self.root {
+            write!(f, "{}", root.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// How to reach the destination, beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct SshOptions {
+    /// `-i FILE`, as podman's `--identity`.
+    pub identity: Option<PathBuf>,
+    /// `-o OPTION` for each, as ssh takes them (`StrictHostKeyChecking=accept-new`, ...).
+    pub options: Vec<String>,
+    /// The command that runs ckpt there, as shell words (`ckpt` unless given).
+    pub remote_ckpt: Option<String>,
+    /// `-R PORT:HOST:PORT`: lets the destination reach a port of this machine through the channel.
+    pub reverse_forward: Option<String>,
+}
+
+/// Writes what the far side reads on its standard input.
+pub type Upload<'a> = &'a mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>;
+
+/// ckpt on the far side of a migration.
+pub trait RemoteCkpt {
+    fn destination(&self) -> String;
+    /// Runs `ckpt ARGS` there; with `input`, what it writes is the command's standard input.
+    /// Returns the command's standard output.
+    fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError>;
+}
+
+pub struct Ssh {
+    path: PathBuf,
+    destination: Destination,
+    options: SshOptions,
+}
+
+impl Ssh {
+    pub fn new(destination: Destination, options: SshOptions) -> Result<Ssh, SshError> {
+        let path = crate::util::find_in_path("ssh").ok_or_else(|| SshError::NoSsh("not on $PATH".into()))?;
+        Ok(Ssh { path, destination, options })
+    }
+
+    fn command(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(&self.path);
+        // No prompt can be answered: a password or an unknown host key fails at once.
+        cmd.args(["-T", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]);
+        if let Some(port) = self.destination.port {
+            cmd.arg("-p").arg(port.to_string());
+        }
+        if let Some(identity) = &self.options.identity {
+            cmd.arg("-i").arg(identity);
+        }
+        for option in &self.options.options {
+            cmd.arg("-o").arg(option);
+        }
+        if let Some(forward) = &self.options.reverse_forward {
+            cmd.arg("-R").arg(forward);
+        }
+        let login = match &self.destination.user {
+            Some(user) => format!("{user}@{}", self.destination.host),
+            None => self.destination.host.clone(),
+        };
+        cmd.arg("--").arg(login).arg(self.remote_command(args));
+        cmd
+    }
+
+    /// The shell line the destination runs: the remote ckpt, its root, then each argument quoted.
+    fn remote_command(&self, args: &[String]) -> String {
+        let mut line = self.options.remote_ckpt.clone().unwrap_or_else(|| "ckpt".into());
+        if let Some(root) = &self.destination.root {
+            line.push_str(" --root ");
+            line.push_str(&shell_quote(&root.to_string_lossy()));
+        }
+        for arg in args {
+            line.push(' ');
+            line.push_str(&shell_quote(arg));
+        }
+        line
+    }
+}
+
+impl RemoteCkpt for Ssh {
+    fn destination(&self) -> String {
+        self.destination.to_string()
+    }
+
+    fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError> {
+        let destination = self.destination.to_string();
+        let io = |action| {
+            let destination = destination.clone();
+            move |source| SshError::Io { action, destination, source }
+        };
+        let mut cmd = self.command(args);
+        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        tracing::debug!(?cmd, "ssh");
+        let mut child = cmd.spawn().map_err(io("start ssh"))?;
+        // Both pipes drain on their own threads, so a chatty far side never stalls the upload.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut text);
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let sent = match (input, child.stdin.take()) {
+            (Some(write), Some(stdin)) => {
+                let mut stdin = std::io::BufWriter::with_capacity(1 << 20, stdin);
+                write(&mut stdin).and_then(|()| stdin.flush())
+            }
+            _ => Ok(()),
+        };
+        let status = child.wait().map_err(io("wait for ssh"))?;
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default().trim().to_string();
+        match status.code() {
+            Some(0) => {
+                sent.map_err(io("send the checkpoint"))?;
+                Ok(stdout)
+            }
+            Some(SSH_CONNECTION_FAILED) | None => Err(SshError::Unreachable { destination, stderr }),
+            Some(code) => Err(SshError::Failed {
+                destination,
+                command: args.join(" "),
+                status: format!("exit status {code}"),
+                stderr: if stderr.is_empty() { sent.err().map(|e| e.to_string()).unwrap_or_default() } else { stderr },
+            }),
+        }
+    }
+}
+
+/// One POSIX shell word: single-quoted unless it is plainly safe.
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_read_as_podman_connections_do() {
+        let d = Destination::parse("ssh://root@10.0.0.2:2222/var/lib/ckpt2").unwrap();
+        assert_eq!(d.user.as_deref(), Some("root"));
+        assert_eq!(d.host, "10.0.0.2");
+        assert_eq!(d.port, Some(2222));
+        assert_eq!(d.root, Some(PathBuf::from("/var/lib/ckpt2")));
+        assert_eq!(d.to_string(), "ssh://root@10.0.0.2:2222/var/lib/ckpt2");
+        let plain = Destination::parse("ssh://box").unwrap();
+        assert_eq!((plain.user, plain.port, plain.root), (None, None, None));
+        for bad in ["box", "ssh://", "ssh://-oProxyCommand=x", "ssh://a b", "ssh://h:port", "ssh://u;rm@h", "ssh://h/"]
+        {
+            let err = Destination::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("ssh://[USER@]HOST[:PORT][/ROOT]"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_remote_line_quotes_every_argument() {
+        let ssh = Ssh {
+            path: "ssh".into(),
+            destination: Destination::parse("ssh://h/srv/my root").unwrap_or(Destination {
+                user: None,
+                host: "h".into(),
+                port: None,
+                root: Some("/srv/my root".into()),
+            }),
+            options: SshOptions { remote_ckpt: Some("/opt/ckpt --runroot /run/x".into()), ..Default::default() },
+        };
+        let line = ssh.remote_command(&["restore".into(), "--import".into(), "-".into(), "it's".into()]);
+        assert_eq!(line, r"/opt/ckpt --runroot /run/x --root '/srv/my root' restore --import - 'it'\''s'");
+    }
+}

@@ -1,0 +1,139 @@
+//! `ckpt migrate` between two ckpt stores on this machine, through a real sshd on loopback (and
+//! a real registry for `--via`): the container carries on at the destination, established TCP
+//! connections survive, and a failure leaves it running on exactly one side.
+
+use std::time::Duration;
+
+use crate::support::servers::{LocalRegistry, Sshd};
+use crate::support::{Ckpt, eventually, last_count};
+
+fn migrate(from: &Ckpt, sshd: &Sshd, to: &Ckpt, extra: &[&str], name: &str) -> crate::support::Run {
+    let mut args: Vec<String> = vec!["migrate".into(), "--json".into()];
+    args.extend(sshd.flags(to));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(name.into());
+    args.push(sshd.url(to));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    from.run(&args)
+}
+
+#[test]
+fn a_counting_container_moves_over_ssh_carries_on_and_comes_back() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    let id = source.counter("web", &["-v", "webdata:/data"]);
+    source.exec("web", "echo kept > /data/note");
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 5));
+
+    let moved = migrate(&source, &sshd, &dest, &[], "web");
+    assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
+    let outcome: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    let at_move = last_count(&dest.logs("web"));
+    assert_eq!(outcome["transport"], "ssh");
+    assert_eq!(outcome["strategy"], "stop-and-copy");
+    assert_eq!(outcome["source"], "removed");
+    assert!(outcome["bytes-sent"].as_u64().unwrap() > 0, "{outcome}");
+    assert!(outcome["downtime-ms"].as_u64().unwrap() > 0, "{outcome}");
+    assert!(source.container_ids().is_empty(), "the source is removed once the destination runs it");
+    assert_eq!(dest.inspect("web")["Id"], id, "the container keeps its ID");
+    assert!(at_move >= 5, "the destination's log carries the count from before");
+    assert!(eventually(Duration::from_secs(5), || last_count(&dest.logs("web")) > at_move + 3), "no carrying on");
+    assert_eq!(dest.exec("web", "cat /data/note").trim(), "kept", "the named volume came along");
+    let audit = source.ok(&["audit", "ls"]);
+    assert!(audit.contains("\"migrate\"") && audit.contains("checkpoint"), "{audit}");
+
+    // Back again, keeping the source: it waits there, checkpointed, and runs here.
+    let back = migrate(&dest, &sshd, &source, &["--keep-source"], "web");
+    assert_eq!(back.code, 0, "migrate back failed: {}{}", back.stderr, back.stdout);
+    assert_eq!(source.status("web"), "running");
+    assert_eq!(dest.status("web"), "exited");
+    assert_eq!(dest.inspect("web")["State"]["Checkpointed"], true);
+    let here = last_count(&source.logs("web"));
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) > here + 3));
+    // The destination's name is taken now: refused before anything changes.
+    let refused = migrate(&source, &sshd, &dest, &[], "web");
+    assert_eq!(refused.code, 125);
+    assert!(refused.stderr.contains("already has a container named \"web\""), "{}", refused.stderr);
+    assert_eq!(source.status("web"), "running");
+    source.ok(&["rm", "-f", "web"]);
+    dest.ok(&["rm", "-f", "web"]);
+}
+
+#[test]
+fn an_established_tcp_connection_survives_migration() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    let script = "nc -l -p 9000 -e cat & sleep 0.5; (while :; do echo ping; sleep 0.2; done) | nc 127.0.0.1 9000";
+    source.ok(&["run", "-d", "--name", "tcp", "busybox", "sh", "-c", script]);
+    assert!(eventually(Duration::from_secs(5), || source.logs("tcp").contains("ping")));
+    let moved = migrate(&source, &sshd, &dest, &["--tcp-established"], "tcp");
+    assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
+    let before = dest.logs("tcp").matches("ping").count();
+    let echoing = eventually(Duration::from_secs(5), || dest.logs("tcp").matches("ping").count() > before + 3);
+    assert!(echoing, "the connection did not carry on at the destination");
+    dest.ok(&["rm", "-f", "tcp"]);
+}
+
+#[test]
+fn a_failure_leaves_the_container_running_on_exactly_one_side() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    source.counter("web", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
+
+    // Nobody listens: refused before the freeze.
+    let mut args: Vec<String> = vec!["migrate".into()];
+    args.extend(sshd.flags(&dest));
+    args.extend(["web".into(), format!("ssh://root@127.0.0.1:1{}", dest.root.display())]);
+    let unreachable = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(unreachable.code, 125, "{}", unreachable.stderr);
+    assert!(unreachable.stderr.contains("nothing was changed"), "{}", unreachable.stderr);
+    assert!(source.fails(&["migrate", "web", "box"]).contains("ssh://[USER@]HOST[:PORT][/ROOT]"));
+    assert_eq!(source.status("web"), "running");
+
+    // The destination refuses the checkpoint after the freeze: the container comes back here.
+    let failing = format!(
+        "sh -c 'case \" $* \" in *\" restore \"*) echo \"disk full at the destination\" >&2; exit 3;; esac; exec \"$0\" \"$@\"' {}",
+        sshd.flags(&dest).last().unwrap()
+    );
+    let mut flags = sshd.flags(&dest);
+    *flags.last_mut().unwrap() = failing;
+    let mut args: Vec<String> = vec!["migrate".into()];
+    args.extend(flags);
+    args.extend(["web".into(), sshd.url(&dest)]);
+    let before = last_count(&source.logs("web"));
+    let failed = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(failed.code, 125, "{}{}", failed.stderr, failed.stdout);
+    assert!(failed.stderr.contains("disk full at the destination"), "{}", failed.stderr);
+    assert!(failed.stderr.contains("restored and keeps running"), "{}", failed.stderr);
+    assert_eq!(source.status("web"), "running");
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) > before + 3));
+    assert!(dest.container_ids().is_empty(), "nothing is left at the destination");
+    source.ok(&["rm", "-f", "web"]);
+}
+
+#[test]
+fn a_migration_can_go_through_a_registry() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    let registry = LocalRegistry::start(&source);
+    for side in [&source, &dest] {
+        let config = format!("[registries]\ninsecure = [{:?}]\n", registry.host);
+        std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
+    }
+    source.counter("web", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
+    let reference = format!("{}/ckpt/web:moving", registry.host);
+    let moved = migrate(&source, &sshd, &dest, &["--via", &reference], "web");
+    assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
+    let outcome: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert_eq!(outcome["transport"], "registry");
+    let at_move = last_count(&dest.logs("web"));
+    assert!(eventually(Duration::from_secs(5), || last_count(&dest.logs("web")) > at_move + 3));
+    assert!(source.container_ids().is_empty());
+    dest.ok(&["rm", "-f", "web"]);
+}
