@@ -33,6 +33,22 @@ pub mod planner {
     });
 }
 
+/// `ckpt:policy/migration-planner@0.2.0`, and with it the `migration` interface.
+pub mod migration_planner {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "migration-planner",
+        pub_export_macro: true,
+        export_macro_name: "export_migration_planner_world",
+        default_bindings_module: "ckpt_guest_sdk::v2::migration_planner",
+        with: {
+            "ckpt:policy/types@0.2.0": crate::v2::retainer::ckpt::policy::types,
+            "ckpt:policy/log@0.2.0": crate::v2::retainer::ckpt::policy::log,
+        },
+        additional_derives: [PartialEq],
+    });
+}
+
 /// `ckpt:policy/gate@0.2.0`.
 pub mod gate {
     wit_bindgen::generate!({
@@ -48,6 +64,7 @@ pub mod gate {
     });
 }
 
+pub use migration_planner::ckpt::policy::migration;
 pub use retainer::ckpt::policy::log::Level;
 pub use retainer::ckpt::policy::types;
 use types::*;
@@ -90,6 +107,41 @@ pub trait Planner: Describe {
     /// overridden.
     fn after_round(_settings: &Self::Settings, _facts: CheckpointFacts, _rounds: Vec<RoundStats>) -> RoundDecision {
         RoundDecision { action: RoundAction::DumpNow, reason: "no more rounds planned".to_string() }
+    }
+}
+
+/// A planner that also chooses how each container migrates (`ckpt migrate`).
+pub trait Migrator: Planner {
+    /// One of `migration.possible`; unless overridden, what the user asked for, else
+    /// stop-and-copy (see [`requested_strategy`]).
+    fn strategy(
+        _settings: &Self::Settings,
+        _facts: CheckpointFacts,
+        migration: migration::MigrationFacts,
+    ) -> migration::StrategyDecision {
+        requested_strategy(&migration)
+    }
+}
+
+/// What the user asked for, if this host can do it; stop-and-copy when nothing was asked.
+pub fn requested_strategy(facts: &migration::MigrationFacts) -> migration::StrategyDecision {
+    use migration::{Strategy, StrategyChoice, StrategyDecision};
+    match facts.requested {
+        Some(asked) if facts.possible.contains(&asked) => {
+            StrategyDecision::Choose(StrategyChoice { strategy: asked, reason: "as requested".to_string() })
+        }
+        Some(asked) => {
+            let name = match asked {
+                Strategy::StopAndCopy => "stop-and-copy",
+                Strategy::PreCopy => "pre-copy",
+                Strategy::PostCopy => "post-copy",
+            };
+            StrategyDecision::Deny(vec![format!("{name} was requested, but this host cannot do it")])
+        }
+        None => StrategyDecision::Choose(StrategyChoice {
+            strategy: Strategy::StopAndCopy,
+            reason: "the default: freeze, dump, copy, restore".to_string(),
+        }),
     }
 }
 
@@ -216,36 +268,72 @@ pub fn sample_export_facts(name: &str, location: &str) -> ExportFacts {
     }
 }
 
+/// The exports a planner world and a migration-planner world share.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __planner_exports {
+    ($policy:ty) => {
+        fn describe() -> $crate::v2::types::PolicyInfo {
+            $crate::v2::describe::<$policy>(&[
+                $crate::v2::types::DecisionKind::Plan,
+                $crate::v2::types::DecisionKind::Round,
+            ])
+        }
+        fn validate_settings(settings: String) -> Result<(), String> {
+            $crate::v2::settings_of::<$policy>(&settings).map(drop)
+        }
+        fn plan(settings: String, facts: $crate::v2::types::CheckpointFacts) -> $crate::v2::types::PlanDecision {
+            match $crate::v2::settings_of::<$policy>(&settings) {
+                Ok(settings) => <$policy as $crate::v2::Planner>::plan(&settings, facts),
+                Err(e) => $crate::v2::types::PlanDecision::Deny(vec![e]),
+            }
+        }
+        fn after_round(
+            settings: String,
+            facts: $crate::v2::types::CheckpointFacts,
+            rounds: Vec<$crate::v2::types::RoundStats>,
+        ) -> $crate::v2::types::RoundDecision {
+            match $crate::v2::settings_of::<$policy>(&settings) {
+                Ok(settings) => <$policy as $crate::v2::Planner>::after_round(&settings, facts, rounds),
+                Err(e) => $crate::v2::types::RoundDecision { action: $crate::v2::types::RoundAction::Abort, reason: e },
+            }
+        }
+    };
+}
+
 /// Exports a [`Planner`] as the component's `planner` world.
 #[macro_export]
 macro_rules! export_planner {
     ($policy:ty) => {
         struct __CkptPlanner;
         impl $crate::v2::planner::Guest for __CkptPlanner {
-            fn describe() -> $crate::v2::types::PolicyInfo {
-                $crate::v2::describe::<$policy>(&[$crate::v2::types::DecisionKind::Plan, $crate::v2::types::DecisionKind::Round])
-            }
-            fn validate_settings(settings: String) -> Result<(), String> {
-                $crate::v2::settings_of::<$policy>(&settings).map(drop)
-            }
-            fn plan(settings: String, facts: $crate::v2::types::CheckpointFacts) -> $crate::v2::types::PlanDecision {
-                match $crate::v2::settings_of::<$policy>(&settings) {
-                    Ok(settings) => <$policy as $crate::v2::Planner>::plan(&settings, facts),
-                    Err(e) => $crate::v2::types::PlanDecision::Deny(vec![e]),
-                }
-            }
-            fn after_round(
+            $crate::__planner_exports!($policy);
+        }
+        $crate::v2::planner::export_planner_world!(__CkptPlanner with_types_in $crate::v2::planner);
+    };
+}
+
+/// Exports a [`Migrator`] as the component's `migration-planner` world.
+#[macro_export]
+macro_rules! export_migration_planner {
+    ($policy:ty) => {
+        struct __CkptMigrationPlanner;
+        impl $crate::v2::migration_planner::Guest for __CkptMigrationPlanner {
+            $crate::__planner_exports!($policy);
+            fn strategy(
                 settings: String,
                 facts: $crate::v2::types::CheckpointFacts,
-                rounds: Vec<$crate::v2::types::RoundStats>,
-            ) -> $crate::v2::types::RoundDecision {
+                migration: $crate::v2::migration::MigrationFacts,
+            ) -> $crate::v2::migration::StrategyDecision {
                 match $crate::v2::settings_of::<$policy>(&settings) {
-                    Ok(settings) => <$policy as $crate::v2::Planner>::after_round(&settings, facts, rounds),
-                    Err(e) => $crate::v2::types::RoundDecision { action: $crate::v2::types::RoundAction::Abort, reason: e },
+                    Ok(settings) => <$policy as $crate::v2::Migrator>::strategy(&settings, facts, migration),
+                    Err(e) => $crate::v2::migration::StrategyDecision::Deny(vec![e]),
                 }
             }
         }
-        $crate::v2::planner::export_planner_world!(__CkptPlanner with_types_in $crate::v2::planner);
+        $crate::v2::migration_planner::export_migration_planner_world!(
+            __CkptMigrationPlanner with_types_in $crate::v2::migration_planner
+        );
     };
 }
 

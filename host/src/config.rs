@@ -16,6 +16,8 @@ pub struct HostConfig {
     pub exports: ExportRules,
     #[serde(default)]
     pub registries: RegistryRules,
+    #[serde(default)]
+    pub migration: MigrationRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -45,6 +47,16 @@ pub struct RegistryRules {
     /// `insecure = true` does.
     #[serde(default)]
     pub insecure: Vec<String>,
+}
+
+/// What `ckpt migrate` may do on this host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MigrationRules {
+    /// Post-copy (CRIU's lazy pages) is off until the admin has seen it work here: where
+    /// CRIU's page server fails mid-transfer, a restore waits on memory that never comes.
+    #[serde(default)]
+    pub post_copy: bool,
 }
 
 impl RegistryRules {
@@ -164,6 +176,7 @@ mod tests {
                 registries: vec![],
             },
             registries: RegistryRules::default(),
+            migration: MigrationRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }

@@ -90,6 +90,12 @@ pub enum Error {
         "migration of container {name:?} to {destination} cannot be confirmed ({cause}); it was not restored here, so that it runs on one side at most: check {destination} ('ckpt ps'), and if it does not run there, 'ckpt restore {name}' here"
     )]
     HandoffUnconfirmed { name: String, destination: String, cause: Box<Error> },
+    /// Post-copy: the container runs at the destination, but serving its memory from here
+    /// broke off; a page it had not fetched yet is lost there.
+    #[error(
+        "post-copy migration of container {name:?} started it at the destination, but its memory stopped arriving ({cause}); it may fail there when it touches a page that did not arrive"
+    )]
+    PostCopyBroken { name: String, cause: Box<Error> },
     /// The export failed, and so did bringing the container back; its images are kept.
     #[error(
         "checkpoint of container {name:?} was not exported ({cause}), and restoring it failed too ({restore}); its checkpoint stays in {} for 'ckpt restore'",

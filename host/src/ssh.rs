@@ -4,7 +4,7 @@
 //! in between.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// ssh's own exit code for a failed connection (a remote command's code is passed through).
@@ -97,8 +97,6 @@ pub struct SshOptions {
     pub options: Vec<String>,
     /// The command that runs ckpt there, as shell words (`ckpt` unless given).
     pub remote_ckpt: Option<String>,
-    /// `-R PORT:HOST:PORT`: lets the destination reach a port of this machine through the channel.
-    pub reverse_forward: Option<String>,
 }
 
 /// Writes what the far side reads on its standard input.
@@ -110,21 +108,47 @@ pub trait RemoteCkpt {
     /// Runs `ckpt ARGS` there; with `input`, what it writes is the command's standard input.
     /// Returns the command's standard output.
     fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError>;
+    /// Lets the far side reach `local_port` on this machine's loopback at its own
+    /// `127.0.0.1:remote_port`, through the channel, until it closes.
+    fn forward_to_here(&self, remote_port: u16, local_port: u16) -> Result<(), SshError>;
 }
 
+/// One connection to the destination for the whole migration: every command after the first
+/// goes through it (ssh's connection sharing), so none pays for a handshake while the container
+/// is down, and forwards can be added to it. Closed on drop.
 pub struct Ssh {
     path: PathBuf,
     destination: Destination,
     options: SshOptions,
+    control: PathBuf,
 }
 
 impl Ssh {
-    pub fn new(destination: Destination, options: SshOptions) -> Result<Ssh, SshError> {
+    /// Connects, with the shared connection's socket in `control_dir`.
+    pub fn connect(destination: Destination, options: SshOptions, control_dir: &Path) -> Result<Ssh, SshError> {
         let path = crate::util::find_in_path("ssh").ok_or_else(|| SshError::NoSsh("not on $PATH".into()))?;
-        Ok(Ssh { path, destination, options })
+        let control = control_dir.join(format!("ssh-{}.sock", std::process::id()));
+        let ssh = Ssh { path, destination, options, control };
+        let mut master = ssh.base_command();
+        // -f: into the background once authenticated (and forwards set up), -N: no command.
+        master.args(["-M", "-f", "-N"]).arg("--").arg(ssh.login());
+        tracing::debug!(cmd = ?master, "ssh");
+        let output = master.stdin(Stdio::null()).stdout(Stdio::null()).output().map_err(|source| SshError::Io {
+            action: "start ssh",
+            destination: ssh.destination.to_string(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(SshError::Unreachable {
+                destination: ssh.destination.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(ssh)
     }
 
-    fn command(&self, args: &[String]) -> Command {
+    /// ssh with the options every use shares, before the login.
+    fn base_command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
         // No prompt can be answered: a password or an unknown host key fails at once.
         cmd.args(["-T", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]);
@@ -137,15 +161,41 @@ impl Ssh {
         for option in &self.options.options {
             cmd.arg("-o").arg(option);
         }
-        if let Some(forward) = &self.options.reverse_forward {
-            cmd.arg("-R").arg(forward);
-        }
-        let login = match &self.destination.user {
+        cmd.arg("-S").arg(&self.control);
+        cmd
+    }
+
+    fn login(&self) -> String {
+        match &self.destination.user {
             Some(user) => format!("{user}@{}", self.destination.host),
             None => self.destination.host.clone(),
-        };
-        cmd.arg("--").arg(login).arg(self.remote_command(args));
+        }
+    }
+
+    fn command(&self, args: &[String]) -> Command {
+        let mut cmd = self.base_command();
+        cmd.arg("--").arg(self.login()).arg(self.remote_command(args));
         cmd
+    }
+
+    /// `ssh -O CONTROL`: a request to the shared connection.
+    fn control_request(&self, request: &[&str]) -> Result<(), SshError> {
+        let mut cmd = self.base_command();
+        cmd.arg("-O").args(request).arg("--").arg(self.login());
+        let output = cmd.stdin(Stdio::null()).output().map_err(|source| SshError::Io {
+            action: "control ssh",
+            destination: self.destination.to_string(),
+            source,
+        })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(SshError::Failed {
+            destination: self.destination.to_string(),
+            command: format!("ssh -O {}", request.join(" ")),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
     }
 
     /// The shell line the destination runs: the remote ckpt, its root, then each argument quoted.
@@ -163,9 +213,19 @@ impl Ssh {
     }
 }
 
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        let _ = self.control_request(&["exit"]);
+    }
+}
+
 impl RemoteCkpt for Ssh {
     fn destination(&self) -> String {
         self.destination.to_string()
+    }
+
+    fn forward_to_here(&self, remote_port: u16, local_port: u16) -> Result<(), SshError> {
+        self.control_request(&["forward", "-R", &format!("127.0.0.1:{remote_port}:127.0.0.1:{local_port}")])
     }
 
     fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError> {
@@ -250,6 +310,7 @@ mod tests {
     fn the_remote_line_quotes_every_argument() {
         let ssh = Ssh {
             path: "ssh".into(),
+            control: "/run/ckpt/ssh.sock".into(),
             destination: Destination::parse("ssh://h/srv/my root").unwrap_or(Destination {
                 user: None,
                 host: "h".into(),
@@ -260,5 +321,7 @@ mod tests {
         };
         let line = ssh.remote_command(&["restore".into(), "--import".into(), "-".into(), "it's".into()]);
         assert_eq!(line, r"/opt/ckpt --runroot /run/x --root '/srv/my root' restore --import - 'it'\''s'");
+        // Never connected: nothing to close.
+        std::mem::forget(ssh);
     }
 }

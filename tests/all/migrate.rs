@@ -137,3 +137,37 @@ fn a_migration_can_go_through_a_registry() {
     assert!(source.container_ids().is_empty());
     dest.ok(&["rm", "-f", "web"]);
 }
+
+#[test]
+fn the_planner_chooses_the_strategy_within_what_the_host_can_do() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    source.counter("web", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
+
+    // What this host cannot do is refused before the freeze, saying why.
+    let pre = migrate(&source, &sshd, &dest, &["--strategy", "pre-copy"], "web");
+    assert_eq!(pre.code, 125, "{}", pre.stderr);
+    assert!(pre.stderr.contains("mem_dirty_track"), "{}", pre.stderr);
+    let post = migrate(&source, &sshd, &dest, &["--strategy", "post-copy"], "web");
+    assert_eq!(post.code, 125, "{}", post.stderr);
+    assert!(post.stderr.contains("[migration] post-copy = true"), "{}", post.stderr);
+    let via = migrate(&source, &sshd, &dest, &["--strategy", "post-copy", "--via", "localhost:1/x:1"], "web");
+    assert!(via.stderr.contains("not a registry"), "{}", via.stderr);
+    assert_eq!(source.status("web"), "running");
+
+    // The migration example chooses, and the decision is recorded with its reason.
+    let settings = format!(r#"{{"target": "{}"}}"#, source.path("web-{name}.tar.zst").display());
+    let migration = crate::support::policy("migration");
+    let moved = migrate(&source, &sshd, &dest, &["--policy", &migration, "--policy-config", &settings], "web");
+    assert_eq!(moved.code, 0, "{}{}", moved.stderr, moved.stdout);
+    let outcome: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert_eq!(outcome["strategy"], "stop-and-copy");
+    assert!(outcome["strategy-reason"].as_str().unwrap().contains("neither post-copy nor pre-copy"), "{outcome}");
+    assert!(source.path("web-web.tar.zst").is_file(), "the plan's own export was written too");
+    let log = std::fs::read_to_string(source.root.join("decisions.jsonl")).unwrap();
+    let strategy = log.lines().find(|l| l.contains(r#""kind":"strategy""#)).expect("the strategy decision is recorded");
+    assert!(strategy.contains("stop-and-copy") && strategy.contains("neither post-copy"), "{strategy}");
+    dest.ok(&["rm", "-f", "web"]);
+}

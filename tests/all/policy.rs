@@ -475,7 +475,8 @@ fn the_five_0_1_0_examples_still_load_and_decide() {
     }
     for (component, world) in [
         ("v010_default", "ckpt:policy/policy@0.1.0"),
-        ("default", "ckpt:policy/planner@0.2.0"),
+        ("default", "ckpt:policy/migration-planner@0.2.0"),
+        ("python_labels", "ckpt:policy/planner@0.2.0"),
         ("js_hours", "ckpt:policy/gate@0.2.0"),
     ] {
         let inspected: serde_json::Value =
@@ -503,7 +504,7 @@ fn the_five_0_1_0_examples_still_load_and_decide() {
     // A 0.2.0 gate is not a planner, and the error names the worlds.
     let err = ckpt.fails(&["checkpoint", "--policy", &policy("js_hours"), "old"]);
     assert!(
-        err.contains("it is a ckpt:policy/gate@0.2.0 component, but --policy takes a ckpt:policy/planner@0.2.0 or ckpt:policy/policy@0.1.0 component"),
+        err.contains("it is a ckpt:policy/gate@0.2.0 component, but --policy takes a ckpt:policy/planner@0.2.0 or ckpt:policy/migration-planner@0.2.0 or ckpt:policy/policy@0.1.0 component"),
         "{err}"
     );
 }

@@ -143,6 +143,9 @@ pub struct RestoreArgs {
     /// Print statistics about the restore as JSON.
     #[arg(long)]
     pub print_stats: bool,
+    /// Post-copy (`ckpt migrate`): fetch the memory from the page server at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", hide = true)]
+    pub lazy_pages_from: Option<String>,
     pub targets: Vec<String>,
 }
 
@@ -210,6 +213,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         ignore_rootfs: args.ignore_rootfs,
         ignore_volumes: args.ignore_volumes,
         print_stats: args.print_stats,
+        lazy_pages_from: args.lazy_pages_from,
     };
     let (done, result) = restore::restore(ctx, &req);
     if req.print_stats {

@@ -177,6 +177,8 @@ pub struct SuperviseArgs {
     pub tcp_established: bool,
     #[arg(long)]
     pub file_locks: bool,
+    #[arg(long)]
+    pub lazy_pages: bool,
 }
 
 impl ContainerArgs {
@@ -368,6 +370,7 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
             work_path,
             tcp_established: args.tcp_established,
             file_locks: args.file_locks,
+            lazy_pages: args.lazy_pages,
         })
     } else {
         Launch::Run

@@ -6,7 +6,17 @@ use super::checkpoint::PolicyFlags;
 use crate::error::Result;
 use crate::ops::Context;
 use crate::ops::migrate::{self, MigrateRequest};
+use crate::policy::bindings::Strategy;
 use crate::ssh::SshOptions;
+
+fn parse_strategy(text: &str) -> std::result::Result<Strategy, String> {
+    match text {
+        "stop-and-copy" => Ok(Strategy::StopAndCopy),
+        "pre-copy" => Ok(Strategy::PreCopy),
+        "post-copy" => Ok(Strategy::PostCopy),
+        _ => Err("the strategies are stop-and-copy, pre-copy and post-copy".into()),
+    }
+}
 
 /// Move a running container to ckpt on another machine, over ssh.
 #[derive(Debug, Args)]
@@ -14,6 +24,9 @@ pub struct MigrateArgs {
     /// Leave the source container checkpointed (not running) instead of removing it.
     #[arg(long)]
     pub keep_source: bool,
+    /// Ask for a strategy: stop-and-copy, pre-copy or post-copy (the planner has the last word).
+    #[arg(long, value_parser = parse_strategy)]
+    pub strategy: Option<Strategy>,
     /// Go through this registry reference (HOST[:PORT]/NAME[:TAG]) instead of streaming over ssh.
     #[arg(long, value_name = "REF")]
     pub via: Option<String>,
@@ -53,26 +66,27 @@ pub fn run(ctx: &Context, args: MigrateArgs) -> Result<i32> {
         destination: args.destination,
         via: args.via,
         keep_source: args.keep_source,
+        strategy: args.strategy,
         compress: args.compress,
         tcp_established: args.tcp_established,
         file_locks: args.file_locks,
         policy: args.policies.policy,
         policy_config: args.policies.policy_config,
         gates,
-        ssh: SshOptions {
-            identity: args.identity,
-            options: args.ssh_options,
-            remote_ckpt: args.remote_ckpt,
-            reverse_forward: None,
-        },
+        ssh: SshOptions { identity: args.identity, options: args.ssh_options, remote_ckpt: args.remote_ckpt },
     };
     let migrated = migrate::migrate(ctx, &req)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&migrated).expect("json"));
     } else {
         println!(
-            "{} runs on {} ({}, {} ms down, source {})",
-            migrated.id, migrated.destination, migrated.strategy, migrated.downtime_ms, migrated.source
+            "{} runs on {} ({}, {} ms down, source {}): {}",
+            migrated.id,
+            migrated.destination,
+            migrated.strategy,
+            migrated.downtime_ms,
+            migrated.source,
+            crate::util::escape_controls(&migrated.strategy_reason)
         );
     }
     Ok(0)

@@ -2,7 +2,7 @@
 
 mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 #[cfg(test)]
@@ -24,6 +24,10 @@ pub enum CriuError {
         "system (architecture/kernel/CRIU) does not support memory tracking: 'criu check --feature mem_dirty_track' says: {0}"
     )]
     NoMemTrack(String),
+    #[error("this host cannot restore lazily (post-copy): 'criu check --feature uffd-noncoop' says: {0}")]
+    NoLazyPages(String),
+    #[error("criu lazy-pages could not start: {0}")]
+    LazyPagesDaemon(String),
     #[error("CRIU statistics file {path:?} is unreadable: {detail}")]
     Stats { path: PathBuf, detail: String },
 }
@@ -33,6 +37,17 @@ pub trait Criu: Send + Sync {
     fn version(&self) -> Result<u32, CriuError>;
     /// Whether pre-dumps can track dirty memory on this host.
     fn memory_tracking(&self) -> Result<(), CriuError>;
+    /// Whether this host can restore lazily (post-copy): `criu check --feature uffd-noncoop`.
+    fn lazy_pages(&self) -> Result<(), CriuError> {
+        Err(CriuError::NoLazyPages("not probed".into()))
+    }
+    /// Starts `criu lazy-pages`, which fetches pages from the page server at `address:port` for
+    /// the restore about to run from `images` (its socket goes in `work`). It runs on its own,
+    /// and ends once every page has been fetched.
+    fn serve_lazy_pages(&self, images: &Path, work: &Path, address: &str, port: u16) -> Result<(), CriuError> {
+        let _ = (images, work, address, port);
+        Err(CriuError::NoLazyPages("not available".into()))
+    }
 }
 
 pub struct CriuBinary {
@@ -89,6 +104,59 @@ impl Criu for CriuBinary {
             parse_version(&text)
                 .ok_or_else(|| CriuError::Version(format!("unexpected 'criu --version' output {:?}", text.trim())))
         })
+    }
+
+    fn lazy_pages(&self) -> Result<(), CriuError> {
+        crate::util::cached_probe(&self.path, "uffd-noncoop", || {
+            let output = Command::new(&self.path)
+                .args(["check", "--feature", "uffd-noncoop"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| CriuError::NoLazyPages(e.to_string()))?;
+            if output.status.success() {
+                return Ok(());
+            }
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            Err(CriuError::NoLazyPages(said.trim().to_string()))
+        })
+    }
+
+    fn serve_lazy_pages(&self, images: &Path, work: &Path, address: &str, port: u16) -> Result<(), CriuError> {
+        let mut cmd = Command::new(&self.path);
+        cmd.args(["lazy-pages", "--page-server", "--address", address, "--port", &port.to_string()]);
+        cmd.arg("--images-dir").arg(images).arg("--work-dir").arg(work);
+        cmd.args(["--log-file", "lazy-pages.log", "-v4"]);
+        // Its own session: it outlives the ckpt that started it, and an ssh channel's end.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        tracing::debug!(?cmd, "criu lazy-pages");
+        let daemon = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| CriuError::LazyPagesDaemon(e.to_string()))?;
+        // Reaped by init once ckpt exits; until then a thread waits for it.
+        std::thread::spawn(move || {
+            let mut daemon = daemon;
+            let _ = daemon.wait();
+        });
+        // The restore connects to its socket, which appears once it listens.
+        let socket = work.join("lazy-pages.socket");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(work.join("lazy-pages.log")).unwrap_or_default();
+                let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+                return Err(CriuError::LazyPagesDaemon(format!(
+                    "no socket {} after 10 s: {}",
+                    socket.display(),
+                    errors.join("; ")
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     fn memory_tracking(&self) -> Result<(), CriuError> {

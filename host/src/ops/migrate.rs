@@ -19,6 +19,7 @@ use super::checkpoint::{CheckpointRequest, Handoff};
 use crate::archive::Compression;
 use crate::error::{Error, Result};
 use crate::policy::bindings as wit;
+use crate::policy::json;
 use crate::ssh::{Destination, RemoteCkpt, Ssh, SshError, SshOptions};
 use crate::store::ContainerRecord;
 
@@ -30,6 +31,8 @@ pub struct MigrateRequest {
     /// A registry reference to go through instead of the ssh channel.
     pub via: Option<String>,
     pub keep_source: bool,
+    /// `--strategy`: what the user asks for; the planner may choose otherwise.
+    pub strategy: Option<wit::Strategy>,
     pub compress: Option<String>,
     pub tcp_established: bool,
     pub file_locks: bool,
@@ -49,6 +52,8 @@ pub struct Migrated {
     /// `ssh` (streamed) or `registry`.
     pub transport: &'static str,
     pub strategy: &'static str,
+    /// Why that strategy: the planner's reason.
+    pub strategy_reason: String,
     /// From the freeze to the destination's word that the container runs.
     pub downtime_ms: u64,
     pub total_ms: u64,
@@ -71,12 +76,53 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         ));
     }
     let record = ctx.containers.lookup(&req.container)?;
-    let remote = Ssh::new(destination, req.ssh.clone())?;
+    let remote = Ssh::connect(destination, req.ssh.clone(), &ctx.roots.runroot)
+        .map_err(|e| Error::invalid(format!("{e}; nothing was changed")))?;
     refuse_taken_name(&remote, &record)?;
+    let criu = ctx.criu()?;
+    let mut possible = vec![wit::Strategy::StopAndCopy];
+    if criu.memory_tracking().is_ok() {
+        possible.push(wit::Strategy::PreCopy);
+    }
+    // The destination fetches pages through the channel while the container runs there.
+    let post_copy = if req.via.is_some() {
+        Err("post-copy fetches memory through the ssh channel, not a registry (drop --via)".to_string())
+    } else if !ctx.config.migration.post_copy {
+        Err(format!(
+            "post-copy is off on this host: set [migration] post-copy = true in the host config ({}) once CRIU's lazy pages work here (on this project's test machines CRIU 4.2.1's page server fails its first transfer)",
+            ctx.config.source.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_PATH)).display()
+        ))
+    } else {
+        criu.lazy_pages().map_err(|e| e.to_string())
+    };
+    if post_copy.is_ok() {
+        possible.push(wit::Strategy::PostCopy);
+    }
+    if let Some(asked) = req.strategy
+        && !possible.contains(&asked)
+    {
+        return Err(Error::Unsupported(format!(
+            "--strategy {} is not possible here: {}; nothing was changed",
+            json::strategy_name(asked),
+            match (asked, post_copy) {
+                (wit::Strategy::PostCopy, Err(why)) => why,
+                _ =>
+                    "this host has no memory dirty tracking ('criu check --feature mem_dirty_track' fails)".to_string(),
+            }
+        )));
+    }
     let handoff = ToDestination {
         remote: &remote,
         via: req.via.clone(),
         compression,
+        facts: wit::MigrationFacts {
+            destination: remote.destination(),
+            transport: if req.via.is_some() { "registry".into() } else { "ssh".into() },
+            possible,
+            requested: req.strategy,
+        },
+        chosen: std::cell::RefCell::new(None),
+        lazy_from: Cell::new(None),
         frozen_at: Cell::new(None),
         confirmed_at: Cell::new(None),
         bytes_sent: Cell::new(0),
@@ -108,6 +154,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         }
         "removed"
     };
+    let choice = handoff.chosen.borrow().clone().expect("the checkpoint asked for a strategy");
     let delivered = match (handoff.frozen_at.get(), handoff.confirmed_at.get()) {
         (Some(from), Some(to)) => to.duration_since(from),
         _ => Duration::ZERO,
@@ -117,7 +164,8 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         id: record.id.clone(),
         destination: remote.destination(),
         transport: if req.via.is_some() { "registry" } else { "ssh" },
-        strategy: "stop-and-copy",
+        strategy: json::strategy_name(choice.strategy),
+        strategy_reason: choice.reason,
         downtime_ms: (Duration::from_micros(stats) + delivered).as_millis() as u64,
         total_ms: started.elapsed().as_millis() as u64,
         bytes_sent: handoff.bytes_sent.get(),
@@ -150,6 +198,10 @@ struct ToDestination<'a> {
     remote: &'a dyn RemoteCkpt,
     via: Option<String>,
     compression: Compression,
+    facts: wit::MigrationFacts,
+    chosen: std::cell::RefCell<Option<wit::StrategyChoice>>,
+    /// Post-copy: the port at the destination that leads to the page server here.
+    lazy_from: Cell<Option<u16>>,
     frozen_at: Cell<Option<Instant>>,
     confirmed_at: Cell<Option<Instant>>,
     bytes_sent: Cell<u64>,
@@ -168,6 +220,30 @@ impl ToDestination<'_> {
 }
 
 impl Handoff for ToDestination<'_> {
+    fn migration(&self) -> wit::MigrationFacts {
+        self.facts.clone()
+    }
+
+    fn chose(&self, choice: &wit::StrategyChoice) {
+        *self.chosen.borrow_mut() = Some(choice.clone());
+    }
+
+    fn page_server(&self) -> Result<Option<String>> {
+        let post_copy = self.chosen.borrow().as_ref().is_some_and(|c| c.strategy == wit::Strategy::PostCopy);
+        if !post_copy {
+            return Ok(None);
+        }
+        // Two free ports at once, so that they differ when both ends are this machine.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::io("bind", "127.0.0.1:0"));
+        let (here, there) = (bind()?, bind()?);
+        let port =
+            |l: &std::net::TcpListener| l.local_addr().map(|a| a.port()).map_err(Error::io("bind", "127.0.0.1:0"));
+        let (local, remote) = (port(&here)?, port(&there)?);
+        drop((here, there));
+        self.remote.forward_to_here(remote, local)?;
+        self.lazy_from.set(Some(remote));
+        Ok(Some(format!("127.0.0.1:{local}")))
+    }
     fn deliver(
         &self,
         ctx: &Context,
@@ -184,6 +260,9 @@ impl Handoff for ToDestination<'_> {
         }
         if options.file_locks {
             args.push("--file-locks".into());
+        }
+        if let Some(port) = self.lazy_from.get() {
+            args.push(format!("--lazy-pages-from=127.0.0.1:{port}"));
         }
         let sent = match &self.via {
             Some(reference) => {
@@ -265,6 +344,10 @@ mod tests {
             "ssh://far".into()
         }
 
+        fn forward_to_here(&self, _remote_port: u16, _local_port: u16) -> std::result::Result<(), SshError> {
+            unreachable!("post-copy is not scripted here")
+        }
+
         fn run(
             &self,
             args: &[String],
@@ -304,6 +387,14 @@ mod tests {
             remote: &remote,
             via: Some("localhost:5000/ckpt/web:1".into()),
             compression: Compression::Zstd,
+            facts: wit::MigrationFacts {
+                destination: "ssh://far".into(),
+                transport: "registry".into(),
+                possible: vec![wit::Strategy::StopAndCopy],
+                requested: None,
+            },
+            chosen: std::cell::RefCell::new(None),
+            lazy_from: Cell::new(None),
             frozen_at: Cell::new(None),
             confirmed_at: Cell::new(None),
             bytes_sent: Cell::new(0),

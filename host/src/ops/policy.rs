@@ -178,6 +178,16 @@ fn evaluate(
         }
         Kind::Gate => decision::decide(engine, policy, Question::Gate(&json::from_json(facts).map_err(bad)?)),
         Kind::Retain => decision::decide(engine, policy, Question::Retain(&json::from_json(facts).map_err(bad)?)),
+        Kind::Strategy => {
+            let part = |key: &str| {
+                facts.get(key).ok_or_else(|| {
+                    bad(format!("a strategy question takes {{\"checkpoint\": checkpoint-facts, \"migration\": migration-facts}}; {key:?} is missing"))
+                })
+            };
+            let checkpoint: CheckpointFacts = json::from_json(part("checkpoint")?).map_err(bad)?;
+            let migration: MigrationFacts = json::from_json(part("migration")?).map_err(bad)?;
+            decision::decide(engine, policy, Question::Strategy(&checkpoint, &migration))
+        }
     };
     Ok(Evaluated {
         // A failure is a denial: fail closed, here as in a checkpoint.

@@ -40,6 +40,8 @@ pub struct RestoreRequest {
     pub ignore_rootfs: bool,
     pub ignore_volumes: bool,
     pub print_stats: bool,
+    /// Post-copy: `HOST:PORT` of the page server that holds the memory (`ckpt migrate`).
+    pub lazy_pages_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +98,7 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
         (req.ignore_rootfs, "--ignore-rootfs"),
         (req.ignore_volumes, "--ignore-volumes"),
         (req.name.is_some(), "--name"),
+        (req.lazy_pages_from.is_some(), "--lazy-pages-from"),
     ] {
         if set && not_import {
             return Err(Error::invalid(format!("{flag} can only be used with image or --import")));
@@ -201,6 +204,7 @@ fn restore_options(req: &RestoreRequest, bundle: &Path) -> RestoreOptions {
         work_path: bundle.to_path_buf(),
         tcp_established: req.tcp_established,
         file_locks: req.file_locks,
+        lazy_pages: req.lazy_pages_from.is_some(),
     }
 }
 
@@ -218,6 +222,13 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
     let previous = record.state.clone();
     let now = crate::util::now();
     record.state.started_at = Some(now);
+    if let Some(server) = &req.lazy_pages_from {
+        let (address, port) = server
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::invalid(format!("--lazy-pages-from {server:?} is not HOST:PORT")))?;
+        ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, address, port)?;
+    }
     let started = Instant::now();
     lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle))).inspect_err(|_| {
         record.state = previous.clone();
@@ -240,7 +251,9 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
     } else {
         RestoreStats::default()
     };
-    if !req.keep {
+    // A lazy restore's memory is still arriving through the images directory's daemon; the next
+    // checkpoint replaces the directory.
+    if !req.keep && req.lazy_pages_from.is_none() {
         remove_dir_all(&paths.checkpoint_dir())?;
         remove_dir_all(&paths.pre_checkpoint_dir())?;
         // The pre-dump rounds the dump was based on hold memory pages too.

@@ -1,7 +1,7 @@
 //! The one place where the WIT worlds become Rust: every generated type lives here.
 //!
 //! ckpt speaks `ckpt:policy@0.2.0` (`wit/policy.wit`): its types are the host's own, and a
-//! component exports one of its worlds, `planner`, `gate` or `retainer`. Components of
+//! component exports one of its worlds, `planner` (or `migration-planner`), `gate` or `retainer`. Components of
 //! `ckpt:policy/policy@0.1.0` (`wit/v0.1.0`) keep loading: their facts and answers are the same
 //! records less what 0.2.0 added, so they are carried across by name (see [`to_v1`]).
 
@@ -10,6 +10,20 @@ mod planner {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "planner",
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
+/// `ckpt:policy/migration-planner@0.2.0`: a planner that also chooses migration strategies, and
+/// with it the `migration` interface.
+mod migration_planner {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "migration-planner",
+        with: {
+            "ckpt:policy/types": super::planner::ckpt::policy::types,
+            "ckpt:policy/log": super::planner::ckpt::policy::log,
+        },
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
     });
 }
@@ -46,6 +60,10 @@ pub mod v1 {
 }
 
 pub use self::gate::{Gate, GatePre};
+pub use self::migration_planner::ckpt::policy::migration::{
+    MigrationFacts, Strategy, StrategyChoice, StrategyDecision,
+};
+pub use self::migration_planner::{MigrationPlanner, MigrationPlannerPre};
 pub use self::planner::ckpt::policy::log::Level;
 pub use self::planner::ckpt::policy::types::*;
 pub use self::planner::ckpt::policy::{log as log_interface, types as types_interface};
@@ -76,6 +94,13 @@ impl From<Compression> for crate::archive::Compression {
             Compression::Gzip => crate::archive::Compression::Gzip,
             Compression::None => crate::archive::Compression::None,
         }
+    }
+}
+
+impl StrategyChoice {
+    /// The decision that made this choice, as records and `--dry-run` show it.
+    pub fn strategy_decision(&self) -> StrategyDecision {
+        StrategyDecision::Choose(self.clone())
     }
 }
 

@@ -16,6 +16,7 @@ pub enum Kind {
     Round,
     Gate,
     Retain,
+    Strategy,
 }
 
 impl Kind {
@@ -26,6 +27,7 @@ impl Kind {
             Kind::Round => "after-round",
             Kind::Gate => "gate",
             Kind::Retain => "retain",
+            Kind::Strategy => "strategy",
         }
     }
 }
@@ -37,6 +39,7 @@ impl std::fmt::Display for Kind {
             Kind::Round => "round",
             Kind::Gate => "gate",
             Kind::Retain => "retain",
+            Kind::Strategy => "strategy",
         })
     }
 }
@@ -48,6 +51,7 @@ pub enum Question<'a> {
     Round(&'a CheckpointFacts, &'a [RoundStats]),
     Gate(&'a ExportFacts),
     Retain(&'a RetainFacts),
+    Strategy(&'a CheckpointFacts, &'a MigrationFacts),
 }
 
 impl Question<'_> {
@@ -57,13 +61,14 @@ impl Question<'_> {
             Question::Round(..) => Kind::Round,
             Question::Gate(_) => Kind::Gate,
             Question::Retain(_) => Kind::Retain,
+            Question::Strategy(..) => Kind::Strategy,
         }
     }
 
     /// The instant and seed the policy's clock and randomness start from.
     fn determinism(&self) -> Determinism {
         match self {
-            Question::Plan(facts) | Question::Round(facts, _) => {
+            Question::Plan(facts) | Question::Round(facts, _) | Question::Strategy(facts, _) => {
                 Determinism { now_unix_ms: facts.request.now_unix_ms, seed: facts.request.seed }
             }
             Question::Gate(facts) => Determinism {
@@ -85,6 +90,7 @@ pub enum Answer {
     Round(RoundDecision),
     Gate(GateDecision),
     Retain(Vec<Deletion>),
+    Strategy(StrategyDecision),
 }
 
 /// The short name of an answer, as cases files expect it.
@@ -103,6 +109,9 @@ pub enum Outcome {
     Delete,
     /// A retainer kept every entry.
     Keep,
+    StopAndCopy,
+    PreCopy,
+    PostCopy,
 }
 
 impl std::fmt::Display for Outcome {
@@ -118,6 +127,9 @@ impl std::fmt::Display for Outcome {
             Outcome::Abort => "abort",
             Outcome::Delete => "delete",
             Outcome::Keep => "keep",
+            Outcome::StopAndCopy => "stop-and-copy",
+            Outcome::PreCopy => "pre-copy",
+            Outcome::PostCopy => "post-copy",
         })
     }
 }
@@ -126,7 +138,14 @@ impl Answer {
     pub fn outcome(&self) -> Outcome {
         match self {
             Answer::Plan(PlanDecision::Plan(_)) => Outcome::Plan,
-            Answer::Plan(PlanDecision::Deny(_)) | Answer::Gate(GateDecision::Deny(_)) => Outcome::Deny,
+            Answer::Plan(PlanDecision::Deny(_))
+            | Answer::Gate(GateDecision::Deny(_))
+            | Answer::Strategy(StrategyDecision::Deny(_)) => Outcome::Deny,
+            Answer::Strategy(StrategyDecision::Choose(c)) => match c.strategy {
+                Strategy::StopAndCopy => Outcome::StopAndCopy,
+                Strategy::PreCopy => Outcome::PreCopy,
+                Strategy::PostCopy => Outcome::PostCopy,
+            },
             Answer::Plan(PlanDecision::Skip(_)) => Outcome::Skip,
             Answer::Retain(deletions) if deletions.is_empty() => Outcome::Keep,
             Answer::Retain(_) => Outcome::Delete,
@@ -147,6 +166,7 @@ impl Answer {
             Answer::Round(d) => json::to_json(d),
             Answer::Gate(d) => json::to_json(d),
             Answer::Retain(d) => json::list_to_json(d),
+            Answer::Strategy(d) => json::to_json(d),
         }
     }
 }
@@ -163,6 +183,13 @@ pub fn decide(
         use engine::Instance as I;
         Ok(match (question, instance) {
             (Question::Plan(facts), I::Planner(p)) => Answer::Plan(p.call_plan(store, settings, facts)?),
+            (Question::Plan(facts), I::MigrationPlanner(p)) => Answer::Plan(p.call_plan(store, settings, facts)?),
+            (Question::Round(facts, rounds), I::MigrationPlanner(p)) => {
+                Answer::Round(p.call_after_round(store, settings, facts, rounds)?)
+            }
+            (Question::Strategy(facts, migration), I::MigrationPlanner(p)) => {
+                Answer::Strategy(p.call_strategy(store, settings, facts, migration)?)
+            }
             (Question::Plan(facts), I::PolicyV1(p)) => {
                 Answer::Plan(to_v1(&p.call_plan(store, settings, &to_v1(facts)?)?)?)
             }
@@ -224,6 +251,8 @@ pub fn check(policy: &str, answer: &Answer) -> Result<(), PolicyError> {
         Answer::Gate(GateDecision::Deny(reason)) => check_reason(policy, reason),
         Answer::Gate(GateDecision::Narrow(narrow)) => check_reason(policy, &narrow.reason),
         Answer::Gate(GateDecision::Allow) => Ok(()),
+        Answer::Strategy(StrategyDecision::Choose(choice)) => check_reason(policy, &choice.reason),
+        Answer::Strategy(StrategyDecision::Deny(reasons)) => check_reasons(policy, reasons),
     }
 }
 

@@ -15,7 +15,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PolicyError;
-use super::bindings::{self, Gate, GatePre, Level, Planner, PlannerPre, Retainer, RetainerPre, v1};
+use super::bindings::{
+    self, Gate, GatePre, Level, MigrationPlanner, MigrationPlannerPre, Planner, PlannerPre, Retainer, RetainerPre, v1,
+};
 use super::limits::{self, TotalMemoryLimiter};
 
 /// One line a policy logged.
@@ -165,6 +167,8 @@ pub enum World {
     PolicyV1,
     #[serde(rename = "ckpt:policy/planner@0.2.0")]
     Planner,
+    #[serde(rename = "ckpt:policy/migration-planner@0.2.0")]
+    MigrationPlanner,
     #[serde(rename = "ckpt:policy/gate@0.2.0")]
     Gate,
     #[serde(rename = "ckpt:policy/retainer@0.2.0")]
@@ -172,12 +176,14 @@ pub enum World {
 }
 
 impl World {
-    pub const ALL: [World; 4] = [World::Planner, World::Gate, World::Retainer, World::PolicyV1];
+    pub const ALL: [World; 5] =
+        [World::Planner, World::MigrationPlanner, World::Gate, World::Retainer, World::PolicyV1];
 
     pub fn name(self) -> &'static str {
         match self {
             World::PolicyV1 => "ckpt:policy/policy@0.1.0",
             World::Planner => "ckpt:policy/planner@0.2.0",
+            World::MigrationPlanner => "ckpt:policy/migration-planner@0.2.0",
             World::Gate => "ckpt:policy/gate@0.2.0",
             World::Retainer => "ckpt:policy/retainer@0.2.0",
         }
@@ -187,7 +193,7 @@ impl World {
     pub fn serves(self, role: Role) -> bool {
         matches!(
             (self, role),
-            (World::PolicyV1 | World::Planner, Role::Planner)
+            (World::PolicyV1 | World::Planner | World::MigrationPlanner, Role::Planner)
                 | (World::PolicyV1 | World::Gate, Role::Gate)
                 | (World::Retainer, Role::Retainer)
         )
@@ -229,6 +235,7 @@ impl Role {
 enum Exports {
     PolicyV1(v1::PolicyPre<State>),
     Planner(PlannerPre<State>),
+    MigrationPlanner(MigrationPlannerPre<State>),
     Gate(GatePre<State>),
     Retainer(RetainerPre<State>),
 }
@@ -237,6 +244,7 @@ enum Exports {
 pub enum Instance {
     PolicyV1(v1::Policy),
     Planner(Planner),
+    MigrationPlanner(MigrationPlanner),
     Gate(Gate),
     Retainer(Retainer),
 }
@@ -246,6 +254,7 @@ impl Exports {
         match self {
             Exports::PolicyV1(_) => World::PolicyV1,
             Exports::Planner(_) => World::Planner,
+            Exports::MigrationPlanner(_) => World::MigrationPlanner,
             Exports::Gate(_) => World::Gate,
             Exports::Retainer(_) => World::Retainer,
         }
@@ -255,6 +264,7 @@ impl Exports {
         Ok(match self {
             Exports::PolicyV1(pre) => Instance::PolicyV1(pre.instantiate(store)?),
             Exports::Planner(pre) => Instance::Planner(pre.instantiate(store)?),
+            Exports::MigrationPlanner(pre) => Instance::MigrationPlanner(pre.instantiate(store)?),
             Exports::Gate(pre) => Instance::Gate(pre.instantiate(store)?),
             Exports::Retainer(pre) => Instance::Retainer(pre.instantiate(store)?),
         })
@@ -266,6 +276,7 @@ impl Instance {
         match self {
             Instance::PolicyV1(p) => bindings::to_v1(&p.call_describe(store)?),
             Instance::Planner(p) => p.call_describe(store),
+            Instance::MigrationPlanner(p) => p.call_describe(store),
             Instance::Gate(p) => p.call_describe(store),
             Instance::Retainer(p) => p.call_describe(store),
         }
@@ -275,6 +286,7 @@ impl Instance {
         match self {
             Instance::PolicyV1(p) => p.call_validate_settings(store, settings),
             Instance::Planner(p) => p.call_validate_settings(store, settings),
+            Instance::MigrationPlanner(p) => p.call_validate_settings(store, settings),
             Instance::Gate(p) => p.call_validate_settings(store, settings),
             Instance::Retainer(p) => p.call_validate_settings(store, settings),
         }
@@ -530,6 +542,10 @@ impl PolicyEngine {
 /// Finds the world a component exports: the first whose exports its types match. One that
 /// matches none is refused with the names of the worlds and why the closest did not fit.
 fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result<Exports, String> {
+    // Before the planner, whose exports it holds and more.
+    if let Ok(p) = MigrationPlannerPre::new(pre.clone()) {
+        return Ok(Exports::MigrationPlanner(p));
+    }
     let planner = match PlannerPre::new(pre.clone()) {
         Ok(p) => return Ok(Exports::Planner(p)),
         Err(e) => e,

@@ -43,6 +43,8 @@ wit_types! {
     CheckpointOptions => "checkpoint-options",
     ExportTarget => "export-target",
     PreDumpPlan => "pre-dump-plan",
+    MigrationFacts => "migration-facts",
+    StrategyDecision => "strategy-decision",
 }
 
 struct Contract {
@@ -55,8 +57,12 @@ fn contract() -> &'static Contract {
     CONTRACT.get_or_init(|| {
         let mut resolve = Resolve::new();
         let package = resolve.push_str("policy.wit", WIT).expect("wit/policy.wit parses: it is compiled into ckpt");
-        let interface = resolve.packages[package].interfaces["types"];
-        let types = resolve.interfaces[interface].types.iter().map(|(name, id)| (name.clone(), *id)).collect();
+        let interfaces = &resolve.packages[package].interfaces;
+        let types = ["types", "migration"]
+            .iter()
+            .flat_map(|name| resolve.interfaces[interfaces[*name]].types.iter())
+            .map(|(name, id)| (name.clone(), *id))
+            .collect();
         Contract { resolve, types }
     })
 }
@@ -69,6 +75,16 @@ fn named(name: &str) -> TypeId {
 pub fn to_json<T: WitType>(value: &T) -> Value {
     let serde_form = serde_json::to_value(value).expect("contract types serialise");
     to_wit(&serde_form, &Type::Id(named(T::WIT)))
+}
+
+/// A strategy's WIT name: `stop-and-copy`, `pre-copy`, `post-copy`.
+pub fn strategy_name(strategy: super::bindings::Strategy) -> &'static str {
+    use super::bindings::Strategy;
+    match strategy {
+        Strategy::StopAndCopy => "stop-and-copy",
+        Strategy::PreCopy => "pre-copy",
+        Strategy::PostCopy => "post-copy",
+    }
 }
 
 /// Each item of `values` as [`to_json`] writes it.

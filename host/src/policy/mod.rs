@@ -170,6 +170,51 @@ impl Policies {
         }
     }
 
+    /// How a container migrates. A migration planner chooses among what is `possible` (a choice
+    /// outside it is a bad answer, so a denial); any other planner leaves it to the user:
+    /// `requested`, or stop-and-copy.
+    pub fn strategy(
+        &mut self,
+        facts: &CheckpointFacts,
+        migration: &MigrationFacts,
+    ) -> Result<StrategyChoice, PolicyError> {
+        if self.planner.world() != engine::World::MigrationPlanner {
+            let strategy = migration.requested.unwrap_or(Strategy::StopAndCopy);
+            let why = if migration.requested.is_some() { "as asked" } else { "the default" };
+            let reason = format!(
+                "planner {:?} does not choose strategies ({}): {why}",
+                self.planner.info.name,
+                self.planner.world()
+            );
+            return Ok(StrategyChoice { strategy, reason });
+        }
+        let label = decision::label(&self.planner);
+        let (answer, trace) = decision::decide(&self.engine, &self.planner, Question::Strategy(facts, migration));
+        let choice = answer.and_then(|answer| match answer {
+            Answer::Strategy(StrategyDecision::Choose(choice)) if migration.possible.contains(&choice.strategy) => {
+                Ok(choice)
+            }
+            Answer::Strategy(StrategyDecision::Choose(choice)) => Err(PolicyError::BadAnswer {
+                policy: label.clone(),
+                detail: format!(
+                    "it chose {}, which is not possible here (possible: {})",
+                    json::strategy_name(choice.strategy),
+                    migration.possible.iter().map(|s| json::strategy_name(*s)).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+            Answer::Strategy(StrategyDecision::Deny(reasons)) => Err(PolicyError::Denied {
+                policy: label.clone(),
+                container: facts.container.name.clone(),
+                reasons: reasons.join("; "),
+            }),
+            other => unreachable!("a strategy question has a strategy answer, not {other:?}"),
+        });
+        let value = choice.as_ref().map(|c| json::to_json(&c.strategy_decision()));
+        let asked = serde_json::json!({"checkpoint": json::to_json(facts), "migration": json::to_json(migration)});
+        self.records.push(DecisionRecord::new(Kind::Strategy, &self.planner, &facts.container, &asked, value, trace));
+        choice
+    }
+
     /// Asks every gate; any deny wins, narrowings add up, and nothing can widen the plan.
     pub fn gate(&mut self, facts: &ExportFacts) -> Result<GateVerdict, PolicyError> {
         let mut verdict = Ok(GateVerdict::Allow);
@@ -313,6 +358,32 @@ mod tests {
     }
 
     #[test]
+    fn the_default_planner_migrates_as_asked_and_only_as_the_host_can() {
+        let cache = tempfile::tempdir().unwrap();
+        let planner = Component { read: read_component("default").unwrap(), settings: String::new() };
+        let mut policies = Policies::load_components(cache.path(), planner, vec![]).unwrap();
+        let facts: CheckpointFacts =
+            json::from_json(&serde_json::from_str(include_str!("../../../tests/fixtures/facts.json")).unwrap())
+                .unwrap();
+        let migration = |requested| MigrationFacts {
+            destination: "ssh://far".into(),
+            transport: "ssh".into(),
+            possible: vec![Strategy::StopAndCopy, Strategy::PostCopy],
+            requested,
+        };
+        let chosen = policies.strategy(&facts, &migration(None)).unwrap();
+        assert_eq!(chosen.strategy, Strategy::StopAndCopy);
+        assert_eq!(
+            policies.strategy(&facts, &migration(Some(Strategy::PostCopy))).unwrap().strategy,
+            Strategy::PostCopy
+        );
+        let refused = policies.strategy(&facts, &migration(Some(Strategy::PreCopy))).unwrap_err().to_string();
+        assert!(refused.contains("pre-copy was requested, but this host cannot do it"), "{refused}");
+        assert_eq!(policies.records.len(), 3, "every strategy decision is recorded");
+        assert_eq!(policies.records[0].kind, Kind::Strategy);
+    }
+
+    #[test]
     fn each_role_takes_only_the_worlds_that_serve_it() {
         let cache = tempfile::tempdir().unwrap();
         let retainer = || Component { read: read_component("default-retainer").unwrap(), settings: String::new() };
@@ -323,7 +394,7 @@ mod tests {
             "{as_gate}"
         );
         let as_retainer = Retention::load(cache.path(), planner()).err().unwrap().to_string();
-        assert!(as_retainer.contains("is a ckpt:policy/planner@0.2.0 component"), "{as_retainer}");
+        assert!(as_retainer.contains("is a ckpt:policy/migration-planner@0.2.0 component"), "{as_retainer}");
 
         let retention =
             Retention::load(cache.path(), Component { settings: r#"{"keep-last": 1}"#.into(), ..retainer() }).unwrap();

@@ -1,11 +1,15 @@
 //! runc and crun share one command line, so one implementation drives both.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use super::{CheckpointOptions, ContainerStdio, ExecMode, OciRuntime, RestoreOptions, RuntimeError, RuntimeState};
+use super::{
+    CheckpointOptions, ContainerStdio, ExecMode, LazyDump, OciRuntime, RestoreOptions, RuntimeError, RuntimeState,
+};
 
+#[derive(Clone)]
 pub struct CliRuntime {
     name: String,
     path: PathBuf,
@@ -191,6 +195,9 @@ impl OciRuntime for CliRuntime {
         if options.file_locks {
             cmd.arg("--file-locks");
         }
+        if options.lazy_pages {
+            cmd.arg("--lazy-pages");
+        }
         cmd.arg(id);
         tracing::debug!(action = "restore", log = %options.work_path.join("restore.log").display(), "criu");
         self.run_with_stdio(cmd, "restore", id, stdio).map_err(|e| with_criu_log(e, &options.work_path, "restore.log"))
@@ -276,6 +283,59 @@ impl OciRuntime for CliRuntime {
     }
 
     fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError> {
+        let mut cmd = self.checkpoint_command(options);
+        cmd.arg(id);
+        let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
+        tracing::debug!(action, log = %options.work_path.join("dump.log").display(), "criu");
+        self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
+    }
+
+    fn checkpoint_lazy(
+        &self,
+        id: &str,
+        options: &CheckpointOptions,
+        page_server: &str,
+    ) -> Result<Box<dyn LazyDump>, RuntimeError> {
+        let action = "checkpoint --lazy-pages";
+        let spawn_err = |source| RuntimeError::Spawn { runtime: self.name.clone(), action, source };
+        let (ready_read, ready_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(std::io::Error::from(e)))?;
+        let mut cmd = self.checkpoint_command(options);
+        // CRIU writes one byte to this descriptor once it serves pages: fd 3 in runc.
+        cmd.args(["--lazy-pages", "--page-server", page_server, "--status-fd", "3"]).arg(id);
+        let raw = ready_write.as_raw_fd();
+        // SAFETY: dup2 and fcntl are async-signal-safe and touch no memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                let moved = if raw == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(raw, 3) };
+                if moved < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            });
+        }
+        trace_invocation(&cmd, action, self.log_file.as_deref());
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(spawn_err)?;
+        drop(ready_write);
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+                text
+            })
+        });
+        Ok(Box::new(CliLazyDump {
+            runtime: self.clone(),
+            id: id.to_string(),
+            work_path: options.work_path.clone(),
+            child,
+            ready: Some(fs::File::from(ready_read)),
+            stderr,
+        }))
+    }
+}
+
+impl CliRuntime {
+    /// `checkpoint` with the options' flags, before the container's ID.
+    fn checkpoint_command(&self, options: &CheckpointOptions) -> Command {
         let mut cmd = self.command();
         cmd.arg("checkpoint");
         cmd.arg("--image-path").arg(&options.image_path).arg("--work-path").arg(&options.work_path);
@@ -294,13 +354,72 @@ impl OciRuntime for CliRuntime {
         if let Some(parent) = &options.parent_path {
             cmd.arg("--parent-path").arg(parent);
         }
-        cmd.arg(id);
         // Its own process group: Ctrl-C on the terminal reaches ckpt, which rolls back at a safe
         // point, and never CRIU in the middle of a dump (a frozen container would be left).
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
-        tracing::debug!(action, log = %options.work_path.join("dump.log").display(), "criu");
-        self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
+        cmd
+    }
+}
+
+/// `runc checkpoint --lazy-pages` running in the background.
+struct CliLazyDump {
+    runtime: CliRuntime,
+    id: String,
+    work_path: PathBuf,
+    child: std::process::Child,
+    ready: Option<fs::File>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl CliLazyDump {
+    /// The dump's end, as an error with runc's words and CRIU's log when it failed.
+    fn ended(&mut self) -> Result<(), RuntimeError> {
+        let action = "checkpoint --lazy-pages";
+        let status = self.child.wait().map_err(|source| RuntimeError::Spawn {
+            runtime: self.runtime.name.clone(),
+            action,
+            source,
+        })?;
+        let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        let failure = self.runtime.failure(action, &self.id, &status, stderr.trim());
+        Err(with_criu_log(failure, &self.work_path, "dump.log"))
+    }
+}
+
+impl LazyDump for CliLazyDump {
+    fn ready(&mut self) -> Result<(), RuntimeError> {
+        let mut byte = [0u8; 1];
+        let said = self.ready.take().map(|mut pipe| std::io::Read::read(&mut pipe, &mut byte));
+        match said {
+            Some(Ok(1)) => Ok(()),
+            // The write end closed without a word: runc (and CRIU) ended.
+            _ => match self.ended() {
+                Ok(()) => Err(RuntimeError::Failed {
+                    runtime: self.runtime.name.clone(),
+                    action: "checkpoint --lazy-pages",
+                    id: self.id.clone(),
+                    status: "exit status 0".into(),
+                    stderr: "the dump ended without serving pages".into(),
+                }),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), RuntimeError> {
+        self.ended()
+    }
+
+    fn abort(mut self: Box<Self>) {
+        // runc and CRIU share the process group runc leads.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
     }
 }
 

@@ -67,6 +67,21 @@ pub struct RestoreOptions {
     pub work_path: PathBuf,
     pub tcp_established: bool,
     pub file_locks: bool,
+    /// Post-copy: memory comes from CRIU's lazy-pages daemon, already serving in `work_path`.
+    pub lazy_pages: bool,
+}
+
+/// A post-copy dump under way: CRIU has written every image but the memory, and serves each
+/// page from here the first time the restored container touches it.
+pub trait LazyDump: Send {
+    /// Waits until the page server listens and the images are complete; an error (with CRIU's
+    /// log) if the dump failed, in which case the container keeps running here.
+    fn ready(&mut self) -> Result<(), RuntimeError>;
+    /// Waits until every page has been fetched and the dump has ended.
+    fn finish(self: Box<Self>) -> Result<(), RuntimeError>;
+    /// Stops serving before anyone restored from it: CRIU goes, and the container's processes,
+    /// which it held frozen, carry on here.
+    fn abort(self: Box<Self>);
 }
 
 /// How `exec` attaches the process.
@@ -113,4 +128,21 @@ pub trait OciRuntime: Send + Sync {
     /// runtime's log, when it cannot start).
     fn exec(&self, id: &str, args: &[String], env: &[String], exec: ExecMode) -> Result<i32, RuntimeError>;
     fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError>;
+    /// `checkpoint --lazy-pages --page-server ADDRESS`: returns once the dump has started; see
+    /// [`LazyDump`]. Runtimes without it say so.
+    fn checkpoint_lazy(
+        &self,
+        id: &str,
+        options: &CheckpointOptions,
+        page_server: &str,
+    ) -> Result<Box<dyn LazyDump>, RuntimeError> {
+        let _ = (options, page_server);
+        Err(RuntimeError::Failed {
+            runtime: self.name().to_string(),
+            action: "checkpoint --lazy-pages",
+            id: id.to_string(),
+            status: "not supported".into(),
+            stderr: format!("{} cannot dump lazily; post-copy needs runc", self.name()),
+        })
+    }
 }

@@ -61,6 +61,9 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
         if options.file_locks {
             cmd.arg("--file-locks");
         }
+        if options.lazy_pages {
+            cmd.arg("--lazy-pages");
+        }
     }
     let mut child = cmd
         .stdin(Stdio::null())

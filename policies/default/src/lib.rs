@@ -1,9 +1,10 @@
-//! ckpt's default planner: exactly what the command-line flags say, as podman behaves. It is
-//! embedded in the ckpt binary, so the default path goes through WebAssembly too.
+//! ckpt's default planner: exactly what the command-line flags say, as podman behaves, and for
+//! `ckpt migrate` the strategy the user asked for. It is embedded in the ckpt binary, so the
+//! default path goes through WebAssembly too.
 
-use ckpt_guest_sdk::export_planner;
+use ckpt_guest_sdk::export_migration_planner;
 use ckpt_guest_sdk::v2::types::{CheckpointFacts, PlanDecision};
-use ckpt_guest_sdk::v2::{Describe, Planner, plan_from_request};
+use ckpt_guest_sdk::v2::{Describe, Migrator, Planner, plan_from_request};
 
 /// The default policy takes no settings: `{}` or nothing.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -24,7 +25,10 @@ impl Planner for DefaultPolicy {
     }
 }
 
-export_planner!(DefaultPolicy);
+/// A migration goes as the user asked (`--strategy`), stop-and-copy by default.
+impl Migrator for DefaultPolicy {}
+
+export_migration_planner!(DefaultPolicy);
 
 #[cfg(test)]
 mod tests {

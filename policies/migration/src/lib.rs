@@ -1,9 +1,10 @@
 //! Migration: pre-dump until the dirty pages converge (where the host tracks dirty memory),
 //! keep established TCP connections, and export to the target named in the settings.
 
-use ckpt_guest_sdk::export_planner;
+use ckpt_guest_sdk::export_migration_planner;
+use ckpt_guest_sdk::v2::migration::{MigrationFacts, Strategy, StrategyChoice, StrategyDecision};
 use ckpt_guest_sdk::v2::types::*;
-use ckpt_guest_sdk::v2::{Describe, Level, Planner, log, plan_from_request};
+use ckpt_guest_sdk::v2::{Describe, Level, Migrator, Planner, log, plan_from_request, requested_strategy};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -23,6 +24,14 @@ pub struct Settings {
     /// Deny instead of falling back to a single dump when the host cannot pre-dump.
     #[serde(default)]
     require_pre_dump: bool,
+    /// `ckpt migrate`: containers with more memory than this move post-copy where the host
+    /// can, so their downtime does not grow with their memory.
+    #[serde(default = "default_post_copy_above")]
+    post_copy_above_bytes: u64,
+}
+
+fn default_post_copy_above() -> u64 {
+    1 << 30
 }
 
 fn default_compression() -> String {
@@ -130,7 +139,29 @@ impl Planner for Migration {
     }
 }
 
-export_planner!(Migration);
+/// The user's `--strategy` stands when the host can do it. Otherwise a container whose memory
+/// is large moves post-copy (downtime flat in memory size), else pre-copy (a short final dump),
+/// else stop-and-copy.
+impl Migrator for Migration {
+    fn strategy(s: &Settings, facts: CheckpointFacts, migration: MigrationFacts) -> StrategyDecision {
+        if migration.requested.is_some() {
+            return requested_strategy(&migration);
+        }
+        let can = |strategy| migration.possible.contains(&strategy);
+        let memory = facts.container.memory_bytes;
+        let (strategy, reason) = if memory > s.post_copy_above_bytes && can(Strategy::PostCopy) {
+            (Strategy::PostCopy, format!("{memory} bytes of memory, above {}: post-copy", s.post_copy_above_bytes))
+        } else if can(Strategy::PreCopy) {
+            (Strategy::PreCopy, "the host tracks dirty memory: pre-copy rounds, then a short dump".to_string())
+        } else {
+            (Strategy::StopAndCopy, "neither post-copy nor pre-copy is possible here".to_string())
+        };
+        log(Level::Info, &reason);
+        StrategyDecision::Choose(StrategyChoice { strategy, reason })
+    }
+}
+
+export_migration_planner!(Migration);
 
 #[cfg(test)]
 mod tests {
@@ -146,6 +177,30 @@ mod tests {
     }
 
     const SETTINGS: &str = r#"{"target": "/var/tmp/{name}.tar.zst", "stop_below_pages": 100}"#;
+
+    #[test]
+    fn big_containers_move_post_copy_where_the_host_can() {
+        let migration = |possible: Vec<Strategy>, requested| MigrationFacts {
+            destination: "ssh://far".into(),
+            transport: "ssh".into(),
+            possible,
+            requested,
+        };
+        let chosen = |memory: u64, m: MigrationFacts| {
+            let mut facts = sample_facts("db");
+            facts.container.memory_bytes = memory;
+            match Migration::strategy(&settings(), facts, m) {
+                StrategyDecision::Choose(c) => Some(c.strategy),
+                StrategyDecision::Deny(_) => None,
+            }
+        };
+        let all = vec![Strategy::StopAndCopy, Strategy::PreCopy, Strategy::PostCopy];
+        assert_eq!(chosen(2 << 30, migration(all.clone(), None)), Some(Strategy::PostCopy));
+        assert_eq!(chosen(64 << 20, migration(all.clone(), None)), Some(Strategy::PreCopy));
+        assert_eq!(chosen(2 << 30, migration(vec![Strategy::StopAndCopy], None)), Some(Strategy::StopAndCopy));
+        assert_eq!(chosen(2 << 30, migration(all, Some(Strategy::StopAndCopy))), Some(Strategy::StopAndCopy));
+        assert_eq!(chosen(1, migration(vec![Strategy::StopAndCopy], Some(Strategy::PostCopy))), None);
+    }
 
     #[test]
     fn converges_then_dumps() {

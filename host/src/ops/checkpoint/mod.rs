@@ -277,6 +277,13 @@ fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
 /// migrate` hands it to the destination here, after every export and the last safe point, and
 /// inside the checkpoint's rollback: a failed handoff brings the container back on this side.
 pub trait Handoff {
+    /// What the planner's strategy question is asked with.
+    fn migration(&self) -> wit::MigrationFacts;
+    /// The strategy chosen, before the plan.
+    fn chose(&self, choice: &wit::StrategyChoice);
+    /// Post-copy: where CRIU's page server listens (`HOST:PORT`), for the destination to fetch
+    /// the memory from. The dump then writes every image but the memory.
+    fn page_server(&self) -> Result<Option<String>>;
     /// Ok once the container runs elsewhere. [`Error::HandoffUnconfirmed`] when nobody can tell:
     /// the dump then stays here, checkpointed, for the caller to say so.
     fn deliver(
@@ -287,6 +294,11 @@ pub trait Handoff {
         content: &Content,
     ) -> Result<()>;
 }
+
+/// Pre-copy without rounds in the plan: until the dirty pages converge, as the migration
+/// example does by default.
+const PRE_COPY_DEFAULT: wit::Convergence =
+    wit::Convergence { max_rounds: 5, stop_below_pages: 1024, min_shrink_percent: 50 };
 
 pub fn checkpoint(ctx: &Context, req: &CheckpointRequest) -> (Vec<Checkpointed>, Result<()>) {
     checkpoint_handing_off(ctx, req, None)
@@ -428,13 +440,34 @@ fn plan_and_checkpoint(
     let (options, exports) = requested(req, compression);
     let trigger = trigger_of(req);
     let facts = crate::ops::facts::checkpoint(ctx, record, options, exports, trigger, req.schedule.clone());
+    let strategy = match handoff {
+        Some(handoff) => {
+            let choice = policies.strategy(&facts, &handoff.migration())?;
+            handoff.chose(&choice);
+            Some(choice.strategy)
+        }
+        None => None,
+    };
     let plan = policies.plan(&facts)?;
-    let planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
+    let mut planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
+    let name = &policies.planner.info.name;
     if handoff.is_some() && (planned.options.leave_running || planned.options.pre_checkpoint) {
         return Err(Error::Policy(format!(
-            "policy {:?} planned --leave-running or --pre-checkpoint for a migration, which would leave the container running on both sides; refused before anything changed",
-            policies.planner.info.name
+            "policy {name:?} planned --leave-running or --pre-checkpoint for a migration, which would leave the container running on both sides; refused before anything changed"
         )));
+    }
+    match strategy {
+        Some(wit::Strategy::PreCopy) if matches!(planned.pre_dump, PreDumpPlan::None) => {
+            planned.pre_dump = PreDumpPlan::Converge(PRE_COPY_DEFAULT);
+        }
+        Some(wit::Strategy::PostCopy)
+            if !planned.exports.is_empty() || !matches!(planned.pre_dump, PreDumpPlan::None) =>
+        {
+            return Err(Error::Policy(format!(
+                "policy {name:?} planned exports or pre-dump rounds for a post-copy migration, whose memory never reaches the disk here; refused before anything changed"
+            )));
+        }
+        _ => {}
     }
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
     if req.dry_run {
@@ -615,7 +648,20 @@ fn checkpoint_one(
         set_in_progress(ctx, &record.id, true)?;
     }
     let started = Instant::now();
-    if let Err(e) = runtime.checkpoint(&record.id, &options) {
+    let mut lazy_dump = None;
+    let page_server = match handoff {
+        Some(handoff) => handoff.page_server()?,
+        None => None,
+    };
+    let dumped = match page_server {
+        Some(server) => runtime.checkpoint_lazy(&record.id, &options, &server).and_then(|mut dump| {
+            dump.ready()?;
+            lazy_dump = Some(dump);
+            Ok(())
+        }),
+        None => runtime.checkpoint(&record.id, &options),
+    };
+    if let Err(e) = dumped {
         if container_stopped && record.auto_remove {
             let _ = set_in_progress(ctx, &record.id, false);
         }
@@ -653,6 +699,26 @@ fn checkpoint_one(
         }
         Ok(stats)
     })();
+    if let Some(dump) = lazy_dump {
+        let stats = match exported {
+            // The destination runs it; it has all its memory once CRIU here has served it.
+            Ok(stats) => dump
+                .finish()
+                .map_err(|e| Error::PostCopyBroken { name: record.name.clone(), cause: Box::new(e.into()) })
+                .map(|()| stats)?,
+            Err(e) => {
+                dump.abort();
+                return Err(resume_after_lazy_dump(runtime.as_ref(), &record, e));
+            }
+        };
+        mark_checkpointed(ctx, &record.id, image_dir)?;
+        drop(lock);
+        return Ok(ContainerStats {
+            id: record.id.clone(),
+            runtime_checkpoint_duration: runtime_duration,
+            criu_statistics: stats,
+        });
+    }
     let (criu_statistics, unconfirmed) = match exported {
         Ok(stats) => (stats, None),
         Err(e @ Error::HandoffUnconfirmed { .. }) => (DumpStats::default(), Some(e)),
@@ -660,15 +726,7 @@ fn checkpoint_one(
         Err(e) => return Err(e),
     };
     if container_stopped {
-        let mut record = ctx.containers.load(&record.id)?;
-        record.state.checkpointed = true;
-        record.state.checkpointed_at = Some(crate::util::now());
-        record.state.restored = false;
-        record.state.checkpoint_path = Some(image_dir);
-        record.state.finished_at = record.state.checkpointed_at;
-        // Published: a `--rm` container may go now, as podman's does after its export.
-        record.state.checkpoint_in_progress = false;
-        ctx.containers.save(&record)?;
+        mark_checkpointed(ctx, &record.id, image_dir)?;
     }
     if !o.keep && !o.pre_checkpoint {
         remove_file_if_exists(&paths.in_bundle("dump.log"))?;
@@ -681,6 +739,39 @@ fn checkpoint_one(
         return Err(e);
     }
     Ok(ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics })
+}
+
+/// The container's record after a dump that stopped it.
+fn mark_checkpointed(ctx: &Context, id: &str, image_dir: PathBuf) -> Result<()> {
+    let mut record = ctx.containers.load(id)?;
+    record.state.checkpointed = true;
+    record.state.checkpointed_at = Some(crate::util::now());
+    record.state.restored = false;
+    record.state.checkpoint_path = Some(image_dir);
+    record.state.finished_at = record.state.checkpointed_at;
+    // Published: a `--rm` container may go now, as podman's does after its export.
+    record.state.checkpoint_in_progress = false;
+    ctx.containers.save(&record)
+}
+
+/// A post-copy handoff failed before anyone restored from the page server: CRIU is gone, and
+/// the processes it held carry on here (thawed, if its freeze outlived it).
+fn resume_after_lazy_dump(runtime: &dyn OciRuntime, record: &ContainerRecord, cause: Error) -> Error {
+    let resumed = match runtime.state(&record.id) {
+        Ok(Some(state)) if state.is_paused() => runtime.resume(&record.id).map_err(Error::from),
+        Ok(Some(state)) if state.is_running() => Ok(()),
+        Ok(_) => Err(Error::invalid("the runtime no longer knows it")),
+        Err(e) => Err(e.into()),
+    };
+    match resumed {
+        Ok(()) => Error::RolledBack { name: record.name.clone(), cause: Box::new(cause) },
+        Err(e) => Error::RollbackFailed {
+            name: record.name.clone(),
+            cause: Box::new(cause),
+            restore: Box::new(e),
+            images: PathBuf::from("(post-copy: the memory was never written)"),
+        },
+    }
 }
 
 /// Writes one export, asks the gates, and publishes it, narrowed if a gate says so.
@@ -779,6 +870,7 @@ fn roll_back(
         work_path: paths.bundle(),
         tcp_established: options.tcp_established,
         file_locks: options.file_locks,
+        lazy_pages: false,
     };
     let result = (|| {
         let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
