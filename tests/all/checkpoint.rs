@@ -263,6 +263,9 @@ fn create_image_then_restore_several_times_under_new_names() {
     assert!(annotations["io.podman.annotations.checkpoint.runtime.version"].as_str().unwrap().contains("runc version"));
     assert_eq!(annotations["io.podman.annotations.checkpoint.host.arch"], "amd64");
     assert_eq!(annotations["io.podman.annotations.checkpoint.distribution.name"], "debian");
+    // CRI-O's key and the one containerd and checkpointctl read name the container too.
+    assert_eq!(annotations["io.kubernetes.cri-o.annotations.checkpoint.name"], "src");
+    assert_eq!(annotations["org.criu.checkpoint.container.name"], "src");
     for key in
         ["host.kernel", "cgroups.version", "distribution.version", "rootfsImageID", "rootfsImageName", "rawImageName"]
     {

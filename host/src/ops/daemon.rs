@@ -1,6 +1,6 @@
 //! `ckpt daemon`: runs the schedules in the foreground, one structured line (JSON) per event on
-//! standard output, until SIGTERM or Ctrl-C. Schedules are read again at every tick, so `ckpt
-//! schedule add|rm|pause|resume` take effect without a restart; each schedule's place is on disk,
+//! standard output, until SIGTERM or Ctrl-C. Schedules are read again whenever their directory
+//! changes, so `ckpt schedule add|rm|pause|resume` take effect without a restart; each schedule's place is on disk,
 //! so a restart carries on where the last daemon stopped and reports the runs it missed.
 
 use std::collections::{BTreeMap, HashSet};
@@ -18,6 +18,41 @@ use crate::error::{Error, Result};
 
 /// How often the daemon looks for due schedules.
 const TICK: Duration = Duration::from_millis(100);
+/// The schedules are read again at least this often, whatever the directory's time says.
+const RELOAD_AT_LEAST: Duration = Duration::from_secs(10);
+
+/// The schedules and their places, as last read. Every write to their directory (a schedule
+/// added, changed or removed, a run's place saved) is an atomic rename, which changes the
+/// directory's modification time: only then are the files read again, not at every tick.
+struct Snapshot {
+    stamp: Option<std::time::SystemTime>,
+    read_at: Option<std::time::Instant>,
+    entries: Vec<(crate::store::schedules::Schedule, crate::store::schedules::ScheduleState)>,
+}
+
+impl Snapshot {
+    fn refresh(&mut self, ctx: &Context) {
+        let store = ctx.schedules();
+        let stamp = store.modified();
+        let fresh = self.read_at.is_some_and(|at| at.elapsed() < RELOAD_AT_LEAST);
+        if fresh && stamp.is_some() && stamp == self.stamp {
+            return;
+        }
+        let schedules = store.list().unwrap_or_else(|e| {
+            log("error", json!({"error": e.to_string()}));
+            Vec::new()
+        });
+        self.entries = schedules
+            .into_iter()
+            .map(|schedule| {
+                let state = store.state(&schedule.name);
+                (schedule, state)
+            })
+            .collect();
+        self.stamp = stamp;
+        self.read_at = Some(std::time::Instant::now());
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -129,22 +164,25 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         if let Some(listener) = listener {
             scope.spawn(|| serve_metrics(listener, &metrics, &limits));
         }
+        let mut snapshot = Snapshot { stamp: None, read_at: None, entries: Vec::new() };
         while crate::interrupt::received().is_none() {
-            let schedules = ctx.schedules().list().unwrap_or_else(|e| {
-                log("error", json!({"error": e.to_string()}));
-                Vec::new()
-            });
+            snapshot.refresh(ctx);
             let now = Utc::now();
-            for schedule in schedules {
+            for (schedule, state) in &snapshot.entries {
                 if schedule.paused || running.lock().expect("running").contains(&schedule.name) {
                     continue;
                 }
+                if schedule.due(state, now).is_none() {
+                    continue;
+                }
+                // Due as last read: its place is read again, as a run that just ended saved it.
                 let state = ctx.schedules().state(&schedule.name);
                 let Some((slot, missed)) = schedule.due(&state, now) else { continue };
                 if now < slot + chrono::Duration::from_std(schedule.jitter_for(slot)).unwrap_or_default() {
                     continue;
                 }
                 running.lock().expect("running").insert(schedule.name.clone());
+                let schedule = schedule.clone();
                 let (limits, metrics, running) = (&limits, &metrics, &running);
                 scope.spawn(move || {
                     log("run-start", json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed}));

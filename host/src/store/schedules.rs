@@ -242,6 +242,11 @@ impl Schedules {
         Ok(out)
     }
 
+    /// When the directory last changed: every write there is an atomic rename.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok()
+    }
+
     pub fn state(&self, name: &str) -> ScheduleState {
         std::fs::read(self.state_path(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }

@@ -17,17 +17,47 @@ use crate::store::ContainerRecord;
 
 pub use crate::archive::assemble::{Content, Included};
 
+/// An archive as written: what it holds, and the BLAKE3 digest and size of its bytes.
+pub struct Written {
+    pub included: Included,
+    /// `blake3:<hex>`.
+    pub digest: String,
+    pub size: u64,
+}
+
 /// Writes the archive into `pending` (not yet published): one streaming pass over the CRIU
-/// images, compressed on all cores.
+/// images, compressed on all cores and hashed on the way out, so nothing reads it back.
 pub fn write_archive(
     ctx: &Context,
     record: &ContainerRecord,
     content: &Content,
     compression: Compression,
     pending: &mut PendingFile,
-) -> Result<Included> {
+) -> Result<Written> {
     let target = pending.target.clone();
-    stream_archive(ctx, record, content, compression, &mut pending.writer, &target)
+    let mut hashed = Hashed { inner: &mut pending.writer, hasher: blake3::Hasher::new(), size: 0 };
+    let included = stream_archive(ctx, record, content, compression, &mut hashed, &target)?;
+    Ok(Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size: hashed.size })
+}
+
+/// Hashes what passes through.
+struct Hashed<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The same archive, into any stream (`target` names it in errors): an ssh channel to a
@@ -72,15 +102,31 @@ fn add_members<W: Write>(
     Ok(assemble::add_members(writer, content, &sources)?)
 }
 
-/// The `io.podman.annotations.checkpoint.*` annotations, with this host's true values.
+/// The annotations that mark a checkpoint image for each engine, with this host's true values:
+/// podman's `io.podman.annotations.checkpoint.*`, CRI-O's
+/// `io.kubernetes.cri-o.annotations.checkpoint.*` and the `org.criu.checkpoint.*` that
+/// containerd and checkpointctl read.
 fn image_annotations(
     record: &ContainerRecord,
     runtime: &dyn OciRuntime,
     criu_version: u32,
 ) -> BTreeMap<String, String> {
     let key = |k: &str| format!("io.podman.annotations.checkpoint.{k}");
+    let cri_o = |k: &str| format!("io.kubernetes.cri-o.annotations.checkpoint.{k}");
+    let criu = |k: &str| format!("org.criu.checkpoint.{k}");
     let host = crate::hostinfo::HostInfo::probe(Path::new("/"));
-    BTreeMap::from([
+    let mut annotations = BTreeMap::from([
+        (cri_o("name"), record.name.clone()),
+        (cri_o("rawImageName"), record.image_name.clone()),
+        (cri_o("rootfsImageID"), record.image_id.clone()),
+        (cri_o("rootfsImageName"), record.image_ref.clone()),
+        (cri_o("criu.version"), criu_version.to_string()),
+        (criu("container.name"), record.name.clone()),
+        (criu("engine.name"), "ckpt".to_string()),
+        (criu("engine.version"), env!("CARGO_PKG_VERSION").to_string()),
+        (criu("rootfsImageName"), record.image_ref.clone()),
+    ]);
+    annotations.extend([
         (key("name"), record.name.clone()),
         (key("rawImageName"), record.image_name.clone()),
         (key("rootfsImageID"), record.image_id.clone()),
@@ -95,7 +141,8 @@ fn image_annotations(
         (key("distribution.version"), host.distribution_version),
         (key("distribution.name"), host.distribution),
         (key("host.kernel"), host.kernel),
-    ])
+    ]);
+    annotations
 }
 
 /// A one-layer OCI image whose filesystem is the export's content. It is written to the store

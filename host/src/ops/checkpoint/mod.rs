@@ -480,8 +480,8 @@ fn plan_and_checkpoint(
         });
         return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
     }
-    let stats = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
-    let entries = catalog_entries(ctx, record, &facts, &planned, policies);
+    let (stats, digests) = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
+    let entries = catalog_entries(ctx, record, &facts, &planned, policies, &digests);
     Ok((Made { stats, entries }, None))
 }
 
@@ -493,6 +493,7 @@ fn catalog_entries(
     facts: &CheckpointFacts,
     planned: &Planned,
     policies: &Policies,
+    digests: &[Option<String>],
 ) -> Vec<Entry> {
     let paths = ctx.containers.paths(&record.id);
     let base = Entry {
@@ -514,7 +515,7 @@ fn catalog_entries(
         pinned: false,
     };
     let mut entries = Vec::new();
-    for target in &planned.exports {
+    for (i, target) in planned.exports.iter().enumerate() {
         let mut entry =
             Entry { id: crate::store::catalog::new_id(), location: target.location.clone(), ..base.clone() };
         match target.kind {
@@ -522,7 +523,11 @@ fn catalog_entries(
                 let path = Path::new(&target.location);
                 entry.kind = EntryKind::Archive;
                 entry.size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                entry.digest = crate::util::file_digest(path).ok();
+                // Taken as the archive was written; read back only if it was not.
+                entry.digest = match digests.get(i).cloned().flatten() {
+                    Some(digest) => Some(digest),
+                    None => crate::util::file_digest(path).ok(),
+                };
             }
             TargetKind::Image | TargetKind::Registry => {
                 entry.kind = EntryKind::Image;
@@ -575,7 +580,7 @@ fn checkpoint_one(
     planned: &Planned,
     policies: &mut Policies,
     handoff: Option<&dyn Handoff>,
-) -> Result<ContainerStats> {
+) -> Result<(ContainerStats, Vec<Option<String>>)> {
     let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let record = ctx.containers.load(&record.id)?;
     let st = status(ctx, &record)?;
@@ -634,6 +639,11 @@ fn checkpoint_one(
         }
     }
 
+    // Post-copy's page server is set up (a port forwarded to it) while nothing has changed.
+    let page_server = match handoff {
+        Some(handoff) => handoff.page_server()?,
+        None => None,
+    };
     let bundle = paths.bundle();
     let image_dir = if o.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
     let base = runtime_options(&bundle, &image_dir, planned);
@@ -649,10 +659,6 @@ fn checkpoint_one(
     }
     let started = Instant::now();
     let mut lazy_dump = None;
-    let page_server = match handoff {
-        Some(handoff) => handoff.page_server()?,
-        None => None,
-    };
     let dumped = match page_server {
         Some(server) => runtime.checkpoint_lazy(&record.id, &options, &server).and_then(|mut dump| {
             dump.ready()?;
@@ -674,6 +680,7 @@ fn checkpoint_one(
     let parents = parents.keep();
     let runtime_duration = started.elapsed().as_micros() as u64;
     let stats_path = paths.in_bundle(layout::STATS_DUMP);
+    let mut digests = Vec::new();
     let exported = (|| {
         crate::interrupt::check()?;
         let stats = if o.print_stats {
@@ -690,7 +697,7 @@ fn checkpoint_one(
             decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
         };
         for (target, pending) in planned.exports.iter().zip(pending) {
-            export_to(ctx, runtime.as_ref(), &record, facts, policies, target, &content, pending)?;
+            digests.push(export_to(ctx, runtime.as_ref(), &record, facts, policies, target, &content, pending)?);
         }
         // The last safe point: past it the checkpoint is published.
         crate::interrupt::check()?;
@@ -713,11 +720,12 @@ fn checkpoint_one(
         };
         mark_checkpointed(ctx, &record.id, image_dir)?;
         drop(lock);
-        return Ok(ContainerStats {
+        let stats = ContainerStats {
             id: record.id.clone(),
             runtime_checkpoint_duration: runtime_duration,
             criu_statistics: stats,
-        });
+        };
+        return Ok((stats, digests));
     }
     let (criu_statistics, unconfirmed) = match exported {
         Ok(stats) => (stats, None),
@@ -738,7 +746,9 @@ fn checkpoint_one(
     if let Some(e) = unconfirmed {
         return Err(e);
     }
-    Ok(ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics })
+    let stats =
+        ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics };
+    Ok((stats, digests))
 }
 
 /// The container's record after a dump that stopped it.
@@ -774,7 +784,8 @@ fn resume_after_lazy_dump(runtime: &dyn OciRuntime, record: &ContainerRecord, ca
     }
 }
 
-/// Writes one export, asks the gates, and publishes it, narrowed if a gate says so.
+/// Writes one export, asks the gates, and publishes it, narrowed if a gate says so; returns an
+/// archive's digest, taken as it was written.
 #[allow(clippy::too_many_arguments)]
 fn export_to(
     ctx: &Context,
@@ -785,7 +796,7 @@ fn export_to(
     target: &ExportTarget,
     content: &Content,
     pending: Option<PendingFile>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
     let mut ask = |size: u64, digest: &str, included: export::Included| -> Result<GateVerdict> {
@@ -810,22 +821,18 @@ fn export_to(
     };
     match (target.kind, pending) {
         (TargetKind::Archive, Some(mut pending)) => {
-            let included = export::write_archive(ctx, record, content, compression, &mut pending)?;
-            let verdict = if gated {
-                std::io::Write::flush(&mut pending.writer).map_err(Error::io("write", &pending.target))?;
-                let size = std::fs::metadata(&pending.temp_path).map(|m| m.len()).unwrap_or(0);
-                ask(size, &crate::util::file_digest(&pending.temp_path)?, included)?
-            } else {
-                GateVerdict::Allow
-            };
+            let written = export::write_archive(ctx, record, content, compression, &mut pending)?;
+            let verdict =
+                if gated { ask(written.size, &written.digest, written.included)? } else { GateVerdict::Allow };
             match verdict {
-                GateVerdict::Allow => pending.publish(),
+                GateVerdict::Allow => pending.publish().map(|()| Some(written.digest)),
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
                     let target_path = pending.target.clone();
                     drop(pending);
                     let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
-                    export::write_archive(ctx, record, &narrowed(drop_rootfs, drop_volumes), compression, &mut again)?;
-                    again.publish()
+                    let narrower = narrowed(drop_rootfs, drop_volumes);
+                    let written = export::write_archive(ctx, record, &narrower, compression, &mut again)?;
+                    again.publish().map(|()| Some(written.digest))
                 }
             }
         }
@@ -845,7 +852,7 @@ fn export_to(
                 crate::interrupt::check()?;
                 crate::ops::images::push(ctx, &target.location, None, &Default::default())?;
             }
-            Ok(())
+            Ok(None)
         }
         (TargetKind::Archive, None) => unreachable!("every archive target has a pending file"),
     }
