@@ -41,6 +41,15 @@ fn podman_restores_a_ckpt_archive_and_the_container_carries_on() {
     let in_volume: u64 = podman.ok(&["exec", "ckpt-moving", "cat", "/data/n"]).trim().parse().unwrap();
     assert!(in_volume > at_checkpoint, "the volume came along and is written to");
     assert_eq!(podman.ok(&["inspect", "--format", "{{.State.Status}}", "ckpt-moving"]).trim(), "running");
+
+    // ckpt's gzip is written on every core as a run of gzip members; podman's reader takes it.
+    podman.ok(&["rm", "-f", "-t", "0", "ckpt-moving"]);
+    ckpt.ok(&["restore", "ckpt-moving"]);
+    let gzipped = ckpt.path("moving.tar.gz");
+    ckpt.ok(&["checkpoint", "-c", "gzip", "-e", gzipped.to_str().unwrap(), "ckpt-moving"]);
+    let at_checkpoint = last_count(&ckpt.logs("ckpt-moving"));
+    podman.ok(&["container", "restore", "--ignore-volumes", "--import", gzipped.to_str().unwrap()]);
+    assert!(eventually(Duration::from_secs(5), || count() > at_checkpoint + 3), "it counts on from {at_checkpoint}");
 }
 
 #[test]

@@ -43,10 +43,14 @@ pub struct Manifest {
 
 const MANIFEST_FORMAT: &str = "ckpt-checkpoint/1 (blake3)";
 
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The compressed stream under the tar builder.
 pub enum Compressor<W: Write> {
     Zstd(zstd::Encoder<'static, W>),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pargzip::ParGzEncoder<W>),
     None(W),
 }
 
@@ -57,12 +61,12 @@ impl<W: Write> Compressor<W> {
                 // Level 1: on two cores the export is bound by compression, and level 3 costs half again
                 // as much time for a few percent of size on memory pages.
                 let mut encoder = zstd::Encoder::new(inner, 1)?;
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
                 // Multi-threaded zstd is what makes the export faster than podman's.
-                encoder.multithread(threads)?;
+                encoder.multithread(threads() as u32)?;
                 Compressor::Zstd(encoder)
             }
-            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::fast())),
+            // gzip is single-threaded by nature: blocks as members, on every core.
+            Compression::Gzip => Compressor::Gzip(super::pargzip::ParGzEncoder::new(inner, threads())),
             Compression::None => Compressor::None(inner),
         })
     }

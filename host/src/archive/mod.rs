@@ -4,6 +4,7 @@
 pub mod assemble;
 pub mod checkpoint;
 pub mod extract;
+pub mod pargzip;
 pub mod publish;
 pub mod summary;
 
