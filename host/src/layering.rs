@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "the foundations",
-        &["store", "rootfs", "netns", "spec", "util", "error", "safefs", "config", "interrupt", "hostinfo"],
+        &["store", "rootfs", "netns", "spec", "util", "error", "safefs", "config", "interrupt", "hostinfo", "progress"],
     ),
 ];
 

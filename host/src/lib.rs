@@ -21,6 +21,7 @@ mod layering;
 pub(crate) mod netns;
 pub(crate) mod ops;
 pub(crate) mod policy;
+pub(crate) mod progress;
 pub(crate) mod registry;
 pub(crate) mod rootfs;
 pub(crate) mod runtime;

@@ -367,10 +367,17 @@ pub fn looks_like_archive(path: &Path) -> bool {
 /// Extracts an archive into `staging` and checks it against its manifest, if it has one
 /// (podman's archives have none).
 pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptions) -> Result<bool, ArchiveError> {
-    let reader = super::open_decompressed(archive)?;
     let name = archive.display().to_string();
-    super::extract(reader, staging, &name, options)?;
-    verify_manifest(staging, &name)
+    let file = std::fs::File::open(archive).map_err(|source| ArchiveError::Io {
+        archive: name.clone(),
+        action: "open",
+        path: archive.to_path_buf(),
+        source,
+    })?;
+    let total = file.metadata().map(|m| m.len()).ok();
+    let file = std::io::BufReader::with_capacity(1 << 20, file);
+    let counted = crate::progress::ProgressReader::new(file, crate::progress::Progress::on_terminal("import", total));
+    extract_checkpoint_stream(counted, &name, staging, options)
 }
 
 /// The same, from a stream (a pipe, an ssh channel): nothing needs to seek, and each member is

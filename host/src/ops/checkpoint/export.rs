@@ -12,6 +12,7 @@ use crate::archive::summary::ConfigDump;
 use crate::error::{Error, Result};
 use crate::ops::Context;
 use crate::policy::GateVerdict;
+use crate::progress::{Progress, ProgressWriter};
 use crate::runtime::OciRuntime;
 use crate::store::ContainerRecord;
 
@@ -72,10 +73,26 @@ pub fn stream_archive<W: Write>(
 ) -> Result<Included> {
     let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
     let compressor = Compressor::new(out, compression).map_err(io_err)?;
-    let mut writer = ArchiveWriter::new(compressor);
+    let progress = Progress::on_terminal("export", Some(estimated_size(ctx, record, content)));
+    let mut writer = ArchiveWriter::new(ProgressWriter::new(compressor, progress));
     let included = add_members(ctx, record, content, &mut writer)?;
-    writer.finish().and_then(Compressor::finish).and_then(|mut w| w.flush()).map_err(io_err)?;
+    writer.finish().and_then(|w| w.inner.finish()).and_then(|mut w| w.flush()).map_err(io_err)?;
     Ok(included)
+}
+
+/// About what an archive holds before compression, for the time left on a terminal: the CRIU
+/// images, the container's upper layer and its volumes.
+fn estimated_size(ctx: &Context, record: &ContainerRecord, content: &Content) -> u64 {
+    let paths = ctx.containers.paths(&record.id);
+    let mut size = crate::util::dir_size(&paths.in_bundle(content.images_dir));
+    size += content.parents.iter().map(|p| crate::util::dir_size(&paths.in_bundle(p))).sum::<u64>();
+    if !content.ignore_rootfs {
+        size += crate::util::dir_size(&paths.upper());
+    }
+    if !content.ignore_volumes {
+        size += record.named_volumes().map(|v| crate::util::dir_size(&ctx.volumes.mountpoint(&v.source))).sum::<u64>();
+    }
+    size
 }
 
 /// Gathers where the members come from (the rootfs changes only when they go in) and writes them.
