@@ -214,6 +214,13 @@ fn all_and_latest_select_containers_and_print_full_ids() {
     assert!(restored.contains(&a) && restored.contains(&b), "{restored}");
     assert_eq!(ckpt.status("a"), "running");
     assert_eq!(ckpt.status("b"), "running");
+    // Two at once (the default on two cores) above, one at a time here: the same result.
+    let out = ckpt.ok(&["checkpoint", "--all", "--parallel", "1"]);
+    let mut printed: Vec<&str> = out.lines().collect();
+    printed.sort();
+    assert_eq!(printed, expected);
+    assert!(ckpt.fails(&["checkpoint", "--all", "--parallel", "0"]).contains("--parallel"));
+    ckpt.ok(&["restore", "--all"]);
     let latest = ckpt.counter("latest", &[]);
     assert_eq!(ckpt.ok(&["checkpoint", "-l"]).trim(), latest);
     assert_eq!(ckpt.ok(&["restore", "--latest"]).trim(), latest);

@@ -39,6 +39,9 @@ pub struct CheckpointArgs {
     /// Print the planner's decision and checkpoint nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How many containers to checkpoint at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: Option<u16>,
     /// What asked for this checkpoint, as the policy sees it (default: cli).
     #[arg(long, default_value = "cli")]
     pub trigger: String,
@@ -168,6 +171,7 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         with_previous: args.with_previous,
         create_image: args.create_image,
         registry: None,
+        parallel: args.parallel.map(usize::from),
         print_stats: args.print_stats,
         policy: args.policies.policy,
         policy_config: args.policies.policy_config,

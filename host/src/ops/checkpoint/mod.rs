@@ -47,6 +47,8 @@ pub struct CheckpointRequest {
     pub create_image: Option<String>,
     /// A registry reference to push the checkpoint image to (`ckpt migrate --via`).
     pub registry: Option<String>,
+    /// How many containers are checkpointed at once (`--parallel`; one per core by default).
+    pub parallel: Option<usize>,
     pub print_stats: bool,
     /// The planner: a component file, or the built-in default when `None`.
     pub policy: Option<String>,
@@ -331,77 +333,129 @@ pub fn checkpoint_handing_off(
                 Ok(policy::Component { read: crate::ops::policy::fetch_component(ctx, spec)?, settings: settings.clone() })
             })
             .collect::<Result<Vec<_>>>()?;
-        let policies = Policies::load_components(&ctx.policy_cache(), planner, gates)?;
-        Ok((compression, selected, policies))
+        Ok((compression, selected, planner, gates))
     });
-    let (compression, selected, mut policies) = match prepared {
+    let (compression, selected, planner, gates) = match prepared {
         Ok(p) => p,
         Err(e) => return (Vec::new(), Err(e)),
     };
-    let mut done = Vec::new();
-    let result = crate::ops::each(&selected, |(record, printed)| {
-        let outcome = plan_and_checkpoint(ctx, req, compression, record, &mut policies, handoff);
-        let records = std::mem::take(&mut policies.records);
-        if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
-            eprintln!(
-                "Error: cannot write the decision log {}: {}",
-                ctx.roots.policy_log().display(),
-                crate::util::escape_controls(&e.to_string())
-            );
-        }
-        let about = json!({
-            "container": record.name, "container-id": record.id, "trigger": trigger_of(req),
-            "schedule": req.schedule.as_ref().map(|s| &s.name),
-            "policy": {"source": policies.planner.source, "digest": policies.planner.digest},
-        });
-        let outcome = match outcome {
-            Err(Error::PolicyEngine(policy::PolicyError::Skipped { reason, .. })) => {
-                if !req.dry_run {
-                    ctx.audit("skip", with(&about, json!({"reason": reason})));
-                }
-                let stats = ContainerStats::none(&record.id);
-                Ok(Checkpointed {
-                    printed_name: printed.clone(),
-                    stats,
-                    plan: None,
-                    skipped: Some(reason),
-                    entries: vec![],
-                })
-            }
-            Ok((_, Some(plan))) => {
-                let stats = ContainerStats::none(&record.id);
-                Ok(Checkpointed {
-                    printed_name: printed.clone(),
-                    stats,
-                    plan: Some(plan),
-                    skipped: None,
-                    entries: vec![],
-                })
-            }
-            Ok((done, None)) => {
-                let ids: Vec<&str> = done.entries.iter().map(|e| e.id.as_str()).collect();
-                let targets: Vec<&str> = done.entries.iter().map(|e| e.location.as_str()).collect();
-                ctx.audit("checkpoint", with(&about, json!({"entries": ids, "locations": targets})));
-                Ok(Checkpointed {
-                    printed_name: printed.clone(),
-                    stats: done.stats,
-                    plan: None,
-                    skipped: None,
-                    entries: done.entries,
-                })
-            }
-            Err(e) => {
-                if !req.dry_run {
-                    let event = if e.is_denial() { "denial" } else { "checkpoint-failed" };
-                    ctx.audit(event, with(&about, json!({"error": e.to_string()})));
-                }
-                Err(e)
-            }
+    let workers = req.parallel.unwrap_or_else(default_parallel).clamp(1, selected.len().max(1));
+    if handoff.is_some() || workers == 1 {
+        let mut policies = match Policies::load_components(&ctx.policy_cache(), planner, gates) {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), Err(e.into())),
         };
-        done.push(outcome?);
-        Ok(())
+        let mut done = Vec::new();
+        let result = crate::ops::each(&selected, |(record, printed)| {
+            done.push(one_container(ctx, req, compression, record, printed, &mut policies, handoff)?);
+            Ok(())
+        });
+        return (done, result);
+    }
+    // Several at once: each worker has its own policies (compiled once, from the cache) and
+    // takes the next container; results keep the order of the selection.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: std::sync::Mutex<Vec<(usize, Result<Checkpointed>)>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let copy =
+                    |c: &policy::Component| policy::Component { read: c.read.clone(), settings: c.settings.clone() };
+                let mut loaded =
+                    Policies::load_components(&ctx.policy_cache(), copy(&planner), gates.iter().map(copy).collect());
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((record, printed)) = selected.get(i) else { return };
+                    // After Ctrl-C or SIGTERM, the containers not yet begun are left alone.
+                    let outcome = crate::interrupt::check().and_then(|()| match &mut loaded {
+                        Ok(policies) => one_container(ctx, req, compression, record, printed, policies, None),
+                        Err(e) => Err(Error::invalid(e.to_string())),
+                    });
+                    outcomes.lock().expect("outcomes").push((i, outcome));
+                }
+            });
+        }
     });
-    (done, result)
+    let mut outcomes = outcomes.into_inner().expect("outcomes");
+    outcomes.sort_by_key(|(i, _)| *i);
+    // As `ops::each` reports: every error but the last is printed, the last returned.
+    let mut done = Vec::new();
+    let mut last = None;
+    for (_, outcome) in outcomes {
+        match outcome {
+            Ok(checkpointed) => done.push(checkpointed),
+            Err(e) => {
+                if let Some(previous) = last.replace(e) {
+                    eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
+                }
+            }
+        }
+    }
+    (done, last.map_or(Ok(()), Err))
+}
+
+/// `--parallel` unless given: one checkpoint per core.
+fn default_parallel() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Plans, checkpoints and records one container: its decision records, its audit entry.
+fn one_container(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    compression: Compression,
+    record: &ContainerRecord,
+    printed: &str,
+    policies: &mut Policies,
+    handoff: Option<&dyn Handoff>,
+) -> Result<Checkpointed> {
+    let outcome = plan_and_checkpoint(ctx, req, compression, record, policies, handoff);
+    let records = std::mem::take(&mut policies.records);
+    if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
+        eprintln!(
+            "Error: cannot write the decision log {}: {}",
+            ctx.roots.policy_log().display(),
+            crate::util::escape_controls(&e.to_string())
+        );
+    }
+    let about = json!({
+        "container": record.name, "container-id": record.id, "trigger": trigger_of(req),
+        "schedule": req.schedule.as_ref().map(|s| &s.name),
+        "policy": {"source": policies.planner.source, "digest": policies.planner.digest},
+    });
+    let printed = printed.to_string();
+    match outcome {
+        Err(Error::PolicyEngine(policy::PolicyError::Skipped { reason, .. })) => {
+            if !req.dry_run {
+                ctx.audit("skip", with(&about, json!({"reason": reason})));
+            }
+            let stats = ContainerStats::none(&record.id);
+            Ok(Checkpointed { printed_name: printed, stats, plan: None, skipped: Some(reason), entries: vec![] })
+        }
+        Ok((_, Some(plan))) => {
+            let stats = ContainerStats::none(&record.id);
+            Ok(Checkpointed { printed_name: printed, stats, plan: Some(plan), skipped: None, entries: vec![] })
+        }
+        Ok((done, None)) => {
+            let ids: Vec<&str> = done.entries.iter().map(|e| e.id.as_str()).collect();
+            let targets: Vec<&str> = done.entries.iter().map(|e| e.location.as_str()).collect();
+            ctx.audit("checkpoint", with(&about, json!({"entries": ids, "locations": targets})));
+            Ok(Checkpointed {
+                printed_name: printed,
+                stats: done.stats,
+                plan: None,
+                skipped: None,
+                entries: done.entries,
+            })
+        }
+        Err(e) => {
+            if !req.dry_run {
+                let event = if e.is_denial() { "denial" } else { "checkpoint-failed" };
+                ctx.audit(event, with(&about, json!({"error": e.to_string()})));
+            }
+            Err(e)
+        }
+    }
 }
 
 fn trigger_of(req: &CheckpointRequest) -> &str {
