@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `checkpoint -a` of COUNT running containers (default 20), ckpt beside podman in the same run,
+# then `restore -a`. Reports median wall times of ROUNDS rounds (default 3) and the ratios.
+# Usage: bench/all.sh [ROUNDS]; COUNT=N and PARALLEL=N (ckpt's --parallel) choose the rest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+count=${COUNT:-20}
+bash scripts/setup >/dev/null
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet -p ckpt
+ckpt="$PWD/target/release/ckpt --root /var/lib/ckpt-bench-all --runroot /run/ckpt-bench-all"
+work=/var/tmp/ckpt-bench-all
+rm -rf "$work"; mkdir -p "$work"
+podman() { command podman --runtime runc "$@"; }
+now() { date +%s%N; }
+$ckpt rm -af >/dev/null 2>&1 || true
+$ckpt save -o "$work/busybox.tar" busybox >/dev/null
+podman load -q -i "$work/busybox.tar" >/dev/null
+names() { for i in $(seq "$count"); do echo "all-$i"; done; }
+names | xargs -r command podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
+for i in $(seq "$count"); do
+  $ckpt run -d --name "all-$i" busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
+  podman run -d --network none --name "all-$i" localhost/busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
+done
+parallel=${PARALLEL:+--parallel $PARALLEL}
+: > "$work/ckpt"; : > "$work/podman"
+for _ in $(seq "$rounds"); do
+  t0=$(now); $ckpt checkpoint -a $parallel >/dev/null; t1=$(now); $ckpt restore -a >/dev/null; t2=$(now)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))" >> "$work/ckpt"
+  t0=$(now); podman container checkpoint -a >/dev/null; t1=$(now); podman container restore -a >/dev/null; t2=$(now)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))" >> "$work/podman"
+done
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+c1=$(cut -d' ' -f1 "$work/ckpt" | median); p1=$(cut -d' ' -f1 "$work/podman" | median)
+c2=$(cut -d' ' -f2 "$work/ckpt" | median); p2=$(cut -d' ' -f2 "$work/podman" | median)
+echo "$count containers, $rounds rounds, medians: checkpoint -a ckpt $c1 ms, podman $p1 ms, ratio $(ratio "$c1" "$p1"); restore -a ckpt $c2 ms, podman $p2 ms, ratio $(ratio "$c2" "$p2")"
+$ckpt rm -af >/dev/null
+names | xargs -r command podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
