@@ -8,13 +8,17 @@ use crate::support::servers::{LocalRegistry, Sshd};
 use crate::support::{Ckpt, eventually, last_count};
 
 fn migrate(from: &Ckpt, sshd: &Sshd, to: &Ckpt, extra: &[&str], name: &str) -> crate::support::Run {
+    migrate_with(from, sshd.flags(to), extra, name, &sshd.url(to))
+}
+
+/// `ckpt migrate --json FLAGS EXTRA NAME URL` on `from`.
+fn migrate_with(from: &Ckpt, flags: Vec<String>, extra: &[&str], name: &str, url: &str) -> crate::support::Run {
     let mut args: Vec<String> = vec!["migrate".into(), "--json".into()];
-    args.extend(sshd.flags(to));
+    args.extend(flags);
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(name.into());
-    args.push(sshd.url(to));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    from.run(&args)
+    args.push(url.into());
+    from.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
@@ -85,10 +89,8 @@ fn a_failure_leaves_the_container_running_on_exactly_one_side() {
     assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
 
     // Nobody listens: refused before the freeze.
-    let mut args: Vec<String> = vec!["migrate".into()];
-    args.extend(sshd.flags(&dest));
-    args.extend(["web".into(), format!("ssh://root@127.0.0.1:1{}", dest.root.display())]);
-    let unreachable = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let nobody = format!("ssh://root@127.0.0.1:1{}", dest.root.display());
+    let unreachable = migrate_with(&source, sshd.flags(&dest), &[], "web", &nobody);
     assert_eq!(unreachable.code, 125, "{}", unreachable.stderr);
     assert!(unreachable.stderr.contains("nothing was changed"), "{}", unreachable.stderr);
     assert!(source.fails(&["migrate", "web", "box"]).contains("ssh://[USER@]HOST[:PORT][/ROOT]"));
@@ -101,11 +103,8 @@ fn a_failure_leaves_the_container_running_on_exactly_one_side() {
     );
     let mut flags = sshd.flags(&dest);
     *flags.last_mut().unwrap() = failing;
-    let mut args: Vec<String> = vec!["migrate".into()];
-    args.extend(flags);
-    args.extend(["web".into(), sshd.url(&dest)]);
     let before = last_count(&source.logs("web"));
-    let failed = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let failed = migrate_with(&source, flags, &[], "web", &sshd.url(&dest));
     assert_eq!(failed.code, 125, "{}{}", failed.stderr, failed.stdout);
     assert!(failed.stderr.contains("disk full at the destination"), "{}", failed.stderr);
     assert!(failed.stderr.contains("restored and keeps running"), "{}", failed.stderr);
