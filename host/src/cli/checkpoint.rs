@@ -146,6 +146,9 @@ pub struct RestoreArgs {
     /// Print statistics about the restore as JSON.
     #[arg(long)]
     pub print_stats: bool,
+    /// How many containers to restore at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: Option<u16>,
     /// Post-copy (`ckpt migrate`): fetch the memory from the page server at HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", hide = true)]
     pub lazy_pages_from: Option<String>,
@@ -218,6 +221,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         ignore_volumes: args.ignore_volumes,
         print_stats: args.print_stats,
         lazy_pages_from: args.lazy_pages_from,
+        parallel: args.parallel.map(usize::from),
     };
     let (done, result) = restore::restore(ctx, &req);
     if req.print_stats {

@@ -120,3 +120,53 @@ pub fn each<T>(items: &[T], mut each: impl FnMut(&T) -> Result<()>) -> Result<()
         None => Ok(()),
     }
 }
+
+/// [`each`], on up to `workers` threads: each thread makes its own state with `init` (policies,
+/// say) and takes the next item. Results keep the items' order; as with [`each`], every error
+/// but the last is printed, and the last is returned. After Ctrl-C or SIGTERM, the items not yet
+/// begun are left alone.
+pub fn each_parallel<T: Sync, S, R: Send>(
+    items: &[T],
+    workers: usize,
+    init: impl Fn() -> Result<S> + Sync,
+    each: impl Fn(&mut S, &T) -> Result<R> + Sync,
+) -> (Vec<R>, Result<()>) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                let mut state = init();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { return };
+                    let outcome = crate::interrupt::check().and_then(|()| match &mut state {
+                        Ok(state) => each(state, item),
+                        Err(e) => Err(crate::Error::invalid(e.to_string())),
+                    });
+                    outcomes.lock().expect("outcomes").push((i, outcome));
+                }
+            });
+        }
+    });
+    let mut outcomes = outcomes.into_inner().expect("outcomes");
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut done = Vec::new();
+    let mut last: Option<crate::Error> = None;
+    for (_, outcome) in outcomes {
+        match outcome {
+            Ok(result) => done.push(result),
+            Err(e) => {
+                if let Some(previous) = last.replace(e) {
+                    eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
+                }
+            }
+        }
+    }
+    (done, last.map_or(Ok(()), Err))
+}
+
+/// `--parallel` unless given: one at a time per core.
+pub fn default_parallel() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

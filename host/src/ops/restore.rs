@@ -42,6 +42,8 @@ pub struct RestoreRequest {
     pub print_stats: bool,
     /// Post-copy: `HOST:PORT` of the page server that holds the memory (`ckpt migrate`).
     pub lazy_pages_from: Option<String>,
+    /// How many local checkpoints are restored at once (`--parallel`; one per core by default).
+    pub parallel: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,38 +166,46 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
         Ok(s) => s,
         Err(e) => return (Vec::new(), Err(e)),
     };
+    // Local checkpoints restore side by side (`restore -a`); an import is one at a time.
+    let workers = req.parallel.unwrap_or_else(crate::ops::default_parallel);
+    if workers > 1 && sources.len() > 1 && sources.iter().all(|s| matches!(s, Source::Local(..))) {
+        return crate::ops::each_parallel(&sources, workers, || Ok(()), |(), source| restore_one(ctx, req, source));
+    }
     let mut done = Vec::new();
     let result = crate::ops::each(&sources, |source| {
-        let (from, restored) = match source {
-            Source::Local(record, printed) => ("local", restore_local(ctx, req, record, printed)),
-            Source::Archive(path) => {
-                ("archive", Staged::from_archive(ctx, path).and_then(|staged| restore_import(ctx, req, staged)))
-            }
-            Source::Stream => ("stream", Staged::from_stdin(ctx).and_then(|staged| restore_import(ctx, req, staged))),
-            Source::Image(name) => (
-                "image",
-                Staged::from_image(ctx, name)
-                    .and_then(|staged| restore_import(ctx, req, staged))
-                    .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}"))),
-            ),
-        };
-        let location = match source {
-            Source::Local(record, _) => record.name.clone(),
-            Source::Archive(path) => path.display().to_string(),
-            Source::Stream => "standard input".to_string(),
-            Source::Image(name) => name.clone(),
-        };
-        let outcome = match &restored {
-            Ok(r) => {
-                json!({"from": from, "location": location, "container": r.printed_name, "container-id": r.stats.id})
-            }
-            Err(e) => json!({"from": from, "location": location, "error": e.to_string()}),
-        };
-        ctx.audit(if restored.is_ok() { "restore" } else { "restore-failed" }, outcome);
-        done.push(restored?);
+        done.push(restore_one(ctx, req, source)?);
         Ok(())
     });
     (done, result)
+}
+
+/// Restores from one source, and records it in the audit log either way.
+fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<Restored> {
+    let (from, restored) = match source {
+        Source::Local(record, printed) => ("local", restore_local(ctx, req, record, printed)),
+        Source::Archive(path) => {
+            ("archive", Staged::from_archive(ctx, path).and_then(|staged| restore_import(ctx, req, staged)))
+        }
+        Source::Stream => ("stream", Staged::from_stdin(ctx).and_then(|staged| restore_import(ctx, req, staged))),
+        Source::Image(name) => (
+            "image",
+            Staged::from_image(ctx, name)
+                .and_then(|staged| restore_import(ctx, req, staged))
+                .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}"))),
+        ),
+    };
+    let location = match source {
+        Source::Local(record, _) => record.name.clone(),
+        Source::Archive(path) => path.display().to_string(),
+        Source::Stream => "standard input".to_string(),
+        Source::Image(name) => name.clone(),
+    };
+    let outcome = match &restored {
+        Ok(r) => json!({"from": from, "location": location, "container": r.printed_name, "container-id": r.stats.id}),
+        Err(e) => json!({"from": from, "location": location, "error": e.to_string()}),
+    };
+    ctx.audit(if restored.is_ok() { "restore" } else { "restore-failed" }, outcome);
+    restored
 }
 
 fn restore_options(req: &RestoreRequest, bundle: &Path) -> RestoreOptions {

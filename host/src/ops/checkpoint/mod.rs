@@ -339,7 +339,7 @@ pub fn checkpoint_handing_off(
         Ok(p) => p,
         Err(e) => return (Vec::new(), Err(e)),
     };
-    let workers = req.parallel.unwrap_or_else(default_parallel).clamp(1, selected.len().max(1));
+    let workers = req.parallel.unwrap_or_else(crate::ops::default_parallel).clamp(1, selected.len().max(1));
     if handoff.is_some() || workers == 1 {
         let mut policies = match Policies::load_components(&ctx.policy_cache(), planner, gates) {
             Ok(p) => p,
@@ -352,51 +352,14 @@ pub fn checkpoint_handing_off(
         });
         return (done, result);
     }
-    // Several at once: each worker has its own policies (compiled once, from the cache) and
-    // takes the next container; results keep the order of the selection.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: std::sync::Mutex<Vec<(usize, Result<Checkpointed>)>> = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                let copy =
-                    |c: &policy::Component| policy::Component { read: c.read.clone(), settings: c.settings.clone() };
-                let mut loaded =
-                    Policies::load_components(&ctx.policy_cache(), copy(&planner), gates.iter().map(copy).collect());
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some((record, printed)) = selected.get(i) else { return };
-                    // After Ctrl-C or SIGTERM, the containers not yet begun are left alone.
-                    let outcome = crate::interrupt::check().and_then(|()| match &mut loaded {
-                        Ok(policies) => one_container(ctx, req, compression, record, printed, policies, None),
-                        Err(e) => Err(Error::invalid(e.to_string())),
-                    });
-                    outcomes.lock().expect("outcomes").push((i, outcome));
-                }
-            });
-        }
-    });
-    let mut outcomes = outcomes.into_inner().expect("outcomes");
-    outcomes.sort_by_key(|(i, _)| *i);
-    // As `ops::each` reports: every error but the last is printed, the last returned.
-    let mut done = Vec::new();
-    let mut last = None;
-    for (_, outcome) in outcomes {
-        match outcome {
-            Ok(checkpointed) => done.push(checkpointed),
-            Err(e) => {
-                if let Some(previous) = last.replace(e) {
-                    eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
-                }
-            }
-        }
-    }
-    (done, last.map_or(Ok(()), Err))
-}
-
-/// `--parallel` unless given: one checkpoint per core.
-fn default_parallel() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // Several at once: each worker has its own policies, compiled once, from the cache.
+    let copy = |c: &policy::Component| policy::Component { read: c.read.clone(), settings: c.settings.clone() };
+    crate::ops::each_parallel(
+        &selected,
+        workers,
+        || Ok(Policies::load_components(&ctx.policy_cache(), copy(&planner), gates.iter().map(copy).collect())?),
+        |policies, (record, printed)| one_container(ctx, req, compression, record, printed, policies, None),
+    )
 }
 
 /// Plans, checkpoints and records one container: its decision records, its audit entry.
