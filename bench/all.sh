@@ -18,7 +18,7 @@ $ckpt rm -af >/dev/null 2>&1 || true
 $ckpt save -o "$work/busybox.tar" busybox >/dev/null
 podman load -q -i "$work/busybox.tar" >/dev/null
 names() { for i in $(seq "$count"); do echo "all-$i"; done; }
-names | xargs -r command podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
+names | xargs -r podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
 for i in $(seq "$count"); do
   $ckpt run -d --name "all-$i" busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
   podman run -d --network none --name "all-$i" localhost/busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
@@ -37,4 +37,4 @@ c1=$(cut -d' ' -f1 "$work/ckpt" | median); p1=$(cut -d' ' -f1 "$work/podman" | m
 c2=$(cut -d' ' -f2 "$work/ckpt" | median); p2=$(cut -d' ' -f2 "$work/podman" | median)
 echo "$count containers, $rounds rounds, medians: checkpoint -a ckpt $c1 ms, podman $p1 ms, ratio $(ratio "$c1" "$p1"); restore -a ckpt $c2 ms, podman $p2 ms, ratio $(ratio "$c2" "$p2")"
 $ckpt rm -af >/dev/null
-names | xargs -r command podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
+names | xargs -r podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true

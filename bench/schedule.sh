@@ -23,7 +23,7 @@ podman() { command podman --runtime runc "$@"; }
 cleanup() {
   [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null || true
   $ckpt rm -a -f >/dev/null 2>&1 || true
-  for i in $(seq "$count"); do echo "sched-$i"; done | xargs -r command podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
+  for i in $(seq "$count"); do echo "sched-$i"; done | xargs -r podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 cleanup
