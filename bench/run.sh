@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every benchmark, one after another, each beside podman in its own run, into one report:
+# exports and imports by compression and size (checkpoint.sh), `checkpoint -a` and `restore -a`
+# (all.sh), migration (migrate.sh) and policy decision costs (policy.sh). The scheduled-checkpoint
+# benchmark (schedule.sh) takes 20 minutes and runs only with SCHEDULE=1.
+# Usage: bench/run.sh [ROUNDS] (default 5); the report goes to standard output and
+# bench/last-run-all.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+{
+  echo "== bench/run.sh, $(date -u +%FT%TZ), $rounds rounds, $(nproc) cores, $(uname -r)"
+  echo "== checkpoint.sh"; bash bench/checkpoint.sh "$rounds"
+  echo "== all.sh"; bash bench/all.sh "$rounds"
+  echo "== migrate.sh"; bash bench/migrate.sh "$rounds"
+  echo "== policy.sh"; bash bench/policy.sh
+  if [ "${SCHEDULE:-0}" = 1 ]; then echo "== schedule.sh"; bash bench/schedule.sh; fi
+} 2>&1 | grep -v 'level=warning' | tee bench/last-run-all.txt
