@@ -483,6 +483,18 @@ fn the_five_0_1_0_examples_still_load_and_decide() {
             serde_json::from_str(&ckpt.ok(&["policy", "inspect", &policy(component)])).unwrap();
         assert_eq!(inspected["world"], world, "{component}");
     }
+    // A gate is benchmarked on an export's facts, as it decides.
+    let bench = ckpt.ok(&[
+        "policy",
+        "bench",
+        &policy("js_hours"),
+        "--facts",
+        &fixture("export-facts.json"),
+        "--iterations",
+        "3",
+    ]);
+    let bench: serde_json::Value = serde_json::from_str(&bench).unwrap();
+    assert_eq!((bench["decision"].as_str(), bench["decisions"].as_u64()), (Some("gate"), Some(3)), "{bench}");
     // A 0.1.0 planner and a 0.1.0 gate decide a real checkpoint together.
     ckpt.counter("old", &["--label", "data-class=public"]);
     let archive = ckpt.path("old.tar.zst");

@@ -48,6 +48,9 @@ pub enum PolicyCommand {
         /// Settings: JSON, or @FILE (as `checkpoint --policy-config`).
         #[arg(long = "policy-config")]
         config: Option<String>,
+        /// `plan`, `round`, `gate` or `retain`; what the component decides by default.
+        #[arg(long, value_enum)]
+        decision: Option<crate::policy::Kind>,
         #[arg(long, default_value_t = 1000)]
         iterations: usize,
     },
@@ -77,8 +80,8 @@ pub fn run(ctx: &Context, command: PolicyCommand) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&value).expect("json"));
             Ok(0)
         }
-        PolicyCommand::Bench { file, facts, config, iterations } => {
-            let value = policy::bench(ctx, &file, &facts, config.as_deref(), iterations)?;
+        PolicyCommand::Bench { file, facts, config, decision, iterations } => {
+            let value = policy::bench(ctx, &file, &facts, config.as_deref(), decision, iterations)?;
             println!("{}", serde_json::to_string(&value).expect("json"));
             Ok(0)
         }

@@ -377,20 +377,51 @@ pub fn test(ctx: &Context, file: &str, cases_file: &Path) -> Result<(Vec<String>
 
 /// `ckpt policy bench`: the cost of loading a policy (compile or cache) and of one decision
 /// (fresh store, instantiate, call, drop), as percentiles over `iterations` decisions.
-pub fn bench(ctx: &Context, file: &str, facts: &Path, config: Option<&str>, iterations: usize) -> Result<Value> {
+pub fn bench(
+    ctx: &Context,
+    file: &str,
+    facts: &Path,
+    config: Option<&str>,
+    decision: Option<Kind>,
+    iterations: usize,
+) -> Result<Value> {
     let engine = engine(ctx)?;
     let (source, bytes) = fetch_component(ctx, file)?;
     let settings = policy::read_settings(config)?;
     let started = std::time::Instant::now();
     let loaded = engine.load(&source, &bytes, &settings)?;
     let load_us = started.elapsed().as_micros() as u64;
-    let facts: CheckpointFacts = json::from_json(&read_json::<Value>(facts, "facts file")?)
-        .map_err(|e| Error::invalid(format!("facts file {:?}: {e}", facts.display().to_string())))?;
+    // What the component decides, unless asked: a gate gates, a retainer retains.
+    let kind = decision.unwrap_or(match loaded.world() {
+        crate::policy::World::Gate => Kind::Gate,
+        crate::policy::World::Retainer => Kind::Retain,
+        _ => Kind::Plan,
+    });
+    let value = read_json::<Value>(facts, "facts file")?;
+    let bad = |e: String| Error::invalid(format!("facts file {:?}: {e}", facts.display().to_string()));
+    // Parsed once, so that only the decision is timed.
+    enum Parsed {
+        Checkpoint(Box<CheckpointFacts>),
+        Export(ExportFacts),
+        Retain(RetainFacts),
+    }
+    let parsed = match kind {
+        Kind::Plan | Kind::Round => Parsed::Checkpoint(Box::new(json::from_json(&value).map_err(bad)?)),
+        Kind::Gate => Parsed::Export(json::from_json(&value).map_err(bad)?),
+        Kind::Retain => Parsed::Retain(json::from_json(&value).map_err(bad)?),
+        Kind::Strategy => return Err(Error::invalid("policy bench measures plan, round, gate and retain decisions")),
+    };
+    let question = match &parsed {
+        Parsed::Checkpoint(facts) if kind == Kind::Round => Question::Round(facts, &[]),
+        Parsed::Checkpoint(facts) => Question::Plan(facts),
+        Parsed::Export(facts) => Question::Gate(facts),
+        Parsed::Retain(facts) => Question::Retain(facts),
+    };
     let mut samples = Vec::with_capacity(iterations);
     let mut fuel = 0;
     for _ in 0..iterations.max(1) {
         let started = std::time::Instant::now();
-        let (result, trace) = decision::decide(&engine, &loaded, Question::Plan(&facts));
+        let (result, trace) = decision::decide(&engine, &loaded, question);
         samples.push(started.elapsed().as_nanos() as u64);
         result?;
         fuel = trace.fuel_used;
@@ -399,6 +430,7 @@ pub fn bench(ctx: &Context, file: &str, facts: &Path, config: Option<&str>, iter
     let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1] as f64 / 1000.0;
     Ok(json!({
         "policy": loaded.info.name,
+        "decision": kind,
         "size_bytes": bytes.len(),
         "load_us": load_us,
         "compiled_from_cache": loaded.cached,
