@@ -20,9 +20,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Draws on standard error only when it is a terminal.
-    pub fn on_terminal(label: &'static str, total: Option<u64>) -> Progress {
-        Progress::new(label, total, io::stderr().is_terminal())
+    /// Draws on standard error only when it is a terminal; only then is `total` worked out.
+    pub fn on_terminal(label: &'static str, total: impl FnOnce() -> Option<u64>) -> Progress {
+        let enabled = io::stderr().is_terminal();
+        Progress::new(label, if enabled { total() } else { None }, enabled)
     }
 
     fn new(label: &'static str, total: Option<u64>, enabled: bool) -> Progress {

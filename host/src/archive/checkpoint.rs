@@ -374,9 +374,9 @@ pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptio
         path: archive.to_path_buf(),
         source,
     })?;
-    let total = file.metadata().map(|m| m.len()).ok();
+    let progress = crate::progress::Progress::on_terminal("import", || file.metadata().map(|m| m.len()).ok());
     let file = std::io::BufReader::with_capacity(1 << 20, file);
-    let counted = crate::progress::ProgressReader::new(file, crate::progress::Progress::on_terminal("import", total));
+    let counted = crate::progress::ProgressReader::new(file, progress);
     extract_checkpoint_stream(counted, &name, staging, options)
 }
 

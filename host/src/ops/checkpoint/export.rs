@@ -73,7 +73,8 @@ pub fn stream_archive<W: Write>(
 ) -> Result<Included> {
     let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
     let compressor = Compressor::new(out, compression).map_err(io_err)?;
-    let progress = Progress::on_terminal("export", Some(estimated_size(ctx, record, content)));
+    // Walking the images, the upper layer and the volumes costs I/O: only for a terminal.
+    let progress = Progress::on_terminal("export", || Some(estimated_size(ctx, record, content)));
     let mut writer = ArchiveWriter::new(ProgressWriter::new(compressor, progress));
     let included = add_members(ctx, record, content, &mut writer)?;
     writer.finish().and_then(|w| w.inner.finish()).and_then(|mut w| w.flush()).map_err(io_err)?;
