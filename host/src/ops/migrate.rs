@@ -111,13 +111,14 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
             }
         )));
     }
+    let transport = if req.via.is_some() { "registry" } else { "ssh" };
     let handoff = ToDestination {
         remote: &remote,
         via: req.via.clone(),
         compression,
         facts: wit::MigrationFacts {
             destination: remote.destination(),
-            transport: if req.via.is_some() { "registry".into() } else { "ssh".into() },
+            transport: transport.into(),
             possible,
             requested: req.strategy,
         },
@@ -163,7 +164,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         container: record.name.clone(),
         id: record.id.clone(),
         destination: remote.destination(),
-        transport: if req.via.is_some() { "registry" } else { "ssh" },
+        transport,
         strategy: json::strategy_name(choice.strategy),
         strategy_reason: choice.reason,
         downtime_ms: (Duration::from_micros(stats) + delivered).as_millis() as u64,
@@ -178,18 +179,26 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
 /// A container of the same name at the destination would make the import fail after the
 /// freeze; find out first, while nothing has changed.
 fn refuse_taken_name(remote: &dyn RemoteCkpt, record: &ContainerRecord) -> Result<()> {
-    let probe = ["inspect", "--format", "{{.Id}}", record.name.as_str()].map(String::from);
-    match remote.run(&probe, None) {
-        Ok(_) => Err(Error::invalid(format!(
+    match inspect_there(remote, &record.name, "{{.Id}}") {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(Error::invalid(format!(
             "{} already has a container named {:?}; remove it there or rename this one first; nothing was changed",
             remote.destination(),
             record.name
         ))),
-        Err(SshError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(()),
         Err(e) => Err(Error::invalid(format!(
             "cannot use {} as a migration destination: {e}; nothing was changed",
             remote.destination()
         ))),
+    }
+}
+
+/// `ckpt inspect --format FORMAT NAME` at the destination: `None` when it has no such container.
+fn inspect_there(remote: &dyn RemoteCkpt, name: &str, format: &str) -> std::result::Result<Option<String>, SshError> {
+    match remote.run(&["inspect", "--format", format, name].map(String::from), None) {
+        Ok(out) => Ok(Some(out.trim().to_string())),
+        Err(SshError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -210,12 +219,7 @@ struct ToDestination<'a> {
 impl ToDestination<'_> {
     /// Whether the container runs at the destination: `Ok(false)` when it is not there at all.
     fn runs_there(&self, name: &str) -> std::result::Result<bool, SshError> {
-        let probe = ["inspect", "--format", "{{.State.Status}}", name].map(String::from);
-        match self.remote.run(&probe, None) {
-            Ok(status) => Ok(status.trim() == "running"),
-            Err(SshError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(inspect_there(self.remote, name, "{{.State.Status}}")?.is_some_and(|status| status == "running"))
     }
 }
 
@@ -273,10 +277,10 @@ impl Handoff for ToDestination<'_> {
                 args.extend(["--import".into(), "-".into()]);
                 let name = Path::new("the migration stream");
                 let mut stream = |out: &mut dyn Write| {
-                    let mut counted = Counted { inner: out, bytes: 0 };
-                    let result = export::stream_archive(ctx, record, content, self.compression, &mut counted, name);
-                    self.bytes_sent.set(counted.bytes);
-                    result.map(drop).map_err(std::io::Error::other)
+                    let (_, bytes) = export::stream_archive(ctx, record, content, self.compression, out, name)
+                        .map_err(std::io::Error::other)?;
+                    self.bytes_sent.set(bytes);
+                    Ok(())
                 };
                 self.remote.run(&args, Some(&mut stream))
             }
@@ -303,24 +307,6 @@ impl Handoff for ToDestination<'_> {
                 cause: Box::new(e.into()),
             }),
         }
-    }
-}
-
-/// Counts what passes through to the channel.
-struct Counted<'a> {
-    inner: &'a mut dyn Write,
-    bytes: u64,
-}
-
-impl Write for Counted<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -36,23 +36,39 @@ pub fn write_archive(
     pending: &mut PendingFile,
 ) -> Result<Written> {
     let target = pending.target.clone();
-    let mut hashed = Hashed { inner: &mut pending.writer, hasher: blake3::Hasher::new(), size: 0 };
-    let included = stream_archive(ctx, record, content, compression, &mut hashed, &target)?;
-    Ok(Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size: hashed.size })
+    let mut hashed = Hashed { inner: &mut pending.writer, hasher: blake3::Hasher::new() };
+    let (included, size) = stream_archive(ctx, record, content, compression, &mut hashed, &target)?;
+    Ok(Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size })
 }
 
 /// Hashes what passes through.
 struct Hashed<W: Write> {
     inner: W,
     hasher: blake3::Hasher,
-    size: u64,
 }
 
 impl<W: Write> Write for Hashed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
-        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts the bytes that pass through.
+struct Counted<W: Write> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
         Ok(n)
     }
 
@@ -62,7 +78,7 @@ impl<W: Write> Write for Hashed<W> {
 }
 
 /// The same archive, into any stream (`target` names it in errors): an ssh channel to a
-/// migration's destination, say.
+/// migration's destination, say. Returns what it holds and how many bytes were written.
 pub fn stream_archive<W: Write>(
     ctx: &Context,
     record: &ContainerRecord,
@@ -70,15 +86,16 @@ pub fn stream_archive<W: Write>(
     compression: Compression,
     out: W,
     target: &Path,
-) -> Result<Included> {
+) -> Result<(Included, u64)> {
     let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
-    let compressor = Compressor::new(out, compression).map_err(io_err)?;
+    let compressor = Compressor::new(Counted { inner: out, bytes: 0 }, compression).map_err(io_err)?;
     // Walking the images, the upper layer and the volumes costs I/O: only for a terminal.
     let progress = Progress::on_terminal("export", || Some(estimated_size(ctx, record, content)));
     let mut writer = ArchiveWriter::new(ProgressWriter::new(compressor, progress));
     let included = add_members(ctx, record, content, &mut writer)?;
-    writer.finish().and_then(|w| w.inner.finish()).and_then(|mut w| w.flush()).map_err(io_err)?;
-    Ok(included)
+    let mut counted = writer.finish().and_then(|w| w.inner.finish()).map_err(io_err)?;
+    counted.flush().map_err(io_err)?;
+    Ok((included, counted.bytes))
 }
 
 /// About what an archive holds before compression, for the time left on a terminal: the CRIU
