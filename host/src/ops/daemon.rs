@@ -1,7 +1,8 @@
 //! `ckpt daemon`: runs the schedules in the foreground, one structured line (JSON) per event on
 //! standard output, until SIGTERM or Ctrl-C. Schedules are read again whenever their directory
-//! changes, so `ckpt schedule add|rm|pause|resume` take effect without a restart; each schedule's place is on disk,
-//! so a restart carries on where the last daemon stopped and reports the runs it missed.
+//! changes, so `ckpt schedule add|rm|pause|resume` take effect without a restart; each
+//! schedule's place is on disk, so a restart carries on where the last daemon stopped and
+//! reports the runs it missed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};

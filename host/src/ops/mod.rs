@@ -109,15 +109,17 @@ impl Context {
 pub fn each<T>(items: &[T], mut each: impl FnMut(&T) -> Result<()>) -> Result<()> {
     let mut last = None;
     for item in items {
-        if let Err(e) = each(item)
-            && let Some(previous) = last.replace(e)
-        {
-            eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
+        if let Err(e) = each(item) {
+            keep_last(&mut last, e);
         }
     }
-    match last {
-        Some(e) => Err(e),
-        None => Ok(()),
+    last.map_or(Ok(()), Err)
+}
+
+/// Keeps `e` as the error to return, printing the one it replaces.
+fn keep_last(last: &mut Option<crate::Error>, e: crate::Error) {
+    if let Some(previous) = last.replace(e) {
+        eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
     }
 }
 
@@ -156,11 +158,7 @@ pub fn each_parallel<T: Sync, S, R: Send>(
     for (_, outcome) in outcomes {
         match outcome {
             Ok(result) => done.push(result),
-            Err(e) => {
-                if let Some(previous) = last.replace(e) {
-                    eprintln!("Error: {}", crate::util::escape_controls(&previous.to_string()));
-                }
-            }
+            Err(e) => keep_last(&mut last, e),
         }
     }
     (done, last.map_or(Ok(()), Err))
