@@ -6,14 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 count=${COUNT:-20}
-bash scripts/setup >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet -p ckpt
+source bench/lib.sh
+prepare
 ckpt="$PWD/target/release/ckpt --root /var/lib/ckpt-bench-all --runroot /run/ckpt-bench-all"
 work=/var/tmp/ckpt-bench-all
 rm -rf "$work"; mkdir -p "$work"
-podman() { command podman --runtime runc "$@"; }
-now() { date +%s%N; }
 $ckpt rm -af >/dev/null 2>&1 || true
 $ckpt save -o "$work/busybox.tar" busybox >/dev/null
 podman load -q -i "$work/busybox.tar" >/dev/null
@@ -31,8 +28,6 @@ for _ in $(seq "$rounds"); do
   t0=$(now); podman container checkpoint -a >/dev/null; t1=$(now); podman container restore -a >/dev/null; t2=$(now)
   echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))" >> "$work/podman"
 done
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 c1=$(cut -d' ' -f1 "$work/ckpt" | median); p1=$(cut -d' ' -f1 "$work/podman" | median)
 c2=$(cut -d' ' -f2 "$work/ckpt" | median); p2=$(cut -d' ' -f2 "$work/podman" | median)
 echo "$count containers, $rounds rounds, medians: checkpoint -a ckpt $c1 ms, podman $p1 ms, ratio $(ratio "$c1" "$p1"); restore -a ckpt $c2 ms, podman $p2 ms, ratio $(ratio "$c2" "$p2")"

@@ -7,23 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-bash scripts/setup >/dev/null
-command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet -p ckpt
+source bench/lib.sh
+prepare
 ckpt="$PWD/target/release/ckpt --root /var/lib/ckpt-bench --runroot /run/ckpt-bench"
 work=/var/tmp/ckpt-bench
-rm -rf "$work"; mkdir -p "$work/rootfs/bin"
-gcc -O2 -static -o "$work/rootfs/bin/memhog" bench/memhog.c
-cp /bin/busybox "$work/rootfs/bin/busybox"; ln -sf busybox "$work/rootfs/bin/sh"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+rm -rf "$work"; memhog_rootfs "$work"
 $ckpt image import "$work/rootfs.tar" memhog >/dev/null
 podman image rm -f localhost/memhog >/dev/null 2>&1 || true
 podman import -q "$work/rootfs.tar" localhost/memhog >/dev/null
 
-# Debian's crun has no checkpoint support and no hybrid-cgroup support: podman uses runc too.
-podman() { command podman --runtime runc "$@"; }
-now() { date +%s%N; }
 wait_ready() { for _ in $(seq 200); do "$@" 2>/dev/null | grep -q ready && return 0; sleep 0.1; done; echo "container never got ready" >&2; return 1; }
 peak_kib() { sed -n 's/^maxrss //p' "$1"; }
 
@@ -57,7 +49,6 @@ run_one() {
   echo "$(( (t1 - t0) / 1000000 )) $frozen $(stat -c %s "$archive") $(peak_kib "$work/rss") $(( (t3 - t2) / 1000000 ))"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' MiB comp "checkpoint wall ms" "frozen ms" "archive MiB" "peak RSS MiB" "restore wall ms"
 printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' "" "" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman" "ckpt podman ratio"
@@ -68,7 +59,6 @@ for size in ${SIZES:-64 512}; do
       for _ in $(seq "$rounds"); do run_one "$tool" "$size" "$comp"; done > "$work/$tool.rounds"
       for col in 1 2 3 4 5; do results[$tool$col]=$(cut -d' ' -f$col "$work/$tool.rounds" | median); done
     done
-    ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else '-')"; }
     printf '%-5s %-5s | %5s %6s %7s    | %5s %6s %7s    | %6s %6s %7s      | %6s %6s     | %5s %6s %7s\n' "$size" "$comp" \
       "${results[ckpt1]}" "${results[podman1]}" "$(ratio "${results[ckpt1]}" "${results[podman1]}")" \
       "$(( results[ckpt2] / 1000 ))" "$(( results[podman2] / 1000 ))" "$(ratio "${results[ckpt2]}" "${results[podman2]}")" \

@@ -11,22 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-bash scripts/setup >/dev/null
-command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet -p ckpt
+source bench/lib.sh
+prepare
 bin="$PWD/target/release/ckpt"
 work=/var/tmp/ckpt-bench-migrate
 src="$bin --root /var/lib/ckpt-bench-src --runroot /run/ckpt-bench-src"
 dst="$bin --root /var/lib/ckpt-bench-dst --runroot /run/ckpt-bench-dst"
-podman() { command podman --runtime runc "$@"; }
-now() { date +%s%N; }
 wait_ready() { for _ in $(seq 600); do "$@" 2>/dev/null | grep -q ready && return 0; sleep 0.1; done; echo "container never got ready" >&2; return 1; }
 
-rm -rf "$work"; mkdir -p "$work/rootfs/bin" "$work/sshd" "$work/registry"
-gcc -O2 -static -o "$work/rootfs/bin/memhog" bench/memhog.c
-cp /bin/busybox "$work/rootfs/bin/busybox"; ln -sf busybox "$work/rootfs/bin/sh"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+rm -rf "$work"; mkdir -p "$work/sshd" "$work/registry"; memhog_rootfs "$work"
 for store in "$src" "$dst"; do $store rm -af >/dev/null 2>&1 || true; $store image import "$work/rootfs.tar" memhog >/dev/null; done
 podman rm -f b >/dev/null 2>&1 || true
 podman image rm -f localhost/memhog >/dev/null 2>&1 || true
@@ -101,9 +94,7 @@ run_podman() {
   podman image rm -f "$image" >/dev/null 2>&1 || true
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 spread() { sort -n | awk '{a[NR]=$1} END {printf "%s-%s", a[1], a[NR]}'; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else '-')"; }
 
 echo "ckpt migrate (stop-and-copy, ssh stream) against podman checkpoint --create-image, push, pull, restore; $rounds rounds, medians (spread)"
 printf '%-5s | %-30s | %-24s | %-22s | %-20s | %-20s\n' MiB "downtime ms: ckpt podman ratio" "total ms: ckpt podman" "moved MiB: ckpt podman" "src RSS MiB: c p" "dst RSS MiB: c p"

@@ -13,13 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${COUNT:-50}
 minutes=${MINUTES:-10}
-bash scripts/setup >/dev/null
-command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet -p ckpt
+source bench/lib.sh
+prepare
 work=/var/tmp/ckpt-bench-schedule
 ckpt="$PWD/target/release/ckpt --root $work/root --runroot /run/ckpt-bench-schedule"
-podman() { command podman --runtime runc "$@"; }
 cleanup() {
   [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null || true
   $ckpt rm -a -f >/dev/null 2>&1 || true

@@ -1,0 +1,25 @@
+# Sourced by the benchmarks, from the repository's root: what they all set up, and the helpers
+# they share.
+
+# Everything installed, and the release binary built.
+prepare() {
+  bash scripts/setup >/dev/null
+  command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
+  export PATH="$HOME/.cargo/bin:$PATH"
+  cargo build --release --quiet -p ckpt
+}
+
+# Debian's crun has no checkpoint support and no hybrid-cgroup support: podman uses runc too.
+podman() { command podman --runtime runc "$@"; }
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else '-')"; }
+
+# memhog_rootfs DIR: DIR/rootfs.tar, a root filesystem with busybox and bench/memhog.c (which
+# holds N MiB, half incompressible, and prints "ready").
+memhog_rootfs() {
+  mkdir -p "$1/rootfs/bin"
+  gcc -O2 -static -o "$1/rootfs/bin/memhog" bench/memhog.c
+  cp /bin/busybox "$1/rootfs/bin/busybox"; ln -sf busybox "$1/rootfs/bin/sh"
+  tar -C "$1/rootfs" -cf "$1/rootfs.tar" .
+}
