@@ -4,6 +4,7 @@
 //! in between.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -121,30 +122,84 @@ pub struct Ssh {
     destination: Destination,
     options: SshOptions,
     control: PathBuf,
+    /// Made for `control` when the run root's path is too long for a socket.
+    private_dir: Option<PathBuf>,
+    master: Option<std::process::Child>,
 }
 
+/// The longest control socket path ssh takes (`sun_path` is 108 bytes; ssh adds a suffix to a
+/// temporary name before it renames the socket into place).
+const LONGEST_CONTROL_PATH: usize = 80;
+
+/// How long the master may take to connect and log in before ckpt gives up on it.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Ssh {
-    /// Connects, with the shared connection's socket in `control_dir`.
+    /// Connects, with the shared connection's socket in `control_dir` (or, when that path is too
+    /// long for a socket, in a private directory under the system's temporary directory).
     pub fn connect(destination: Destination, options: SshOptions, control_dir: &Path) -> Result<Ssh, SshError> {
         let path = crate::util::find_in_path("ssh").ok_or_else(|| SshError::NoSsh("not on $PATH".into()))?;
-        let control = control_dir.join(format!("ssh-{}.sock", std::process::id()));
-        let ssh = Ssh { path, destination, options, control };
+        let shown = destination.to_string();
+        let io = |action| {
+            let destination = shown.clone();
+            move |source| SshError::Io { action, destination, source }
+        };
+        let socket_name = format!("ssh-{}.sock", std::process::id());
+        let (control, private_dir) = if control_dir.join(&socket_name).as_os_str().len() <= LONGEST_CONTROL_PATH {
+            (control_dir.join(&socket_name), None)
+        } else {
+            let dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("ckpt-ssh-XXXXXX"))
+                .map_err(|e| io("make a directory for the ssh socket")(e.into()))?;
+            (dir.join(&socket_name), Some(dir))
+        };
+        // A socket left by a killed ckpt of the same PID would make ssh run without sharing.
+        let _ = std::fs::remove_file(&control);
+        let log = control.with_extension("log");
+        let mut ssh = Ssh { path, destination, options, control, private_dir, master: None };
         let mut master = ssh.base_command();
-        // -f: into the background once authenticated (and forwards set up), -N: no command.
-        master.args(["-M", "-f", "-N"]).arg("--").arg(ssh.login());
-        tracing::debug!(cmd = ?master, "ssh");
-        let output = master.stdin(Stdio::null()).stdout(Stdio::null()).output().map_err(|source| SshError::Io {
-            action: "start ssh",
-            destination: ssh.destination.to_string(),
-            source,
-        })?;
-        if !output.status.success() {
-            return Err(SshError::Unreachable {
-                destination: ssh.destination.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        // The master stays this process's child, and dies with it: a killed ckpt leaves no
+        // connection behind.
+        master.args(["-M", "-N", "-o", "ConnectTimeout=30"]).arg("--").arg(ssh.login());
+        // SAFETY: prctl is async-signal-safe and touches no memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut master, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
-        Ok(ssh)
+        tracing::debug!(cmd = ?master, "ssh");
+        let stderr = std::fs::File::create(&log).map_err(io("log ssh"))?;
+        let child =
+            master.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().map_err(io("start ssh"))?;
+        ssh.master = Some(child);
+        let ready = ssh.wait_for_master(&log);
+        let _ = std::fs::remove_file(&log);
+        ready.map(|()| ssh)
+    }
+
+    /// Waits until the master has logged in and listens on its socket, or has given up.
+    fn wait_for_master(&mut self, log: &Path) -> Result<(), SshError> {
+        let started = std::time::Instant::now();
+        let unreachable = |stderr: String| SshError::Unreachable {
+            destination: self.destination.to_string(),
+            stderr: stderr.trim().to_string(),
+        };
+        loop {
+            let master = self.master.as_mut().expect("started");
+            if let Ok(Some(_)) = master.try_wait() {
+                self.master = None;
+                return Err(unreachable(std::fs::read_to_string(log).unwrap_or_default()));
+            }
+            if std::fs::symlink_metadata(&self.control).is_ok_and(|m| m.file_type().is_socket()) {
+                return Ok(());
+            }
+            if started.elapsed() > CONNECT_TIMEOUT {
+                return Err(unreachable(format!("no login within {} s", CONNECT_TIMEOUT.as_secs())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// ssh with the options every use shares, before the login.
@@ -215,7 +270,16 @@ impl Ssh {
 
 impl Drop for Ssh {
     fn drop(&mut self) {
-        let _ = self.control_request(&["exit"]);
+        if let Some(mut master) = self.master.take() {
+            if self.control_request(&["exit"]).is_err() {
+                let _ = master.kill();
+            }
+            let _ = master.wait();
+            let _ = std::fs::remove_file(&self.control);
+        }
+        if let Some(dir) = &self.private_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -318,10 +382,10 @@ mod tests {
                 root: Some("/srv/my root".into()),
             }),
             options: SshOptions { remote_ckpt: Some("/opt/ckpt --runroot /run/x".into()), ..Default::default() },
+            private_dir: None,
+            master: None,
         };
         let line = ssh.remote_command(&["restore".into(), "--import".into(), "-".into(), "it's".into()]);
         assert_eq!(line, r"/opt/ckpt --runroot /run/x --root '/srv/my root' restore --import - 'it'\''s'");
-        // Never connected: nothing to close.
-        std::mem::forget(ssh);
     }
 }

@@ -170,3 +170,53 @@ fn the_planner_chooses_the_strategy_within_what_the_host_can_do() {
     assert!(strategy.contains("stop-and-copy") && strategy.contains("neither post-copy"), "{strategy}");
     dest.ok(&["rm", "-f", "web"]);
 }
+
+#[test]
+fn a_killed_migration_leaves_no_connection_and_a_restorable_checkpoint() {
+    let Some(mut source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    // Longer than a socket path may be: the shared connection's socket goes elsewhere.
+    source.runroot = source.path(&format!("run-{}", "long".repeat(24)));
+    let sshd = Sshd::start(&source);
+    source.counter("web", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
+
+    // The destination takes its time with the stream, and ckpt is killed while it sends.
+    let receiving = source.path("receiving");
+    let slow = format!(
+        "sh -c 'case \" $* \" in *\" restore \"*) touch {}; sleep 20; exit 1;; esac; exec \"$0\" \"$@\"' {}",
+        receiving.display(),
+        sshd.flags(&dest).last().unwrap()
+    );
+    let mut args: Vec<String> = vec!["migrate".into()];
+    args.extend(sshd.flags(&dest));
+    *args.last_mut().unwrap() = slow;
+    args.extend(["web".to_string(), sshd.url(&dest)]);
+    let mut migrating = source.command().args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let pid = migrating.id();
+    assert!(eventually(Duration::from_secs(20), || receiving.exists()), "the stream never started");
+    migrating.kill().unwrap();
+    migrating.wait().unwrap();
+
+    let socket = format!("ssh-{pid}.sock");
+    let lingering = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&socket))
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || !lingering()), "an ssh process outlived the killed migration");
+    let check = source.run(&["system", "check"]);
+    assert!(
+        check.stdout.contains("interrupted-checkpoint") && check.stdout.contains("ckpt restore"),
+        "{}{}",
+        check.stdout,
+        check.stderr
+    );
+    source.ok(&["system", "check", "--repair"]);
+    assert_eq!(source.inspect("web")["State"]["Checkpointed"], true);
+    let before = last_count(&source.logs("web"));
+    source.ok(&["restore", "web"]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) > before + 3), "no carrying on");
+    assert!(dest.container_ids().is_empty(), "nothing arrived at the destination");
+    source.ok(&["rm", "-f", "web"]);
+}

@@ -162,11 +162,11 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
         };
         let detail = if restorable {
             format!(
-                "a checkpoint of this --rm container was interrupted; its images are kept in {} for 'ckpt restore'",
+                "a checkpoint of this container was interrupted after CRIU wrote its images; they are kept in {} for 'ckpt restore' (if it was being migrated, look at the destination first: it may run there)",
                 images.display()
             )
         } else {
-            "a checkpoint of this --rm container was interrupted before CRIU wrote its images".into()
+            "a checkpoint of this container was interrupted before CRIU wrote its images".into()
         };
         found.push(finding("interrupted-checkpoint", detail, repaired));
     }

@@ -671,7 +671,10 @@ fn checkpoint_one(
     }
     remove_dir_all(&image_dir)?;
     let container_stopped = !options.leave_running;
-    if container_stopped && record.auto_remove {
+    // Until the checkpoint is published, `system check` can tell a dump whose ckpt was killed
+    // (its images restorable here) from a container that just exited; a `--rm` container's
+    // supervisor also keeps its files for it.
+    if container_stopped {
         set_in_progress(ctx, &record.id, true)?;
     }
     let started = Instant::now();
@@ -685,7 +688,7 @@ fn checkpoint_one(
         None => runtime.checkpoint(&record.id, &options),
     };
     if let Err(e) = dumped {
-        if container_stopped && record.auto_remove {
+        if container_stopped {
             let _ = set_in_progress(ctx, &record.id, false);
         }
         // CRIU resumed the container; a partial image directory must not look restorable (and
@@ -732,7 +735,11 @@ fn checkpoint_one(
                 .map(|()| stats)?,
             Err(e) => {
                 dump.abort();
-                return Err(resume_after_lazy_dump(runtime.as_ref(), &record, e));
+                let e = resume_after_lazy_dump(runtime.as_ref(), &record, e);
+                if matches!(e, Error::RolledBack { .. }) {
+                    let _ = set_in_progress(ctx, &record.id, false);
+                }
+                return Err(e);
             }
         };
         mark_checkpointed(ctx, &record.id, image_dir)?;
@@ -900,11 +907,7 @@ fn roll_back(
         let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
         let mut fresh = ctx.containers.load(&record.id)?;
         lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore))?;
-        if fresh.auto_remove {
-            let mut running = ctx.containers.load(&record.id)?;
-            running.state.checkpoint_in_progress = false;
-            ctx.containers.save(&running)?;
-        }
+        set_in_progress(ctx, &record.id, false)?;
         remove_dir_all(&paths.checkpoint_dir())
     })();
     match result {
