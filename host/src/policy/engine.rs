@@ -577,7 +577,16 @@ fn shared_engine() -> Result<Engine, PolicyError> {
         config.epoch_interruption(true);
         config.max_wasm_stack(limits::WASM_STACK_BYTES);
         config.parallel_compilation(true);
-        let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+        // Decisions take their memories, tables and instance records from pools made once, so
+        // a fresh store costs a slot's reset rather than an mmap and page faults per decision.
+        // Where the pools cannot be reserved (a tight address-space limit), slower on-demand
+        // allocation decides just the same.
+        let engine = Engine::new(config.clone().allocation_strategy(limits::pools()))
+            .or_else(|pooled| {
+                tracing::debug!("no pooling allocator ({pooled:#}); instances are allocated on demand");
+                Engine::new(&config)
+            })
+            .map_err(|e| format!("{e:#}"))?;
         let ticking = engine.clone();
         std::thread::Builder::new()
             .name("policy-epoch".into())

@@ -30,6 +30,38 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// The JSON Schema of a policy's settings, from describe.
 pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 
+/// Decisions that may hold instances at once across the process: a daemon's parallel
+/// checkpoints, each with a planner and its gates.
+pub const CONCURRENT_COMPONENTS: u32 = 32;
+
+/// The pooling allocator's limits, from the per-decision budget above: a component that needs
+/// more than a slot gives fails to instantiate, which is a denial like any other failure.
+pub fn pools() -> wasmtime::InstanceAllocationStrategy {
+    let mut pools = wasmtime::PoolingAllocationConfig::new();
+    pools
+        .total_component_instances(CONCURRENT_COMPONENTS)
+        .total_core_instances(CONCURRENT_COMPONENTS * 16)
+        .total_memories(CONCURRENT_COMPONENTS * 4)
+        .total_tables(CONCURRENT_COMPONENTS * 16)
+        .max_memories_per_component(INSTANCES as u32)
+        .max_tables_per_component(INSTANCES as u32)
+        .max_core_instances_per_component(INSTANCES as u32)
+        .max_tables_per_module(4)
+        .max_memory_size(MEMORY_BYTES)
+        .table_elements(POOLED_TABLE_ELEMENTS)
+        // Reset by memset, not madvise: a small policy's next decision then takes no page
+        // faults and no TLB shootdown on the memory its last one touched.
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES / 16);
+    wasmtime::InstanceAllocationStrategy::Pooling(pools)
+}
+
+/// What a Rust policy's decision touches: its stack, its data and the facts.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
+/// A pooled table's size: Python's and JavaScript's runtimes have tables of some thousands.
+const POOLED_TABLE_ELEMENTS: usize = 64 << 10;
+
 /// Caps the total of all linear memories, which per-memory limits alone do not.
 #[derive(Debug, Default)]
 pub struct TotalMemoryLimiter {
