@@ -4,7 +4,8 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -305,11 +306,78 @@ pub struct LoadedPolicy {
     pub imports: Vec<String>,
     pub cached: bool,
     exports: Exports,
+    spare: Arc<Spare>,
 }
 
 impl LoadedPolicy {
     pub fn world(&self) -> World {
         self.exports.world()
+    }
+
+    /// Waits until the next decision's instance is made, as it is when the host has done
+    /// other work since the last decision; what `policy bench` times is then the decision alone.
+    pub fn wait_for_spare(&self) {
+        let mut slot = self.spare.slot.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(*slot, SpareSlot::Making) {
+            slot = self.spare.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Whether decisions use instances made ahead of them (the default) or make their own.
+    pub fn set_premade(&self, premade: bool) {
+        self.spare.disabled.store(!premade, Ordering::Relaxed);
+    }
+}
+
+/// The store and instance for a policy's next decision, made on a helper thread between
+/// decisions: instantiating is most of a small policy's cost, and the host is busy with CRIU
+/// between a plan and a gate anyway. Each store still serves exactly one decision.
+#[derive(Default)]
+struct Spare {
+    slot: Mutex<SpareSlot>,
+    ready: Condvar,
+    disabled: AtomicBool,
+}
+
+#[derive(Default)]
+enum SpareSlot {
+    #[default]
+    Empty,
+    Making,
+    Ready(Premade),
+}
+
+/// A store with the component instantiated in it, not yet used.
+struct Premade {
+    store: Store<State>,
+    instance: Instance,
+    /// Counted among the process's spares until it is used or dropped.
+    _counted: Option<SpareCount>,
+}
+
+/// Spare instances held across the process. Each holds pool slots, so a daemon with many
+/// loaded policies keeps only this many ready, and the pool always has room for decisions.
+pub const MAX_SPARES: usize = 8;
+static SPARES: AtomicUsize = AtomicUsize::new(0);
+
+/// Spares made or being made across the process.
+#[cfg(test)]
+pub fn spares_held() -> usize {
+    SPARES.load(Ordering::Acquire)
+}
+
+struct SpareCount;
+
+impl SpareCount {
+    fn take() -> Option<SpareCount> {
+        SPARES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_SPARES).then_some(n + 1)).ok()?;
+        Some(SpareCount)
+    }
+}
+
+impl Drop for SpareCount {
+    fn drop(&mut self) {
+        SPARES.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -382,6 +450,7 @@ impl PolicyEngine {
             imports,
             cached,
             exports,
+            spare: Arc::default(),
         };
         let (info, _) = self.call(&policy, Determinism::default(), "describe", |p, s| p.describe(s));
         policy.info = info?;
@@ -484,7 +553,8 @@ impl PolicyEngine {
         crate::util::write_atomic(seal, blake3::hash(&bytes).to_hex().as_bytes(), 0o600).map_err(std::io::Error::other)
     }
 
-    /// Runs one export in a fresh store. The store is dropped afterwards, whatever happened.
+    /// Runs one export in a fresh store: the spare made for it, or one made now. The store is
+    /// dropped afterwards, whatever happened, and the next one is made in the background.
     pub fn call<T>(
         &self,
         policy: &LoadedPolicy,
@@ -493,49 +563,159 @@ impl PolicyEngine {
         body: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<T>,
     ) -> (Result<T, PolicyError>, Trace) {
         let started = Instant::now();
-        let stdout = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
-        let stderr = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
-        let mut seed = determinism.seed.to_le_bytes().to_vec();
-        seed.extend_from_slice(&determinism.now_unix_ms.to_le_bytes());
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .wall_clock(FrozenWallClock(Duration::from_millis(determinism.now_unix_ms)))
-            .monotonic_clock(FrozenMonotonicClock)
-            .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
-            .insecure_random(wasmtime_wasi::Deterministic::new(seed))
-            .insecure_random_seed(u128::from(determinism.seed))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let state = State::new(wasi, stdout.clone(), stderr.clone());
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        let _ = store.set_fuel(limits::FUEL);
-        store.set_epoch_deadline((limits::DEADLINE.as_millis() / limits::EPOCH_TICK.as_millis()) as u64);
-        store.epoch_deadline_trap();
-        let result = policy.exports.instantiate(&mut store).and_then(|instance| body(&instance, &mut store));
+        let (wasi, stdout, stderr) = wasi_for(determinism);
+        let premade = match take_spare(&policy.spare) {
+            Some(premade) => Ok(premade),
+            None => premake(&self.engine, &policy.exports, None),
+        };
+        let result = premade.map(|Premade { mut store, instance, .. }| {
+            let state = store.data_mut();
+            (state.wasi, state.stdout, state.stderr) = (wasi, stdout.clone(), stderr.clone());
+            // The budget is the decision's own, whatever instantiating took.
+            let _ = store.set_fuel(limits::FUEL);
+            store.set_epoch_deadline(limits::deadline_ticks());
+            let answer = body(&instance, &mut store);
+            (answer, store)
+        });
+        make_spare(&self.engine, policy);
+        let (result, store) = match result {
+            Ok((answer, store)) => (answer, Some(store)),
+            Err(e) => (Err(e), None),
+        };
         let result = result.map_err(|e| {
             let said = String::from_utf8_lossy(&stderr.contents()).into_owned();
             classify(&policy.info.name, &policy.source, decision, e, &said)
         });
-        let fuel_used = limits::FUEL - store.get_fuel().unwrap_or(0);
-        let mut trace = Trace {
-            logs: std::mem::take(&mut store.data_mut().logs),
-            dropped_logs: store.data().dropped_logs,
-            fuel_used,
-            duration_us: started.elapsed().as_micros() as u64,
-            peak_memory_bytes: store.data().limiter.peak,
-        };
-        for (pipe, level) in [(&store.data().stdout, "stdout"), (&store.data().stderr, "stderr")] {
+        let mut trace = Trace::default();
+        if let Some(mut store) = store {
+            trace.fuel_used = limits::FUEL - store.get_fuel().unwrap_or(0);
+            trace.logs = std::mem::take(&mut store.data_mut().logs);
+            trace.dropped_logs = store.data().dropped_logs;
+            trace.peak_memory_bytes = store.data().limiter.peak;
+            drop_later(store);
+        }
+        trace.duration_us = started.elapsed().as_micros() as u64;
+        for (pipe, level) in [(&stdout, "stdout"), (&stderr, "stderr")] {
             let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
             for line in text.lines().filter(|l| !l.trim().is_empty()).take(limits::MAX_LOG_LINES) {
                 trace.logs.push(LogLine { level: level.to_string(), message: cut(line.to_string()) });
             }
         }
-        drop(store);
         (result, trace)
+    }
+}
+
+/// The WASI a decision sees: its frozen clock, its seeded random source, and pipes for its
+/// stdout and stderr.
+fn wasi_for(determinism: Determinism) -> (WasiCtx, MemoryOutputPipe, MemoryOutputPipe) {
+    let stdout = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
+    let stderr = MemoryOutputPipe::new(limits::MAX_CAPTURED_OUTPUT);
+    let mut seed = determinism.seed.to_le_bytes().to_vec();
+    seed.extend_from_slice(&determinism.now_unix_ms.to_le_bytes());
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .wall_clock(FrozenWallClock(Duration::from_millis(determinism.now_unix_ms)))
+        .monotonic_clock(FrozenMonotonicClock)
+        .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
+        .insecure_random(wasmtime_wasi::Deterministic::new(seed))
+        .insecure_random_seed(u128::from(determinism.seed))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    (wasi, stdout, stderr)
+}
+
+/// A fresh store with its limits, and the component instantiated in it. Its WASI is replaced
+/// by the decision's own before any export runs.
+fn premake(engine: &Engine, exports: &Exports, counted: Option<SpareCount>) -> wasmtime::Result<Premade> {
+    let (wasi, stdout, stderr) = wasi_for(Determinism::default());
+    let mut store = Store::new(engine, State::new(wasi, stdout, stderr));
+    store.limiter(|state| &mut state.limiter);
+    store.set_fuel(limits::FUEL)?;
+    store.set_epoch_deadline(limits::deadline_ticks());
+    store.epoch_deadline_trap();
+    let instance = exports.instantiate(&mut store)?;
+    Ok(Premade { store, instance, _counted: counted })
+}
+
+/// The spare, when one is made or being made (then it is waited for: making another would only
+/// compete with it for the same cores).
+fn take_spare(spare: &Spare) -> Option<Premade> {
+    let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
+    while matches!(*slot, SpareSlot::Making) {
+        slot = spare.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+    }
+    match std::mem::take(&mut *slot) {
+        SpareSlot::Ready(premade) => Some(premade),
+        _ => None,
+    }
+}
+
+/// Starts making the policy's next instance on the helper thread, unless one is there
+/// already, spares are off, or the process holds its share of them.
+fn make_spare(engine: &Engine, policy: &LoadedPolicy) {
+    if policy.spare.disabled.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut slot = policy.spare.slot.lock().unwrap_or_else(|e| e.into_inner());
+    if !matches!(*slot, SpareSlot::Empty) {
+        return;
+    }
+    let Some(counted) = SpareCount::take() else { return };
+    *slot = SpareSlot::Making;
+    drop(slot);
+    let (engine, exports, spare) = (engine.clone(), policy.exports.clone(), Arc::clone(&policy.spare));
+    on_helper(Box::new(move || {
+        let made = premake(&engine, &exports, Some(counted));
+        let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
+        // A failure here is the decision's to report: it instantiates again, itself.
+        *slot = made.map_or(SpareSlot::Empty, SpareSlot::Ready);
+        spare.ready.notify_all();
+    }));
+}
+
+/// Used stores waiting for the helper to drop them. Bounded, so that decisions made faster than
+/// the helper drops their stores cannot take the whole pool.
+const MAX_PENDING_DROPS: usize = 4;
+static PENDING_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Drops a used store on the helper: resetting its memory for the pool is no part of the
+/// decision. Past the bound, it is dropped here.
+fn drop_later(store: Store<State>) {
+    let queued =
+        PENDING_DROPS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_PENDING_DROPS).then_some(n + 1));
+    if queued.is_err() {
+        return drop(store);
+    }
+    on_helper(Box::new(move || {
+        drop(store);
+        PENDING_DROPS.fetch_sub(1, Ordering::AcqRel);
+    }));
+}
+
+/// Work done off the decision's path: making spares, and dropping used stores (resetting
+/// their pool slots). One thread for the process, started on first use; where it cannot run,
+/// the work is done here and now.
+fn on_helper(job: Box<dyn FnOnce() + Send>) {
+    type Job = Box<dyn FnOnce() + Send>;
+    static HELPER: OnceLock<Option<Mutex<std::sync::mpsc::Sender<Job>>>> = OnceLock::new();
+    let helper = HELPER.get_or_init(|| {
+        let (send, receive) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new().name("policy-helper".into()).spawn(move || {
+            for job in receive {
+                job();
+            }
+        });
+        started.ok().map(|_| Mutex::new(send))
+    });
+    let refused = match helper {
+        Some(send) => send.lock().unwrap_or_else(|e| e.into_inner()).send(job).err().map(|e| e.0),
+        None => Some(job),
+    };
+    if let Some(job) = refused {
+        job();
     }
 }
 

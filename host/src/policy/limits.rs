@@ -8,6 +8,11 @@ pub const FUEL: u64 = 4_000_000_000;
 /// Wall-clock backstop, counted in epoch ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// [`DEADLINE`] in epoch ticks, from now.
+pub fn deadline_ticks() -> u64 {
+    (DEADLINE.as_millis() / EPOCH_TICK.as_millis()) as u64
+}
 /// Linear memory across all of a decision's memories. Python's runtime needs about 12 MiB.
 pub const MEMORY_BYTES: usize = 256 << 20;
 pub const TABLE_ELEMENTS: usize = 1 << 20;
@@ -30,9 +35,10 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// The JSON Schema of a policy's settings, from describe.
 pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 
-/// Decisions that may hold instances at once across the process: a daemon's parallel
-/// checkpoints, each with a planner and its gates.
-pub const CONCURRENT_COMPONENTS: u32 = 32;
+/// Instances that may exist at once across the process: a daemon's parallel checkpoints, each
+/// deciding with one component at a time, the spares made ahead of decisions, and used ones
+/// waiting to be dropped.
+pub const CONCURRENT_COMPONENTS: u32 = 48;
 
 /// The pooling allocator's limits, from the per-decision budget above: a component that needs
 /// more than a slot gives fails to instantiate, which is a denial like any other failure.

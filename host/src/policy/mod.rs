@@ -384,6 +384,37 @@ mod tests {
     }
 
     #[test]
+    fn decisions_on_premade_instances_answer_as_fresh_ones_and_spares_stay_bounded() {
+        let cache = tempfile::tempdir().unwrap();
+        let facts: CheckpointFacts =
+            json::from_json(&serde_json::from_str(include_str!("../../../tests/fixtures/facts.json")).unwrap())
+                .unwrap();
+        let planners: Vec<Policies> = (0..12)
+            .map(|_| {
+                let planner = Component { read: read_component("default").unwrap(), settings: String::new() };
+                Policies::load_components(cache.path(), planner, vec![]).unwrap()
+            })
+            .collect();
+        let answer = |policies: &Policies| {
+            let (result, trace) =
+                decision::decide(&policies.engine, &policies.planner, decision::Question::Plan(&facts));
+            (format!("{:?}", result.unwrap()), trace.fuel_used)
+        };
+        let first = &planners[0];
+        first.planner.set_premade(false);
+        let fresh = answer(first);
+        first.planner.set_premade(true);
+        // More loaded policies than the process keeps spares for: each still decides, the same.
+        for _ in 0..3 {
+            for policies in &planners {
+                policies.planner.wait_for_spare();
+                assert_eq!(answer(policies), fresh);
+            }
+        }
+        assert!(engine::spares_held() <= engine::MAX_SPARES);
+    }
+
+    #[test]
     fn each_role_takes_only_the_worlds_that_serve_it() {
         let cache = tempfile::tempdir().unwrap();
         let retainer = || Component { read: read_component("default-retainer").unwrap(), settings: String::new() };
