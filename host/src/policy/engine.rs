@@ -508,15 +508,20 @@ impl PolicyEngine {
             self.engine.precompile_compatibility_hash().hash(&mut hasher);
             hasher.finish()
         };
+        if let Some(component) = remembered(digest) {
+            return Ok((component, true));
+        }
         let hex = digest.trim_start_matches("blake3:");
         let artifact = self.cache_dir.join(format!("{hex}-{compat:016x}.cwasm"));
         let seal = artifact.with_extension("seal");
         if let Some(component) = self.load_cached(&artifact, &seal) {
+            remember(digest, &component);
             return Ok((component, true));
         }
         let component = Component::new(&self.engine, bytes)?;
         // The cache is an optimisation: failing to write it is not an error.
         let _ = self.store_cached(&component, &artifact, &seal);
+        remember(digest, &component);
         Ok((component, false))
     }
 
@@ -717,6 +722,28 @@ fn on_helper(job: Box<dyn FnOnce() + Send>) {
     if let Some(job) = refused {
         job();
     }
+}
+
+/// Components this process has compiled or loaded, by digest: a daemon loads a schedule's
+/// policies for every run, and a Python or JavaScript component's compiled code is tens of MiB
+/// to read back. Bounded; the oldest goes first.
+const REMEMBERED_COMPONENTS: usize = 16;
+static COMPONENTS: Mutex<Vec<(String, Component)>> = Mutex::new(Vec::new());
+
+fn remembered(digest: &str) -> Option<Component> {
+    let known = COMPONENTS.lock().unwrap_or_else(|e| e.into_inner());
+    known.iter().find(|(d, _)| d == digest).map(|(_, c)| c.clone())
+}
+
+fn remember(digest: &str, component: &Component) {
+    let mut known = COMPONENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if known.iter().any(|(d, _)| d == digest) {
+        return;
+    }
+    if known.len() == REMEMBERED_COMPONENTS {
+        known.remove(0);
+    }
+    known.push((digest.to_string(), component.clone()));
 }
 
 /// Finds the world a component exports: the first whose exports its types match. One that
