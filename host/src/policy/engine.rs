@@ -345,6 +345,8 @@ enum SpareSlot {
     Empty,
     Making,
     Ready(Premade),
+    /// Instantiating failed: the decision reports it rather than spending its deadline again.
+    Failed(wasmtime::Error),
 }
 
 /// A store with the component instantiated in it, not yet used.
@@ -569,10 +571,7 @@ impl PolicyEngine {
     ) -> (Result<T, PolicyError>, Trace) {
         let started = Instant::now();
         let (wasi, stdout, stderr) = wasi_for(determinism);
-        let premade = match take_spare(&policy.spare) {
-            Some(premade) => Ok(premade),
-            None => premake(&self.engine, &policy.exports, None),
-        };
+        let premade = take_spare(&policy.spare).unwrap_or_else(|| premake(&self.engine, &policy.exports, None));
         let result = premade.map(|Premade { mut store, instance, .. }| {
             let state = store.data_mut();
             (state.wasi, state.stdout, state.stderr) = (wasi, stdout.clone(), stderr.clone());
@@ -647,13 +646,14 @@ fn premake(engine: &Engine, exports: &Exports, counted: Option<SpareCount>) -> w
 
 /// The spare, when one is made or being made (then it is waited for: making another would only
 /// compete with it for the same cores).
-fn take_spare(spare: &Spare) -> Option<Premade> {
+fn take_spare(spare: &Spare) -> Option<wasmtime::Result<Premade>> {
     let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
     while matches!(*slot, SpareSlot::Making) {
         slot = spare.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
     }
     match std::mem::take(&mut *slot) {
-        SpareSlot::Ready(premade) => Some(premade),
+        SpareSlot::Ready(premade) => Some(Ok(premade)),
+        SpareSlot::Failed(error) => Some(Err(error)),
         _ => None,
     }
 }
@@ -675,8 +675,10 @@ fn make_spare(engine: &Engine, policy: &LoadedPolicy) {
     on_helper(Box::new(move || {
         let made = premake(&engine, &exports, Some(counted));
         let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
-        // A failure here is the decision's to report: it instantiates again, itself.
-        *slot = made.map_or(SpareSlot::Empty, SpareSlot::Ready);
+        *slot = match made {
+            Ok(premade) => SpareSlot::Ready(premade),
+            Err(error) => SpareSlot::Failed(error),
+        };
         spare.ready.notify_all();
     }));
 }
