@@ -578,7 +578,10 @@ impl PolicyEngine {
             // The budget is the decision's own, whatever instantiating took.
             let _ = store.set_fuel(limits::FUEL);
             store.set_epoch_deadline(limits::deadline_ticks());
-            let answer = body(&instance, &mut store);
+            let answer = {
+                let _ticking = Ticking::start();
+                body(&instance, &mut store)
+            };
             (answer, store)
         });
         make_spare(&self.engine, policy);
@@ -640,7 +643,10 @@ fn premake(engine: &Engine, exports: &Exports, counted: Option<SpareCount>) -> w
     store.set_fuel(limits::FUEL)?;
     store.set_epoch_deadline(limits::deadline_ticks());
     store.epoch_deadline_trap();
-    let instance = exports.instantiate(&mut store)?;
+    let instance = {
+        let _ticking = Ticking::start();
+        exports.instantiate(&mut store)?
+    };
     Ok(Premade { store, instance, _counted: counted })
 }
 
@@ -775,6 +781,28 @@ fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result<Exports, S
     Err(format!("it exports none of the worlds ckpt loads ({}): {closest:#}", names.join(", ")))
 }
 
+/// How many stores run guest code now, across the process.
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static WAKE: Condvar = Condvar::new();
+
+/// Held while guest code may run. The epoch ticks only then (a deadline counts ticks from when
+/// it is set), so an idle daemon is not woken a hundred times a second.
+struct Ticking;
+
+impl Ticking {
+    fn start() -> Ticking {
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        WAKE.notify_all();
+        Ticking
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
 /// One engine for the whole process, with one thread ticking its epochs: a daemon that loads
 /// policies for every run keeps the same engine (and its memory) rather than gathering engines.
 fn shared_engine() -> Result<Engine, PolicyError> {
@@ -801,6 +829,11 @@ fn shared_engine() -> Result<Engine, PolicyError> {
             .name("policy-epoch".into())
             .spawn(move || {
                 loop {
+                    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+                    while *running == 0 {
+                        running = WAKE.wait(running).unwrap_or_else(|e| e.into_inner());
+                    }
+                    drop(running);
                     std::thread::sleep(limits::EPOCH_TICK);
                     ticking.increment_epoch();
                 }
