@@ -54,10 +54,15 @@ printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' MiB comp "checkpoin
 printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' "" "" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman ratio" "ckpt podman" "ckpt podman ratio"
 for size in ${SIZES:-64 512}; do
   for comp in ${COMPRESSIONS:-zstd gzip none}; do
-    declare -A results=()
+    declare -A results=() spreads=()
+    # Rounds alternate between the tools, so that a slow spell of the machine falls on both.
+    : > "$work/ckpt.rounds"; : > "$work/podman.rounds"
+    for _ in $(seq "$rounds"); do
+      for tool in ckpt podman; do run_one "$tool" "$size" "$comp" >> "$work/$tool.rounds"; done
+    done
     for tool in ckpt podman; do
-      for _ in $(seq "$rounds"); do run_one "$tool" "$size" "$comp"; done > "$work/$tool.rounds"
       for col in 1 2 3 4 5; do results[$tool$col]=$(cut -d' ' -f$col "$work/$tool.rounds" | median); done
+      spreads[$tool]="$(cut -d' ' -f1 "$work/$tool.rounds" | spread) $(cut -d' ' -f5 "$work/$tool.rounds" | spread)"
     done
     printf '%-5s %-5s | %5s %6s %7s    | %5s %6s %7s    | %6s %6s %7s      | %6s %6s     | %5s %6s %7s\n' "$size" "$comp" \
       "${results[ckpt1]}" "${results[podman1]}" "$(ratio "${results[ckpt1]}" "${results[podman1]}")" \
@@ -65,7 +70,8 @@ for size in ${SIZES:-64 512}; do
       "$(( results[ckpt3] >> 20 ))" "$(( results[podman3] >> 20 ))" "$(ratio "${results[ckpt3]}" "${results[podman3]}")" \
       "$(( results[ckpt4] >> 10 ))" "$(( results[podman4] >> 10 ))" \
       "${results[ckpt5]}" "${results[podman5]}" "$(ratio "${results[ckpt5]}" "${results[podman5]}")"
-    unset results
+    echo "      spreads (min-max): checkpoint ckpt ${spreads[ckpt]% *} podman ${spreads[podman]% *}; restore ckpt ${spreads[ckpt]#* } podman ${spreads[podman]#* }"
+    unset results spreads
   done
 done
 $ckpt image rm -f memhog >/dev/null 2>&1 || true

@@ -13,6 +13,7 @@ prepare() {
 podman() { command podman --runtime runc "$@"; }
 now() { date +%s%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+spread() { sort -n | awk 'NR == 1 {min = $1} {max = $1} END {print min "-" max}'; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else '-')"; }
 
 # memhog_rootfs DIR: DIR/rootfs.tar, a root filesystem with busybox and bench/memhog.c (which
