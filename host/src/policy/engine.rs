@@ -781,25 +781,36 @@ fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result<Exports, S
     Err(format!("it exports none of the worlds ckpt loads ({}): {closest:#}", names.join(", ")))
 }
 
-/// How many stores run guest code now, across the process.
-static RUNNING: Mutex<usize> = Mutex::new(0);
+/// Stores running guest code now, across the process, and whether the ticker sleeps.
+struct Guests {
+    running: usize,
+    ticker_asleep: bool,
+}
+
+static GUESTS: Mutex<Guests> = Mutex::new(Guests { running: 0, ticker_asleep: false });
 static WAKE: Condvar = Condvar::new();
 
-/// Held while guest code may run. The epoch ticks only then (a deadline counts ticks from when
-/// it is set), so an idle daemon is not woken a hundred times a second.
+/// The ticker keeps ticking this long after guest code last ran (a second): decisions close
+/// together never wait for it to wake, and an idle daemon is not woken a hundred times a second.
+const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
+
+/// Held while guest code may run; a deadline counts ticks from when it is set.
 struct Ticking;
 
 impl Ticking {
     fn start() -> Ticking {
-        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        WAKE.notify_all();
+        let mut guests = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+        guests.running += 1;
+        if guests.ticker_asleep {
+            WAKE.notify_all();
+        }
         Ticking
     }
 }
 
 impl Drop for Ticking {
     fn drop(&mut self) {
-        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        GUESTS.lock().unwrap_or_else(|e| e.into_inner()).running -= 1;
     }
 }
 
@@ -828,12 +839,19 @@ fn shared_engine() -> Result<Engine, PolicyError> {
         std::thread::Builder::new()
             .name("policy-epoch".into())
             .spawn(move || {
+                let mut idle_ticks = 0;
                 loop {
-                    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-                    while *running == 0 {
-                        running = WAKE.wait(running).unwrap_or_else(|e| e.into_inner());
+                    let mut guests = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+                    idle_ticks = if guests.running == 0 { idle_ticks + 1 } else { 0 };
+                    if idle_ticks > IDLE_TICKS_BEFORE_SLEEP {
+                        guests.ticker_asleep = true;
+                        while guests.running == 0 {
+                            guests = WAKE.wait(guests).unwrap_or_else(|e| e.into_inner());
+                        }
+                        guests.ticker_asleep = false;
+                        idle_ticks = 0;
                     }
-                    drop(running);
+                    drop(guests);
                     std::thread::sleep(limits::EPOCH_TICK);
                     ticking.increment_epoch();
                 }
