@@ -317,10 +317,7 @@ impl LoadedPolicy {
     /// Waits until the next decision's instance is made, as it is when the host has done
     /// other work since the last decision; what `policy bench` times is then the decision alone.
     pub fn wait_for_spare(&self) {
-        let mut slot = self.spare.slot.lock().unwrap_or_else(|e| e.into_inner());
-        while matches!(*slot, SpareSlot::Making) {
-            slot = self.spare.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
+        drop(self.spare.settled());
     }
 
     /// Whether decisions use instances made ahead of them (the default) or make their own.
@@ -337,6 +334,17 @@ struct Spare {
     slot: Mutex<SpareSlot>,
     ready: Condvar,
     disabled: AtomicBool,
+}
+
+impl Spare {
+    /// The slot, once no spare is being made in it.
+    fn settled(&self) -> std::sync::MutexGuard<'_, SpareSlot> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(*slot, SpareSlot::Making) {
+            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+        slot
+    }
 }
 
 #[derive(Default)]
@@ -653,11 +661,7 @@ fn premake(engine: &Engine, exports: &Exports, counted: Option<SpareCount>) -> w
 /// The spare, when one is made or being made (then it is waited for: making another would only
 /// compete with it for the same cores).
 fn take_spare(spare: &Spare) -> Option<wasmtime::Result<Premade>> {
-    let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
-    while matches!(*slot, SpareSlot::Making) {
-        slot = spare.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
-    }
-    match std::mem::take(&mut *slot) {
+    match std::mem::take(&mut *spare.settled()) {
         SpareSlot::Ready(premade) => Some(Ok(premade)),
         SpareSlot::Failed(error) => Some(Err(error)),
         _ => None,
