@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -105,7 +105,14 @@ struct Extractor<'a> {
     seen: HashMap<PathBuf, Written>,
     name_bytes: u64,
     dirs: Vec<DirMeta>,
+    /// The size and BLAKE3 of each regular file as it was written, when asked for.
+    digests: Option<FileDigests>,
 }
+
+/// Each regular file an extraction wrote, by its path in the archive: its size and BLAKE3,
+/// taken from the bytes as they went to disk, so that a manifest is checked without reading
+/// them back.
+pub type FileDigests = HashMap<PathBuf, (u64, blake3::Hash)>;
 
 /// A directory's metadata, set once all its members are in.
 struct DirMeta {
@@ -122,13 +129,34 @@ pub fn extract(
     name: &str,
     options: &ExtractOptions,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
+    extract_into(reader, dest, name, options, None).map(|(written, _)| written)
+}
+
+/// [`extract`], with each regular file hashed as it is written.
+pub fn extract_hashing(
+    reader: impl Read,
+    dest: &Path,
+    name: &str,
+    options: &ExtractOptions,
+) -> Result<FileDigests, ArchiveError> {
+    extract_into(reader, dest, name, options, Some(FileDigests::new())).map(|(_, digests)| digests.unwrap_or_default())
+}
+
+fn extract_into(
+    reader: impl Read,
+    dest: &Path,
+    name: &str,
+    options: &ExtractOptions,
+    digests: Option<FileDigests>,
+) -> Result<(Vec<PathBuf>, Option<FileDigests>), ArchiveError> {
     let beneath = Beneath::open(dest).map_err(|source| ArchiveError::Io {
         archive: name.to_string(),
         action: "open the destination",
         path: dest.to_path_buf(),
         source,
     })?;
-    let mut extractor = Extractor { name, options, beneath, seen: HashMap::new(), name_bytes: 0, dirs: Vec::new() };
+    let mut extractor =
+        Extractor { name, options, beneath, seen: HashMap::new(), name_bytes: 0, dirs: Vec::new(), digests };
     let mut archive = tar::Archive::new(reader);
     let malformed = |e: io::Error| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() };
     // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
@@ -179,7 +207,25 @@ pub fn extract(
         written.push(rel);
     }
     extractor.finish_dirs()?;
-    Ok(written)
+    Ok((written, extractor.digests))
+}
+
+/// Hashes what passes through to the file.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl Extractor<'_> {
@@ -262,6 +308,10 @@ impl Extractor<'_> {
         kind: EntryType,
         size: u64,
     ) -> Result<(), ArchiveError> {
+        // Whatever lands here replaces what was hashed here.
+        if let Some(digests) = &mut self.digests {
+            digests.remove(rel);
+        }
         let what = match kind {
             EntryType::Directory => Written::Dir,
             EntryType::Regular | EntryType::Continuous => Written::File,
@@ -314,7 +364,18 @@ impl Extractor<'_> {
                 )
                 .map_err(|e| self.io("create", rel)(e.into()))?;
                 let mut file = std::fs::File::from(fd);
-                let copied = io::copy(&mut entry.take(size), &mut file).map_err(self.io("write", rel))?;
+                let copied = match &mut self.digests {
+                    Some(digests) => {
+                        let mut hashing = HashingWriter { inner: &mut file, hasher: blake3::Hasher::new() };
+                        let copied = io::copy(&mut entry.take(size), &mut hashing);
+                        if let Ok(copied) = copied {
+                            digests.insert(rel.to_path_buf(), (copied, hashing.hasher.finalize()));
+                        }
+                        copied
+                    }
+                    None => io::copy(&mut entry.take(size), &mut file),
+                }
+                .map_err(self.io("write", rel))?;
                 if copied != size {
                     return Err(ArchiveError::Malformed {
                         archive: self.name.to_string(),

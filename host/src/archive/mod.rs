@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-pub use extract::{ExtractOptions, Symlinks, extract};
+pub use extract::{ExtractOptions, FileDigests, Symlinks, extract, extract_hashing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

@@ -343,16 +343,18 @@ impl Staged {
         let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
         let mut staged = Staged::new(dir, format!("image {name}"))?;
         let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
+        let mut written = archive::FileDigests::new();
         for layer in manifest.layers() {
             let blob = ctx.images.blob_path(layer.digest())?;
-            archive::extract(
+            // A later layer's file replaces an earlier one's.
+            written.extend(archive::extract_hashing(
                 archive::open_decompressed(&blob)?,
                 &staged.dir.path,
                 name,
                 &ExtractOptions::checkpoint(),
-            )?;
+            )?);
         }
-        staged.verified = layout::verify_manifest(&staged.dir.path, name)?;
+        staged.verified = layout::verify_manifest(&staged.dir.path, name, &written)?;
         Ok(staged)
     }
 
