@@ -97,34 +97,6 @@ impl<W: Write> Write for Compressor<W> {
     }
 }
 
-/// Reads the chunks another thread sends, and sends each back, read, for its next fill: fresh
-/// buffers would cost a page fault and a zeroed page for every 4 KiB that passes.
-struct ChannelReader {
-    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    recycle: std::sync::mpsc::Sender<Vec<u8>>,
-    current: Vec<u8>,
-    offset: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.offset == self.current.len() {
-            match self.receiver.recv() {
-                Ok(chunk) => {
-                    let read = std::mem::replace(&mut self.current, chunk?);
-                    let _ = self.recycle.send(read);
-                    self.offset = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.offset);
-        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
-        self.offset += n;
-        Ok(n)
-    }
-}
-
 /// Writes archive members and remembers their digests for the manifest.
 pub struct ArchiveWriter<W: Write> {
     builder: tar::Builder<W>,
@@ -229,7 +201,7 @@ impl<W: Write> ArchiveWriter<W> {
                 }
                 (total, hasher.finalize().to_hex().to_string())
             });
-            let mut reader = ChannelReader { receiver, recycle, current: Vec::new(), offset: 0 };
+            let mut reader = super::ChannelReader::new(receiver, recycle);
             let appended = self.builder.append_data(header, name, &mut reader);
             drop(reader);
             let digest = hasher.join().map_err(|_| io::Error::other("hashing thread panicked"))?;
@@ -387,14 +359,15 @@ pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptio
 
 /// The same, from a stream (a pipe, an ssh channel): nothing needs to seek, and each member is
 /// checked as it lands.
-pub fn extract_checkpoint_stream<R: std::io::BufRead + 'static>(
+pub fn extract_checkpoint_stream<R: std::io::BufRead + Send + 'static>(
     stream: R,
     name: &str,
     staging: &Path,
     options: &ExtractOptions,
 ) -> Result<bool, ArchiveError> {
     let reader = super::decompress(stream, name)?;
-    let digests = super::extract_hashing(reader, staging, name, options)?;
+    let mut digests = super::FileDigests::new();
+    super::extract_hashing(reader, staging, name, options, &mut digests)?;
     verify_manifest(staging, name, &digests)
 }
 
@@ -508,7 +481,9 @@ mod tests {
         let bytes = writer.finish().unwrap();
         let staging = dir.path().join("ok");
         std::fs::create_dir_all(&staging).unwrap();
-        let written = crate::archive::extract_hashing(&bytes[..], &staging, "t", &ExtractOptions::checkpoint()).unwrap();
+        let mut written = crate::archive::FileDigests::new();
+        crate::archive::extract_hashing(&bytes[..], &staging, "t", &ExtractOptions::checkpoint(), &mut written)
+            .unwrap();
         assert_eq!(written[Path::new("checkpoint/pages-1.img")], (5, blake3::hash(b"pages")));
         assert!(verify_manifest(&staging, "t", &written).unwrap());
 
@@ -534,7 +509,9 @@ mod tests {
         let bytes = twice.into_inner().unwrap();
         let staging = dir.path().join("twice");
         std::fs::create_dir_all(&staging).unwrap();
-        let written = crate::archive::extract_hashing(&bytes[..], &staging, "t", &ExtractOptions::checkpoint()).unwrap();
+        let mut written = crate::archive::FileDigests::new();
+        crate::archive::extract_hashing(&bytes[..], &staging, "t", &ExtractOptions::checkpoint(), &mut written)
+            .unwrap();
         assert_eq!(written[Path::new("checkpoint/pages-1.img")].1, blake3::hash(b"PAGES"));
         let err = verify_manifest(&staging, "t", &written).unwrap_err().to_string();
         assert!(err.contains("BLAKE3 digest does not match"), "{err}");

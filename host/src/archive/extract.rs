@@ -106,7 +106,7 @@ struct Extractor<'a> {
     name_bytes: u64,
     dirs: Vec<DirMeta>,
     /// The size and BLAKE3 of each regular file as it was written, when asked for.
-    digests: Option<FileDigests>,
+    digests: Option<&'a mut FileDigests>,
 }
 
 /// Each regular file an extraction wrote, by its path in the archive: its size and BLAKE3,
@@ -129,17 +129,20 @@ pub fn extract(
     name: &str,
     options: &ExtractOptions,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
-    extract_into(reader, dest, name, options, None).map(|(written, _)| written)
+    extract_into(reader, dest, name, options, None)
 }
 
-/// [`extract`], with each regular file hashed as it is written.
+/// [`extract`], with each regular file hashed as it is written into `digests`. A member that
+/// lands on a path drops the digest an earlier member or extraction left there, so that layers
+/// extracted one over another leave the digests of what is on disk.
 pub fn extract_hashing(
     reader: impl Read,
     dest: &Path,
     name: &str,
     options: &ExtractOptions,
-) -> Result<FileDigests, ArchiveError> {
-    extract_into(reader, dest, name, options, Some(FileDigests::new())).map(|(_, digests)| digests.unwrap_or_default())
+    digests: &mut FileDigests,
+) -> Result<(), ArchiveError> {
+    extract_into(reader, dest, name, options, Some(digests)).map(drop)
 }
 
 fn extract_into(
@@ -147,8 +150,8 @@ fn extract_into(
     dest: &Path,
     name: &str,
     options: &ExtractOptions,
-    digests: Option<FileDigests>,
-) -> Result<(Vec<PathBuf>, Option<FileDigests>), ArchiveError> {
+    digests: Option<&mut FileDigests>,
+) -> Result<Vec<PathBuf>, ArchiveError> {
     let beneath = Beneath::open(dest).map_err(|source| ArchiveError::Io {
         archive: name.to_string(),
         action: "open the destination",
@@ -207,25 +210,79 @@ fn extract_into(
         written.push(rel);
     }
     extractor.finish_dirs()?;
-    Ok((written, extractor.digests))
+    Ok(written)
 }
 
-/// Hashes what passes through to the file.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: blake3::Hasher,
+/// Members at least this big are hashed on a thread of their own while the next chunk is read
+/// and written: a checkpoint's page images are most of its bytes, and the other cores are idle
+/// until CRIU runs.
+const HASH_ALONGSIDE_FROM: u64 = 4 << 20;
+/// Large reads and writes: a page image of gigabytes in 8 KiB steps costs a syscall pair per step.
+const CHUNK: usize = 1 << 20;
+
+/// Copies `size` bytes of a member into `file`, with their BLAKE3 when `hash` is set. Returns
+/// fewer bytes than `size` only when the archive ends early.
+fn copy_member(
+    reader: &mut dyn Read,
+    file: &mut std::fs::File,
+    size: u64,
+    hash: bool,
+) -> io::Result<(u64, Option<blake3::Hash>)> {
+    if !hash || size < HASH_ALONGSIDE_FROM {
+        let mut hasher = hash.then(blake3::Hasher::new);
+        let copied = copy_in_chunks(reader, file, size, &mut |chunk| {
+            if let Some(hasher) = &mut hasher {
+                hasher.update(&chunk);
+            }
+            Ok(Some(chunk))
+        })?;
+        return Ok((copied, hasher.map(|h| h.finalize())));
+    }
+    let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for chunk in chunks {
+                hasher.update(&chunk);
+                let _ = give_back.send(chunk);
+            }
+            hasher.finalize()
+        });
+        let copied = copy_in_chunks(reader, file, size, &mut |chunk| {
+            to_hasher.send(chunk).map_err(|_| io::Error::other("the hashing thread ended early"))?;
+            Ok(returned.try_recv().ok())
+        });
+        drop(to_hasher);
+        let digest = hashing.join().map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        copied.map(|copied| (copied, Some(digest)))
+    })
 }
 
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+/// Reads up to `size` bytes in chunks, writes each to `file`, then hands it to `written`, which
+/// may give back a chunk to fill next.
+fn copy_in_chunks(
+    reader: &mut dyn Read,
+    file: &mut std::fs::File,
+    size: u64,
+    written: &mut dyn FnMut(Vec<u8>) -> io::Result<Option<Vec<u8>>>,
+) -> io::Result<u64> {
+    let mut copied = 0u64;
+    let mut spare = None;
+    while copied < size {
+        crate::interrupt::check_io()?;
+        let want = (size - copied).min(CHUNK as u64);
+        let mut chunk = spare.take().unwrap_or_else(|| Vec::with_capacity(want as usize));
+        chunk.clear();
+        Read::take(&mut *reader, want).read_to_end(&mut chunk)?;
+        if chunk.is_empty() {
+            break;
+        }
+        file.write_all(&chunk)?;
+        copied += chunk.len() as u64;
+        spare = written(chunk)?;
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    Ok(copied)
 }
 
 impl Extractor<'_> {
@@ -364,18 +421,11 @@ impl Extractor<'_> {
                 )
                 .map_err(|e| self.io("create", rel)(e.into()))?;
                 let mut file = std::fs::File::from(fd);
-                let copied = match &mut self.digests {
-                    Some(digests) => {
-                        let mut hashing = HashingWriter { inner: &mut file, hasher: blake3::Hasher::new() };
-                        let copied = io::copy(&mut entry.take(size), &mut hashing);
-                        if let Ok(copied) = copied {
-                            digests.insert(rel.to_path_buf(), (copied, hashing.hasher.finalize()));
-                        }
-                        copied
-                    }
-                    None => io::copy(&mut entry.take(size), &mut file),
+                let (copied, digest) =
+                    copy_member(entry, &mut file, size, self.digests.is_some()).map_err(self.io("write", rel))?;
+                if let (Some(digests), Some(digest)) = (&mut self.digests, digest) {
+                    digests.insert(rel.to_path_buf(), (copied, digest));
                 }
-                .map_err(self.io("write", rel))?;
                 if copied != size {
                     return Err(ArchiveError::Malformed {
                         archive: self.name.to_string(),

@@ -85,7 +85,9 @@ pub fn open_decompressed(path: &Path) -> Result<Box<dyn Read>, ArchiveError> {
     decompress(BufReader::with_capacity(1 << 20, file), &path.display().to_string())
 }
 
-pub fn decompress<R: BufRead + 'static>(mut reader: R, name: &str) -> Result<Box<dyn Read>, ArchiveError> {
+/// Decompression runs on a thread of its own, some chunks ahead of its reader, so that it
+/// overlaps with the writes and hashing that consume what it produces.
+pub fn decompress<R: BufRead + Send + 'static>(mut reader: R, name: &str) -> Result<Box<dyn Read>, ArchiveError> {
     let magic = reader
         .fill_buf()
         .map_err(|source| ArchiveError::Io {
@@ -102,9 +104,86 @@ pub fn decompress<R: BufRead + 'static>(mut reader: R, name: &str) -> Result<Box
             decoder
                 .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|e| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() })?;
-            Ok(Box::new(decoder))
+            Ok(read_ahead(Box::new(decoder)))
         }
-        Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader))),
+        Compression::Gzip => Ok(read_ahead(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))),
         Compression::None => Ok(Box::new(reader)),
+    }
+}
+
+/// Chunks of a stream another thread reads, at most this many waiting.
+const CHUNKS_AHEAD: usize = 4;
+const CHUNK: usize = 1 << 20;
+
+/// Runs `reader` on a thread of its own, up to [`CHUNKS_AHEAD`] chunks ahead. The thread ends
+/// when the stream does or when the returned reader is dropped; if no thread can be started,
+/// `reader` is read in place.
+fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_AHEAD);
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (handoff, take_back) = std::sync::mpsc::channel::<Box<dyn Read + Send>>();
+    let spawned = std::thread::Builder::new().name("decompress".into()).spawn(move || {
+        let Ok(mut reader) = take_back.recv() else { return };
+        loop {
+            let mut chunk = recycled.try_recv().unwrap_or_default();
+            chunk.resize(CHUNK, 0);
+            let read = match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Ok(chunk)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = read.is_err();
+            if sender.send(read).is_err() || failed {
+                break;
+            }
+        }
+    });
+    if spawned.is_err() {
+        return reader;
+    }
+    if let Err(unsent) = handoff.send(reader) {
+        return unsent.0;
+    }
+    Box::new(ChannelReader::new(receiver, recycle))
+}
+
+/// Reads the chunks another thread sends, and sends each back, read, for its next fill: fresh
+/// buffers would cost a page fault and a zeroed page for every 4 KiB that passes.
+pub(crate) struct ChannelReader {
+    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(
+        receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+        recycle: std::sync::mpsc::Sender<Vec<u8>>,
+    ) -> ChannelReader {
+        ChannelReader { receiver, recycle, current: Vec::new(), offset: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => {
+                    let read = std::mem::replace(&mut self.current, chunk?);
+                    let _ = self.recycle.send(read);
+                    self.offset = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
     }
 }

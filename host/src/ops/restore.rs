@@ -346,13 +346,13 @@ impl Staged {
         let mut written = archive::FileDigests::new();
         for layer in manifest.layers() {
             let blob = ctx.images.blob_path(layer.digest())?;
-            // A later layer's file replaces an earlier one's.
-            written.extend(archive::extract_hashing(
+            archive::extract_hashing(
                 archive::open_decompressed(&blob)?,
                 &staged.dir.path,
                 name,
                 &ExtractOptions::checkpoint(),
-            )?);
+                &mut written,
+            )?;
         }
         staged.verified = layout::verify_manifest(&staged.dir.path, name, &written)?;
         Ok(staged)

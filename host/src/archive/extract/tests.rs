@@ -348,3 +348,62 @@ fn random_member_sequences_never_touch_the_outside() {
         assert_eq!(before, scene.outside(), "round {round}: {members:?} with {options:?} changed the outside");
     }
 }
+
+#[test]
+fn digests_taken_while_extracting_match_what_is_on_disk_across_layers() {
+    let scene = Scene::new();
+    // Big enough to be hashed on its own thread, and not a whole number of chunks.
+    let big: Vec<u8> = (0..(HASH_ALONGSIDE_FROM as usize + CHUNK / 3)).map(|i| (i * 7 % 251) as u8).collect();
+    let big: &'static [u8] = big.leak();
+    let mut digests = FileDigests::new();
+    let lower = raw_tar(&[M::File("big", 0o600, big), M::File("small", 0o600, b"small"), M::File("kept", 0o600, b"k")]);
+    extract_hashing(&lower[..], &scene.dest(), "lower.tar", &ExtractOptions::default(), &mut digests).unwrap();
+    assert_eq!(digests[Path::new("big")], (big.len() as u64, blake3::hash(big)));
+    assert_eq!(std::fs::read(scene.dest().join("big")).unwrap(), big);
+    assert_eq!(digests[Path::new("small")], (5, blake3::hash(b"small")));
+
+    // An upper layer that puts a directory where a file was drops that file's digest, and one that
+    // rewrites a file leaves the new digest.
+    let upper = raw_tar(&[M::Dir("small", 0o755), M::File("big", 0o600, b"rewritten")]);
+    extract_hashing(&upper[..], &scene.dest(), "upper.tar", &ExtractOptions::default(), &mut digests).unwrap();
+    assert!(!digests.contains_key(Path::new("small")), "{digests:?}");
+    assert_eq!(digests[Path::new("big")], (9, blake3::hash(b"rewritten")));
+    assert_eq!(digests[Path::new("kept")], (1, blake3::hash(b"k")));
+}
+
+#[test]
+fn a_member_cut_short_is_refused_whether_hashed_alongside_or_not() {
+    let big: &'static [u8] = vec![1u8; HASH_ALONGSIDE_FROM as usize * 2].leak();
+    for hashed in [false, true] {
+        let scene = Scene::new();
+        let mut tar = raw_tar(&[M::File("big", 0o600, big)]);
+        tar.truncate(512 + HASH_ALONGSIDE_FROM as usize + 100);
+        let err = if hashed {
+            extract_hashing(&tar[..], &scene.dest(), "cut.tar", &ExtractOptions::default(), &mut FileDigests::new())
+                .unwrap_err()
+        } else {
+            extract(&tar[..], &scene.dest(), "cut.tar", &ExtractOptions::default()).unwrap_err()
+        };
+        assert!(err.to_string().contains("cut.tar"), "{err}");
+    }
+}
+
+#[test]
+fn compressed_streams_read_ahead_give_the_same_bytes() {
+    let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 13) as u8).collect();
+    let zstd = zstd::encode_all(&data[..], 1).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, &data).unwrap();
+    let gzip = gzip.finish().unwrap();
+    for compressed in [zstd, gzip] {
+        let mut out = Vec::new();
+        crate::archive::decompress(std::io::Cursor::new(compressed), "t").unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+    let mut corrupt = zstd::encode_all(&data[..], 1).unwrap();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0xff;
+    let mut out = Vec::new();
+    let read = crate::archive::decompress(std::io::Cursor::new(corrupt), "t").unwrap().read_to_end(&mut out);
+    assert!(read.is_err() || out != data, "a corrupt stream never reads back as the original");
+}
