@@ -48,7 +48,7 @@ run_one() {
     stats=$(timed "$work/rss" podman --runtime runc container checkpoint --print-stats -c "$comp" -e "$archive" b)
     t1=$(now)
     podman rm -f b >/dev/null
-    t2=$(now); podman --runtime runc container restore -i "$archive" -n b2 >/dev/null; t3=$(now)
+    t2=$(now); restored=$(podman container restore --print-stats -i "$archive" -n b2); t3=$(now)
     podman rm -f b2 >/dev/null
   fi
   local frozen
