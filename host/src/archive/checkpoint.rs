@@ -170,35 +170,15 @@ impl<W: Write> ArchiveWriter<W> {
         size: u64,
     ) -> io::Result<(u64, String)> {
         let mut file = File::open(path)?.take(size);
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(super::CHUNKS_AHEAD);
         let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut hasher = blake3::Hasher::new();
-                let mut total = 0u64;
-                loop {
-                    let mut chunk = recycled.try_recv().unwrap_or_default();
-                    chunk.resize(1 << 20, 0);
-                    if let Err(e) = crate::interrupt::check_io() {
-                        let _ = sender.send(Err(e));
-                        break;
-                    }
-                    match file.read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            chunk.truncate(n);
-                            hasher.update(&chunk);
-                            total += n as u64;
-                            if sender.send(Ok(chunk)).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = sender.send(Err(e));
-                            break;
-                        }
-                    }
-                }
+                let total =
+                    super::send_chunks(&mut file, &sender, &recycled, &crate::interrupt::check_io, &mut |chunk| {
+                        hasher.update(chunk);
+                    });
                 (total, hasher.finalize().to_hex().to_string())
             });
             let mut reader = super::ChannelReader::new(receiver, recycle);

@@ -16,7 +16,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 use tar::EntryType;
 
-use super::ArchiveError;
+use super::{ArchiveError, CHUNK};
 pub use crate::safefs::clean_relative;
 use crate::safefs::{self, Beneath, Kind, ResolveError};
 
@@ -217,8 +217,6 @@ fn extract_into(
 /// and written: a checkpoint's page images are most of its bytes, and the other cores are idle
 /// until CRIU runs.
 const HASH_ALONGSIDE_FROM: u64 = 4 << 20;
-/// Large reads and writes: a page image of gigabytes in 8 KiB steps costs a syscall pair per step.
-const CHUNK: usize = 1 << 20;
 
 /// Copies `size` bytes of a member into `file`, with their BLAKE3 when `hash` is set. Returns
 /// fewer bytes than `size` only when the archive ends early.
@@ -272,9 +270,12 @@ fn copy_in_chunks(
     while copied < size {
         crate::interrupt::check_io()?;
         let want = (size - copied).min(CHUNK as u64);
-        let mut chunk = spare.take().unwrap_or_else(|| Vec::with_capacity(want as usize));
-        chunk.clear();
-        Read::take(&mut *reader, want).read_to_end(&mut chunk)?;
+        // A chunk given back is filled to its length already: only a new one's bytes are zeroed,
+        // once, where reading into spare capacity would zero every chunk on every fill.
+        let mut chunk: Vec<u8> = spare.take().unwrap_or_default();
+        chunk.resize(want as usize, 0);
+        let filled = read_full(reader, &mut chunk)?;
+        chunk.truncate(filled);
         if chunk.is_empty() {
             break;
         }
@@ -283,6 +284,20 @@ fn copy_in_chunks(
         spare = written(chunk)?;
     }
     Ok(copied)
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much it read.
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 impl Extractor<'_> {

@@ -113,6 +113,7 @@ pub fn decompress<R: BufRead + Send + 'static>(mut reader: R, name: &str) -> Res
 
 /// Chunks of a stream another thread reads, at most this many waiting.
 const CHUNKS_AHEAD: usize = 4;
+/// Large reads and writes: a page image of gigabytes in 8 KiB steps costs a syscall pair per step.
 const CHUNK: usize = 1 << 20;
 
 /// Runs `reader` on a thread of its own, up to [`CHUNKS_AHEAD`] chunks ahead. The thread ends
@@ -124,23 +125,7 @@ fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read> {
     let (handoff, take_back) = std::sync::mpsc::channel::<Box<dyn Read + Send>>();
     let spawned = std::thread::Builder::new().name("decompress".into()).spawn(move || {
         let Ok(mut reader) = take_back.recv() else { return };
-        loop {
-            let mut chunk = recycled.try_recv().unwrap_or_default();
-            chunk.resize(CHUNK, 0);
-            let read = match reader.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    chunk.truncate(n);
-                    Ok(chunk)
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
-            let failed = read.is_err();
-            if sender.send(read).is_err() || failed {
-                break;
-            }
-        }
+        send_chunks(&mut *reader, &sender, &recycled, &|| Ok(()), &mut |_| ());
     });
     if spawned.is_err() {
         return reader;
@@ -149,6 +134,47 @@ fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read> {
         return unsent.0;
     }
     Box::new(ChannelReader::new(receiver, recycle))
+}
+
+/// Reads `reader` in chunks (reusing those that come back on `recycled`) and sends each on after
+/// `each` has seen it, until the stream ends, a read or `check` fails (the error is sent on), or
+/// nobody receives. Returns the bytes sent.
+fn send_chunks(
+    reader: &mut dyn Read,
+    sender: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
+    check: &dyn Fn() -> io::Result<()>,
+    each: &mut dyn FnMut(&[u8]),
+) -> u64 {
+    let mut total = 0u64;
+    loop {
+        let mut chunk = recycled.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
+        let read = check().and_then(|()| {
+            loop {
+                match reader.read(&mut chunk) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    read => break read,
+                }
+            }
+        });
+        match read {
+            Ok(0) => break,
+            Ok(n) => {
+                chunk.truncate(n);
+                each(&chunk);
+                total += n as u64;
+                if sender.send(Ok(chunk)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = sender.send(Err(e));
+                break;
+            }
+        }
+    }
+    total
 }
 
 /// Reads the chunks another thread sends, and sends each back, read, for its next fill: fresh
