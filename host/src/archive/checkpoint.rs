@@ -131,7 +131,6 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
         let file_type = meta.file_type();
         if file_type.is_file() {
-            header.set_size(meta.len());
             // A file that grows meanwhile (the log of a container left running) is archived as
             // it was when it was looked at; one that shrinks cannot be.
             let (read, digest) = self.append_hashed(&mut header, name, path, meta.len())?;
@@ -162,6 +161,10 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Appends a file while another thread reads and hashes it, so that hashing overlaps with
     /// compression instead of adding to it.
+    ///
+    /// The chunks go to the stream whole: through `tar::Builder::append_data` they would go in
+    /// `io::copy`'s 8 KiB steps, each a trip down the writer stack, and the archive's own BLAKE3
+    /// would see them one 8 KiB piece at a time, 512 bytes off its chunk boundaries.
     fn append_hashed(
         &mut self,
         header: &mut tar::Header,
@@ -181,12 +184,42 @@ impl<W: Write> ArchiveWriter<W> {
                     });
                 (total, hasher.finalize().to_hex().to_string())
             });
-            let mut reader = super::ChannelReader::new(receiver, recycle);
-            let appended = self.builder.append_data(header, name, &mut reader);
-            drop(reader);
-            let digest = hasher.join().map_err(|_| io::Error::other("hashing thread panicked"))?;
-            appended.map(|()| digest)
+            let appended = self.append_chunks(header, name, size, &receiver, &recycle);
+            drop(receiver);
+            let (_, digest) = hasher.join().map_err(|_| io::Error::other("hashing thread panicked"))?;
+            appended.map(|written| (written, digest))
         })
+    }
+
+    /// Writes a member of `size` bytes whose data arrives in chunks on `receiver`: the header
+    /// (with any long-name entry the tar crate adds), the chunks, then the padding. Returns the
+    /// bytes written: fewer than `size` leave the member cut short, for the caller to refuse.
+    fn append_chunks(
+        &mut self,
+        header: &mut tar::Header,
+        name: &str,
+        size: u64,
+        receiver: &std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+        recycle: &std::sync::mpsc::Sender<Vec<u8>>,
+    ) -> io::Result<u64> {
+        header.set_size(size);
+        // The tar crate writes the header and then copies the reader, which is empty here: the
+        // data follows below, exactly as many bytes as the header says.
+        self.builder.append_data(header, name, io::empty())?;
+        let out = self.builder.get_mut();
+        let mut written = 0u64;
+        while written < size {
+            let Ok(chunk) = receiver.recv() else { break };
+            let chunk = chunk?;
+            let take = chunk.len().min((size - written) as usize);
+            out.write_all(&chunk[..take])?;
+            written += take as u64;
+            let _ = recycle.send(chunk);
+        }
+        if written == size {
+            pad(out, size)?;
+        }
+        Ok(written)
     }
 
     /// Adds a directory tree under `name`, sorted, never following symlinks.
@@ -217,6 +250,12 @@ impl<W: Write> ArchiveWriter<W> {
         self.builder.append_data(&mut header, MANIFEST, &bytes[..])?;
         self.builder.into_inner()
     }
+}
+
+/// Fills a member of `size` bytes up to the next 512-byte block.
+fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
+    let padding = (512 - size % 512) % 512;
+    out.write_all(&[0u8; 512][..padding as usize])
 }
 
 /// Builds an uncompressed inner tar (rootfs-diff.tar, volumes/<name>.tar) of `entries`, which are
@@ -495,6 +534,34 @@ mod tests {
         assert_eq!(written[Path::new("checkpoint/pages-1.img")].1, blake3::hash(b"PAGES"));
         let err = verify_manifest(&staging, "t", &written).unwrap_err().to_string();
         assert!(err.contains("BLAKE3 digest does not match"), "{err}");
+    }
+
+    /// A member larger than one chunk and not a whole number of blocks, under a name too long
+    /// for a plain header, reads back whole, with its digest in the manifest.
+    #[test]
+    fn large_members_go_in_whole_chunks_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_name = format!("checkpoint/{}/pages-1.img", "d".repeat(120));
+        let data: Vec<u8> = (0..(3 << 20) + 100).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.path().join("pages-1.img");
+        std::fs::write(&path, &data).unwrap();
+        let mut writer = ArchiveWriter::new(Vec::new());
+        writer.add_path(&long_name, &path).unwrap();
+        writer.add_bytes("after", b"after").unwrap();
+        let bytes = writer.finish().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut members = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            members.push((entry.path().unwrap().display().to_string(), content));
+        }
+        assert_eq!(members[0], (long_name.clone(), data.clone()));
+        assert_eq!(members[1], ("after".to_string(), b"after".to_vec()));
+        let manifest: Manifest = serde_json::from_slice(&members[2].1).unwrap();
+        assert_eq!(manifest.members[0].name, long_name);
+        assert_eq!(manifest.members[0].blake3, blake3::hash(&data).to_hex().to_string());
     }
 
     #[test]
