@@ -178,8 +178,9 @@ impl<W: Write> ArchiveWriter<W> {
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut hasher = blake3::Hasher::new();
+                let mut pool = super::ChunkPool::new(recycled, super::CHUNKS_IN_FLIGHT);
                 let total =
-                    super::send_chunks(&mut file, &sender, &recycled, &crate::interrupt::check_io, &mut |chunk| {
+                    super::send_chunks(&mut file, &sender, &mut pool, &crate::interrupt::check_io, &mut |chunk| {
                         hasher.update(chunk);
                     });
                 (total, hasher.finalize().to_hex().to_string())

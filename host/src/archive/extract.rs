@@ -247,9 +247,11 @@ fn copy_member(
             }
             hasher.finalize()
         });
+        // One being filled, two waiting, one being hashed.
+        let mut pool = super::ChunkPool::new(returned, 4);
         let copied = copy_in_chunks(reader, file, size, &mut |chunk| {
             to_hasher.send(chunk).map_err(|_| io::Error::other("the hashing thread ended early"))?;
-            Ok(returned.try_recv().ok())
+            Ok(pool.take())
         });
         drop(to_hasher);
         let digest = hashing.join().map_err(|_| io::Error::other("the hashing thread panicked"))?;

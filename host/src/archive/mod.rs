@@ -113,6 +113,9 @@ pub fn decompress<R: BufRead + Send + 'static>(mut reader: R, name: &str) -> Res
 
 /// Chunks of a stream another thread reads, at most this many waiting.
 const CHUNKS_AHEAD: usize = 4;
+/// Every chunk a [`send_chunks`] pair can hold at once: those waiting, the one being filled and
+/// the one being read.
+const CHUNKS_IN_FLIGHT: usize = CHUNKS_AHEAD + 2;
 /// Large reads and writes: a page image of gigabytes in 8 KiB steps costs a syscall pair per step.
 const CHUNK: usize = 1 << 20;
 
@@ -125,7 +128,7 @@ fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read> {
     let (handoff, take_back) = std::sync::mpsc::channel::<Box<dyn Read + Send>>();
     let spawned = std::thread::Builder::new().name("decompress".into()).spawn(move || {
         let Ok(mut reader) = take_back.recv() else { return };
-        send_chunks(&mut *reader, &sender, &recycled, &|| Ok(()), &mut |_| ());
+        send_chunks(&mut *reader, &sender, &mut ChunkPool::new(recycled, CHUNKS_IN_FLIGHT), &|| Ok(()), &mut |_| ());
     });
     if spawned.is_err() {
         return reader;
@@ -136,19 +139,47 @@ fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read> {
     Box::new(ChannelReader::new(receiver, recycle))
 }
 
-/// Reads `reader` in chunks (reusing those that come back on `recycled`) and sends each on after
-/// `each` has seen it, until the stream ends, a read or `check` fails (the error is sent on), or
-/// nobody receives. Returns the bytes sent.
+/// Chunk buffers that go round between two threads. At most `limit` are ever allocated; once
+/// all are out, the next one is waited for. A fresh buffer costs a page fault and a zeroed page
+/// for every 4 KiB, and on a virtual machine that hands freed memory back to its host, more.
+pub(crate) struct ChunkPool {
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
+    allocated: usize,
+    limit: usize,
+}
+
+impl ChunkPool {
+    /// `limit` must cover every chunk that can be in flight at once, or the pool waits forever.
+    pub(crate) fn new(returned: std::sync::mpsc::Receiver<Vec<u8>>, limit: usize) -> ChunkPool {
+        ChunkPool { returned, allocated: 0, limit }
+    }
+
+    /// A buffer to fill: one given back, a new one while fewer than `limit` exist, or else the
+    /// next one given back. `None` once nobody can give one back.
+    pub(crate) fn take(&mut self) -> Option<Vec<u8>> {
+        if let Ok(chunk) = self.returned.try_recv() {
+            return Some(chunk);
+        }
+        if self.allocated < self.limit {
+            self.allocated += 1;
+            return Some(Vec::new());
+        }
+        self.returned.recv().ok()
+    }
+}
+
+/// Reads `reader` in chunks from `pool` and sends each on after `each` has seen it, until the
+/// stream ends, a read or `check` fails (the error is sent on), or nobody receives. Returns the
+/// bytes sent.
 fn send_chunks(
     reader: &mut dyn Read,
     sender: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
-    recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
+    pool: &mut ChunkPool,
     check: &dyn Fn() -> io::Result<()>,
     each: &mut dyn FnMut(&[u8]),
 ) -> u64 {
     let mut total = 0u64;
-    loop {
-        let mut chunk = recycled.try_recv().unwrap_or_default();
+    while let Some(mut chunk) = pool.take() {
         chunk.resize(CHUNK, 0);
         let read = check().and_then(|()| {
             loop {
@@ -211,5 +242,27 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
         self.offset += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_pool_allocates_up_to_its_limit_then_waits_for_one_given_back() {
+        let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut pool = ChunkPool::new(returned, 2);
+        let first = pool.take().unwrap();
+        let _second = pool.take().unwrap();
+        assert_eq!(pool.allocated, 2);
+        let giver = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            give_back.send(first).unwrap();
+        });
+        assert!(pool.take().is_some(), "the third waits for the first to come back");
+        assert_eq!(pool.allocated, 2, "and nothing more is allocated");
+        giver.join().unwrap();
+        assert!(pool.take().is_none(), "nobody is left to give one back");
     }
 }
