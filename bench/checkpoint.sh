@@ -23,6 +23,10 @@ cpu_ms() { awk '/^cpu / {printf "%d", ($2 + $3) * 1000}' "$1"; }
 # The real binaries, never the shell functions above: podman is given its runtime where timed.
 timed() { local out=$1; shift; /usr/bin/time -f $'maxrss %M\ncpu %U %S' -o "$out" "$@"; }
 
+# The previous step's dirty pages (a gigabyte of images and archive) are written back before
+# each timed step, so that no tool pays for the one measured before it.
+settle() { sync; sleep 0.3; }
+
 # The runtime's share of a restore (runc and CRIU), which both tools wait for the same way.
 runtime_restore_ms() { printf '%s' "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["container_statistics"][0]["runtime_restore_duration"] // 1000)'; }
 
@@ -34,21 +38,21 @@ run_one() {
     $ckpt rm -f b b2 >/dev/null 2>&1 || true
     $ckpt run -d --name b memhog /bin/memhog "$size" >/dev/null
     wait_ready $ckpt logs b
-    t0=$(now)
+    settle; t0=$(now)
     stats=$(timed "$work/rss" $ckpt checkpoint --print-stats -c "$comp" -e "$archive" b)
     t1=$(now)
     $ckpt rm -f b >/dev/null
-    t2=$(now); restored=$($ckpt restore --print-stats -i "$archive" -n b2); t3=$(now)
+    settle; t2=$(now); restored=$($ckpt restore --print-stats -i "$archive" -n b2); t3=$(now)
     $ckpt rm -f b2 >/dev/null
   else
     podman rm -f b b2 >/dev/null 2>&1 || true
     podman run -d --network none --name b localhost/memhog /bin/memhog "$size" >/dev/null
     wait_ready podman logs b
-    t0=$(now)
+    settle; t0=$(now)
     stats=$(timed "$work/rss" podman --runtime runc container checkpoint --print-stats -c "$comp" -e "$archive" b)
     t1=$(now)
     podman rm -f b >/dev/null
-    t2=$(now); restored=$(podman container restore --print-stats -i "$archive" -n b2); t3=$(now)
+    settle; t2=$(now); restored=$(podman container restore --print-stats -i "$archive" -n b2); t3=$(now)
     podman rm -f b2 >/dev/null
   fi
   local frozen
