@@ -131,31 +131,80 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
     Ok(TempDir { path })
 }
 
-/// `blake3:<hex>` of a file's content.
+/// Where [`cached_probe`] also keeps its answers, for the next ckpt process: the first context's
+/// run root (a tmpfs, so the answers go with a reboot).
+static PROBE_ANSWERS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// From now on, probe answers are also kept in `dir`; only the first call counts.
+pub fn keep_probe_answers_in(dir: PathBuf) {
+    let _ = PROBE_ANSWERS.set(dir);
+}
+
 /// The answer of `probe` about the executable `binary` (its version, say), kept for the life of
-/// the process and asked again only when the file changes (another inode or modification time):
-/// a daemon checkpointing every minute should not run `criu --version` every minute.
-pub fn cached_probe<T: Clone + Send + 'static, E>(
+/// the process, and in [`keep_probe_answers_in`]'s directory for later ones, and asked again only
+/// when the file changes (another inode, size or modification time) or the kernel does. A daemon
+/// checkpointing every minute should not run `criu --version` every minute, and a single
+/// checkpoint should not start `runc` three times to learn what the last one learnt.
+/// Failures are never kept.
+pub fn cached_probe<T, E>(
     binary: &Path,
     what: &'static str,
     probe: impl FnOnce() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
+) -> std::result::Result<T, E>
+where
+    T: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
     use std::any::Any;
     use std::collections::HashMap;
     use std::os::unix::fs::MetadataExt;
     use std::sync::Mutex;
-    type Key = (PathBuf, &'static str, u64, i64, i64);
+    type Key = (PathBuf, &'static str, u64, u64, i64, i64);
     static CACHE: Mutex<Option<HashMap<Key, Box<dyn Any + Send>>>> = Mutex::new(None);
-    let key = std::fs::metadata(binary).ok().map(|m| (binary.to_path_buf(), what, m.ino(), m.mtime(), m.mtime_nsec()));
+    let key = std::fs::metadata(binary)
+        .ok()
+        .map(|m| (binary.to_path_buf(), what, m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
     if let Some(key) = &key
         && let Some(found) = CACHE.lock().expect("probe cache").get_or_insert_default().get(key)
         && let Some(value) = found.downcast_ref::<T>()
     {
         return Ok(value.clone());
     }
-    let value = probe()?;
+    let kept = key.as_ref().and_then(|key| {
+        let dir = PROBE_ANSWERS.get()?;
+        let (path, what, ino, size, mtime, mtime_nsec) = key;
+        let key = format!("{} {what} {ino} {size} {mtime}.{mtime_nsec} {}", path.display(), crate::hostinfo::kernel());
+        Some((dir.join(format!("{}.json", &blake3::hash(key.as_bytes()).to_hex()[..32])), key))
+    });
+    let value = match &kept {
+        Some((file, key)) => kept_answer(file, key, probe)?,
+        None => probe()?,
+    };
     if let Some(key) = key {
         CACHE.lock().expect("probe cache").get_or_insert_default().insert(key, Box::new(value.clone()));
+    }
+    Ok(value)
+}
+
+/// The answer kept in `file` for `key`, or else `probe`'s, kept there if it is not a failure.
+fn kept_answer<T, E>(
+    file: &Path,
+    key: &str,
+    probe: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let kept = fs::read(file).ok().and_then(|bytes| serde_json::from_slice::<(String, T)>(&bytes).ok());
+    if let Some((kept_key, value)) = kept
+        && kept_key == key
+    {
+        return Ok(value);
+    }
+    let value = probe()?;
+    if let Ok(bytes) = serde_json::to_vec(&(key, &value))
+        && create_dir_all(file.parent().unwrap_or(Path::new("."))).is_ok()
+    {
+        let _ = write_atomic(file, &bytes, 0o600);
     }
     Ok(value)
 }
@@ -173,6 +222,7 @@ pub fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// `blake3:<hex>` of a file's content.
 pub fn file_digest(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_mmap(path).map_err(Error::io("hash", path))?;
@@ -258,6 +308,29 @@ pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_probe_answer_is_reused_for_its_key_only_and_failures_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("probes").join("runc.json");
+        let probes = std::cell::Cell::new(0);
+        let probe = |answer: Result<String, String>| {
+            let probes = &probes;
+            move || {
+                probes.set(probes.get() + 1);
+                answer
+            }
+        };
+        assert_eq!(kept_answer(&file, "runc 1", probe(Err("no".into()))), Err::<String, _>("no".to_string()));
+        assert!(!file.exists(), "a failure is not kept");
+        assert_eq!(kept_answer(&file, "runc 1", probe(Ok("1.1.5".into()))).unwrap(), "1.1.5");
+        assert_eq!(kept_answer(&file, "runc 1", probe(Ok("other".into()))).unwrap(), "1.1.5");
+        assert_eq!(probes.get(), 2, "the kept answer stood in for the third probe");
+        assert_eq!(kept_answer(&file, "runc 2", probe(Ok("1.2.0".into()))).unwrap(), "1.2.0", "a changed binary");
+        std::fs::write(&file, b"not json").unwrap();
+        assert_eq!(kept_answer(&file, "runc 2", probe(Ok("1.2.0".into()))).unwrap(), "1.2.0");
+        assert_eq!(probes.get(), 4, "a corrupt answer is probed again");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_text_is_kept() {

@@ -44,6 +44,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(roots: Roots, runtime: String) -> Context {
+        crate::util::keep_probe_answers_in(roots.runroot.join("probes"));
         Context {
             containers: ContainerStore::new(&roots),
             volumes: VolumeStore::new(&roots),
