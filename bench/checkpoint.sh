@@ -45,15 +45,15 @@ run_one() {
     settle; t2=$(now); restored=$($ckpt restore --print-stats -i "$archive" -n b2); t3=$(now)
     $ckpt rm -f b2 >/dev/null
   else
-    podman rm -f b b2 >/dev/null 2>&1 || true
+    podman rm -f -t 0 b b2 >/dev/null 2>&1 || true
     podman run -d --network none --name b localhost/memhog /bin/memhog "$size" >/dev/null
     wait_ready podman logs b
     settle; t0=$(now)
     stats=$(timed "$work/rss" podman --runtime runc container checkpoint --print-stats -c "$comp" -e "$archive" b)
     t1=$(now)
-    podman rm -f b >/dev/null
+    podman rm -f -t 0 b >/dev/null
     settle; t2=$(now); restored=$(podman container restore --print-stats -i "$archive" -n b2); t3=$(now)
-    podman rm -f b2 >/dev/null
+    podman rm -f -t 0 b2 >/dev/null
   fi
   local frozen
   frozen=$(printf '%s' "$stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["container_statistics"][0]["criu_statistics"].get("frozen_time", 0))')
