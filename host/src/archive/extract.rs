@@ -281,7 +281,9 @@ fn copy_in_chunks(
         if chunk.is_empty() {
             break;
         }
-        file.write_all(&chunk)?;
+        for piece in chunk.chunks(super::WRITE_PIECE) {
+            file.write_all(piece)?;
+        }
         copied += chunk.len() as u64;
         spare = written(chunk)?;
     }

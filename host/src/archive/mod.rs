@@ -111,6 +111,25 @@ pub fn decompress<R: BufRead + Send + 'static>(mut reader: R, name: &str) -> Res
     }
 }
 
+/// The most handed to one `write(2)` of a file. Chunks of 1 MiB are read and hashed whole, but
+/// written in pieces: on this machine (Linux 6.18, ext4, a VM that hands freed memory back to its
+/// host), `dd` wrote 512 MiB into a new file in 1.0 s with 1 MiB writes and in 0.21 s with
+/// 256 KiB ones, side by side; every size from 32 to 256 KiB took 0.2 to 0.3 s.
+pub const WRITE_PIECE: usize = 256 << 10;
+
+/// A writer whose writes are cut into [`WRITE_PIECE`]s.
+pub struct PieceWriter<W: io::Write>(pub W);
+
+impl<W: io::Write> io::Write for PieceWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(&buf[..buf.len().min(WRITE_PIECE)])
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Chunks of a stream another thread reads, at most this many waiting.
 const CHUNKS_AHEAD: usize = 4;
 /// Every chunk a [`send_chunks`] pair can hold at once: those waiting, the one being filled and
@@ -248,6 +267,23 @@ impl Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_piece_writer_hands_on_at_most_a_piece_per_write() {
+        struct Recording(Vec<usize>);
+        impl io::Write for Recording {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.push(buf.len());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut writer = PieceWriter(Recording(Vec::new()));
+        io::Write::write_all(&mut writer, &vec![7u8; CHUNK + 5]).unwrap();
+        assert_eq!(writer.0.0, [WRITE_PIECE, WRITE_PIECE, WRITE_PIECE, WRITE_PIECE, 5]);
+    }
 
     #[test]
     fn a_chunk_pool_allocates_up_to_its_limit_then_waits_for_one_given_back() {

@@ -39,7 +39,7 @@ impl WriteBehind {
 
 impl Write for WriteBehind {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self.file.write(&buf[..buf.len().min(super::WRITE_PIECE)])?;
         self.written += n as u64;
         if self.written - self.started_to >= WRITE_BEHIND_WINDOW {
             // Only starts the write-back and does not wait for it; the sync at publication is

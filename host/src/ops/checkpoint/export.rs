@@ -195,7 +195,7 @@ pub fn create_image(
     let tar_path = scratch.path.join("layer.tar");
     let included = {
         let file = std::fs::File::create(&tar_path).map_err(Error::io("create", &tar_path))?;
-        let mut writer = ArchiveWriter::new(std::io::BufWriter::new(file));
+        let mut writer = ArchiveWriter::new(std::io::BufWriter::new(crate::archive::PieceWriter(file)));
         let included = add_members(ctx, record, content, &mut writer)?;
         writer.finish().and_then(|mut w| w.flush()).map_err(Error::io("write", &tar_path))?;
         included
