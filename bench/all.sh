@@ -15,6 +15,12 @@ $ckpt rm -af >/dev/null 2>&1 || true
 $ckpt save -o "$work/busybox.tar" busybox >/dev/null
 podman load -q -i "$work/busybox.tar" >/dev/null
 names() { for i in $(seq "$count"); do echo "all-$i"; done; }
+# Both tools' `-a` take every running container: any but the bench's would be measured too.
+others=$(podman ps --format '{{.Names}}' | grep -v '^all-[0-9]*$' || true)
+if [ -n "$others" ]; then
+  echo "bench/all.sh: podman has other running containers ($(echo $others)); stop them first" >&2
+  exit 1
+fi
 names | xargs -r podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
 for i in $(seq "$count"); do
   $ckpt run -d --name "all-$i" busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
