@@ -66,10 +66,13 @@ printf '%-5s %-5s | %-22s | %-22s | %-26s | %-18s | %-22s\n' "" "" "ckpt podman 
 for size in ${SIZES:-64 512}; do
   for comp in ${COMPRESSIONS:-zstd gzip none}; do
     declare -A results=() spreads=()
-    # Rounds alternate between the tools, so that a slow spell of the machine falls on both.
+    # Rounds alternate between the tools, so that a slow spell of the machine falls on both, and
+    # which goes first alternates too: at 4 GiB, CRIU's page-image write took twice as long for
+    # whichever tool ran in the other's wake (the VM hands freed memory back to its host).
     : > "$work/ckpt.rounds"; : > "$work/podman.rounds"
-    for _ in $(seq "$rounds"); do
-      for tool in ckpt podman; do run_one "$tool" "$size" "$comp" >> "$work/$tool.rounds"; done
+    for round in $(seq "$rounds"); do
+      order="ckpt podman"; [ $((round % 2)) = 0 ] && order="podman ckpt"
+      for tool in $order; do run_one "$tool" "$size" "$comp" >> "$work/$tool.rounds"; done
     done
     for tool in ckpt podman; do
       for col in 1 2 3 4 5 6 7; do results[$tool$col]=$(cut -d' ' -f$col "$work/$tool.rounds" | median); done

@@ -247,7 +247,8 @@ fn copy_member(
             }
             hasher.finalize()
         });
-        // One being filled, two waiting, one being hashed.
+        // Besides the first chunk, which `copy_in_chunks` makes: two waiting, one being hashed and
+        // one being filled.
         let mut pool = super::ChunkPool::new(returned, 4);
         let copied = copy_in_chunks(reader, file, size, &mut |chunk| {
             to_hasher.send(chunk).map_err(|_| io::Error::other("the hashing thread ended early"))?;
