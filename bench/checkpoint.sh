@@ -67,8 +67,9 @@ for size in ${SIZES:-64 512}; do
   for comp in ${COMPRESSIONS:-zstd gzip none}; do
     declare -A results=() spreads=()
     # Rounds alternate between the tools, so that a slow spell of the machine falls on both, and
-    # which goes first alternates too: at 4 GiB, CRIU's page-image write took twice as long for
-    # whichever tool ran in the other's wake (the VM hands freed memory back to its host).
+    # which goes first alternates too: at 4 GiB, with ckpt always first, CRIU's page-image write
+    # took twice as long under ckpt; with podman first it was podman's that took longer (the VM
+    # hands freed memory back to its host, and each tool ran in the other's wake).
     : > "$work/ckpt.rounds"; : > "$work/podman.rounds"
     for round in $(seq "$rounds"); do
       order="ckpt podman"; [ $((round % 2)) = 0 ] && order="podman ckpt"
