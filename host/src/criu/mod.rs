@@ -52,42 +52,27 @@ pub trait Criu: Send + Sync {
 
 pub struct CriuBinary {
     path: PathBuf,
-    /// Where the answer of the memory-tracking probe is kept: it costs about 0.1 s and does
-    /// not change until CRIU or the kernel does.
-    probe_cache: Option<PathBuf>,
 }
 
 impl CriuBinary {
     pub fn find() -> Result<CriuBinary, CriuError> {
-        crate::util::find_in_path("criu").map(|path| CriuBinary { path, probe_cache: None }).ok_or(CriuError::NotFound)
+        crate::util::find_in_path("criu").map(|path| CriuBinary { path }).ok_or(CriuError::NotFound)
     }
 
-    pub fn with_probe_cache(mut self, path: PathBuf) -> CriuBinary {
-        self.probe_cache = Some(path);
-        self
-    }
-
-    /// What the cached probe answer is valid for: this CRIU binary on this kernel.
-    fn probe_key(&self) -> Option<String> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&self.path).ok()?;
-        let kernel = crate::hostinfo::kernel();
-        Some(format!("{} {} {} {kernel}", self.path.display(), meta.size(), meta.mtime()))
-    }
-
-    fn probe_memory_tracking(&self) -> Result<(), CriuError> {
+    /// CRIU's answer: yes, or what it said for no.
+    fn probe_memory_tracking(&self) -> Result<(), String> {
         tracing::debug!(criu = %self.path.display(), "criu check --feature mem_dirty_track");
         let output = Command::new(&self.path)
             .args(["check", "--feature", "mem_dirty_track"])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| CriuError::NoMemTrack(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if output.status.success() {
             Ok(())
         } else {
             let said =
                 format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            Err(CriuError::NoMemTrack(said.trim().to_string()))
+            Err(said.trim().to_string())
         }
     }
 }
@@ -160,27 +145,13 @@ impl Criu for CriuBinary {
     }
 
     fn memory_tracking(&self) -> Result<(), CriuError> {
-        let (Some(cache), Some(key)) = (&self.probe_cache, self.probe_key()) else {
-            return self.probe_memory_tracking();
-        };
-        // The cache holds the key on its first line and CRIU's answer (empty: supported) after it.
-        if let Ok(text) = std::fs::read_to_string(cache)
-            && let Some((cached_key, answer)) = text.split_once('\n')
-            && cached_key == key
-        {
-            return if answer.is_empty() { Ok(()) } else { Err(CriuError::NoMemTrack(answer.to_string())) };
-        }
-        let result = self.probe_memory_tracking();
-        let answer = match &result {
-            Ok(()) => String::new(),
-            Err(CriuError::NoMemTrack(said)) => said.clone(),
-            Err(_) => return result,
-        };
-        if let Some(dir) = cache.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = crate::util::write_atomic(cache, format!("{key}\n{answer}").as_bytes(), 0o600);
-        result
+        // The probe costs about 0.1 s, and its answer, no as much as yes, stands until CRIU or the
+        // kernel changes: both are kept.
+        let answer = crate::util::cached_probe(&self.path, "mem_dirty_track", || {
+            Ok::<_, std::convert::Infallible>(self.probe_memory_tracking())
+        })
+        .unwrap_or_else(|never| match never {});
+        answer.map_err(CriuError::NoMemTrack)
     }
 }
 

@@ -101,7 +101,7 @@ impl Context {
         if let Some(c) = &self.criu_override {
             return Ok(Arc::clone(c));
         }
-        Ok(Arc::new(CriuBinary::find()?.with_probe_cache(self.roots.runroot.join("criu-memory-tracking"))))
+        Ok(Arc::new(CriuBinary::find()?))
     }
 }
 
