@@ -499,11 +499,15 @@ mod tests {
         writer.add_bytes("config.dump", b"{}").unwrap();
         writer.add_bytes("checkpoint/pages-1.img", b"pages").unwrap();
         let bytes = writer.finish().unwrap();
+        // Extracts `bytes` into a fresh `staging`, with the digests taken on the way.
+        let extract = |bytes: &[u8], staging: &Path| {
+            std::fs::create_dir_all(staging).unwrap();
+            let mut written = crate::archive::FileDigests::new();
+            crate::archive::extract_hashing(bytes, staging, "t", &ExtractOptions::checkpoint(), &mut written).unwrap();
+            written
+        };
         let staging = dir.path().join("ok");
-        std::fs::create_dir_all(&staging).unwrap();
-        let mut written = crate::archive::FileDigests::new();
-        crate::archive::extract_hashing(&bytes[..], &staging, "t", &ExtractOptions::checkpoint(), &mut written)
-            .unwrap();
+        let written = extract(&bytes, &staging);
         assert_eq!(written[Path::new("checkpoint/pages-1.img")], (5, blake3::hash(b"pages")));
         assert!(verify_manifest(&staging, "t", &written).unwrap());
 
@@ -528,10 +532,7 @@ mod tests {
         append("checkpoint/pages-1.img", b"PAGES");
         let bytes = twice.into_inner().unwrap();
         let staging = dir.path().join("twice");
-        std::fs::create_dir_all(&staging).unwrap();
-        let mut written = crate::archive::FileDigests::new();
-        crate::archive::extract_hashing(&bytes[..], &staging, "t", &ExtractOptions::checkpoint(), &mut written)
-            .unwrap();
+        let written = extract(&bytes, &staging);
         assert_eq!(written[Path::new("checkpoint/pages-1.img")].1, blake3::hash(b"PAGES"));
         let err = verify_manifest(&staging, "t", &written).unwrap_err().to_string();
         assert!(err.contains("BLAKE3 digest does not match"), "{err}");

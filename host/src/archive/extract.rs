@@ -282,9 +282,7 @@ fn copy_in_chunks(
         if chunk.is_empty() {
             break;
         }
-        for piece in chunk.chunks(super::WRITE_PIECE) {
-            file.write_all(piece)?;
-        }
+        super::PieceWriter(&mut *file).write_all(&chunk)?;
         copied += chunk.len() as u64;
         spare = written(chunk)?;
     }
