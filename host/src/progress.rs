@@ -30,6 +30,12 @@ impl Progress {
         Progress { label, total, done: 0, started: Instant::now(), drawn: None, enabled }
     }
 
+    /// The bytes counted so far.
+    #[cfg(test)]
+    pub(crate) fn done(&self) -> u64 {
+        self.done
+    }
+
     pub fn add(&mut self, bytes: u64) {
         self.done += bytes;
         if !self.enabled {

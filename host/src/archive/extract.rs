@@ -107,6 +107,8 @@ struct Extractor<'a> {
     dirs: Vec<DirMeta>,
     /// The size and BLAKE3 of each regular file as it was written, when asked for.
     digests: Option<&'a mut FileDigests>,
+    /// The archive's file, when large members can be copied from it directly.
+    copy_source: Option<from_file::CopySource>,
 }
 
 /// Each regular file an extraction wrote, by its path in the archive: its size and BLAKE3,
@@ -145,6 +147,34 @@ pub fn extract_hashing(
     extract_into(reader, dest, name, options, Some(digests)).map(drop)
 }
 
+/// [`extract_hashing`] of an uncompressed archive in a regular file, which `reader` reads from
+/// its start: large members are copied file to file by the kernel (see `from_file`).
+pub fn extract_file_hashing(
+    reader: io::BufReader<std::fs::File>,
+    progress: crate::progress::Progress,
+    dest: &Path,
+    name: &str,
+    options: &ExtractOptions,
+    digests: &mut FileDigests,
+) -> Result<(), ArchiveError> {
+    let archive = reader.get_ref().try_clone().map_err(|source| ArchiveError::Io {
+        archive: name.to_string(),
+        action: "open",
+        path: PathBuf::from(name),
+        source,
+    })?;
+    let progress = std::rc::Rc::new(std::cell::RefCell::new(progress));
+    let mut extractor = Extractor::new(dest, name, options, Some(digests))?;
+    extractor.copy_source = Some(from_file::CopySource { archive, progress: progress.clone(), in_kernel: true });
+    let mut archive = tar::Archive::new(from_file::ArchiveFile::new(reader, progress));
+    let entries = archive.entries_with_seek().map_err(|e| malformed(name, e))?;
+    extractor.extract_entries(entries, dest).map(drop)
+}
+
+fn malformed(name: &str, e: io::Error) -> ArchiveError {
+    ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() }
+}
+
 fn extract_into(
     reader: impl Read,
     dest: &Path,
@@ -152,65 +182,99 @@ fn extract_into(
     options: &ExtractOptions,
     digests: Option<&mut FileDigests>,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
-    let beneath = Beneath::open(dest).map_err(|source| ArchiveError::Io {
-        archive: name.to_string(),
-        action: "open the destination",
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    let mut extractor =
-        Extractor { name, options, beneath, seen: HashMap::new(), name_bytes: 0, dirs: Vec::new(), digests };
+    let extractor = Extractor::new(dest, name, options, digests)?;
     let mut archive = tar::Archive::new(reader);
-    let malformed = |e: io::Error| ArchiveError::Malformed { archive: name.to_string(), detail: e.to_string() };
-    // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
-    let room = crate::hostinfo::free_bytes(dest).unwrap_or(u64::MAX).saturating_sub(FREE_SPACE_RESERVE);
-    let budget = options.limits.max_total_bytes.min(room);
-    let mut total: u64 = 0;
-    let mut count: u64 = 0;
-    let mut written = Vec::new();
-    for entry in archive.entries().map_err(malformed)? {
-        let mut entry = entry.map_err(malformed)?;
-        count += 1;
-        if count > options.limits.max_entries {
-            return Err(extractor.too_large(format!("more than {} members", options.limits.max_entries)));
-        }
-        let raw_path = entry.path().map_err(malformed)?.into_owned();
-        if raw_path.as_os_str().len() > options.limits.max_path_len {
-            return Err(extractor.refuse(&raw_path, "path is too long"));
-        }
-        let Some(rel) = safefs::clean_relative(&raw_path) else {
-            return Err(extractor.refuse(&raw_path, "path is absolute or contains '..'"));
-        };
-        if rel.as_os_str().is_empty() {
-            continue; // the archive's own root, "./"
-        }
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            EntryType::XHeader | EntryType::XGlobalHeader | EntryType::GNULongName | EntryType::GNULongLink
-        ) {
-            continue;
-        }
-        if options.whiteouts && extractor.whiteout(&rel)? {
-            continue;
-        }
-        // The PAX size where there is one: the bytes tar-rs really hands out for this member.
-        let size = entry.size();
-        total = total.saturating_add(size);
-        if total > options.limits.max_total_bytes {
-            return Err(extractor.too_large(format!("more than {} bytes of content", options.limits.max_total_bytes)));
-        }
-        if total > budget {
-            return Err(extractor.too_large(format!(
-                "its content needs more than the {budget} bytes free at {:?}",
-                dest.display().to_string()
-            )));
-        }
-        extractor.member(&mut entry, &rel, kind, size)?;
-        written.push(rel);
+    let entries = archive.entries().map_err(|e| malformed(name, e))?;
+    extractor.extract_entries(entries, dest)
+}
+
+impl<'a> Extractor<'a> {
+    fn new(
+        dest: &Path,
+        name: &'a str,
+        options: &'a ExtractOptions,
+        digests: Option<&'a mut FileDigests>,
+    ) -> Result<Extractor<'a>, ArchiveError> {
+        let beneath = Beneath::open(dest).map_err(|source| ArchiveError::Io {
+            archive: name.to_string(),
+            action: "open the destination",
+            path: dest.to_path_buf(),
+            source,
+        })?;
+        Ok(Extractor {
+            name,
+            options,
+            beneath,
+            seen: HashMap::new(),
+            name_bytes: 0,
+            dirs: Vec::new(),
+            digests,
+            copy_source: None,
+        })
     }
-    extractor.finish_dirs()?;
-    Ok(written)
+
+    /// Writes every member into `dest`, within the limits; returns the member paths written.
+    fn extract_entries<R: Read>(
+        mut self,
+        entries: tar::Entries<'_, R>,
+        dest: &Path,
+    ) -> Result<Vec<PathBuf>, ArchiveError> {
+        let name = self.name;
+        let options = self.options;
+        let extractor = &mut self;
+        let malformed = |e: io::Error| malformed(name, e);
+        // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
+        let room = crate::hostinfo::free_bytes(dest).unwrap_or(u64::MAX).saturating_sub(FREE_SPACE_RESERVE);
+        let budget = options.limits.max_total_bytes.min(room);
+        let mut total: u64 = 0;
+        let mut count: u64 = 0;
+        let mut written = Vec::new();
+        for entry in entries {
+            let mut entry = entry.map_err(malformed)?;
+            count += 1;
+            if count > options.limits.max_entries {
+                return Err(extractor.too_large(format!("more than {} members", options.limits.max_entries)));
+            }
+            let raw_path = entry.path().map_err(malformed)?.into_owned();
+            if raw_path.as_os_str().len() > options.limits.max_path_len {
+                return Err(extractor.refuse(&raw_path, "path is too long"));
+            }
+            let Some(rel) = safefs::clean_relative(&raw_path) else {
+                return Err(extractor.refuse(&raw_path, "path is absolute or contains '..'"));
+            };
+            if rel.as_os_str().is_empty() {
+                continue; // the archive's own root, "./"
+            }
+            let kind = entry.header().entry_type();
+            if matches!(
+                kind,
+                EntryType::XHeader | EntryType::XGlobalHeader | EntryType::GNULongName | EntryType::GNULongLink
+            ) {
+                continue;
+            }
+            if options.whiteouts && extractor.whiteout(&rel)? {
+                continue;
+            }
+            // The PAX size where there is one: the bytes tar-rs really hands out for this member.
+            let size = entry.size();
+            total = total.saturating_add(size);
+            if total > options.limits.max_total_bytes {
+                return Err(
+                    extractor.too_large(format!("more than {} bytes of content", options.limits.max_total_bytes))
+                );
+            }
+            if total > budget {
+                return Err(extractor.too_large(format!(
+                    "its content needs more than the {budget} bytes free at {:?}",
+                    dest.display().to_string()
+                )));
+            }
+            extractor.member(&mut entry, &rel, kind, size)?;
+            written.push(rel);
+        }
+        extractor.finish_dirs()?;
+        Ok(written)
+    }
 }
 
 /// Members at least this big are hashed on a thread of their own while the next chunk is read
@@ -434,13 +498,20 @@ impl Extractor<'_> {
                 let fd = nix::fcntl::openat(
                     &dir,
                     file_name,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    // Readable too: a member copied by the kernel is hashed from what landed.
+                    OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| self.io("create", rel)(e.into()))?;
                 let mut file = std::fs::File::from(fd);
-                let (copied, digest) =
-                    copy_member(entry, &mut file, size, self.digests.is_some()).map_err(self.io("write", rel))?;
+                let hash = self.digests.is_some();
+                let (copied, digest) = match &self.copy_source {
+                    Some(source) if size >= HASH_ALONGSIDE_FROM => {
+                        source.copy_member(entry.raw_file_position(), &file, size, hash)
+                    }
+                    _ => copy_member(entry, &mut file, size, hash),
+                }
+                .map_err(self.io("write", rel))?;
                 if let (Some(digests), Some(digest)) = (&mut self.digests, digest) {
                     digests.insert(rel.to_path_buf(), (copied, digest));
                 }
@@ -599,5 +670,6 @@ pub fn is_images_dir_name(name: &OsStr) -> bool {
             .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+mod from_file;
 #[cfg(test)]
 mod tests;
