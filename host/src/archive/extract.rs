@@ -221,7 +221,6 @@ impl<'a> Extractor<'a> {
     ) -> Result<Vec<PathBuf>, ArchiveError> {
         let name = self.name;
         let options = self.options;
-        let extractor = &mut self;
         let malformed = |e: io::Error| malformed(name, e);
         // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
         let room = crate::hostinfo::free_bytes(dest).unwrap_or(u64::MAX).saturating_sub(FREE_SPACE_RESERVE);
@@ -233,14 +232,14 @@ impl<'a> Extractor<'a> {
             let mut entry = entry.map_err(malformed)?;
             count += 1;
             if count > options.limits.max_entries {
-                return Err(extractor.too_large(format!("more than {} members", options.limits.max_entries)));
+                return Err(self.too_large(format!("more than {} members", options.limits.max_entries)));
             }
             let raw_path = entry.path().map_err(malformed)?.into_owned();
             if raw_path.as_os_str().len() > options.limits.max_path_len {
-                return Err(extractor.refuse(&raw_path, "path is too long"));
+                return Err(self.refuse(&raw_path, "path is too long"));
             }
             let Some(rel) = safefs::clean_relative(&raw_path) else {
-                return Err(extractor.refuse(&raw_path, "path is absolute or contains '..'"));
+                return Err(self.refuse(&raw_path, "path is absolute or contains '..'"));
             };
             if rel.as_os_str().is_empty() {
                 continue; // the archive's own root, "./"
@@ -252,27 +251,25 @@ impl<'a> Extractor<'a> {
             ) {
                 continue;
             }
-            if options.whiteouts && extractor.whiteout(&rel)? {
+            if options.whiteouts && self.whiteout(&rel)? {
                 continue;
             }
             // The PAX size where there is one: the bytes tar-rs really hands out for this member.
             let size = entry.size();
             total = total.saturating_add(size);
             if total > options.limits.max_total_bytes {
-                return Err(
-                    extractor.too_large(format!("more than {} bytes of content", options.limits.max_total_bytes))
-                );
+                return Err(self.too_large(format!("more than {} bytes of content", options.limits.max_total_bytes)));
             }
             if total > budget {
-                return Err(extractor.too_large(format!(
+                return Err(self.too_large(format!(
                     "its content needs more than the {budget} bytes free at {:?}",
                     dest.display().to_string()
                 )));
             }
-            extractor.member(&mut entry, &rel, kind, size)?;
+            self.member(&mut entry, &rel, kind, size)?;
             written.push(rel);
         }
-        extractor.finish_dirs()?;
+        self.finish_dirs()?;
         Ok(written)
     }
 }

@@ -104,7 +104,7 @@ impl CopySource {
     }
 
     /// Copies in the kernel where it can (`copy_file_range`), through a buffer where it cannot
-    /// (another filesystem on an older kernel, say); tells `landed` how far the copy has got.
+    /// (from one filesystem to another, say); tells `landed` how far the copy has got.
     fn copy_range(&self, offset: u64, file: &File, size: u64, landed: &mut dyn FnMut(u64)) -> io::Result<u64> {
         let mut copied = 0u64;
         let mut in_kernel = self.in_kernel;
@@ -123,6 +123,7 @@ impl CopySource {
                     step,
                 ) {
                     Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR) => continue,
                     Err(
                         nix::errno::Errno::EXDEV
                         | nix::errno::Errno::EINVAL
