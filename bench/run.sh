@@ -2,8 +2,9 @@
 # Every benchmark, one after another, each beside podman in its own run, into one report:
 # exports and imports by compression and size (checkpoint.sh), `checkpoint -a` and `restore -a`
 # (all.sh), migration (migrate.sh) and policy decision costs (policy.sh); then exports and
-# imports of a 4 GiB container, which take about twenty minutes (BIG=0 leaves them out). The
-# scheduled-checkpoint benchmark (schedule.sh) takes 20 minutes and runs only with SCHEDULE=1.
+# imports of a 4 GiB container, which take about 25 minutes at 3 rounds and 40 at 5 (BIG=0 leaves
+# them out). The scheduled-checkpoint benchmark (schedule.sh) takes 20 minutes and runs only with
+# SCHEDULE=1.
 # Usage: bench/run.sh [ROUNDS] (default 5); the report goes to standard output and
 # bench/last-run-all.txt.
 set -euo pipefail
