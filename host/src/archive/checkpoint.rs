@@ -362,7 +362,8 @@ pub fn looks_like_archive(path: &Path) -> bool {
 }
 
 /// Extracts an archive into `staging` and checks it against its manifest, if it has one
-/// (podman's archives have none).
+/// (podman's archives have none). An uncompressed archive's large members are copied from the
+/// file itself, by the kernel; a compressed one is read as a stream.
 pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptions) -> Result<bool, ArchiveError> {
     let name = archive.display().to_string();
     let file = std::fs::File::open(archive).map_err(|source| ArchiveError::Io {
@@ -549,6 +550,16 @@ mod tests {
         assert!(err.contains("BLAKE3 digest does not match"), "{err}");
     }
 
+    /// A page image of `size` bytes at `dir/pages-1.img`, and a member name for it too long for a
+    /// plain tar header.
+    fn page_image(dir: &Path, size: usize) -> (String, Vec<u8>, PathBuf) {
+        let name = format!("checkpoint/{}/pages-1.img", "p".repeat(120));
+        let data: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
+        let path = dir.join("pages-1.img");
+        std::fs::write(&path, &data).unwrap();
+        (name, data, path)
+    }
+
     /// An uncompressed archive in a file: its large members are copied by the kernel at their
     /// offsets (several copy steps, under a long name, not a whole number of blocks), the small
     /// ones around them read through tar, and all are checked against the manifest. A byte
@@ -556,10 +567,7 @@ mod tests {
     #[test]
     fn large_members_of_an_uncompressed_archive_file_are_copied_checked_and_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let long_name = format!("checkpoint/{}/pages-1.img", "p".repeat(120));
-        let data: Vec<u8> = (0..(17 << 20) + 100).map(|i| (i * 13 % 251) as u8).collect();
-        let pages = dir.path().join("pages-1.img");
-        std::fs::write(&pages, &data).unwrap();
+        let (long_name, data, pages) = page_image(dir.path(), (17 << 20) + 100);
         let mut writer = ArchiveWriter::new(Vec::new());
         writer.add_bytes("config.dump", b"{}").unwrap();
         writer.add_path(&long_name, &pages).unwrap();
@@ -593,10 +601,7 @@ mod tests {
     #[test]
     fn large_members_go_in_whole_chunks_and_read_back_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let long_name = format!("checkpoint/{}/pages-1.img", "d".repeat(120));
-        let data: Vec<u8> = (0..(3 << 20) + 100).map(|i| (i * 7 % 251) as u8).collect();
-        let path = dir.path().join("pages-1.img");
-        std::fs::write(&path, &data).unwrap();
+        let (long_name, data, path) = page_image(dir.path(), (3 << 20) + 100);
         let mut writer = ArchiveWriter::new(Vec::new());
         writer.add_path(&long_name, &path).unwrap();
         writer.add_bytes("after", b"after").unwrap();

@@ -42,19 +42,36 @@ impl Status {
 
 pub fn status(ctx: &Context, record: &ContainerRecord) -> Result<Status> {
     let runtime = ctx.runtime_named(&record.runtime)?;
-    if let Some(state) = runtime.state(&record.id)?
+    Ok(status_of(record, runtime.state(&record.id)?))
+}
+
+/// The statuses of many containers, asked of each runtime at once (see [`crate::runtime::OciRuntime::states`]).
+pub fn statuses(ctx: &Context, records: &[ContainerRecord]) -> Result<Vec<Status>> {
+    let mut by_runtime: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for record in records {
+        by_runtime.entry(&record.runtime).or_default().push(&record.id);
+    }
+    let mut states = std::collections::HashMap::new();
+    for (runtime, ids) in by_runtime {
+        states.extend(ctx.runtime_named(runtime)?.states(&ids)?);
+    }
+    Ok(records.iter().map(|record| status_of(record, states.remove(&record.id))).collect())
+}
+
+fn status_of(record: &ContainerRecord, state: Option<crate::runtime::RuntimeState>) -> Status {
+    if let Some(state) = state
         && state.is_running()
     {
         // Frozen by someone, perhaps a CRIU that died mid-dump: shown as such, never as "Up".
         let status = if state.is_paused() { ContainerStatus::Paused } else { ContainerStatus::Running };
-        return Ok(Status { status, pid: state.pid });
+        return Status { status, pid: state.pid };
     }
     let status = if record.state.started_at.is_some() || record.state.checkpointed {
         ContainerStatus::Exited
     } else {
         ContainerStatus::Created
     };
-    Ok(Status { status, pid: 0 })
+    Status { status, pid: 0 }
 }
 
 pub fn parse_key_values(values: &[String], flag: &str) -> Result<BTreeMap<String, String>> {

@@ -146,8 +146,10 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
     if req.all {
         // Only checkpointed ones: podman also picks exited containers that have no checkpoint,
         // and then fails on each of them.
-        for record in ctx.containers.list()? {
-            if status(ctx, &record)?.status.can_restore(record.state.checkpointed) {
+        let records = ctx.containers.list()?;
+        let statuses = super::lifecycle::statuses(ctx, &records)?;
+        for (record, status) in records.into_iter().zip(statuses) {
+            if status.status.can_restore(record.state.checkpointed) {
                 let id = record.id.clone();
                 sources.push(Source::Local(Box::new(record), id));
             }

@@ -5,6 +5,7 @@ mod cli;
 #[cfg(test)]
 pub(crate) mod fake;
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -95,6 +96,20 @@ pub enum ExecMode {
     Detached,
 }
 
+/// [`OciRuntime::states`] as one `state` per container.
+pub fn states_one_by_one<R: OciRuntime + ?Sized>(
+    runtime: &R,
+    ids: &[&str],
+) -> Result<HashMap<String, RuntimeState>, RuntimeError> {
+    let mut states = HashMap::new();
+    for id in ids {
+        if let Some(state) = runtime.state(id)? {
+            states.insert(id.to_string(), state);
+        }
+    }
+    Ok(states)
+}
+
 pub trait OciRuntime: Send + Sync {
     /// The short name (`runc`, `crun`), used for the state root and in archives.
     fn name(&self) -> &str;
@@ -117,6 +132,11 @@ pub trait OciRuntime: Send + Sync {
     ) -> Result<(), RuntimeError>;
     /// `None` when the runtime does not know the container.
     fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError>;
+    /// The states of many containers, by id; those the runtime does not know are left out.
+    /// One `state` each, unless the runtime can list them all at once.
+    fn states(&self, ids: &[&str]) -> Result<HashMap<String, RuntimeState>, RuntimeError> {
+        states_one_by_one(self, ids)
+    }
     fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
     /// Freezes the container's processes (its cgroup freezer).

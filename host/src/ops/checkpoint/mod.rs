@@ -131,14 +131,10 @@ pub fn validate_options(req: &CheckpointRequest, is_root: bool) -> Result<Compre
 /// Resolves `--all`, `--latest` or names to containers; an unknown name aborts everything.
 fn select(ctx: &Context, req: &CheckpointRequest) -> Result<Vec<(ContainerRecord, String)>> {
     if req.all {
-        let mut out = Vec::new();
-        for record in ctx.containers.list()? {
-            if status(ctx, &record)?.running() {
-                let id = record.id.clone();
-                out.push((record, id));
-            }
-        }
-        return Ok(out);
+        let records = ctx.containers.list()?;
+        let statuses = lifecycle::statuses(ctx, &records)?;
+        let running = records.into_iter().zip(statuses).filter(|(_, status)| status.running());
+        return Ok(running.map(|(record, _)| (record.clone(), record.id)).collect());
     }
     if req.latest {
         let record = ctx.containers.latest()?.ok_or_else(|| Error::invalid("no containers to checkpoint"))?;
