@@ -45,7 +45,8 @@ pub fn status(ctx: &Context, record: &ContainerRecord) -> Result<Status> {
     Ok(status_of(record, runtime.state(&record.id)?))
 }
 
-/// The statuses of many containers, asked of each runtime at once (see [`crate::runtime::OciRuntime::states`]).
+/// The statuses of many containers, asked of each runtime at once
+/// (see [`crate::runtime::OciRuntime::states`]).
 pub fn statuses(ctx: &Context, records: &[ContainerRecord]) -> Result<Vec<Status>> {
     let mut by_runtime: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for record in records {
