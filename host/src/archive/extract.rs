@@ -275,8 +275,8 @@ impl<'a> Extractor<'a> {
 }
 
 /// Members at least this big are hashed on a thread of their own while the next chunk is read
-/// and written: a checkpoint's page images are most of its bytes, and the other cores are idle
-/// until CRIU runs.
+/// and written (or, from an uncompressed archive file, copied by the kernel): a checkpoint's page
+/// images are most of its bytes, and the other cores are idle until CRIU runs.
 const HASH_ALONGSIDE_FROM: u64 = 4 << 20;
 
 /// Copies `size` bytes of a member into `file`, with their BLAKE3 when `hash` is set. Returns

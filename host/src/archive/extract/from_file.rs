@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::rc::Rc;
 
@@ -49,18 +49,6 @@ impl Seek for ArchiveFile {
         self.reader.seek_relative(forward)?;
         self.position += forward as u64;
         Ok(self.position)
-    }
-}
-
-impl BufRead for ArchiveFile {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.reader.fill_buf()
-    }
-
-    fn consume(&mut self, amount: usize) {
-        self.reader.consume(amount);
-        self.position += amount as u64;
-        self.progress.borrow_mut().add(amount as u64);
     }
 }
 
@@ -136,7 +124,7 @@ impl CopySource {
                     Err(e) => return Err(e.into()),
                 }
             } else {
-                self.copy_through(&mut buffer, offset + copied, file, copied, step)?
+                self.copy_through(&mut buffer, offset + copied, file, step)?
             };
             if n == 0 {
                 break; // the archive ends inside the member
@@ -148,16 +136,14 @@ impl CopySource {
         Ok(copied)
     }
 
-    /// One step of the copy through a buffer, written in pieces as every file write is.
-    fn copy_through(&self, buffer: &mut Vec<u8>, from: u64, file: &File, to: u64, step: usize) -> io::Result<usize> {
+    /// One step of the copy through a buffer, written in pieces as every file write is. The
+    /// archive is read at an offset (its descriptor shares tar's position); `file` is written
+    /// where it stands, which is where the copy has got: this way is taken from the first step.
+    fn copy_through(&self, buffer: &mut Vec<u8>, from: u64, file: &File, step: usize) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
         buffer.resize(step.min(super::super::WRITE_PIECE), 0);
         let n = self.archive.read_at(buffer, from)?;
-        let mut written = 0;
-        while written < n {
-            let piece = (n - written).min(super::super::WRITE_PIECE);
-            written += file.write_at(&buffer[written..written + piece], to + written as u64)?;
-        }
+        super::super::PieceWriter(file).write_all(&buffer[..n])?;
         Ok(n)
     }
 }

@@ -134,7 +134,12 @@ fn select(ctx: &Context, req: &CheckpointRequest) -> Result<Vec<(ContainerRecord
         let records = ctx.containers.list()?;
         let statuses = lifecycle::statuses(ctx, &records)?;
         let running = records.into_iter().zip(statuses).filter(|(_, status)| status.running());
-        return Ok(running.map(|(record, _)| (record.clone(), record.id)).collect());
+        return Ok(running
+            .map(|(record, _)| {
+                let id = record.id.clone();
+                (record, id)
+            })
+            .collect());
     }
     if req.latest {
         let record = ctx.containers.latest()?.ok_or_else(|| Error::invalid("no containers to checkpoint"))?;
