@@ -102,6 +102,13 @@ pub enum Error {
         images.display()
     )]
     RollbackFailed { name: String, cause: Box<Error>, restore: Box<Error>, images: PathBuf },
+    /// Frozen for its dump, the container could not be thawed: after a dump that left it
+    /// running, or (with `cause`) after one that failed.
+    #[error(
+        "container {name:?} stays frozen after its dump{}: thawing it failed ({thaw}); run 'ckpt unpause {name}'",
+        cause.as_ref().map(|c| format!(" failed ({c})")).unwrap_or_default()
+    )]
+    StaysFrozen { name: String, cause: Option<Box<Error>>, thaw: Box<Error> },
 }
 
 impl Error {
@@ -134,6 +141,7 @@ impl Error {
                 _ => EXIT_CKPT_ERROR,
             },
             Error::RolledBack { cause, .. } | Error::RollbackFailed { cause, .. } => cause.exit_code(),
+            Error::StaysFrozen { cause: Some(cause), .. } => cause.exit_code(),
             _ => EXIT_CKPT_ERROR,
         }
     }

@@ -2,6 +2,7 @@
 //! runtime and CRIU, then export them as archives or checkpoint images past the export gates.
 //! A denial or failure at any step leaves the container running and publishes nothing.
 
+mod dump;
 pub mod export;
 pub mod predump;
 
@@ -681,12 +682,15 @@ fn checkpoint_one(
     let started = Instant::now();
     let mut lazy_dump = None;
     let dumped = match page_server {
-        Some(server) => runtime.checkpoint_lazy(&record.id, &options, &server).and_then(|mut dump| {
-            dump.ready()?;
-            lazy_dump = Some(dump);
-            Ok(())
-        }),
-        None => runtime.checkpoint(&record.id, &options),
+        Some(server) => runtime
+            .checkpoint_lazy(&record.id, &options, &server)
+            .and_then(|mut dump| {
+                dump.ready()?;
+                lazy_dump = Some(dump);
+                Ok(())
+            })
+            .map_err(Error::from),
+        None => dump::dump(runtime.as_ref(), &record.id, &record.name, &options, dump::freeze_first()),
     };
     if let Err(e) = dumped {
         if container_stopped {
@@ -695,7 +699,7 @@ fn checkpoint_one(
         // CRIU resumed the container; a partial image directory must not look restorable (and
         // the pre-dump rounds go with `parents`).
         remove_dir_all(&image_dir)?;
-        return Err(e.into());
+        return Err(e);
     }
     // The dump refers to them: they stay with it, in the bundle and in every export.
     let parents = parents.keep();
@@ -792,11 +796,10 @@ fn mark_checkpointed(ctx: &Context, id: &str, image_dir: PathBuf) -> Result<()> 
 /// A post-copy handoff failed before anyone restored from the page server: CRIU is gone, and
 /// the processes it held carry on here (thawed, if its freeze outlived it).
 fn resume_after_lazy_dump(runtime: &dyn OciRuntime, record: &ContainerRecord, cause: Error) -> Error {
-    let resumed = match runtime.state(&record.id) {
-        Ok(Some(state)) if state.is_paused() => runtime.resume(&record.id).map_err(Error::from),
-        Ok(Some(state)) if state.is_running() => Ok(()),
-        Ok(_) => Err(Error::invalid("the runtime no longer knows it")),
-        Err(e) => Err(e.into()),
+    let resumed = match dump::thaw_if_frozen(runtime, &record.id) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::invalid("the runtime no longer knows it")),
+        Err(e) => Err(e),
     };
     match resumed {
         Ok(()) => Error::RolledBack { name: record.name.clone(), cause: Box::new(cause) },
