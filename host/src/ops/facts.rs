@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use super::Context;
-use super::lifecycle::status;
+use super::lifecycle::{Status, status};
 use crate::policy::bindings::{CheckpointFacts, CheckpointOptions, ExportTarget};
 use crate::policy::facts::{self, ContainerSample, Tools};
 use crate::store::ContainerRecord;
@@ -71,8 +71,9 @@ fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-pub fn sample(ctx: &Context, record: &ContainerRecord) -> ContainerSample {
-    let status = status(ctx, record).ok();
+/// What the container is doing now; `known` is its status if the caller has just asked for it.
+pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) -> ContainerSample {
+    let status = known.or_else(|| status(ctx, record).ok());
     let pids = container_pids(&record.id);
     let init = status.as_ref().map(|s| s.pid).filter(|p| *p > 0).map(|p| p as u32);
     ContainerSample {
@@ -101,6 +102,7 @@ pub fn tools(ctx: &Context, runtime_name: &str) -> Tools {
 pub fn checkpoint(
     ctx: &Context,
     record: &ContainerRecord,
+    status: Option<Status>,
     options: CheckpointOptions,
     exports: Vec<ExportTarget>,
     trigger: &str,
@@ -108,7 +110,7 @@ pub fn checkpoint(
 ) -> CheckpointFacts {
     let host = crate::hostinfo::HostInfo::probe(&ctx.roots.root);
     CheckpointFacts {
-        container: facts::container(record, sample(ctx, record)),
+        container: facts::container(record, sample(ctx, record, status)),
         host: facts::host(&host, tools(ctx, &record.runtime)),
         request: facts::request(&record.id, options, exports, trigger, schedule, chrono::Utc::now()),
         history: facts::history(crate::policy::record::history(&ctx.roots.policy_log(), &record.id, 64)),

@@ -144,7 +144,7 @@ pub fn facts(ctx: &Context, name: &str) -> Result<Value> {
     let record = ctx.containers.lookup(name)?;
     let plain = super::checkpoint::CheckpointRequest::default();
     let (options, exports) = super::checkpoint::requested(&plain, crate::archive::Compression::Zstd);
-    Ok(json::to_json(&super::facts::checkpoint(ctx, &record, options, exports, "cli", None)))
+    Ok(json::to_json(&super::facts::checkpoint(ctx, &record, None, options, exports, "cli", None)))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {

@@ -129,27 +129,35 @@ pub fn validate_options(req: &CheckpointRequest, is_root: bool) -> Result<Compre
     Ok(compression)
 }
 
+/// A container to checkpoint, as the command line named it.
+struct Selected {
+    record: ContainerRecord,
+    printed: String,
+    /// Its status when `--all` chose it, which its facts can start from; it is asked again once
+    /// the container is locked.
+    status: Option<lifecycle::Status>,
+}
+
 /// Resolves `--all`, `--latest` or names to containers; an unknown name aborts everything.
-fn select(ctx: &Context, req: &CheckpointRequest) -> Result<Vec<(ContainerRecord, String)>> {
+fn select(ctx: &Context, req: &CheckpointRequest) -> Result<Vec<Selected>> {
     if req.all {
         let records = ctx.containers.list()?;
         let statuses = lifecycle::statuses(ctx, &records)?;
         let running = records.into_iter().zip(statuses).filter(|(_, status)| status.running());
         return Ok(running
-            .map(|(record, _)| {
-                let id = record.id.clone();
-                (record, id)
-            })
+            .map(|(record, status)| Selected { printed: record.id.clone(), record, status: Some(status) })
             .collect());
     }
     if req.latest {
         let record = ctx.containers.latest()?.ok_or_else(|| Error::invalid("no containers to checkpoint"))?;
-        let id = record.id.clone();
-        return Ok(vec![(record, id)]);
+        return Ok(vec![Selected { printed: record.id.clone(), record, status: None }]);
     }
     req.containers
         .iter()
-        .map(|name| Ok((ctx.containers.lookup(name)?, name.trim_start_matches('/').to_string())))
+        .map(|name| {
+            let record = ctx.containers.lookup(name)?;
+            Ok(Selected { record, printed: name.trim_start_matches('/').to_string(), status: None })
+        })
         .collect()
 }
 
@@ -348,8 +356,8 @@ pub fn checkpoint_handing_off(
             Err(e) => return (Vec::new(), Err(e.into())),
         };
         let mut done = Vec::new();
-        let result = crate::ops::each(&selected, |(record, printed)| {
-            done.push(one_container(ctx, req, compression, record, printed, &mut policies, handoff)?);
+        let result = crate::ops::each(&selected, |one| {
+            done.push(one_container(ctx, req, compression, one, &mut policies, handoff)?);
             Ok(())
         });
         return (done, result);
@@ -360,7 +368,7 @@ pub fn checkpoint_handing_off(
         &selected,
         workers,
         || Ok(Policies::load_components(&ctx.policy_cache(), copy(&planner), gates.iter().map(copy).collect())?),
-        |policies, (record, printed)| one_container(ctx, req, compression, record, printed, policies, None),
+        |policies, one| one_container(ctx, req, compression, one, policies, None),
     )
 }
 
@@ -369,12 +377,12 @@ fn one_container(
     ctx: &Context,
     req: &CheckpointRequest,
     compression: Compression,
-    record: &ContainerRecord,
-    printed: &str,
+    selected: &Selected,
     policies: &mut Policies,
     handoff: Option<&dyn Handoff>,
 ) -> Result<Checkpointed> {
-    let outcome = plan_and_checkpoint(ctx, req, compression, record, policies, handoff);
+    let record = &selected.record;
+    let outcome = plan_and_checkpoint(ctx, req, compression, selected, policies, handoff);
     let records = std::mem::take(&mut policies.records);
     if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
         eprintln!(
@@ -388,7 +396,7 @@ fn one_container(
         "schedule": req.schedule.as_ref().map(|s| &s.name),
         "policy": {"source": policies.planner.source, "digest": policies.planner.digest},
     });
-    let printed = printed.to_string();
+    let printed = selected.printed.clone();
     match outcome {
         Err(Error::PolicyEngine(policy::PolicyError::Skipped { reason, .. })) => {
             if !req.dry_run {
@@ -452,13 +460,15 @@ fn plan_and_checkpoint(
     ctx: &Context,
     req: &CheckpointRequest,
     compression: Compression,
-    record: &ContainerRecord,
+    selected: &Selected,
     policies: &mut Policies,
     handoff: Option<&dyn Handoff>,
 ) -> Result<(Made, Option<Value>)> {
+    let record = &selected.record;
     let (options, exports) = requested(req, compression);
     let trigger = trigger_of(req);
-    let facts = crate::ops::facts::checkpoint(ctx, record, options, exports, trigger, req.schedule.clone());
+    let status = selected.status.clone();
+    let facts = crate::ops::facts::checkpoint(ctx, record, status, options, exports, trigger, req.schedule.clone());
     let strategy = match handoff {
         Some(handoff) => {
             let choice = policies.strategy(&facts, &handoff.migration())?;
