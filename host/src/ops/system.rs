@@ -120,7 +120,8 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
     if let Some(state) = &state
         && state.status == "paused"
     {
-        // ckpt never pauses a container: a frozen one is what a CRIU killed mid-dump leaves.
+        // ckpt freezes a container only for its dump: frozen with no ckpt command holding it, it
+        // is what a dump killed midway leaves (or a `ckpt pause`, which the repair undoes too).
         let repaired = repair && runtime.resume(&record.id).is_ok();
         found.push(finding("frozen", "its cgroup is frozen but no ckpt command is working on it".into(), repaired));
     }

@@ -706,8 +706,8 @@ fn checkpoint_one(
         if container_stopped {
             let _ = set_in_progress(ctx, &record.id, false);
         }
-        // CRIU resumed the container; a partial image directory must not look restorable (and
-        // the pre-dump rounds go with `parents`).
+        // The container runs on (CRIU let it go, and `dump` thawed it); a partial image
+        // directory must not look restorable (and the pre-dump rounds go with `parents`).
         remove_dir_all(&image_dir)?;
         return Err(e);
     }
