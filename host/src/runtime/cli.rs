@@ -134,6 +134,14 @@ impl CliRuntime {
     }
 }
 
+/// A container's state in `state`'s or `list --format json`'s output.
+fn state_of(container: &serde_json::Value) -> RuntimeState {
+    RuntimeState {
+        status: container["status"].as_str().unwrap_or("unknown").to_string(),
+        pid: container["pid"].as_i64().unwrap_or(0) as i32,
+    }
+}
+
 /// The states of `ids` in `list --format json`'s output (`null` when there are none); `None`
 /// when the output is not such a list.
 fn listed_states(stdout: &[u8], ids: &[&str]) -> Option<HashMap<String, RuntimeState>> {
@@ -141,11 +149,7 @@ fn listed_states(stdout: &[u8], ids: &[&str]) -> Option<HashMap<String, RuntimeS
     let mut states = HashMap::new();
     for container in listed.unwrap_or_default() {
         let Some(id) = container["id"].as_str().filter(|id| ids.contains(id)) else { continue };
-        let state = RuntimeState {
-            status: container["status"].as_str().unwrap_or("unknown").to_string(),
-            pid: container["pid"].as_i64().unwrap_or(0) as i32,
-        };
-        states.insert(id.to_string(), state);
+        states.insert(id.to_string(), state_of(&container));
     }
     Some(states)
 }
@@ -238,10 +242,7 @@ impl OciRuntime for CliRuntime {
             id: id.to_string(),
             detail: e.to_string(),
         })?;
-        Ok(Some(RuntimeState {
-            status: value["status"].as_str().unwrap_or("unknown").to_string(),
-            pid: value["pid"].as_i64().unwrap_or(0) as i32,
-        }))
+        Ok(Some(state_of(&value)))
     }
 
     /// `list --format json`: one process for every container, where `checkpoint -a` would start
