@@ -15,7 +15,13 @@ fn checkpoint_then_restore_carries_memory_state_on() {
     assert_eq!(info["State"]["Status"], "exited");
     assert_eq!(info["State"]["Checkpointed"], true);
     let at_checkpoint = last_count(&ckpt.logs("web"));
+    let images = ckpt.root.join("containers").join(info["Id"].as_str().unwrap()).join("userdata/checkpoint");
+    assert!(images.join("inventory.img").exists());
     assert_eq!(ckpt.ok(&["restore", "web"]), "web\n");
+    assert!(!images.exists(), "the images are out of the bundle when restore returns");
+    let staging = ckpt.root.join("tmp");
+    let removed = || std::fs::read_dir(&staging).map_or(true, |mut entries| entries.next().is_none());
+    assert!(eventually(Duration::from_secs(10), removed), "and removed in the background");
     let info = ckpt.inspect("web");
     assert_eq!(info["State"]["Status"], "running");
     assert_eq!(info["State"]["Restored"], true);

@@ -146,6 +146,9 @@ pub enum Command {
     },
     #[command(name = "__supervise", hide = true)]
     Supervise(container::SuperviseArgs),
+    /// Removes the staging directories named on standard input (see `store::discard`).
+    #[command(name = "__discard", hide = true)]
+    Discard,
 }
 
 /// The commands on containers, at the top level and, as podman spells them, under `container`.
@@ -333,7 +336,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     // What a killed ckpt left and nobody else can finish goes first; the rest is reported by
     // `ckpt system check`.
-    if is_root && !matches!(command, Command::Supervise(_) | Command::System(_)) {
+    if is_root && !matches!(command, Command::Supervise(_) | Command::Discard | Command::System(_)) {
         for finding in crate::ops::system::sweep_leftovers(&ctx, true) {
             eprintln!(
                 "ckpt: removed {} ({})",
@@ -448,6 +451,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Audit(cmd) => schedule::run_audit(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),
         Command::Supervise(args) => container::supervise(ctx, args),
+        Command::Discard => crate::store::discard::remove_handed_over(&ctx.roots, &mut std::io::stdin()).map(|()| 0),
         Command::System(SystemCommand::Check { repair, format }) => {
             let findings = crate::ops::system::check(ctx, repair)?;
             match format {

@@ -21,7 +21,7 @@ use crate::runtime::RestoreOptions;
 use crate::safefs::{self, Beneath};
 use crate::store::{ContainerLock, ContainerRecord, ContainerStatus, MountKind, MountSpec, StateFlags, StoreLock};
 use crate::supervisor::Launch;
-use crate::util::{TempDir, create_dir_all, remove_dir_all, tempdir_in, validate_object_name};
+use crate::util::{TempDir, create_dir_all, tempdir_in, validate_object_name};
 use std::os::unix::fs::OpenOptionsExt;
 
 pub(crate) const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
@@ -266,16 +266,16 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
     // A lazy restore's memory is still arriving through the images directory's daemon; the next
     // checkpoint replaces the directory.
     if !req.keep && req.lazy_pages_from.is_none() {
-        remove_dir_all(&paths.checkpoint_dir())?;
-        remove_dir_all(&paths.pre_checkpoint_dir())?;
         // The pre-dump rounds the dump was based on hold memory pages too.
+        let mut images = vec![paths.checkpoint_dir(), paths.pre_checkpoint_dir()];
         for entry in std::fs::read_dir(&bundle).map_err(Error::io("list", &bundle))?.flatten() {
             if entry.file_name().to_str().is_some_and(|n| n.starts_with("pre-dump-"))
                 && archive::extract::is_images_dir_name(&entry.file_name())
             {
-                remove_dir_all(&entry.path())?;
+                images.push(entry.path());
             }
         }
+        crate::store::discard::discard(&ctx.roots, &images)?;
         for file in ["restore.log", "dump.log", "stats-dump", "stats-restore"] {
             crate::util::remove_file_if_exists(&bundle.join(file))?;
         }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod catalog;
 mod containers;
+pub mod discard;
 mod lock;
 mod paths;
 pub mod schedules;

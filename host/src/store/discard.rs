@@ -1,0 +1,127 @@
+//! Removing a large directory after the command that no longer needs it has returned.
+//!
+//! Unlinking a page image drops its pages from the page cache and frees its blocks: 89 ms for a
+//! 512 MiB image on this project's VM (ext4), at the end of every restore. So the directories
+//! are moved aside at once (a rename, within ckpt's root) into the staging directory, under a
+//! name that carries the PID of a detached `ckpt __discard`, which removes them. Should that
+//! process die first, its directory is a leftover of a dead PID, which the next command sweeps.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::Roots;
+use crate::error::{Error, Result};
+use crate::util::remove_dir_all;
+
+/// What the staging entry of a discard is called, for the process with `pid`.
+fn prefix(pid: u32) -> String {
+    format!(".discard-{pid}-")
+}
+
+/// Takes `dirs` (those that exist) out of their places now and removes them in the background;
+/// removes them here when that cannot be arranged.
+pub fn discard(roots: &Roots, dirs: &[PathBuf]) -> Result<()> {
+    let present: Vec<&PathBuf> = dirs.iter().filter(|d| d.symlink_metadata().is_ok()).collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let Some(mut remover) = spawn_remover(roots) else {
+        return present.into_iter().try_for_each(|d| remove_dir_all(d));
+    };
+    let staging = roots.staging_dir();
+    let trash = staging.join(format!("{}{}", prefix(remover.id()), &crate::util::random_id()[..16]));
+    let moved = crate::util::create_dir_all(&staging)
+        .and_then(|()| std::fs::create_dir(&trash).map_err(Error::io("create directory", &trash)));
+    for (index, dir) in present.into_iter().enumerate() {
+        // Elsewhere than the root's file system (a bundle on a mount of its own), or with no
+        // trash: removed here, as before.
+        if moved.is_err() || std::fs::rename(dir, trash.join(index.to_string())).is_err() {
+            remove_dir_all(dir)?;
+        }
+    }
+    let mut stdin = remover.stdin.take().expect("piped");
+    let handed_over = moved.is_ok() && writeln!(stdin, "{}", trash.display()).is_ok();
+    drop(stdin);
+    // Reaped when it ends, so that a long-lived ckpt (a daemon) keeps no zombies.
+    std::thread::spawn(move || remover.wait());
+    if moved.is_ok() && !handed_over {
+        remove_dir_all(&trash)?;
+    }
+    Ok(())
+}
+
+/// `ckpt __discard`, detached from the terminal's signals and output; `None` when it cannot start.
+fn spawn_remover(roots: &Roots) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().ok()?;
+    Command::new(exe)
+        .arg("--root")
+        .arg(&roots.root)
+        .arg("--runroot")
+        .arg(&roots.runroot)
+        .arg("__discard")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
+}
+
+/// The body of `ckpt __discard`: removes each directory named on `input`, one per line, that is
+/// this process's own discard in `roots`' staging directory, and nothing else.
+pub fn remove_handed_over(roots: &Roots, input: &mut dyn Read) -> Result<()> {
+    let mut names = String::new();
+    input.read_to_string(&mut names).map_err(Error::io("read", Path::new("standard input")))?;
+    let staging = roots.staging_dir();
+    let own = prefix(std::process::id());
+    for line in names.lines() {
+        let path = Path::new(line);
+        let ours = path.parent() == Some(staging.as_path())
+            && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&own));
+        if !ours {
+            return Err(Error::invalid(format!("__discard removes only its own staging entries, not {line:?}")));
+        }
+        remove_dir_all(path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots(dir: &Path) -> Roots {
+        Roots::new(dir.join("root"), dir.join("run"))
+    }
+
+    #[test]
+    fn only_the_processes_own_staging_entries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = roots(dir.path());
+        let staging = roots.staging_dir();
+        let own = staging.join(format!("{}0123456789abcdef", prefix(std::process::id())));
+        let other = staging.join(format!("{}0123456789abcdef", prefix(std::process::id() + 1)));
+        for d in [&own, &other] {
+            std::fs::create_dir_all(d.join("0")).unwrap();
+            std::fs::write(d.join("0/pages-1.img"), b"pages").unwrap();
+        }
+        remove_handed_over(&roots, &mut format!("{}\n", own.display()).as_bytes()).unwrap();
+        assert!(!own.exists());
+        let refused = remove_handed_over(&roots, &mut format!("{}\n", other.display()).as_bytes());
+        assert!(refused.is_err() && other.exists());
+        let outside = dir.path().join("elsewhere");
+        std::fs::create_dir(&outside).unwrap();
+        assert!(remove_handed_over(&roots, &mut format!("{}\n", outside.display()).as_bytes()).is_err());
+        assert!(outside.exists());
+    }
+
+    #[test]
+    fn nothing_to_discard_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = roots(dir.path());
+        discard(&roots, &[dir.path().join("missing")]).unwrap();
+        assert!(!roots.staging_dir().exists());
+    }
+}
