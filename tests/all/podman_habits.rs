@@ -31,6 +31,9 @@ fn create_start_pause_unpause_restart_wait_and_rm_with_a_timeout() {
     assert_eq!(last_count(&ckpt.logs("c")), frozen, "a paused container does not run");
     let refused = ckpt.fails(&["checkpoint", "c"]);
     assert!(refused.contains("paused") && refused.contains("ckpt unpause"), "{refused}");
+    let check = ckpt.run(&["system", "check", "--repair"]);
+    assert!(!check.stdout.contains("frozen"), "a pause the user asked for is no dump's leftover: {}", check.stdout);
+    assert_eq!(ckpt.status("c"), "paused");
     assert!(ckpt.fails(&["pause", "c"]).contains("not running"));
     assert_eq!(ckpt.ok(&["unpause", "c"]), "c\n");
     assert!(ckpt.fails(&["unpause", "c"]).contains("not paused"));

@@ -336,7 +336,15 @@ pub fn pause(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     if current != ContainerStatus::Running {
         return Err(improper(record, current, "can't pause"));
     }
-    Ok(ctx.runtime_named(&record.runtime)?.pause(&record.id)?)
+    ctx.runtime_named(&record.runtime)?.pause(&record.id)?;
+    mark_paused(ctx, &record.id, true)
+}
+
+/// Records whether the user has the container paused; the caller holds its lock.
+fn mark_paused(ctx: &Context, id: &str, paused: bool) -> Result<()> {
+    let mut record = ctx.containers.load(id)?;
+    record.state.paused = paused;
+    ctx.containers.save(&record)
 }
 
 /// `podman unpause`: thaws a paused container.
@@ -350,7 +358,8 @@ pub fn unpause(ctx: &Context, record: &ContainerRecord) -> Result<()> {
             action: "can't unpause: it is not paused".into(),
         });
     }
-    Ok(ctx.runtime_named(&record.runtime)?.resume(&record.id)?)
+    ctx.runtime_named(&record.runtime)?.resume(&record.id)?;
+    mark_paused(ctx, &record.id, false)
 }
 
 fn improper(record: &ContainerRecord, state: ContainerStatus, action: &str) -> Error {

@@ -119,9 +119,10 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
     let finding = |kind, detail: String, repaired| Finding { kind, object: record.name.clone(), detail, repaired };
     if let Some(state) = &state
         && state.status == "paused"
+        && !record.state.paused
     {
-        // ckpt freezes a container only for its dump: frozen with no ckpt command holding it, it
-        // is what a dump killed midway leaves (or a `ckpt pause`, which the repair undoes too).
+        // Besides `ckpt pause`, ckpt freezes a container only for its dump: frozen with no ckpt
+        // command holding it, it is what a dump killed midway leaves.
         let repaired = repair && runtime.resume(&record.id).is_ok();
         found.push(finding("frozen", "its cgroup is frozen but no ckpt command is working on it".into(), repaired));
     }

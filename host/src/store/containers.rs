@@ -89,6 +89,10 @@ pub struct StateFlags {
     /// still marked after a crash is a half-restored container.
     #[serde(default)]
     pub importing: bool,
+    /// Set by `ckpt pause` until `ckpt unpause`: a frozen cgroup the user asked for, which
+    /// `system check --repair` leaves alone (it thaws only what an interrupted dump left).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// What ckpt knows about one container; `container.json` in its directory.
