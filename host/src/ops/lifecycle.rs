@@ -285,6 +285,11 @@ pub fn start(ctx: &Context, record: &ContainerRecord) -> Result<ContainerRecord>
 /// running container, whose supervisor stays. Call it before taking the container lock: the
 /// supervisor needs that lock for its cleanup.
 pub fn settle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    // No supervisor alive, nothing to wait for: the runtime need not be asked (a restore of a
+    // checkpointed container saves a `runc state` this way).
+    if !crate::store::is_locked(&ctx.containers.paths(&record.id).supervisor_lock()) {
+        return Ok(());
+    }
     if !status(ctx, record)?.running() {
         wait_for_supervisor(ctx, &record.id, SUPERVISOR_CLEANUP);
     }
