@@ -21,7 +21,8 @@ fn podman_restores_a_ckpt_archive_and_the_container_carries_on() {
         "busybox",
         "sh",
         "-c",
-        "i=0; while true; do echo count $i; echo $i > /data/n; i=$((i+1)); sleep 0.1; done",
+        // The random blob goes into the gzip archive as stored blocks, which podman reads too.
+        "head -c 65536 /dev/urandom > /data/blob; i=0; while true; do echo count $i; echo $i > /data/n; i=$((i+1)); sleep 0.1; done",
     ]);
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("ckpt-moving")) >= 5));
     let archive = ckpt.path("moving.tar.zst");
