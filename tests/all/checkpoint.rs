@@ -19,9 +19,7 @@ fn checkpoint_then_restore_carries_memory_state_on() {
     assert!(images.join("inventory.img").exists());
     assert_eq!(ckpt.ok(&["restore", "web"]), "web\n");
     assert!(!images.exists(), "the images are out of the bundle when restore returns");
-    let staging = ckpt.root.join("tmp");
-    let removed = || std::fs::read_dir(&staging).map_or(true, |mut entries| entries.next().is_none());
-    assert!(eventually(Duration::from_secs(10), removed), "and removed in the background");
+    ckpt.wait_for_discards();
     let info = ckpt.inspect("web");
     assert_eq!(info["State"]["Status"], "running");
     assert_eq!(info["State"]["Restored"], true);
@@ -397,8 +395,10 @@ fn big_counter(ckpt: &Ckpt, name: &str) {
     assert!(eventually(Duration::from_secs(20), || ckpt.logs(name).contains("count 1")));
 }
 
-/// Leftovers of an export beside its target, or of staging in the store.
+/// Leftovers of an export beside its target, or of staging in the store, once the page images
+/// a command handed to a background `ckpt __discard` are gone.
 fn leftovers(ckpt: &Ckpt) -> Vec<std::path::PathBuf> {
+    ckpt.wait_for_discards();
     let mut found: Vec<_> = crate::support::files_below(ckpt.dir.path())
         .into_iter()
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".ckpt-")))

@@ -72,6 +72,7 @@ fn assert_refused(ckpt: &Ckpt, archive: &Path, expected: &str) {
     let stderr = ckpt.fails(&["restore", "-i", archive.to_str().unwrap(), "-n", "victim"]);
     assert!(stderr.contains(expected), "{}: expected {expected:?} in {stderr}", archive.display());
     assert!(ckpt.container_ids().iter().all(|id| !ckpt.inspect(id)["Name"].as_str().unwrap().starts_with("victim")));
+    ckpt.wait_for_discards();
     assert!(
         files_below(&ckpt.root.join("tmp")).is_empty(),
         "staging is cleaned up: {:?}",

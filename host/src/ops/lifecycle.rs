@@ -429,7 +429,7 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool, stop_timeout
 
 /// Removes everything ckpt holds for the container except its named volumes.
 pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
-    crate::store::teardown(&ctx.containers.paths(&record.id))
+    crate::store::teardown(&ctx.roots, &ctx.containers.paths(&record.id))
 }
 
 #[cfg(test)]

@@ -70,10 +70,12 @@ fn make_files_private(dir: &std::path::Path) {
 /// Removes everything ckpt holds for a container except its named volumes: the rootfs mount,
 /// the network namespace, the record (first, so that a half-removed container is never listed),
 /// and its directories.
-pub fn teardown(paths: &ContainerPaths) -> crate::Result<()> {
+pub fn teardown(roots: &Roots, paths: &ContainerPaths) -> crate::Result<()> {
     crate::rootfs::unmount(&paths.merged())?;
     crate::netns::remove(&paths.netns())?;
     crate::util::remove_file_if_exists(&paths.record())?;
+    // Page images are most of a checkpointed container's bytes: they go in the background.
+    discard::discard(roots, &[paths.checkpoint_dir(), paths.pre_checkpoint_dir()])?;
     crate::util::remove_dir_all(&paths.dir)?;
     crate::util::remove_dir_all(&paths.run_dir)
 }

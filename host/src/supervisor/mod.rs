@@ -254,7 +254,7 @@ fn cleanup_after_exit(
     // Podman reports 0 for a container that CRIU stopped.
     record.state.exit_code = Some(if record.state.checkpointed { 0 } else { exit_code });
     if record.auto_remove && !record.state.checkpoint_in_progress {
-        return crate::store::teardown(&paths);
+        return crate::store::teardown(containers.roots(), &paths);
     }
     containers.save(&record)
 }

@@ -106,6 +106,19 @@ impl Ckpt {
         list.remove(0)
     }
 
+    /// Waits until the page images commands handed to a background `ckpt __discard` are gone,
+    /// so that what is left in staging is what a command left.
+    pub fn wait_for_discards(&self) {
+        let discarding = || {
+            std::fs::read_dir(self.root.join("tmp"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".discard-"))
+        };
+        assert!(eventually(Duration::from_secs(10), || !discarding()), "a discard never ended");
+    }
+
     pub fn status(&self, name: &str) -> String {
         self.inspect(name)["State"]["Status"].as_str().unwrap().to_string()
     }

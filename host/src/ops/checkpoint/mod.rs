@@ -681,7 +681,9 @@ fn checkpoint_one(
     if let Some(last) = parents.last() {
         options.parent_path = Some(PathBuf::from("..").join(last));
     }
-    remove_dir_all(&image_dir)?;
+    // An earlier checkpoint's images (one made with --leave-running, say) go in the background,
+    // not on the way to this dump.
+    crate::store::discard::discard(&ctx.roots, std::slice::from_ref(&image_dir))?;
     let container_stopped = !options.leave_running;
     // Until the checkpoint is published, `system check` can tell a dump whose ckpt was killed
     // (its images restorable here) from a container that just exited; a `--rm` container's
