@@ -389,6 +389,8 @@ impl Command {
                 | Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))
                 | Command::Completion { .. }
                 | Command::GenerateMan { .. }
+                // Started by a command that did not need root either; it removes only its own.
+                | Command::Discard
         )
     }
 }
