@@ -7,6 +7,7 @@
 //! process die first, its directory is a leftover of a dead PID, which the next command sweeps.
 
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -41,7 +42,7 @@ pub fn discard(roots: &Roots, dirs: &[PathBuf]) -> Result<()> {
         }
     }
     let mut stdin = remover.stdin.take().expect("piped");
-    let handed_over = moved.is_ok() && writeln!(stdin, "{}", trash.display()).is_ok();
+    let handed_over = moved.is_ok() && stdin.write_all(&[trash.as_os_str().as_bytes(), b"\n"].concat()).is_ok();
     drop(stdin);
     // Reaped when it ends, so that a long-lived ckpt (a daemon) keeps no zombies.
     std::thread::spawn(move || remover.wait());
@@ -72,16 +73,19 @@ fn spawn_remover(roots: &Roots) -> Option<std::process::Child> {
 /// The body of `ckpt __discard`: removes each directory named on `input`, one per line, that is
 /// this process's own discard in `roots`' staging directory, and nothing else.
 pub fn remove_handed_over(roots: &Roots, input: &mut dyn Read) -> Result<()> {
-    let mut names = String::new();
-    input.read_to_string(&mut names).map_err(Error::io("read", Path::new("standard input")))?;
+    let mut names = Vec::new();
+    input.read_to_end(&mut names).map_err(Error::io("read", Path::new("standard input")))?;
     let staging = roots.staging_dir();
     let own = prefix(std::process::id());
-    for line in names.lines() {
-        let path = Path::new(line);
+    for line in names.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(line));
         let ours = path.parent() == Some(staging.as_path())
             && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&own));
         if !ours {
-            return Err(Error::invalid(format!("__discard removes only its own staging entries, not {line:?}")));
+            return Err(Error::invalid(format!(
+                "__discard removes only its own staging entries, not {:?}",
+                path.display().to_string()
+            )));
         }
         remove_dir_all(path)?;
     }
@@ -115,6 +119,17 @@ mod tests {
         std::fs::create_dir(&outside).unwrap();
         assert!(remove_handed_over(&roots, &mut format!("{}\n", outside.display()).as_bytes()).is_err());
         assert!(outside.exists());
+    }
+
+    #[test]
+    fn a_root_whose_name_is_not_utf8_is_handed_over_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = roots(&dir.path().join(std::ffi::OsStr::from_bytes(b"store-\xff")));
+        let own = roots.staging_dir().join(format!("{}0123456789abcdef", prefix(std::process::id())));
+        std::fs::create_dir_all(own.join("0")).unwrap();
+        let input = [own.as_os_str().as_bytes(), b"\n"].concat();
+        remove_handed_over(&roots, &mut &input[..]).unwrap();
+        assert!(!own.exists());
     }
 
     #[test]
