@@ -188,12 +188,14 @@ fn deflate_into(
 
 /// `block` cut into runs, each to be stored (`true`) or deflated, in order.
 fn runs(block: &[u8]) -> Vec<(bool, std::ops::Range<usize>)> {
-    let mut runs: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
+    let mut runs = Vec::new();
     let mut start = 0;
     let mut stored_from = None;
-    for (index, piece) in block.chunks(PIECE).enumerate() {
-        let offset = index * PIECE;
-        if piece.len() == PIECE && looks_incompressible(piece) {
+    let incompressible = block.chunks(PIECE).map(|piece| piece.len() == PIECE && looks_incompressible(piece));
+    // A compressible mark past the end closes a stored run that reaches the end.
+    for (index, incompressible) in incompressible.chain([false]).enumerate() {
+        let offset = (index * PIECE).min(block.len());
+        if incompressible {
             stored_from.get_or_insert(offset);
             continue;
         }
@@ -206,15 +208,6 @@ fn runs(block: &[u8]) -> Vec<(bool, std::ops::Range<usize>)> {
             runs.push((true, from..offset));
             start = offset;
         }
-    }
-    if let Some(from) = stored_from
-        && block.len() - from >= MIN_STORED_RUN * PIECE
-    {
-        if from > start {
-            runs.push((false, start..from));
-        }
-        runs.push((true, from..block.len()));
-        start = block.len();
     }
     if start < block.len() {
         runs.push((false, start..block.len()));

@@ -27,29 +27,35 @@ pub fn discard(roots: &Roots, dirs: &[PathBuf]) -> Result<()> {
     if present.is_empty() {
         return Ok(());
     }
-    let Some(mut remover) = spawn_remover(roots) else {
-        return present.into_iter().try_for_each(|d| remove_dir_all(d));
-    };
+    let Some(mut remover) = spawn_remover(roots) else { return remove_now(&present) };
     let staging = roots.staging_dir();
     let trash = staging.join(format!("{}{}", prefix(remover.id()), &crate::util::random_id()[..16]));
-    let moved = crate::util::create_dir_all(&staging)
-        .and_then(|()| std::fs::create_dir(&trash).map_err(Error::io("create directory", &trash)));
-    for (index, dir) in present.into_iter().enumerate() {
-        // Elsewhere than the root's file system (a bundle on a mount of its own), or with no
-        // trash: removed here, as before.
-        if moved.is_err() || std::fs::rename(dir, trash.join(index.to_string())).is_err() {
-            remove_dir_all(dir)?;
-        }
-    }
     let mut stdin = remover.stdin.take().expect("piped");
-    let handed_over = moved.is_ok() && stdin.write_all(&[trash.as_os_str().as_bytes(), b"\n"].concat()).is_ok();
-    drop(stdin);
-    // Reaped when it ends, so that a long-lived ckpt (a daemon) keeps no zombies.
+    // Reaped when it ends, so that a long-lived ckpt (a daemon) keeps no zombies. Should its
+    // standard input close with nothing written, it ends at once.
     std::thread::spawn(move || remover.wait());
-    if moved.is_ok() && !handed_over {
+    let made = crate::util::create_dir_all(&staging)
+        .and_then(|()| std::fs::create_dir(&trash).map_err(Error::io("create directory", &trash)));
+    if made.is_err() {
+        return remove_now(&present);
+    }
+    // A directory elsewhere than the root's file system (a bundle on a mount of its own) cannot
+    // be renamed into the trash: it is removed here, once the rest is handed over.
+    let stayed: Vec<&PathBuf> = present
+        .into_iter()
+        .enumerate()
+        .filter(|(index, dir)| std::fs::rename(dir, trash.join(index.to_string())).is_err())
+        .map(|(_, dir)| dir)
+        .collect();
+    if stdin.write_all(&[trash.as_os_str().as_bytes(), b"\n"].concat()).is_err() {
         remove_dir_all(&trash)?;
     }
-    Ok(())
+    drop(stdin);
+    remove_now(&stayed)
+}
+
+fn remove_now(dirs: &[&PathBuf]) -> Result<()> {
+    dirs.iter().try_for_each(|dir| remove_dir_all(dir))
 }
 
 /// `ckpt __discard`, detached from the terminal's signals and output; `None` when it cannot start.
