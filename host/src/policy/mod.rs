@@ -65,7 +65,10 @@ pub fn read_component(spec: &str) -> Result<(String, Vec<u8>), PolicyError> {
     }
     let read_err = |detail: String| PolicyError::Read { path: spec.to_string(), detail };
     let file = std::fs::File::open(spec).map_err(|e| read_err(e.to_string()))?;
-    let mut bytes = Vec::new();
+    // Sized once from the file's length: grown from nothing, a 20 MiB component would be read
+    // in doubling pieces and copied at every growth.
+    let expected = file.metadata().map(|m| m.len().min(limits::MAX_COMPONENT_BYTES + 1)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(expected as usize + 1);
     std::io::Read::read_to_end(&mut std::io::Read::take(file, limits::MAX_COMPONENT_BYTES + 1), &mut bytes)
         .map_err(|e| read_err(e.to_string()))?;
     if bytes.len() as u64 > limits::MAX_COMPONENT_BYTES {
