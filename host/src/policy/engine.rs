@@ -753,8 +753,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Waking a sleeping thread costs the waker 10 to 30 µs on a VM here (an interrupt sent
 /// through the hypervisor), as much as a whole decision. So after its last job the helper
 /// looks at its queue every millisecond for a second (as long as the epoch ticker keeps
-/// ticking) rather than sleeping on it: decisions
-/// close together hand it work with no wake, and only the first after a quiet spell pays one.
+/// ticking) rather than sleeping on it: decisions close together hand it work with no wake,
+/// and only the first after a quiet spell pays one.
 const HELPER_POLL: Duration = Duration::from_millis(1);
 const HELPER_POLLS_BEFORE_SLEEP: u32 = 1000;
 
