@@ -318,13 +318,10 @@ impl LoadedPolicy {
     /// dropped, as they are when the host has done other work since the last decision; what
     /// `policy bench` times is then the decision alone.
     pub fn wait_for_spare(&self) {
+        if let Some(helper) = helper() {
+            helper.finish_queued();
+        }
         drop(self.spare.settled());
-        let (done, finished) = std::sync::mpsc::channel();
-        // The helper takes jobs in order: this one runs after every job queued before it.
-        on_helper(Box::new(move || {
-            let _ = done.send(());
-        }));
-        let _ = finished.recv();
     }
 
     /// Whether decisions use instances made ahead of them (the default) or make their own.
@@ -358,6 +355,9 @@ impl Spare {
 enum SpareSlot {
     #[default]
     Empty,
+    /// Asked of the helper, which has not started on it: a decision that comes first makes
+    /// its own instance rather than wait for the helper to get round to it.
+    Requested,
     Making,
     Ready(Premade),
     /// Instantiating failed: the decision reports it rather than spending its deadline again.
@@ -678,7 +678,7 @@ fn premake(engine: &Engine, exports: &Exports, counted: Option<SpareCount>) -> w
 }
 
 /// The spare, when one is made or being made (then it is waited for: making another would only
-/// compete with it for the same cores).
+/// compete with it for the same cores). A spare only asked for is called off.
 fn take_spare(spare: &Spare) -> Option<wasmtime::Result<Premade>> {
     match std::mem::take(&mut *spare.settled()) {
         SpareSlot::Ready(premade) => Some(Ok(premade)),
@@ -698,10 +698,16 @@ fn make_spare(engine: &Engine, policy: &LoadedPolicy) {
         return;
     }
     let Some(counted) = SpareCount::take() else { return };
-    *slot = SpareSlot::Making;
+    *slot = SpareSlot::Requested;
     drop(slot);
     let (engine, exports, spare) = (engine.clone(), policy.exports.clone(), Arc::clone(&policy.spare));
     on_helper(Box::new(move || {
+        let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*slot, SpareSlot::Requested) {
+            return;
+        }
+        *slot = SpareSlot::Making;
+        drop(slot);
         let made = premake(&engine, &exports, Some(counted));
         let mut slot = spare.slot.lock().unwrap_or_else(|e| e.into_inner());
         *slot = match made {
@@ -732,9 +738,16 @@ fn drop_later(store: Store<State>) {
 }
 
 /// Work done off the decision's path: making spares, and dropping used stores (resetting
-/// their pool slots). One thread for the process, started on first use; where it cannot run,
-/// the work is done here and now.
+/// their pool slots). Where the helper cannot run, the work is done here and now.
 fn on_helper(job: Job) {
+    match helper() {
+        Some(helper) => helper.push(job, false),
+        None => job(),
+    }
+}
+
+/// One thread for the process, started on first use.
+fn helper() -> Option<&'static Helper> {
     static HELPER: OnceLock<Option<Arc<Helper>>> = OnceLock::new();
     let helper = HELPER.get_or_init(|| {
         let helper = Arc::new(Helper::new(HELPER_POLL, HELPER_POLLS_BEFORE_SLEEP));
@@ -742,21 +755,18 @@ fn on_helper(job: Job) {
         let started = std::thread::Builder::new().name("policy-helper".into()).spawn(move || serving.serve());
         started.ok().map(|_| helper)
     });
-    match helper {
-        Some(helper) => helper.push(job),
-        None => job(),
-    }
+    helper.as_deref()
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Waking a sleeping thread costs the waker 10 to 30 µs on a VM here (an interrupt sent
 /// through the hypervisor), as much as a whole decision. So after its last job the helper
-/// looks at its queue every millisecond for a second (as long as the epoch ticker keeps
-/// ticking) rather than sleeping on it: decisions close together hand it work with no wake,
-/// and only the first after a quiet spell pays one.
-const HELPER_POLL: Duration = Duration::from_millis(1);
-const HELPER_POLLS_BEFORE_SLEEP: u32 = 1000;
+/// looks at its queue every epoch tick for a second, as long as the epoch ticker keeps
+/// ticking: decisions close together hand it work with no wake, and only the first after a
+/// quiet spell pays one. A shorter poll would itself interrupt decisions.
+const HELPER_POLL: Duration = limits::EPOCH_TICK;
+const HELPER_POLLS_BEFORE_SLEEP: u32 = 100;
 
 struct Helper {
     queue: Mutex<HelperQueue>,
@@ -776,25 +786,39 @@ impl Helper {
         Helper { queue: Mutex::new(HelperQueue::default()), wake: Condvar::new(), poll, polls_before_sleep }
     }
 
-    fn push(&self, job: Job) {
+    /// Queues `job`; wakes the helper only if it sleeps, or if `now`.
+    fn push(&self, job: Job, now: bool) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.jobs.push_back(job);
-        if queue.asleep {
+        if queue.asleep || now {
             self.wake.notify_one();
         }
     }
 
+    /// Runs every job queued so far, and returns when they are done.
+    fn finish_queued(&self) {
+        let (done, finished) = std::sync::mpsc::channel();
+        // Jobs run in order: this one runs after every job queued before it.
+        self.push(
+            Box::new(move || {
+                let _ = done.send(());
+            }),
+            true,
+        );
+        let _ = finished.recv();
+    }
+
     fn serve(&self) {
         let mut idle_polls = 0;
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(job) = queue.jobs.pop_front() {
                 drop(queue);
                 job();
                 idle_polls = 0;
+                queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             } else if idle_polls < self.polls_before_sleep {
-                drop(queue);
-                std::thread::sleep(self.poll);
+                queue = self.wake.wait_timeout(queue, self.poll).unwrap_or_else(|e| e.into_inner()).0;
                 idle_polls += 1;
             } else {
                 queue.asleep = true;
@@ -999,23 +1023,37 @@ mod tests {
         let helper = Arc::new(Helper::new(Duration::from_millis(1), 3));
         let serving = Arc::clone(&helper);
         std::thread::spawn(move || serving.serve());
-        let run = |helper: &Helper| {
-            let (done, finished) = std::sync::mpsc::channel();
-            helper.push(Box::new(move || {
-                let _ = done.send(());
-            }));
-            finished.recv_timeout(Duration::from_secs(5)).expect("the helper ran the job");
+        let ran = Arc::new(AtomicUsize::new(0));
+        let push = |helper: &Helper| {
+            let ran = Arc::clone(&ran);
+            helper.push(
+                Box::new(move || {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                }),
+                false,
+            );
         };
-        run(&helper);
-        // Polling: a job pushed now needs no wake.
+        let ran_within_5s = |count: usize| {
+            let started = Instant::now();
+            while ran.load(Ordering::SeqCst) < count {
+                assert!(started.elapsed() < Duration::from_secs(5), "the helper ran {ran:?} jobs, not {count}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        push(&helper);
+        ran_within_5s(1);
+        // Polling: a job pushed now runs with no wake.
         assert!(!helper.queue.lock().unwrap().asleep);
-        run(&helper);
+        push(&helper);
+        ran_within_5s(2);
         let slept = Instant::now();
         while !helper.queue.lock().unwrap().asleep {
             assert!(slept.elapsed() < Duration::from_secs(5), "the helper never went to sleep");
             std::thread::sleep(Duration::from_millis(1));
         }
-        run(&helper);
+        push(&helper);
+        ran_within_5s(3);
+        helper.finish_queued();
     }
 
     #[test]
