@@ -109,7 +109,8 @@ pub fn inspect(ctx: &Context, file: &str) -> Result<PolicyDescription> {
     let described = engine.describe(&source, &bytes);
     let mut description = PolicyDescription {
         source,
-        digest: format!("blake3:{}", blake3::hash(&bytes).to_hex()),
+        // Hashed once: `describe` has the digest when it loaded the component.
+        digest: described.as_ref().map_or_else(|_| policy::component_digest(&bytes), |p| p.digest.clone()),
         size_bytes: bytes.len(),
         runs_here: described.is_ok(),
         world: None,

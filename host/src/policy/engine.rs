@@ -440,7 +440,7 @@ impl PolicyEngine {
     /// Compiles (or takes from the cache) a component, checks its imports and asks it to
     /// describe itself. Its settings are not validated: see [`PolicyEngine::load`].
     pub fn describe(&self, source: &str, bytes: &[u8]) -> Result<LoadedPolicy, PolicyError> {
-        let digest = format!("blake3:{}", digest_of(bytes).to_hex());
+        let digest = component_digest(bytes);
         let load_err = |detail: String| PolicyError::Load { policy: source.to_string(), detail };
         if !bytes.starts_with(b"\0asm") {
             return Err(load_err("not a WebAssembly component (precompiled artifacts are never accepted)".into()));
@@ -637,6 +637,11 @@ fn digest_of(bytes: &[u8]) -> blake3::Hash {
         hasher.update(bytes);
     }
     hasher.finalize()
+}
+
+/// `blake3:<hex>` of a component's bytes, as decision records and `policy inspect` name it.
+pub fn component_digest(bytes: &[u8]) -> String {
+    format!("blake3:{}", digest_of(bytes).to_hex())
 }
 
 /// The WASI a decision sees: its frozen clock, its seeded random source, and pipes for its

@@ -13,7 +13,7 @@ pub mod record;
 use std::path::Path;
 
 pub use decision::{Answer, Kind, Question};
-pub use engine::{LoadedPolicy, PolicyEngine, Role, Trace, World};
+pub use engine::{LoadedPolicy, PolicyEngine, Role, Trace, World, component_digest};
 pub use record::DecisionRecord;
 
 use bindings::*;
