@@ -388,6 +388,52 @@ fn a_second_concurrent_checkpoint_is_refused() {
     ckpt.ok(&["checkpoint", "c"]);
 }
 
+/// The rounds a memcheck container has logged, and whether any found its memory changed.
+fn memcheck_rounds(ckpt: &Ckpt, name: &str) -> (u64, bool) {
+    let logs = ckpt.logs(name);
+    let last = logs.lines().filter_map(|l| l.strip_prefix("intact ")?.parse().ok()).max().unwrap_or(0);
+    (last, logs.contains("changed"))
+}
+
+/// The runtime command lines a container's supervisor logged at debug level.
+fn supervisor_log(ckpt: &Ckpt, name: &str) -> String {
+    let id = ckpt.inspect(name)["Id"].as_str().unwrap().to_string();
+    std::fs::read_to_string(ckpt.runroot.join("containers").join(id).join("supervisor.log")).unwrap_or_default()
+}
+
+/// An import's page images are a scratch copy, so CRIU punches each run out of its file once it
+/// is in the process (`--auto-dedup`, 128 MiB at a time); a local checkpoint's are not touched.
+/// Memory of several such runs comes back whole either way.
+#[test]
+fn an_import_consumes_its_page_images_and_memory_comes_back_whole() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    crate::support::import_memcheck_image(&ckpt);
+    ckpt.ok(&["run", "-d", "--name", "mem", "memcheck", "/bin/memcheck", "320"]);
+    assert!(eventually(Duration::from_secs(20), || memcheck_rounds(&ckpt, "mem").0 >= 1));
+    let archive = ckpt.path("mem.tar");
+    ckpt.ok(&["checkpoint", "-c", "none", "-e", archive.to_str().unwrap(), "mem"]);
+    let before = memcheck_rounds(&ckpt, "mem").0;
+
+    let imported = ckpt
+        .command()
+        .env("CKPT_LOG_LEVEL", "debug")
+        .args(["restore", "-i", archive.to_str().unwrap(), "-n", "mem2"])
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(eventually(Duration::from_secs(10), || memcheck_rounds(&ckpt, "mem2").0 > before + 2));
+    assert!(!memcheck_rounds(&ckpt, "mem2").1, "memory changed across the import: {}", ckpt.logs("mem2"));
+    assert!(supervisor_log(&ckpt, "mem2").contains("--auto-dedup"), "{}", supervisor_log(&ckpt, "mem2"));
+    assert!(std::fs::metadata(&archive).unwrap().len() > 320 << 20, "the archive itself is untouched");
+
+    let local = ckpt.command().env("CKPT_LOG_LEVEL", "debug").args(["restore", "mem"]).output().unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    assert!(eventually(Duration::from_secs(10), || memcheck_rounds(&ckpt, "mem").0 > before + 2));
+    assert!(!memcheck_rounds(&ckpt, "mem").1, "memory changed across the restore: {}", ckpt.logs("mem"));
+    let log = supervisor_log(&ckpt, "mem");
+    assert!(log.contains("restore") && !log.contains("--auto-dedup"), "{log}");
+}
+
 /// A container whose dump takes a while: 192 MiB of random data in its /dev/shm.
 fn big_counter(ckpt: &Ckpt, name: &str) {
     let script = "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=192 2>/dev/null; i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done";

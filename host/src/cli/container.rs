@@ -179,6 +179,8 @@ pub struct SuperviseArgs {
     pub file_locks: bool,
     #[arg(long)]
     pub lazy_pages: bool,
+    #[arg(long)]
+    pub consume_page_images: bool,
 }
 
 impl ContainerArgs {
@@ -371,6 +373,7 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
             tcp_established: args.tcp_established,
             file_locks: args.file_locks,
             lazy_pages: args.lazy_pages,
+            consume_page_images: args.consume_page_images,
         })
     } else {
         Launch::Run

@@ -210,18 +210,35 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
     restored
 }
 
-fn restore_options(req: &RestoreRequest, bundle: &Path) -> RestoreOptions {
+/// Where a restore's page images came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Images {
+    /// The container's own checkpoint: a failed restore must leave it restorable.
+    Local,
+    /// Unpacked for this restore alone: a failed import removes them with the container, and
+    /// the archive or image they came from is still there to try again.
+    Imported,
+}
+
+fn restore_options(req: &RestoreRequest, bundle: &Path, images: Images) -> RestoreOptions {
     RestoreOptions {
         image_path: bundle.join(layout::CHECKPOINT_DIR),
         work_path: bundle.to_path_buf(),
         tcp_established: req.tcp_established,
         file_locks: req.file_locks,
         lazy_pages: req.lazy_pages_from.is_some(),
+        consume_page_images: images == Images::Imported && !req.keep && req.lazy_pages_from.is_none(),
     }
 }
 
 /// Launches the runtime restore and records the outcome; the caller holds the container lock.
-fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord, printed: String) -> Result<Restored> {
+fn run_restore(
+    ctx: &Context,
+    req: &RestoreRequest,
+    record: &mut ContainerRecord,
+    printed: String,
+    images: Images,
+) -> Result<Restored> {
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
     if !paths.checkpoint_dir().join("inventory.img").exists() {
@@ -242,7 +259,7 @@ fn run_restore(ctx: &Context, req: &RestoreRequest, record: &mut ContainerRecord
         ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, address, port)?;
     }
     let started = Instant::now();
-    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle))).inspect_err(|_| {
+    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images))).inspect_err(|_| {
         record.state = previous.clone();
         let _ = ctx.containers.save(record);
     })?;
@@ -298,7 +315,7 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
             action: "cannot restore: only an exited, checkpointed container can be restored".into(),
         });
     }
-    run_restore(ctx, req, &mut record, printed.to_string())
+    run_restore(ctx, req, &mut record, printed.to_string(), Images::Local)
 }
 
 /// A checkpoint unpacked into private staging, checked, not yet used. Its members are only ever
@@ -655,7 +672,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
     let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
     let mut restored = record.clone();
     let printed = restored.id.clone();
-    let done = run_restore(ctx, req, &mut restored, printed)?;
+    let done = run_restore(ctx, req, &mut restored, printed, Images::Imported)?;
     txn.committed = true;
     drop(store_lock);
     Ok(done)
@@ -710,4 +727,22 @@ fn apply_rootfs_diff(staged: &Staged, rootfs: &Path) -> Result<()> {
 pub fn stats_document(total: std::time::Duration, stats: &[ContainerStats]) -> String {
     let doc = serde_json::json!({"ckpt_restore_duration": total.as_micros() as u64, "container_statistics": stats});
     super::checkpoint::to_four_space_json(&doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_import_that_keeps_nothing_consumes_its_page_images() {
+        let bundle = Path::new("/bundle");
+        let consumes = |req: &RestoreRequest, images| restore_options(req, bundle, images).consume_page_images;
+        let plain = RestoreRequest::default();
+        assert!(consumes(&plain, Images::Imported));
+        assert!(!consumes(&plain, Images::Local), "a failed local restore must leave its checkpoint");
+        let keep = RestoreRequest { keep: true, ..RestoreRequest::default() };
+        assert!(!consumes(&keep, Images::Imported), "--keep keeps the images restorable");
+        let lazy = RestoreRequest { lazy_pages_from: Some("127.0.0.1:1".into()), ..RestoreRequest::default() };
+        assert!(!consumes(&lazy, Images::Imported), "a lazy restore reads no page images");
+    }
 }

@@ -219,6 +219,9 @@ impl OciRuntime for CliRuntime {
         if options.lazy_pages {
             cmd.arg("--lazy-pages");
         }
+        if options.consume_page_images {
+            cmd.arg("--auto-dedup");
+        }
         cmd.arg(id);
         tracing::debug!(action = "restore", log = %options.work_path.join("restore.log").display(), "criu");
         self.run_with_stdio(cmd, "restore", id, stdio).map_err(|e| with_criu_log(e, &options.work_path, "restore.log"))

@@ -64,6 +64,9 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
         if options.lazy_pages {
             cmd.arg("--lazy-pages");
         }
+        if options.consume_page_images {
+            cmd.arg("--consume-page-images");
+        }
     }
     let mut child = cmd
         .stdin(Stdio::null())

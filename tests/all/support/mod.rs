@@ -233,6 +233,25 @@ pub fn import_flock_image(ckpt: &Ckpt) {
     ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "flock"]);
 }
 
+/// Imports an image `memcheck` whose `/bin/memcheck N` holds N MiB and checks it every 100 ms
+/// (tests/fixtures/memcheck.c, built static here: scripts/setup installs the compiler).
+pub fn import_memcheck_image(ckpt: &Ckpt) {
+    let rootfs = ckpt.path("memcheck-rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let source = fixture("memcheck.c");
+    let status = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(rootfs.join("bin/memcheck"))
+        .arg(&source)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "cc could not build {source}");
+    let tarball = ckpt.path("memcheck-rootfs.tar");
+    let status = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
+    assert!(status.success());
+    ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "memcheck"]);
+}
+
 /// A policy component built by scripts/build-policies.
 pub fn policy(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies").join(format!("{name}.wasm"));

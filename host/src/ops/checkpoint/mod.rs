@@ -918,6 +918,7 @@ fn roll_back(
         tcp_established: options.tcp_established,
         file_locks: options.file_locks,
         lazy_pages: false,
+        consume_page_images: false,
     };
     let result = (|| {
         let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
