@@ -18,6 +18,8 @@ pub struct HostConfig {
     pub registries: RegistryRules,
     #[serde(default)]
     pub migration: MigrationRules,
+    #[serde(default)]
+    pub restore: RestoreRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -57,6 +59,26 @@ pub struct MigrationRules {
     /// CRIU's page server fails mid-transfer, a restore waits on memory that never comes.
     #[serde(default)]
     pub post_copy: bool,
+}
+
+/// How `restore --import` treats the page images it unpacked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestoreRules {
+    /// Whether CRIU punches the page images out of their files as it reads them
+    /// (`--auto-dedup`), so that the restore needs the container's memory once, not twice.
+    #[serde(default)]
+    pub consume_imported_pages: ConsumePages,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsumePages {
+    /// When the images are large beside the memory available.
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 impl RegistryRules {
@@ -177,6 +199,7 @@ mod tests {
             },
             registries: RegistryRules::default(),
             migration: MigrationRules::default(),
+            restore: RestoreRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }
@@ -226,6 +249,14 @@ mod tests {
         let loaded = HostConfig::load(Some(&path)).unwrap();
         assert_eq!(loaded.exports.directories, vec![PathBuf::from("/srv")]);
         assert!(HostConfig::load(Some(&dir.path().join("missing.toml"))).is_err(), "an explicit file must exist");
+    }
+
+    #[test]
+    fn consuming_imported_pages_is_auto_unless_set() {
+        assert_eq!(HostConfig::default().restore.consume_imported_pages, ConsumePages::Auto);
+        let set: HostConfig = toml::from_str("[restore]\nconsume-imported-pages = \"never\"\n").unwrap();
+        assert_eq!(set.restore.consume_imported_pages, ConsumePages::Never);
+        assert!(toml::from_str::<HostConfig>("[restore]\nconsume-imported-pages = \"sometimes\"\n").is_err());
     }
 
     #[test]

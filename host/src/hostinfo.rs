@@ -62,6 +62,17 @@ pub fn free_disk_bytes(path: &Path) -> u64 {
     free_bytes(path).or_else(|| free_bytes(Path::new("/"))).unwrap_or(0)
 }
 
+/// The kernel's estimate of the memory that can be had without swapping (`MemAvailable`).
+pub fn memory_available() -> Option<u64> {
+    meminfo_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
+}
+
+fn meminfo_bytes(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib << 10)
+}
+
 fn os_release_field(text: &str, name: &str) -> String {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
@@ -72,6 +83,14 @@ fn os_release_field(text: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_is_read_in_bytes() {
+        let text = "MemTotal:       24683520 kB\nMemFree:         7775760 kB\nMemAvailable:   18728516 kB\n";
+        assert_eq!(meminfo_bytes(text, "MemAvailable"), Some(18728516 << 10));
+        assert_eq!(meminfo_bytes(text, "Mem"), None);
+        assert_eq!(meminfo_bytes(text, "SwapTotal"), None);
+    }
 
     #[test]
     fn os_release_fields_are_read_without_quotes() {

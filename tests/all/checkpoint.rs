@@ -401,12 +401,17 @@ fn supervisor_log(ckpt: &Ckpt, name: &str) -> String {
     std::fs::read_to_string(ckpt.runroot.join("containers").join(id).join("supervisor.log")).unwrap_or_default()
 }
 
-/// An import's page images are a scratch copy, so CRIU punches each run out of its file once it
-/// is in the process (`--auto-dedup`, 128 MiB at a time); a local checkpoint's are not touched.
-/// Memory of several such runs comes back whole either way.
+/// An import's page images are a scratch copy, so CRIU may punch each run out of its file once
+/// it is in the process (`--auto-dedup`, 128 MiB at a time; by default only for images large
+/// beside the memory available, here always); a local checkpoint's are never touched. Memory of
+/// several such runs comes back whole either way.
 #[test]
 fn an_import_consumes_its_page_images_and_memory_comes_back_whole() {
     let Some(ckpt) = Ckpt::available() else { return };
+    let config = ckpt.dir.path().join("ckpt.toml");
+    let mut rules = std::fs::read_to_string(&config).unwrap();
+    rules.push_str("\n[restore]\nconsume-imported-pages = \"always\"\n");
+    std::fs::write(&config, rules).unwrap();
     crate::support::import_memcheck_image(&ckpt);
     ckpt.ok(&["run", "-d", "--name", "mem", "memcheck", "/bin/memcheck", "320"]);
     assert!(eventually(Duration::from_secs(20), || memcheck_rounds(&ckpt, "mem").0 >= 1));
