@@ -1,5 +1,6 @@
 //! The host's own rules, from `/etc/ckpt/ckpt.toml` (or `--config`): what a policy may do that
-//! the user did not type. A policy chooses export targets; the admin chooses where they may go.
+//! the user did not type, and how a restore may use the host. A policy chooses export targets;
+//! the admin chooses where they may go.
 
 use std::path::{Path, PathBuf};
 

@@ -148,7 +148,7 @@ pub fn extract_hashing(
 }
 
 /// [`extract_hashing`] of an uncompressed archive in a regular file, which `reader` reads from
-/// its start: large members are copied file to file by the kernel (see `from_file`).
+/// its start: large members are copied file to file at their offsets (see `from_file`).
 pub fn extract_file_hashing(
     reader: io::BufReader<std::fs::File>,
     progress: crate::progress::Progress,
@@ -165,7 +165,7 @@ pub fn extract_file_hashing(
     })?;
     let progress = std::rc::Rc::new(std::cell::RefCell::new(progress));
     let mut extractor = Extractor::new(dest, name, options, Some(digests))?;
-    extractor.copy_source = Some(from_file::CopySource { archive, progress: progress.clone(), in_kernel: true });
+    extractor.copy_source = Some(from_file::CopySource { archive, progress: progress.clone() });
     let mut archive = tar::Archive::new(from_file::ArchiveFile::new(reader, progress));
     let entries = archive.entries_with_seek().map_err(|e| malformed(name, e))?;
     extractor.extract_entries(entries, dest).map(drop)
