@@ -362,8 +362,8 @@ pub fn looks_like_archive(path: &Path) -> bool {
 }
 
 /// Extracts an archive into `staging` and checks it against its manifest, if it has one
-/// (podman's archives have none). An uncompressed archive's large members are copied from the
-/// file itself, by the kernel; a compressed one is read as a stream.
+/// (podman's archives have none). An uncompressed archive's large members are read from the file
+/// itself at their offsets; a compressed one is read as a stream.
 pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptions) -> Result<bool, ArchiveError> {
     let name = archive.display().to_string();
     let file = std::fs::File::open(archive).map_err(|source| ArchiveError::Io {
@@ -560,8 +560,8 @@ mod tests {
         (name, data, path)
     }
 
-    /// An uncompressed archive in a file: its large members are copied by the kernel at their
-    /// offsets (several copy steps, under a long name, not a whole number of blocks), the small
+    /// An uncompressed archive in a file: its large members are copied from their offsets
+    /// (several copy steps, under a long name, not a whole number of blocks), the small
     /// ones around them read through tar, and all are checked against the manifest. A byte
     /// changed inside a copied member, or the file cut short inside one, is caught.
     #[test]

@@ -275,7 +275,7 @@ impl<'a> Extractor<'a> {
 }
 
 /// Members at least this big are hashed on a thread of their own while the next chunk is read
-/// and written (or, from an uncompressed archive file, copied by the kernel): a checkpoint's page
+/// and written (or, from an uncompressed archive file, copied from its offset): a checkpoint's page
 /// images are most of its bytes, and the other cores are idle until CRIU runs.
 const HASH_ALONGSIDE_FROM: u64 = 4 << 20;
 
@@ -495,7 +495,7 @@ impl Extractor<'_> {
                 let fd = nix::fcntl::openat(
                     &dir,
                     file_name,
-                    // Readable too: a member copied by the kernel is hashed from what landed.
+                    // Readable too: a member copied from an archive file is hashed from what landed.
                     OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
