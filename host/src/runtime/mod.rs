@@ -72,8 +72,8 @@ pub struct RestoreOptions {
     pub lazy_pages: bool,
     /// CRIU's `--auto-dedup`: each run of page images is punched out of its file once it is in
     /// the process. The page cache it held is freed as the process's memory grows, so a restore
-    /// needs about the memory of the container, not twice that, and the pages never reach the
-    /// disk. Only for images that are a scratch copy: a failed restore leaves them unusable.
+    /// needs about the memory of the container, not twice that. Only for images that are a
+    /// scratch copy: a failed restore leaves them unusable.
     pub consume_page_images: bool,
 }
 
