@@ -662,11 +662,13 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
     for dir in &chain {
         staged.move_dir_into(dir, &paths.bundle().join(dir))?;
     }
-    let page_bytes = chain.iter().map(|dir| page_images_size(&paths.bundle().join(dir))).sum();
     let consume = match ctx.config.restore.consume_imported_pages {
         ConsumePages::Always => true,
         ConsumePages::Never => false,
-        ConsumePages::Auto => worth_consuming(page_bytes, crate::hostinfo::memory_available()),
+        ConsumePages::Auto => {
+            let page_bytes = chain.iter().map(|dir| page_images_size(&paths.bundle().join(dir))).sum();
+            worth_consuming(page_bytes, crate::hostinfo::memory_available())
+        }
     };
     if let Some(previous) = &req.import_previous {
         let pre = tempdir_in(&ctx.roots.staging_dir(), "import-previous")?;
