@@ -227,10 +227,15 @@ pub fn import_flock_image(ckpt: &Ckpt) {
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::copy(lib, target).unwrap();
     }
-    let tarball = ckpt.path("flock-rootfs.tar");
-    let status = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
+    import_rootfs(ckpt, &rootfs, "flock");
+}
+
+/// Packs `rootfs` into a tarball beside it and imports that as image `name`.
+fn import_rootfs(ckpt: &Ckpt, rootfs: &Path, name: &str) {
+    let tarball = rootfs.with_extension("tar");
+    let status = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(rootfs).arg(".").status().unwrap();
     assert!(status.success());
-    ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "flock"]);
+    ckpt.ok(&["image", "import", tarball.to_str().unwrap(), name]);
 }
 
 /// Imports an image `memcheck` whose `/bin/memcheck N` holds N MiB and checks it every 100 ms
@@ -246,10 +251,7 @@ pub fn import_memcheck_image(ckpt: &Ckpt) {
         .status()
         .expect("cc runs");
     assert!(status.success(), "cc could not build {source}");
-    let tarball = ckpt.path("memcheck-rootfs.tar");
-    let status = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&rootfs).arg(".").status().unwrap();
-    assert!(status.success());
-    ckpt.ok(&["image", "import", tarball.to_str().unwrap(), "memcheck"]);
+    import_rootfs(ckpt, &rootfs, "memcheck");
 }
 
 /// A policy component built by scripts/build-policies.
