@@ -428,7 +428,13 @@ fn an_import_consumes_its_page_images_and_memory_comes_back_whole() {
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
     assert!(eventually(Duration::from_secs(10), || memcheck_rounds(&ckpt, "mem2").0 > before + 2));
     assert!(!memcheck_rounds(&ckpt, "mem2").1, "memory changed across the import: {}", ckpt.logs("mem2"));
-    assert!(supervisor_log(&ckpt, "mem2").contains("--auto-dedup"), "{}", supervisor_log(&ckpt, "mem2"));
+    let log = supervisor_log(&ckpt, "mem2");
+    assert!(log.contains("--auto-dedup"), "{log}");
+    // The page images came in while runc started, CRIU held until they had (criu::hold).
+    assert!(log.contains("criu-restore.conf"), "{log}");
+    let id = ckpt.inspect("mem2")["Id"].as_str().unwrap().to_string();
+    let bundle = ckpt.root.join("containers").join(id).join("userdata");
+    assert!(!bundle.join("await-page-images").exists(), "the hold is taken away once the restore is over");
     assert!(std::fs::metadata(&archive).unwrap().len() > 320 << 20, "the archive itself is untouched");
 
     let local = ckpt.command().env("CKPT_LOG_LEVEL", "debug").args(["restore", "mem"]).output().unwrap();

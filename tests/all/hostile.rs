@@ -238,6 +238,34 @@ fn tampered_and_dishonest_archives_are_refused() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
 }
 
+/// A page image is copied out of an uncompressed archive while the restore starts (see
+/// `archive::deferred`). One changed byte in it still fails the import, with the manifest's
+/// words, and CRIU never reads a page of it.
+#[test]
+fn a_changed_page_image_fails_an_import_that_copies_it_while_the_restore_starts() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    crate::support::import_memcheck_image(&ckpt);
+    ckpt.ok(&["run", "-d", "--name", "mem", "memcheck", "/bin/memcheck", "16"]);
+    assert!(crate::support::eventually(std::time::Duration::from_secs(20), || ckpt.logs("mem").contains("intact")));
+    let real = ckpt.path("mem.tar");
+    ckpt.ok(&["checkpoint", "-c", "none", "-e", real.to_str().unwrap(), "mem"]);
+    let changed = ckpt.path("changed-pages.tar");
+    rewrite(
+        &real,
+        &changed,
+        |name, mut data| {
+            if name == "checkpoint/pages-1.img" {
+                assert!(data.len() > 8 << 20, "large enough to be copied while the restore starts");
+                let middle = data.len() / 2;
+                data[middle] ^= 0xff;
+            }
+            Some(data)
+        },
+        vec![],
+    );
+    assert_refused(&ckpt, &changed, "checkpoint/pages-1.img\" is corrupt: its BLAKE3 digest does not match");
+}
+
 #[test]
 fn archive_spec_and_annotations_are_not_trusted() {
     let Some(ckpt) = Ckpt::available() else { return };

@@ -1,6 +1,7 @@
 //! The checkpoint archive in podman's layout, written in one streaming pass with a manifest of
 //! every member's size and BLAKE3 digest at the end, and read back into a private staging directory.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::deferred::DeferredImages;
 use super::{ArchiveError, Compression, ExtractOptions};
 
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -365,28 +367,53 @@ pub fn looks_like_archive(path: &Path) -> bool {
 /// (podman's archives have none). An uncompressed archive's large members are read from the file
 /// itself at their offsets; a compressed one is read as a stream.
 pub fn extract_checkpoint(archive: &Path, staging: &Path, options: &ExtractOptions) -> Result<bool, ArchiveError> {
+    extract_checkpoint_leaving_pages(archive, staging, options, false).map(|extracted| extracted.verified)
+}
+
+/// What [`extract_checkpoint_leaving_pages`] did.
+pub struct Extracted {
+    /// Whether a manifest listed and matched every member copied (and listed the page images left).
+    pub verified: bool,
+    /// The page images left in the archive, to be copied and checked still.
+    pub page_images: Option<DeferredImages>,
+}
+
+/// [`extract_checkpoint`], leaving the page images of an uncompressed archive in it when
+/// `leave_pages` is set, for a restore to copy while it starts (see `archive::deferred`).
+pub fn extract_checkpoint_leaving_pages(
+    archive: &Path,
+    staging: &Path,
+    options: &ExtractOptions,
+    leave_pages: bool,
+) -> Result<Extracted, ArchiveError> {
     let name = archive.display().to_string();
-    let file = std::fs::File::open(archive).map_err(|source| ArchiveError::Io {
-        archive: name.clone(),
-        action: "open",
-        path: archive.to_path_buf(),
-        source,
-    })?;
+    let io_err = |action: &'static str| {
+        let name = name.clone();
+        move |source| ArchiveError::Io { archive: name, action, path: archive.to_path_buf(), source }
+    };
+    let file = std::fs::File::open(archive).map_err(io_err("open"))?;
     let progress = crate::progress::Progress::on_terminal("import", || file.metadata().map(|m| m.len()).ok());
     let mut file = std::io::BufReader::with_capacity(1 << 20, file);
-    let magic = file.fill_buf().map_err(|source| ArchiveError::Io {
-        archive: name.clone(),
-        action: "read",
-        path: archive.to_path_buf(),
-        source,
-    })?;
+    let magic = file.fill_buf().map_err(io_err("read"))?;
     if Compression::sniff(magic) == Compression::None {
         let mut digests = super::FileDigests::new();
-        super::extract::extract_file_hashing(file, progress, staging, &name, options, &mut digests)?;
-        return verify_manifest(staging, &name, &digests);
+        let mut left = Vec::new();
+        let pages_from = file.get_ref().try_clone().map_err(io_err("open"))?;
+        let leaving = leave_pages.then_some(&mut left);
+        super::extract::extract_file_hashing(file, progress, staging, &name, options, &mut digests, leaving)?;
+        let pending: HashMap<PathBuf, u64> = left.iter().map(|m| (m.rel.clone(), m.size)).collect();
+        let (verified, expected) = verify_manifest_pending(staging, &name, &digests, &pending)?;
+        let page_images = (!left.is_empty()).then(|| DeferredImages {
+            archive_name: name,
+            archive: pages_from,
+            members: left,
+            expected: verified.then_some(expected),
+        });
+        return Ok(Extracted { verified, page_images });
     }
     let counted = crate::progress::ProgressReader::new(file, progress);
-    extract_checkpoint_stream(counted, &name, staging, options)
+    let verified = extract_checkpoint_stream(counted, &name, staging, options)?;
+    Ok(Extracted { verified, page_images: None })
 }
 
 /// The same, from a stream (a pipe, an ssh channel): nothing needs to seek, and each member is
@@ -407,6 +434,17 @@ pub fn extract_checkpoint_stream<R: std::io::BufRead + Send + 'static>(
 /// A member in `written` is checked against the digest taken as it was extracted; any other
 /// is read back and hashed.
 pub fn verify_manifest(staging: &Path, name: &str, written: &super::FileDigests) -> Result<bool, ArchiveError> {
+    verify_manifest_pending(staging, name, written, &HashMap::new()).map(|(verified, _)| verified)
+}
+
+/// [`verify_manifest`], but the members in `pending` (with their sizes) are not there yet: each
+/// must be listed with its size, and the BLAKE3 listed for it is returned, to be checked once it is in.
+fn verify_manifest_pending(
+    staging: &Path,
+    name: &str,
+    written: &super::FileDigests,
+    pending: &HashMap<PathBuf, u64>,
+) -> Result<(bool, HashMap<PathBuf, String>), ArchiveError> {
     let corrupt = |member: &str, detail: String| ArchiveError::CorruptMember {
         archive: name.into(),
         member: member.into(),
@@ -419,7 +457,7 @@ pub fn verify_manifest(staging: &Path, name: &str, written: &super::FileDigests)
             file.take(MAX_MANIFEST_BYTES).read_to_end(&mut bytes).map_err(|e| corrupt(MANIFEST, e.to_string()))?;
             bytes
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((false, HashMap::new())),
         Err(e) => return Err(corrupt(MANIFEST, e.to_string())),
     };
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(MANIFEST, e.to_string()))?;
@@ -427,10 +465,19 @@ pub fn verify_manifest(staging: &Path, name: &str, written: &super::FileDigests)
         return Err(corrupt(MANIFEST, format!("unknown format {:?}", manifest.format)));
     }
     let mut listed = std::collections::HashSet::new();
+    let mut expected = HashMap::new();
     for entry in &manifest.members {
         let Some(rel) = super::extract::clean_relative(Path::new(&entry.name)) else {
             return Err(corrupt(&entry.name, "the manifest names a path outside the archive".into()));
         };
+        if let Some(&size) = pending.get(&rel) {
+            if size != entry.size {
+                return Err(corrupt(&entry.name, format!("size {size} does not match the manifest's {}", entry.size)));
+            }
+            expected.insert(rel.clone(), entry.blake3.clone());
+            listed.insert(rel);
+            continue;
+        }
         // Opened beneath the staging with no link followed, so the bytes hashed are the member's.
         let file = beneath
             .open_file(&rel)
@@ -460,7 +507,10 @@ pub fn verify_manifest(staging: &Path, name: &str, written: &super::FileDigests)
             return Err(corrupt(&rel.display().to_string(), "present in the archive but not in its manifest".into()));
         }
     }
-    Ok(true)
+    if let Some(unlisted) = pending.keys().find(|rel| !listed.contains(*rel)) {
+        return Err(corrupt(&unlisted.display().to_string(), "present in the archive but not in its manifest".into()));
+    }
+    Ok((true, expected))
 }
 
 #[cfg(test)]
@@ -594,6 +644,63 @@ mod tests {
 
         let err = extract(&bytes[..at], "cut").unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    /// Page images left in an uncompressed archive appear only copied and checked: not before,
+    /// and not when a byte in them changed. Whoever waits on them hears how the copies ended.
+    #[test]
+    fn page_images_left_in_the_archive_appear_only_copied_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(9 << 20) + 7).map(|i| (i * 13 % 251) as u8).collect();
+        let pages = dir.path().join("pages-1.img");
+        std::fs::write(&pages, &data).unwrap();
+        let mut writer = ArchiveWriter::new(Vec::new());
+        writer.add_bytes("checkpoint/inventory.img", b"inventory").unwrap();
+        writer.add_path("checkpoint/pages-1.img", &pages).unwrap();
+        writer.add_bytes("checkpoint/pstree.img", b"pstree").unwrap();
+        let bytes = writer.finish().unwrap();
+        let archive = dir.path().join("archive.tar");
+        let extract = |bytes: &[u8], case: &str| {
+            std::fs::write(&archive, bytes).unwrap();
+            let staging = dir.path().join(case);
+            std::fs::create_dir_all(&staging).unwrap();
+            let options = ExtractOptions::checkpoint();
+            (extract_checkpoint_leaving_pages(&archive, &staging, &options, true).unwrap(), staging)
+        };
+
+        let (extracted, staging) = extract(&bytes, "whole");
+        assert!(extracted.verified);
+        let images = extracted.page_images.expect("the page image is left in the archive");
+        assert_eq!(images.bytes(), data.len() as u64);
+        assert!(!staging.join("checkpoint/pages-1.img").exists());
+        assert_eq!(std::fs::read(staging.join("checkpoint/pstree.img")).unwrap(), b"pstree");
+        let mut in_flight = images.start().unwrap();
+        let (heard, outcome) = std::sync::mpsc::channel();
+        in_flight.report_to(Box::new(move |result| heard.send(result).unwrap()));
+        assert_eq!(outcome.recv().unwrap(), Ok(()));
+        in_flight.wait().unwrap();
+        assert_eq!(std::fs::read(staging.join("checkpoint/pages-1.img")).unwrap(), data);
+
+        let at = bytes.windows(64).position(|w| w == &data[..64]).unwrap() + (5 << 20);
+        let mut changed = bytes.clone();
+        changed[at] ^= 1;
+        let (extracted, staging) = extract(&changed, "changed");
+        let err = extracted.page_images.unwrap().start().unwrap().wait().unwrap_err().to_string();
+        assert!(err.contains("BLAKE3 digest does not match"), "{err}");
+        assert!(!staging.join("checkpoint/pages-1.img").exists(), "a page image that does not match never appears");
+    }
+
+    #[test]
+    fn a_page_image_left_for_later_must_be_in_the_manifest_at_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("s");
+        staged_archive(&staging);
+        let pending = HashMap::from([(PathBuf::from("checkpoint/pages-1.img"), 5u64)]);
+        let err = verify_manifest_pending(&staging, "t", &Default::default(), &pending).unwrap_err().to_string();
+        assert!(err.contains("not in its manifest"), "{err}");
+        let listed = HashMap::from([(PathBuf::from("checkpoint/inventory.img"), 4u64)]);
+        let err = verify_manifest_pending(&staging, "t", &Default::default(), &listed).unwrap_err().to_string();
+        assert!(err.contains("does not match the manifest's 9"), "{err}");
     }
 
     /// A member larger than one chunk and not a whole number of blocks, under a name too long

@@ -16,6 +16,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 use tar::EntryType;
 
+use super::deferred::DeferredMember;
 use super::{ArchiveError, CHUNK};
 pub use crate::safefs::clean_relative;
 use crate::safefs::{self, Beneath, Kind, ResolveError};
@@ -109,6 +110,8 @@ struct Extractor<'a> {
     digests: Option<&'a mut FileDigests>,
     /// The archive's file, when large members can be copied from it directly.
     copy_source: Option<from_file::CopySource>,
+    /// Where page images go that are left in the archive file for later (`archive::deferred`).
+    deferred: Option<&'a mut Vec<DeferredMember>>,
 }
 
 /// Each regular file an extraction wrote, by its path in the archive: its size and BLAKE3,
@@ -148,7 +151,9 @@ pub fn extract_hashing(
 }
 
 /// [`extract_hashing`] of an uncompressed archive in a regular file, which `reader` reads from
-/// its start: large members are copied file to file at their offsets (see `from_file`).
+/// its start: large members are copied file to file at their offsets (see `from_file`). Given
+/// `deferred`, page images are not copied but left there, as unnamed files in their directories,
+/// for [`crate::archive::deferred`] to copy.
 pub fn extract_file_hashing(
     reader: io::BufReader<std::fs::File>,
     progress: crate::progress::Progress,
@@ -156,6 +161,7 @@ pub fn extract_file_hashing(
     name: &str,
     options: &ExtractOptions,
     digests: &mut FileDigests,
+    deferred: Option<&mut Vec<DeferredMember>>,
 ) -> Result<(), ArchiveError> {
     let archive = reader.get_ref().try_clone().map_err(|source| ArchiveError::Io {
         archive: name.to_string(),
@@ -166,6 +172,7 @@ pub fn extract_file_hashing(
     let progress = std::rc::Rc::new(std::cell::RefCell::new(progress));
     let mut extractor = Extractor::new(dest, name, options, Some(digests))?;
     extractor.copy_source = Some(from_file::CopySource { archive, progress: progress.clone() });
+    extractor.deferred = deferred;
     let mut archive = tar::Archive::new(from_file::ArchiveFile::new(reader, progress));
     let entries = archive.entries_with_seek().map_err(|e| malformed(name, e))?;
     extractor.extract_entries(entries, dest).map(drop)
@@ -210,6 +217,7 @@ impl<'a> Extractor<'a> {
             dirs: Vec::new(),
             digests,
             copy_source: None,
+            deferred: None,
         })
     }
 
@@ -365,6 +373,16 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl Extractor<'_> {
+    /// Whether a member is left in the archive file for later: a page image big enough to be
+    /// worth it, owned by root as every checkpoint member is.
+    fn may_defer(&self, rel: &Path, size: u64, owner: Option<(u32, u32)>) -> bool {
+        self.deferred.is_some()
+            && self.copy_source.is_some()
+            && owner.is_none()
+            && size >= HASH_ALONGSIDE_FROM
+            && crate::archive::deferred::is_page_image(rel)
+    }
+
     fn refuse(&self, member: &Path, reason: &str) -> ArchiveError {
         ArchiveError::Refused {
             archive: self.name.to_string(),
@@ -492,6 +510,32 @@ impl Extractor<'_> {
                 self.dirs.push(DirMeta { rel: rel.to_path_buf(), mode, owner, mtime });
             }
             EntryType::Regular | EntryType::Continuous => {
+                if self.may_defer(rel, size, owner) {
+                    match nix::fcntl::openat(
+                        &dir,
+                        ".",
+                        OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    ) {
+                        Ok(fd) => {
+                            let member = DeferredMember {
+                                rel: rel.to_path_buf(),
+                                dir,
+                                name: file_name.to_os_string(),
+                                file: std::fs::File::from(fd),
+                                offset: entry.raw_file_position(),
+                                size,
+                                mode,
+                                mtime,
+                            };
+                            self.deferred.as_mut().expect("may_defer").push(member);
+                            return self.remember(rel, what);
+                        }
+                        // A file system without unnamed files: the member is copied now.
+                        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR) => {}
+                        Err(e) => return Err(self.io("create", rel)(e.into())),
+                    }
+                }
                 let fd = nix::fcntl::openat(
                     &dir,
                     file_name,
@@ -668,5 +712,6 @@ pub fn is_images_dir_name(name: &OsStr) -> bool {
 }
 
 mod from_file;
+pub(crate) use from_file::copy_at;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 pub mod assemble;
 pub mod checkpoint;
+pub mod deferred;
 pub mod extract;
 pub mod pargzip;
 pub mod publish;

@@ -181,6 +181,8 @@ pub struct SuperviseArgs {
     pub lazy_pages: bool,
     #[arg(long)]
     pub consume_page_images: bool,
+    #[arg(long)]
+    pub criu_config: Option<PathBuf>,
 }
 
 impl ContainerArgs {
@@ -374,6 +376,7 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
             file_locks: args.file_locks,
             lazy_pages: args.lazy_pages,
             consume_page_images: args.consume_page_images,
+            criu_config: args.criu_config,
         })
     } else {
         Launch::Run

@@ -149,6 +149,14 @@ pub enum Command {
     /// Removes the staging directories named on standard input (see `store::discard`).
     #[command(name = "__discard", hide = true)]
     Discard,
+    /// CRIU's action script during an import: holds the restore until ckpt process OWNER says
+    /// in STATUS that the page images are in (see `criu::hold`).
+    #[command(name = "__await-page-images", hide = true)]
+    AwaitPageImages {
+        status: PathBuf,
+        owner: i32,
+        timeout_secs: u64,
+    },
 }
 
 /// The commands on containers, at the top level and, as podman spells them, under `container`.
@@ -316,6 +324,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     let roots = Roots::new(&cli.root, &cli.runroot);
     let is_root = nix::unistd::geteuid().is_root();
     let command = cli.command.unnested();
+    // Run by CRIU in the middle of a restore: it touches no store.
+    if let Command::AwaitPageImages { status, owner, timeout_secs } = &command {
+        let timeout = std::time::Duration::from_secs(*timeout_secs);
+        return Ok(crate::criu::hold::await_page_images(status, *owner, timeout));
+    }
     if !is_root && command.needs_root() {
         return Err(crate::Error::NeedsRoot { command: cli.words.clone(), root: cli.root.clone() });
     }
@@ -454,6 +467,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Policy(cmd) => policy::run(ctx, cmd),
         Command::Supervise(args) => container::supervise(ctx, args),
         Command::Discard => crate::store::discard::remove_handed_over(&ctx.roots, &mut std::io::stdin()).map(|()| 0),
+        Command::AwaitPageImages { .. } => unreachable!("run before any store is opened"),
         Command::System(SystemCommand::Check { repair, format }) => {
             let findings = crate::ops::system::check(ctx, repair)?;
             match format {

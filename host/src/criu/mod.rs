@@ -1,5 +1,6 @@
 //! CRIU: the version and feature probes, and its statistics images.
 
+pub mod hold;
 mod stats;
 
 use std::path::{Path, PathBuf};

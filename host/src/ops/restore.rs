@@ -13,9 +13,11 @@ use serde_json::json;
 use super::Context;
 use super::lifecycle::{self, status};
 use crate::archive::checkpoint as layout;
+use crate::archive::deferred::ImagesInFlight;
 use crate::archive::summary::ConfigDump;
 use crate::archive::{self, ExtractOptions};
 use crate::config::ConsumePages;
+use crate::criu::hold::Hold;
 use crate::criu::{self, RestoreStats};
 use crate::error::{Error, Result};
 use crate::runtime::RestoreOptions;
@@ -243,7 +245,12 @@ fn page_images_size(dir: &Path) -> u64 {
         .sum()
 }
 
-fn restore_options(req: &RestoreRequest, bundle: &Path, images: Images) -> RestoreOptions {
+fn restore_options(
+    req: &RestoreRequest,
+    bundle: &Path,
+    images: Images,
+    criu_config: Option<PathBuf>,
+) -> RestoreOptions {
     RestoreOptions {
         image_path: bundle.join(layout::CHECKPOINT_DIR),
         work_path: bundle.to_path_buf(),
@@ -251,6 +258,7 @@ fn restore_options(req: &RestoreRequest, bundle: &Path, images: Images) -> Resto
         file_locks: req.file_locks,
         lazy_pages: req.lazy_pages_from.is_some(),
         consume_page_images: images == Images::Imported { consume: true } && !req.keep && req.lazy_pages_from.is_none(),
+        criu_config,
     }
 }
 
@@ -261,6 +269,7 @@ fn run_restore(
     record: &mut ContainerRecord,
     printed: String,
     images: Images,
+    criu_config: Option<PathBuf>,
 ) -> Result<Restored> {
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
@@ -282,10 +291,12 @@ fn run_restore(
         ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, address, port)?;
     }
     let started = Instant::now();
-    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images))).inspect_err(|_| {
-        record.state = previous.clone();
-        let _ = ctx.containers.save(record);
-    })?;
+    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images, criu_config))).inspect_err(
+        |_| {
+            record.state = previous.clone();
+            let _ = ctx.containers.save(record);
+        },
+    )?;
     let duration = started.elapsed().as_micros() as u64;
     record.state = StateFlags {
         started_at: Some(now),
@@ -338,7 +349,7 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
             action: "cannot restore: only an exited, checkpointed container can be restored".into(),
         });
     }
-    run_restore(ctx, req, &mut record, printed.to_string(), Images::Local)
+    run_restore(ctx, req, &mut record, printed.to_string(), Images::Local, None)
 }
 
 /// A checkpoint unpacked into private staging, checked, not yet used. Its members are only ever
@@ -349,6 +360,8 @@ struct Staged {
     origin: String,
     /// Whether a ckpt manifest listed and matched every member.
     verified: bool,
+    /// Page images still being copied out of the archive, and checked, as the restore starts.
+    page_images: Option<ImagesInFlight>,
 }
 
 /// How deep a chain of pre-dumps an imported checkpoint may have.
@@ -357,13 +370,16 @@ const MAX_PARENT_CHAIN: usize = 64;
 impl Staged {
     fn new(dir: TempDir, origin: String) -> Result<Staged> {
         let beneath = Beneath::open(&dir.path).map_err(Error::io("open", &dir.path))?;
-        Ok(Staged { dir, beneath, origin, verified: false })
+        Ok(Staged { dir, beneath, origin, verified: false, page_images: None })
     }
 
     fn from_archive(ctx: &Context, path: &Path) -> Result<Staged> {
         let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
         let mut staged = Staged::new(dir, path.display().to_string())?;
-        staged.verified = layout::extract_checkpoint(path, &staged.dir.path, &ExtractOptions::checkpoint())?;
+        let extracted =
+            layout::extract_checkpoint_leaving_pages(path, &staged.dir.path, &ExtractOptions::checkpoint(), true)?;
+        staged.verified = extracted.verified;
+        staged.page_images = extracted.page_images.map(|images| images.start()).transpose()?;
         Ok(staged)
     }
 
@@ -604,7 +620,8 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
     })
 }
 
-fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result<Restored> {
+fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Result<Restored> {
+    let mut page_images = staged.page_images.take();
     let record = record_from_archive(ctx, req, &staged)?;
     let store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
     // Every conflict is found before anything is created.
@@ -666,7 +683,9 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
         ConsumePages::Always => true,
         ConsumePages::Never => false,
         ConsumePages::Auto => {
-            let page_bytes = chain.iter().map(|dir| page_images_size(&paths.bundle().join(dir))).sum();
+            let in_flight = page_images.as_ref().map_or(0, ImagesInFlight::bytes);
+            let page_bytes =
+                chain.iter().map(|dir| page_images_size(&paths.bundle().join(dir))).sum::<u64>() + in_flight;
             worth_consuming(page_bytes, crate::hostinfo::memory_available())
         }
     };
@@ -701,13 +720,50 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, staged: Staged) -> Result
     if !req.ignore_rootfs {
         apply_rootfs_diff(&staged, &paths.merged())?;
     }
+    let hold = hold_for_page_images(req, &record, &paths.bundle(), &mut page_images)?;
     let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
     let mut restored = record.clone();
     let printed = restored.id.clone();
-    let done = run_restore(ctx, req, &mut restored, printed, Images::Imported { consume })?;
+    let criu_config = hold.as_ref().map(|hold| hold.config().to_path_buf());
+    let done = run_restore(ctx, req, &mut restored, printed, Images::Imported { consume }, criu_config);
+    // A failed copy is why the restore failed: CRIU was held until it ended.
+    let copied = page_images.map_or(Ok(()), ImagesInFlight::wait);
+    if let Some(hold) = hold {
+        hold.release();
+    }
+    copied?;
+    let done = done?;
     txn.committed = true;
     drop(store_lock);
     Ok(done)
+}
+
+/// Lets the restore start while `page_images` are still being copied, held by a CRIU action
+/// script until they are in (`criu::hold`). That takes runc, whose CRIU reads the configuration
+/// the hold is in, and a restore that reads its pages from the images directory (not a lazy one,
+/// whose page server starts before the runtime). Otherwise the copies are waited for here.
+fn hold_for_page_images(
+    req: &RestoreRequest,
+    record: &ContainerRecord,
+    bundle: &Path,
+    page_images: &mut Option<ImagesInFlight>,
+) -> Result<Option<Hold>> {
+    let Some(images) = page_images else { return Ok(None) };
+    let runc = Path::new(&record.runtime).file_name().is_some_and(|name| name == "runc");
+    if runc && req.lazy_pages_from.is_none() {
+        // Generous: ten minutes, and a minute more for each 256 MiB.
+        let timeout = std::time::Duration::from_secs(600 + 60 * (images.bytes() >> 28));
+        if let Some(hold) = Hold::place(bundle, timeout)? {
+            let status = hold.status().to_path_buf();
+            images.report_to(Box::new(move |outcome| {
+                // Unwritten, the script gives up at its deadline, or when this process is gone.
+                let _ = Hold::report(&status, outcome);
+            }));
+            return Ok(Some(hold));
+        }
+    }
+    page_images.take().map_or(Ok(()), ImagesInFlight::wait)?;
+    Ok(None)
 }
 
 /// An import under way: unless committed, dropping it removes the container and the volumes
@@ -768,7 +824,7 @@ mod tests {
     #[test]
     fn only_an_import_that_keeps_nothing_consumes_its_page_images_when_asked() {
         let bundle = Path::new("/bundle");
-        let consumes = |req: &RestoreRequest, images| restore_options(req, bundle, images).consume_page_images;
+        let consumes = |req: &RestoreRequest, images| restore_options(req, bundle, images, None).consume_page_images;
         let consume = Images::Imported { consume: true };
         let plain = RestoreRequest::default();
         assert!(consumes(&plain, consume));

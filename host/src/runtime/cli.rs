@@ -222,8 +222,20 @@ impl OciRuntime for CliRuntime {
         if options.consume_page_images {
             cmd.arg("--auto-dedup");
         }
+        if let Some(config) = &options.criu_config {
+            annotate_criu_config(&bundle.join("config.json"), config).map_err(|source| RuntimeError::Spawn {
+                runtime: self.name.clone(),
+                action: "restore",
+                source,
+            })?;
+        }
         cmd.arg(id);
-        tracing::debug!(action = "restore", log = %options.work_path.join("restore.log").display(), "criu");
+        tracing::debug!(
+            action = "restore",
+            log = %options.work_path.join("restore.log").display(),
+            config = ?options.criu_config,
+            "criu"
+        );
         self.run_with_stdio(cmd, "restore", id, stdio).map_err(|e| with_criu_log(e, &options.work_path, "restore.log"))
     }
 
@@ -481,6 +493,21 @@ fn is_gone(stderr: &str) -> bool {
 }
 
 /// Adds CRIU's own error lines to a runtime failure: runc only says "criu failed".
+/// Points runc's CRIU at `criu_config` through the bundle's `org.criu.config` annotation, which
+/// runc reads instead of `/etc/criu/runc.conf`.
+fn annotate_criu_config(config_json: &Path, criu_config: &Path) -> std::io::Result<()> {
+    let invalid = |detail: String| std::io::Error::other(format!("{}: {detail}", config_json.display()));
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config_json)?).map_err(|e| invalid(e.to_string()))?;
+    let object = spec.as_object_mut().ok_or_else(|| invalid("not a JSON object".into()))?;
+    let annotations = object.entry("annotations").or_insert_with(|| serde_json::json!({}));
+    let annotations = annotations.as_object_mut().ok_or_else(|| invalid("annotations are not an object".into()))?;
+    annotations.insert("org.criu.config".into(), criu_config.display().to_string().into());
+    let partial = config_json.with_extension("json.partial");
+    std::fs::write(&partial, serde_json::to_vec_pretty(&spec).map_err(|e| invalid(e.to_string()))?)?;
+    std::fs::rename(&partial, config_json)
+}
+
 fn with_criu_log(err: RuntimeError, work_path: &Path, log_name: &str) -> RuntimeError {
     let RuntimeError::Failed { runtime, action, id, status, mut stderr } = err else { return err };
     let log = work_path.join(log_name);
@@ -502,6 +529,19 @@ pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_criu_configuration_is_named_beside_the_bundle_s_own_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_json = dir.path().join("config.json");
+        std::fs::write(&config_json, r#"{"ociVersion":"1.0.2","annotations":{"a":"b"}}"#).unwrap();
+        annotate_criu_config(&config_json, Path::new("/b/criu-restore.conf")).unwrap();
+        let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_json).unwrap()).unwrap();
+        assert_eq!(spec["annotations"], serde_json::json!({"a": "b", "org.criu.config": "/b/criu-restore.conf"}));
+        std::fs::write(&config_json, "[]").unwrap();
+        let err = annotate_criu_config(&config_json, Path::new("/c")).unwrap_err().to_string();
+        assert!(err.contains("not a JSON object"), "{err}");
+    }
 
     #[test]
     fn a_listing_gives_the_states_asked_for_and_nothing_else() {

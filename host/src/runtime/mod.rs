@@ -75,6 +75,9 @@ pub struct RestoreOptions {
     /// needs about the memory of the container, not twice that. Only for images that are a
     /// scratch copy: a failed restore leaves them unusable.
     pub consume_page_images: bool,
+    /// A CRIU configuration file for this restore (the hold of `criu::hold`), given to CRIU
+    /// through the runtime's `org.criu.config` annotation.
+    pub criu_config: Option<PathBuf>,
 }
 
 /// A post-copy dump under way: CRIU has written every image but the memory, and serves each

@@ -67,6 +67,9 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
         if options.consume_page_images {
             cmd.arg("--consume-page-images");
         }
+        if let Some(config) = &options.criu_config {
+            cmd.arg("--criu-config").arg(config);
+        }
     }
     let mut child = cmd
         .stdin(Stdio::null())

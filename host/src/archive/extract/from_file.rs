@@ -64,8 +64,8 @@ pub(super) struct CopySource {
 
 impl CopySource {
     /// Copies `size` bytes at `offset` in the archive into `file` (opened for reading too), with
-    /// their BLAKE3 when `hash` is set, taken on another thread from what landed in `file`, a
-    /// piece behind the copy. Returns fewer bytes than `size` only when the archive ends early.
+    /// their BLAKE3 when `hash` is set, counted as progress. Returns fewer bytes than `size` only
+    /// when the archive ends early.
     pub(super) fn copy_member(
         &self,
         offset: u64,
@@ -73,46 +73,70 @@ impl CopySource {
         size: u64,
         hash: bool,
     ) -> io::Result<(u64, Option<blake3::Hash>)> {
-        let (copied_to, landed) = std::sync::mpsc::channel::<u64>();
-        std::thread::scope(|scope| {
-            let hashing = hash.then(|| scope.spawn(move || hash_as_it_lands(file, size, &landed)));
-            let copied = self.copy_range(offset, file, size, &mut |copied| {
-                let _ = copied_to.send(copied);
-            });
-            drop(copied_to);
-            let digest = match hashing {
-                Some(thread) => Some(thread.join().map_err(|_| io::Error::other("the hashing thread panicked"))??),
-                None => None,
-            };
-            copied.map(|copied| (copied, digest))
+        copy_at(&self.archive, offset, file, size, hash, &mut |n| {
+            self.progress.borrow_mut().add(n);
+            Ok(())
         })
     }
+}
 
-    /// Reads the archive at an offset (its descriptor shares tar's position) into a buffer and
-    /// writes `file` where it stands, one write piece at a time; tells `landed` how far the copy
-    /// has got.
-    fn copy_range(&self, offset: u64, file: &File, size: u64, landed: &mut dyn FnMut(u64)) -> io::Result<u64> {
-        use std::os::unix::fs::FileExt;
-        let mut copied = 0u64;
-        let mut buffer = vec![0u8; crate::archive::WRITE_PIECE];
-        while copied < size {
-            crate::interrupt::check_io()?;
-            let step = (size - copied).min(buffer.len() as u64) as usize;
-            let n = match self.archive.read_at(&mut buffer[..step], offset + copied) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                break; // the archive ends inside the member
-            }
-            (&*file).write_all(&buffer[..n])?;
-            copied += n as u64;
-            self.progress.borrow_mut().add(n as u64);
-            landed(copied);
+/// Copies `size` bytes at `offset` in `archive` into `file` (opened for reading too), with their
+/// BLAKE3 when `hash` is set, taken on another thread from what landed in `file`, a piece behind
+/// the copy; `counted` hears of each piece, and may stop the copy with an error. Returns fewer bytes than `size` only when the archive
+/// ends early.
+pub(crate) fn copy_at(
+    archive: &File,
+    offset: u64,
+    file: &File,
+    size: u64,
+    hash: bool,
+    counted: &mut dyn FnMut(u64) -> io::Result<()>,
+) -> io::Result<(u64, Option<blake3::Hash>)> {
+    let (copied_to, landed) = std::sync::mpsc::channel::<u64>();
+    std::thread::scope(|scope| {
+        let hashing = hash.then(|| scope.spawn(move || hash_as_it_lands(file, size, &landed)));
+        let copied = copy_range(archive, offset, file, size, &mut |copied, piece| {
+            let _ = copied_to.send(copied);
+            counted(piece)
+        });
+        drop(copied_to);
+        let digest = match hashing {
+            Some(thread) => Some(thread.join().map_err(|_| io::Error::other("the hashing thread panicked"))??),
+            None => None,
+        };
+        copied.map(|copied| (copied, digest))
+    })
+}
+
+/// Reads the archive at an offset (its descriptor may share tar's position) into a buffer and
+/// writes `file` where it stands, one write piece at a time; tells `landed` how far the copy has
+/// got and how much the last piece was, and stops when it says so.
+fn copy_range(
+    archive: &File,
+    offset: u64,
+    file: &File,
+    size: u64,
+    landed: &mut dyn FnMut(u64, u64) -> io::Result<()>,
+) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut copied = 0u64;
+    let mut buffer = vec![0u8; crate::archive::WRITE_PIECE];
+    while copied < size {
+        crate::interrupt::check_io()?;
+        let step = (size - copied).min(buffer.len() as u64) as usize;
+        let n = match archive.read_at(&mut buffer[..step], offset + copied) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break; // the archive ends inside the member
         }
-        Ok(copied)
+        (&*file).write_all(&buffer[..n])?;
+        copied += n as u64;
+        landed(copied, n as u64)?;
     }
+    Ok(copied)
 }
 
 /// Hashes `file` from its start, up to each length `landed` reports. It reads the file through a

@@ -919,6 +919,7 @@ fn roll_back(
         file_locks: options.file_locks,
         lazy_pages: false,
         consume_page_images: false,
+        criu_config: None,
     };
     let result = (|| {
         let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
