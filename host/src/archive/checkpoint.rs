@@ -610,6 +610,15 @@ mod tests {
         (name, data, path)
     }
 
+    /// `bytes` written as `dir/archive.tar`, and an empty staging directory `dir/case` for it.
+    fn archive_and_staging(dir: &Path, bytes: &[u8], case: &str) -> (PathBuf, PathBuf) {
+        let archive = dir.join("archive.tar");
+        std::fs::write(&archive, bytes).unwrap();
+        let staging = dir.join(case);
+        std::fs::create_dir_all(&staging).unwrap();
+        (archive, staging)
+    }
+
     /// An uncompressed archive in a file: its large members are copied from their offsets
     /// (several copy steps, under a long name, not a whole number of blocks), the small
     /// ones around them read through tar, and all are checked against the manifest. A byte
@@ -623,11 +632,8 @@ mod tests {
         writer.add_path(&long_name, &pages).unwrap();
         writer.add_bytes("checkpoint/inventory.img", b"inventory").unwrap();
         let bytes = writer.finish().unwrap();
-        let archive = dir.path().join("archive.tar");
         let extract = |bytes: &[u8], case: &str| {
-            std::fs::write(&archive, bytes).unwrap();
-            let staging = dir.path().join(case);
-            std::fs::create_dir_all(&staging).unwrap();
+            let (archive, staging) = archive_and_staging(dir.path(), bytes, case);
             extract_checkpoint(&archive, &staging, &ExtractOptions::checkpoint()).map(|verified| (verified, staging))
         };
 
@@ -659,11 +665,8 @@ mod tests {
         writer.add_path("checkpoint/pages-1.img", &pages).unwrap();
         writer.add_bytes("checkpoint/pstree.img", b"pstree").unwrap();
         let bytes = writer.finish().unwrap();
-        let archive = dir.path().join("archive.tar");
         let extract = |bytes: &[u8], case: &str| {
-            std::fs::write(&archive, bytes).unwrap();
-            let staging = dir.path().join(case);
-            std::fs::create_dir_all(&staging).unwrap();
+            let (archive, staging) = archive_and_staging(dir.path(), bytes, case);
             let options = ExtractOptions::checkpoint();
             (extract_checkpoint_leaving_pages(&archive, &staging, &options, true).unwrap(), staging)
         };
