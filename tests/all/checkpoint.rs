@@ -404,7 +404,8 @@ fn supervisor_log(ckpt: &Ckpt, name: &str) -> String {
 /// An import's page images are a scratch copy, so CRIU may punch each run out of its file once
 /// it is in the process (`--auto-dedup`, 128 MiB at a time; by default only for images large
 /// beside the memory available, here always); a local checkpoint's are never touched. Memory of
-/// several such runs comes back whole either way.
+/// several such runs comes back whole either way, through an export that hashed the page image
+/// behind CRIU and an import that copied it while runc started.
 #[test]
 fn an_import_consumes_its_page_images_and_memory_comes_back_whole() {
     let Some(ckpt) = Ckpt::available() else { return };
@@ -416,7 +417,17 @@ fn an_import_consumes_its_page_images_and_memory_comes_back_whole() {
     ckpt.ok(&["run", "-d", "--name", "mem", "memcheck", "/bin/memcheck", "320"]);
     assert!(eventually(Duration::from_secs(20), || memcheck_rounds(&ckpt, "mem").0 >= 1));
     let archive = ckpt.path("mem.tar");
-    ckpt.ok(&["checkpoint", "-c", "none", "-e", archive.to_str().unwrap(), "mem"]);
+    let exported = ckpt
+        .command()
+        .env("CKPT_LOG_LEVEL", "debug")
+        .args(["checkpoint", "-c", "none", "-e", archive.to_str().unwrap(), "mem"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    assert!(exported.status.success(), "{stderr}");
+    // Its manifest's digest of the page image was taken behind CRIU (archive::follow), and the
+    // import below checks it.
+    assert!(stderr.contains("page images hashed as CRIU wrote them images=1"), "{stderr}");
     let before = memcheck_rounds(&ckpt, "mem").0;
 
     let imported = ckpt

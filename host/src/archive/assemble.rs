@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::ArchiveError;
 use super::checkpoint::{self as layout, ArchiveWriter};
+use super::follow::KnownDigests;
 use super::summary::ConfigDump;
 use crate::rootfs::{Change, ChangeKind};
 
@@ -24,6 +25,8 @@ pub struct Content {
     pub ignore_volumes: bool,
     /// `ckpt-decisions.json`: the decision records so far.
     pub decisions: Vec<u8>,
+    /// Digests of page images taken as CRIU wrote them.
+    pub known_digests: KnownDigests,
 }
 
 /// What an export turned out to hold, for the gates.
@@ -62,6 +65,7 @@ pub fn add_members<W: Write>(
 ) -> Result<Included, ArchiveError> {
     let bundle = sources.bundle;
     let mut included = Included::default();
+    writer.know_digests(content.known_digests.clone());
     for dir in content.parents.iter().map(String::as_str).chain([content.images_dir]) {
         writer.add_tree(dir, &bundle.join(dir)).map_err(io("archive", &bundle.join(dir)))?;
     }

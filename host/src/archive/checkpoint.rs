@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::deferred::DeferredImages;
+use super::follow::KnownDigests;
 use super::{ArchiveError, Compression, ExtractOptions};
 
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -103,13 +104,21 @@ impl<W: Write> Write for Compressor<W> {
 pub struct ArchiveWriter<W: Write> {
     builder: tar::Builder<W>,
     members: Vec<ManifestEntry>,
+    /// Digests already taken (page images hashed behind CRIU), used for the files they describe.
+    known: KnownDigests,
 }
 
 impl<W: Write> ArchiveWriter<W> {
     pub fn new(inner: W) -> ArchiveWriter<W> {
         let mut builder = tar::Builder::new(inner);
         builder.follow_symlinks(false);
-        ArchiveWriter { builder, members: Vec::new() }
+        ArchiveWriter { builder, members: Vec::new(), known: KnownDigests::new() }
+    }
+
+    /// Files whose digests are known: each is still read into the archive, but not hashed again
+    /// if it is the file, at the size, its digest was taken from.
+    pub fn know_digests(&mut self, known: KnownDigests) {
+        self.known = known;
     }
 
     pub fn add_bytes(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -135,7 +144,8 @@ impl<W: Write> ArchiveWriter<W> {
         if file_type.is_file() {
             // A file that grows meanwhile (the log of a container left running) is archived as
             // it was when it was looked at; one that shrinks cannot be.
-            let (read, digest) = self.append_hashed(&mut header, name, path, meta.len())?;
+            let known = self.known.get(path).filter(|k| k.describes(&meta)).map(|k| k.blake3.clone());
+            let (read, digest) = self.append_hashed(&mut header, name, path, meta.len(), known)?;
             if read != meta.len() {
                 return Err(io::Error::other(format!("{} shrank while it was archived", path.display())));
             }
@@ -162,7 +172,7 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     /// Appends a file while another thread reads and hashes it, so that hashing overlaps with
-    /// compression instead of adding to it.
+    /// compression instead of adding to it; a `known` digest is not taken again.
     ///
     /// The chunks go to the stream whole: through `tar::Builder::append_data` they would go in
     /// `io::copy`'s 8 KiB steps, each a trip down the writer stack, and the archive's own BLAKE3
@@ -173,8 +183,10 @@ impl<W: Write> ArchiveWriter<W> {
         name: &str,
         path: &Path,
         size: u64,
+        known: Option<String>,
     ) -> io::Result<(u64, String)> {
         let mut file = File::open(path)?.take(size);
+        let hash = known.is_none();
         let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(super::CHUNKS_AHEAD);
         let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::scope(|scope| {
@@ -183,9 +195,11 @@ impl<W: Write> ArchiveWriter<W> {
                 let mut pool = super::ChunkPool::new(recycled, super::CHUNKS_IN_FLIGHT);
                 let total =
                     super::send_chunks(&mut file, &sender, &mut pool, &crate::interrupt::check_io, &mut |chunk| {
-                        hasher.update(chunk);
+                        if hash {
+                            hasher.update(chunk);
+                        }
                     });
-                (total, hasher.finalize().to_hex().to_string())
+                (total, known.unwrap_or_else(|| hasher.finalize().to_hex().to_string()))
             });
             let appended = self.append_chunks(header, name, size, &receiver, &recycle);
             drop(receiver);
@@ -704,6 +718,39 @@ mod tests {
         let listed = HashMap::from([(PathBuf::from("checkpoint/inventory.img"), 4u64)]);
         let err = verify_manifest_pending(&staging, "t", &Default::default(), &listed).unwrap_err().to_string();
         assert!(err.contains("does not match the manifest's 9"), "{err}");
+    }
+
+    /// A digest taken earlier goes into the manifest for the file it was taken from, at its size;
+    /// a file that changed since is hashed again.
+    #[test]
+    fn known_digests_stand_only_for_the_files_they_were_taken_from() {
+        use crate::archive::follow::KnownDigest;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (same, grown) = (dir.path().join("pages-1.img"), dir.path().join("pages-2.img"));
+        std::fs::write(&same, b"same").unwrap();
+        std::fs::write(&grown, b"grown").unwrap();
+        let known = |path: &Path, size: u64| {
+            let meta = std::fs::metadata(path).unwrap();
+            let digest = KnownDigest { size, dev: meta.dev(), ino: meta.ino(), blake3: "taken-before".into() };
+            (path.to_path_buf(), digest)
+        };
+        let mut writer = ArchiveWriter::new(Vec::new());
+        writer.know_digests(KnownDigests::from([known(&same, 4), known(&grown, 4)]));
+        writer.add_path("checkpoint/pages-1.img", &same).unwrap();
+        writer.add_path("checkpoint/pages-2.img", &grown).unwrap();
+        let bytes = writer.finish().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut manifest = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap() == Path::new(MANIFEST) {
+                entry.read_to_end(&mut manifest).unwrap();
+            }
+        }
+        let manifest: Manifest = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(manifest.members[0].blake3, "taken-before");
+        assert_eq!(manifest.members[1].blake3, blake3::hash(b"grown").to_hex().to_string());
     }
 
     /// A member larger than one chunk and not a whole number of blocks, under a name too long

@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod checkpoint;
 pub mod deferred;
 pub mod extract;
+pub mod follow;
 pub mod pargzip;
 pub mod publish;
 pub mod summary;

@@ -492,7 +492,6 @@ fn is_gone(stderr: &str) -> bool {
         .any(|phrase| stderr.contains(phrase))
 }
 
-/// Adds CRIU's own error lines to a runtime failure: runc only says "criu failed".
 /// Points runc's CRIU at `criu_config` through the bundle's `org.criu.config` annotation, which
 /// runc reads instead of `/etc/criu/runc.conf`.
 fn annotate_criu_config(config_json: &Path, criu_config: &Path) -> std::io::Result<()> {
@@ -508,6 +507,7 @@ fn annotate_criu_config(config_json: &Path, criu_config: &Path) -> std::io::Resu
     std::fs::rename(&partial, config_json)
 }
 
+/// Adds CRIU's own error lines to a runtime failure: runc only says "criu failed".
 fn with_criu_log(err: RuntimeError, work_path: &Path, log_name: &str) -> RuntimeError {
     let RuntimeError::Failed { runtime, action, id, status, mut stderr } = err else { return err };
     let log = work_path.join(log_name);

@@ -691,6 +691,10 @@ fn checkpoint_one(
     if container_stopped {
         set_in_progress(ctx, &record.id, true)?;
     }
+    // What is exported reads the page images again: they are hashed behind CRIU, on the core its
+    // dump leaves idle (see `archive::follow`).
+    let exporting = !planned.exports.is_empty() || handoff.is_some();
+    let followed = (exporting && page_server.is_none()).then(|| crate::archive::follow::follow(&image_dir));
     let started = Instant::now();
     let mut lazy_dump = None;
     let dumped = match page_server {
@@ -716,6 +720,8 @@ fn checkpoint_one(
     // The dump refers to them: they stay with it, in the bundle and in every export.
     let parents = parents.keep();
     let runtime_duration = started.elapsed().as_micros() as u64;
+    let known_digests = followed.map(crate::archive::follow::FollowedImages::finish).unwrap_or_default();
+    tracing::debug!(images = known_digests.len(), "page images hashed as CRIU wrote them");
     let stats_path = paths.in_bundle(layout::STATS_DUMP);
     let mut digests = Vec::new();
     let exported = (|| {
@@ -732,6 +738,7 @@ fn checkpoint_one(
             ignore_rootfs: o.ignore_rootfs,
             ignore_volumes: o.ignore_volumes,
             decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
+            known_digests,
         };
         for (target, pending) in planned.exports.iter().zip(pending) {
             digests.push(export_to(ctx, runtime.as_ref(), &record, facts, policies, target, &content, pending)?);
