@@ -621,7 +621,6 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
 }
 
 fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Result<Restored> {
-    let mut page_images = staged.page_images.take();
     let record = record_from_archive(ctx, req, &staged)?;
     let store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
     // Every conflict is found before anything is created.
@@ -650,6 +649,9 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
     }
     // Declared after the store lock, so that a failed import is undone before the lock goes.
     let mut txn = ImportTxn { ctx, record: &record, created_volumes: Vec::new(), committed: false };
+    // Declared after the transaction, so that copies still under way are given up before a failed
+    // import removes the container's files.
+    let mut page_images = staged.page_images.take();
     let paths = ctx.containers.paths(&record.id);
     // CRIU finds `/` as it was dumped, or refuses.
     crate::util::create_dir_with_mode(&paths.upper(), record.root_mode())?;
@@ -720,7 +722,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
     if !req.ignore_rootfs {
         apply_rootfs_diff(&staged, &paths.merged())?;
     }
-    let hold = hold_for_page_images(req, &record, &paths.bundle(), &mut page_images)?;
+    let hold = hold_for_page_images(ctx, req, &record, &paths.bundle(), &mut page_images)?;
     let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
     let mut restored = record.clone();
     let printed = restored.id.clone();
@@ -739,18 +741,18 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
 }
 
 /// Lets the restore start while `page_images` are still being copied, held by a CRIU action
-/// script until they are in (`criu::hold`). That takes runc, whose CRIU reads the configuration
-/// the hold is in, and a restore that reads its pages from the images directory (not a lazy one,
+/// script until they are in (`criu::hold`). That takes a runtime that passes CRIU the
+/// configuration the hold is in, and a restore that reads its pages from the images directory (not a lazy one,
 /// whose page server starts before the runtime). Otherwise the copies are waited for here.
 fn hold_for_page_images(
+    ctx: &Context,
     req: &RestoreRequest,
     record: &ContainerRecord,
     bundle: &Path,
     page_images: &mut Option<ImagesInFlight>,
 ) -> Result<Option<Hold>> {
     let Some(images) = page_images else { return Ok(None) };
-    let runc = Path::new(&record.runtime).file_name().is_some_and(|name| name == "runc");
-    if runc && req.lazy_pages_from.is_none() {
+    if ctx.runtime_named(&record.runtime)?.passes_criu_config() && req.lazy_pages_from.is_none() {
         // Generous: ten minutes, and a minute more for each 256 MiB.
         let timeout = std::time::Duration::from_secs(600 + 60 * (images.bytes() >> 28));
         if let Some(hold) = Hold::place(bundle, timeout)? {

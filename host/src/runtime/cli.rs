@@ -187,6 +187,12 @@ impl OciRuntime for CliRuntime {
         .unwrap_or(false)
     }
 
+    /// runc gives CRIU the file its `org.criu.config` annotation names; crun's handling of it
+    /// has not been tried here.
+    fn passes_criu_config(&self) -> bool {
+        self.name == "runc"
+    }
+
     fn run_detached(
         &self,
         id: &str,

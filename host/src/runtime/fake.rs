@@ -69,6 +69,9 @@ impl OciRuntime for RecordingRuntime {
     fn supports_checkpoint(&self) -> bool {
         true
     }
+    fn passes_criu_config(&self) -> bool {
+        false
+    }
     fn run_detached(&self, id: &str, _: &Path, _: &Path, _: ContainerStdio) -> Result<(), RuntimeError> {
         self.record(Call::Run { id: id.into() });
         Ok(())

@@ -126,6 +126,8 @@ pub trait OciRuntime: Send + Sync {
     fn version(&self) -> Result<String, RuntimeError>;
     /// Whether `<runtime> checkpoint --help` succeeds, podman's probe.
     fn supports_checkpoint(&self) -> bool;
+    /// Whether a restore's `RestoreOptions::criu_config` reaches CRIU.
+    fn passes_criu_config(&self) -> bool;
     /// `run --detach`: creates and starts the container; returns once its init runs.
     fn run_detached(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: ContainerStdio)
     -> Result<(), RuntimeError>;

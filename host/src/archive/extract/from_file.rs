@@ -82,8 +82,8 @@ impl CopySource {
 
 /// Copies `size` bytes at `offset` in `archive` into `file` (opened for reading too), with their
 /// BLAKE3 when `hash` is set, taken on another thread from what landed in `file`, a piece behind
-/// the copy; `counted` hears of each piece, and may stop the copy with an error. Returns fewer bytes than `size` only when the archive
-/// ends early.
+/// the copy; `counted` hears of each piece, and may stop the copy with an error. Returns fewer
+/// bytes than `size` only when the archive ends early.
 pub(crate) fn copy_at(
     archive: &File,
     offset: u64,
