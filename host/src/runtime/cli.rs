@@ -46,10 +46,11 @@ impl CliRuntime {
         self
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.path);
-        // ckpt itself runs with umask 077 so that its store stays private; what the runtime
-        // creates inside the container (mount points, /dev) gets the usual 022.
+    /// A runtime command that makes a container or a process in one: ckpt itself runs with
+    /// umask 077 so that its store stays private, and what the runtime creates inside the
+    /// container (mount points, /dev, an exec'd process's files) gets the usual 022.
+    fn container_command(&self) -> Command {
+        let mut cmd = self.command();
         // SAFETY: umask is async-signal-safe and touches no memory.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -57,6 +58,14 @@ impl CliRuntime {
                 Ok(())
             });
         }
+        cmd
+    }
+
+    /// A runtime command that creates nothing inside a container (state, pause, checkpoint…).
+    /// With no code to run between fork and exec, the standard library starts it with
+    /// `posix_spawn`, which does not copy ckpt's page tables as a fork does.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.path);
         cmd.arg("--root").arg(&self.state_root);
         if let Some(log) = &self.log_file {
             cmd.arg("--log").arg(log).arg("--log-format").arg("json");
@@ -200,7 +209,7 @@ impl OciRuntime for CliRuntime {
         pid_file: &Path,
         stdio: ContainerStdio,
     ) -> Result<(), RuntimeError> {
-        let mut cmd = self.command();
+        let mut cmd = self.container_command();
         cmd.args(["run", "--detach", "--bundle"]).arg(bundle).arg("--pid-file").arg(pid_file).arg(id);
         self.run_with_stdio(cmd, "run", id, stdio)
     }
@@ -213,7 +222,7 @@ impl OciRuntime for CliRuntime {
         options: &RestoreOptions,
         stdio: ContainerStdio,
     ) -> Result<(), RuntimeError> {
-        let mut cmd = self.command();
+        let mut cmd = self.container_command();
         cmd.args(["restore", "--detach", "--bundle"]).arg(bundle).arg("--pid-file").arg(pid_file);
         cmd.arg("--image-path").arg(&options.image_path).arg("--work-path").arg(&options.work_path);
         if options.tcp_established {
@@ -313,7 +322,7 @@ impl OciRuntime for CliRuntime {
     }
 
     fn exec(&self, id: &str, args: &[String], env: &[String], mode: ExecMode) -> Result<i32, RuntimeError> {
-        let mut cmd = self.command();
+        let mut cmd = self.container_command();
         cmd.arg("exec");
         match mode {
             ExecMode::Attached => {}
