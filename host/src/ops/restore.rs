@@ -742,8 +742,9 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
 
 /// Lets the restore start while `page_images` are still being copied, held by a CRIU action
 /// script until they are in (`criu::hold`). That takes a runtime that passes CRIU the
-/// configuration the hold is in, and a restore that reads its pages from the images directory (not a lazy one,
-/// whose page server starts before the runtime). Otherwise the copies are waited for here.
+/// configuration the hold is in, and a restore that reads its pages from the images directory
+/// (not a lazy one, whose page server starts before the runtime). Otherwise the copies are
+/// waited for here.
 fn hold_for_page_images(
     ctx: &Context,
     req: &RestoreRequest,
