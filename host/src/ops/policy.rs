@@ -10,7 +10,7 @@ use super::Context;
 use crate::error::{Error, Result};
 use crate::policy::bindings::*;
 use crate::policy::decision::{self, Answer, Kind, Outcome, Question};
-use crate::policy::{self, LoadedPolicy, PolicyEngine, Trace, json};
+use crate::policy::{self, LoadedPolicy, PolicyEngine, Trace, Wait, json};
 use crate::registry::Registry;
 
 fn engine(ctx: &Context) -> Result<PolicyEngine> {
@@ -420,12 +420,13 @@ pub fn bench(
     };
     let mut fuel = 0;
     // Warm, as in a checkpoint: the host's own work between decisions gives the next instance
-    // time to be made. Then with each decision making its own instance, for comparison.
-    let mut timed = |premade: bool| -> Result<Vec<u64>> {
+    // time to be made, and keeps the deciding core awake. Then the same after the deciding
+    // thread slept, and with each decision making its own instance, for comparison.
+    let mut timed = |premade: bool, wait: Wait| -> Result<Vec<u64>> {
         loaded.set_premade(premade);
         let mut samples = Vec::with_capacity(iterations);
         for _ in 0..iterations.max(1) {
-            loaded.wait_for_spare();
+            loaded.wait_for_spare(wait);
             let started = std::time::Instant::now();
             let (result, trace) = decision::decide(&engine, &loaded, question);
             samples.push(started.elapsed().as_nanos() as u64);
@@ -435,8 +436,9 @@ pub fn bench(
         samples.sort_unstable();
         Ok(samples)
     };
-    let fresh = timed(false)?;
-    let samples = timed(true)?;
+    let fresh = timed(false, Wait::Sleeping)?;
+    let woken = timed(true, Wait::Sleeping)?;
+    let samples = timed(true, Wait::Busy)?;
     let percentile = |samples: &[u64], q: f64| {
         samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1] as f64 / 1000.0
     };
@@ -451,6 +453,8 @@ pub fn bench(
         "decision_p50_us": at(0.50),
         "decision_p99_us": at(0.99),
         "decision_max_us": at(1.0),
+        "woken_p50_us": percentile(&woken, 0.50),
+        "woken_p99_us": percentile(&woken, 0.99),
         "fresh_instance_p50_us": percentile(&fresh, 0.50),
         "fresh_instance_p99_us": percentile(&fresh, 0.99),
         "fuel_per_decision": fuel,

@@ -317,9 +317,9 @@ impl LoadedPolicy {
     /// Waits until the next decision's instance is made and the last decision's store is
     /// dropped, as they are when the host has done other work since the last decision; what
     /// `policy bench` times is then the decision alone.
-    pub fn wait_for_spare(&self) {
+    pub fn wait_for_spare(&self, wait: Wait) {
         if let Some(helper) = helper() {
-            helper.finish_queued();
+            helper.finish_queued(wait);
         }
         drop(self.spare.settled());
     }
@@ -328,6 +328,16 @@ impl LoadedPolicy {
     pub fn set_premade(&self, premade: bool) {
         self.spare.disabled.store(!premade, Ordering::Relaxed);
     }
+}
+
+/// How a thread waits for the helper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Blocked: its core may go idle, and in a VM the hypervisor may then give the core away.
+    Sleeping,
+    /// Yielding in a loop: its core stays awake, as it does when the host has its own work
+    /// between decisions, and the helper still gets the core if it shares it.
+    Busy,
 }
 
 /// The store and instance for a policy's next decision, made on a helper thread between
@@ -801,7 +811,7 @@ impl Helper {
     }
 
     /// Runs every job queued so far, and returns when they are done.
-    fn finish_queued(&self) {
+    fn finish_queued(&self, wait: Wait) {
         let (done, finished) = std::sync::mpsc::channel();
         // Jobs run in order: this one runs after every job queued before it.
         self.push(
@@ -810,7 +820,16 @@ impl Helper {
             }),
             true,
         );
-        let _ = finished.recv();
+        match wait {
+            Wait::Sleeping => {
+                let _ = finished.recv();
+            }
+            Wait::Busy => {
+                while let Err(std::sync::mpsc::TryRecvError::Empty) = finished.try_recv() {
+                    std::thread::yield_now();
+                }
+            }
+        }
     }
 
     fn serve(&self) {
@@ -1056,7 +1075,12 @@ mod tests {
         }
         push(&helper);
         ran_within_5s(3);
-        helper.finish_queued();
+        // Waiting for the queue, either way, returns once every job queued before has run.
+        for (wait, count) in [(Wait::Busy, 4), (Wait::Sleeping, 5)] {
+            push(&helper);
+            helper.finish_queued(wait);
+            assert_eq!(ran.load(Ordering::SeqCst), count, "{wait:?}");
+        }
     }
 
     /// The host side of the `log` import, called as a guest would, without a guest.

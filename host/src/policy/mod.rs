@@ -13,7 +13,7 @@ pub mod record;
 use std::path::Path;
 
 pub use decision::{Answer, Kind, Question};
-pub use engine::{LoadedPolicy, PolicyEngine, Role, Trace, World, component_digest};
+pub use engine::{LoadedPolicy, PolicyEngine, Role, Trace, Wait, World, component_digest};
 pub use record::DecisionRecord;
 
 use bindings::*;
@@ -410,7 +410,7 @@ mod tests {
         // More loaded policies than the process keeps spares for: each still decides, the same.
         for _ in 0..3 {
             for policies in &planners {
-                policies.planner.wait_for_spare();
+                policies.planner.wait_for_spare(engine::Wait::Sleeping);
                 assert_eq!(answer(policies), fresh);
             }
         }
