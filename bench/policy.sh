@@ -17,11 +17,8 @@ export CKPT_POLICY_CACHE=$cache
 facts=tests/fixtures/facts.json
 # p50 and p99 are warm decisions, on an instance made ahead (as between a checkpoint's
 # decisions), by a thread whose core stayed awake; woken-p99 is the same after the thread slept;
-# core-p50 and core-p99 are the warm decisions again with ckpt held to one core (taskset), so
-# that the instance is made on the core that decides: the decision's own cost, without the
-# VM's cross-core costs. fresh-p50 and fresh-p99 make their instance inside the decision.
-printf '%-14s %10s %12s %12s %8s %8s %8s %9s %8s %8s %9s %9s %8s\n' policy size load-cold load-cached \
-  p50-us p99-us max-us woken-p99 core-p50 core-p99 fresh-p50 fresh-p99 fuel
+# fresh-p50 and fresh-p99 make their instance inside the decision.
+printf '%-14s %10s %12s %12s %10s %10s %10s %9s %9s %9s %8s\n' policy size load-cold load-cached p50-us p99-us max-us woken-p99 fresh-p50 fresh-p99 fuel
 for spec in "default|builtin:default|" "migration|target/policies/migration.wasm|{\"target\":\"/var/tmp/{name}.tar\"}" \
             "python-labels|target/policies/python_labels.wasm|" "js-hours|target/policies/js_hours.wasm|"; do
   IFS='|' read -r name file config <<< "$spec"
@@ -33,22 +30,20 @@ for spec in "default|builtin:default|" "migration|target/policies/migration.wasm
   case $name in python-labels|js-hours) n=$(( iterations / 5 > 0 ? iterations / 5 : 1 ));; esac
   cold=$("$ckpt" "${args[@]}" --iterations 1)
   warm=$("$ckpt" "${args[@]}" --iterations "$n")
-  one_core=$(taskset -c 0 "$ckpt" "${args[@]}" --iterations "$n")
-  python3 - "$name" "$cold" "$warm" "$one_core" <<'PY'
+  python3 - "$name" "$cold" "$warm" <<'PY'
 import json, sys
-name, cold, warm, core = sys.argv[1], *map(json.loads, sys.argv[2:])
+name, cold, warm = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print(f"{name:<14} {warm['size_bytes']:>10} {cold['load_us']/1000:>10.1f}ms {warm['load_us']/1000:>10.1f}ms "
-      f"{warm['decision_p50_us']:>8.1f} {warm['decision_p99_us']:>8.1f} {warm['decision_max_us']:>8.1f} "
-      f"{warm['woken_p99_us']:>9.1f} {core['decision_p50_us']:>8.1f} {core['decision_p99_us']:>8.1f} "
-      f"{warm['fresh_instance_p50_us']:>9.1f} {warm['fresh_instance_p99_us']:>9.1f} {warm['fuel_per_decision']:>8}")
+      f"{warm['decision_p50_us']:>10.1f} {warm['decision_p99_us']:>10.1f} {warm['decision_max_us']:>10.1f} "
+      f"{warm['woken_p99_us']:>9.1f} {warm['fresh_instance_p50_us']:>9.1f} {warm['fresh_instance_p99_us']:>9.1f} {warm['fuel_per_decision']:>8}")
 PY
 done
 
-# The machine's own tail beside them: a loop of about 10 µs with no memory traffic, timed as the
-# decisions are, after a sleep and with the core kept awake.
+# The machine's own tail beside them: fixed work about as long as a decision, timed as the
+# decisions are, after a sleep and with the core kept awake (bench/jitter.c).
 jitter=$(mktemp /var/tmp/ckpt-bench-jitter.XXXXXX)
-gcc -O2 -o "$jitter" bench/jitter.c
-"$jitter" 10000 "$iterations" | awk '{printf "machine jitter, 10 us loop, %-6s p50 %5.1f us, p99 %5.1f us\n", $1, $2, $3}'
+gcc -O2 -pthread -o "$jitter" bench/jitter.c
+"$jitter" "$iterations" | awk '{printf "machine jitter, %-7s %-6s p50 %5.1f us, p99 %5.1f us\n", $1, $2, $3, $4}'
 rm -f "$jitter"
 
 # A policy's share of a real checkpoint's wall time: `checkpoint -R --export` of a small busybox
