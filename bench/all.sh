@@ -37,5 +37,6 @@ done
 c1=$(cut -d' ' -f1 "$work/ckpt" | median); p1=$(cut -d' ' -f1 "$work/podman" | median)
 c2=$(cut -d' ' -f2 "$work/ckpt" | median); p2=$(cut -d' ' -f2 "$work/podman" | median)
 echo "$count containers, $rounds rounds, medians: checkpoint -a ckpt $c1 ms, podman $p1 ms, ratio $(ratio "$c1" "$p1"); restore -a ckpt $c2 ms, podman $p2 ms, ratio $(ratio "$c2" "$p2")"
+echo "      spreads (min-max): checkpoint -a ckpt $(cut -d' ' -f1 "$work/ckpt" | spread) podman $(cut -d' ' -f1 "$work/podman" | spread); restore -a ckpt $(cut -d' ' -f2 "$work/ckpt" | spread) podman $(cut -d' ' -f2 "$work/podman" | spread)"
 $ckpt rm -af >/dev/null
 names | xargs -r podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
