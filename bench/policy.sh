@@ -41,10 +41,9 @@ done
 
 # The machine's own tail beside them: fixed work about as long as a decision, timed as the
 # decisions are, after a sleep and with the core kept awake (bench/jitter.c).
-jitter=$(mktemp /var/tmp/ckpt-bench-jitter.XXXXXX)
-gcc -O2 -pthread -o "$jitter" bench/jitter.c
-"$jitter" "$iterations" | awk '{printf "machine jitter, %-7s %-6s p50 %5.1f us, p99 %5.1f us\n", $1, $2, $3, $4}'
-rm -f "$jitter"
+# Built in the cache directory, which the exit trap removes however the script ends.
+gcc -O2 -pthread -o "$cache/jitter" bench/jitter.c
+"$cache/jitter" "$iterations" | awk '{printf "machine jitter, %-7s %-6s p50 %5.1f us, p99 %5.1f us\n", $1, $2, $3, $4}'
 
 # A policy's share of a real checkpoint's wall time: `checkpoint -R --export` of a small busybox
 # container (where the policy's share is largest), five times with each planner, and the
