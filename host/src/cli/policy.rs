@@ -40,7 +40,7 @@ pub enum PolicyCommand {
         /// HOST[:PORT]/NAME[:TAG]
         destination: String,
     },
-    /// Load cost and per-decision latency as percentiles: warm (on an instance made ahead, as between a checkpoint's decisions) and with a fresh instance made inside each decision.
+    /// Load cost and per-decision latency as percentiles: warm (on an instance made ahead, as between a checkpoint's decisions, with the core kept awake between them), warm after a sleep (`woken_*`), and with a fresh instance made inside each decision.
     Bench {
         file: String,
         #[arg(long)]
