@@ -134,7 +134,72 @@ fn a_migration_can_go_through_a_registry() {
     let at_move = last_count(&dest.logs("web"));
     assert!(eventually(Duration::from_secs(5), || last_count(&dest.logs("web")) > at_move + 3));
     assert!(source.container_ids().is_empty());
+
+    // Back over ssh, and through the same reference again later: the destination still holds the
+    // first trip's image of that name, and must restore the one just sent (by digest), not go
+    // back in time to it.
+    let back = migrate(&dest, &sshd, &source, &[], "web");
+    assert_eq!(back.code, 0, "migrate back failed: {}{}", back.stderr, back.stdout);
+    let returned = last_count(&source.logs("web"));
+    assert!(eventually(Duration::from_secs(8), || last_count(&source.logs("web")) > returned + 5));
+    let counted = last_count(&source.logs("web"));
+    let again = migrate(&source, &sshd, &dest, &["--via", &reference], "web");
+    assert_eq!(again.code, 0, "migrate again failed: {}{}", again.stderr, again.stdout);
+    assert!(
+        eventually(Duration::from_secs(5), || last_count(&dest.logs("web")) > counted),
+        "the destination restored a stale image: it counts from {} after the source reached {counted}",
+        last_count(&dest.logs("web"))
+    );
     dest.ok(&["rm", "-f", "web"]);
+}
+
+#[test]
+fn a_migration_that_would_move_less_than_the_whole_container_keeps_the_source() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    let registry = LocalRegistry::start(&source);
+    for side in [&source, &dest] {
+        let config = format!("[registries]\ninsecure = [{:?}]\n", registry.host);
+        std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
+    }
+    source.counter("web", &["--label", "checkpoint.skip=yes", "-v", "precious:/data"]);
+    source.exec("web", "echo kept > /data/note; echo mine > /notes");
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
+    let kept = |what: &str| {
+        assert_eq!(source.status("web"), "running", "{what}: the source must keep running");
+        assert_eq!(source.exec("web", "cat /data/note /notes"), "kept\nmine\n", "{what}");
+        assert!(dest.container_ids().is_empty(), "{what}: nothing may run at the destination");
+        let before = last_count(&source.logs("web"));
+        assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) > before), "{what}");
+    };
+
+    // A planner that skips: nothing is sent, so nothing is removed.
+    let skipper = crate::support::policy("skipper");
+    let skipped =
+        migrate(&source, &sshd, &dest, &["--policy", &skipper, "--policy-config", r#"{"any-trigger": true}"#], "web");
+    assert_eq!(skipped.code, 125, "{}{}", skipped.stderr, skipped.stdout);
+    assert!(skipped.stderr.contains("skipped the migration"), "{}", skipped.stderr);
+    kept("a skip");
+
+    // A gate that narrows the image the destination restores from: refused, brought back here.
+    let reference = format!("{}/ckpt/web:moving", registry.host);
+    let compliance = crate::support::policy("compliance");
+    let narrowing = r#"{"classes": {"pii": {"targets": ["registry:"], "rootfs": false}}, "unlabelled": "pii"}"#;
+    let narrowed = migrate(
+        &source,
+        &sshd,
+        &dest,
+        &["--via", &reference, "--gate", &compliance, "--gate-config", narrowing],
+        "web",
+    );
+    assert_eq!(narrowed.code, 125, "{}{}", narrowed.stderr, narrowed.stdout);
+    assert!(narrowed.stderr.contains("moves the whole container or nothing"), "{}", narrowed.stderr);
+    kept("a narrowing gate");
+    let audit = source.ok(&["audit", "ls"]);
+    assert!(!audit.contains(r#""event":"migrate""#), "no migration is recorded as done: {audit}");
+    assert_eq!(audit.matches(r#""event":"denial""#).count(), 2, "both refusals are recorded: {audit}");
+    source.ok(&["rm", "-f", "web"]);
 }
 
 #[test]

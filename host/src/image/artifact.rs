@@ -47,13 +47,14 @@ pub fn write_wasm_artifact(layout: &Path, name: &str, wasm: &[u8]) -> Result<Dig
 }
 
 /// Reads the component of the artifact in the layout at `layout`, checking every digest
-/// against the content and the manifest against `pinned`.
+/// against the content and the manifest against `pinned`; returns the manifest's bytes and the
+/// component's, which [`verify_wasm_artifact`] checks again wherever they are kept.
 pub fn read_wasm_artifact(
     layout: &Path,
     artifact: &str,
     pinned: &Digest,
     max_bytes: u64,
-) -> Result<Vec<u8>, ImageError> {
+) -> Result<(Vec<u8>, Vec<u8>), ImageError> {
     let blob = |digest: &Digest, limit: u64| -> Result<Vec<u8>, ImageError> {
         let path = layout.join("blobs/sha256").join(digest.digest());
         let meta = std::fs::symlink_metadata(&path).map_err(|e| invalid(artifact, format!("blob {digest}: {e}")))?;
@@ -66,12 +67,33 @@ pub fn read_wasm_artifact(
         }
         Ok(bytes)
     };
-    let manifest: ImageManifest = serde_json::from_slice(&blob(pinned, 1 << 20)?)
+    let manifest_bytes = blob(pinned, 1 << 20)?;
+    let wasm = blob(&policy_layer(artifact, &manifest_bytes)?, max_bytes)?;
+    Ok((manifest_bytes, wasm))
+}
+
+/// Checks a manifest and component kept apart from their layout (the policy cache) against the
+/// pin, as [`read_wasm_artifact`] checked them: whoever could write where they are kept cannot
+/// make another component pass for the pinned one.
+pub fn verify_wasm_artifact(artifact: &str, pinned: &Digest, manifest: &[u8], wasm: &[u8]) -> Result<(), ImageError> {
+    if digest_of(manifest) != *pinned {
+        return Err(invalid(artifact, format!("the kept manifest does not have the pinned digest {pinned}")));
+    }
+    let layer = policy_layer(artifact, manifest)?;
+    if digest_of(wasm) != layer {
+        return Err(invalid(artifact, format!("the kept component does not have its layer's digest {layer}")));
+    }
+    Ok(())
+}
+
+/// The digest of the one wasm layer of a policy artifact's manifest.
+fn policy_layer(artifact: &str, manifest_bytes: &[u8]) -> Result<Digest, ImageError> {
+    let manifest: ImageManifest = serde_json::from_slice(manifest_bytes)
         .map_err(|e| invalid(artifact, format!("the manifest is not an OCI manifest: {e}")))?;
     let config_type = manifest.config().media_type().to_string();
     match manifest.layers().as_slice() {
         [layer] if config_type == WASM_CONFIG_TYPE && layer.media_type().to_string() == WASM_LAYER_TYPE => {
-            blob(layer.digest(), max_bytes)
+            Ok(layer.digest().clone())
         }
         _ => Err(invalid(
             artifact,
@@ -91,7 +113,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wasm = b"\0asm\x0d\0\x01\0component bytes";
         let pinned = write_wasm_artifact(dir.path(), "policy", wasm).unwrap();
-        assert_eq!(read_wasm_artifact(dir.path(), "p", &pinned, 1 << 20).unwrap(), wasm);
+        let (manifest, read) = read_wasm_artifact(dir.path(), "p", &pinned, 1 << 20).unwrap();
+        assert_eq!(read, wasm);
+        verify_wasm_artifact("p", &pinned, &manifest, wasm).unwrap();
+        let err = verify_wasm_artifact("p", &pinned, &manifest, b"\0asm planted").unwrap_err().to_string();
+        assert!(err.contains("does not have its layer's digest"), "{err}");
+        let err = verify_wasm_artifact("p", &digest_of(b"x"), &manifest, wasm).unwrap_err().to_string();
+        assert!(err.contains("pinned digest"), "{err}");
         let other = digest_of(b"another manifest");
         assert!(read_wasm_artifact(dir.path(), "p", &other, 1 << 20).is_err());
         let err = read_wasm_artifact(dir.path(), "p", &pinned, 4).unwrap_err().to_string();

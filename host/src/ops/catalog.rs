@@ -110,10 +110,30 @@ pub struct Retained {
     pub error: Option<String>,
 }
 
-/// Asks `retention` about one container's entries and deletes what it names. A failed or
-/// refused answer deletes nothing (fail closed); the decision is recorded either way.
-pub fn retain(ctx: &Context, retention: &Retention, container_id: &str) -> Result<Vec<Retained>> {
-    let entries: Vec<Entry> = ctx.catalog().list()?.into_iter().filter(|e| e.container_id == container_id).collect();
+/// Which of a container's catalog entries a retainer is shown, and so may delete.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Only what this schedule made: the default retainer never sees a backup the user
+    /// exported by hand, or another schedule's.
+    Schedule(&'a str),
+    /// Every entry of the container, for a retainer the admin chose.
+    Container,
+}
+
+impl Scope<'_> {
+    fn holds(&self, entry: &Entry) -> bool {
+        match self {
+            Scope::Schedule(name) => entry.schedule.as_deref() == Some(*name),
+            Scope::Container => true,
+        }
+    }
+}
+
+/// Asks `retention` about one container's entries in `scope` and deletes what it names. A failed
+/// or refused answer deletes nothing (fail closed); the decision is recorded either way.
+pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: Scope<'_>) -> Result<Vec<Retained>> {
+    let entries: Vec<Entry> =
+        ctx.catalog().list()?.into_iter().filter(|e| e.container_id == container_id && scope.holds(e)).collect();
     let Some(first) = entries.first() else { return Ok(Vec::new()) };
     let now = crate::util::now();
     let facts = RetainFacts {

@@ -63,13 +63,17 @@ pub fn push(ctx: &Context, name: &str, destination: Option<&str>, flags: &Regist
 /// by digest, so an interrupted or failed pull leaves nothing in the store and a retry starts
 /// clean.
 pub fn pull(ctx: &Context, reference: &str, flags: &RegistryFlags) -> Result<ImageInfo> {
+    pull_as(ctx, reference, &crate::image::normalize_reference(reference), flags)
+}
+
+/// [`pull`], stored under the local `name`.
+pub fn pull_as(ctx: &Context, reference: &str, name: &str, flags: &RegistryFlags) -> Result<ImageInfo> {
     crate::registry::check_reference(reference)?;
-    let name = crate::image::normalize_reference(reference);
     let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "pull")?;
     let layout = staging.path.join("oci");
     let registry = crate::registry::Skopeo::find()?;
-    registry.pull(reference, &layout, &name, &registry_access(ctx, reference, flags))?;
+    registry.pull(reference, &layout, name, &registry_access(ctx, reference, flags))?;
     crate::interrupt::check()?;
-    ctx.images.load(&layout, Some(&name))?;
-    ctx.images.resolve(&name)
+    ctx.images.load(&layout, Some(name))?;
+    ctx.images.resolve(name)
 }

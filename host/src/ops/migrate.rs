@@ -141,18 +141,27 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     };
     let (done, result) = super::checkpoint::checkpoint_handing_off(ctx, &checkpoint, Some(&handoff));
     result?;
+    // Only the destination's word that it runs what was sent lets the source go; anything else
+    // (a skip that slipped through, a handoff never made) keeps it.
+    if handoff.confirmed_at.get().is_none() || done.first().is_none_or(|d| d.skipped.is_some()) {
+        return Err(Error::invalid(format!(
+            "migration of container {:?} to {} did not happen: the destination never confirmed that it runs the checkpoint; the source was kept",
+            record.name,
+            remote.destination()
+        )));
+    }
     let stats = done.first().map(|d| d.stats.runtime_checkpoint_duration).unwrap_or(0);
     let source = if req.keep_source {
         "kept"
     } else {
-        let record = ctx.containers.load(&record.id)?;
-        super::lifecycle::remove(ctx, &record, true, 0)?;
-        // Its named volumes went with it; one that another container still uses stays.
-        for volume in record.named_volumes() {
-            if super::volumes::users(ctx, &volume.source)?.is_empty() {
-                super::volumes::remove(ctx, &volume.source, false)?;
-            }
-        }
+        remove_source(ctx, &record.id).map_err(|e| {
+            Error::invalid(format!(
+                "container {:?} runs at {} now, but removing it here failed ({e}); do not restore it here: remove it with 'ckpt rm -f {}'",
+                record.name,
+                remote.destination(),
+                record.name
+            ))
+        })?;
         "removed"
     };
     let choice = handoff.chosen.borrow().clone().expect("the checkpoint asked for a strategy");
@@ -174,6 +183,19 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     };
     ctx.audit("migrate", serde_json::to_value(&migrated).unwrap_or_default());
     Ok(migrated)
+}
+
+/// The source, once the destination runs it, with its named volumes; one that another container
+/// still uses stays.
+fn remove_source(ctx: &Context, id: &str) -> Result<()> {
+    let record = ctx.containers.load(id)?;
+    super::lifecycle::remove(ctx, &record, true, 0)?;
+    for volume in record.named_volumes() {
+        if super::volumes::users(ctx, &volume.source)?.is_empty() {
+            super::volumes::remove(ctx, &volume.source, false)?;
+        }
+    }
+    Ok(())
 }
 
 /// A container of the same name at the destination would make the import fail after the
@@ -232,6 +254,10 @@ impl Handoff for ToDestination<'_> {
         *self.chosen.borrow_mut() = Some(choice.clone());
     }
 
+    fn carrier(&self) -> Option<&str> {
+        self.via.as_deref()
+    }
+
     fn page_server(&self) -> Result<Option<String>> {
         let post_copy = self.chosen.borrow().as_ref().is_some_and(|c| c.strategy == wit::Strategy::PostCopy);
         if !post_copy {
@@ -270,7 +296,9 @@ impl Handoff for ToDestination<'_> {
         }
         let sent = match &self.via {
             Some(reference) => {
-                args.push(reference.clone());
+                // By digest: a stale image of the same name at the destination is never restored.
+                let pushed = ctx.images.resolve(reference)?;
+                args.push(format!("{reference}@{}", pushed.manifest_digest));
                 self.remote.run(&args, None)
             }
             None => {
@@ -358,7 +386,7 @@ mod tests {
     }
 
     /// Delivers through the registry path (no archive to write) against `answers`.
-    fn deliver(answers: Vec<std::result::Result<String, SshError>>) -> (Result<()>, Vec<Vec<String>>) {
+    fn deliver(answers: Vec<std::result::Result<String, SshError>>) -> (Result<()>, Vec<Vec<String>>, String) {
         let dir = tempfile::tempdir().unwrap();
         let ctx = Context::new(Roots::new(dir.path().join("root"), dir.path().join("run")), "runc".into());
         let record: ContainerRecord = serde_json::from_value(serde_json::json!({
@@ -368,6 +396,7 @@ mod tests {
             "state": crate::store::StateFlags::default()
         }))
         .unwrap();
+        let pushed = ctx.images.add_image("localhost:5000/ckpt/web:1", &[], None, Default::default()).unwrap();
         let remote = ScriptedRemote { answers: RefCell::new(answers.into()), ..Default::default() };
         let handoff = ToDestination {
             remote: &remote,
@@ -388,19 +417,20 @@ mod tests {
         let mut options = crate::policy::bindings::CheckpointOptions::none();
         options.tcp_established = true;
         let result = handoff.deliver(&ctx, &record, &options, &Content::default());
-        (result, remote.asked.into_inner())
+        (result, remote.asked.into_inner(), pushed.manifest_digest.to_string())
     }
 
     #[test]
     fn a_restore_that_returns_is_the_destinations_word() {
-        let (result, asked) = deliver(vec![Ok("web\n".into())]);
+        let (result, asked, digest) = deliver(vec![Ok("web\n".into())]);
         result.unwrap();
-        assert_eq!(asked, vec![vec!["restore", "--tcp-established", "localhost:5000/ckpt/web:1"]]);
+        let pinned = format!("localhost:5000/ckpt/web:1@{digest}");
+        assert_eq!(asked, vec![vec!["restore", "--tcp-established", pinned.as_str()]], "restored by digest");
     }
 
     #[test]
     fn a_refusal_there_brings_the_container_back_here() {
-        let (result, asked) = deliver(vec![Err(failed("Error: no space left"))]);
+        let (result, asked, _) = deliver(vec![Err(failed("Error: no space left"))]);
         let err = result.unwrap_err();
         assert!(!matches!(err, Error::HandoffUnconfirmed { .. }), "a clear no rolls back: {err}");
         assert!(err.to_string().contains("no space left"), "{err}");
@@ -410,14 +440,14 @@ mod tests {
     #[test]
     fn a_broken_channel_asks_again_before_choosing_a_side() {
         // It runs there after all: done.
-        let (result, asked) = deliver(vec![Err(lost()), Ok("running\n".into())]);
+        let (result, asked, _) = deliver(vec![Err(lost()), Ok("running\n".into())]);
         result.unwrap();
         assert_eq!(asked[1], vec!["inspect", "--format", "{{.State.Status}}", "web"]);
         // It is not there: roll back here.
-        let (result, _) = deliver(vec![Err(lost()), Err(failed("Error: no such container \"web\""))]);
+        let (result, _, _) = deliver(vec![Err(lost()), Err(failed("Error: no such container \"web\""))]);
         assert!(matches!(result.unwrap_err(), Error::Ssh(SshError::Unreachable { .. })));
         // Nobody can tell: keep the checkpoint here and say what to do.
-        let (result, _) = deliver(vec![Err(lost()), Err(lost())]);
+        let (result, _, _) = deliver(vec![Err(lost()), Err(lost())]);
         let err = result.unwrap_err();
         assert!(matches!(err, Error::HandoffUnconfirmed { .. }));
         let text = err.to_string();

@@ -18,18 +18,19 @@ fn engine(ctx: &Context) -> Result<PolicyEngine> {
 }
 
 /// A policy's source and bytes. `HOST/NAME@sha256:DIGEST` is a wasm OCI artifact in a registry,
-/// pinned by its manifest's digest: fetched once into the policy cache and read from there, and
-/// named by its reference in decision records. Anything else is a file, or `default`.
+/// pinned by its manifest's digest, and always that: never a file of that relative name. It is
+/// fetched once into the policy cache, checked against the pin whenever it is read from there,
+/// and named by its reference in decision records. Anything else is a file, or `default`.
 pub fn fetch_component(ctx: &Context, spec: &str) -> Result<(String, Vec<u8>)> {
-    let path = fetched_path(ctx, spec)?;
-    let (_, bytes) = policy::read_component(&path)?;
-    Ok((spec.to_string(), bytes))
+    let pinned = spec.contains("@sha256:") && crate::registry::check_reference(spec).is_ok();
+    if !pinned && (crate::registry::check_reference(spec).is_err() || Path::new(spec).exists()) {
+        let (_, bytes) = policy::read_component(spec)?;
+        return Ok((spec.to_string(), bytes));
+    }
+    Ok((spec.to_string(), fetch_pinned(ctx, spec)?))
 }
 
-fn fetched_path(ctx: &Context, spec: &str) -> Result<String> {
-    if crate::registry::check_reference(spec).is_err() || Path::new(spec).exists() {
-        return Ok(spec.to_string());
-    }
+fn fetch_pinned(ctx: &Context, spec: &str) -> Result<Vec<u8>> {
     let pin = spec.rsplit_once("@sha256:").map(|(_, hex)| hex).unwrap_or_default();
     let pinned: oci_spec::image::Digest = format!("sha256:{pin}").parse().map_err(|_| {
         Error::invalid(format!(
@@ -37,18 +38,24 @@ fn fetched_path(ctx: &Context, spec: &str) -> Result<String> {
         ))
     })?;
     let cached = ctx.policy_cache().join("oci").join(format!("{pin}.wasm"));
-    if cached.is_file() {
-        return Ok(cached.display().to_string());
+    let cached_manifest = cached.with_extension("manifest");
+    if let (Ok(manifest), Ok(wasm)) = (std::fs::read(&cached_manifest), std::fs::read(&cached)) {
+        match crate::image::artifact::verify_wasm_artifact(spec, &pinned, &manifest, &wasm) {
+            Ok(()) => return Ok(wasm),
+            // Fetched again below, over what is there.
+            Err(e) => tracing::warn!("the policy cache's copy of {spec:?} is refused ({e}); fetching it again"),
+        }
     }
     let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "policy-pull")?;
     let layout = staging.path.join("oci");
     let access = super::images::registry_access(ctx, spec, &super::images::RegistryFlags::default());
     crate::registry::Skopeo::find()?.pull(spec, &layout, "policy", &access)?;
-    let wasm =
+    let (manifest, wasm) =
         crate::image::artifact::read_wasm_artifact(&layout, spec, &pinned, crate::policy::limits::MAX_COMPONENT_BYTES)?;
     crate::util::create_dir_with_mode(cached.parent().expect("the cache file has a directory"), 0o700)?;
+    crate::util::write_atomic(&cached_manifest, &manifest, 0o600)?;
     crate::util::write_atomic(&cached, &wasm, 0o600)?;
-    Ok(cached.display().to_string())
+    Ok(wasm)
 }
 
 /// `ckpt policy push FILE HOST/NAME[:TAG]`: publishes a component as a wasm OCI artifact;

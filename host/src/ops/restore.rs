@@ -87,10 +87,10 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
         match ctx.containers.lookup(target) {
             Ok(record) => sources.push(Source::Local(Box::new(record), target.trim_start_matches('/').to_string())),
             Err(Error::NoSuchContainer(_)) => match resolve_or_pull(ctx, target) {
-                Ok(info) if info.annotations.contains_key(CHECKPOINT_IMAGE_KEY) => {
-                    sources.push(Source::Image(target.clone()))
+                Ok((local, info)) if info.annotations.contains_key(CHECKPOINT_IMAGE_KEY) => {
+                    sources.push(Source::Image(local))
                 }
-                Ok(info) => return Err(Error::invalid(format!("image is not a checkpoint: {}", info.id))),
+                Ok((_, info)) => return Err(Error::invalid(format!("image is not a checkpoint: {}", info.id))),
                 Err(Error::NoSuchImage(_)) => return Err(Error::NoSuchContainerOrImage(target.clone())),
                 Err(e) => return Err(e),
             },
@@ -298,6 +298,8 @@ fn run_restore(
         },
     )?;
     let duration = started.elapsed().as_micros() as u64;
+    // The container runs from here on: nothing below may fail the restore, or a caller would
+    // undo what runs. What cannot be done is said, and `system check --repair` finishes it.
     record.state = StateFlags {
         started_at: Some(now),
         restored: true,
@@ -306,35 +308,52 @@ fn run_restore(
         run_token: record.state.run_token.clone(),
         ..StateFlags::default()
     };
-    ctx.containers.save(record)?;
+    if let Err(e) = ctx.containers.save(record) {
+        tracing::warn!(
+            "container {:?} runs, but its record could not be saved ({e}); 'ckpt system check --repair' records it",
+            record.name
+        );
+    }
     let stats_path = bundle.join("stats-restore");
     let criu_statistics = if req.print_stats {
-        criu::read_restore_stats(&stats_path)
-            .map_err(|e| Error::invalid(format!("displaying restore statistics not possible: {e}")))?
+        criu::read_restore_stats(&stats_path).unwrap_or_else(|e| {
+            tracing::warn!("container {:?} runs, but displaying restore statistics is not possible: {e}", record.name);
+            RestoreStats::default()
+        })
     } else {
         RestoreStats::default()
     };
     // A lazy restore's memory is still arriving through the images directory's daemon; the next
     // checkpoint replaces the directory.
-    if !req.keep && req.lazy_pages_from.is_none() {
-        // The pre-dump rounds the dump was based on hold memory pages too.
-        let mut images = vec![paths.checkpoint_dir(), paths.pre_checkpoint_dir()];
-        for entry in std::fs::read_dir(&bundle).map_err(Error::io("list", &bundle))?.flatten() {
-            if entry.file_name().to_str().is_some_and(|n| n.starts_with("pre-dump-"))
-                && archive::extract::is_images_dir_name(&entry.file_name())
-            {
-                images.push(entry.path());
-            }
-        }
-        crate::store::discard::discard(&ctx.roots, &images)?;
-        for file in ["restore.log", "dump.log", "stats-dump", "stats-restore"] {
-            crate::util::remove_file_if_exists(&bundle.join(file))?;
-        }
+    if !req.keep
+        && req.lazy_pages_from.is_none()
+        && let Err(e) = discard_used_images(ctx, &paths)
+    {
+        tracing::warn!("container {:?} runs, but its used page images stay in {} ({e})", record.name, bundle.display());
     }
     Ok(Restored {
         printed_name: printed,
         stats: ContainerStats { id: record.id.clone(), runtime_restore_duration: duration, criu_statistics },
     })
+}
+
+/// Hands the page images a restore has used to the background discard, and removes its logs.
+fn discard_used_images(ctx: &Context, paths: &crate::store::ContainerPaths) -> Result<()> {
+    let bundle = paths.bundle();
+    // The pre-dump rounds the dump was based on hold memory pages too.
+    let mut images = vec![paths.checkpoint_dir(), paths.pre_checkpoint_dir()];
+    for entry in std::fs::read_dir(&bundle).map_err(Error::io("list", &bundle))?.flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with("pre-dump-"))
+            && archive::extract::is_images_dir_name(&entry.file_name())
+        {
+            images.push(entry.path());
+        }
+    }
+    crate::store::discard::discard(&ctx.roots, &images)?;
+    for file in ["restore.log", "dump.log", "stats-dump", "stats-restore"] {
+        crate::util::remove_file_if_exists(&bundle.join(file))?;
+    }
+    Ok(())
 }
 
 fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, printed: &str) -> Result<Restored> {
@@ -559,14 +578,39 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
     Ok(record)
 }
 
-/// A checkpoint image by name or ID; one that names a registry and is not here yet is pulled
-/// first, as podman's restore does.
-fn resolve_or_pull(ctx: &Context, target: &str) -> Result<crate::image::ImageInfo> {
+/// A checkpoint image by name or ID, with the local name it has; one that names a registry and
+/// is not here yet is pulled first, as podman's restore does. A reference pinned by digest
+/// (`NAME@sha256:HEX`, as `ckpt migrate --via` sends it) is only ever that image: a local image
+/// of NAME with another digest (an earlier migration's) is replaced by a pull of the pinned one.
+fn resolve_or_pull(ctx: &Context, target: &str) -> Result<(String, crate::image::ImageInfo)> {
+    let flags = super::images::RegistryFlags::default();
+    if let Some((name, hex)) = target.split_once("@sha256:") {
+        let local = crate::image::normalize_reference(name);
+        let pinned = format!("sha256:{hex}");
+        if let Ok(info) = ctx.images.resolve(&local)
+            && info.manifest_digest.to_string() == pinned
+        {
+            return Ok((local, info));
+        }
+        // skopeo takes a tag or a digest, not both.
+        let repository = match name.rsplit_once('/') {
+            Some((path, last)) => format!("{path}/{}", last.split(':').next().unwrap_or(last)),
+            None => name.to_string(),
+        };
+        let info = super::images::pull_as(ctx, &format!("{repository}@{pinned}"), &local, &flags)?;
+        if info.manifest_digest.to_string() != pinned {
+            return Err(Error::invalid(format!(
+                "the registry gave image {local:?} with digest {}, not the {pinned} that was asked for",
+                info.manifest_digest
+            )));
+        }
+        return Ok((local, info));
+    }
     match ctx.images.resolve(target) {
         Err(Error::NoSuchImage(_)) if crate::registry::check_reference(target).is_ok() => {
-            super::images::pull(ctx, target, &super::images::RegistryFlags::default())
+            super::images::pull(ctx, target, &flags).map(|info| (crate::image::normalize_reference(target), info))
         }
-        other => other,
+        other => other.map(|info| (target.to_string(), info)),
     }
 }
 
@@ -622,7 +666,7 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
 
 fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Result<Restored> {
     let record = record_from_archive(ctx, req, &staged)?;
-    let store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
+    let _store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
     // Every conflict is found before anything is created.
     if ctx.containers.name_in_use(&record.name)? {
         return Err(Error::NameInUse(record.name.clone()));
@@ -728,16 +772,21 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
     let printed = restored.id.clone();
     let criu_config = hold.as_ref().map(|hold| hold.config().to_path_buf());
     let done = run_restore(ctx, req, &mut restored, printed, Images::Imported { consume }, criu_config);
-    // A failed copy is why the restore failed: CRIU was held until it ended.
+    // What runs is kept, whatever comes after.
+    txn.committed = done.is_ok();
     let copied = page_images.map_or(Ok(()), ImagesInFlight::wait);
     if let Some(hold) = hold {
         hold.release();
     }
-    copied?;
-    let done = done?;
-    txn.committed = true;
-    drop(store_lock);
-    Ok(done)
+    match (done, copied) {
+        (Ok(done), Err(e)) => {
+            tracing::warn!("container {:?} runs, but copying its page images reported: {e}", record.name);
+            Ok(done)
+        }
+        // A failed copy is why the restore failed: CRIU was held until it ended.
+        (Err(_), Err(e)) => Err(e.into()),
+        (done, Ok(())) => done,
+    }
 }
 
 /// Lets the restore start while `page_images` are still being copied, held by a CRIU action
@@ -781,6 +830,19 @@ struct ImportTxn<'a> {
 impl Drop for ImportTxn<'_> {
     fn drop(&mut self) {
         if self.committed {
+            return;
+        }
+        // A container the runtime runs is never torn down under its processes, whatever failed.
+        let runs = self
+            .ctx
+            .runtime_named(&self.record.runtime)
+            .and_then(|runtime| Ok(runtime.state(&self.record.id)?))
+            .is_ok_and(|state| state.is_some_and(|s| s.is_running()));
+        if runs {
+            tracing::warn!(
+                "container {:?} runs although its import failed; it is kept ('ckpt system check --repair' records it)",
+                self.record.name
+            );
             return;
         }
         let _ = lifecycle::remove_files(self.ctx, self.record);

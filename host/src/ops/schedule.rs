@@ -404,7 +404,11 @@ fn one(
     if out.result == "ok"
         && let Some(retention) = retention
     {
-        match super::catalog::retain(ctx, retention, id) {
+        let scope = match schedule.retainer {
+            Some(_) => super::catalog::Scope::Container,
+            None => super::catalog::Scope::Schedule(&schedule.name),
+        };
+        match super::catalog::retain(ctx, retention, id, scope) {
             Ok(deleted) => out.deleted = deleted.into_iter().filter(|d| d.error.is_none()).map(|d| d.entry).collect(),
             Err(e) => out.detail.push_str(&format!("; retention deleted nothing: {e}")),
         }

@@ -228,6 +228,32 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone() })
 }
 
+/// A migration moves the whole container or nothing: its source is removed once the destination
+/// runs it, so a plan that leaves it running here, drops its files or volumes, or does not send
+/// the `--via` image the destination restores from is refused before anything changes.
+fn check_whole_move(planned: &Planned, handoff: &dyn Handoff, policy_name: &str) -> Result<()> {
+    let o = &planned.options;
+    let refuse = |what: &str| {
+        Err(Error::Policy(format!(
+            "policy {policy_name:?} planned {what} for a migration; refused before anything changed, and the container keeps running here"
+        )))
+    };
+    if o.leave_running || o.pre_checkpoint {
+        return refuse("--leave-running or --pre-checkpoint, which would leave the container running on both sides");
+    }
+    if o.ignore_rootfs || o.ignore_volumes {
+        return refuse(
+            "--ignore-rootfs or --ignore-volumes, which would lose the container's files at the destination",
+        );
+    }
+    if let Some(via) = handoff.carrier()
+        && !planned.exports.iter().any(|t| t.kind == TargetKind::Registry && t.location == via)
+    {
+        return refuse(&format!("no export to {via:?}, the --via image the destination restores from"));
+    }
+    Ok(())
+}
+
 /// A policy's export targets stay where the admin allows (`[exports]` in the host config);
 /// what the user typed is always allowed.
 fn confine_exports(ctx: &Context, planned: &Planned, requested: &[ExportTarget], policy_name: &str) -> Result<()> {
@@ -296,6 +322,9 @@ pub trait Handoff {
     /// Post-copy: where CRIU's page server listens (`HOST:PORT`), for the destination to fetch
     /// the memory from. The dump then writes every image but the memory.
     fn page_server(&self) -> Result<Option<String>>;
+    /// The registry reference the destination restores from (`--via`), which the plan must
+    /// export unchanged and no gate may narrow; `None` when the dump streams to it.
+    fn carrier(&self) -> Option<&str>;
     /// Ok once the container runs elsewhere. [`Error::HandoffUnconfirmed`] when nobody can tell:
     /// the dump then stays here, checkpointed, for the caller to say so.
     fn deliver(
@@ -477,14 +506,21 @@ fn plan_and_checkpoint(
         }
         None => None,
     };
-    let plan = policies.plan(&facts)?;
+    let plan = match policies.plan(&facts) {
+        // A skip is no error for a checkpoint, but a migration that moves nothing must not
+        // look done: the caller would remove the source.
+        Err(policy::PolicyError::Skipped { policy, container, reason }) if handoff.is_some() => {
+            return Err(Error::Policy(format!(
+                "policy {policy} skipped the migration of container {container:?} ({reason}); nothing was sent, and the container keeps running here"
+            )));
+        }
+        plan => plan?,
+    };
     let mut planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
-    let name = &policies.planner.info.name;
-    if handoff.is_some() && (planned.options.leave_running || planned.options.pre_checkpoint) {
-        return Err(Error::Policy(format!(
-            "policy {name:?} planned --leave-running or --pre-checkpoint for a migration, which would leave the container running on both sides; refused before anything changed"
-        )));
+    if let Some(handoff) = handoff {
+        check_whole_move(&planned, handoff, &policies.planner.info.name)?;
     }
+    let name = &policies.planner.info.name;
     match strategy {
         Some(wit::Strategy::PreCopy) if matches!(planned.pre_dump, PreDumpPlan::None) => {
             planned.pre_dump = PreDumpPlan::Converge(PRE_COPY_DEFAULT);
@@ -748,8 +784,11 @@ fn checkpoint_one(
             decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
             known_digests,
         };
+        let carrier = handoff.and_then(|h| h.carrier());
         for (target, pending) in planned.exports.iter().zip(pending) {
-            digests.push(export_to(ctx, runtime.as_ref(), &record, facts, policies, target, &content, pending)?);
+            let carried = target.kind == TargetKind::Registry && carrier == Some(target.location.as_str());
+            let export = Export { target, pending, carried };
+            digests.push(export_to(ctx, runtime.as_ref(), &record, facts, policies, export, &content)?);
         }
         // The last safe point: past it the checkpoint is published.
         crate::interrupt::check()?;
@@ -839,19 +878,26 @@ fn resume_after_lazy_dump(runtime: &dyn OciRuntime, record: &ContainerRecord, ca
     }
 }
 
+/// One export target, with the file claimed for an archive.
+struct Export<'a> {
+    target: &'a ExportTarget,
+    pending: Option<PendingFile>,
+    /// What a migration's destination restores from: a gate may deny it, never narrow it.
+    carried: bool,
+}
+
 /// Writes one export, asks the gates, and publishes it, narrowed if a gate says so; returns an
 /// archive's digest, taken as it was written.
-#[allow(clippy::too_many_arguments)]
 fn export_to(
     ctx: &Context,
     runtime: &dyn OciRuntime,
     record: &ContainerRecord,
     facts: &CheckpointFacts,
     policies: &mut Policies,
-    target: &ExportTarget,
+    export: Export<'_>,
     content: &Content,
-    pending: Option<PendingFile>,
 ) -> Result<Option<String>> {
+    let Export { target, pending, carried } = export;
     let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
     let mut ask = |size: u64, digest: &str, included: export::Included| -> Result<GateVerdict> {
@@ -867,7 +913,14 @@ fn export_to(
             digest: digest.to_string(),
             now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        policies.gate(&export_facts).map_err(Error::from)
+        match policies.gate(&export_facts)? {
+            GateVerdict::Narrow { reasons, .. } if carried => Err(Error::Policy(format!(
+                "a gate narrowed the export to {:?} ({}), which the migration's destination restores from; a migration moves the whole container or nothing",
+                target.location,
+                reasons.join("; ")
+            ))),
+            verdict => Ok(verdict),
+        }
     };
     let narrowed = |drop_rootfs: bool, drop_volumes: bool| Content {
         ignore_rootfs: content.ignore_rootfs || drop_rootfs,
@@ -1063,5 +1116,50 @@ mod tests {
         assert!(check_plan(&rounds, &facts(true), "p").is_ok());
         let mixed = plan(|p| (p.pre_dump, p.options.pre_checkpoint) = (PreDumpPlan::Rounds(2), true));
         assert!(check_plan(&mixed, &facts(true), "p").is_err());
+    }
+
+    /// A migration through `via`, or streamed; only what the plan checks is asked of it.
+    struct Moving(Option<&'static str>);
+
+    impl Handoff for Moving {
+        fn migration(&self) -> wit::MigrationFacts {
+            unreachable!()
+        }
+        fn chose(&self, _: &wit::StrategyChoice) {}
+        fn page_server(&self) -> Result<Option<String>> {
+            unreachable!()
+        }
+        fn carrier(&self) -> Option<&str> {
+            self.0
+        }
+        fn deliver(&self, _: &Context, _: &ContainerRecord, _: &wit::CheckpointOptions, _: &Content) -> Result<()> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn a_migration_plan_that_would_move_less_than_the_whole_container_is_refused() {
+        let via = "localhost:5000/ckpt/web:1";
+        let pushed =
+            ExportTarget { kind: TargetKind::Registry, location: via.into(), compression: wit::Compression::Zstd };
+        let planned = |edit: fn(&mut wit::Plan)| {
+            let mut p = plan(|p| p.exports = vec![pushed.clone()]);
+            edit(&mut p);
+            check_plan(&p, &facts(false), "p").unwrap()
+        };
+        check_whole_move(&planned(|_| {}), &Moving(Some(via)), "p").unwrap();
+        check_whole_move(&planned(|p| p.exports.clear()), &Moving(None), "p").unwrap();
+        type Edit = fn(&mut wit::Plan);
+        let refused: [(Edit, &str); 5] = [
+            (|p| p.options.ignore_rootfs = true, "--ignore-rootfs"),
+            (|p| p.options.ignore_volumes = true, "--ignore-volumes"),
+            (|p| p.options.leave_running = true, "--leave-running"),
+            (|p| p.exports.clear(), "no export to"),
+            (|p| p.exports[0].location = "localhost:5000/elsewhere:1".into(), "no export to"),
+        ];
+        for (edit, expected) in refused {
+            let err = check_whole_move(&planned(edit), &Moving(Some(via)), "p").unwrap_err().to_string();
+            assert!(err.contains(expected) && err.contains("keeps running here"), "{err}");
+        }
     }
 }

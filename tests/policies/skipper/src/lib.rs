@@ -1,6 +1,6 @@
 //! A `ckpt:policy/planner@0.2.0` component written with the SDK's typed `Planner`: it plans what
 //! the request says, but skips a scheduled run that comes after missed ones (no catching up) or
-//! whose container carries the `skip-label`.
+//! whose container carries the `skip-label` (any checkpoint of it, with `any-trigger`).
 
 use ckpt_guest_sdk::export_planner;
 use ckpt_guest_sdk::v2::types::{CheckpointFacts, Plan, PlanDecision, PreDumpPlan};
@@ -11,11 +11,14 @@ use ckpt_guest_sdk::v2::{Describe, Level, Planner, log};
 pub struct Settings {
     /// A container with this label is never checkpointed by a schedule.
     pub skip_label: String,
+    /// Skip a labelled container whatever asked for the checkpoint (a user, a migration), not
+    /// only a schedule.
+    pub any_trigger: bool,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { skip_label: "checkpoint.skip".to_string() }
+        Settings { skip_label: "checkpoint.skip".to_string(), any_trigger: false }
     }
 }
 
@@ -29,14 +32,16 @@ impl Describe for Skipper {
 
 impl Planner for Skipper {
     fn plan(settings: &Settings, facts: CheckpointFacts) -> PlanDecision {
-        if let Some(schedule) = &facts.request.schedule {
-            if schedule.missed_runs > 0 {
-                log(Level::Info, &format!("schedule {} missed {} runs", schedule.name, schedule.missed_runs));
-                return PlanDecision::Skip(format!("{} runs were missed; not catching up", schedule.missed_runs));
-            }
-            if facts.container.labels.iter().any(|kv| kv.key == settings.skip_label) {
-                return PlanDecision::Skip(format!("the container has the label {}", settings.skip_label));
-            }
+        if let Some(schedule) = &facts.request.schedule
+            && schedule.missed_runs > 0
+        {
+            log(Level::Info, &format!("schedule {} missed {} runs", schedule.name, schedule.missed_runs));
+            return PlanDecision::Skip(format!("{} runs were missed; not catching up", schedule.missed_runs));
+        }
+        let scheduled = facts.request.schedule.is_some();
+        if (scheduled || settings.any_trigger) && facts.container.labels.iter().any(|kv| kv.key == settings.skip_label)
+        {
+            return PlanDecision::Skip(format!("the container has the label {}", settings.skip_label));
         }
         PlanDecision::Plan(Plan {
             options: facts.request.options,
