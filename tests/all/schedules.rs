@@ -66,6 +66,9 @@ fn a_two_second_schedule_exports_archives_and_retention_keeps_the_newest_and_the
     let out = ckpt.path("out");
     std::fs::create_dir(&out).unwrap();
     let template = format!("{}/{{name}}-{{time}}.tar.zst", out.display());
+    // A backup made by hand is not the schedule's to delete.
+    let backup = ckpt.path("before-upgrade.tar.zst");
+    ckpt.ok(&["checkpoint", "-R", "-e", backup.to_str().unwrap(), "sched"]);
     ckpt.ok(&[
         "schedule",
         "add",
@@ -81,17 +84,18 @@ fn a_two_second_schedule_exports_archives_and_retention_keeps_the_newest_and_the
         r#"{"keep-last": 2}"#,
     ]);
     let daemon = Daemon::start(&ckpt, "daemon.log");
-    assert!(
-        eventually(Duration::from_secs(20), || !catalog(&ckpt).is_empty()),
-        "a first archive: {:?}",
-        daemon.events()
-    );
-    let first = catalog(&ckpt)[0]["id"].as_str().unwrap().to_string();
+    let scheduled =
+        || -> Vec<serde_json::Value> { catalog(&ckpt).into_iter().filter(|e| e["schedule"] == "every2").collect() };
+    assert!(eventually(Duration::from_secs(20), || !scheduled().is_empty()), "a first archive: {:?}", daemon.events());
+    let first = scheduled()[0]["id"].as_str().unwrap().to_string();
     ckpt.ok(&["catalog", "pin", &first]);
     assert!(eventually(Duration::from_secs(40), || daemon.count("run-end") >= 5), "five runs: {:?}", daemon.events());
     assert_eq!(daemon.stop(), 0, "SIGTERM stops the daemon cleanly");
 
-    let entries = catalog(&ckpt);
+    let by_hand: Vec<_> = catalog(&ckpt).into_iter().filter(|e| e["trigger"] == "cli").collect();
+    assert_eq!(by_hand.len(), 1, "the hand-made backup keeps its entry");
+    assert!(backup.is_file(), "and its archive");
+    let entries = scheduled();
     let pinned: Vec<_> = entries.iter().filter(|e| e["pinned"] == true).collect();
     assert_eq!(pinned.len(), 1);
     assert_eq!(pinned[0]["id"], first.as_str());
@@ -118,9 +122,9 @@ fn a_two_second_schedule_exports_archives_and_retention_keeps_the_newest_and_the
     assert_eq!(archives(&out).len(), 2);
 
     // A file the catalog names that changed shows as such, and is not deleted.
-    let newest = catalog(&ckpt)[0].clone();
+    let newest = scheduled()[0].clone();
     std::fs::write(newest["location"].as_str().unwrap(), b"not what ckpt wrote").unwrap();
-    assert_eq!(catalog(&ckpt)[0]["presence"], "changed");
+    assert_eq!(scheduled()[0]["presence"], "changed");
     assert!(ckpt.fails(&["catalog", "rm", newest["id"].as_str().unwrap()]).contains("changed since ckpt made it"));
 
     // The audit log has it all, and catches an edit.

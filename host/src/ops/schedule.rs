@@ -404,9 +404,10 @@ fn one(
     if out.result == "ok"
         && let Some(retention) = retention
     {
-        let scope = match schedule.retainer {
-            Some(_) => super::catalog::Scope::Container,
-            None => super::catalog::Scope::Schedule(&schedule.name),
+        let built_in = |source: &str| source == policy::DEFAULT_RETAINER_SOURCE || source == "default-retainer";
+        let scope = match &schedule.retainer {
+            Some(spec) if !built_in(&spec.source) => super::catalog::Scope::Container,
+            _ => super::catalog::Scope::Schedule(&schedule.name),
         };
         match super::catalog::retain(ctx, retention, id, scope) {
             Ok(deleted) => out.deleted = deleted.into_iter().filter(|d| d.error.is_none()).map(|d| d.entry).collect(),
