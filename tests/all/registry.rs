@@ -72,6 +72,23 @@ fn policies_come_from_a_registry_pinned_by_digest() {
     let decisions = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
     assert!(decisions.contains(pinned), "the decision record names the policy by its pinned reference");
 
+    // A pin is never a file of that relative name, nor whatever sits in the cache under it.
+    let planted = ckpt.dir.path().join(pinned);
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::copy(crate::support::policy("hostile"), &planted).unwrap();
+    let (_, hex) = pinned.split_once("@sha256:").unwrap();
+    std::fs::copy(crate::support::policy("hostile"), format!("/var/tmp/ckpt-test-policy-cache/oci/{hex}.wasm"))
+        .unwrap();
+    let inspected = ckpt
+        .command()
+        .current_dir(ckpt.dir.path())
+        .args(["--config", config, "policy", "inspect", pinned])
+        .output()
+        .unwrap();
+    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
+    let described: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(described["name"], "default", "the pinned policy, not the planted one");
+
     // Only a digest pins a policy, and a digest the registry does not have is an error.
     let tag = ckpt.fails(&["--config", config, "policy", "inspect", &destination]);
     assert!(tag.contains("pinned by its digest"), "{tag}");

@@ -150,8 +150,15 @@ fn a_two_second_schedule_exports_archives_and_retention_keeps_the_newest_and_the
 fn a_planner_skips_missed_runs_and_a_restart_keeps_the_schedules_place() {
     let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("skipme", &[]);
-    let skipper = policy("skipper");
-    ckpt.ok(&["schedule", "add", "every1", "--every", "1s", "--container", "skipme", "-R", "--policy", &skipper]);
+    // Named relative to where `schedule add` ran, which is not where the daemon runs.
+    std::fs::copy(policy("skipper"), ckpt.dir.path().join("skipper.wasm")).unwrap();
+    let added = ckpt
+        .command()
+        .current_dir(ckpt.dir.path())
+        .args(["schedule", "add", "every1", "--every", "1s", "--container", "skipme", "-R", "--policy", "skipper.wasm"])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     let daemon = Daemon::start(&ckpt, "first.log");
     assert!(eventually(Duration::from_secs(20), || daemon.count("run-end") >= 1), "{:?}", daemon.events());
     assert_eq!(daemon.stop(), 0);

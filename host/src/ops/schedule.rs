@@ -25,8 +25,18 @@ impl Context {
 
 /// Checks a new schedule (its timing, export template and policies, each loaded as the role it
 /// plays) and saves it; nothing is saved when anything is wrong.
-pub fn add(ctx: &Context, schedule: Schedule) -> Result<()> {
+pub fn add(ctx: &Context, mut schedule: Schedule) -> Result<()> {
     schedules::check_name(&schedule.name)?;
+    // The daemon runs elsewhere than the command that added it: a policy file is kept by its
+    // absolute path, never resolved against the daemon's working directory.
+    let specs = schedule.policy.iter_mut().chain(schedule.gates.iter_mut()).chain(schedule.retainer.iter_mut());
+    for spec in specs {
+        let pinned = spec.source.contains("@sha256:") && crate::registry::check_reference(&spec.source).is_ok();
+        let path = std::path::Path::new(&spec.source);
+        if !pinned && path.is_relative() && path.exists() {
+            spec.source = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?.display().to_string();
+        }
+    }
     if ctx.schedules().exists(&schedule.name) {
         return Err(Error::invalid(format!(
             "schedule {:?} already exists; 'ckpt schedule rm {}' it first",
