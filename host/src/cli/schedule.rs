@@ -286,6 +286,9 @@ pub fn run_audit(ctx: &Context, command: AuditCommand) -> Result<i32> {
                         ""
                     }
                 );
+                if let Some(crash) = verified.crash {
+                    println!("note: {crash}");
+                }
                 Ok(0)
             }
             Err(broken) => {

@@ -82,7 +82,11 @@ impl Context {
     }
 
     pub fn audit_log(&self) -> crate::store::audit::AuditLog {
-        crate::store::audit::AuditLog::new(self.roots.audit_log(), self.roots.locks_dir())
+        crate::store::audit::AuditLog::new(
+            self.roots.audit_log(),
+            self.roots.locks_dir(),
+            crate::store::audit::Anchor::from_env(),
+        )
     }
 
     /// Appends to the audit log. The operation it records has happened: a log that cannot be

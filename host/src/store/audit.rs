@@ -1,12 +1,22 @@
 //! `<root>/audit.log`: an append-only, hash-chained log. Each line is
 //! `{"hash": H, "entry": E}` where `E` holds its sequence number and the hash of the line before,
-//! and `H` is the BLAKE3 of `E`'s bytes exactly as written. An edited, removed or reordered line
-//! breaks the chain at that line; a cut tail no longer reaches the head recorded beside the log
-//! (`audit.head`). Rotation moves the log aside whole and the chain carries on in the new file.
+//! and `H` is a BLAKE3 MAC of `E`'s bytes exactly as written, keyed with the host's audit key.
+//!
+//! The key and the chain's head are kept in the anchor directory, outside the store and private
+//! to root (`/etc/ckpt/audit` unless `CKPT_AUDIT_ANCHOR` says otherwise), so that whoever can
+//! write the store cannot rewrite the chain (no key), cut its tail or its start (the anchor says
+//! where it ends and starts), or hide either. An edited, removed or reordered line breaks the
+//! chain at that line. A crash between appending a line and recording the head leaves the log
+//! one sealed line ahead of it, and a crash within a line leaves a torn last line; both are told
+//! apart from tampering, and the next append carries on (cutting a torn line, and saying so in
+//! the entry it writes). Lines written before the host had a key (`blake3:`, unkeyed) still
+//! verify; every line after the first keyed one must be keyed. Rotation moves the log aside whole
+//! and the chain carries on in the new file.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,11 +30,27 @@ pub const MAX_LOG_BYTES: u64 = 16 << 20;
 pub const GENERATIONS: usize = 8;
 /// The `prev` of the very first entry.
 const GENESIS: &str = "blake3:genesis";
+/// Where the key and the heads are kept unless `CKPT_AUDIT_ANCHOR` names another directory.
+pub const DEFAULT_ANCHOR_DIR: &str = "/etc/ckpt/audit";
+const KEYED: &str = "blake3-keyed:";
+const UNKEYED: &str = "blake3:";
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The head of one store's chain, as the anchor keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
 struct Head {
     seq: u64,
     hash: String,
+    /// The sequence number of the oldest entry kept (after rotation dropped older ones).
+    #[serde(default = "one")]
+    first_seq: u64,
+    /// Entries from this one on must carry the keyed hash.
+    #[serde(default = "one")]
+    keyed_from: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,9 +66,98 @@ struct Chained {
     prev: String,
 }
 
+/// The key and heads kept outside the store.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    dir: PathBuf,
+}
+
+impl Anchor {
+    /// `CKPT_AUDIT_ANCHOR`, or [`DEFAULT_ANCHOR_DIR`].
+    pub fn from_env() -> Anchor {
+        let dir = std::env::var_os("CKPT_AUDIT_ANCHOR").map(PathBuf::from);
+        Anchor::new(dir.unwrap_or_else(|| PathBuf::from(DEFAULT_ANCHOR_DIR)))
+    }
+
+    pub fn new(dir: PathBuf) -> Anchor {
+        Anchor { dir }
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("key")
+    }
+
+    /// The host's audit key, made on first use when `create`; `None` when there is none yet.
+    fn key(&self, create: bool) -> Result<Option<[u8; 32]>> {
+        let path = self.key_path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) => {
+                let own = nix::unistd::geteuid().as_raw();
+                if !meta.is_file() || meta.uid() != own || meta.mode() & 0o077 != 0 {
+                    return Err(Error::invalid(format!(
+                        "the audit key {} must be a file owned by this user with mode 0600; fix it or move it away (a new key then starts a new seal)",
+                        path.display()
+                    )));
+                }
+                let text = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
+                let mut key = [0u8; 32];
+                let bytes = hex_bytes(text.trim()).filter(|b| b.len() == 32).ok_or_else(|| Error::Corrupt {
+                    what: "audit key",
+                    path: path.clone(),
+                    detail: "it is not 64 hex digits".into(),
+                })?;
+                key.copy_from_slice(&bytes);
+                Ok(Some(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                crate::util::create_dir_with_mode(&self.dir, 0o700)?;
+                let mut key = [0u8; 32];
+                getrandom(&mut key)?;
+                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                let made = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(hex.as_bytes()).and_then(|()| f.sync_all()));
+                match made {
+                    Ok(()) => Ok(Some(key)),
+                    // Another ckpt made it first: use that one.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.key(false),
+                    Err(e) => Err(Error::io("create", &path)(e)),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+
+    /// Where the head of the log at `log` is kept: named by the log's path, so that every store
+    /// on the host has its own.
+    fn head_path(&self, log: &Path) -> PathBuf {
+        let at = std::fs::canonicalize(log.parent().unwrap_or(log)).unwrap_or_else(|_| log.to_path_buf());
+        let name = blake3::hash(at.join(log.file_name().unwrap_or_default()).as_os_str().as_encoded_bytes());
+        self.dir.join(format!("{}.head", &name.to_hex()[..32]))
+    }
+}
+
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).map_err(Error::io("read", "/dev/urandom"))
+}
+
 pub struct AuditLog {
     path: PathBuf,
     locks_dir: PathBuf,
+    anchor: Anchor,
 }
 
 /// The first entry whose chain is broken, and how.
@@ -67,18 +182,64 @@ pub struct Verified {
     pub last_seq: u64,
     /// The oldest kept entry follows one rotated away, so its `prev` cannot be checked.
     pub anchored_after_rotation: bool,
+    /// What a crash left, which is not tampering: a torn last line, or a last line the head does
+    /// not record yet. The next append repairs it.
+    pub crash: Option<String>,
 }
 
-fn hash_of(entry: &str) -> String {
-    format!("blake3:{}", blake3::hash(entry.as_bytes()).to_hex())
+fn unkeyed_hash(entry: &str) -> String {
+    format!("{UNKEYED}{}", blake3::hash(entry.as_bytes()).to_hex())
+}
+
+fn keyed_hash(key: &[u8; 32], entry: &str) -> String {
+    format!("{KEYED}{}", blake3::keyed_hash(key, entry.as_bytes()).to_hex())
+}
+
+/// One complete line of a log file, parsed.
+struct Parsed {
+    seq: u64,
+    prev: String,
+    hash: String,
+}
+
+/// Checks one line's seal; `Err` says why it is not an untouched entry.
+fn parse_line(text: &str, key: Option<&[u8; 32]>, keyed_from: u64) -> std::result::Result<Parsed, String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| format!("not an audit entry ({e})"))?;
+    let chained: Chained = serde_json::from_str(line.entry.get()).map_err(|e| format!("not an audit entry ({e})"))?;
+    let sealed = if line.hash.starts_with(KEYED) {
+        let key = key.ok_or("sealed with a key, but this host has no audit key")?;
+        keyed_hash(key, line.entry.get()) == line.hash
+    } else {
+        if chained.seq >= keyed_from {
+            return Err(format!(
+                "entry {} is not sealed with the host's audit key, as every entry from {keyed_from} on is: it was rewritten",
+                chained.seq
+            ));
+        }
+        unkeyed_hash(line.entry.get()) == line.hash
+    };
+    if !sealed {
+        return Err("edited: its hash does not match its content".into());
+    }
+    Ok(Parsed { seq: chained.seq, prev: chained.prev, hash: line.hash })
+}
+
+/// A file's complete lines, and the bytes of a torn last line (no newline) if there is one.
+fn split_lines(bytes: &[u8]) -> (Vec<&str>, Option<usize>) {
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let torn = (complete < bytes.len()).then_some(bytes.len() - complete);
+    // A line that is not UTF-8 is not an entry, and fails as one.
+    let lines = bytes[..complete].split(|&b| b == b'\n').map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}"));
+    (lines.take(bytes[..complete].iter().filter(|&&b| b == b'\n').count()).collect(), torn)
 }
 
 impl AuditLog {
-    pub fn new(path: PathBuf, locks_dir: PathBuf) -> AuditLog {
-        AuditLog { path, locks_dir }
+    pub fn new(path: PathBuf, locks_dir: PathBuf, anchor: Anchor) -> AuditLog {
+        AuditLog { path, locks_dir, anchor }
     }
 
-    fn head_path(&self) -> PathBuf {
+    /// The head a log from before the anchor kept beside itself.
+    fn legacy_head_path(&self) -> PathBuf {
         self.path.with_extension("head")
     }
 
@@ -86,58 +247,97 @@ impl AuditLog {
         PathBuf::from(format!("{}.{n}", self.path.display()))
     }
 
+    fn anchored_head(&self) -> Result<Option<Head>> {
+        let path = self.anchor.head_path(&self.path);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
+                what: "audit head",
+                path,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+
+    /// The last complete line of the newest file that has one.
+    fn last_line(&self, key: Option<&[u8; 32]>) -> Option<Parsed> {
+        self.files().iter().rev().find_map(|file| {
+            let bytes = std::fs::read(file).ok()?;
+            let (lines, _) = split_lines(&bytes);
+            lines.last().and_then(|l| parse_line(l, key, u64::MAX).ok())
+        })
+    }
+
     /// Appends one event: `event` names it, `fields` (a JSON object) says what it was about.
     pub fn append(&self, event: &str, fields: Value) -> Result<()> {
         let _lock = StoreLock::named(&self.locks_dir, "audit")?;
-        let head = self.head()?;
+        let key = self.anchor.key(true)?.expect("made on first use");
+        let mut repaired = None;
+        if let Ok(bytes) = std::fs::read(&self.path)
+            && let (_, Some(torn)) = split_lines(&bytes)
+        {
+            let file = OpenOptions::new().write(true).open(&self.path).map_err(Error::io("open", &self.path))?;
+            file.set_len((bytes.len() - torn) as u64).map_err(Error::io("cut the torn line of", &self.path))?;
+            repaired = Some(format!("a torn last line of {torn} bytes, left by a crash while appending, was cut"));
+        }
+        let last = self.last_line(Some(&key));
+        let mut head = match (self.anchored_head()?, last) {
+            // The line was written but the head was not: the crash F8 describes. The line is
+            // sealed, so it is the chain's.
+            (Some(head), Some(last)) if last.seq == head.seq + 1 && last.prev == head.hash => {
+                Head { seq: last.seq, hash: last.hash, ..head }
+            }
+            // Otherwise the anchor is the truth: a log that disagrees was tampered with, which
+            // `verify` reports at the place.
+            (Some(head), _) => head,
+            // A log from before the anchor: it carries on from its own last line, keyed from here.
+            (None, Some(last)) => Head { seq: last.seq, hash: last.hash, first_seq: 1, keyed_from: last.seq + 1 },
+            (None, None) => Head { seq: 0, hash: GENESIS.into(), first_seq: 1, keyed_from: 1 },
+        };
         if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= MAX_LOG_BYTES) {
             self.rotate()?;
+            head.first_seq = self.first_kept_seq().unwrap_or(head.first_seq);
         }
-        let (seq, prev) = match head {
-            Some(head) => (head.seq + 1, head.hash),
-            None => (1, GENESIS.to_string()),
-        };
+        let seq = head.seq + 1;
         let mut entry = serde_json::Map::new();
         entry.insert("seq".into(), seq.into());
-        entry.insert("prev".into(), prev.into());
+        entry.insert("prev".into(), head.hash.clone().into());
         entry.insert("at".into(), crate::util::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
         entry.insert("event".into(), event.into());
+        if let Some(repaired) = repaired {
+            entry.insert("log-repaired".into(), repaired.into());
+        }
         if let Value::Object(fields) = fields {
             for (key, value) in fields {
                 entry.entry(key).or_insert(value);
             }
         }
         let entry = serde_json::to_string(&entry).expect("json");
-        let hash = hash_of(&entry);
+        let hash = keyed_hash(&key, &entry);
         let line = format!("{{\"hash\":{},\"entry\":{entry}}}\n", serde_json::to_string(&hash).expect("json"));
-        let mut file =
-            OpenOptions::new().create(true).append(true).open(&self.path).map_err(Error::io("open", &self.path))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(Error::io("open", &self.path))?;
         file.write_all(line.as_bytes()).map_err(Error::io("append to", &self.path))?;
         file.sync_data().map_err(Error::io("sync", &self.path))?;
-        let head = serde_json::to_vec(&Head { seq, hash }).expect("json");
-        crate::util::write_atomic(&self.head_path(), &head, 0o600)
+        let head = Head { seq, hash, ..head };
+        let bytes = serde_json::to_vec(&head).expect("json");
+        crate::util::write_atomic(&self.anchor.head_path(&self.path), &bytes, 0o600)?;
+        // Only the anchor's head counts now; an old one beside the log would only mislead.
+        let _ = std::fs::remove_file(self.legacy_head_path());
+        Ok(())
     }
 
-    /// The head recorded beside the log; without one (a log from before, or none yet), the last
-    /// line of the log.
-    fn head(&self) -> Result<Option<Head>> {
-        match std::fs::read(self.head_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::invalid(format!(
-                    "the audit head {} is damaged ({e}); run 'ckpt audit verify' to see where the chain breaks",
-                    self.head_path().display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(None) };
-                let Some(last) = text.lines().last() else { return Ok(None) };
-                let line: Line = serde_json::from_str(last).map_err(|e| Error::invalid(format!("{e}")))?;
-                let chained: Chained =
-                    serde_json::from_str(line.entry.get()).map_err(|e| Error::invalid(format!("{e}")))?;
-                Ok(Some(Head { seq: chained.seq, hash: line.hash }))
-            }
-            Err(e) => Err(Error::io("read", &self.head_path())(e)),
-        }
+    fn first_kept_seq(&self) -> Option<u64> {
+        self.files().iter().find_map(|file| {
+            let bytes = std::fs::read(file).ok()?;
+            let (lines, _) = split_lines(&bytes);
+            lines.first().and_then(|l| parse_line(l, None, u64::MAX).ok().or_else(|| seq_of(l)).map(|p| p.seq))
+        })
     }
 
     fn rotate(&self) -> Result<()> {
@@ -163,8 +363,8 @@ impl AuditLog {
     pub fn entries(&self) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         for file in self.files() {
-            let Ok(text) = std::fs::read_to_string(&file) else { continue };
-            for line in text.lines() {
+            let Ok(bytes) = std::fs::read(&file) else { continue };
+            for line in split_lines(&bytes).0 {
                 if let Ok(line) = serde_json::from_str::<Line>(line) {
                     out.push(serde_json::from_str(line.entry.get()).unwrap_or(Value::Null));
                 }
@@ -173,70 +373,117 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// Checks the whole chain: every line's hash, its link to the line before, its sequence
-    /// number, and that the last line is the recorded head.
+    /// Checks the whole chain: every line's seal, its link to the line before, its sequence
+    /// number, and that it starts and ends where the anchor says.
     pub fn verify(&self) -> Result<std::result::Result<Verified, Broken>> {
+        let anchored = self.anchored_head()?;
+        let key = self.anchor.key(false)?;
+        let keyed_from = anchored.as_ref().map_or(u64::MAX, |h| h.keyed_from);
         let mut previous: Option<(u64, String)> = None;
-        let mut verified = Verified { entries: 0, first_seq: 0, last_seq: 0, anchored_after_rotation: false };
-        for file in self.files() {
-            let reader = match std::fs::File::open(&file) {
-                Ok(f) => std::io::BufReader::new(f),
+        let mut verified =
+            Verified { entries: 0, first_seq: 0, last_seq: 0, anchored_after_rotation: false, crash: None };
+        let files = self.files();
+        for (n, file) in files.iter().enumerate() {
+            let bytes = match std::fs::read(file) {
+                Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("read", &file)(e)),
+                Err(e) => return Err(Error::io("read", file)(e)),
             };
-            for (index, text) in reader.lines().enumerate() {
-                let text = text.map_err(Error::io("read", &file))?;
-                let broken = |detail: String| Broken { file: file.clone(), line: index + 1, detail };
-                let line: Line = match serde_json::from_str(&text) {
-                    Ok(line) => line,
-                    Err(e) => return Ok(Err(broken(format!("not an audit entry ({e})")))),
-                };
-                if hash_of(line.entry.get()) != line.hash {
-                    return Ok(Err(broken("edited: its hash does not match its content".into())));
+            let (lines, torn) = split_lines(&bytes);
+            if let Some(torn) = torn {
+                if n + 1 < files.len() {
+                    let broken = Broken { file: file.clone(), line: lines.len() + 1, detail: "cut short".into() };
+                    return Ok(Err(broken));
                 }
-                let chained: Chained = match serde_json::from_str(line.entry.get()) {
-                    Ok(c) => c,
-                    Err(e) => return Ok(Err(broken(format!("not an audit entry ({e})")))),
+                verified.crash = Some(format!(
+                    "its last line is torn ({torn} bytes): a crash while appending; the next append cuts it"
+                ));
+            }
+            for (index, text) in lines.iter().enumerate() {
+                let broken = |detail: String| Broken { file: file.clone(), line: index + 1, detail };
+                let parsed = match parse_line(text, key.as_ref(), keyed_from) {
+                    Ok(parsed) => parsed,
+                    Err(detail) => return Ok(Err(broken(detail))),
                 };
                 match &previous {
-                    None if chained.prev == GENESIS && chained.seq == 1 => {}
-                    None => verified.anchored_after_rotation = true,
+                    None if parsed.prev == GENESIS && parsed.seq == 1 => {}
+                    None => match &anchored {
+                        Some(head) if parsed.seq != head.first_seq => {
+                            return Ok(Err(broken(format!(
+                                "the log starts at entry {}, but the anchor records that it starts at entry {}: entries were removed from the start",
+                                parsed.seq, head.first_seq
+                            ))));
+                        }
+                        _ => verified.anchored_after_rotation = true,
+                    },
                     Some((seq, hash)) => {
-                        if chained.prev != *hash || chained.seq != seq + 1 {
+                        if parsed.prev != *hash || parsed.seq != seq + 1 {
                             return Ok(Err(broken(format!(
                                 "entry {} does not follow entry {seq}: an entry before it was removed, or entries were reordered",
-                                chained.seq
+                                parsed.seq
                             ))));
                         }
                     }
                 }
                 if previous.is_none() {
-                    verified.first_seq = chained.seq;
+                    verified.first_seq = parsed.seq;
                 }
                 verified.entries += 1;
-                verified.last_seq = chained.seq;
-                previous = Some((chained.seq, line.hash));
+                verified.last_seq = parsed.seq;
+                previous = Some((parsed.seq, parsed.hash));
             }
         }
-        let head: Option<Head> = std::fs::read(self.head_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        match (head, previous) {
-            (Some(head), Some((seq, hash))) if head.seq != seq || head.hash != hash => Ok(Err(Broken {
-                file: self.path.clone(),
-                line: 0,
-                detail: format!(
-                    "the log ends at entry {seq}, but {} records entry {}: entries were removed from the end",
-                    self.head_path().display(),
-                    head.seq
-                ),
-            })),
-            (Some(head), None) => Ok(Err(Broken {
-                file: self.path.clone(),
-                line: 0,
-                detail: format!("the log is empty, but {} records entry {}", self.head_path().display(), head.seq),
-            })),
-            _ => Ok(Ok(verified)),
+        let ends = |detail: String| Ok(Err(Broken { file: self.path.clone(), line: 0, detail }));
+        let head = match anchored {
+            Some(head) => head,
+            None if key.is_some() && verified.entries > 0 && verified.last_seq >= 1 && self.has_keyed_lines() => {
+                return ends(format!(
+                    "its entries are sealed with this host's key, but the anchor {} that records where the chain ends is missing",
+                    self.anchor.head_path(&self.path).display()
+                ));
+            }
+            // A log from before the anchor: its own head, kept beside it, if any.
+            None => {
+                match std::fs::read(self.legacy_head_path()).ok().and_then(|b| serde_json::from_slice::<Head>(&b).ok())
+                {
+                    Some(head) => head,
+                    None => return Ok(Ok(verified)),
+                }
+            }
+        };
+        match previous {
+            Some((seq, hash)) if seq == head.seq && hash == head.hash => Ok(Ok(verified)),
+            Some((seq, _)) if seq == head.seq + 1 => {
+                verified.crash.get_or_insert_with(|| {
+                    "its last entry is not recorded in the head yet: a crash between the two writes; the next append records it".into()
+                });
+                Ok(Ok(verified))
+            }
+            Some((seq, _)) => ends(format!(
+                "the log ends at entry {seq}, but the anchor {} records entry {}: entries were removed from the end",
+                self.anchor.head_path(&self.path).display(),
+                head.seq
+            )),
+            None => ends(format!(
+                "the log is empty, but the anchor {} records entry {}",
+                self.anchor.head_path(&self.path).display(),
+                head.seq
+            )),
         }
     }
+
+    fn has_keyed_lines(&self) -> bool {
+        self.files()
+            .iter()
+            .any(|file| std::fs::read(file).is_ok_and(|b| b.windows(KEYED.len()).any(|w| w == KEYED.as_bytes())))
+    }
+}
+
+/// The sequence number of a line whose seal cannot be checked (no key).
+fn seq_of(text: &str) -> Option<Parsed> {
+    let line: Line = serde_json::from_str(text).ok()?;
+    let chained: Chained = serde_json::from_str(line.entry.get()).ok()?;
+    Some(Parsed { seq: chained.seq, prev: chained.prev, hash: line.hash })
 }
 
 #[cfg(test)]
@@ -250,7 +497,7 @@ mod tests {
     }
 
     fn log(dir: &Path) -> AuditLog {
-        AuditLog::new(log_path(dir), dir.join("locks"))
+        AuditLog::new(log_path(dir), dir.join("locks"), Anchor::new(dir.join("anchor")))
     }
 
     fn filled(dir: &Path) -> AuditLog {
@@ -290,6 +537,87 @@ mod tests {
             let broken = audit.verify().unwrap().unwrap_err().to_string();
             assert!(broken.contains(expected), "{expected}: {broken}");
         }
+    }
+
+    /// The log's lines with every hash and link made again without the key, as whoever can
+    /// write the store could.
+    fn rechain_unkeyed(path: &Path) {
+        edit(path, |lines| {
+            let mut prev = GENESIS.to_string();
+            for line in lines.iter_mut() {
+                let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
+                let mut entry = parsed["entry"].clone();
+                entry["prev"] = prev.clone().into();
+                let entry = serde_json::to_string(&entry).unwrap();
+                prev = unkeyed_hash(&entry);
+                *line = format!("{{\"hash\":{:?},\"entry\":{entry}}}", prev);
+            }
+        });
+    }
+
+    #[test]
+    fn whoever_can_write_the_store_cannot_cut_or_rewrite_the_chain_unseen() {
+        type Edit = fn(&Path);
+        let cases: [(&str, Edit); 3] = [
+            ("entries were removed from the start", |log| edit(log, |l| drop(l.drain(..3)))),
+            ("entries were removed from the end", |log| {
+                edit(log, |l| drop(l.pop()));
+                let _ = std::fs::remove_file(log.with_extension("head"));
+            }),
+            ("not sealed with the host's audit key", |log| {
+                edit(log, |l| l[2] = l[2].replace("c2", "cX"));
+                rechain_unkeyed(log);
+            }),
+        ];
+        for (expected, tamper) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let audit = filled(dir.path());
+            tamper(&log_path(dir.path()));
+            let broken = audit.verify().unwrap().unwrap_err().to_string();
+            assert!(broken.contains(expected), "{expected}: {broken}");
+        }
+    }
+
+    #[test]
+    fn a_crash_while_appending_is_told_apart_from_tampering_and_the_next_append_carries_on() {
+        // Between the line and the head: the log is one sealed line ahead.
+        let dir = tempfile::tempdir().unwrap();
+        let audit = filled(dir.path());
+        let head = audit.anchor.head_path(&audit.path);
+        let before = std::fs::read(&head).unwrap();
+        audit.append("checkpoint", json!({"container": "c5"})).unwrap();
+        std::fs::write(&head, before).unwrap();
+        let verified = audit.verify().unwrap().unwrap();
+        assert!(verified.crash.unwrap().contains("between the two writes"));
+        audit.append("checkpoint", json!({"container": "c6"})).unwrap();
+        let verified = audit.verify().unwrap().unwrap();
+        assert_eq!((verified.last_seq, verified.crash), (7, None));
+
+        // Within a line: a torn last line, cut by the next append, which says so.
+        let mut file = OpenOptions::new().append(true).open(&audit.path).unwrap();
+        file.write_all(b"{\"hash\":\"blake3-keyed:12").unwrap();
+        let verified = audit.verify().unwrap().unwrap();
+        assert!(verified.crash.unwrap().contains("torn"));
+        audit.append("restore", json!({"container": "c0"})).unwrap();
+        let verified = audit.verify().unwrap().unwrap();
+        assert_eq!((verified.last_seq, verified.crash), (8, None));
+        let last = audit.entries().unwrap().pop().unwrap();
+        assert!(last["log-repaired"].as_str().unwrap().contains("torn last line"), "{last}");
+    }
+
+    #[test]
+    fn a_log_from_before_the_key_still_verifies_and_is_sealed_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = filled(dir.path());
+        rechain_unkeyed(&audit.path);
+        std::fs::remove_file(audit.anchor.head_path(&audit.path)).unwrap();
+        assert_eq!(audit.verify().unwrap().unwrap().last_seq, 5, "an unkeyed log from before verifies");
+        audit.append("restore", json!({"container": "c0"})).unwrap();
+        assert_eq!(audit.verify().unwrap().unwrap().last_seq, 6);
+        // Rewriting the new, keyed part without the key is caught.
+        rechain_unkeyed(&audit.path);
+        let broken = audit.verify().unwrap().unwrap_err().to_string();
+        assert!(broken.contains("line 6") && broken.contains("not sealed"), "{broken}");
     }
 
     #[test]

@@ -71,6 +71,8 @@ impl Ckpt {
         // compile, and what is under test is that a cached one is not compiled again.
         cmd.env("CKPT_POLICY_CACHE", "/var/tmp/ckpt-test-policy-cache");
         cmd.arg("--root").arg(&self.root).arg("--runroot").arg(&self.runroot);
+        // The audit key and head live outside the store; each test has its own.
+        cmd.env("CKPT_AUDIT_ANCHOR", self.dir.path().join("audit-anchor"));
         cmd.env("CKPT_CONFIG", self.dir.path().join("ckpt.toml"));
         cmd.stdin(Stdio::null());
         cmd
