@@ -211,3 +211,55 @@ fn sigterm_in_the_middle_of_a_run_loses_nothing() {
     }
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
 }
+
+/// A small tmpfs over a directory, its files copied in; unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn over(dir: &Path, size: &str) -> SmallFs {
+        let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs on {}", dir.display());
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Fills it, so that the next write fails with ENOSPC.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_schedule_whose_place_cannot_be_saved_runs_each_slot_once() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.ok(&["schedule", "add", "full", "--every", "1s", "--label", "selects=nothing"]);
+    let small = SmallFs::over(&ckpt.root.join("schedules"), "256k");
+    small.fill();
+    let daemon = Daemon::start(&ckpt, "daemon.log");
+    std::thread::sleep(Duration::from_secs(4));
+    let runs = daemon.count("run-start");
+    let errors = daemon.count("error");
+    assert_eq!(daemon.stop(), 0);
+    assert!(errors >= 1, "the failed save is reported");
+    // One run a slot (four or five in four seconds), not one a tick (forty).
+    assert!((1..=6).contains(&runs), "{runs} runs in 4 s on a 1 s schedule whose place cannot be saved");
+}

@@ -4,10 +4,10 @@
 //! schedule's place is on disk, so a restart carries on where the last daemon stopped and
 //! reports the runs it missed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,6 +16,23 @@ use serde_json::{Value, json};
 use super::Context;
 use super::schedule::{self, ContainerOutcome, Limits};
 use crate::error::{Error, Result};
+
+/// A lock whose holder panicked: what it guards (counters, a set of names) is still whole.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a schedule off the running set when its run ends, even by a panic.
+struct RunningGuard<'a> {
+    running: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        locked(self.running).remove(&self.name);
+    }
+}
 
 /// How often the daemon looks for due schedules.
 const TICK: Duration = Duration::from_millis(100);
@@ -131,7 +148,7 @@ fn serve_metrics(listener: TcpListener, metrics: &Mutex<Metrics>, limits: &Limit
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
         let mut request = [0u8; 1024];
         let _ = stream.read(&mut request);
-        let body = metrics.lock().expect("metrics").render(limits.in_flight());
+        let body = locked(metrics).render(limits.in_flight());
         let _ = write!(
             stream,
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
@@ -153,7 +170,21 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         ),
         None => None,
     };
+    // What a predecessor killed mid-dump left (a frozen container, one stopped with its images
+    // kept) is repaired before any schedule runs, and said.
+    match super::system::check(ctx, true) {
+        Ok(findings) => {
+            for finding in findings {
+                log("repair", json!({"finding": finding}));
+                ctx.audit("system-repair", json!({"finding": finding, "by": "daemon-start"}));
+            }
+        }
+        Err(e) => log("error", json!({"error": format!("system check at start: {e}")})),
+    }
     let limits = Limits::new(options.max_parallel);
+    // The slot each schedule last ran in this daemon: a place that could not be saved (a full
+    // disk) must not make the same slot due again at the next tick.
+    let ran: Mutex<HashMap<String, chrono::DateTime<Utc>>> = Mutex::new(HashMap::new());
     let metrics = Mutex::new(Metrics::default());
     let running: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     log(
@@ -170,26 +201,33 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
             snapshot.refresh(ctx);
             let now = Utc::now();
             for (schedule, state) in &snapshot.entries {
-                if schedule.paused || running.lock().expect("running").contains(&schedule.name) {
+                if schedule.paused || locked(&running).contains(&schedule.name) {
                     continue;
                 }
-                if schedule.due(state, now).is_none() {
+                let ran_here = locked(&ran).get(&schedule.name).copied();
+                let known = |mut state: crate::store::schedules::ScheduleState| {
+                    state.last_run = state.last_run.max(ran_here);
+                    state
+                };
+                if schedule.due(&known(state.clone()), now).is_none() {
                     continue;
                 }
                 // Due as last read: its place is read again, as a run that just ended saved it.
-                let state = ctx.schedules().state(&schedule.name);
+                let state = known(ctx.schedules().state(&schedule.name));
                 let Some((slot, missed)) = schedule.due(&state, now) else { continue };
                 if now < slot + chrono::Duration::from_std(schedule.jitter_for(slot)).unwrap_or_default() {
                     continue;
                 }
-                running.lock().expect("running").insert(schedule.name.clone());
+                locked(&running).insert(schedule.name.clone());
+                locked(&ran).insert(schedule.name.clone(), slot);
                 let schedule = schedule.clone();
                 let (limits, metrics, running) = (&limits, &metrics, &running);
                 scope.spawn(move || {
+                    let _running = RunningGuard { running, name: schedule.name.clone() };
                     log("run-start", json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed}));
                     let on_container = |o: &ContainerOutcome| {
                         log("checkpoint", json!({"schedule": schedule.name, "outcome": o}));
-                        let mut m = metrics.lock().expect("metrics");
+                        let mut m = locked(metrics);
                         *m.checkpoints.entry(o.result.to_string()).or_default() += 1;
                         if o.result == "ok" {
                             m.checkpoint_seconds += o.duration_ms as f64 / 1000.0;
@@ -209,11 +247,9 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
                         json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed, "result": result}),
                     );
                     log("run-end", json!({"schedule": schedule.name, "slot": slot, "result": result}));
-                    let mut m = metrics.lock().expect("metrics");
+                    let mut m = locked(metrics);
                     *m.runs.entry((schedule.name.clone(), result)).or_default() += 1;
                     m.missed += u64::from(missed);
-                    drop(m);
-                    running.lock().expect("running").remove(&schedule.name);
                 });
             }
             std::thread::sleep(TICK);
@@ -221,7 +257,7 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         log(
             "daemon-stopping",
             json!({"signal": crate::interrupt::received().map(|s| s.to_string()),
-            "runs-in-flight": running.lock().expect("running").len()}),
+            "runs-in-flight": locked(&running).len()}),
         );
     });
     log("daemon-stop", json!({}));

@@ -180,7 +180,8 @@ pub fn list(ctx: &Context) -> Result<Vec<Listed>> {
             let state = store.state(&schedule.name);
             let next_run = match schedule.paused {
                 true => None,
-                false => schedule.next_after(state.last_run.unwrap_or(schedule.created)),
+                // A last run in the future (a clock that jumped) is not believed, as in `due`.
+                false => schedule.next_after(state.last_run.filter(|t| *t <= Utc::now()).unwrap_or(schedule.created)),
             };
             Listed { schedule, next_run, state }
         })

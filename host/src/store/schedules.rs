@@ -126,22 +126,50 @@ impl Schedule {
     }
 
     /// The slot that is due at `now`, if any, and how many earlier due slots it passes over.
+    /// Only the latest due slot runs: after any downtime the schedule skips to it, never runs
+    /// back to back. A last run in the future (saved while the clock had jumped ahead) is not
+    /// believed: the latest due slot runs once, so that a clock set right again does not stall
+    /// the schedule, and no run is counted as missed.
     pub fn due(&self, state: &ScheduleState, now: DateTime<Utc>) -> Option<(DateTime<Utc>, u32)> {
-        let mut slot = self.next_after(state.last_run.unwrap_or(self.created))?;
-        if slot > now {
+        let believed = state.last_run.filter(|last| *last <= now);
+        let last = believed.unwrap_or(self.created);
+        let first = self.next_after(last)?;
+        if first > now {
             return None;
         }
+        let latest = self.latest_due(first, now);
+        // Counted for the record only, and bounded, for a daemon down a year on a 1 s schedule.
         let mut missed = 0u32;
-        // The latest due slot runs; the ones before it were missed. Bounded, for a daemon that
-        // was down for a year on a one-second schedule.
-        while let Some(next) = self.next_after(slot) {
-            if next > now || missed >= 100_000 {
-                break;
+        let mut slot = first;
+        while slot < latest && missed < 100_000 {
+            match self.next_after(slot) {
+                Some(next) => slot = next,
+                None => break,
             }
-            slot = next;
             missed += 1;
         }
-        Some((slot, missed))
+        let clock_jumped = state.last_run.is_some() && believed.is_none();
+        Some((latest, if clock_jumped { 0 } else { missed }))
+    }
+
+    /// The last slot at or before `now`, given that `first` is one: found by looking back from
+    /// `now` over a window that doubles until it holds a slot, then forward within it.
+    fn latest_due(&self, first: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        let mut back = chrono::Duration::seconds(1);
+        let mut slot = loop {
+            let from = now - back;
+            if from <= first {
+                break first;
+            }
+            match self.next_after(from) {
+                Some(found) if found <= now => break found,
+                _ => back = back * 2,
+            }
+        };
+        while let Some(next) = self.next_after(slot).filter(|next| *next <= now) {
+            slot = next;
+        }
+        slot
     }
 
     /// A delay in `[0, jitter)` that depends only on the schedule and the slot.
@@ -297,6 +325,11 @@ mod tests {
         let ran = ScheduleState { last_run: Some(at(30)), ..Default::default() };
         assert_eq!(s.due(&ran, at(39)), None);
         assert_eq!(s.due(&ran, at(40)), Some((at(40), 0)));
+        // A last run saved while the clock was a day ahead does not stall the schedule.
+        let ahead = ScheduleState { last_run: Some(at(86_400)), ..ScheduleState::default() };
+        assert_eq!(s.due(&ahead, at(45)), Some((at(40), 0)));
+        // Three days down on a 10 s schedule: straight to the latest slot, the rest missed.
+        assert_eq!(s.due(&ran, at(3 * 86_400 + 5)), Some((at(3 * 86_400), (3 * 86_400 - 40) / 10)));
     }
 
     #[test]
