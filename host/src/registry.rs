@@ -24,6 +24,8 @@ pub enum RegistryError {
     Failed { action: &'static str, reference: String, status: String, stderr: String },
     #[error("{0:?} is not a registry reference: give HOST[:PORT]/NAME[:TAG], for example localhost:5000/ckpt/web:1")]
     BadReference(String),
+    #[error("cannot write --creds into a private auth file for skopeo: {0}")]
+    Creds(String),
 }
 
 /// Copies images between a local OCI layout and a registry.
@@ -61,9 +63,17 @@ impl Skopeo {
             .ok_or_else(|| RegistryError::NoSkopeo("not in $PATH".into()))
     }
 
-    fn copy(&self, action: &'static str, reference: &str, args: &[String]) -> Result<(), RegistryError> {
+    /// `skopeo copy`; `side` (`src` or `dest`) is the registry's, reached with `access`.
+    fn copy(
+        &self,
+        action: &'static str,
+        reference: &str,
+        (side, access): (&str, &Access),
+        args: &[String],
+    ) -> Result<(), RegistryError> {
+        let creds = access.creds.as_deref().map(|creds| CredsFile::write(reference, creds)).transpose()?;
         let mut cmd = Command::new(&self.path);
-        cmd.arg("copy").arg("--quiet").args(args);
+        cmd.arg("copy").arg("--quiet").args(access_args(side, access, creds.as_ref())).args(args);
         tracing::debug!(?cmd, "{action}");
         let output = cmd.output().map_err(|e| RegistryError::NoSkopeo(e.to_string()))?;
         if output.status.success() {
@@ -78,13 +88,32 @@ impl Skopeo {
     }
 }
 
-/// skopeo's flags for one side of a copy (`src` or `dest`).
-fn access_args(side: &str, access: &Access) -> Vec<String> {
-    let mut args = vec![format!("--{side}-tls-verify={}", access.tls_verify)];
-    if let Some(creds) = &access.creds {
-        args.push(format!("--{side}-creds={creds}"));
+/// `--creds USER:PASS` as an auth file of its own, private to root, for one copy: never on
+/// skopeo's command line, which every local user reads in `/proc/PID/cmdline`. Removed on drop.
+struct CredsFile(tempfile::NamedTempFile);
+
+impl CredsFile {
+    fn write(reference: &str, creds: &str) -> Result<CredsFile, RegistryError> {
+        use base64::Engine;
+        use std::io::Write;
+        let host = reference.split_once('/').map_or(reference, |(host, _)| host);
+        let auth = base64::engine::general_purpose::STANDARD.encode(creds);
+        let document = serde_json::json!({"auths": {host: {"auth": auth}}});
+        let failed = |e: std::io::Error| RegistryError::Creds(e.to_string());
+        // tempfile makes it 0600.
+        let mut file = tempfile::Builder::new().prefix("ckpt-auth-").suffix(".json").tempfile().map_err(failed)?;
+        file.write_all(document.to_string().as_bytes()).map_err(failed)?;
+        file.flush().map_err(failed)?;
+        Ok(CredsFile(file))
     }
-    if let Some(authfile) = &access.authfile {
+}
+
+/// skopeo's flags for one side of a copy (`src` or `dest`); `--creds` go in `creds`, which takes
+/// the place of any `--authfile`.
+fn access_args(side: &str, access: &Access, creds: Option<&CredsFile>) -> Vec<String> {
+    let mut args = vec![format!("--{side}-tls-verify={}", access.tls_verify)];
+    let authfile = creds.map(|c| c.0.path()).or(access.authfile.as_deref());
+    if let Some(authfile) = authfile {
         args.push(format!("--{side}-authfile={}", authfile.display()));
     }
     args
@@ -97,17 +126,15 @@ fn oci(layout: &Path, name: &str) -> String {
 impl Registry for Skopeo {
     fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(destination)?;
-        let mut args = access_args("dest", access);
         // Digests are kept, so a pushed checkpoint image is the same image on the other side.
-        args.extend(["--preserve-digests".to_string(), oci(layout, name), format!("docker://{destination}")]);
-        self.copy("push to", destination, &args)
+        let args = ["--preserve-digests".to_string(), oci(layout, name), format!("docker://{destination}")];
+        self.copy("push to", destination, ("dest", access), &args)
     }
 
     fn pull(&self, source: &str, layout: &Path, name: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(source)?;
-        let mut args = access_args("src", access);
-        args.extend(["--preserve-digests".to_string(), format!("docker://{source}"), oci(layout, name)]);
-        self.copy("pull of", source, &args)
+        let args = ["--preserve-digests".to_string(), format!("docker://{source}"), oci(layout, name)];
+        self.copy("pull of", source, ("src", access), &args)
     }
 }
 
@@ -135,12 +162,23 @@ mod tests {
     }
 
     #[test]
-    fn access_becomes_skopeos_flags() {
-        let access = Access { tls_verify: false, creds: Some("u:p".into()), authfile: Some("/a.json".into()) };
-        assert_eq!(
-            access_args("dest", &access),
-            ["--dest-tls-verify=false", "--dest-creds=u:p", "--dest-authfile=/a.json"]
-        );
-        assert_eq!(access_args("src", &Access { tls_verify: true, ..Default::default() }), ["--src-tls-verify=true"]);
+    fn access_becomes_skopeos_flags_and_creds_never_reach_its_command_line() {
+        let access = Access { tls_verify: false, creds: None, authfile: Some("/a.json".into()) };
+        assert_eq!(access_args("dest", &access, None), ["--dest-tls-verify=false", "--dest-authfile=/a.json"]);
+        let plain = Access { tls_verify: true, ..Default::default() };
+        assert_eq!(access_args("src", &plain, None), ["--src-tls-verify=true"]);
+
+        let creds = CredsFile::write("localhost:5000/ckpt/web:1", "alice:s3cret").unwrap();
+        let with_creds = Access { creds: Some("alice:s3cret".into()), ..access };
+        let args = access_args("src", &with_creds, Some(&creds));
+        assert!(args.iter().all(|a| !a.contains("s3cret")), "{args:?}");
+        assert_eq!(args[1], format!("--src-authfile={}", creds.0.path().display()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(creds.0.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(creds.0.path()).unwrap()).unwrap();
+        assert_eq!(written["auths"]["localhost:5000"]["auth"], "YWxpY2U6czNjcmV0", "base64 of alice:s3cret");
+        let path = creds.0.path().to_path_buf();
+        drop(creds);
+        assert!(!path.exists(), "removed after the copy");
     }
 }

@@ -101,7 +101,7 @@ impl Anchor {
                 }
                 let text = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
                 let mut key = [0u8; 32];
-                let bytes = hex_bytes(text.trim()).filter(|b| b.len() == 32).ok_or_else(|| Error::Corrupt {
+                let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| Error::Corrupt {
                     what: "audit key",
                     path: path.clone(),
                     detail: "it is not 64 hex digits".into(),
@@ -113,7 +113,7 @@ impl Anchor {
                 crate::util::create_dir_with_mode(&self.dir, 0o700)?;
                 let mut key = [0u8; 32];
                 getrandom(&mut key)?;
-                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = hex::encode(key);
                 let made = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -140,13 +140,6 @@ impl Anchor {
         let name = blake3::hash(at.join(log.file_name().unwrap_or_default()).as_os_str().as_encoded_bytes());
         self.dir.join(format!("{}.head", &name.to_hex()[..32]))
     }
-}
-
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<()> {
