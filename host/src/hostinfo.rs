@@ -57,6 +57,11 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     nix::sys::statvfs::statvfs(path).ok().map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
 }
 
+/// The size of `path`'s filesystem.
+pub fn filesystem_bytes(path: &Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(path).ok().map(|s| s.blocks().saturating_mul(s.fragment_size()))
+}
+
 /// Free bytes on `path`'s filesystem, or on `/` when `path` is not there yet.
 pub fn free_disk_bytes(path: &Path) -> u64 {
     free_bytes(path).or_else(|| free_bytes(Path::new("/"))).unwrap_or(0)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Ckpt, eventually, last_count};
+use crate::support::{Ckpt, SmallFs, eventually, last_count};
 
 #[test]
 fn checkpoint_then_restore_carries_memory_state_on() {
@@ -669,4 +669,31 @@ fn a_killed_import_is_found_and_removed() {
         ckpt.ok(&["rm", "-f", &name]);
     }
     assert_eq!(ckpt.ok(&["system", "check"]), "nothing to repair\n");
+}
+
+#[test]
+fn a_store_on_a_small_file_system_runs_containers_and_a_dump_that_runs_out_of_space_loses_nothing() {
+    let Some(mut ckpt) = Ckpt::available() else { return };
+    let small_dir = ckpt.path("small");
+    std::fs::create_dir_all(&small_dir).unwrap();
+    let small = SmallFs::over(&small_dir, "48m");
+    ckpt.root = small_dir.join("root");
+    // Less than 64 MiB free: the reserve scales with the file system.
+    ckpt.counter("tight", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("tight")) >= 3));
+
+    small.fill_leaving(64 << 10);
+    let failed = ckpt.run(&["checkpoint", "tight"]);
+    assert_eq!(failed.code, 125, "{}{}", failed.stderr, failed.stdout);
+    assert_eq!(ckpt.status("tight"), "running", "a dump with no room leaves the container running");
+    let check = ckpt.run(&["system", "check"]);
+    assert_eq!(check.code, 0, "nothing was interrupted: {}{}", check.stdout, check.stderr);
+    assert!(check.stdout.contains("nothing to repair"), "{}", check.stdout);
+
+    small.unfill();
+    let before = last_count(&ckpt.logs("tight"));
+    ckpt.ok(&["checkpoint", "tight"]);
+    ckpt.ok(&["restore", "tight"]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("tight")) > before), "its memory is whole");
+    ckpt.ok(&["rm", "-f", "tight"]);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::support::{Ckpt, eventually, policy};
+use crate::support::{Ckpt, SmallFs, eventually, policy};
 
 /// A running `ckpt daemon`, its events in a file.
 struct Daemon {
@@ -210,42 +210,6 @@ fn sigterm_in_the_middle_of_a_run_loses_nothing() {
         ckpt.ok(&["restore", "term"]);
     }
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
-}
-
-/// A small tmpfs over a directory, its files copied in; unmounted on drop.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn over(dir: &Path, size: &str) -> SmallFs {
-        let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
-            .collect();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(mounted.success(), "mount a tmpfs on {}", dir.display());
-        for (name, bytes) in files {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-        SmallFs(dir.to_path_buf())
-    }
-
-    /// Fills it, so that the next write fails with ENOSPC.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
-        while filler.write_all(&[0u8; 4096]).is_ok() {}
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

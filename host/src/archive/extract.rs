@@ -21,8 +21,11 @@ use super::{ArchiveError, CHUNK};
 pub use crate::safefs::clean_relative;
 use crate::safefs::{self, Beneath, Kind, ResolveError};
 
-/// What an extraction leaves free on the destination's filesystem.
-const FREE_SPACE_RESERVE: u64 = 64 << 20;
+/// What an extraction leaves free on the destination's filesystem, so that the store can still
+/// write its records: 64 MiB, or a twentieth of a smaller filesystem.
+fn free_space_reserve(filesystem_bytes: Option<u64>) -> u64 {
+    filesystem_bytes.map_or(64 << 20, |size| (size / 20).min(64 << 20))
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractLimits {
@@ -231,8 +234,9 @@ impl<'a> Extractor<'a> {
         let options = self.options;
         let malformed = |e: io::Error| malformed(name, e);
         // A bomb stops at the free space of the destination (less a reserve), not at the disk's end.
-        let room = crate::hostinfo::free_bytes(dest).unwrap_or(u64::MAX).saturating_sub(FREE_SPACE_RESERVE);
-        let budget = options.limits.max_total_bytes.min(room);
+        let free = crate::hostinfo::free_bytes(dest);
+        let reserve = free_space_reserve(crate::hostinfo::filesystem_bytes(dest));
+        let budget = options.limits.max_total_bytes.min(free.unwrap_or(u64::MAX).saturating_sub(reserve));
         let mut total: u64 = 0;
         let mut count: u64 = 0;
         let mut written = Vec::new();
@@ -270,7 +274,8 @@ impl<'a> Extractor<'a> {
             }
             if total > budget {
                 return Err(self.too_large(format!(
-                    "its content needs more than the {budget} bytes free at {:?}",
+                    "its content needs more than the {} bytes free at {:?} less the {reserve} bytes kept free for the store's own records; free some space there",
+                    free.unwrap_or(0),
                     dest.display().to_string()
                 )));
             }

@@ -153,7 +153,15 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
         ));
         return Ok(found);
     }
-    if record.state.checkpoint_in_progress {
+    if record.state.checkpoint_in_progress && !gone {
+        // A dump that failed while the disk was full let the container run on, but could not
+        // clear the flag: nothing was interrupted, and a repair clears it quietly.
+        if repair {
+            let mut fresh = ctx.containers.load(&record.id)?;
+            fresh.state.checkpoint_in_progress = false;
+            let _ = ctx.containers.save(&fresh);
+        }
+    } else if record.state.checkpoint_in_progress {
         let images = paths.checkpoint_dir();
         let restorable = images.join("inventory.img").is_file();
         let repaired = repair && {

@@ -326,3 +326,58 @@ impl Drop for Podman {
         }
     }
 }
+
+/// A small tmpfs over a directory, its files copied in; unmounted on drop.
+pub struct SmallFs(PathBuf);
+
+impl SmallFs {
+    pub fn over(dir: &Path, size: &str) -> SmallFs {
+        let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs on {}", dir.display());
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Fills it, so that the next write fails with ENOSPC.
+    pub fn fill(&self) {
+        self.fill_leaving(0);
+    }
+
+    /// Fills it until no more than `leave` bytes are free.
+    pub fn fill_leaving(&self, leave: u64) {
+        use std::io::Write;
+        let free = || {
+            let s = nix::sys::statvfs::statvfs(&self.0).unwrap();
+            s.blocks_available() * s.fragment_size()
+        };
+        let mut filler = std::fs::OpenOptions::new().create(true).append(true).open(self.filler()).unwrap();
+        while free() > leave && filler.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    /// Frees what `fill` took.
+    pub fn unfill(&self) {
+        let _ = std::fs::remove_file(self.filler());
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.0.join("filler")
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

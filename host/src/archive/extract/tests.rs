@@ -407,3 +407,10 @@ fn compressed_streams_read_ahead_give_the_same_bytes() {
     let read = crate::archive::decompress(std::io::Cursor::new(corrupt), "t").unwrap().read_to_end(&mut out);
     assert!(read.is_err() || out != data, "a corrupt stream never reads back as the original");
 }
+
+#[test]
+fn the_free_space_reserve_scales_with_a_small_filesystem() {
+    assert_eq!(free_space_reserve(Some(64 << 20)), (64 << 20) / 20, "a 64 MiB store keeps 3.2 MiB");
+    assert_eq!(free_space_reserve(Some(100 << 30)), 64 << 20, "a large one keeps 64 MiB");
+    assert_eq!(free_space_reserve(None), 64 << 20);
+}
