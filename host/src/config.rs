@@ -157,7 +157,7 @@ impl HostConfig {
 
     /// Whether a policy may create the checkpoint image `name` (already normalised).
     pub fn allows_image(&self, name: &str) -> std::result::Result<(), String> {
-        if self.exports.image_prefixes.iter().any(|prefix| !prefix.is_empty() && name.starts_with(prefix.as_str())) {
+        if self.exports.image_prefixes.iter().any(|prefix| reference_within(prefix, name)) {
             return Ok(());
         }
         Err(format!(
@@ -171,7 +171,7 @@ impl HostConfig {
 impl HostConfig {
     /// Whether a policy may push a checkpoint image to `reference` (already normalised).
     pub fn allows_registry(&self, reference: &str) -> std::result::Result<(), String> {
-        if self.exports.registries.iter().any(|prefix| !prefix.is_empty() && reference.starts_with(prefix.as_str())) {
+        if self.exports.registries.iter().any(|prefix| reference_within(prefix, reference)) {
             return Ok(());
         }
         Err(format!(
@@ -182,6 +182,25 @@ impl HostConfig {
     }
 }
 
+/// Whether `reference` is under `prefix`: the same host exactly (`localhost:5000` does not admit
+/// `localhost:50000`, nor `example.com` `example.com.evil.net`), then whole path components
+/// (`ckpt/web` admits `ckpt/web:1` and `ckpt/web/x`, not `ckpt/webx`; a prefix ending in `/`
+/// admits everything below it).
+fn reference_within(prefix: &str, reference: &str) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let (prefix_host, prefix_path) = prefix.split_once('/').unwrap_or((prefix, ""));
+    let (host, path) = reference.split_once('/').unwrap_or((reference, ""));
+    if prefix_host != host {
+        return false;
+    }
+    if prefix_path.is_empty() || prefix_path.ends_with('/') {
+        return path.starts_with(prefix_path);
+    }
+    path.strip_prefix(prefix_path).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', ':', '@']))
+}
+
 fn list(items: impl Iterator<Item = String>) -> String {
     let items: Vec<String> = items.map(|i| format!("{i:?}")).collect();
     if items.is_empty() { "none are".into() } else { format!("now: {}", items.join(", ")) }
@@ -190,6 +209,29 @@ fn list(items: impl Iterator<Item = String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_is_within_a_prefix_by_exact_host_and_whole_path_components() {
+        for (prefix, reference) in [
+            ("localhost:5000", "localhost:5000/ckpt/web:1"),
+            ("localhost:5000/", "localhost:5000/ckpt/web:1"),
+            ("localhost/allowed/", "localhost/allowed/web:latest"),
+            ("registry.example.com/ckpt", "registry.example.com/ckpt/web:1"),
+            ("registry.example.com/ckpt/web", "registry.example.com/ckpt/web:1"),
+            ("registry.example.com/ckpt/web", "registry.example.com/ckpt/web@sha256:00"),
+        ] {
+            assert!(reference_within(prefix, reference), "{prefix} admits {reference}");
+        }
+        for (prefix, reference) in [
+            ("localhost:5000", "localhost:50000/ckpt/web:1"),
+            ("registry.example.com", "registry.example.com.evil.net/ckpt/web:1"),
+            ("localhost", "localhost:5000/ckpt/web:1"),
+            ("registry.example.com/ckpt", "registry.example.com/ckptx/web:1"),
+            ("", "localhost/x:1"),
+        ] {
+            assert!(!reference_within(prefix, reference), "{prefix} does not admit {reference}");
+        }
+    }
 
     fn config(dirs: &[&Path], prefixes: &[&str]) -> HostConfig {
         HostConfig {

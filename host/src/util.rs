@@ -231,9 +231,16 @@ pub fn file_digest(path: &Path) -> Result<String> {
 
 /// Text from a policy, an archive, a label or a log, made safe for a terminal: control
 /// characters (C0 but newline and tab, DEL, C1) are shown as `\x1b`-style escapes, as `ls` and
-/// git do, so that no escape sequence clears a screen, sets a title or writes the clipboard.
+/// git do, so that no escape sequence clears a screen, sets a title or writes the clipboard; so
+/// are the invisible format characters (bidi overrides such as U+202E, zero-width ones, line
+/// separators, tags), so that no text reads otherwise than it is.
 pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    let is_control = |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}';
+    let is_format = |c: char| {
+        matches!(c as u32,
+            0xad | 0x61c | 0x180e | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f
+            | 0xfeff | 0xfff9..=0xfffb | 0xe0001 | 0xe0020..=0xe007f)
+    };
+    let is_control = |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}' || is_format(c);
     if !text.chars().any(is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -337,6 +344,8 @@ mod tests {
         assert_eq!(escape_controls("plain\ttext\n"), "plain\ttext\n");
         assert_eq!(escape_controls("\x1b[2J\x1b]0;title\x07"), "\\x1b[2J\\x1b]0;title\\x07");
         assert_eq!(escape_controls("c1 \u{9b}31m del \u{7f} é"), "c1 \\x9b31m del \\x7f é");
+        assert_eq!(escape_controls("allow\u{202e}yned\u{200b}"), "allow\\u{202e}yned\\u{200b}", "bidi and zero width");
+        assert_eq!(escape_controls("données 数据"), "données 数据", "letters of any script stay");
     }
 
     #[test]

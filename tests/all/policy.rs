@@ -188,7 +188,7 @@ fn misbehaving_policies_are_denied_and_the_next_checkpoint_works() {
         ("recurse", "trapped"),
         ("read-file", "reading a host file"),
         ("connect", "opening a socket"),
-        ("oversized", "answer ckpt cannot accept"),
+        ("oversized", "too much data"),
         ("panic", "panics on purpose"),
     ] {
         let settings = format!("{{\"mode\": \"{mode}\"}}");

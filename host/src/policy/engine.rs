@@ -682,6 +682,7 @@ fn premake(engine: &Engine, exports: &Exports, counted: Option<SpareCount>) -> w
     let (wasi, stdout, stderr) = wasi_for(Determinism::default());
     let mut store = Store::new(engine, State::new(wasi, stdout, stderr));
     store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(limits::HOSTCALL_BYTES);
     store.set_fuel(limits::FUEL)?;
     store.set_epoch_deadline(limits::deadline_ticks());
     store.epoch_deadline_trap();

@@ -30,6 +30,10 @@ pub const MAX_PRE_DUMP_ROUNDS: u32 = 16;
 pub const MAX_LOG_LINES: usize = 256;
 pub const MAX_LOG_BYTES: usize = 64 << 10;
 pub const MAX_CAPTURED_OUTPUT: usize = 64 << 10;
+/// The most bytes a policy may hand the host in one call (wasmtime's hostcall fuel, 128 MiB by
+/// default): room for the largest legal answer, a retainer's [`MAX_DELETIONS`] deletions with
+/// reasons of [`MAX_TEXT_BYTES`], and a mebibyte more. Past it the call traps, which is a denial.
+pub const HOSTCALL_BYTES: usize = MAX_DELETIONS * (MAX_TEXT_BYTES + 256) + (1 << 20);
 /// A component file: Python's runtime makes policies of about 20 MiB.
 pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// The JSON Schema of a policy's settings, from describe.
