@@ -216,7 +216,13 @@ impl Ssh {
         for option in &self.options.options {
             cmd.arg("-o").arg(option);
         }
+        // A link that goes silent is given up within half a minute, not held open while the
+        // container stays down (ssh takes the first value given, so `--ssh-option` comes first).
+        cmd.args(["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]);
         cmd.arg("-S").arg(&self.control);
+        // Its own process group: Ctrl-C reaches ckpt, which stops at its next safe point, and
+        // never cuts the stream or the destination's restore off midway.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd
     }
 
@@ -303,12 +309,14 @@ impl RemoteCkpt for Ssh {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         tracing::debug!(?cmd, "ssh");
         let mut child = cmd.spawn().map_err(io("start ssh"))?;
-        // Both pipes drain on their own threads, so a chatty far side never stalls the upload.
+        // Both pipes drain on their own threads, so a chatty far side never stalls the upload;
+        // what is kept of each is bounded, and the rest is read and dropped.
         let drain = |pipe: Option<Box<dyn Read + Send>>| {
             std::thread::spawn(move || {
                 let mut text = Vec::new();
                 if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_end(&mut text);
+                    let _ = (&mut pipe).take(KEPT_OUTPUT_BYTES).read_to_end(&mut text);
+                    let _ = std::io::copy(&mut pipe, &mut std::io::sink());
                 }
                 String::from_utf8_lossy(&text).into_owned()
             })
@@ -340,6 +348,10 @@ impl RemoteCkpt for Ssh {
         }
     }
 }
+
+/// How much of the far side's stdout and stderr is kept: its answers are a line or a JSON
+/// document, and its errors a few lines.
+const KEPT_OUTPUT_BYTES: u64 = 1 << 20;
 
 /// One POSIX shell word: single-quoted unless it is plainly safe.
 fn shell_quote(word: &str) -> String {
