@@ -88,7 +88,20 @@ fn delete(ctx: &Context, entry: &Entry) -> Result<()> {
             EntryKind::Archive => crate::util::remove_file_if_exists(Path::new(&entry.location))?,
             EntryKind::Image => drop(ctx.images.remove(&entry.location)?),
             EntryKind::Local => {
+                // Every local entry of a container names the same directory: a dump in flight
+                // writes there, under the container's lock.
+                let _lock = crate::store::ContainerLock::try_acquire(
+                    &ctx.roots.locks_dir(),
+                    &entry.container_id,
+                    &entry.container_name,
+                )?;
                 let record = ctx.containers.load(&entry.container_id).ok();
+                if record.as_ref().is_some_and(|r| r.state.checkpoint_in_progress) {
+                    return Err(Error::invalid(format!(
+                        "catalog entry {} names the checkpoint of container {:?}, which is being checkpointed; try again when it has finished",
+                        entry.id, entry.container_name
+                    )));
+                }
                 if record.is_some_and(|r| r.state.checkpointed && !r.state.restored) {
                     return Err(Error::invalid(format!(
                         "catalog entry {} is the checkpoint container {:?} waits in; restore or remove the container instead",
@@ -153,7 +166,11 @@ pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: S
     let mut out = Vec::new();
     for deletion in deletions {
         let entry = entries.iter().find(|e| e.id == deletion.id).expect("checked against the facts");
-        let result = delete(ctx, entry);
+        // Pinned since the retainer was asked: the pin holds.
+        let result = match ctx.catalog().get(&entry.id) {
+            Ok(now) if now.pinned => Err(Error::invalid(format!("catalog entry {} was pinned meanwhile", entry.id))),
+            _ => delete(ctx, entry),
+        };
         let error = result.err().map(|e| e.to_string());
         ctx.audit(
             "retention-delete",
