@@ -34,6 +34,17 @@ pub trait Registry {
     fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError>;
     /// Pulls `source` (`host/name:tag`) into the layout at `layout` under `name`.
     fn pull(&self, source: &str, layout: &Path, name: &str, access: &Access) -> Result<(), RegistryError>;
+    /// The bytes a pull of `source` brings (its manifest's config and layers), as the registry
+    /// declares them; `None` for a manifest list, whose platform is chosen in the pull.
+    fn declared_size(&self, source: &str, access: &Access) -> Result<Option<u64>, RegistryError>;
+}
+
+/// The config and layer sizes an image manifest (OCI or Docker v2) declares; `None` for a list.
+pub fn manifest_size(manifest: &[u8]) -> Option<u64> {
+    let doc: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let layers = doc.get("layers")?.as_array()?;
+    let sizes = layers.iter().chain(doc.get("config")).map(|d| d.get("size").and_then(serde_json::Value::as_u64));
+    sizes.sum()
 }
 
 /// A reference ckpt sends to a registry: a host (with a dot or a port, or `localhost`), then a
@@ -136,6 +147,28 @@ impl Registry for Skopeo {
         let args = ["--preserve-digests".to_string(), format!("docker://{source}"), oci(layout, name)];
         self.copy("pull of", source, ("src", access), &args)
     }
+
+    fn declared_size(&self, source: &str, access: &Access) -> Result<Option<u64>, RegistryError> {
+        check_reference(source)?;
+        let creds = access.creds.as_deref().map(|creds| CredsFile::write(source, creds)).transpose()?;
+        let mut cmd = Command::new(&self.path);
+        let tls = format!("--tls-verify={}", access.tls_verify);
+        cmd.args(["inspect", "--raw", &tls]);
+        if let Some(authfile) = creds.as_ref().map(|c| c.0.path()).or(access.authfile.as_deref()) {
+            cmd.arg(format!("--authfile={}", authfile.display()));
+        }
+        cmd.arg(format!("docker://{source}"));
+        let output = cmd.output().map_err(|e| RegistryError::NoSkopeo(e.to_string()))?;
+        if !output.status.success() {
+            return Err(RegistryError::Failed {
+                action: "inspection of",
+                reference: source.to_string(),
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(manifest_size(&output.stdout))
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +192,14 @@ mod tests {
         ] {
             assert!(check_reference(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_manifest_declares_the_size_of_its_blobs() {
+        let manifest = br#"{"config": {"size": 10}, "layers": [{"size": 100}, {"size": 1000}]}"#;
+        assert_eq!(manifest_size(manifest), Some(1110));
+        assert_eq!(manifest_size(br#"{"manifests": [{"size": 5}]}"#), None, "a list");
+        assert_eq!(manifest_size(br#"{"layers": [{"digest": "x"}]}"#), None, "no size");
     }
 
     #[test]

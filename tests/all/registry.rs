@@ -40,6 +40,19 @@ fn checkpoint_images_go_through_a_registry_and_come_back_running() {
     assert_eq!(crate::support::files_below(&ckpt.root), before, "a failed pull leaves nothing");
     assert!(ckpt.fails(&["pull", "web"]).contains("is not a registry reference"));
 
+    // A store without room for what the registry serves refuses before skopeo writes anything.
+    let Some(mut tight) = Ckpt::available() else { return };
+    let small_dir = tight.path("small");
+    std::fs::create_dir_all(&small_dir).unwrap();
+    let small = crate::support::SmallFs::over(&small_dir, "4m");
+    tight.root = small_dir.join("root");
+    tight.ok(&["ps"]);
+    small.fill_leaving(256 << 10);
+    let before = crate::support::files_below(&tight.root);
+    let full = tight.fails(&["--config", config, "pull", &image]);
+    assert!(full.contains("needs") && full.contains("free some space"), "{full}");
+    assert_eq!(crate::support::files_below(&tight.root), before, "a refused pull leaves nothing");
+
     // podman recognises the checkpoint image and restores it.
     let podman = Podman::cleaning(&["ckpt-registry-web"], &[], &[&image]);
     let saved = ckpt.path("busybox.tar");

@@ -23,7 +23,7 @@ use crate::safefs::{self, Beneath, Kind, ResolveError};
 
 /// What an extraction leaves free on the destination's filesystem, so that the store can still
 /// write its records: 64 MiB, or a twentieth of a smaller filesystem.
-fn free_space_reserve(filesystem_bytes: Option<u64>) -> u64 {
+pub fn free_space_reserve(filesystem_bytes: Option<u64>) -> u64 {
     filesystem_bytes.map_or(64 << 20, |size| (size / 20).min(64 << 20))
 }
 

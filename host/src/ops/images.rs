@@ -59,6 +59,29 @@ pub fn push(ctx: &Context, name: &str, destination: Option<&str>, flags: &Regist
     Ok(destination)
 }
 
+/// A registry that serves more than the store's file system holds must not fill it: what a pull
+/// brings is staged, then copied into the store, so it needs room twice over, besides the reserve.
+pub fn check_room_for_pull(
+    ctx: &Context,
+    registry: &dyn Registry,
+    reference: &str,
+    access: &crate::registry::Access,
+) -> Result<()> {
+    let Some(declared) = registry.declared_size(reference, access)? else { return Ok(()) };
+    let staging_dir = ctx.roots.staging_dir();
+    crate::util::create_dir_all(&staging_dir)?;
+    let free = crate::hostinfo::free_bytes(&staging_dir).unwrap_or(u64::MAX);
+    let reserve = crate::archive::extract::free_space_reserve(crate::hostinfo::filesystem_bytes(&staging_dir));
+    let needed = declared.saturating_mul(2);
+    if needed > free.saturating_sub(reserve) {
+        return Err(Error::invalid(format!(
+            "pulling {reference:?} needs {needed} bytes (its {declared} bytes of blobs, staged and then stored), but {} has {free} bytes free less the {reserve} kept free for the store's own records; free some space there",
+            staging_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `ckpt pull REF`: the image goes to a private staging layout first and is then loaded, digest
 /// by digest, so an interrupted or failed pull leaves nothing in the store and a retry starts
 /// clean.
@@ -69,10 +92,12 @@ pub fn pull(ctx: &Context, reference: &str, flags: &RegistryFlags) -> Result<Ima
 /// [`pull`], stored under the local `name`.
 pub fn pull_as(ctx: &Context, reference: &str, name: &str, flags: &RegistryFlags) -> Result<ImageInfo> {
     crate::registry::check_reference(reference)?;
+    let registry = crate::registry::Skopeo::find()?;
+    let access = registry_access(ctx, reference, flags);
+    check_room_for_pull(ctx, &registry, reference, &access)?;
     let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "pull")?;
     let layout = staging.path.join("oci");
-    let registry = crate::registry::Skopeo::find()?;
-    registry.pull(reference, &layout, name, &registry_access(ctx, reference, flags))?;
+    registry.pull(reference, &layout, name, &access)?;
     crate::interrupt::check()?;
     ctx.images.load(&layout, Some(name))?;
     ctx.images.resolve(name)

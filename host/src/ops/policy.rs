@@ -49,7 +49,9 @@ fn fetch_pinned(ctx: &Context, spec: &str) -> Result<Vec<u8>> {
     let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "policy-pull")?;
     let layout = staging.path.join("oci");
     let access = super::images::registry_access(ctx, spec, &super::images::RegistryFlags::default());
-    crate::registry::Skopeo::find()?.pull(spec, &layout, "policy", &access)?;
+    let registry = crate::registry::Skopeo::find()?;
+    super::images::check_room_for_pull(ctx, &registry, spec, &access)?;
+    registry.pull(spec, &layout, "policy", &access)?;
     let (manifest, wasm) =
         crate::image::artifact::read_wasm_artifact(&layout, spec, &pinned, crate::policy::limits::MAX_COMPONENT_BYTES)?;
     crate::util::create_dir_with_mode(cached.parent().expect("the cache file has a directory"), 0o700)?;
