@@ -169,6 +169,21 @@ fn a_planner_skips_missed_runs_and_a_restart_keeps_the_schedules_place() {
     std::thread::sleep(Duration::from_millis(3500));
 
     let daemon = Daemon::start(&ckpt, "second.log");
+    assert!(eventually(Duration::from_secs(20), || daemon.count("run-start") >= 1), "{:?}", daemon.events());
+    // One daemon a store, whatever run root another command names; and no schedule runs beside it.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .arg("--root")
+        .arg(&ckpt.root)
+        .arg("--runroot")
+        .arg(ckpt.path("another-runroot"))
+        .env("CKPT_CONFIG", ckpt.dir.path().join("ckpt.toml"))
+        .env("CKPT_AUDIT_ANCHOR", ckpt.dir.path().join("audit-anchor"))
+        .arg("daemon")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(125), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another ckpt daemon"));
+    assert!(ckpt.fails(&["schedule", "run", "every1"]).contains("a ckpt daemon runs the schedules"));
     assert!(eventually(Duration::from_secs(20), || daemon.count("run-end") >= 2), "{:?}", daemon.events());
     assert_eq!(daemon.stop(), 0);
     let events = events_in(&ckpt.path("second.log"));

@@ -160,7 +160,7 @@ fn serve_metrics(listener: TcpListener, metrics: &Mutex<Metrics>, limits: &Limit
 /// Runs until SIGTERM or Ctrl-C; a checkpoint in flight then finishes or rolls back (it stops at
 /// its next safe point), the runs in flight record where they stand, and the daemon returns.
 pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
-    let _only = crate::store::StoreLock::try_named(&ctx.roots.locks_dir(), "daemon")?.ok_or_else(|| {
+    let _only = crate::store::StoreLock::try_named(&ctx.roots.store_locks_dir(), "daemon")?.ok_or_else(|| {
         Error::invalid(format!("another ckpt daemon is running on the store {}", ctx.roots.root.display()))
     })?;
     let listener = match options.metrics {

@@ -84,7 +84,7 @@ impl Context {
     pub fn audit_log(&self) -> crate::store::audit::AuditLog {
         crate::store::audit::AuditLog::new(
             self.roots.audit_log(),
-            self.roots.locks_dir(),
+            self.roots.store_locks_dir(),
             crate::store::audit::Anchor::from_env(),
         )
     }

@@ -447,6 +447,13 @@ fn summary(outcomes: &[ContainerOutcome]) -> String {
 /// `ckpt schedule run NAME`: one run now, in the foreground.
 pub fn run_now(ctx: &Context, name: &str, max_parallel: usize) -> Result<RunOutcome> {
     let schedule = ctx.schedules().get(name)?;
+    // The daemon would run the same slot again, as its place moves under it.
+    let Some(_no_daemon) = crate::store::StoreLock::try_named(&ctx.roots.store_locks_dir(), "daemon")? else {
+        return Err(Error::invalid(format!(
+            "a ckpt daemon runs the schedules of the store {}; let it run {name:?}, or stop it first",
+            ctx.roots.root.display()
+        )));
+    };
     let limits = Limits::new(max_parallel);
     let outcome = run(ctx, &schedule, Utc::now(), 0, &limits, &|_| {})?;
     ctx.audit("schedule-run", json!({"schedule": name, "result": outcome.result, "trigger": "manual"}));

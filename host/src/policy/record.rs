@@ -131,6 +131,16 @@ pub fn append(log: &Path, records: &[DecisionRecord]) -> std::io::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
+    // Held across the rotation and the append: two processes rotating at once would lose a
+    // generation, and history-reading gates would see less.
+    let lock_path = PathBuf::from(format!("{}.lock", log.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)?;
+    lock.lock()?;
     if std::fs::symlink_metadata(log).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
         rotate(log)?;
     }

@@ -30,6 +30,12 @@ impl Roots {
         self.runroot.join("locks")
     }
 
+    /// Locks that guard the store itself whatever run root a command uses: the audit chain and
+    /// the one daemon that runs its schedules.
+    pub fn store_locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
     }
