@@ -242,3 +242,27 @@ fn a_schedule_whose_place_cannot_be_saved_runs_each_slot_once() {
     // One run a slot (four or five in four seconds), not one a tick (forty).
     assert!((1..=6).contains(&runs), "{runs} runs in 4 s on a 1 s schedule whose place cannot be saved");
 }
+
+#[test]
+fn idle_connections_do_not_stall_the_metrics_endpoint() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut daemon = ckpt
+        .command()
+        .args(["daemon", "--metrics", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let _idle: Vec<_> = (0..4).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let started = std::time::Instant::now();
+    let mut scrape = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    scrape.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    scrape.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered after {:?}", started.elapsed());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+}

@@ -137,24 +137,39 @@ fn escape(label: &str) -> String {
 }
 
 /// Answers every request on `listener` with the metrics; GET only, no keep-alive.
+/// Connections the metrics endpoint serves at once; more are closed unanswered, so that idle
+/// clients hold threads, never the endpoint.
+const METRICS_CONNECTIONS: usize = 16;
+
 fn serve_metrics(listener: TcpListener, metrics: &Mutex<Metrics>, limits: &Limits) {
     listener.set_nonblocking(true).ok();
-    while crate::interrupt::received().is_none() {
-        let Ok((mut stream, _)) = listener.accept() else {
-            std::thread::sleep(TICK);
-            continue;
-        };
-        stream.set_nonblocking(false).ok();
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
-        let mut request = [0u8; 1024];
-        let _ = stream.read(&mut request);
-        let body = locked(metrics).render(limits.in_flight());
-        let _ = write!(
-            stream,
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    }
+    let open = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        while crate::interrupt::received().is_none() {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(TICK);
+                continue;
+            };
+            if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= METRICS_CONNECTIONS {
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
+            let open = &open;
+            scope.spawn(move || {
+                stream.set_nonblocking(false).ok();
+                stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let body = locked(metrics).render(limits.in_flight());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
 }
 
 /// Runs until SIGTERM or Ctrl-C; a checkpoint in flight then finishes or rolls back (it stops at
