@@ -9,6 +9,7 @@ mod checkpoint;
 mod containers;
 mod hostile;
 mod interop;
+mod invariants;
 mod migrate;
 mod podman_habits;
 mod policy;

@@ -105,8 +105,9 @@ impl Sshd {
     /// `to`'s run root, host config and the shared policy cache.
     pub fn flags(&self, to: &Ckpt) -> Vec<String> {
         let remote = format!(
-            "env CKPT_CONFIG={} CKPT_POLICY_CACHE=/var/tmp/ckpt-test-policy-cache {} --runroot {}",
+            "env CKPT_CONFIG={} CKPT_AUDIT_ANCHOR={} CKPT_POLICY_CACHE=/var/tmp/ckpt-test-policy-cache {} --runroot {}",
             to.dir.path().join("ckpt.toml").display(),
+            to.dir.path().join("audit-anchor").display(),
             env!("CARGO_BIN_EXE_ckpt"),
             to.runroot.display()
         );
