@@ -95,12 +95,12 @@ fn policy_flags(answer: Answer, redirect_to: &str) -> Vec<String> {
 }
 
 /// `Some(status)` of a container, `None` when the store has no such container.
-fn status_of(ckpt: &Ckpt, name: &str) -> Option<String> {
+pub(crate) fn status_of(ckpt: &Ckpt, name: &str) -> Option<String> {
     let r = ckpt.run(&["inspect", "--format", "{{.State.Status}}", name]);
     (r.code == 0).then(|| r.stdout.trim().to_string())
 }
 
-fn checkpointed(ckpt: &Ckpt, name: &str) -> bool {
+pub(crate) fn checkpointed(ckpt: &Ckpt, name: &str) -> bool {
     let r = ckpt.run(&["inspect", "--format", "{{.State.Checkpointed}}", name]);
     r.code == 0 && r.stdout.trim() == "true"
 }

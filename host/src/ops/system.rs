@@ -99,13 +99,27 @@ fn remove_any(path: &Path) -> bool {
     }
 }
 
+/// How long `system check` waits for a container's lock before leaving it to whoever holds it.
+const SUPERVISOR_MOMENT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything `ckpt system check` looks at.
 pub fn check(ctx: &Context, repair: bool) -> Result<Vec<Finding>> {
     let mut found = sweep_leftovers(ctx, repair);
     for record in ctx.containers.list()? {
-        // A container another ckpt command is working on is that command's business.
-        let Ok(_lock) = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name) else { continue };
-        found.extend(check_container(ctx, &record, repair)?);
+        // A container another ckpt command is working on is that command's business; a
+        // supervisor recording an exit holds the lock only for a moment, so it is waited for.
+        let locked = || ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name).ok();
+        let deadline = std::time::Instant::now() + SUPERVISOR_MOMENT;
+        let lock = loop {
+            match locked() {
+                Some(lock) => break Some(lock),
+                None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+                None => break None,
+            }
+        };
+        if lock.is_some() {
+            found.extend(check_container(ctx, &record, repair)?);
+        }
     }
     Ok(found)
 }
