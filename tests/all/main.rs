@@ -7,6 +7,7 @@ mod support;
 
 mod checkpoint;
 mod containers;
+mod demo;
 mod faults;
 mod hostile;
 mod interop;

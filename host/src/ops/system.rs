@@ -113,7 +113,9 @@ pub fn check(ctx: &Context, repair: bool) -> Result<Vec<Finding>> {
         let lock = loop {
             match locked() {
                 Some(lock) => break Some(lock),
-                None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
                 None => break None,
             }
         };
