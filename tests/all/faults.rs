@@ -194,3 +194,61 @@ fn faults_in_an_import_lose_nothing() {
 fn faults_in_a_checkpoint_image_lose_nothing() {
     sweep(Op::Image);
 }
+
+/// The renames of `ckpt ARGS`, in order, as strace shows them.
+fn renames(ckpt: &Ckpt, args: &[&str]) -> Vec<String> {
+    let log = ckpt.path("renames.log");
+    let out = traced(
+        ckpt,
+        &["-o".into(), log.display().to_string(), "-e".into(), "trace=rename,renameat,renameat2".into()],
+        args,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.starts_with("rename")).map(String::from).collect()
+}
+
+#[test]
+fn a_record_that_cannot_be_saved_after_criu_restored_an_import_keeps_what_runs() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let archive = ckpt.path("a.tar.zst");
+    let name = "imported";
+    prepare(&ckpt, Op::Import, name, &archive);
+    let args = ["restore", "-i", archive.to_str().unwrap(), "-n", "copy", "--ignore-volumes"];
+    // Where the record is saved after the restore, in a run like the one to come.
+    let calls = renames(&ckpt, &args);
+    let n = 1 + calls.iter().rposition(|c| c.contains("container.json")).expect("the record is saved");
+    let _ = ckpt.run(&["rm", "-f", "copy"]);
+    let inject = format!("inject=rename,renameat,renameat2:error=ENOSPC:when={n}");
+    let out = traced(&ckpt, &["-o".into(), "/dev/null".into(), "-e".into(), inject], &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // CRIU restored it: it runs, ckpt knows it, and says what it could not record.
+    assert_eq!(status_of(&ckpt, "copy").as_deref(), Some("running"), "exit {:?}: {stderr}", out.status.code());
+    assert_eq!(ckpt.exec("copy", "cat /data/note /notes"), "kept\nmine\n");
+    let check = ckpt.run(&["system", "check"]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+}
+
+#[test]
+fn the_daemon_repairs_what_a_killed_checkpoint_left_before_it_runs_anything() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    // Killed at its last rename: after CRIU wrote the images, before the record says so; where
+    // that is, a checkpoint of a container like it shows.
+    let unused = ckpt.path("unused.tar.zst");
+    prepare(&ckpt, Op::Checkpoint, "probe", &unused);
+    let calls = renames(&ckpt, &["checkpoint", "probe"]);
+    let n = 1 + calls.iter().rposition(|c| c.contains("container.json")).expect("the record is saved");
+    clean(&ckpt, "probe", &unused);
+    let name = "killed";
+    let before = prepare(&ckpt, Op::Checkpoint, name, &unused);
+    let inject = format!("inject=rename,renameat,renameat2:signal=KILL:when={n}");
+    traced(&ckpt, &["-o".into(), "/dev/null".into(), "-e".into(), inject], &["checkpoint", name]);
+    let log = ckpt.path("daemon.log");
+    let mut daemon = ckpt.command().arg("daemon").stdout(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let repaired = || std::fs::read_to_string(&log).unwrap_or_default().contains(r#""event":"repair""#);
+    let seen = eventually(Duration::from_secs(10), repaired);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    daemon.wait().unwrap();
+    assert!(seen, "no repair at the daemon's start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(ckpt.ok(&["audit", "ls"]).contains(r#""event":"system-repair""#));
+    assert_whole(&ckpt, Op::Checkpoint, name, before, &unused, "a killed checkpoint");
+}
