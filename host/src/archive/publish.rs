@@ -1,15 +1,16 @@
 //! Publishing a file so that the target path only ever holds a complete file: written to a
 //! temporary file beside it (0600 from creation), synced, renamed, and the directory synced.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// A temporary file that disappears unless it is published.
+/// A temporary file that disappears unless it is published. Its directory is opened once and
+/// every later step (create, publish, remove) works relative to that descriptor, so that a
+/// directory swapped for a link after the target was checked cannot redirect the archive.
 pub struct PendingFile {
     pub temp_path: PathBuf,
     pub target: PathBuf,
@@ -17,6 +18,9 @@ pub struct PendingFile {
     published: bool,
     /// The note that names `temp_path` for `ckpt system check`, should ckpt be killed.
     journal: Option<PathBuf>,
+    dir: std::os::fd::OwnedFd,
+    temp_name: std::ffi::OsString,
+    file_name: std::ffi::OsString,
 }
 
 /// A file whose pages the kernel starts writing to disk as soon as each few MiB are written,
@@ -84,22 +88,39 @@ impl PendingFile {
                 target.display().to_string()
             )));
         }
-        let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("archive");
-        let temp_path = dir.join(format!(".{file_name}.ckpt-{}", &crate::util::random_id()[..12]));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&temp_path)
-            .map_err(Error::io("create a temporary file for", target))?;
+        let Some(file_name) = target.file_name() else {
+            return Err(Error::invalid(format!("export target {:?} names no file", target.display().to_string())));
+        };
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let dir_fd = nix::fcntl::open(&dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io("open the directory of", target)(e.into()))?;
+        let temp_name = std::ffi::OsString::from(format!(
+            ".{}.ckpt-{}",
+            file_name.to_string_lossy(),
+            &crate::util::random_id()[..12]
+        ));
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let file = nix::fcntl::openat(&dir_fd, temp_name.as_os_str(), flags, Mode::from_bits_truncate(0o600))
+            .map(File::from)
+            .map_err(|e| Error::io("create a temporary file for", target)(e.into()))?;
         Ok(PendingFile {
-            temp_path,
+            temp_path: dir.join(&temp_name),
             target: target.to_path_buf(),
             writer: BufWriter::with_capacity(1 << 20, WriteBehind::new(file)),
             published: false,
             journal: None,
+            dir: dir_fd,
+            temp_name,
+            file_name: file_name.to_os_string(),
         })
+    }
+
+    /// Where the file really goes: the directory opened at creation, whatever its path names now.
+    pub fn real_target(&self) -> Result<PathBuf> {
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&self.dir));
+        let dir = fs::read_link(&link).map_err(Error::io("resolve the directory of", &self.target))?;
+        Ok(dir.join(&self.file_name))
     }
 
     /// [`PendingFile::create`], noting the temporary file in `journal_dir` first, so that a
@@ -125,16 +146,13 @@ impl PendingFile {
         let target = self.target.clone();
         self.writer.flush().map_err(Error::io("write", &target))?;
         self.writer.get_ref().file.sync_all().map_err(Error::io("sync", &target))?;
-        fs::rename(&self.temp_path, &target).map_err(Error::io("publish", &target))?;
+        nix::fcntl::renameat(&self.dir, self.temp_name.as_os_str(), &self.dir, self.file_name.as_os_str())
+            .map_err(|e| Error::io("publish", &target)(e.into()))?;
         self.published = true;
         if let Some(journal) = self.journal.take() {
             let _ = fs::remove_file(journal);
         }
-        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty())
-            && let Ok(d) = File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
+        let _ = nix::unistd::fsync(&self.dir);
         Ok(())
     }
 }
@@ -142,7 +160,8 @@ impl PendingFile {
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.published {
-            let _ = fs::remove_file(&self.temp_path);
+            let _ =
+                nix::unistd::unlinkat(&self.dir, self.temp_name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
         if let Some(journal) = self.journal.take() {
             let _ = fs::remove_file(journal);
@@ -177,6 +196,24 @@ mod tests {
         assert!(pending.writer.get_ref().started_to >= WRITE_BEHIND_WINDOW * 2, "write-back was started along the way");
         pending.publish().unwrap();
         assert!(std::fs::read(&target).unwrap() == data);
+    }
+
+    #[test]
+    fn a_directory_swapped_after_creation_does_not_redirect_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (checked, elsewhere, link) =
+            (dir.path().join("checked"), dir.path().join("elsewhere"), dir.path().join("l"));
+        std::fs::create_dir(&checked).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&checked, &link).unwrap();
+        let mut pending = PendingFile::create(&link.join("out.tar")).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert_eq!(pending.real_target().unwrap(), checked.join("out.tar"));
+        pending.writer.write_all(b"whole").unwrap();
+        pending.publish().unwrap();
+        assert_eq!(std::fs::read(checked.join("out.tar")).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing went through the swapped link");
     }
 
     #[test]

@@ -283,6 +283,28 @@ fn confine_exports(ctx: &Context, planned: &Planned, requested: &[ExportTarget],
     Ok(())
 }
 
+/// A policy's archive is checked again where its directory was opened: a directory swapped for
+/// a link since [`confine_exports`] looked must not take the archive elsewhere.
+fn confine_opened_archive(
+    ctx: &Context,
+    file: &PendingFile,
+    target: &ExportTarget,
+    requested: &[ExportTarget],
+) -> Result<()> {
+    if requested.iter().any(|r| r.kind == target.kind && r.location == target.location) {
+        return Ok(());
+    }
+    let real = file.real_target()?;
+    let forbidden = [ctx.roots.root.as_path(), ctx.roots.runroot.as_path()];
+    ctx.config.allows_archive(&real, &forbidden).map_err(|why| {
+        Error::Policy(format!(
+            "the export to {:?} was opened at {:?}, which is not allowed: {why}; nothing was changed",
+            target.location,
+            real.display().to_string()
+        ))
+    })
+}
+
 /// An export replaces only an earlier checkpoint archive or checkpoint image, never another file
 /// (a policy's typo must not turn /etc/passwd into a tar) or an ordinary image such as busybox.
 /// A registry export is staged as a local image of the same name, held to the same rule.
@@ -698,8 +720,11 @@ fn checkpoint_one(
     }
     for target in &planned.exports {
         match target.kind {
-            TargetKind::Archive => pending
-                .push(Some(PendingFile::create_journaled(Path::new(&target.location), &ctx.roots.inflight_dir())?)),
+            TargetKind::Archive => {
+                let file = PendingFile::create_journaled(Path::new(&target.location), &ctx.roots.inflight_dir())?;
+                confine_opened_archive(ctx, &file, target, &facts.request.exports)?;
+                pending.push(Some(file));
+            }
             TargetKind::Image => {
                 crate::image::validate_reference(&target.location)?;
                 pending.push(None);
