@@ -366,6 +366,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_silent_link_is_given_up_and_the_users_options_come_first() {
+        let ssh = Ssh {
+            path: "ssh".into(),
+            destination: Destination::parse("ssh://root@far:2222").unwrap(),
+            options: SshOptions { options: vec!["ServerAliveInterval=60".into()], ..Default::default() },
+            control: "/run/ckpt/ssh-1.sock".into(),
+            private_dir: None,
+            master: None,
+        };
+        let args: Vec<String> = ssh.base_command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let at = |word: &str| args.iter().position(|a| a == word).unwrap_or_else(|| panic!("{word} in {args:?}"));
+        assert!(at("BatchMode=yes") < at("ServerAliveInterval=60"), "ckpt's own safety options win");
+        assert!(at("ServerAliveInterval=60") < at("ServerAliveInterval=10"), "the user's keepalive wins: {args:?}");
+        assert!(args.contains(&"ServerAliveCountMax=3".to_string()));
+    }
+
+    #[test]
     fn destinations_read_as_podman_connections_do() {
         let d = Destination::parse("ssh://root@10.0.0.2:2222/var/lib/ckpt2").unwrap();
         assert_eq!(d.user.as_deref(), Some("root"));
