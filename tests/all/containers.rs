@@ -303,3 +303,22 @@ fn go_templates_on_inspect_ps_images_volumes_and_checkpoints() {
     let filter = ckpt.fails(&["ps", "--filter", "colour=red"]);
     assert!(filter.contains("colour=red") && filter.contains("ancestor"), "{filter}");
 }
+
+#[test]
+fn a_reader_that_closes_stdout_early_ends_ckpt_quietly() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    for _ in 0..3 {
+        let mut child = ckpt
+            .command()
+            .args(["info"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
