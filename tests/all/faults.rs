@@ -215,6 +215,8 @@ fn a_record_that_cannot_be_saved_after_criu_restored_an_import_keeps_what_runs()
     prepare(&ckpt, Op::Import, name, &archive);
     let args = ["restore", "-i", archive.to_str().unwrap(), "-n", "copy", "--ignore-volumes"];
     // Where the record is saved after the restore, in a run like the one to come.
+    ckpt.ok(&args);
+    let _ = ckpt.run(&["rm", "-f", "copy"]);
     let calls = renames(&ckpt, &args);
     let n = 1 + calls.iter().rposition(|c| c.contains("container.json")).expect("the record is saved");
     let _ = ckpt.run(&["rm", "-f", "copy"]);
@@ -235,6 +237,8 @@ fn the_daemon_repairs_what_a_killed_checkpoint_left_before_it_runs_anything() {
     // that is, a checkpoint of a container like it shows.
     let unused = ckpt.path("unused.tar.zst");
     prepare(&ckpt, Op::Checkpoint, "probe", &unused);
+    ckpt.ok(&["checkpoint", "probe"]);
+    ckpt.ok(&["restore", "probe"]);
     let calls = renames(&ckpt, &["checkpoint", "probe"]);
     let n = 1 + calls.iter().rposition(|c| c.contains("container.json")).expect("the record is saved");
     clean(&ckpt, "probe", &unused);
@@ -251,4 +255,42 @@ fn the_daemon_repairs_what_a_killed_checkpoint_left_before_it_runs_anything() {
     assert!(seen, "no repair at the daemon's start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(ckpt.ok(&["audit", "ls"]).contains(r#""event":"system-repair""#));
     assert_whole(&ckpt, Op::Checkpoint, name, before, &unused, "a killed checkpoint");
+}
+
+#[test]
+fn retention_or_a_user_cannot_delete_a_local_checkpoint_while_it_is_being_written() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let unused = ckpt.path("unused.tar.zst");
+    let before = prepare(&ckpt, Op::Checkpoint, "busy", &unused);
+    // Where a dump of it first saves its record, under the container's lock, once the store's
+    // probes are cached as they will be.
+    ckpt.ok(&["checkpoint", "busy"]);
+    ckpt.ok(&["restore", "busy"]);
+    let calls = renames(&ckpt, &["checkpoint", "busy"]);
+    let n = 1 + calls.iter().position(|c| c.contains("container.json")).expect("the record is saved");
+    ckpt.ok(&["restore", "busy"]);
+    ckpt.ok(&["checkpoint", "-R", "busy"]);
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
+    let local =
+        entries.iter().find(|e| e["kind"] == "local").expect("a local entry")["id"].as_str().unwrap().to_string();
+    // A second dump, held up there for three seconds.
+    let inject = format!("inject=rename,renameat,renameat2:delay_enter=3000000:when={n}");
+    let ckpt_cmd = {
+        let mut c = ckpt.command();
+        c.args(["checkpoint", "busy"]);
+        c
+    };
+    let mut dumping = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "-e", &inject, "--"])
+        .arg(ckpt_cmd.get_program())
+        .args(ckpt_cmd.get_args())
+        .envs(ckpt_cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = ckpt.fails(&["catalog", "rm", &local]);
+    assert!(refused.contains("busy"), "{refused}");
+    assert!(dumping.wait().unwrap().success());
+    assert_whole(&ckpt, Op::Checkpoint, "busy", before, &unused, "a delete racing a dump");
 }
