@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::support::servers::{LocalRegistry, Sshd};
+use crate::support::servers::Sides;
 use crate::support::{Ckpt, eventually, last_count, policy};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,32 +46,6 @@ const ANSWERS: [Answer; 8] = [
     Answer::Narrow,
     Answer::Trap,
 ];
-
-/// Both stores, and what joins them.
-struct Sides {
-    source: Ckpt,
-    dest: Ckpt,
-    sshd: Sshd,
-    registry: LocalRegistry,
-}
-
-impl Sides {
-    fn new() -> Option<Sides> {
-        let source = Ckpt::available()?;
-        let dest = Ckpt::available()?;
-        let sshd = Sshd::start(&source);
-        let registry = LocalRegistry::start(&source);
-        for side in [&source, &dest] {
-            let config = format!(
-                "[exports]\ndirectories = [{:?}]\n[registries]\ninsecure = [{:?}]\n",
-                side.dir.path(),
-                registry.host
-            );
-            std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
-        }
-        Some(Sides { source, dest, sshd, registry })
-    }
-}
 
 /// The policy flags that make a checkpoint get `answer`.
 fn policy_flags(answer: Answer, redirect_to: &str) -> Vec<String> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::servers::{LocalRegistry, Sshd};
+use crate::support::servers::{Sides, Sshd};
 use crate::support::{Ckpt, eventually, last_count};
 
 fn migrate(from: &Ckpt, sshd: &Sshd, to: &Ckpt, extra: &[&str], name: &str) -> crate::support::Run {
@@ -116,14 +116,7 @@ fn a_failure_leaves_the_container_running_on_exactly_one_side() {
 
 #[test]
 fn a_migration_can_go_through_a_registry() {
-    let Some(source) = Ckpt::available() else { return };
-    let Some(dest) = Ckpt::available() else { return };
-    let sshd = Sshd::start(&source);
-    let registry = LocalRegistry::start(&source);
-    for side in [&source, &dest] {
-        let config = format!("[registries]\ninsecure = [{:?}]\n", registry.host);
-        std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
-    }
+    let Some(Sides { source, dest, sshd, registry }) = Sides::new() else { return };
     source.counter("web", &[]);
     assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
     let reference = format!("{}/ckpt/web:moving", registry.host);
@@ -155,14 +148,7 @@ fn a_migration_can_go_through_a_registry() {
 
 #[test]
 fn a_migration_that_would_move_less_than_the_whole_container_keeps_the_source() {
-    let Some(source) = Ckpt::available() else { return };
-    let Some(dest) = Ckpt::available() else { return };
-    let sshd = Sshd::start(&source);
-    let registry = LocalRegistry::start(&source);
-    for side in [&source, &dest] {
-        let config = format!("[registries]\ninsecure = [{:?}]\n", registry.host);
-        std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
-    }
+    let Some(Sides { source, dest, sshd, registry }) = Sides::new() else { return };
     source.counter("web", &["--label", "checkpoint.skip=yes", "-v", "precious:/data"]);
     source.exec("web", "echo kept > /data/note; echo mine > /notes");
     assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));

@@ -134,3 +134,30 @@ impl Drop for Sshd {
         let _ = self.child.wait();
     }
 }
+
+/// Two stores, an sshd that reaches the second from the first, and a registry both reach; each
+/// store lets policies export into its own directory.
+pub struct Sides {
+    pub source: Ckpt,
+    pub dest: Ckpt,
+    pub sshd: Sshd,
+    pub registry: LocalRegistry,
+}
+
+impl Sides {
+    pub fn new() -> Option<Sides> {
+        let source = Ckpt::available()?;
+        let dest = Ckpt::available()?;
+        let sshd = Sshd::start(&source);
+        let registry = LocalRegistry::start(&source);
+        for side in [&source, &dest] {
+            let config = format!(
+                "[exports]\ndirectories = [{:?}]\n[registries]\ninsecure = [{:?}]\n",
+                side.dir.path(),
+                registry.host
+            );
+            std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
+        }
+        Some(Sides { source, dest, sshd, registry })
+    }
+}
