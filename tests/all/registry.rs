@@ -31,6 +31,15 @@ fn checkpoint_images_go_through_a_registry_and_come_back_running() {
     ckpt.ok(&["--config", config, "restore", &image, "-n", "web2"]);
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("web2")) > at_checkpoint + 3));
     assert_eq!(ckpt.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).lines().filter(|l| *l == image).count(), 1);
+    // By digest alone, as `migrate --via` restores: kept under a tag of its digest, `:1` untouched.
+    let listed = ckpt.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.Digest}}"]);
+    let digest = listed.lines().find_map(|l| l.strip_prefix(&format!("{image} "))).unwrap().trim().to_string();
+    let pinned = format!("{}/ckpt/web@{digest}", registry.host);
+    ckpt.ok(&["--config", config, "restore", &pinned, "-n", "web3"]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("web3")) > at_checkpoint + 3));
+    let by_digest = format!("{}/ckpt/web:sha256-{}", registry.host, digest.trim_start_matches("sha256:"));
+    assert!(ckpt.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).lines().any(|l| l == by_digest), "{listed}");
+    ckpt.ok(&["rm", "-f", "web3"]);
 
     // A pull that fails says what and where, and leaves nothing behind.
     let before = crate::support::files_below(&ckpt.root);

@@ -585,7 +585,10 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
 fn resolve_or_pull(ctx: &Context, target: &str) -> Result<(String, crate::image::ImageInfo)> {
     let flags = super::images::RegistryFlags::default();
     if let Some((name, hex)) = target.split_once("@sha256:") {
-        let local = crate::image::normalize_reference(name);
+        // Kept under its tag, or under one named by its digest: a pull by digest alone must not
+        // move the image's `latest` here.
+        let tagged = name.rsplit('/').next().is_some_and(|last| last.contains(':'));
+        let local = if tagged { name.to_string() } else { format!("{name}:sha256-{hex}") };
         let pinned = format!("sha256:{hex}");
         if let Ok(info) = ctx.images.resolve(&local)
             && info.manifest_digest.to_string() == pinned
