@@ -262,33 +262,36 @@ fn retention_or_a_user_cannot_delete_a_local_checkpoint_while_it_is_being_writte
     let Some(ckpt) = Ckpt::available() else { return };
     let unused = ckpt.path("unused.tar.zst");
     let before = prepare(&ckpt, Op::Checkpoint, "busy", &unused);
-    // Where a dump of it first saves its record, under the container's lock, once the store's
-    // probes are cached as they will be.
-    ckpt.ok(&["checkpoint", "busy"]);
-    ckpt.ok(&["restore", "busy"]);
-    let calls = renames(&ckpt, &["checkpoint", "busy"]);
-    let n = 1 + calls.iter().position(|c| c.contains("container.json")).expect("the record is saved");
-    ckpt.ok(&["restore", "busy"]);
     ckpt.ok(&["checkpoint", "-R", "busy"]);
     let entries: Vec<serde_json::Value> =
         serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
     let local =
         entries.iter().find(|e| e["kind"] == "local").expect("a local entry")["id"].as_str().unwrap().to_string();
-    // A second dump, held up there for three seconds.
-    let inject = format!("inject=rename,renameat,renameat2:delay_enter=3000000:when={n}");
+    let log = ckpt.path("dump.strace");
+    // A second dump, held up for 1.5 s at each rename: the one that saves its record is made
+    // under the container's lock.
+    let inject = "inject=rename,renameat,renameat2:delay_enter=1500000:when=1+";
     let ckpt_cmd = {
         let mut c = ckpt.command();
         c.args(["checkpoint", "busy"]);
         c
     };
     let mut dumping = Command::new("strace")
-        .args(["-qq", "-o", "/dev/null", "-e", &inject, "--"])
+        // On stderr, which strace does not buffer as it does a file.
+        .args(["-qq", "-e", "trace=flock,rename,renameat,renameat2", "-e", inject, "--"])
         .arg(ckpt_cmd.get_program())
         .args(ckpt_cmd.get_args())
         .envs(ckpt_cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the dump holds the container's lock, as strace shows its flock (a busy machine takes
+    // its time to get there); the renames after it keep it holding the lock for seconds.
+    let locked = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| l.starts_with("flock(") && l.contains("LOCK_EX|LOCK_NB)") && l.ends_with("= 0"))
+    };
+    assert!(eventually(Duration::from_secs(20), locked), "the dump never took the container's lock");
     let refused = ckpt.fails(&["catalog", "rm", &local]);
     assert!(refused.contains("busy"), "{refused}");
     assert!(dumping.wait().unwrap().success());
