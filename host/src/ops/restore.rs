@@ -299,7 +299,7 @@ fn run_restore(
     )?;
     let duration = started.elapsed().as_micros() as u64;
     // The container runs from here on: nothing below may fail the restore, or a caller would
-    // undo what runs. What cannot be done is said, and `system check --repair` finishes it.
+    // undo what runs. What cannot be done is said.
     record.state = StateFlags {
         started_at: Some(now),
         restored: true,
@@ -310,7 +310,7 @@ fn run_restore(
     };
     if let Err(e) = ctx.containers.save(record) {
         tracing::warn!(
-            "container {:?} runs, but its record could not be saved ({e}); 'ckpt system check --repair' records it",
+            "container {:?} runs, but its record could not be saved ({e}); 'ckpt inspect' shows its state from before the restore until it is saved again",
             record.name
         );
     }
@@ -842,10 +842,7 @@ impl Drop for ImportTxn<'_> {
             .and_then(|runtime| Ok(runtime.state(&self.record.id)?))
             .is_ok_and(|state| state.is_some_and(|s| s.is_running()));
         if runs {
-            tracing::warn!(
-                "container {:?} runs although its import failed; it is kept ('ckpt system check --repair' records it)",
-                self.record.name
-            );
+            tracing::warn!("container {:?} runs although its import reported an error; it is kept", self.record.name);
             return;
         }
         let _ = lifecycle::remove_files(self.ctx, self.record);
