@@ -311,16 +311,8 @@ impl RemoteCkpt for Ssh {
         let mut child = cmd.spawn().map_err(io("start ssh"))?;
         // Both pipes drain on their own threads, so a chatty far side never stalls the upload;
         // what is kept of each is bounded, and the rest is read and dropped.
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut text = Vec::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = (&mut pipe).take(KEPT_OUTPUT_BYTES).read_to_end(&mut text);
-                    let _ = std::io::copy(&mut pipe, &mut std::io::sink());
-                }
-                String::from_utf8_lossy(&text).into_owned()
-            })
-        };
+        let drain =
+            |pipe: Option<Box<dyn Read + Send>>| std::thread::spawn(move || pipe.map(kept_output).unwrap_or_default());
         let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let sent = match (input, child.stdin.take()) {
@@ -353,6 +345,15 @@ impl RemoteCkpt for Ssh {
 /// document, and its errors a few lines.
 const KEPT_OUTPUT_BYTES: u64 = 1 << 20;
 
+/// The first [`KEPT_OUTPUT_BYTES`] of `pipe`, as text; the rest is read and dropped, so that the
+/// far side never blocks on a full pipe.
+fn kept_output(mut pipe: impl Read) -> String {
+    let mut text = Vec::new();
+    let _ = (&mut pipe).take(KEPT_OUTPUT_BYTES).read_to_end(&mut text);
+    let _ = std::io::copy(&mut pipe, &mut std::io::sink());
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// One POSIX shell word: single-quoted unless it is plainly safe.
 fn shell_quote(word: &str) -> String {
     if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
@@ -364,6 +365,13 @@ fn shell_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_bounded_part_of_the_far_sides_output_is_kept_and_the_rest_is_drained() {
+        let mut chatty = std::io::Cursor::new(vec![b'x'; 3 << 20]);
+        assert_eq!(kept_output(&mut chatty).len() as u64, KEPT_OUTPUT_BYTES);
+        assert_eq!(chatty.position(), 3 << 20, "read to the end");
+    }
 
     #[test]
     fn a_silent_link_is_given_up_and_the_users_options_come_first() {

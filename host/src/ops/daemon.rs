@@ -278,3 +278,23 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
     log("daemon-stop", json!({}));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_panics_leaves_the_running_set_and_its_counters_usable() {
+        let running = Mutex::new(HashSet::from(["s".to_string()]));
+        let counters = Mutex::new(0u32);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _running = RunningGuard { running: &running, name: "s".into() };
+            let _held = counters.lock().unwrap();
+            panic!("a run that panics");
+        }));
+        assert!(panicked.is_err());
+        assert!(locked(&running).is_empty(), "the schedule can run again");
+        *locked(&counters) += 1;
+        assert_eq!(*locked(&counters), 1, "a poisoned lock still counts");
+    }
+}
