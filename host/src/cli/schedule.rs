@@ -35,7 +35,8 @@ pub enum ScheduleCommand {
     Resume {
         name: String,
     },
-    /// Run a schedule once now, in the foreground.
+    /// Run a schedule once now, in the foreground; refused while `ckpt daemon` runs the store's
+    /// schedules, which would run it again.
     Run {
         name: String,
         /// How many containers to checkpoint at once.
