@@ -100,20 +100,17 @@ impl Anchor {
                     )));
                 }
                 let text = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
-                let mut key = [0u8; 32];
-                let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| Error::Corrupt {
+                let key = decode_key(text.trim()).ok_or_else(|| Error::Corrupt {
                     what: "audit key",
                     path: path.clone(),
                     detail: "it is not 64 hex digits".into(),
                 })?;
-                key.copy_from_slice(&bytes);
                 Ok(Some(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 crate::util::create_dir_with_mode(&self.dir, 0o700)?;
-                let mut key = [0u8; 32];
-                getrandom(&mut key)?;
-                let hex = hex::encode(key);
+                // 32 random bytes, in hex: the key file's own format.
+                let hex = crate::util::random_id();
                 let made = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -122,7 +119,7 @@ impl Anchor {
                     .open(&path)
                     .and_then(|mut f| f.write_all(hex.as_bytes()).and_then(|()| f.sync_all()));
                 match made {
-                    Ok(()) => Ok(Some(key)),
+                    Ok(()) => Ok(Some(decode_key(&hex).expect("random_id is 64 hex digits"))),
                     // Another ckpt made it first: use that one.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.key(false),
                     Err(e) => Err(Error::io("create", &path)(e)),
@@ -142,9 +139,8 @@ impl Anchor {
     }
 }
 
-fn getrandom(buf: &mut [u8]) -> Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).map_err(Error::io("read", "/dev/urandom"))
+fn decode_key(hex: &str) -> Option<[u8; 32]> {
+    hex::decode(hex).ok()?.try_into().ok()
 }
 
 pub struct AuditLog {
@@ -219,11 +215,33 @@ fn parse_line(text: &str, key: Option<&[u8; 32]>, keyed_from: u64) -> std::resul
 
 /// A file's complete lines, and the bytes of a torn last line (no newline) if there is one.
 fn split_lines(bytes: &[u8]) -> (Vec<&str>, Option<usize>) {
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let torn = (complete < bytes.len()).then_some(bytes.len() - complete);
+    let Some(last_newline) = bytes.iter().rposition(|&b| b == b'\n') else {
+        return (Vec::new(), (!bytes.is_empty()).then_some(bytes.len()));
+    };
+    let torn = (last_newline + 1 < bytes.len()).then_some(bytes.len() - last_newline - 1);
     // A line that is not UTF-8 is not an entry, and fails as one.
-    let lines = bytes[..complete].split(|&b| b == b'\n').map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}"));
-    (lines.take(bytes[..complete].iter().filter(|&&b| b == b'\n').count()).collect(), torn)
+    let lines = bytes[..last_newline].split(|&b| b == b'\n').map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}"));
+    (lines.collect(), torn)
+}
+
+/// How much of a log's end an append reads: far more than any entry.
+const TAIL_BYTES: u64 = 1 << 20;
+
+/// The end of the file at `path`, from the start of a line: its last [`TAIL_BYTES`], less the
+/// partial line they begin with, or the whole file when it is smaller.
+fn tail(path: &Path) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let from = len.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(from)).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    if from > 0 {
+        let first_newline = bytes.iter().position(|&b| b == b'\n')?;
+        bytes.drain(..=first_newline);
+    }
+    Some(bytes)
 }
 
 impl AuditLog {
@@ -253,13 +271,15 @@ impl AuditLog {
         }
     }
 
-    /// The last complete line of the newest file that has one.
-    fn last_line(&self, key: Option<&[u8; 32]>) -> Option<Parsed> {
-        self.files().iter().rev().find_map(|file| {
-            let bytes = std::fs::read(file).ok()?;
-            let (lines, _) = split_lines(&bytes);
-            lines.last().and_then(|l| parse_line(l, key, u64::MAX).ok())
-        })
+    /// The last complete line of the newest file that has one, from that file's tail (`log`
+    /// for the current file, read already).
+    fn last_line(&self, log: Option<&[u8]>, key: Option<&[u8; 32]>) -> Option<Parsed> {
+        let files = self.files();
+        let tails = files.iter().rev().map(|file| match file == &self.path {
+            true => log.map(<[u8]>::to_vec),
+            false => tail(file),
+        });
+        tails.flatten().find_map(|bytes| split_lines(&bytes).0.last().and_then(|l| parse_line(l, key, u64::MAX).ok()))
     }
 
     /// Appends one event: `event` names it, `fields` (a JSON object) says what it was about.
@@ -267,14 +287,18 @@ impl AuditLog {
         let _lock = StoreLock::named(&self.locks_dir, "audit")?;
         let key = self.anchor.key(true)?.expect("made on first use");
         let mut repaired = None;
-        if let Ok(bytes) = std::fs::read(&self.path)
-            && let (_, Some(torn)) = split_lines(&bytes)
+        // Only the log's end: an append must not read the whole log.
+        let mut log = tail(&self.path);
+        if let Some(bytes) = &mut log
+            && let (_, Some(torn)) = split_lines(bytes)
         {
+            let len = std::fs::metadata(&self.path).map_err(Error::io("read", &self.path))?.len();
             let file = OpenOptions::new().write(true).open(&self.path).map_err(Error::io("open", &self.path))?;
-            file.set_len((bytes.len() - torn) as u64).map_err(Error::io("cut the torn line of", &self.path))?;
+            file.set_len(len - torn as u64).map_err(Error::io("cut the torn line of", &self.path))?;
+            bytes.truncate(bytes.len() - torn);
             repaired = Some(format!("a torn last line of {torn} bytes, left by a crash while appending, was cut"));
         }
-        let last = self.last_line(Some(&key));
+        let last = self.last_line(log.as_deref(), Some(&key));
         let mut head = match (self.anchored_head()?, last) {
             // The line was written but the head was not: the crash F8 describes. The line is
             // sealed, so it is the chain's.
@@ -326,10 +350,10 @@ impl AuditLog {
     }
 
     fn first_kept_seq(&self) -> Option<u64> {
+        use std::io::BufRead;
         self.files().iter().find_map(|file| {
-            let bytes = std::fs::read(file).ok()?;
-            let (lines, _) = split_lines(&bytes);
-            lines.first().and_then(|l| parse_line(l, None, u64::MAX).ok().or_else(|| seq_of(l)).map(|p| p.seq))
+            let first = std::io::BufReader::new(std::fs::File::open(file).ok()?).lines().next()?.ok()?;
+            seq_of(&first).map(|p| p.seq)
         })
     }
 
@@ -375,6 +399,7 @@ impl AuditLog {
         let mut previous: Option<(u64, String)> = None;
         let mut verified =
             Verified { entries: 0, first_seq: 0, last_seq: 0, anchored_after_rotation: false, crash: None };
+        let mut saw_keyed = false;
         let files = self.files();
         for (n, file) in files.iter().enumerate() {
             let bytes = match std::fs::read(file) {
@@ -421,6 +446,7 @@ impl AuditLog {
                 if previous.is_none() {
                     verified.first_seq = parsed.seq;
                 }
+                saw_keyed |= parsed.hash.starts_with(KEYED);
                 verified.entries += 1;
                 verified.last_seq = parsed.seq;
                 previous = Some((parsed.seq, parsed.hash));
@@ -429,7 +455,7 @@ impl AuditLog {
         let ends = |detail: String| Ok(Err(Broken { file: self.path.clone(), line: 0, detail }));
         let head = match anchored {
             Some(head) => head,
-            None if key.is_some() && verified.entries > 0 && verified.last_seq >= 1 && self.has_keyed_lines() => {
+            None if saw_keyed => {
                 return ends(format!(
                     "its entries are sealed with this host's key, but the anchor {} that records where the chain ends is missing",
                     self.anchor.head_path(&self.path).display()
@@ -463,12 +489,6 @@ impl AuditLog {
                 head.seq
             )),
         }
-    }
-
-    fn has_keyed_lines(&self) -> bool {
-        self.files()
-            .iter()
-            .any(|file| std::fs::read(file).is_ok_and(|b| b.windows(KEYED.len()).any(|w| w == KEYED.as_bytes())))
     }
 }
 
@@ -596,6 +616,21 @@ mod tests {
         assert_eq!((verified.last_seq, verified.crash), (8, None));
         let last = audit.entries().unwrap().pop().unwrap();
         assert!(last["log-repaired"].as_str().unwrap().contains("torn last line"), "{last}");
+    }
+
+    #[test]
+    fn a_log_longer_than_the_tail_an_append_reads_carries_on_and_a_torn_end_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = log(dir.path());
+        for n in 0..300 {
+            audit.append("checkpoint", json!({"container": format!("c{n}"), "detail": "x".repeat(4096)})).unwrap();
+        }
+        assert!(std::fs::metadata(&audit.path).unwrap().len() > TAIL_BYTES);
+        let mut file = OpenOptions::new().append(true).open(&audit.path).unwrap();
+        file.write_all(b"{\"hash\":\"blake3-keyed:").unwrap();
+        audit.append("restore", json!({"container": "c0"})).unwrap();
+        let verified = audit.verify().unwrap().unwrap();
+        assert_eq!((verified.last_seq, verified.crash), (301, None));
     }
 
     #[test]
