@@ -74,21 +74,22 @@ impl Skopeo {
             .ok_or_else(|| RegistryError::NoSkopeo("not in $PATH".into()))
     }
 
-    /// `skopeo copy`; `side` (`src` or `dest`) is the registry's, reached with `access`.
-    fn copy(
+    /// `skopeo SUBCOMMAND` with `access`'s flags (named with `prefix`: `src-`, `dest-`, or none
+    /// for a subcommand that reaches one registry), then `args`; returns its standard output.
+    fn skopeo(
         &self,
-        action: &'static str,
+        (subcommand, action): (&str, &'static str),
         reference: &str,
-        (side, access): (&str, &Access),
+        (prefix, access): (&str, &Access),
         args: &[String],
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Vec<u8>, RegistryError> {
         let creds = access.creds.as_deref().map(|creds| CredsFile::write(reference, creds)).transpose()?;
         let mut cmd = Command::new(&self.path);
-        cmd.arg("copy").arg("--quiet").args(access_args(side, access, creds.as_ref())).args(args);
+        cmd.arg(subcommand).args(access_args(prefix, access, creds.as_ref())).args(args);
         tracing::debug!(?cmd, "{action}");
         let output = cmd.output().map_err(|e| RegistryError::NoSkopeo(e.to_string()))?;
         if output.status.success() {
-            return Ok(());
+            return Ok(output.stdout);
         }
         Err(RegistryError::Failed {
             action,
@@ -119,13 +120,13 @@ impl CredsFile {
     }
 }
 
-/// skopeo's flags for one side of a copy (`src` or `dest`); `--creds` go in `creds`, which takes
-/// the place of any `--authfile`.
-fn access_args(side: &str, access: &Access, creds: Option<&CredsFile>) -> Vec<String> {
-    let mut args = vec![format!("--{side}-tls-verify={}", access.tls_verify)];
+/// skopeo's flags for reaching a registry, each named with `prefix` (`src-` or `dest-` for a
+/// side of a copy); `--creds` go in `creds`, which takes the place of any `--authfile`.
+fn access_args(prefix: &str, access: &Access, creds: Option<&CredsFile>) -> Vec<String> {
+    let mut args = vec![format!("--{prefix}tls-verify={}", access.tls_verify)];
     let authfile = creds.map(|c| c.0.path()).or(access.authfile.as_deref());
     if let Some(authfile) = authfile {
-        args.push(format!("--{side}-authfile={}", authfile.display()));
+        args.push(format!("--{prefix}authfile={}", authfile.display()));
     }
     args
 }
@@ -138,36 +139,23 @@ impl Registry for Skopeo {
     fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(destination)?;
         // Digests are kept, so a pushed checkpoint image is the same image on the other side.
-        let args = ["--preserve-digests".to_string(), oci(layout, name), format!("docker://{destination}")];
-        self.copy("push to", destination, ("dest", access), &args)
+        let args =
+            ["--quiet".to_string(), "--preserve-digests".into(), oci(layout, name), format!("docker://{destination}")];
+        self.skopeo(("copy", "push to"), destination, ("dest-", access), &args).map(drop)
     }
 
     fn pull(&self, source: &str, layout: &Path, name: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(source)?;
-        let args = ["--preserve-digests".to_string(), format!("docker://{source}"), oci(layout, name)];
-        self.copy("pull of", source, ("src", access), &args)
+        let args =
+            ["--quiet".to_string(), "--preserve-digests".into(), format!("docker://{source}"), oci(layout, name)];
+        self.skopeo(("copy", "pull of"), source, ("src-", access), &args).map(drop)
     }
 
     fn declared_size(&self, source: &str, access: &Access) -> Result<Option<u64>, RegistryError> {
         check_reference(source)?;
-        let creds = access.creds.as_deref().map(|creds| CredsFile::write(source, creds)).transpose()?;
-        let mut cmd = Command::new(&self.path);
-        let tls = format!("--tls-verify={}", access.tls_verify);
-        cmd.args(["inspect", "--raw", &tls]);
-        if let Some(authfile) = creds.as_ref().map(|c| c.0.path()).or(access.authfile.as_deref()) {
-            cmd.arg(format!("--authfile={}", authfile.display()));
-        }
-        cmd.arg(format!("docker://{source}"));
-        let output = cmd.output().map_err(|e| RegistryError::NoSkopeo(e.to_string()))?;
-        if !output.status.success() {
-            return Err(RegistryError::Failed {
-                action: "inspection of",
-                reference: source.to_string(),
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(manifest_size(&output.stdout))
+        let args = ["--raw".to_string(), format!("docker://{source}")];
+        let manifest = self.skopeo(("inspect", "inspection of"), source, ("", access), &args)?;
+        Ok(manifest_size(&manifest))
     }
 }
 
@@ -205,13 +193,14 @@ mod tests {
     #[test]
     fn access_becomes_skopeos_flags_and_creds_never_reach_its_command_line() {
         let access = Access { tls_verify: false, creds: None, authfile: Some("/a.json".into()) };
-        assert_eq!(access_args("dest", &access, None), ["--dest-tls-verify=false", "--dest-authfile=/a.json"]);
+        assert_eq!(access_args("dest-", &access, None), ["--dest-tls-verify=false", "--dest-authfile=/a.json"]);
         let plain = Access { tls_verify: true, ..Default::default() };
-        assert_eq!(access_args("src", &plain, None), ["--src-tls-verify=true"]);
+        assert_eq!(access_args("src-", &plain, None), ["--src-tls-verify=true"]);
+        assert_eq!(access_args("", &plain, None), ["--tls-verify=true"], "inspect reaches one registry");
 
         let creds = CredsFile::write("localhost:5000/ckpt/web:1", "alice:s3cret").unwrap();
         let with_creds = Access { creds: Some("alice:s3cret".into()), ..access };
-        let args = access_args("src", &with_creds, Some(&creds));
+        let args = access_args("src-", &with_creds, Some(&creds));
         assert!(args.iter().all(|a| !a.contains("s3cret")), "{args:?}");
         assert_eq!(args[1], format!("--src-authfile={}", creds.0.path().display()));
         use std::os::unix::fs::PermissionsExt;
