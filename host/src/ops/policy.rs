@@ -22,12 +22,17 @@ fn engine(ctx: &Context) -> Result<PolicyEngine> {
 /// fetched once into the policy cache, checked against the pin whenever it is read from there,
 /// and named by its reference in decision records. Anything else is a file, or `default`.
 pub fn fetch_component(ctx: &Context, spec: &str) -> Result<(String, Vec<u8>)> {
-    let pinned = spec.contains("@sha256:") && crate::registry::check_reference(spec).is_ok();
-    if !pinned && (crate::registry::check_reference(spec).is_err() || Path::new(spec).exists()) {
+    let reference = crate::registry::check_reference(spec).is_ok();
+    if !is_pinned(spec) && (!reference || Path::new(spec).exists()) {
         let (_, bytes) = policy::read_component(spec)?;
         return Ok((spec.to_string(), bytes));
     }
     Ok((spec.to_string(), fetch_pinned(ctx, spec)?))
+}
+
+/// Whether `spec` is a registry reference pinned by digest, which is never taken for a file.
+pub fn is_pinned(spec: &str) -> bool {
+    spec.contains("@sha256:") && crate::registry::check_reference(spec).is_ok()
 }
 
 fn fetch_pinned(ctx: &Context, spec: &str) -> Result<Vec<u8>> {

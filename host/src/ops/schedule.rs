@@ -31,9 +31,8 @@ pub fn add(ctx: &Context, mut schedule: Schedule) -> Result<()> {
     // absolute path, never resolved against the daemon's working directory.
     let specs = schedule.policy.iter_mut().chain(schedule.gates.iter_mut()).chain(schedule.retainer.iter_mut());
     for spec in specs {
-        let pinned = spec.source.contains("@sha256:") && crate::registry::check_reference(&spec.source).is_ok();
         let path = std::path::Path::new(&spec.source);
-        if !pinned && path.is_relative() && path.exists() {
+        if !super::policy::is_pinned(&spec.source) && path.is_relative() && path.exists() {
             spec.source = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?.display().to_string();
         }
     }
@@ -415,9 +414,8 @@ fn one(
     if out.result == "ok"
         && let Some(retention) = retention
     {
-        let built_in = |source: &str| source == policy::DEFAULT_RETAINER_SOURCE || source == "default-retainer";
         let scope = match &schedule.retainer {
-            Some(spec) if !built_in(&spec.source) => super::catalog::Scope::Container,
+            Some(spec) if !policy::is_default_retainer(&spec.source) => super::catalog::Scope::Container,
             _ => super::catalog::Scope::Schedule(&schedule.name),
         };
         match super::catalog::retain(ctx, retention, id, scope) {

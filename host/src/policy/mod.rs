@@ -56,11 +56,16 @@ pub struct Component {
     pub settings: String,
 }
 
+/// Whether `spec` names the built-in retainer, as `--retainer` takes it.
+pub fn is_default_retainer(spec: &str) -> bool {
+    spec == DEFAULT_RETAINER_SOURCE || spec == "default-retainer"
+}
+
 pub fn read_component(spec: &str) -> Result<(String, Vec<u8>), PolicyError> {
     if spec == DEFAULT_POLICY_SOURCE || spec == "default" {
         return Ok((DEFAULT_POLICY_SOURCE.to_string(), DEFAULT_POLICY.to_vec()));
     }
-    if spec == DEFAULT_RETAINER_SOURCE || spec == "default-retainer" {
+    if is_default_retainer(spec) {
         return Ok((DEFAULT_RETAINER_SOURCE.to_string(), DEFAULT_RETAINER.to_vec()));
     }
     let read_err = |detail: String| PolicyError::Read { path: spec.to_string(), detail };
