@@ -254,12 +254,17 @@ fn check_whole_move(planned: &Planned, handoff: &dyn Handoff, policy_name: &str)
     Ok(())
 }
 
+/// Whether the user typed `target` on the command line: always allowed, wherever it is.
+fn typed(requested: &[ExportTarget], target: &ExportTarget) -> bool {
+    requested.iter().any(|r| r.kind == target.kind && r.location == target.location)
+}
+
 /// A policy's export targets stay where the admin allows (`[exports]` in the host config);
 /// what the user typed is always allowed.
 fn confine_exports(ctx: &Context, planned: &Planned, requested: &[ExportTarget], policy_name: &str) -> Result<()> {
     let forbidden = [ctx.roots.root.as_path(), ctx.roots.runroot.as_path()];
     for target in &planned.exports {
-        if requested.iter().any(|r| r.kind == target.kind && r.location == target.location) {
+        if typed(requested, target) {
             continue;
         }
         let verdict = match target.kind {
@@ -291,7 +296,7 @@ fn confine_opened_archive(
     target: &ExportTarget,
     requested: &[ExportTarget],
 ) -> Result<()> {
-    if requested.iter().any(|r| r.kind == target.kind && r.location == target.location) {
+    if typed(requested, target) {
         return Ok(());
     }
     let real = file.real_target()?;
