@@ -109,9 +109,11 @@ pub trait RemoteCkpt {
     /// Runs `ckpt ARGS` there; with `input`, what it writes is the command's standard input.
     /// Returns the command's standard output.
     fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError>;
-    /// Lets the far side reach `local_port` on this machine's loopback at its own
-    /// `127.0.0.1:remote_port`, through the channel, until it closes.
-    fn forward_to_here(&self, remote_port: u16, local_port: u16) -> Result<(), SshError>;
+    /// Makes a Unix socket at `remote_socket` on the far side whose connections come, through
+    /// the channel, to the listener returned here. Both sockets are the user's alone (sshd binds
+    /// with mode 0600; this one is made in a directory only the user can enter), so nobody else
+    /// on either host can connect.
+    fn forward_to_here(&self, remote_socket: &str) -> Result<std::os::unix::net::UnixListener, SshError>;
 }
 
 /// One connection to the destination for the whole migration: every command after the first
@@ -283,10 +285,56 @@ impl Drop for Ssh {
             let _ = master.wait();
             let _ = std::fs::remove_file(&self.control);
         }
+        let _ = std::fs::remove_file(self.control.with_extension("pages.sock"));
         if let Some(dir) = &self.private_dir {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// Relays, in a thread of its own, between `relayed` and the first connection to `listener`
+/// that comes from this user (ssh's forward), until both directions have ended. A connection
+/// from anyone else is closed unread.
+pub fn relay_first_connection(listener: std::os::unix::net::UnixListener, relayed: std::os::unix::net::UnixStream) {
+    std::thread::spawn(move || {
+        let own_uid = nix::unistd::geteuid().as_raw();
+        let connection = loop {
+            let Ok((connection, _)) = listener.accept() else { return };
+            if peer_uid(&connection) == Some(own_uid) {
+                break connection;
+            }
+            tracing::warn!("a connection to the post-copy page channel from another user was refused");
+        };
+        drop(listener);
+        let pump = |mut from: std::os::unix::net::UnixStream, mut to: std::os::unix::net::UnixStream| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let (Ok(connection_out), Ok(relayed_out)) = (connection.try_clone(), relayed.try_clone()) else { return };
+        let there = pump(connection, relayed_out);
+        let back = pump(relayed, connection_out);
+        let _ = (there.join(), back.join());
+    });
+}
+
+/// The user on the other end of a Unix socket connection (`SO_PEERCRED`).
+fn peer_uid(connection: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large.
+    let got = unsafe {
+        libc::getsockopt(
+            connection.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (got == 0).then_some(cred.uid)
 }
 
 impl RemoteCkpt for Ssh {
@@ -294,8 +342,24 @@ impl RemoteCkpt for Ssh {
         self.destination.to_string()
     }
 
-    fn forward_to_here(&self, remote_port: u16, local_port: u16) -> Result<(), SshError> {
-        self.control_request(&["forward", "-R", &format!("127.0.0.1:{remote_port}:127.0.0.1:{local_port}")])
+    fn forward_to_here(&self, remote_socket: &str) -> Result<std::os::unix::net::UnixListener, SshError> {
+        let io = |action| {
+            let destination = self.destination.to_string();
+            move |source| SshError::Io { action, destination, source }
+        };
+        // Beside the control socket, whose directory is private and whose path is short enough.
+        let local = self.control.with_extension("pages.sock");
+        let _ = std::fs::remove_file(&local);
+        let listener = std::os::unix::net::UnixListener::bind(&local).map_err(io("listen for the page channel"))?;
+        std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io("listen for the page channel"))?;
+        let forwarded = self.control_request(&["forward", "-R", &format!("{remote_socket}:{}", local.display())]);
+        // Connections already made stay; the name is only for ssh's one connection.
+        if let Err(e) = forwarded {
+            let _ = std::fs::remove_file(&local);
+            return Err(e);
+        }
+        Ok(listener)
     }
 
     fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError> {

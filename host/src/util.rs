@@ -306,6 +306,38 @@ pub fn human_size(bytes: u64) -> String {
     format!("{text} {}", UNITS[unit])
 }
 
+/// Gives the child `cmd` starts each descriptor at the number beside it, open across its exec
+/// (CRIU's `--status-fd` and `--ps-socket` name them by number). This process's copies close
+/// with `cmd`.
+pub fn pass_fds(cmd: &mut std::process::Command, fds: Vec<(std::os::fd::OwnedFd, i32)>) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // Moved above every target first, so that placing one never closes another still to place.
+    let lifted = fds
+        .into_iter()
+        .map(|(fd, target)| {
+            // SAFETY: fcntl on a descriptor this function owns; the new one is owned at once.
+            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+            if high < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `high` is a fresh descriptor that nothing else owns.
+            Ok((unsafe { std::os::fd::OwnedFd::from_raw_fd(high) }, target))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    // SAFETY: dup2 is async-signal-safe and touches no memory; dup2 clears the copy's CLOEXEC.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            for (fd, target) in &lifted {
+                if libc::dup2(fd.as_raw_fd(), *target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// The first `name` in `$PATH`.
 pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -222,6 +222,67 @@ fn the_planner_chooses_the_strategy_within_what_the_host_can_do() {
     dest.ok(&["rm", "-f", "web"]);
 }
 
+/// Every TCP listener on this machine that CRIU, or a session of `sshd`, holds: `ss` lines.
+fn page_listeners(sshd_pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("ss").args(["-Hltnp"]).output().expect("iproute2 has ss");
+    let session_of_sshd = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next()?.split_whitespace().nth(1).map(str::to_string))
+            .is_some_and(|parent| parent == sshd_pid.to_string())
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| {
+            line.contains("((\"criu\"")
+                || line.split("pid=").skip(1).any(|rest| session_of_sshd(rest.split(',').next().unwrap_or_default()))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_post_copy_migration_fetches_memory_through_ssh_without_a_listening_port() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    for side in [&source, &dest] {
+        std::fs::write(side.path("ckpt.toml"), "[migration]\npost-copy = true\n").unwrap();
+    }
+    let sshd = Sshd::start(&source);
+    // About 48 MB that the destination fetches page by page while the container runs there.
+    let script = "m=$(head -c 48000000 /dev/zero | tr '\\0' x); \
+                  i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; [ ${#m} = 48000000 ] || echo lost; done";
+    source.ok(&["run", "-d", "--name", "web", "busybox", "sh", "-c", script]);
+    assert!(eventually(Duration::from_secs(20), || last_count(&source.logs("web")) >= 3));
+
+    // Whoever else is on either host could connect to a port that CRIU's page server or an
+    // ssh forward listened on, and read the container's memory: none may appear.
+    let migrating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (migrating, sshd_pid) = (migrating.clone(), sshd.pid());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while migrating.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.extend(page_listeners(sshd_pid));
+            }
+            seen
+        })
+    };
+    let moved = migrate(&source, &sshd, &dest, &["--strategy", "post-copy"], "web");
+    migrating.store(false, std::sync::atomic::Ordering::Relaxed);
+    let listeners = watcher.join().unwrap();
+    assert_eq!(moved.code, 0, "{}{}", moved.stderr, moved.stdout);
+    let outcome: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert_eq!(outcome["strategy"], "post-copy", "{outcome}");
+    assert_eq!(outcome["source"], "removed", "{outcome}");
+    assert!(listeners.is_empty(), "the pages went through a listening port: {listeners:?}");
+    let at_move = last_count(&dest.logs("web"));
+    assert!(eventually(Duration::from_secs(10), || last_count(&dest.logs("web")) > at_move + 3), "no carrying on");
+    assert!(!dest.logs("web").contains("lost"), "the memory came whole");
+    assert!(source.container_ids().is_empty());
+    dest.ok(&["rm", "-f", "web"]);
+}
+
 #[test]
 fn a_killed_migration_leaves_no_connection_and_a_restorable_checkpoint() {
     let Some(mut source) = Ckpt::available() else { return };

@@ -149,8 +149,9 @@ pub struct RestoreArgs {
     /// How many containers to restore at once (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: Option<u16>,
-    /// Post-copy (`ckpt migrate`): fetch the memory from the page server at HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", hide = true)]
+    /// Post-copy (`ckpt migrate`): fetch the memory through the Unix socket at PATH, which ssh
+    /// forwards to the source's page server.
+    #[arg(long, value_name = "PATH", hide = true)]
     pub lazy_pages_from: Option<String>,
     pub targets: Vec<String>,
 }

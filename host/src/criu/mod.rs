@@ -3,6 +3,7 @@
 pub mod hold;
 mod stats;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -42,11 +43,11 @@ pub trait Criu: Send + Sync {
     fn lazy_pages(&self) -> Result<(), CriuError> {
         Err(CriuError::NoLazyPages("not probed".into()))
     }
-    /// Starts `criu lazy-pages`, which fetches pages from the page server at `address:port` for
-    /// the restore about to run from `images` (its socket goes in `work`). It runs on its own,
-    /// and ends once every page has been fetched.
-    fn serve_lazy_pages(&self, images: &Path, work: &Path, address: &str, port: u16) -> Result<(), CriuError> {
-        let _ = (images, work, address, port);
+    /// Starts `criu lazy-pages`, which fetches pages through `page_socket`, connected to the
+    /// source's page server, for the restore about to run from `images` (its socket goes in
+    /// `work`). It runs on its own, and ends once every page has been fetched.
+    fn serve_lazy_pages(&self, images: &Path, work: &Path, page_socket: OwnedFd) -> Result<(), CriuError> {
+        let _ = (images, work, page_socket);
         Err(CriuError::NoLazyPages("not available".into()))
     }
 }
@@ -108,20 +109,21 @@ impl Criu for CriuBinary {
         })
     }
 
-    fn serve_lazy_pages(&self, images: &Path, work: &Path, address: &str, port: u16) -> Result<(), CriuError> {
+    fn serve_lazy_pages(&self, images: &Path, work: &Path, page_socket: OwnedFd) -> Result<(), CriuError> {
+        const PAGE_SOCKET_FD: i32 = 10;
         let mut cmd = Command::new(&self.path);
-        cmd.args(["lazy-pages", "--page-server", "--address", address, "--port", &port.to_string()]);
+        cmd.args(["lazy-pages", "--page-server", "--ps-socket", &PAGE_SOCKET_FD.to_string()]);
+        crate::util::pass_fds(&mut cmd, vec![(page_socket, PAGE_SOCKET_FD)])
+            .map_err(|e| CriuError::LazyPagesDaemon(e.to_string()))?;
         cmd.arg("--images-dir").arg(images).arg("--work-dir").arg(work);
         cmd.args(["--log-file", "lazy-pages.log", "-v4"]);
         // Its own session: it outlives the ckpt that started it, and an ssh channel's end.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         tracing::debug!(?cmd, "criu lazy-pages");
-        let daemon = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| CriuError::LazyPagesDaemon(e.to_string()))?;
+        let spawned = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        // The daemon holds the page socket now; this process's copy goes with `cmd`.
+        drop(cmd);
+        let daemon = spawned.map_err(|e| CriuError::LazyPagesDaemon(e.to_string()))?;
         // Reaped by init once ckpt exits; until then a thread waits for it.
         std::thread::spawn(move || {
             let mut daemon = daemon;

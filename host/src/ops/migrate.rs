@@ -89,7 +89,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         Err("post-copy fetches memory through the ssh channel, not a registry (drop --via)".to_string())
     } else if !ctx.config.migration.post_copy {
         Err(format!(
-            "post-copy is off on this host: set [migration] post-copy = true in the host config ({}) once CRIU's lazy pages work here (on this project's test machines CRIU 4.2.1's page server fails its first transfer)",
+            "post-copy is off on this host: set [migration] post-copy = true in the host config ({}); it needs CRIU's lazy pages on both hosts, and on hosts without CAP_SYS_RESOURCE the CRIU that scripts/setup builds",
             ctx.config.source.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_PATH)).display()
         ))
     } else {
@@ -123,7 +123,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
             requested: req.strategy,
         },
         chosen: std::cell::RefCell::new(None),
-        lazy_from: Cell::new(None),
+        lazy_from: std::cell::RefCell::new(None),
         frozen_at: Cell::new(None),
         confirmed_at: Cell::new(None),
         bytes_sent: Cell::new(0),
@@ -231,8 +231,8 @@ struct ToDestination<'a> {
     compression: Compression,
     facts: wit::MigrationFacts,
     chosen: std::cell::RefCell<Option<wit::StrategyChoice>>,
-    /// Post-copy: the port at the destination that leads to the page server here.
-    lazy_from: Cell<Option<u16>>,
+    /// Post-copy: the socket at the destination that leads to the page server here.
+    lazy_from: std::cell::RefCell<Option<String>>,
     frozen_at: Cell<Option<Instant>>,
     confirmed_at: Cell<Option<Instant>>,
     bytes_sent: Cell<u64>,
@@ -258,21 +258,20 @@ impl Handoff for ToDestination<'_> {
         self.via.as_deref()
     }
 
-    fn page_server(&self) -> Result<Option<String>> {
+    fn page_server(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         let post_copy = self.chosen.borrow().as_ref().is_some_and(|c| c.strategy == wit::Strategy::PostCopy);
         if !post_copy {
             return Ok(None);
         }
-        // Two free ports at once, so that they differ when both ends are this machine.
-        let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::io("bind", "127.0.0.1:0"));
-        let (here, there) = (bind()?, bind()?);
-        let port =
-            |l: &std::net::TcpListener| l.local_addr().map(|a| a.port()).map_err(Error::io("bind", "127.0.0.1:0"));
-        let (local, remote) = (port(&here)?, port(&there)?);
-        drop((here, there));
-        self.remote.forward_to_here(remote, local)?;
-        self.lazy_from.set(Some(remote));
-        Ok(Some(format!("127.0.0.1:{local}")))
+        // No port on either host: CRIU talks on one end of a socket pair, and the other end is
+        // relayed to the first connection ssh brings from a root-only socket at the destination.
+        let remote_socket = format!("/run/ckpt-pages-{}.sock", crate::util::random_id());
+        let listener = self.remote.forward_to_here(&remote_socket)?;
+        let (for_criu, relayed) =
+            std::os::unix::net::UnixStream::pair().map_err(Error::io("make a socket pair for", "the page channel"))?;
+        crate::ssh::relay_first_connection(listener, relayed);
+        *self.lazy_from.borrow_mut() = Some(remote_socket);
+        Ok(Some(for_criu.into()))
     }
     fn deliver(
         &self,
@@ -291,8 +290,8 @@ impl Handoff for ToDestination<'_> {
         if options.file_locks {
             args.push("--file-locks".into());
         }
-        if let Some(port) = self.lazy_from.get() {
-            args.push(format!("--lazy-pages-from=127.0.0.1:{port}"));
+        if let Some(socket) = self.lazy_from.borrow().as_ref() {
+            args.push(format!("--lazy-pages-from={socket}"));
         }
         let sent = match &self.via {
             Some(reference) => {
@@ -358,7 +357,10 @@ mod tests {
             "ssh://far".into()
         }
 
-        fn forward_to_here(&self, _remote_port: u16, _local_port: u16) -> std::result::Result<(), SshError> {
+        fn forward_to_here(
+            &self,
+            _remote_socket: &str,
+        ) -> std::result::Result<std::os::unix::net::UnixListener, SshError> {
             unreachable!("post-copy is not scripted here")
         }
 
@@ -409,7 +411,7 @@ mod tests {
                 requested: None,
             },
             chosen: std::cell::RefCell::new(None),
-            lazy_from: Cell::new(None),
+            lazy_from: std::cell::RefCell::new(None),
             frozen_at: Cell::new(None),
             confirmed_at: Cell::new(None),
             bytes_sent: Cell::new(0),

@@ -43,7 +43,8 @@ pub struct RestoreRequest {
     pub ignore_rootfs: bool,
     pub ignore_volumes: bool,
     pub print_stats: bool,
-    /// Post-copy: `HOST:PORT` of the page server that holds the memory (`ckpt migrate`).
+    /// Post-copy: the Unix socket, forwarded by ssh to the source's page server, through which
+    /// the memory comes (`ckpt migrate`).
     pub lazy_pages_from: Option<String>,
     /// How many local checkpoints are restored at once (`--parallel`; one per core by default).
     pub parallel: Option<usize>,
@@ -283,12 +284,9 @@ fn run_restore(
     let previous = record.state.clone();
     let now = crate::util::now();
     record.state.started_at = Some(now);
-    if let Some(server) = &req.lazy_pages_from {
-        let (address, port) = server
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-            .ok_or_else(|| Error::invalid(format!("--lazy-pages-from {server:?} is not HOST:PORT")))?;
-        ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, address, port)?;
+    if let Some(socket) = &req.lazy_pages_from {
+        let pages = connect_to_page_server(Path::new(socket))?;
+        ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, pages.into())?;
     }
     let started = Instant::now();
     lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images, criu_config))).inspect_err(
@@ -792,6 +790,25 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
     }
 }
 
+/// Connects to the socket through which post-copy's memory comes, and removes its name so that
+/// nobody else can connect. Only a socket that this user holds is believed: anyone else's could
+/// feed the container pages of their own.
+fn connect_to_page_server(socket: &Path) -> Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let shown = || format!("--lazy-pages-from {:?}", socket.display().to_string());
+    let meta = std::fs::symlink_metadata(socket).map_err(Error::io("inspect", socket))?;
+    if !meta.file_type().is_socket() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(Error::invalid(format!(
+            "{}: not a socket that only this user (uid {}) can use; ckpt migrate makes it through ssh",
+            shown(),
+            nix::unistd::geteuid()
+        )));
+    }
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(Error::io("connect to", socket))?;
+    std::fs::remove_file(socket).map_err(Error::io("remove", socket))?;
+    Ok(stream)
+}
+
 /// Lets the restore start while `page_images` are still being copied, held by a CRIU action
 /// script until they are in (`criu::hold`). That takes a runtime that passes CRIU the
 /// configuration the hold is in, and a restore that reads its pages from the images directory
@@ -897,7 +914,7 @@ mod tests {
         assert!(!consumes(&plain, Images::Local), "a failed local restore must leave its checkpoint");
         let keep = RestoreRequest { keep: true, ..RestoreRequest::default() };
         assert!(!consumes(&keep, consume), "--keep keeps the images restorable");
-        let lazy = RestoreRequest { lazy_pages_from: Some("127.0.0.1:1".into()), ..RestoreRequest::default() };
+        let lazy = RestoreRequest { lazy_pages_from: Some("/run/ckpt-pages.sock".into()), ..RestoreRequest::default() };
         assert!(!consumes(&lazy, consume), "a lazy restore reads no page images");
     }
 

@@ -263,6 +263,43 @@ mod tests {
     }
 
     #[test]
+    fn processes_that_append_at_once_rotate_the_log_once_and_lose_no_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("decisions.jsonl");
+        let generation = |n: usize| PathBuf::from(format!("{}.{n}", log.display()));
+        let record: DecisionRecord = serde_json::from_value(serde_json::json!({
+            "at": "2026-12-06T00:00:00Z", "kind": "plan", "container_id": "c", "container_name": "c",
+            "policy": {"source": "builtin", "name": "builtin", "version": "1", "digest": "sha256:0"},
+            "settings_digest": "", "facts_digest": "", "decision": null, "error": null, "logs": [],
+            "dropped_logs": 0, "fuel_used": 0, "duration_us": 0, "peak_memory_bytes": 0,
+        }))
+        .unwrap();
+        const WRITERS: usize = 8;
+        for round in 0..5 {
+            std::fs::write(&log, vec![b'x'; MAX_LOG_BYTES as usize + 1]).unwrap();
+            for n in 1..=LOG_GENERATIONS {
+                let _ = std::fs::remove_file(generation(n));
+            }
+            let start = std::sync::Arc::new(std::sync::Barrier::new(WRITERS));
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|_| {
+                    let (start, log, record) = (start.clone(), log.clone(), record.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        append(&log, std::slice::from_ref(&record)).unwrap();
+                    })
+                })
+                .collect();
+            writers.into_iter().for_each(|w| w.join().unwrap());
+            let rotated = std::fs::metadata(generation(1)).map(|m| m.len()).ok();
+            assert_eq!(rotated, Some(MAX_LOG_BYTES + 1), "round {round}: the full log is the one generation made");
+            assert!(!generation(2).exists(), "round {round}: the log was rotated more than once");
+            let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+            assert_eq!(lines, WRITERS, "round {round}: every record is in the new log");
+        }
+    }
+
+    #[test]
     fn rotation_keeps_a_bounded_number_of_generations() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("decisions.jsonl");

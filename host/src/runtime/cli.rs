@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -360,7 +359,7 @@ impl OciRuntime for CliRuntime {
         &self,
         id: &str,
         options: &CheckpointOptions,
-        page_server: &str,
+        page_socket: std::os::fd::OwnedFd,
     ) -> Result<Box<dyn LazyDump>, RuntimeError> {
         let action = "checkpoint --lazy-pages";
         let spawn_err = |source| RuntimeError::Spawn { runtime: self.name.clone(), action, source };
@@ -368,19 +367,21 @@ impl OciRuntime for CliRuntime {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(std::io::Error::from(e)))?;
         let mut cmd = self.checkpoint_command(options);
         // CRIU writes one byte to this descriptor once it serves pages: fd 3 in runc.
-        cmd.args(["--lazy-pages", "--page-server", page_server, "--status-fd", "3"]).arg(id);
-        let raw = ready_write.as_raw_fd();
-        // SAFETY: dup2 and fcntl are async-signal-safe and touch no memory.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                let moved = if raw == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(raw, 3) };
-                if moved < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-            });
-        }
+        cmd.args(["--lazy-pages", "--status-fd", "3"]).arg(id);
+        // runc has no flag for a page server socket, but CRIU reads a configuration file named in
+        // its environment, and runc starts it with its own environment and every descriptor it
+        // inherited: fd 10 reaches CRIU as it is (Go moves only fds 0-3 for its child).
+        let config = options.work_path.join("criu-page-socket.conf");
+        fs::write(&config, format!("ps-socket {LAZY_PAGE_SOCKET_FD}\n")).map_err(spawn_err)?;
+        cmd.env("CRIU_CONFIG_FILE", &config);
+        crate::util::pass_fds(&mut cmd, vec![(ready_write, 3), (page_socket, LAZY_PAGE_SOCKET_FD)])
+            .map_err(spawn_err)?;
         trace_invocation(&cmd, action, self.log_file.as_deref());
-        let mut child =
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(spawn_err)?;
-        drop(ready_write);
+        let spawned = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+        // This process's copies of the socket and the status pipe close here: the page channel
+        // ends, and the status pipe reads end-of-file, when CRIU is done with them.
+        drop(cmd);
+        let mut child = spawned.map_err(spawn_err)?;
         let stderr = child.stderr.take().map(|mut pipe| {
             std::thread::spawn(move || {
                 let mut text = String::new();
@@ -426,6 +427,9 @@ impl CliRuntime {
         cmd
     }
 }
+
+/// The descriptor a lazy dump's CRIU serves pages on (`ps-socket`).
+const LAZY_PAGE_SOCKET_FD: i32 = 10;
 
 /// `runc checkpoint --lazy-pages` running in the background.
 struct CliLazyDump {

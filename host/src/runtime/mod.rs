@@ -158,15 +158,16 @@ pub trait OciRuntime: Send + Sync {
     /// runtime's log, when it cannot start).
     fn exec(&self, id: &str, args: &[String], env: &[String], exec: ExecMode) -> Result<i32, RuntimeError>;
     fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError>;
-    /// `checkpoint --lazy-pages --page-server ADDRESS`: returns once the dump has started; see
+    /// `checkpoint --lazy-pages`, with CRIU's page server talking on `page_socket` (CRIU's
+    /// `ps-socket`), never on a port of its own: returns once the dump has started; see
     /// [`LazyDump`]. Runtimes without it say so.
     fn checkpoint_lazy(
         &self,
         id: &str,
         options: &CheckpointOptions,
-        page_server: &str,
+        page_socket: std::os::fd::OwnedFd,
     ) -> Result<Box<dyn LazyDump>, RuntimeError> {
-        let _ = (options, page_server);
+        let _ = (options, page_socket);
         Err(RuntimeError::Failed {
             runtime: self.name().to_string(),
             action: "checkpoint --lazy-pages",

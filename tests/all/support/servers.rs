@@ -60,6 +60,11 @@ pub struct Sshd {
 }
 
 impl Sshd {
+    /// The listening sshd's PID: each login's session is its child.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(ckpt: &Ckpt) -> Sshd {
         let dir = ckpt.path("sshd");
         std::fs::create_dir_all(&dir).unwrap();

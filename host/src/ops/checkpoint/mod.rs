@@ -346,9 +346,10 @@ pub trait Handoff {
     fn migration(&self) -> wit::MigrationFacts;
     /// The strategy chosen, before the plan.
     fn chose(&self, choice: &wit::StrategyChoice);
-    /// Post-copy: where CRIU's page server listens (`HOST:PORT`), for the destination to fetch
-    /// the memory from. The dump then writes every image but the memory.
-    fn page_server(&self) -> Result<Option<String>>;
+    /// Post-copy: the socket CRIU's page server talks on, whose other end reaches the
+    /// destination, which fetches the memory through it. The dump then writes every image but
+    /// the memory.
+    fn page_server(&self) -> Result<Option<std::os::fd::OwnedFd>>;
     /// The registry reference the destination restores from (`--via`), which the plan must
     /// export unchanged and no gate may narrow; `None` when the dump streams to it.
     fn carrier(&self) -> Option<&str>;
@@ -741,7 +742,7 @@ fn checkpoint_one(
         }
     }
 
-    // Post-copy's page server is set up (a port forwarded to it) while nothing has changed.
+    // Post-copy's page channel is set up (a socket forwarded through ssh) while nothing has changed.
     let page_server = match handoff {
         Some(handoff) => handoff.page_server()?,
         None => None,
@@ -773,7 +774,7 @@ fn checkpoint_one(
     let mut lazy_dump = None;
     let dumped = match page_server {
         Some(server) => runtime
-            .checkpoint_lazy(&record.id, &options, &server)
+            .checkpoint_lazy(&record.id, &options, server)
             .and_then(|mut dump| {
                 dump.ready()?;
                 lazy_dump = Some(dump);
@@ -1156,7 +1157,7 @@ mod tests {
             unreachable!()
         }
         fn chose(&self, _: &wit::StrategyChoice) {}
-        fn page_server(&self) -> Result<Option<String>> {
+        fn page_server(&self) -> Result<Option<std::os::fd::OwnedFd>> {
             unreachable!()
         }
         fn carrier(&self) -> Option<&str> {
