@@ -112,6 +112,24 @@ fn a_failure_leaves_the_container_running_on_exactly_one_side() {
     assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) > before + 3));
     assert!(dest.container_ids().is_empty(), "nothing is left at the destination");
     source.ok(&["rm", "-f", "web"]);
+
+    // The handoff is done, but the source cannot be removed (a mount inside its volume): the
+    // error says where the container runs, so that nobody restores it here too.
+    source.counter("web", &["-v", "webdata:/data"]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 3));
+    let volumes: serde_json::Value = serde_json::from_str(&source.ok(&["volume", "inspect", "webdata"])).unwrap();
+    let busy = std::path::Path::new(volumes[0]["Mountpoint"].as_str().unwrap()).join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&busy).status().unwrap();
+    assert!(mounted.success());
+    let half = migrate(&source, &sshd, &dest, &[], "web");
+    let unmounted = std::process::Command::new("umount").arg(&busy).status().unwrap();
+    assert_eq!(half.code, 125, "{}{}", half.stderr, half.stdout);
+    assert!(half.stderr.contains(&format!("runs at {} now", sshd.url(&dest))), "{}", half.stderr);
+    assert!(half.stderr.contains("do not restore it here"), "{}", half.stderr);
+    assert!(unmounted.success());
+    assert_eq!(dest.status("web"), "running");
+    dest.ok(&["rm", "-f", "web"]);
 }
 
 #[test]
