@@ -6,6 +6,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::CriuError;
+#[cfg(test)]
+use super::proto::put_varint;
+use super::proto::{Value, decode_message};
 
 const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 const STATS_MAGIC: u32 = 0x5709_3306;
@@ -121,47 +124,6 @@ fn read_entry(bytes: &[u8], path: &Path, field: u64) -> Result<Vec<(u64, u64)>, 
         .collect())
 }
 
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-}
-
-fn decode_message(mut buf: &[u8]) -> Option<Vec<(u64, Value<'_>)>> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let key = varint(&mut buf)?;
-        let (field, wire) = (key >> 3, key & 7);
-        match wire {
-            0 => out.push((field, Value::Varint(varint(&mut buf)?))),
-            2 => {
-                let len = usize::try_from(varint(&mut buf)?).ok()?;
-                if len > buf.len() {
-                    return None;
-                }
-                out.push((field, Value::Bytes(&buf[..len])));
-                buf = &buf[len..];
-            }
-            1 => buf = buf.get(8..)?,
-            5 => buf = buf.get(4..)?,
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = buf.split_first()?;
-        *buf = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 /// Encodes a stats image, for test doubles that stand in for CRIU.
 #[cfg(test)]
 pub fn encode_dump_stats(stats: &DumpStats) -> Vec<u8> {
@@ -189,15 +151,6 @@ pub fn encode_dump_stats(stats: &DumpStats) -> Vec<u8> {
     out.extend((entry.len() as u32).to_le_bytes());
     out.extend(entry);
     out
-}
-
-#[cfg(test)]
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 #[cfg(test)]
