@@ -30,6 +30,12 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_SYS_CHROOT",
 ];
 
+/// The capabilities every ckpt container has, as a mask by number: all that a checkpoint of
+/// one can carry.
+pub fn capability_mask() -> u64 {
+    crate::criu::images::capability_mask(DEFAULT_CAPABILITIES).expect("the table names every default capability")
+}
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A mount that ckpt resolved to a host path.

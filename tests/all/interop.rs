@@ -129,3 +129,24 @@ fn ckpt_restores_podman_archives_and_checkpoint_images() {
     assert!(at_image >= 5, "it carries on from the image's count, not from zero");
     assert!(eventually(Duration::from_secs(5), || count("ckpt-from-podman-image") > at_image + 3));
 }
+
+#[test]
+fn an_archive_whose_processes_hold_more_than_a_ckpt_container_may_is_refused() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let podman = Podman::cleaning(&["ckpt-privileged"], &[], &[]);
+    let image = ckpt.path("busybox.tar");
+    ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
+    let loaded = podman.ok(&["load", "-i", image.to_str().unwrap()]);
+    let busybox = loaded.trim().rsplit(' ').next().unwrap().to_string();
+    // What a sender that is not to be trusted could send: processes with CAP_SYS_ADMIN, which
+    // CRIU, as root, would restore as they are.
+    podman.ok(&["run", "-d", "--name", "ckpt-privileged", "--cap-add", "SYS_ADMIN", &busybox, "sleep", "1000"]);
+    let archive = ckpt.path("privileged.tar.zst");
+    podman.ok(&["container", "checkpoint", "-e", archive.to_str().unwrap(), "ckpt-privileged"]);
+
+    let refused = ckpt.run(&["restore", "-i", archive.to_str().unwrap()]);
+    assert_eq!(refused.code, 125, "{}{}", refused.stderr, refused.stdout);
+    assert!(refused.stderr.contains("CAP_SYS_ADMIN"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("\"sleep\""), "the process is named: {}", refused.stderr);
+    assert!(ckpt.container_ids().is_empty(), "nothing is left of the import");
+}

@@ -1,6 +1,8 @@
 //! CRIU: the version and feature probes, and its statistics images.
 
 pub mod hold;
+pub mod images;
+mod proto;
 mod stats;
 
 use std::os::fd::OwnedFd;
@@ -32,6 +34,12 @@ pub enum CriuError {
     LazyPagesDaemon(String),
     #[error("CRIU statistics file {path:?} is unreadable: {detail}")]
     Stats { path: PathBuf, detail: String },
+    #[error("CRIU image {path:?} is unreadable: {detail}")]
+    Image { path: PathBuf, detail: String },
+    #[error(
+        "CRIU image {image:?} would give process {process:?} capabilities that the container does not have ({capabilities}): a checkpoint cannot grant its processes more than the container's own set"
+    )]
+    CapabilitiesBeyondContainer { image: PathBuf, process: String, capabilities: String },
 }
 
 pub trait Criu: Send + Sync {

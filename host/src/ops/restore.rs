@@ -759,6 +759,8 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
             .map_err(Error::io("create", paths.log()))?;
         std::io::copy(&mut log, &mut out).map_err(Error::io("copy log to", paths.log()))?;
     }
+    // The sender's images are its word, and CRIU restores whatever credentials they name.
+    crate::criu::images::refuse_capabilities_beyond(&paths.checkpoint_dir(), crate::spec::capability_mask())?;
     lifecycle::prepare_bundle(ctx, &record)?;
     if let Some(shm) = staged.open_member(layout::DEVSHM)?.filter(|_| record.podman_mounts) {
         let dir = paths.bundle().join(crate::spec::PODMAN_SHM_DIR);

@@ -1,0 +1,230 @@
+//! What an imported checkpoint's CRIU images would let its processes do. CRIU runs as root and
+//! restores whatever credentials the images name (images/core.proto: `core_entry.thread_core`,
+//! whose `creds` are images/creds.proto), so a checkpoint from another host could give its
+//! processes every capability. Each thread's sets are read here, before CRIU sees them.
+
+use std::path::Path;
+
+use super::CriuError;
+use super::proto::{Value, decode_message};
+
+const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+const CORE_MAGIC: u32 = 0x5505_3847;
+/// Far above any real core entry; a larger length means a corrupt or hostile file.
+const MAX_CORE_ENTRY_LEN: usize = 16 << 20;
+
+/// `core_entry` → `thread_core` → `creds`, and what `creds` and `thread_core` hold.
+const CORE_THREAD_CORE: u64 = 5;
+const THREAD_CORE_CREDS: u64 = 10;
+const THREAD_CORE_COMM: u64 = 13;
+/// `cap_inh`, `cap_prm`, `cap_eff`, `cap_bnd` and `cap_amb`: 32-bit words, lowest first.
+const CREDS_CAPABILITY_SETS: [u64; 5] = [9, 10, 11, 12, 19];
+
+/// The capabilities by number, as `linux/capability.h` names them.
+const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The set of capabilities `names` (`CAP_…`) make, one bit each by number; `None` for a name
+/// this table does not know.
+pub fn capability_mask(names: &[&str]) -> Option<u64> {
+    names.iter().try_fold(0u64, |mask, name| Some(mask | 1 << CAPABILITY_NAMES.iter().position(|n| n == name)?))
+}
+
+fn capability_names(mask: u64) -> Vec<String> {
+    (0..64)
+        .filter(|bit| mask & (1 << bit) != 0)
+        .map(|bit| CAPABILITY_NAMES.get(bit).map_or_else(|| format!("capability {bit}"), |n| n.to_string()))
+        .collect()
+}
+
+/// Refuses the images in `dir` when any thread in them would hold, in any of its sets, a
+/// capability outside `granted`: the container's own set, which is all a checkpoint of it can
+/// legitimately carry.
+pub fn refuse_capabilities_beyond(dir: &Path, granted: u64) -> Result<(), CriuError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| image_error(dir, &e.to_string()))?;
+    let mut cores = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| image_error(dir, &e.to_string()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("core-") && name.ends_with(".img")) {
+            continue;
+        }
+        cores += 1;
+        let path = entry.path();
+        let bytes = std::fs::read(&path).map_err(|e| image_error(&path, &e.to_string()))?;
+        let (comm, held) = thread_capabilities(&bytes).map_err(|detail| image_error(&path, detail))?;
+        let beyond = held & !granted;
+        if beyond != 0 {
+            return Err(CriuError::CapabilitiesBeyondContainer {
+                image: path,
+                process: comm,
+                capabilities: capability_names(beyond).join(", "),
+            });
+        }
+    }
+    if cores == 0 {
+        return Err(image_error(dir, "no core-*.img: not a CRIU dump"));
+    }
+    Ok(())
+}
+
+fn image_error(path: &Path, detail: &str) -> CriuError {
+    CriuError::Image { path: path.to_path_buf(), detail: detail.to_string() }
+}
+
+/// The thread's name and every capability in any of its sets.
+fn thread_capabilities(bytes: &[u8]) -> Result<(String, u64), &'static str> {
+    let word = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(CORE_MAGIC) {
+        return Err("not a CRIU core image (magic numbers not found)");
+    }
+    let len = word(8).ok_or("shorter than its header")? as usize;
+    if len > MAX_CORE_ENTRY_LEN || 12 + len > bytes.len() {
+        return Err("entry length is out of bounds");
+    }
+    let core = decode_message(&bytes[12..12 + len]).ok_or("malformed protobuf")?;
+    let thread_core = nested(&core, CORE_THREAD_CORE).ok_or("no thread_core entry")?;
+    let thread_core = decode_message(thread_core).ok_or("malformed thread_core")?;
+    let comm =
+        nested(&thread_core, THREAD_CORE_COMM).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
+    // Without them CRIU would read credentials from elsewhere; they cannot be judged.
+    let creds = nested(&thread_core, THREAD_CORE_CREDS).ok_or("no credentials in thread_core")?;
+    let creds = decode_message(creds).ok_or("malformed creds")?;
+    let mut held = 0u64;
+    for set in CREDS_CAPABILITY_SETS {
+        let mut words = Vec::new();
+        for (field, value) in &creds {
+            if *field != set {
+                continue;
+            }
+            match value {
+                Value::Varint(w) => words.push(*w),
+                // A packed list of varints.
+                Value::Bytes(packed) => {
+                    let mut packed = *packed;
+                    while !packed.is_empty() {
+                        words.push(super::proto::varint(&mut packed).ok_or("malformed capability set")?);
+                    }
+                }
+            }
+        }
+        for (index, word) in words.iter().enumerate() {
+            let shift = 32 * index as u32;
+            if shift >= 64 || *word > u64::from(u32::MAX) {
+                return Err("a capability set longer than 64 bits");
+            }
+            held |= word << shift;
+        }
+    }
+    Ok((comm, held))
+}
+
+/// The bytes of the first length-delimited `field`.
+fn nested<'a>(fields: &[(u64, Value<'a>)], field: u64) -> Option<&'a [u8]> {
+    fields.iter().find_map(|(f, v)| match v {
+        Value::Bytes(b) if *f == field => Some(*b),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::put_varint;
+    use super::*;
+
+    fn message(fields: &[(u64, Vec<u8>)], varints: &[(u64, u64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (field, value) in varints {
+            put_varint(&mut out, field << 3);
+            put_varint(&mut out, *value);
+        }
+        for (field, bytes) in fields {
+            put_varint(&mut out, (field << 3) | 2);
+            put_varint(&mut out, bytes.len() as u64);
+            out.extend(bytes);
+        }
+        out
+    }
+
+    /// A core image whose one thread holds `effective` and the container's bounding set.
+    fn core_image(comm: &str, effective: u64, bounding: u64) -> Vec<u8> {
+        let low_high = |field: u64, mask: u64| [(field, mask & 0xffff_ffff), (field, mask >> 32)];
+        let mut varints = vec![(1, 0), (2, 0)];
+        varints.extend(low_high(11, effective));
+        varints.extend(low_high(10, effective));
+        varints.extend(low_high(12, bounding));
+        let creds = message(&[], &varints);
+        let thread_core =
+            message(&[(THREAD_CORE_CREDS, creds), (THREAD_CORE_COMM, comm.as_bytes().to_vec())], &[(1, 0)]);
+        let core = message(&[(CORE_THREAD_CORE, thread_core)], &[(1, 1)]);
+        let mut out = Vec::new();
+        out.extend(IMG_COMMON_MAGIC.to_le_bytes());
+        out.extend(CORE_MAGIC.to_le_bytes());
+        out.extend((core.len() as u32).to_le_bytes());
+        out.extend(core);
+        out
+    }
+
+    #[test]
+    fn an_image_that_gives_a_process_more_than_the_container_has_is_refused() {
+        let granted = capability_mask(&["CAP_CHOWN", "CAP_KILL", "CAP_SETFCAP"]).unwrap();
+        assert_eq!(granted, 1 | 1 << 5 | 1 << 31);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("core-1.img"), core_image("sh", 1 << 5, granted)).unwrap();
+        std::fs::write(dir.path().join("pages-1.img"), b"not a core image").unwrap();
+        refuse_capabilities_beyond(dir.path(), granted).unwrap();
+
+        let admin_and_bpf = 1 << 21 | 1 << 39;
+        std::fs::write(dir.path().join("core-7.img"), core_image("evil", admin_and_bpf, granted)).unwrap();
+        let refused = refuse_capabilities_beyond(dir.path(), granted).unwrap_err().to_string();
+        assert!(refused.contains("core-7.img") && refused.contains("\"evil\""), "{refused}");
+        assert!(refused.contains("CAP_SYS_ADMIN, CAP_BPF"), "{refused}");
+
+        std::fs::write(dir.path().join("core-7.img"), b"garbage").unwrap();
+        let unreadable = refuse_capabilities_beyond(dir.path(), granted).unwrap_err().to_string();
+        assert!(unreadable.contains("core-7.img") && unreadable.contains("magic"), "{unreadable}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(refuse_capabilities_beyond(empty.path(), granted).is_err(), "no core image is no dump");
+    }
+}
