@@ -17,7 +17,7 @@ const MAX_CORE_ENTRY_LEN: usize = 16 << 20;
 const CORE_THREAD_CORE: u64 = 5;
 const THREAD_CORE_CREDS: u64 = 10;
 const THREAD_CORE_COMM: u64 = 13;
-/// `cap_inh`, `cap_prm`, `cap_eff`, `cap_bnd` and `cap_amb`: 32-bit words, lowest first.
+/// The inheritable, permitted, effective, bounding and ambient sets: 32-bit words, lowest first.
 const CREDS_CAPABILITY_SETS: [u64; 5] = [9, 10, 11, 12, 19];
 
 /// The capabilities by number, as `linux/capability.h` names them.
