@@ -455,6 +455,30 @@ mod tests {
     }
 
     #[test]
+    fn ssh_runs_in_a_process_group_of_its_own_so_that_ctrl_c_reaches_only_ckpt() {
+        let dir = tempfile::tempdir().unwrap();
+        // In place of ssh: writes its PID and its process group (field 5 of /proc/self/stat).
+        let fake = dir.path().join("ssh");
+        let out = dir.path().join("out");
+        std::fs::write(&fake, format!("#!/bin/sh\necho $$ $(cut -d' ' -f5 /proc/$$/stat) > {}\n", out.display()))
+            .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let ssh = Ssh {
+            path: fake,
+            destination: Destination::parse("ssh://root@far").unwrap(),
+            options: SshOptions::default(),
+            control: dir.path().join("ssh-1.sock"),
+            private_dir: None,
+            master: None,
+        };
+        assert!(ssh.command(&["ps".to_string()]).status().unwrap().success());
+        let text = std::fs::read_to_string(&out).unwrap();
+        let (pid, group) = text.trim().split_once(' ').unwrap();
+        assert_eq!(pid, group, "ssh leads a process group of its own");
+        assert_ne!(group, nix::unistd::getpgrp().to_string(), "not ckpt's, which the terminal's Ctrl-C reaches");
+    }
+
+    #[test]
     fn destinations_read_as_podman_connections_do() {
         let d = Destination::parse("ssh://root@10.0.0.2:2222/var/lib/ckpt2").unwrap();
         assert_eq!(d.user.as_deref(), Some("root"));
