@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::Context;
+use super::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::policy::bindings::{self as wit, CatalogEntry, RetainFacts};
 use crate::policy::{self, Retention};
@@ -55,7 +55,8 @@ pub fn list(ctx: &Context, container: Option<&str>) -> Result<Vec<Listed>> {
 /// `ckpt catalog pin|unpin ID`.
 pub fn pin(ctx: &Context, id: &str, pinned: bool) -> Result<Entry> {
     let entry = ctx.catalog().set_pinned(id, pinned)?;
-    ctx.audit(if pinned { "pin" } else { "unpin" }, json!({"entry": entry.id, "location": entry.location}));
+    let (id, location) = (entry.id.clone(), entry.location.clone());
+    ctx.audit(if pinned { AuditEvent::Pin { entry: id, location } } else { AuditEvent::Unpin { entry: id, location } });
     Ok(entry)
 }
 
@@ -71,7 +72,7 @@ pub fn remove(ctx: &Context, id: &str) -> Result<Entry> {
         )));
     }
     delete(ctx, &entry)?;
-    ctx.audit("catalog-rm", json!({"entry": entry.id, "kind": entry.kind, "location": entry.location}));
+    ctx.audit(AuditEvent::CatalogRm { entry: entry.id.clone(), kind: entry.kind, location: entry.location.clone() });
     Ok(entry)
 }
 
@@ -161,7 +162,11 @@ pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: S
         eprintln!("Error: cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
     }
     let deletions = deletions.inspect_err(|e| {
-        ctx.audit("retention-failed", json!({"container-id": container_id, "error": e.to_string()}))
+        ctx.audit(AuditEvent::RetentionFailed {
+            container_id: Some(container_id.to_string()),
+            schedule: None,
+            error: e.to_string(),
+        })
     })?;
     let mut out = Vec::new();
     for deletion in deletions {
@@ -172,11 +177,14 @@ pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: S
             _ => delete(ctx, entry),
         };
         let error = result.err().map(|e| e.to_string());
-        ctx.audit(
-            "retention-delete",
-            json!({"entry": entry.id, "container": entry.container_name, "location": entry.location,
-                   "reason": deletion.reason, "policy": retention.retainer.digest, "error": error}),
-        );
+        ctx.audit(AuditEvent::RetentionDelete {
+            entry: entry.id.clone(),
+            container: entry.container_name.clone(),
+            location: entry.location.clone(),
+            reason: deletion.reason.clone(),
+            policy: retention.retainer.digest.clone(),
+            error: error.clone(),
+        });
         out.push(Retained { entry: entry.id.clone(), reason: deletion.reason, error });
     }
     Ok(out)

@@ -14,6 +14,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::Context;
+use super::audit::AuditEvent;
 use super::schedule::{self, ContainerOutcome, Limits};
 use crate::error::{Error, Result};
 
@@ -191,7 +192,7 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         Ok(findings) => {
             for finding in findings {
                 log("repair", json!({"finding": finding}));
-                ctx.audit("system-repair", json!({"finding": finding, "by": "daemon-start"}));
+                ctx.audit(AuditEvent::SystemRepair { finding, by: "daemon-start" });
             }
         }
         Err(e) => log("error", json!({"error": format!("system check at start: {e}")})),
@@ -257,10 +258,13 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
                             "failed".to_string()
                         }
                     };
-                    ctx.audit(
-                        "schedule-run",
-                        json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed, "result": result}),
-                    );
+                    ctx.audit(AuditEvent::ScheduleRun {
+                        schedule: schedule.name.clone(),
+                        slot: Some(slot),
+                        missed_runs: Some(missed),
+                        result: result.clone(),
+                        trigger: None,
+                    });
                     log("run-end", json!({"schedule": schedule.name, "slot": slot, "result": result}));
                     let mut m = locked(metrics);
                     *m.runs.entry((schedule.name.clone(), result)).or_default() += 1;

@@ -181,7 +181,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         bytes_sent: handoff.bytes_sent.get(),
         source,
     };
-    ctx.audit("migrate", serde_json::to_value(&migrated).unwrap_or_default());
+    ctx.audit(super::audit::AuditEvent::Migrate(migrated.clone()));
     Ok(migrated)
 }
 

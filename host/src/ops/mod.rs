@@ -1,6 +1,7 @@
 //! One module per operation. Orchestration only: the work is done by `store`, `runtime`,
 //! `criu`, `archive`, `image`, `rootfs` and `supervisor`.
 
+pub mod audit;
 pub mod catalog;
 pub mod checkpoint;
 pub mod container;
@@ -91,8 +92,9 @@ impl Context {
 
     /// Appends to the audit log. The operation it records has happened: a log that cannot be
     /// written is reported, and the operation stands.
-    pub fn audit(&self, event: &str, fields: serde_json::Value) {
-        if let Err(e) = self.audit_log().append(event, fields) {
+    pub fn audit(&self, event: audit::AuditEvent) {
+        let (event, fields) = event.into_parts();
+        if let Err(e) = self.audit_log().append(&event, fields) {
             eprintln!(
                 "Error: cannot write the audit log {}: {}",
                 self.roots.audit_log().display(),

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::Context;
+use super::audit::AuditEvent;
 use super::lifecycle::{self, status};
 use crate::archive::checkpoint as layout;
 use crate::archive::deferred::ImagesInFlight;
@@ -206,11 +206,12 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
         Source::Stream => "standard input".to_string(),
         Source::Image(name) => name.clone(),
     };
-    let outcome = match &restored {
-        Ok(r) => json!({"from": from, "location": location, "container": r.printed_name, "container-id": r.stats.id}),
-        Err(e) => json!({"from": from, "location": location, "error": e.to_string()}),
-    };
-    ctx.audit(if restored.is_ok() { "restore" } else { "restore-failed" }, outcome);
+    ctx.audit(match &restored {
+        Ok(r) => {
+            AuditEvent::Restore { from, location, container: r.printed_name.clone(), container_id: r.stats.id.clone() }
+        }
+        Err(e) => AuditEvent::RestoreFailed { from, location, error: e.to_string() },
+    });
     restored
 }
 

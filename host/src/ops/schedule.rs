@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 
 use super::Context;
+use super::audit::AuditEvent;
 use super::checkpoint::{self, CheckpointRequest};
 use crate::error::{Error, Result};
 use crate::policy::bindings::ScheduleFacts;
@@ -70,7 +70,7 @@ pub fn add(ctx: &Context, mut schedule: Schedule) -> Result<()> {
     // Loading checks each component's world and its settings now, not at 3 a.m.
     load_policies(ctx, &schedule)?;
     ctx.schedules().save(&schedule)?;
-    ctx.audit("schedule-add", json!({"schedule": schedule.name, "definition": schedule}));
+    ctx.audit(AuditEvent::ScheduleAdd { schedule: schedule.name.clone(), definition: schedule.clone() });
     Ok(())
 }
 
@@ -189,7 +189,7 @@ pub fn list(ctx: &Context) -> Result<Vec<Listed>> {
 
 pub fn remove(ctx: &Context, name: &str) -> Result<()> {
     ctx.schedules().remove(name)?;
-    ctx.audit("schedule-rm", json!({"schedule": name}));
+    ctx.audit(AuditEvent::ScheduleRm { schedule: name.to_string() });
     Ok(())
 }
 
@@ -198,7 +198,8 @@ pub fn set_paused(ctx: &Context, name: &str, paused: bool) -> Result<()> {
     let mut schedule = ctx.schedules().get(name)?;
     schedule.paused = paused;
     ctx.schedules().save(&schedule)?;
-    ctx.audit(if paused { "schedule-pause" } else { "schedule-resume" }, json!({"schedule": name}));
+    let schedule = name.to_string();
+    ctx.audit(if paused { AuditEvent::SchedulePause { schedule } } else { AuditEvent::ScheduleResume { schedule } });
     Ok(())
 }
 
@@ -367,7 +368,11 @@ pub fn run(
     });
     outcomes.extend(results.into_inner().expect("results"));
     if let Err(e) = &retention {
-        ctx.audit("retention-failed", json!({"schedule": schedule.name, "error": e.to_string()}));
+        ctx.audit(AuditEvent::RetentionFailed {
+            container_id: None,
+            schedule: Some(schedule.name.clone()),
+            error: e.to_string(),
+        });
     }
     let result = summary(&outcomes);
     let state = ScheduleState {
@@ -454,7 +459,13 @@ pub fn run_now(ctx: &Context, name: &str, max_parallel: usize) -> Result<RunOutc
     };
     let limits = Limits::new(max_parallel);
     let outcome = run(ctx, &schedule, Utc::now(), 0, &limits, &|_| {})?;
-    ctx.audit("schedule-run", json!({"schedule": name, "result": outcome.result, "trigger": "manual"}));
+    ctx.audit(AuditEvent::ScheduleRun {
+        schedule: name.to_string(),
+        slot: None,
+        missed_runs: None,
+        result: outcome.result.clone(),
+        trigger: Some("manual"),
+    });
     Ok(outcome)
 }
 

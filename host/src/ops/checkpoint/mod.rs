@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Context;
+use super::audit::{AuditEvent, CheckpointSubject, PolicyIdentity};
 use super::lifecycle::{self, status};
 use crate::archive::Compression;
 use crate::archive::checkpoint as layout;
@@ -448,16 +449,18 @@ fn one_container(
             crate::util::escape_controls(&e.to_string())
         );
     }
-    let about = json!({
-        "container": record.name, "container-id": record.id, "trigger": trigger_of(req),
-        "schedule": req.schedule.as_ref().map(|s| &s.name),
-        "policy": {"source": policies.planner.source, "digest": policies.planner.digest},
-    });
+    let about = CheckpointSubject {
+        container: record.name.clone(),
+        container_id: record.id.clone(),
+        trigger: trigger_of(req).to_string(),
+        schedule: req.schedule.as_ref().map(|s| s.name.clone()),
+        policy: PolicyIdentity { source: policies.planner.source.clone(), digest: policies.planner.digest.clone() },
+    };
     let printed = selected.printed.clone();
     match outcome {
         Err(Error::PolicyEngine(policy::PolicyError::Skipped { reason, .. })) => {
             if !req.dry_run {
-                ctx.audit("skip", with(&about, json!({"reason": reason})));
+                ctx.audit(AuditEvent::Skip { about, reason: reason.clone() });
             }
             let stats = ContainerStats::none(&record.id);
             Ok(Checkpointed { printed_name: printed, stats, plan: None, skipped: Some(reason), entries: vec![] })
@@ -467,9 +470,9 @@ fn one_container(
             Ok(Checkpointed { printed_name: printed, stats, plan: Some(plan), skipped: None, entries: vec![] })
         }
         Ok((done, None)) => {
-            let ids: Vec<&str> = done.entries.iter().map(|e| e.id.as_str()).collect();
-            let targets: Vec<&str> = done.entries.iter().map(|e| e.location.as_str()).collect();
-            ctx.audit("checkpoint", with(&about, json!({"entries": ids, "locations": targets})));
+            let ids = done.entries.iter().map(|e| e.id.clone()).collect();
+            let targets = done.entries.iter().map(|e| e.location.clone()).collect();
+            ctx.audit(AuditEvent::Checkpoint { about, entries: ids, locations: targets });
             Ok(Checkpointed {
                 printed_name: printed,
                 stats: done.stats,
@@ -480,8 +483,12 @@ fn one_container(
         }
         Err(e) => {
             if !req.dry_run {
-                let event = if e.is_denial() { "denial" } else { "checkpoint-failed" };
-                ctx.audit(event, with(&about, json!({"error": e.to_string()})));
+                let error = e.to_string();
+                ctx.audit(if e.is_denial() {
+                    AuditEvent::Denial { about, error }
+                } else {
+                    AuditEvent::CheckpointFailed { about, error }
+                });
             }
             Err(e)
         }
@@ -493,14 +500,6 @@ fn trigger_of(req: &CheckpointRequest) -> &str {
 }
 
 /// `base` with the keys of `more` added.
-fn with(base: &Value, more: Value) -> Value {
-    let mut out = base.clone();
-    if let (Value::Object(out), Value::Object(more)) = (&mut out, more) {
-        out.extend(more);
-    }
-    out
-}
-
 /// What one checkpoint produced: its statistics, and where it went.
 struct Made {
     stats: ContainerStats,
