@@ -5,7 +5,8 @@
 use serde::Serialize;
 
 use super::bindings::{to_v1, v1, *};
-use super::engine::{self, Determinism, LoadedPolicy, PolicyEngine, Trace};
+use super::engine::{self, LoadedPolicy, PolicyEngine, Trace};
+use super::host::Determinism;
 use super::{PolicyError, json, limits};
 
 /// The decisions of the contract.
@@ -180,7 +181,7 @@ pub fn decide(
     let settings = policy.settings.as_str();
     let kind = question.kind();
     let (answer, trace) = engine.call(policy, question.determinism(), kind.export(), |instance, store| {
-        use engine::Instance as I;
+        use super::world::Instance as I;
         Ok(match (question, instance) {
             (Question::Plan(facts), I::Planner(p)) => Answer::Plan(p.call_plan(store, settings, facts)?),
             (Question::Plan(facts), I::MigrationPlanner(p)) => Answer::Plan(p.call_plan(store, settings, facts)?),

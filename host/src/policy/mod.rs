@@ -3,18 +3,26 @@
 //! policy is a denial (fail closed), reported with the policy's name and what it did.
 
 pub mod bindings;
+mod cache;
 pub mod decision;
 mod engine;
 pub mod facts;
+mod host;
 pub mod json;
 pub(crate) mod limits;
+mod pool;
 pub mod record;
+mod ticker;
+mod world;
 
 use std::path::Path;
 
+pub use cache::component_digest;
 pub use decision::{Answer, Kind, Question};
-pub use engine::{LoadedPolicy, PolicyEngine, Role, Trace, Wait, World, component_digest};
+pub use engine::{LoadedPolicy, PolicyEngine, Trace};
+pub use pool::Wait;
 pub use record::DecisionRecord;
+pub use world::{Role, World};
 
 use bindings::*;
 
@@ -186,7 +194,7 @@ impl Policies {
         facts: &CheckpointFacts,
         migration: &MigrationFacts,
     ) -> Result<StrategyChoice, PolicyError> {
-        if self.planner.world() != engine::World::MigrationPlanner {
+        if self.planner.world() != World::MigrationPlanner {
             let strategy = migration.requested.unwrap_or(Strategy::StopAndCopy);
             let why = if migration.requested.is_some() { "as asked" } else { "the default" };
             let reason = format!(
@@ -415,11 +423,11 @@ mod tests {
         // More loaded policies than the process keeps spares for: each still decides, the same.
         for _ in 0..3 {
             for policies in &planners {
-                policies.planner.wait_for_spare(engine::Wait::Sleeping);
+                policies.planner.wait_for_spare(Wait::Sleeping);
                 assert_eq!(answer(policies), fresh);
             }
         }
-        assert!(engine::spares_held() <= engine::MAX_SPARES);
+        assert!(pool::spares_held() <= pool::MAX_SPARES);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::PolicyError;
 use super::bindings::{ContainerFacts, RetainFacts};
 use super::decision::Kind;
-use super::engine::{LoadedPolicy, LogLine, Trace};
+use super::engine::{LoadedPolicy, Trace};
+use super::host::LogLine;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyRef {

@@ -1,0 +1,174 @@
+//! The worlds a component can export, the roles they serve, and a component's exports checked
+//! against its world's types.
+
+use serde::Serialize;
+use wasmtime::Store;
+
+use super::bindings::{
+    self, Gate, GatePre, MigrationPlanner, MigrationPlannerPre, Planner, PlannerPre, Retainer, RetainerPre, v1,
+};
+use super::host::State;
+
+/// The world a component exports, which says what it can decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum World {
+    #[serde(rename = "ckpt:policy/policy@0.1.0")]
+    PolicyV1,
+    #[serde(rename = "ckpt:policy/planner@0.2.0")]
+    Planner,
+    #[serde(rename = "ckpt:policy/migration-planner@0.2.0")]
+    MigrationPlanner,
+    #[serde(rename = "ckpt:policy/gate@0.2.0")]
+    Gate,
+    #[serde(rename = "ckpt:policy/retainer@0.2.0")]
+    Retainer,
+}
+
+impl World {
+    pub const ALL: [World; 5] =
+        [World::Planner, World::MigrationPlanner, World::Gate, World::Retainer, World::PolicyV1];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            World::PolicyV1 => "ckpt:policy/policy@0.1.0",
+            World::Planner => "ckpt:policy/planner@0.2.0",
+            World::MigrationPlanner => "ckpt:policy/migration-planner@0.2.0",
+            World::Gate => "ckpt:policy/gate@0.2.0",
+            World::Retainer => "ckpt:policy/retainer@0.2.0",
+        }
+    }
+
+    /// The role a component plays: a 0.1.0 policy plans and gates.
+    pub fn serves(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (World::PolicyV1 | World::Planner | World::MigrationPlanner, Role::Planner)
+                | (World::PolicyV1 | World::Gate, Role::Gate)
+                | (World::Retainer, Role::Retainer)
+        )
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a component is loaded as: `--policy`, `--gate`, or a schedule's `--retainer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Planner,
+    Gate,
+    Retainer,
+}
+
+impl Role {
+    /// The worlds that serve it, as an error names them.
+    pub fn worlds(self) -> String {
+        let worlds: Vec<&str> = World::ALL.iter().filter(|w| w.serves(self)).map(|w| w.name()).collect();
+        worlds.join(" or ")
+    }
+
+    pub fn flag(self) -> &'static str {
+        match self {
+            Role::Planner => "--policy",
+            Role::Gate => "--gate",
+            Role::Retainer => "--retainer",
+        }
+    }
+}
+
+/// A component's exports, checked against its world's types once, at load.
+#[derive(Clone)]
+pub(super) enum Exports {
+    PolicyV1(v1::PolicyPre<State>),
+    Planner(PlannerPre<State>),
+    MigrationPlanner(MigrationPlannerPre<State>),
+    Gate(GatePre<State>),
+    Retainer(RetainerPre<State>),
+}
+
+/// A component instantiated in a fresh store for one call.
+pub enum Instance {
+    PolicyV1(v1::Policy),
+    Planner(Planner),
+    MigrationPlanner(MigrationPlanner),
+    Gate(Gate),
+    Retainer(Retainer),
+}
+
+impl Exports {
+    pub(super) fn world(&self) -> World {
+        match self {
+            Exports::PolicyV1(_) => World::PolicyV1,
+            Exports::Planner(_) => World::Planner,
+            Exports::MigrationPlanner(_) => World::MigrationPlanner,
+            Exports::Gate(_) => World::Gate,
+            Exports::Retainer(_) => World::Retainer,
+        }
+    }
+
+    pub(super) fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Exports::PolicyV1(pre) => Instance::PolicyV1(pre.instantiate(store)?),
+            Exports::Planner(pre) => Instance::Planner(pre.instantiate(store)?),
+            Exports::MigrationPlanner(pre) => Instance::MigrationPlanner(pre.instantiate(store)?),
+            Exports::Gate(pre) => Instance::Gate(pre.instantiate(store)?),
+            Exports::Retainer(pre) => Instance::Retainer(pre.instantiate(store)?),
+        })
+    }
+}
+
+impl Instance {
+    pub(super) fn describe(&self, store: &mut Store<State>) -> wasmtime::Result<bindings::PolicyInfo> {
+        match self {
+            Instance::PolicyV1(p) => bindings::to_v1(&p.call_describe(store)?),
+            Instance::Planner(p) => p.call_describe(store),
+            Instance::MigrationPlanner(p) => p.call_describe(store),
+            Instance::Gate(p) => p.call_describe(store),
+            Instance::Retainer(p) => p.call_describe(store),
+        }
+    }
+
+    pub(super) fn validate_settings(
+        &self,
+        store: &mut Store<State>,
+        settings: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Instance::PolicyV1(p) => p.call_validate_settings(store, settings),
+            Instance::Planner(p) => p.call_validate_settings(store, settings),
+            Instance::MigrationPlanner(p) => p.call_validate_settings(store, settings),
+            Instance::Gate(p) => p.call_validate_settings(store, settings),
+            Instance::Retainer(p) => p.call_validate_settings(store, settings),
+        }
+    }
+}
+
+/// Finds the world a component exports: the first whose exports its types match. One that
+/// matches none is refused with the names of the worlds and why the closest did not fit.
+pub(super) fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result<Exports, String> {
+    // Before the planner, whose exports it holds and more.
+    if let Ok(p) = MigrationPlannerPre::new(pre.clone()) {
+        return Ok(Exports::MigrationPlanner(p));
+    }
+    let planner = match PlannerPre::new(pre.clone()) {
+        Ok(p) => return Ok(Exports::Planner(p)),
+        Err(e) => e,
+    };
+    if let Ok(p) = GatePre::new(pre.clone()) {
+        return Ok(Exports::Gate(p));
+    }
+    if let Ok(p) = RetainerPre::new(pre.clone()) {
+        return Ok(Exports::Retainer(p));
+    }
+    let v1 = match v1::PolicyPre::new(pre) {
+        Ok(p) => return Ok(Exports::PolicyV1(p)),
+        Err(e) => e,
+    };
+    let names: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
+    // A component that imports 0.1.0 was written for 0.1.0: its mismatch says the most.
+    let closest = if format!("{v1:#}").contains("@0.1.0") { v1 } else { planner };
+    Err(format!("it exports none of the worlds ckpt loads ({}): {closest:#}", names.join(", ")))
+}
