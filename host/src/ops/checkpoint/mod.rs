@@ -672,6 +672,8 @@ fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned) -> 
 /// against 10.1, 4 rounds each), its writes and the reads behind it sharing the VM's memory.
 const FOLLOW_UP_TO: u64 = 1 << 30;
 
+/// One container's checkpoint: claim it and its targets, dump it, export and hand it off, then
+/// publish or roll back.
 fn checkpoint_one(
     ctx: &Context,
     record: &ContainerRecord,
@@ -680,7 +682,88 @@ fn checkpoint_one(
     policies: &mut Policies,
     handoff: Option<&dyn Handoff>,
 ) -> Result<(ContainerStats, Vec<Option<String>>)> {
+    let (mut txn, record, runtime) = claim_container(ctx, record, planned, handoff)?;
+    let pending = claim_targets(ctx, planned, facts)?;
+    // Post-copy's page channel is set up (a socket forwarded through ssh) while nothing has changed.
+    let page_server = match handoff {
+        Some(handoff) => handoff.page_server()?,
+        None => None,
+    };
+    // What is exported reads the page images again: for a small container they are hashed behind
+    // CRIU, on the core its dump leaves idle (see `archive::follow`).
+    let exporting = !planned.exports.is_empty() || handoff.is_some();
+    let small = (1..=FOLLOW_UP_TO).contains(&facts.container.memory_bytes);
+    let follow = exporting && small && page_server.is_none();
+    let one = One { ctx, runtime: runtime.as_ref(), record: &record, facts, planned };
+    let mut dumped = dump_container(&one, &mut txn, policies, page_server, follow)?;
+    let mut digests = Vec::new();
+    let exported = export_and_hand_off(&one, policies, handoff, pending, &mut dumped, &mut digests);
+    let criu_statistics = match dumped.lazy {
+        Some(lazy) => finish_post_copy(&mut txn, runtime.as_ref(), &record, lazy, exported, &dumped.image_dir)?,
+        None => {
+            let stopped = !dumped.options.leave_running;
+            finish_dump(ctx, txn, &record, planned, stopped, exported, &dumped.image_dir)?
+        }
+    };
+    let stats =
+        ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: dumped.runtime_duration, criu_statistics };
+    Ok((stats, digests))
+}
+
+/// A container claimed for a checkpoint: its lock, and whether its record says a checkpoint is
+/// in progress (so that `system check` can tell a dump whose ckpt was killed from a container
+/// that just exited). Dropped without a verdict, it clears that mark: the dump did not happen
+/// and the container runs on.
+struct DumpTxn<'a> {
+    ctx: &'a Context,
+    id: String,
+    lock: Option<ContainerLock>,
+    marked: bool,
+}
+
+impl DumpTxn<'_> {
+    fn mark_in_progress(&mut self) -> Result<()> {
+        set_in_progress(self.ctx, &self.id, true)?;
+        self.marked = true;
+        Ok(())
+    }
+
+    /// Published: the record says checkpointed, with its images in `image_dir`. Should that
+    /// save fail, the mark stays for `system check`, as the images are all there is.
+    fn commit(&mut self, image_dir: &Path) -> Result<()> {
+        self.marked = false;
+        mark_checkpointed(self.ctx, &self.id, image_dir.to_path_buf())
+    }
+
+    /// The images are the only copy and the container did not come back: the mark stays.
+    fn keep_mark(&mut self) {
+        self.marked = false;
+    }
+
+    /// Hands the lock to a roll back, which settles the mark itself.
+    fn into_roll_back(mut self) -> ContainerLock {
+        self.marked = false;
+        self.lock.take().expect("held until the verdict")
+    }
+}
+
+impl Drop for DumpTxn<'_> {
+    fn drop(&mut self) {
+        if self.marked {
+            let _ = set_in_progress(self.ctx, &self.id, false);
+        }
+    }
+}
+
+/// Locks the container and checks, under the lock, that it can be checkpointed as planned.
+fn claim_container<'a>(
+    ctx: &'a Context,
+    record: &ContainerRecord,
+    planned: &Planned,
+    handoff: Option<&dyn Handoff>,
+) -> Result<(DumpTxn<'a>, ContainerRecord, std::sync::Arc<dyn OciRuntime>)> {
     let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
+    let txn = DumpTxn { ctx, id: record.id.clone(), lock: Some(lock), marked: false };
     let record = ctx.containers.load(&record.id)?;
     let st = status(ctx, &record)?;
     if !st.status.can_checkpoint() {
@@ -718,11 +801,16 @@ fn checkpoint_one(
         )));
     }
     criu::check_version(ctx.criu()?.as_ref())?;
-    // Export targets are claimed before the dump, so a bad path fails with nothing changed.
-    let mut pending = Vec::new();
+    Ok((txn, record, runtime))
+}
+
+/// Export targets are claimed before the dump, so a bad path fails with nothing changed: an
+/// archive's file is made (journaled) and confined, a reference is checked.
+fn claim_targets(ctx: &Context, planned: &Planned, facts: &CheckpointFacts) -> Result<Vec<Option<PendingFile>>> {
     for target in &planned.exports {
         refuse_replacing(ctx, target)?;
     }
+    let mut pending = Vec::new();
     for target in &planned.exports {
         match target.kind {
             TargetKind::Archive => {
@@ -740,16 +828,45 @@ fn checkpoint_one(
             }
         }
     }
+    Ok(pending)
+}
 
-    // Post-copy's page channel is set up (a socket forwarded through ssh) while nothing has changed.
-    let page_server = match handoff {
-        Some(handoff) => handoff.page_server()?,
-        None => None,
-    };
+/// What a dump left: its images and the options it ran with, the pre-dump rounds it refers to,
+/// the page images hashed as CRIU wrote them, and, for post-copy, the dump still serving pages.
+struct Dumped {
+    options: CheckpointOptions,
+    image_dir: PathBuf,
+    parents: Vec<String>,
+    known_digests: crate::archive::follow::KnownDigests,
+    lazy: Option<Box<dyn crate::runtime::LazyDump>>,
+    runtime_duration: u64,
+}
+
+/// One container's checkpoint, as its steps share it.
+struct One<'a> {
+    ctx: &'a Context,
+    runtime: &'a dyn OciRuntime,
+    record: &'a ContainerRecord,
+    facts: &'a CheckpointFacts,
+    planned: &'a Planned,
+}
+
+/// The pre-dump rounds, then the dump. A failed dump leaves the container running and no
+/// partial image directory.
+fn dump_container(
+    one: &One,
+    txn: &mut DumpTxn,
+    policies: &mut Policies,
+    page_server: Option<std::os::fd::OwnedFd>,
+    follow: bool,
+) -> Result<Dumped> {
+    let One { ctx, runtime, record, facts, planned } = *one;
+    let o = &planned.options;
+    let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
     let image_dir = if o.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
     let base = runtime_options(&bundle, &image_dir, planned);
-    let parents = predump::run_rounds(runtime.as_ref(), policies, facts, &paths, &planned.pre_dump, &base)?;
+    let parents = predump::run_rounds(runtime, policies, facts, &paths, &planned.pre_dump, &base)?;
     let mut options = base.clone();
     if let Some(last) = parents.last() {
         options.parent_path = Some(PathBuf::from("..").join(last));
@@ -757,125 +874,140 @@ fn checkpoint_one(
     // An earlier checkpoint's images (one made with --leave-running, say) go in the background,
     // not on the way to this dump.
     crate::store::discard::discard(&ctx.roots, std::slice::from_ref(&image_dir))?;
-    let container_stopped = !options.leave_running;
-    // Until the checkpoint is published, `system check` can tell a dump whose ckpt was killed
-    // (its images restorable here) from a container that just exited; a `--rm` container's
-    // supervisor also keeps its files for it.
-    if container_stopped {
-        set_in_progress(ctx, &record.id, true)?;
+    // A `--rm` container's supervisor also keeps its files while the mark is set.
+    if !options.leave_running {
+        txn.mark_in_progress()?;
     }
-    // What is exported reads the page images again: for a small container they are hashed behind
-    // CRIU, on the core its dump leaves idle (see `archive::follow`).
-    let exporting = !planned.exports.is_empty() || handoff.is_some();
-    let small = (1..=FOLLOW_UP_TO).contains(&facts.container.memory_bytes);
-    let followed = (exporting && small && page_server.is_none()).then(|| crate::archive::follow::follow(&image_dir));
+    let followed = follow.then(|| crate::archive::follow::follow(&image_dir));
     let started = Instant::now();
-    let mut lazy_dump = None;
+    let mut lazy = None;
     let dumped = match page_server {
         Some(server) => runtime
             .checkpoint_lazy(&record.id, &options, server)
             .and_then(|mut dump| {
                 dump.ready()?;
-                lazy_dump = Some(dump);
+                lazy = Some(dump);
                 Ok(())
             })
             .map_err(Error::from),
-        None => dump::dump(runtime.as_ref(), &record.id, &record.name, &options, dump::freeze_first()),
+        None => dump::dump(runtime, &record.id, &record.name, &options, dump::freeze_first()),
     };
     if let Err(e) = dumped {
-        if container_stopped {
-            let _ = set_in_progress(ctx, &record.id, false);
-        }
         // The container runs on (CRIU let it go, and `dump` thawed it); a partial image
         // directory must not look restorable (and the pre-dump rounds go with `parents`).
         remove_dir_all(&image_dir)?;
         return Err(e);
     }
-    // The dump refers to them: they stay with it, in the bundle and in every export.
-    let parents = parents.keep();
     let runtime_duration = started.elapsed().as_micros() as u64;
     let known_digests = followed.map(crate::archive::follow::FollowedImages::finish).unwrap_or_default();
     tracing::debug!(images = known_digests.len(), "page images hashed as CRIU wrote them");
-    let stats_path = paths.in_bundle(layout::STATS_DUMP);
-    let mut digests = Vec::new();
-    let exported = (|| {
-        crate::interrupt::check()?;
-        let stats = if o.print_stats {
-            criu::read_dump_stats(&stats_path)
-                .map_err(|e| Error::invalid(format!("displaying checkpointing statistics not possible: {e}")))?
-        } else {
-            DumpStats::default()
-        };
-        let content = Content {
-            images_dir: if o.pre_checkpoint { layout::PRE_CHECKPOINT_DIR } else { layout::CHECKPOINT_DIR },
-            parents: parents.clone(),
-            ignore_rootfs: o.ignore_rootfs,
-            ignore_volumes: o.ignore_volumes,
-            decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
-            known_digests,
-        };
-        let carrier = handoff.and_then(|h| h.carrier());
-        for (target, pending) in planned.exports.iter().zip(pending) {
-            let carried = target.kind == TargetKind::Registry && carrier == Some(target.location.as_str());
-            let export = Export { target, pending, carried };
-            digests.push(export_to(ctx, runtime.as_ref(), &record, facts, policies, export, &content)?);
-        }
-        // The last safe point: past it the checkpoint is published.
-        crate::interrupt::check()?;
-        if let Some(handoff) = handoff {
-            handoff.deliver(ctx, &record, o, &content)?;
-        }
-        Ok(stats)
-    })();
-    if let Some(dump) = lazy_dump {
-        let stats = match exported {
-            // The destination runs it; it has all its memory once CRIU here has served it.
-            Ok(stats) => dump
-                .finish()
-                .map_err(|e| Error::PostCopyBroken { name: record.name.clone(), cause: Box::new(e.into()) })
-                .map(|()| stats)?,
-            Err(e) => {
-                dump.abort();
-                let e = resume_after_lazy_dump(runtime.as_ref(), &record, e);
-                if matches!(e, Error::RolledBack { .. }) {
-                    let _ = set_in_progress(ctx, &record.id, false);
-                }
-                return Err(e);
-            }
-        };
-        mark_checkpointed(ctx, &record.id, image_dir)?;
-        drop(lock);
-        let stats = ContainerStats {
-            id: record.id.clone(),
-            runtime_checkpoint_duration: runtime_duration,
-            criu_statistics: stats,
-        };
-        return Ok((stats, digests));
+    // The dump refers to them: they stay with it, in the bundle and in every export.
+    Ok(Dumped { options, image_dir, parents: parents.keep(), known_digests, lazy, runtime_duration })
+}
+
+/// Writes every export and asks its gates, then hands the checkpoint to a migration's
+/// destination: the statistics CRIU kept, or why the checkpoint cannot be published. The
+/// digest of each export goes into `digests` as it is made.
+fn export_and_hand_off(
+    one: &One,
+    policies: &mut Policies,
+    handoff: Option<&dyn Handoff>,
+    pending: Vec<Option<PendingFile>>,
+    dumped: &mut Dumped,
+    digests: &mut Vec<Option<String>>,
+) -> Result<DumpStats> {
+    let One { ctx, runtime, record, facts, planned } = *one;
+    let o = &planned.options;
+    crate::interrupt::check()?;
+    let stats = if o.print_stats {
+        let stats_path = ctx.containers.paths(&record.id).in_bundle(layout::STATS_DUMP);
+        criu::read_dump_stats(&stats_path)
+            .map_err(|e| Error::invalid(format!("displaying checkpointing statistics not possible: {e}")))?
+    } else {
+        DumpStats::default()
+    };
+    let content = Content {
+        images_dir: if o.pre_checkpoint { layout::PRE_CHECKPOINT_DIR } else { layout::CHECKPOINT_DIR },
+        parents: dumped.parents.clone(),
+        ignore_rootfs: o.ignore_rootfs,
+        ignore_volumes: o.ignore_volumes,
+        decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
+        known_digests: std::mem::take(&mut dumped.known_digests),
+    };
+    let carrier = handoff.and_then(|h| h.carrier());
+    for (target, pending) in planned.exports.iter().zip(pending) {
+        let carried = target.kind == TargetKind::Registry && carrier == Some(target.location.as_str());
+        let export = Export { target, pending, carried };
+        digests.push(export_to(ctx, runtime, record, facts, policies, export, &content)?);
     }
-    let (criu_statistics, unconfirmed) = match exported {
+    // The last safe point: past it the checkpoint is published.
+    crate::interrupt::check()?;
+    if let Some(handoff) = handoff {
+        handoff.deliver(ctx, record, o, &content)?;
+    }
+    Ok(stats)
+}
+
+/// Post-copy: the destination runs the container and has all its memory once CRIU here has
+/// served it; anything before that brings the container back here.
+fn finish_post_copy(
+    txn: &mut DumpTxn,
+    runtime: &dyn OciRuntime,
+    record: &ContainerRecord,
+    lazy: Box<dyn crate::runtime::LazyDump>,
+    exported: Result<DumpStats>,
+    image_dir: &Path,
+) -> Result<DumpStats> {
+    let stats = match exported {
+        Ok(stats) => stats,
+        Err(e) => {
+            lazy.abort();
+            let e = resume_after_lazy_dump(runtime, record, e);
+            if !matches!(e, Error::RolledBack { .. }) {
+                txn.keep_mark();
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = lazy.finish() {
+        txn.keep_mark();
+        return Err(Error::PostCopyBroken { name: record.name.clone(), cause: Box::new(e.into()) });
+    }
+    txn.commit(image_dir)?;
+    Ok(stats)
+}
+
+/// Publishes a dump that went everywhere it had to, or rolls the container back. A handoff
+/// the destination never confirmed leaves the checkpoint here, published, and says so.
+fn finish_dump(
+    ctx: &Context,
+    mut txn: DumpTxn,
+    record: &ContainerRecord,
+    planned: &Planned,
+    container_stopped: bool,
+    exported: Result<DumpStats>,
+    image_dir: &Path,
+) -> Result<DumpStats> {
+    let o = &planned.options;
+    let (stats, unconfirmed) = match exported {
         Ok(stats) => (stats, None),
         Err(e @ Error::HandoffUnconfirmed { .. }) => (DumpStats::default(), Some(e)),
-        Err(e) if container_stopped => return Err(roll_back(ctx, lock, &record, &planned.options, e)),
+        Err(e) if container_stopped => return Err(roll_back(ctx, txn.into_roll_back(), record, o, e)),
         Err(e) => return Err(e),
     };
     if container_stopped {
-        mark_checkpointed(ctx, &record.id, image_dir)?;
+        txn.commit(image_dir)?;
     }
     if !o.keep && !o.pre_checkpoint {
+        let paths = ctx.containers.paths(&record.id);
         remove_file_if_exists(&paths.in_bundle("dump.log"))?;
-        remove_file_if_exists(&stats_path)?;
+        remove_file_if_exists(&paths.in_bundle(layout::STATS_DUMP))?;
     }
     // The supervisor records the exit in the background; whatever starts the container again
     // waits for it first (see `lifecycle::settle`).
-    drop(lock);
-    if let Some(e) = unconfirmed {
-        return Err(e);
-    }
-    let stats =
-        ContainerStats { id: record.id.clone(), runtime_checkpoint_duration: runtime_duration, criu_statistics };
-    Ok((stats, digests))
+    drop(txn);
+    unconfirmed.map_or(Ok(stats), Err)
 }
-
 /// The container's record after a dump that stopped it.
 fn mark_checkpointed(ctx: &Context, id: &str, image_dir: PathBuf) -> Result<()> {
     let mut record = ctx.containers.load(id)?;
