@@ -79,38 +79,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     let remote = Ssh::connect(destination, req.ssh.clone(), &ctx.roots.runroot)
         .map_err(|e| Error::invalid(format!("{e}; nothing was changed")))?;
     refuse_taken_name(&remote, &record)?;
-    let criu = ctx.criu()?;
-    let mut possible = vec![wit::Strategy::StopAndCopy];
-    if criu.memory_tracking().is_ok() {
-        possible.push(wit::Strategy::PreCopy);
-    }
-    // The destination fetches pages through the channel while the container runs there.
-    let post_copy = if req.via.is_some() {
-        Err("post-copy fetches memory through the ssh channel, not a registry (drop --via)".to_string())
-    } else if !ctx.config.migration.post_copy {
-        Err(format!(
-            "post-copy is off on this host: set [migration] post-copy = true in the host config ({}); it needs CRIU's lazy pages on both hosts, and on hosts without CAP_SYS_RESOURCE the CRIU that scripts/setup builds",
-            ctx.config.source.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_PATH)).display()
-        ))
-    } else {
-        criu.lazy_pages().map_err(|e| e.to_string())
-    };
-    if post_copy.is_ok() {
-        possible.push(wit::Strategy::PostCopy);
-    }
-    if let Some(asked) = req.strategy
-        && !possible.contains(&asked)
-    {
-        return Err(Error::Unsupported(format!(
-            "--strategy {} is not possible here: {}; nothing was changed",
-            json::strategy_name(asked),
-            match (asked, post_copy) {
-                (wit::Strategy::PostCopy, Err(why)) => why,
-                _ =>
-                    "this host has no memory dirty tracking ('criu check --feature mem_dirty_track' fails)".to_string(),
-            }
-        )));
-    }
+    let possible = possible_strategies(ctx, req)?;
     let transport = if req.via.is_some() { "registry" } else { "ssh" };
     let handoff = ToDestination {
         remote: &remote,
@@ -183,6 +152,45 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     };
     ctx.audit(super::audit::AuditEvent::Migrate(migrated.clone()));
     Ok(migrated)
+}
+
+/// The strategies this host can migrate with: stop-and-copy always, pre-copy with memory dirty
+/// tracking, post-copy when the host config allows it and CRIU's lazy pages work. A strategy
+/// asked for that is not among them is refused here, saying why, while nothing has changed.
+fn possible_strategies(ctx: &Context, req: &MigrateRequest) -> Result<Vec<wit::Strategy>> {
+    let criu = ctx.criu()?;
+    let mut possible = vec![wit::Strategy::StopAndCopy];
+    if criu.memory_tracking().is_ok() {
+        possible.push(wit::Strategy::PreCopy);
+    }
+    // The destination fetches pages through the channel while the container runs there.
+    let post_copy = if req.via.is_some() {
+        Err("post-copy fetches memory through the ssh channel, not a registry (drop --via)".to_string())
+    } else if !ctx.config.migration.post_copy {
+        Err(format!(
+            "post-copy is off on this host: set [migration] post-copy = true in the host config ({}); it needs CRIU's lazy pages on both hosts, and on hosts without CAP_SYS_RESOURCE the CRIU that scripts/setup builds",
+            ctx.config.source.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_PATH)).display()
+        ))
+    } else {
+        criu.lazy_pages().map_err(|e| e.to_string())
+    };
+    if post_copy.is_ok() {
+        possible.push(wit::Strategy::PostCopy);
+    }
+    if let Some(asked) = req.strategy
+        && !possible.contains(&asked)
+    {
+        return Err(Error::Unsupported(format!(
+            "--strategy {} is not possible here: {}; nothing was changed",
+            json::strategy_name(asked),
+            match (asked, post_copy) {
+                (wit::Strategy::PostCopy, Err(why)) => why,
+                _ =>
+                    "this host has no memory dirty tracking ('criu check --feature mem_dirty_track' fails)".to_string(),
+            }
+        )));
+    }
+    Ok(possible)
 }
 
 /// The source, once the destination runs it, with its named volumes; one that another container
