@@ -669,30 +669,7 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
 fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Result<Restored> {
     let record = record_from_archive(ctx, req, &staged)?;
     let _store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
-    // Every conflict is found before anything is created.
-    if ctx.containers.name_in_use(&record.name)? {
-        return Err(Error::NameInUse(record.name.clone()));
-    }
-    if ctx.roots.container_dir(&record.id).exists() {
-        return Err(Error::invalid(format!(
-            "a container with ID {:?} already exists; restore with --name to get a new ID",
-            record.id
-        )));
-    }
-    for volume in record.named_volumes() {
-        if !req.ignore_volumes {
-            if ctx.volumes.exists(&volume.source) {
-                return Err(Error::invalid(format!(
-                    "volume with name {} already exists. Use --ignore-volumes to not restore content of volumes",
-                    volume.source
-                )));
-            }
-            let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
-            if staged.open_member(&member)?.is_none() {
-                return Err(archive::ArchiveError::Missing { archive: staged.origin.clone(), member }.into());
-            }
-        }
-    }
+    refuse_conflicts(ctx, req, &record, &mut staged)?;
     // Declared after the store lock, so that a failed import is undone before the lock goes.
     let mut txn = ImportTxn { ctx, record: &record, created_volumes: Vec::new(), committed: false };
     // Declared after the transaction, so that copies still under way are given up before a failed
@@ -705,23 +682,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
     let mut importing = record.clone();
     importing.state.importing = true;
     ctx.containers.save(&importing)?;
-    for volume in record.named_volumes() {
-        if ctx.volumes.exists(&volume.source) {
-            continue;
-        }
-        ctx.volumes.create(&volume.source, BTreeMap::new())?;
-        txn.created_volumes.push(volume.source.clone());
-        if !req.ignore_volumes {
-            let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
-            let file = staged.open_member(&member)?.ok_or_else(|| staged.refuse(&member, "it is gone"))?;
-            archive::extract(
-                std::io::BufReader::new(file),
-                &ctx.volumes.mountpoint(&volume.source),
-                &member,
-                &ExtractOptions::container_files(),
-            )?;
-        }
-    }
+    import_volumes(ctx, req, &record, &mut staged, &mut txn)?;
     // The dump and every pre-dump it refers to: CRIU reads their pages through `parent`.
     let chain = staged.images_chain(layout::CHECKPOINT_DIR)?;
     for dir in &chain {
@@ -791,6 +752,64 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
         (Err(_), Err(e)) => Err(e.into()),
         (done, Ok(())) => done,
     }
+}
+
+/// Every conflict is found before anything is created: a name or an ID in use, a named volume
+/// that exists here, or one the archive lacks.
+fn refuse_conflicts(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, staged: &mut Staged) -> Result<()> {
+    if ctx.containers.name_in_use(&record.name)? {
+        return Err(Error::NameInUse(record.name.clone()));
+    }
+    if ctx.roots.container_dir(&record.id).exists() {
+        return Err(Error::invalid(format!(
+            "a container with ID {:?} already exists; restore with --name to get a new ID",
+            record.id
+        )));
+    }
+    for volume in record.named_volumes() {
+        if !req.ignore_volumes {
+            if ctx.volumes.exists(&volume.source) {
+                return Err(Error::invalid(format!(
+                    "volume with name {} already exists. Use --ignore-volumes to not restore content of volumes",
+                    volume.source
+                )));
+            }
+            let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
+            if staged.open_member(&member)?.is_none() {
+                return Err(archive::ArchiveError::Missing { archive: staged.origin.clone(), member }.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the container's named volumes that do not exist here (each one noted in `txn`, so
+/// that a failed import removes it), with the archive's content unless `--ignore-volumes`.
+fn import_volumes(
+    ctx: &Context,
+    req: &RestoreRequest,
+    record: &ContainerRecord,
+    staged: &mut Staged,
+    txn: &mut ImportTxn,
+) -> Result<()> {
+    for volume in record.named_volumes() {
+        if ctx.volumes.exists(&volume.source) {
+            continue;
+        }
+        ctx.volumes.create(&volume.source, BTreeMap::new())?;
+        txn.created_volumes.push(volume.source.clone());
+        if !req.ignore_volumes {
+            let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
+            let file = staged.open_member(&member)?.ok_or_else(|| staged.refuse(&member, "it is gone"))?;
+            archive::extract(
+                std::io::BufReader::new(file),
+                &ctx.volumes.mountpoint(&volume.source),
+                &member,
+                &ExtractOptions::container_files(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Connects to the socket through which post-copy's memory comes, and removes its name so that
