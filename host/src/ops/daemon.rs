@@ -186,17 +186,7 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         ),
         None => None,
     };
-    // What a predecessor killed mid-dump left (a frozen container, one stopped with its images
-    // kept) is repaired before any schedule runs, and said.
-    match super::system::check(ctx, true) {
-        Ok(findings) => {
-            for finding in findings {
-                log("repair", json!({"finding": finding}));
-                ctx.audit(AuditEvent::SystemRepair { finding, by: "daemon-start" });
-            }
-        }
-        Err(e) => log("error", json!({"error": format!("system check at start: {e}")})),
-    }
+    repair_at_start(ctx);
     let limits = Limits::new(options.max_parallel);
     // The slot each schedule last ran in this daemon: a place that could not be saved (a full
     // disk) must not make the same slot due again at the next tick.
@@ -240,35 +230,7 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
                 let (limits, metrics, running) = (&limits, &metrics, &running);
                 scope.spawn(move || {
                     let _running = RunningGuard { running, name: schedule.name.clone() };
-                    log("run-start", json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed}));
-                    let on_container = |o: &ContainerOutcome| {
-                        log("checkpoint", json!({"schedule": schedule.name, "outcome": o}));
-                        let mut m = locked(metrics);
-                        *m.checkpoints.entry(o.result.to_string()).or_default() += 1;
-                        if o.result == "ok" {
-                            m.checkpoint_seconds += o.duration_ms as f64 / 1000.0;
-                            m.lag_seconds_last = o.lag_ms as f64 / 1000.0;
-                            m.lag_seconds_max = m.lag_seconds_max.max(m.lag_seconds_last);
-                        }
-                    };
-                    let result = match schedule::run(ctx, &schedule, slot, missed, limits, &on_container) {
-                        Ok(outcome) => outcome.result,
-                        Err(e) => {
-                            log("error", json!({"schedule": schedule.name, "error": e.to_string()}));
-                            "failed".to_string()
-                        }
-                    };
-                    ctx.audit(AuditEvent::ScheduleRun {
-                        schedule: schedule.name.clone(),
-                        slot: Some(slot),
-                        missed_runs: Some(missed),
-                        result: result.clone(),
-                        trigger: None,
-                    });
-                    log("run-end", json!({"schedule": schedule.name, "slot": slot, "result": result}));
-                    let mut m = locked(metrics);
-                    *m.runs.entry((schedule.name.clone(), result)).or_default() += 1;
-                    m.missed += u64::from(missed);
+                    run_due(ctx, &schedule, slot, missed, limits, metrics);
                 });
             }
             std::thread::sleep(TICK);
@@ -281,6 +243,60 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
     });
     log("daemon-stop", json!({}));
     Ok(())
+}
+
+/// What a predecessor killed mid-dump left (a frozen container, one stopped with its images
+/// kept) is repaired before any schedule runs, and said.
+fn repair_at_start(ctx: &Context) {
+    match super::system::check(ctx, true) {
+        Ok(findings) => {
+            for finding in findings {
+                log("repair", json!({"finding": finding}));
+                ctx.audit(AuditEvent::SystemRepair { finding, by: "daemon-start" });
+            }
+        }
+        Err(e) => log("error", json!({"error": format!("system check at start: {e}")})),
+    }
+}
+
+/// One due run of a schedule, logged, audited and counted.
+fn run_due(
+    ctx: &Context,
+    schedule: &crate::store::schedules::Schedule,
+    slot: chrono::DateTime<Utc>,
+    missed: u32,
+    limits: &Limits,
+    metrics: &Mutex<Metrics>,
+) {
+    log("run-start", json!({"schedule": schedule.name, "slot": slot, "missed-runs": missed}));
+    let on_container = |o: &ContainerOutcome| {
+        log("checkpoint", json!({"schedule": schedule.name, "outcome": o}));
+        let mut m = locked(metrics);
+        *m.checkpoints.entry(o.result.to_string()).or_default() += 1;
+        if o.result == "ok" {
+            m.checkpoint_seconds += o.duration_ms as f64 / 1000.0;
+            m.lag_seconds_last = o.lag_ms as f64 / 1000.0;
+            m.lag_seconds_max = m.lag_seconds_max.max(m.lag_seconds_last);
+        }
+    };
+    let result = match schedule::run(ctx, schedule, slot, missed, limits, &on_container) {
+        Ok(outcome) => outcome.result,
+        Err(e) => {
+            log("error", json!({"schedule": schedule.name, "error": e.to_string()}));
+            "failed".to_string()
+        }
+    };
+    ctx.audit(AuditEvent::ScheduleRun {
+        schedule: schedule.name.clone(),
+        slot: Some(slot),
+        missed_runs: Some(missed),
+        result: result.clone(),
+        trigger: None,
+    });
+    log("run-end", json!({"schedule": schedule.name, "slot": slot, "result": result}));
+    let mut m = locked(metrics);
+    *m.runs.entry((schedule.name.clone(), result)).or_default() += 1;
+    m.missed += u64::from(missed);
 }
 
 #[cfg(test)]
