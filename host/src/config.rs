@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 
 pub const DEFAULT_PATH: &str = "/etc/ckpt/ckpt.toml";
 

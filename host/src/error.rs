@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::archive::ArchiveError;
+pub use crate::base_error::BaseError;
 use crate::criu::CriuError;
 use crate::image::ImageError;
 use crate::policy::PolicyError;
@@ -24,18 +25,12 @@ pub enum Error {
         "ckpt needs root: '{command}' works on the store at {root:?} and runs containers through the OCI runtime and CRIU, which only root may do; run it as root"
     )]
     NeedsRoot { command: String, root: PathBuf },
-    #[error("no such container {0:?}")]
-    NoSuchContainer(String),
     #[error("no such image {0:?}")]
     NoSuchImage(String),
-    #[error("no such volume {0:?}")]
-    NoSuchVolume(String),
     #[error("no such container or image {0:?}")]
     NoSuchContainerOrImage(String),
     #[error("the container name {0:?} is already in use; choose another with --name or remove that container first")]
     NameInUse(String),
-    #[error("volume {0:?} already exists")]
-    VolumeExists(String),
     #[error("volume {name:?} is in use by container {container:?}; remove the container first or use --force")]
     VolumeInUse { name: String, container: String },
     #[error("image {name:?} is in use by container {container:?}; remove the container first or use --force")]
@@ -44,14 +39,14 @@ pub enum Error {
     ContainerRunning(String),
     #[error("container {name:?} is {state}, {action}")]
     ContainerState { name: String, state: String, action: String },
-    #[error("container {0:?} is busy: another ckpt operation holds its lock; try again when it has finished")]
-    ContainerBusy(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("checkpoint/restore is not available: {0}")]
     Unsupported(String),
     #[error("{0}")]
     Policy(String),
+    #[error(transparent)]
+    Base(#[from] BaseError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -66,14 +61,8 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error(transparent)]
     PolicyEngine(#[from] PolicyError),
-    #[error("{action} {path:?}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
-    #[error("{what} {path:?} is corrupt: {detail}")]
-    Corrupt { what: &'static str, path: PathBuf, detail: String },
     #[error("supervisor of container {id:?} failed: {detail}")]
     Supervisor { id: String, detail: String },
-    #[error("interrupted by {0}")]
-    Interrupted(String),
     #[error(
         "a complete checkpoint for container {name:?} cannot be found, cannot restore: {} does not exist",
         missing.display()
@@ -114,7 +103,7 @@ pub enum Error {
 impl Error {
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { action, path, source }
+        move |source| Error::Base(BaseError::Io { action, path, source })
     }
 
     pub fn invalid(message: impl Into<String>) -> Error {
@@ -135,7 +124,7 @@ impl Error {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Interrupted(signal) => match signal.as_str() {
+            Error::Base(BaseError::Interrupted(signal)) => match signal.as_str() {
                 "SIGINT" => EXIT_SIGNAL_BASE + libc::SIGINT,
                 "SIGTERM" => EXIT_SIGNAL_BASE + libc::SIGTERM,
                 _ => EXIT_CKPT_ERROR,
@@ -154,8 +143,9 @@ mod tests {
     #[test]
     fn exit_codes_follow_podman_and_the_shell() {
         assert_eq!(Error::invalid("x").exit_code(), 125);
-        assert_eq!(Error::Interrupted("SIGINT".into()).exit_code(), 130);
-        let rolled = Error::RolledBack { name: "c".into(), cause: Box::new(Error::Interrupted("SIGTERM".into())) };
+        let interrupted = |signal: &str| Error::Base(BaseError::Interrupted(signal.into()));
+        assert_eq!(interrupted("SIGINT").exit_code(), 130);
+        let rolled = Error::RolledBack { name: "c".into(), cause: Box::new(interrupted("SIGTERM")) };
         assert_eq!(rolled.exit_code(), 143);
         assert!(rolled.to_string().contains("restored and keeps running: interrupted by SIGTERM"));
     }

@@ -30,9 +30,9 @@ pub fn received() -> Option<Signal> {
 }
 
 /// A safe point: an error once a stop was asked for.
-pub fn check() -> Result<(), crate::Error> {
+pub fn check() -> Result<(), crate::base_error::BaseError> {
     match received() {
-        Some(signal) => Err(crate::Error::Interrupted(signal.as_str().to_string())),
+        Some(signal) => Err(crate::base_error::BaseError::Interrupted(signal.as_str().to_string())),
         None => Ok(()),
     }
 }

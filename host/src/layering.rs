@@ -15,7 +15,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "the foundations",
-        &["store", "rootfs", "netns", "spec", "util", "error", "safefs", "config", "interrupt", "hostinfo", "progress"],
+        &[
+            "store",
+            "rootfs",
+            "netns",
+            "spec",
+            "util",
+            "error",
+            "base_error",
+            "safefs",
+            "config",
+            "interrupt",
+            "hostinfo",
+            "progress",
+        ],
     ),
 ];
 
@@ -75,17 +88,27 @@ fn edges(src: &Path) -> Vec<(String, String, String)> {
     out
 }
 
-#[test]
-fn dependencies_point_down_the_layers() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The foundations return an error of their own (`base_error`): the aggregate names the
+/// systems above them, and a foundation that returned it would depend on them all.
+fn returns_the_aggregate(from: &str, to: &str) -> bool {
+    to == "error" && from != "error" && layer_of(from) == Some(LAYERS.len() - 1)
+}
+
+/// What is wrong with `edges`: an edge up a layer, a foundation that returns the aggregate
+/// error, or a cycle inside a layer.
+fn problems(edges: Vec<(String, String, String)>) -> Vec<String> {
     let mut problems = Vec::new();
     let mut same_layer: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (from, to, place) in edges(&src) {
+    for (from, to, place) in edges {
         let (Some(from_layer), Some(to_layer)) = (layer_of(&from), layer_of(&to)) else {
             problems.push(format!("{place}: module {from:?} or {to:?} is in no layer; add it to LAYERS"));
             continue;
         };
         if from == "error" && ERROR_MAY_NAME.contains(&to.as_str()) {
+            continue;
+        }
+        if returns_the_aggregate(&from, &to) {
+            problems.push(format!("{place}: {from} (the foundations) uses the aggregate error; return base_error's"));
             continue;
         }
         if to_layer < from_layer {
@@ -111,6 +134,13 @@ fn dependencies_point_down_the_layers() {
             }
         }
     }
+    problems
+}
+
+#[test]
+fn dependencies_point_down_the_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let problems = problems(edges(&src));
     assert!(problems.is_empty(), "the layers are broken:\n{}", problems.join("\n"));
 }
 
@@ -127,6 +157,11 @@ fn an_upward_edge_is_caught() {
     let edge = |to: &str, line: usize| ("store".to_string(), to.to_string(), format!("store/mod.rs:{line}"));
     assert_eq!(found, vec![edge("ops", 1), edge("util", 3), edge("policy", 3)]);
     assert!(layer_of("ops").unwrap() < layer_of("store").unwrap());
+
+    std::fs::write(dir.path().join("store/mod.rs"), "use crate::error::{Error, Result};\n").unwrap();
+    let found = problems(edges(dir.path()));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("store/mod.rs:1: store (the foundations) uses the aggregate error"), "{found:?}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! - `supervisor/`: the conmon-like process that holds a container's stdio.
 
 pub(crate) mod archive;
+pub mod base_error;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod criu;

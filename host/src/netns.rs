@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 
 /// Creates a network namespace with loopback up and pins it at `path`.
 pub fn create(path: &Path) -> Result<()> {

@@ -284,7 +284,7 @@ pub fn rm(ctx: &Context, args: RmArgs) -> Result<i32> {
         if args.all { ctx.containers.list()?.into_iter().map(|r| r.id).collect() } else { args.containers.clone() };
     crate::ops::each(&names, |name| {
         let record = match ctx.containers.lookup(name) {
-            Err(Error::NoSuchContainer(_)) if args.ignore => return Ok(()),
+            Err(crate::error::BaseError::NoSuchContainer(_)) if args.ignore => return Ok(()),
             other => other?,
         };
         lifecycle::remove(ctx, &record, args.force, args.time)?;

@@ -466,7 +466,9 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Audit(cmd) => schedule::run_audit(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),
         Command::Supervise(args) => container::supervise(ctx, args),
-        Command::Discard => crate::store::discard::remove_handed_over(&ctx.roots, &mut std::io::stdin()).map(|()| 0),
+        Command::Discard => crate::store::discard::remove_handed_over(&ctx.roots, &mut std::io::stdin())
+            .map(|()| 0)
+            .map_err(crate::Error::from),
         Command::AwaitPageImages { .. } => unreachable!("run before any store is opened"),
         Command::System(SystemCommand::Check { repair, format }) => {
             let findings = crate::ops::system::check(ctx, repair)?;

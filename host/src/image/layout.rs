@@ -189,7 +189,7 @@ impl ImageStore {
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<()> {
-        write_atomic(&self.layout.join("index.json"), &canonical_json(index), 0o644)
+        write_atomic(&self.layout.join("index.json"), &canonical_json(index), 0o644).map_err(Error::from)
     }
 
     /// Names `reference` in the index, replacing the image that had that name before.
@@ -540,7 +540,9 @@ impl ImageStore {
 }
 
 fn parse_document<T: DeserializeOwned>(what: &'static str, path: &Path, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt { what, path: path.to_path_buf(), detail: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::Base(crate::error::BaseError::Corrupt { what, path: path.to_path_buf(), detail: e.to_string() })
+    })
 }
 
 fn build_error(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> Error {

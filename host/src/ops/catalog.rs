@@ -113,7 +113,7 @@ fn delete(ctx: &Context, entry: &Entry) -> Result<()> {
             }
         },
     }
-    ctx.catalog().forget(&entry.id)
+    ctx.catalog().forget(&entry.id).map_err(Error::from)
 }
 
 /// One deletion retention made, or could not make.

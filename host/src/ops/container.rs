@@ -413,7 +413,7 @@ pub fn exec(
 pub fn diff(ctx: &Context, record: &ContainerRecord) -> Result<Vec<Change>> {
     let image = ctx.images.resolve(&record.image_id).or_else(|_| ctx.images.resolve(&record.image_ref))?;
     let lower = ctx.images.rootfs(&image)?;
-    rootfs::changes(&lower, &ctx.containers.paths(&record.id).upper())
+    rootfs::changes(&lower, &ctx.containers.paths(&record.id).upper()).map_err(Error::from)
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
         // The upper layer's root is the container's `/`.
         crate::util::create_dir_with_mode(&paths.upper(), record.root_mode())?;
         create_dir_all(&paths.bundle())?;
-        ctx.containers.save(&record)
+        ctx.containers.save(&record).map_err(Error::from)
     })();
     if let Err(e) = made {
         remove_dir_all(&ctx.roots.container_dir(&record.id))?;
@@ -241,7 +241,7 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts).map_err(|e| {
         Error::invalid(format!("the OCI runtime spec of container {:?} cannot be built: {e}", record.name))
     })?;
-    write_json(&bundle.join("config.json"), &config)
+    write_json(&bundle.join("config.json"), &config).map_err(Error::from)
 }
 
 /// Starts the container's supervisor for `launch`; on failure the rootfs is released again.
@@ -349,7 +349,7 @@ pub fn pause(ctx: &Context, record: &ContainerRecord) -> Result<()> {
 fn mark_paused(ctx: &Context, id: &str, paused: bool) -> Result<()> {
     let mut record = ctx.containers.load(id)?;
     record.state.paused = paused;
-    ctx.containers.save(&record)
+    ctx.containers.save(&record).map_err(Error::from)
 }
 
 /// `podman unpause`: thaws a paused container.
@@ -429,7 +429,7 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool, stop_timeout
 
 /// Removes everything ckpt holds for the container except its named volumes.
 pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
-    crate::store::teardown(&ctx.roots, &ctx.containers.paths(&record.id))
+    crate::store::teardown(&ctx.roots, &ctx.containers.paths(&record.id)).map_err(Error::from)
 }
 
 #[cfg(test)]

@@ -149,10 +149,11 @@ pub fn each_parallel<T: Sync, S, R: Send>(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(item) = items.get(i) else { return };
-                    let outcome = crate::interrupt::check().and_then(|()| match &mut state {
-                        Ok(state) => each(state, item),
-                        Err(e) => Err(crate::Error::invalid(e.to_string())),
-                    });
+                    let outcome =
+                        crate::interrupt::check().map_err(crate::Error::from).and_then(|()| match &mut state {
+                            Ok(state) => each(state, item),
+                            Err(e) => Err(crate::Error::invalid(e.to_string())),
+                        });
                     outcomes.lock().expect("outcomes").push((i, outcome));
                 }
             });

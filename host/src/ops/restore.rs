@@ -87,7 +87,7 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
     for target in &req.targets {
         match ctx.containers.lookup(target) {
             Ok(record) => sources.push(Source::Local(Box::new(record), target.trim_start_matches('/').to_string())),
-            Err(Error::NoSuchContainer(_)) => match resolve_or_pull(ctx, target) {
+            Err(crate::error::BaseError::NoSuchContainer(_)) => match resolve_or_pull(ctx, target) {
                 Ok((local, info)) if info.annotations.contains_key(CHECKPOINT_IMAGE_KEY) => {
                     sources.push(Source::Image(local))
                 }
@@ -95,7 +95,7 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
                 Err(Error::NoSuchImage(_)) => return Err(Error::NoSuchContainerOrImage(target.clone())),
                 Err(e) => return Err(e),
             },
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     let not_import = req.import.is_none() && !sources.iter().any(|s| matches!(s, Source::Image(_)));
@@ -454,10 +454,12 @@ impl Staged {
 
     fn read_member_json<T: serde::de::DeserializeOwned>(&self, name: &'static str) -> Result<Option<T>> {
         let Some(file) = self.open_member(name)? else { return Ok(None) };
-        serde_json::from_reader(std::io::BufReader::new(file)).map(Some).map_err(|e| Error::Corrupt {
-            what: name,
-            path: self.dir.path.join(name),
-            detail: e.to_string(),
+        serde_json::from_reader(std::io::BufReader::new(file)).map(Some).map_err(|e| {
+            Error::Base(crate::error::BaseError::Corrupt {
+                what: name,
+                path: self.dir.path.join(name),
+                detail: e.to_string(),
+            })
         })
     }
 
@@ -619,7 +621,9 @@ fn resolve_or_pull(ctx: &Context, target: &str) -> Result<(String, crate::image:
 /// A record for a container checkpointed by podman, from its `config.dump` and `spec.dump`.
 /// Only named volumes come along; a bind mount of a host path is refused, as from ckpt archives.
 fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path: &Path) -> Result<ContainerRecord> {
-    let corrupt = |detail: String| Error::Corrupt { what: "spec.dump", path: path.to_path_buf(), detail };
+    let corrupt = |detail: String| {
+        Error::Base(crate::error::BaseError::Corrupt { what: "spec.dump", path: path.to_path_buf(), detail })
+    };
     let process = spec.process().as_ref().ok_or_else(|| corrupt("it has no process".into()))?;
     let command = process.args().clone().unwrap_or_default();
     if command.is_empty() {

@@ -411,7 +411,7 @@ fn one(
         },
         (Ok(()), None) => outcome(name, "skipped", "nothing was selected".into()),
         (Err(e), _) if e.is_denial() => outcome(name, "denied", e.to_string()),
-        (Err(e @ Error::ContainerBusy(_)), _) => outcome(name, "skipped", e.to_string()),
+        (Err(e @ Error::Base(crate::error::BaseError::ContainerBusy(_))), _) => outcome(name, "skipped", e.to_string()),
         (Err(e), _) => outcome(name, "failed", e.to_string()),
     };
     out.lag_ms = lag_ms;

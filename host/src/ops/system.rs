@@ -218,7 +218,7 @@ fn release_run(
     let mut fresh = ctx.containers.load(&record.id)?;
     fresh.state.run_token = None;
     fresh.state.finished_at.get_or_insert_with(crate::util::now);
-    ctx.containers.save(&fresh)
+    ctx.containers.save(&fresh).map_err(crate::Error::from)
 }
 
 /// The text `system check` prints, one line a finding.

@@ -9,7 +9,7 @@ use crate::store::{StoreLock, VolumeRecord};
 pub fn create(ctx: &Context, name: &str, labels: &[String]) -> Result<VolumeRecord> {
     let labels = super::lifecycle::parse_key_values(labels, "--label")?;
     let _lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
-    ctx.volumes.create(name, labels)
+    ctx.volumes.create(name, labels).map_err(Error::from)
 }
 
 pub fn users(ctx: &Context, name: &str) -> Result<Vec<String>> {
@@ -35,7 +35,7 @@ pub fn remove(ctx: &Context, name: &str, force: bool) -> Result<()> {
             super::lifecycle::remove(ctx, &record, true, 0)?;
         }
     }
-    ctx.volumes.remove(name)
+    ctx.volumes.remove(name).map_err(Error::from)
 }
 
 pub fn inspect(ctx: &Context, name: &str) -> Result<Value> {

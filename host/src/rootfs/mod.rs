@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 use crate::util::create_dir_all;
 
 /// Paths the runtime or ckpt itself manages, left out of diffs and archives as podman does.

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::paths::{ContainerPaths, Roots};
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 use crate::util::{read_json, write_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

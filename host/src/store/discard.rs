@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::Roots;
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 use crate::util::remove_dir_all;
 
 /// What the staging entry of a discard is called, for the process with `pid`.

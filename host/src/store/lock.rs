@@ -2,7 +2,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 use crate::util::create_dir_all;
 
 fn open_lock_file(path: &Path) -> Result<File> {

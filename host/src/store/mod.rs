@@ -24,12 +24,12 @@ pub use volumes::{VolumeRecord, VolumeStore};
 /// other user reaches checkpoint memory, decisions, set-id files a container made in its upper
 /// layer, or device nodes of an unpacked image. A store from before this rule gets its checkpoint
 /// data and decision logs made 0600 as well.
-pub fn secure_roots(roots: &Roots) -> crate::Result<()> {
+pub fn secure_roots(roots: &Roots) -> crate::base_error::BaseResult<()> {
     use std::os::unix::fs::PermissionsExt;
     let was_open = std::fs::symlink_metadata(&roots.root).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
     for dir in [&roots.root, &roots.runroot] {
         crate::safefs::ensure_private_dir(dir, 0o700).map_err(|e| {
-            crate::Error::invalid(format!(
+            crate::base_error::BaseError::invalid(format!(
                 "cannot make {:?} a private (0700) directory: {e}; give --root/--runroot a directory ckpt owns",
                 dir.display().to_string()
             ))
@@ -70,7 +70,7 @@ fn make_files_private(dir: &std::path::Path) {
 /// Removes everything ckpt holds for a container except its named volumes: the rootfs mount,
 /// the network namespace, the record (first, so that a half-removed container is never listed),
 /// and its directories.
-pub fn teardown(roots: &Roots, paths: &ContainerPaths) -> crate::Result<()> {
+pub fn teardown(roots: &Roots, paths: &ContainerPaths) -> crate::base_error::BaseResult<()> {
     crate::rootfs::unmount(&paths.merged())?;
     crate::netns::remove(&paths.netns())?;
     crate::util::remove_file_if_exists(&paths.record())?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 
 /// Which containers a run checkpoints, resolved when it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

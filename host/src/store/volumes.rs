@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::paths::Roots;
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError as Error, BaseResult as Result};
 use crate::util::{read_json, remove_dir_all, validate_object_name, write_json};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

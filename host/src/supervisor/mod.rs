@@ -157,10 +157,8 @@ pub fn run(
     };
     let init_pid = launched.map_err(Error::from).and_then(|()| {
         let text = std::fs::read_to_string(&pid_file).map_err(Error::io("read", &pid_file))?;
-        text.trim().parse::<i32>().map_err(|_| Error::Corrupt {
-            what: "pid file",
-            path: pid_file.clone(),
-            detail: text,
+        text.trim().parse::<i32>().map_err(|_| {
+            Error::Base(crate::error::BaseError::Corrupt { what: "pid file", path: pid_file.clone(), detail: text })
         })
     });
     let init_pid = match init_pid {
@@ -260,7 +258,7 @@ fn cleanup_after_exit(
     // Podman reports 0 for a container that CRIU stopped.
     record.state.exit_code = Some(if record.state.checkpointed { 0 } else { exit_code });
     if record.auto_remove && !record.state.checkpoint_in_progress {
-        return crate::store::teardown(containers.roots(), &paths);
+        return crate::store::teardown(containers.roots(), &paths).map_err(crate::error::Error::from);
     }
-    containers.save(&record)
+    containers.save(&record).map_err(crate::error::Error::from)
 }

@@ -1018,7 +1018,7 @@ fn mark_checkpointed(ctx: &Context, id: &str, image_dir: PathBuf) -> Result<()> 
     record.state.finished_at = record.state.checkpointed_at;
     // Published: a `--rm` container may go now, as podman's does after its export.
     record.state.checkpoint_in_progress = false;
-    ctx.containers.save(&record)
+    ctx.containers.save(&record).map_err(Error::from)
 }
 
 /// A post-copy handoff failed before anyone restored from the page server: CRIU is gone, and
@@ -1156,7 +1156,7 @@ fn roll_back(
         let mut fresh = ctx.containers.load(&record.id)?;
         lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore))?;
         set_in_progress(ctx, &record.id, false)?;
-        remove_dir_all(&paths.checkpoint_dir())
+        remove_dir_all(&paths.checkpoint_dir()).map_err(Error::from)
     })();
     match result {
         Ok(()) => Error::RolledBack { name: record.name.clone(), cause: Box::new(cause) },
@@ -1173,7 +1173,7 @@ fn roll_back(
 fn set_in_progress(ctx: &Context, id: &str, value: bool) -> Result<()> {
     let mut record = ctx.containers.load(id)?;
     record.state.checkpoint_in_progress = value;
-    ctx.containers.save(&record)
+    ctx.containers.save(&record).map_err(Error::from)
 }
 
 /// podman's `--print-stats` document, with ckpt's name for the total.
