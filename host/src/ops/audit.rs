@@ -157,6 +157,28 @@ mod tests {
     }
 
     #[test]
+    fn a_log_written_before_the_typed_events_verifies_and_carries_on_with_them() {
+        use crate::store::audit::{Anchor, AuditLog};
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(
+            dir.path().join("audit.jsonl"),
+            dir.path().join("locks"),
+            Anchor::new(dir.path().join("anchor")),
+        );
+        // As entries were written before: a name and untyped fields.
+        log.append("checkpoint", json!({"container": "web", "container-id": "abc", "entries": ["e1"]})).unwrap();
+        log.append("schedule-rm", json!({"schedule": "nightly"})).unwrap();
+        let (name, fields) =
+            AuditEvent::Checkpoint { about: subject(), entries: vec!["e2".into()], locations: vec![] }.into_parts();
+        log.append(&name, fields).unwrap();
+        let verified = log.verify().unwrap().expect("the chain holds across the old entries and the typed one");
+        assert_eq!(verified.entries, 3);
+        let events: Vec<String> =
+            log.entries().unwrap().iter().map(|e| e["event"].as_str().unwrap_or_default().to_string()).collect();
+        assert_eq!(events, ["checkpoint", "schedule-rm", "checkpoint"]);
+    }
+
+    #[test]
     fn events_keep_the_names_and_fields_that_logs_already_hold() {
         let (name, fields) =
             AuditEvent::Checkpoint { about: subject(), entries: vec!["e1".into()], locations: vec!["/x.tar".into()] }
