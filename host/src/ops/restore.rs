@@ -227,11 +227,9 @@ enum Images {
 }
 
 /// Whether page images of `page_bytes` are worth punching out of their files as CRIU reads them,
-/// with `available` bytes of memory to be had (`[restore] consume-imported-pages = "auto"`). Each
-/// punch of 128 MiB cost 10 to 45 ms here, and pays only once the images' page cache and the
-/// restored memory at once press on the host: measured side by side on 24 GiB with about 20 GiB
-/// available, CRIU's part took 10–30% longer at 512 MiB and 1 GiB, as long at 2 GiB, and a third
-/// as long at 4 GiB. Unknown memory counts as short.
+/// with `available` bytes of memory to be had (`[restore] consume-imported-pages = "auto"`):
+/// punching pays only once page cache and restored memory together press on the host (the
+/// measurements are in bench/README.md). Unknown memory counts as short.
 fn worth_consuming(page_bytes: u64, available: Option<u64>) -> bool {
     available.is_none_or(|available| page_bytes >= available / 8)
 }

@@ -191,11 +191,9 @@ pub(super) fn helper() -> Option<&'static Helper> {
 
 pub(super) type Job = Box<dyn FnOnce() + Send>;
 
-/// Waking a sleeping thread cost the waker 14 µs at p50 and 26 µs at p99 inside a decision
-/// here (an interrupt sent through the hypervisor), a third of a built-in decision or more. So
-/// after its last job the helper looks at its queue every epoch tick for a second, as long as the
-/// epoch ticker keeps ticking: decisions close together hand it work with no wake, and only the
-/// first after a quiet spell pays one. A shorter poll would itself interrupt decisions.
+/// Waking a sleeping thread costs a decision a large share of its time (bench/README.md), so
+/// after its last job the helper looks at its queue every epoch tick for a second: decisions
+/// close together hand it work with no wake. A shorter poll would itself interrupt decisions.
 pub(super) const HELPER_POLL: Duration = limits::EPOCH_TICK;
 pub(super) const HELPER_POLLS_BEFORE_SLEEP: u32 = 100;
 

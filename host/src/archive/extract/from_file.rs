@@ -4,13 +4,8 @@
 //! tar then seeks past it. Its BLAKE3 is taken on a second thread from the destination, through
 //! a mapping, as the copy lands.
 //!
-//! Measured on this project's 2-core VM (Linux 6.18, ext4), extracting a 512 MiB page image with
-//! its archive in the page cache: 450 ms to 1.5 s through tar's stream (its reads alone took 300
-//! to 460 ms, where `dd` read the archive in 60 ms), and 315 to 400 ms through the kernel's
-//! `copy_file_range`, hashing included. Reads at the offset and 256 KiB writes beat the kernel's
-//! copy: whole restores took 730 to 830 ms against 910 to 970 (4 alternations), CRIU's part a
-//! little less too, and `dd` with 256 KiB blocks copied the member in 210 ms against 260 to 290.
-//! On ext4, which cannot share blocks, the kernel's copy goes through a pipe a page at a time.
+//! Reads at the offset and 256 KiB writes beat both tar's stream and the kernel's
+//! `copy_file_range` here (bench/README.md has the measurements).
 
 use std::cell::RefCell;
 use std::fs::File;

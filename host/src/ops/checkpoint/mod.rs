@@ -665,11 +665,8 @@ fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned) -> 
     }
 }
 
-/// The most memory a container may hold for its page images to be hashed while CRIU dumps it.
-/// Measured on this project's 2-core VM, alternating with the same build not following: at 512
-/// MiB exports with zstd took 869-1047 ms against 965-1475 (12 rounds each), CRIU's frozen time
-/// unchanged; at 4 GiB the wall times tied and CRIU stayed frozen longer (a median of 11.8 s
-/// against 10.1, 4 rounds each), its writes and the reads behind it sharing the VM's memory.
+/// The most memory a container may hold for its page images to be hashed while CRIU dumps it:
+/// above it, the reads behind CRIU kept it frozen longer (bench/README.md).
 const FOLLOW_UP_TO: u64 = 1 << 30;
 
 /// One container's checkpoint: claim it and its targets, dump it, export and hand it off, then
