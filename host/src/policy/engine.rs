@@ -239,10 +239,13 @@ pub(super) fn classify(name: &str, source: &str, decision: &str, error: wasmtime
         Some(wasmtime::Trap::Interrupt) => format!("ran past its deadline of {:?}", limits::DEADLINE),
         Some(wasmtime::Trap::StackOverflow) => "overflowed its stack (recursion too deep)".to_string(),
         Some(trap) => format!("trapped ({trap})"),
-        None if text.contains("grow its memory") => {
-            format!("exceeded its memory limit of {} MiB", limits::MEMORY_BYTES >> 20)
-        }
-        None => format!("failed: {}", text.lines().next().unwrap_or_default()),
+        None => match error.downcast_ref::<limits::OverLimit>() {
+            Some(limits::OverLimit::Memory { .. }) => {
+                format!("exceeded its memory limit of {} MiB", limits::MEMORY_BYTES >> 20)
+            }
+            Some(over @ limits::OverLimit::Table { .. }) => format!("failed: {over}"),
+            None => format!("failed: {}", text.lines().next().unwrap_or_default()),
+        },
     };
     let last_words: Vec<&str> =
         stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note:")).collect();

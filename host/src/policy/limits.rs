@@ -78,6 +78,16 @@ const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 /// A pooled table's size: Python's and JavaScript's runtimes have tables of some thousands.
 const POOLED_TABLE_ELEMENTS: usize = 64 << 10;
 
+/// A policy asked for more memory or a larger table than its limits allow: the error the
+/// limiter returns, which the engine recognises by type when it names what the policy did.
+#[derive(Debug, thiserror::Error)]
+pub enum OverLimit {
+    #[error("policy tried to grow its memory to {total} bytes, over the limit of {MEMORY_BYTES} bytes")]
+    Memory { total: usize },
+    #[error("policy tried to grow a table to {desired} elements, over the limit of {TABLE_ELEMENTS}")]
+    Table { desired: usize },
+}
+
 /// Caps the total of all linear memories, which per-memory limits alone do not.
 #[derive(Debug, Default)]
 pub struct TotalMemoryLimiter {
@@ -89,7 +99,7 @@ impl wasmtime::ResourceLimiter for TotalMemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.total - current.min(self.total) + desired;
         if total > MEMORY_BYTES {
-            wasmtime::bail!("policy tried to grow its memory to {total} bytes, over the limit of {MEMORY_BYTES} bytes");
+            return Err(OverLimit::Memory { total }.into());
         }
         self.total = total;
         self.peak = self.peak.max(total);
@@ -98,7 +108,7 @@ impl wasmtime::ResourceLimiter for TotalMemoryLimiter {
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > TABLE_ELEMENTS {
-            wasmtime::bail!("policy tried to grow a table to {desired} elements, over the limit of {TABLE_ELEMENTS}");
+            return Err(OverLimit::Table { desired }.into());
         }
         Ok(true)
     }
