@@ -159,7 +159,7 @@ pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: S
     };
     let (deletions, record) = retention.retain(&facts);
     if let Err(e) = policy::record::append(&ctx.roots.policy_log(), std::slice::from_ref(&record)) {
-        eprintln!("Error: cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
+        tracing::error!("cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
     }
     let deletions = deletions.inspect_err(|e| {
         ctx.audit(AuditEvent::RetentionFailed {

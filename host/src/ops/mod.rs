@@ -95,8 +95,8 @@ impl Context {
     pub fn audit(&self, event: audit::AuditEvent) {
         let (event, fields) = event.into_parts();
         if let Err(e) = self.audit_log().append(&event, fields) {
-            eprintln!(
-                "Error: cannot write the audit log {}: {}",
+            tracing::error!(
+                "cannot write the audit log {}: {}",
                 self.roots.audit_log().display(),
                 crate::util::escape_controls(&e.to_string())
             );

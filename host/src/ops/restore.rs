@@ -530,8 +530,8 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> 
             .into());
         }
         None => {
-            eprintln!(
-                "ckpt: {} is a podman checkpoint: it has no ckpt manifest, so its members are not checked against digests; every other check applies",
+            tracing::warn!(
+                "{} is a podman checkpoint: it has no ckpt manifest, so its members are not checked against digests; every other check applies",
                 crate::util::escape_controls(&staged.origin)
             );
             let spec: oci_spec::runtime::Spec = staged.read_member_json(layout::SPEC_DUMP)?.ok_or_else(|| {

@@ -110,7 +110,7 @@ impl Catalog {
             }
             match std::fs::read(&path).map(|b| serde_json::from_slice::<Entry>(&b)) {
                 Ok(Ok(entry)) => entries.push(entry),
-                Ok(Err(e)) => eprintln!("Warning: catalog entry {} is damaged ({e}); skipped", path.display()),
+                Ok(Err(e)) => tracing::warn!("catalog entry {} is damaged ({e}); skipped", path.display()),
                 Err(_) => {} // removed meanwhile
             }
         }

@@ -263,7 +263,7 @@ impl Schedules {
             let Some(name) = file.strip_suffix(".json").filter(|n| !n.ends_with(".state")) else { continue };
             match self.get(name) {
                 Ok(schedule) => out.push(schedule),
-                Err(e) => eprintln!("Warning: {e}"),
+                Err(e) => tracing::warn!("{e}"),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

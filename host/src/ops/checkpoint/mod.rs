@@ -443,8 +443,8 @@ fn one_container(
     let outcome = plan_and_checkpoint(ctx, req, compression, selected, policies, handoff);
     let records = std::mem::take(&mut policies.records);
     if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
-        eprintln!(
-            "Error: cannot write the decision log {}: {}",
+        tracing::error!(
+            "cannot write the decision log {}: {}",
             ctx.roots.policy_log().display(),
             crate::util::escape_controls(&e.to_string())
         );
@@ -646,7 +646,7 @@ fn catalog_entries(
     }
     for entry in &entries {
         if let Err(e) = ctx.catalog().add(entry) {
-            eprintln!("Error: cannot record checkpoint {} in the catalog: {e}", entry.id);
+            tracing::error!("cannot record checkpoint {} in the catalog: {e}", entry.id);
         }
     }
     entries
