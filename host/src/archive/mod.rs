@@ -8,6 +8,7 @@ pub mod extract;
 pub mod follow;
 pub mod pargzip;
 pub mod publish;
+pub mod staged;
 pub mod summary;
 
 use std::fs::File;
@@ -32,6 +33,8 @@ pub enum ArchiveError {
     Missing { archive: String, member: String },
     #[error("archive {archive:?}: {member:?} is corrupt: {detail}")]
     CorruptMember { archive: String, member: String, detail: String },
+    #[error(transparent)]
+    Base(#[from] crate::base_error::BaseError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -14,6 +14,7 @@ use super::audit::AuditEvent;
 use super::lifecycle::{self, status};
 use crate::archive::checkpoint as layout;
 use crate::archive::deferred::ImagesInFlight;
+use crate::archive::staged::StagedCheckpoint;
 use crate::archive::summary::ConfigDump;
 use crate::archive::{self, ExtractOptions};
 use crate::config::ConsumePages;
@@ -21,10 +22,10 @@ use crate::criu::hold::Hold;
 use crate::criu::{self, RestoreStats};
 use crate::error::{Error, Result};
 use crate::runtime::RestoreOptions;
-use crate::safefs::{self, Beneath};
+use crate::safefs::Beneath;
 use crate::store::{ContainerLock, ContainerRecord, ContainerStatus, MountKind, MountSpec, StateFlags, StoreLock};
 use crate::supervisor::Launch;
-use crate::util::{TempDir, create_dir_all, tempdir_in, validate_object_name};
+use crate::util::{create_dir_all, tempdir_in, validate_object_name};
 use std::os::unix::fs::OpenOptionsExt;
 
 pub(crate) const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
@@ -189,13 +190,21 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
 fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<Restored> {
     let (from, restored) = match source {
         Source::Local(record, printed) => ("local", restore_local(ctx, req, record, printed)),
-        Source::Archive(path) => {
-            ("archive", Staged::from_archive(ctx, path).and_then(|staged| restore_import(ctx, req, staged)))
-        }
-        Source::Stream => ("stream", Staged::from_stdin(ctx).and_then(|staged| restore_import(ctx, req, staged))),
+        Source::Archive(path) => (
+            "archive",
+            StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)
+                .map_err(Error::from)
+                .and_then(|staged| restore_import(ctx, req, staged)),
+        ),
+        Source::Stream => (
+            "stream",
+            StagedCheckpoint::from_stdin(&ctx.roots.staging_dir())
+                .map_err(Error::from)
+                .and_then(|staged| restore_import(ctx, req, staged)),
+        ),
         Source::Image(name) => (
             "image",
-            Staged::from_image(ctx, name)
+            stage_image(ctx, name)
                 .and_then(|staged| restore_import(ctx, req, staged))
                 .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}"))),
         ),
@@ -368,147 +377,17 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
     run_restore(ctx, req, &mut record, printed.to_string(), Images::Local, None)
 }
 
-/// A checkpoint unpacked into private staging, checked, not yet used. Its members are only ever
-/// opened beneath the staging directory with no symlink followed.
-struct Staged {
-    dir: TempDir,
-    beneath: Beneath,
-    origin: String,
-    /// Whether a ckpt manifest listed and matched every member.
-    verified: bool,
-    /// Page images still being copied out of the archive, and checked, as the restore starts.
-    page_images: Option<ImagesInFlight>,
-}
-
-/// How deep a chain of pre-dumps an imported checkpoint may have.
-const MAX_PARENT_CHAIN: usize = 64;
-
-impl Staged {
-    fn new(dir: TempDir, origin: String) -> Result<Staged> {
-        let beneath = Beneath::open(&dir.path).map_err(Error::io("open", &dir.path))?;
-        Ok(Staged { dir, beneath, origin, verified: false, page_images: None })
-    }
-
-    fn from_archive(ctx: &Context, path: &Path) -> Result<Staged> {
-        let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
-        let mut staged = Staged::new(dir, path.display().to_string())?;
-        let extracted =
-            layout::extract_checkpoint_leaving_pages(path, &staged.dir.path, &ExtractOptions::checkpoint(), true)?;
-        staged.verified = extracted.verified;
-        staged.page_images = extracted.page_images.map(|images| images.start()).transpose()?;
-        Ok(staged)
-    }
-
-    fn from_stdin(ctx: &Context) -> Result<Staged> {
-        let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
-        let mut staged = Staged::new(dir, "standard input".into())?;
-        let stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
-        staged.verified = layout::extract_checkpoint_stream(
-            stdin,
-            "standard input",
-            &staged.dir.path,
-            &ExtractOptions::checkpoint(),
-        )?;
-        Ok(staged)
-    }
-
-    fn from_image(ctx: &Context, name: &str) -> Result<Staged> {
-        let info = ctx.images.resolve(name)?;
-        let dir = tempdir_in(&ctx.roots.staging_dir(), "import")?;
-        let mut staged = Staged::new(dir, format!("image {name}"))?;
-        let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
-        let mut written = archive::FileDigests::new();
-        for layer in manifest.layers() {
-            let blob = ctx.images.blob_path(layer.digest())?;
-            archive::extract_hashing(
-                archive::open_decompressed(&blob)?,
-                &staged.dir.path,
-                name,
-                &ExtractOptions::checkpoint(),
-                &mut written,
-            )?;
-        }
-        staged.verified = layout::verify_manifest(&staged.dir.path, name, &written)?;
-        Ok(staged)
-    }
-
-    fn refuse(&self, member: &str, reason: &str) -> Error {
-        archive::ArchiveError::Refused {
-            archive: self.origin.clone(),
-            member: member.to_string(),
-            reason: reason.into(),
-        }
-        .into()
-    }
-
-    /// Opens a top-level member that must be a regular file; `None` when the archive has none.
-    fn open_member(&self, name: &str) -> Result<Option<std::fs::File>> {
-        match self.beneath.open_file(Path::new(name)) {
-            Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.refuse(name, &format!("it is not a regular file ({e})"))),
-        }
-    }
-
-    fn read_member_json<T: serde::de::DeserializeOwned>(&self, name: &'static str) -> Result<Option<T>> {
-        let Some(file) = self.open_member(name)? else { return Ok(None) };
-        serde_json::from_reader(std::io::BufReader::new(file)).map(Some).map_err(|e| {
-            Error::Base(crate::error::BaseError::Corrupt {
-                what: name,
-                path: self.dir.path.join(name),
-                detail: e.to_string(),
-            })
-        })
-    }
-
-    /// Whether `name` is a real directory in the staging (never a link to one).
-    fn has_dir(&self, name: &str) -> Result<bool> {
-        match self.beneath.kind(Path::new(name)) {
-            Ok(Some(safefs::Kind::Dir)) => Ok(true),
-            Ok(None) => Ok(false),
-            Ok(Some(_)) => Err(self.refuse(name, "it is not a directory")),
-            Err(e) => Err(self.refuse(name, &e.to_string())),
-        }
-    }
-
-    /// The images directory and the pre-dumps its `parent` links reach, nearest first.
-    fn images_chain(&self, images_dir: &str) -> Result<Vec<String>> {
-        let mut chain = vec![images_dir.to_string()];
-        let mut current = images_dir.to_string();
-        loop {
-            let dir = self
-                .beneath
-                .open_at(Path::new(&current), nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY)
-                .map_err(Error::io("open", self.dir.path.join(&current)))?;
-            let link = match nix::fcntl::readlinkat(&dir, "parent") {
-                Ok(link) => PathBuf::from(link),
-                Err(nix::errno::Errno::ENOENT) => return Ok(chain),
-                Err(e) => return Err(self.refuse(&format!("{current}/parent"), &format!("unreadable link ({e})"))),
-            };
-            let parent = link.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if !archive::extract::is_criu_parent_link(&Path::new(&current).join("parent"), &link)
-                || chain.contains(&parent)
-                || chain.len() > MAX_PARENT_CHAIN
-            {
-                return Err(self.refuse(&format!("{current}/parent"), "it is not a link to an earlier pre-dump"));
-            }
-            if !self.has_dir(&parent)? {
-                return Err(archive::ArchiveError::Missing { archive: self.origin.clone(), member: parent }.into());
-            }
-            chain.push(parent.clone());
-            current = parent;
-        }
-    }
-
-    /// Moves a staged images directory into the bundle.
-    fn move_dir_into(&self, name: &str, dest: &Path) -> Result<()> {
-        nix::fcntl::renameat(self.beneath.fd(), name, nix::fcntl::AT_FDCWD, dest)
-            .map_err(|e| Error::io("move checkpoint images into", dest)(e.into()))
-    }
+/// A local checkpoint image, its layers unpacked into staging.
+fn stage_image(ctx: &Context, name: &str) -> Result<StagedCheckpoint> {
+    let info = ctx.images.resolve(name)?;
+    let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
+    let layers =
+        manifest.layers().iter().map(|layer| ctx.images.blob_path(layer.digest())).collect::<Result<Vec<_>, _>>()?;
+    Ok(StagedCheckpoint::from_image_layers(&ctx.roots.staging_dir(), name, &layers)?)
 }
 
 /// Rebuilds a container record from `config.dump`, keeping only what ckpt can check.
-fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &Staged) -> Result<ContainerRecord> {
+fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheckpoint) -> Result<ContainerRecord> {
     let config_path = staged.dir.path.join(layout::CONFIG_DUMP);
     let missing = || archive::ArchiveError::Missing {
         archive: staged.origin.clone(),
@@ -668,7 +547,7 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
     })
 }
 
-fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Result<Restored> {
+fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: StagedCheckpoint) -> Result<Restored> {
     let record = record_from_archive(ctx, req, &staged)?;
     let _store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
     refuse_conflicts(ctx, req, &record, &mut staged)?;
@@ -702,7 +581,7 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
     };
     if let Some(previous) = &req.import_previous {
         let pre = tempdir_in(&ctx.roots.staging_dir(), "import-previous")?;
-        let pre = Staged::new(pre, previous.display().to_string())?;
+        let pre = StagedCheckpoint::new(pre, previous.display().to_string())?;
         layout::extract_checkpoint(previous, &pre.dir.path, &ExtractOptions::checkpoint())?;
         if !pre.has_dir(layout::PRE_CHECKPOINT_DIR)? {
             return Err(archive::ArchiveError::Missing {
@@ -758,7 +637,12 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: Staged) -> Re
 
 /// Every conflict is found before anything is created: a name or an ID in use, a named volume
 /// that exists here, or one the archive lacks.
-fn refuse_conflicts(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, staged: &mut Staged) -> Result<()> {
+fn refuse_conflicts(
+    ctx: &Context,
+    req: &RestoreRequest,
+    record: &ContainerRecord,
+    staged: &mut StagedCheckpoint,
+) -> Result<()> {
     if ctx.containers.name_in_use(&record.name)? {
         return Err(Error::NameInUse(record.name.clone()));
     }
@@ -791,7 +675,7 @@ fn import_volumes(
     ctx: &Context,
     req: &RestoreRequest,
     record: &ContainerRecord,
-    staged: &mut Staged,
+    staged: &mut StagedCheckpoint,
     txn: &mut ImportTxn,
 ) -> Result<()> {
     for volume in record.named_volumes() {
@@ -894,7 +778,7 @@ impl Drop for ImportTxn<'_> {
 }
 
 /// Applies `rootfs-diff.tar` and `deleted.files` onto the mounted rootfs, strictly inside it.
-fn apply_rootfs_diff(staged: &Staged, rootfs: &Path) -> Result<()> {
+fn apply_rootfs_diff(staged: &StagedCheckpoint, rootfs: &Path) -> Result<()> {
     if let Some(file) = staged.open_member(layout::ROOTFS_DIFF)? {
         archive::extract(
             std::io::BufReader::new(file),
@@ -910,7 +794,7 @@ fn apply_rootfs_diff(staged: &Staged, rootfs: &Path) -> Result<()> {
         let rel = archive::extract::clean_relative(Path::new(path.trim_start_matches('/')))
             .ok_or_else(|| staged.refuse(&member, "path contains '..'"))?;
         if rel.as_os_str().is_empty() {
-            return Err(staged.refuse(&member, "the root itself cannot be deleted"));
+            return Err(staged.refuse(&member, "the root itself cannot be deleted").into());
         }
         // Every parent must be a real directory inside the rootfs: a symlink is never followed.
         beneath.remove(&rel).map_err(|e| staged.refuse(&member, &e.to_string()))?;
