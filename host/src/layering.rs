@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "util",
             "error",
             "base_error",
+            "metadata",
             "safefs",
             "config",
             "interrupt",

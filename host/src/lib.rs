@@ -19,6 +19,7 @@ pub(crate) mod image;
 pub(crate) mod interrupt;
 #[cfg(test)]
 mod layering;
+pub(crate) mod metadata;
 pub(crate) mod netns;
 pub(crate) mod ops;
 pub(crate) mod policy;

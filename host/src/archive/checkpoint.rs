@@ -13,17 +13,10 @@ use super::deferred::DeferredImages;
 use super::follow::KnownDigests;
 use super::{ArchiveError, Compression, ExtractOptions};
 
-pub const CHECKPOINT_DIR: &str = "checkpoint";
-pub const PRE_CHECKPOINT_DIR: &str = "pre-checkpoint";
-pub const CONFIG_DUMP: &str = "config.dump";
-pub const SPEC_DUMP: &str = "spec.dump";
-pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
-pub const DELETED_FILES: &str = "deleted.files";
-pub const VOLUMES_DIR: &str = "volumes";
-pub const STATS_DUMP: &str = "stats-dump";
-pub const CONTAINER_LOG: &str = "ctr.log";
-/// podman's copy of its `/dev/shm` bind mount; ckpt's own `/dev/shm` is a tmpfs CRIU dumps.
-pub const DEVSHM: &str = "devshm-checkpoint.tar";
+pub use crate::metadata::{
+    CHECKPOINT_DIR, CONFIG_DUMP, CONTAINER_LOG, CRIU_STATS_DUMP as STATS_DUMP, DELETED_FILES, DEVSHM,
+    PRE_CHECKPOINT_DIR, ROOTFS_DIFF, SPEC_DUMP, VOLUMES_DIR,
+};
 /// ckpt's own addition: size and BLAKE3 digest of every other member. BLAKE3 rather than
 /// SHA-256 because hashing every memory page is on the export's critical path, and BLAKE3 is
 /// several times faster on the same core.

@@ -45,12 +45,7 @@ pub fn is_page_image(rel: &Path) -> bool {
     super::extract::is_images_dir_name(dir) && file.to_str().is_some_and(is_page_image_name)
 }
 
-/// Whether `name` is a page image's file name (`pages-1.img`).
-pub fn is_page_image_name(name: &str) -> bool {
-    name.strip_prefix("pages-")
-        .and_then(|n| n.strip_suffix(".img"))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+pub use crate::metadata::is_page_image_name;
 
 /// The page images of an extracted archive, still to be copied out of it.
 pub struct DeferredImages {

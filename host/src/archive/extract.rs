@@ -709,8 +709,8 @@ pub fn is_criu_parent_link(rel: &Path, link: &Path) -> bool {
 /// `checkpoint`, `pre-checkpoint` or `pre-dump-N`: the images directories an archive may hold.
 pub fn is_images_dir_name(name: &OsStr) -> bool {
     let Some(name) = name.to_str() else { return false };
-    name == "checkpoint"
-        || name == "pre-checkpoint"
+    name == crate::metadata::CHECKPOINT_DIR
+        || name == crate::metadata::PRE_CHECKPOINT_DIR
         || name
             .strip_prefix("pre-dump-")
             .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))

@@ -29,7 +29,7 @@ pub fn refuse_capabilities_beyond(dir: &Path, granted: u64) -> Result<(), CriuEr
     for entry in entries {
         let entry = entry.map_err(|e| image_error(dir, &e.to_string()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("core-") && name.ends_with(".img")) {
+        if !crate::metadata::is_core_image_name(&name) {
             continue;
         }
         cores += 1;

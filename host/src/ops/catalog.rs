@@ -29,7 +29,7 @@ pub fn presence(ctx: &Context, entry: &Entry) -> Presence {
             Ok(_) => Presence::Changed,
             Err(_) => Presence::Missing,
         },
-        EntryKind::Local => match Path::new(&entry.location).join("inventory.img").is_file() {
+        EntryKind::Local => match Path::new(&entry.location).join(crate::metadata::CRIU_INVENTORY).is_file() {
             true => Presence::Present,
             false => Presence::Missing,
         },

@@ -21,14 +21,13 @@ use crate::config::ConsumePages;
 use crate::criu::hold::Hold;
 use crate::criu::{self, RestoreStats};
 use crate::error::{Error, Result};
+use crate::metadata;
 use crate::runtime::RestoreOptions;
 use crate::safefs::Beneath;
 use crate::store::{ContainerLock, ContainerRecord, ContainerStatus, MountKind, MountSpec, StateFlags, StoreLock};
 use crate::supervisor::Launch;
 use crate::util::{create_dir_all, tempdir_in, validate_object_name};
 use std::os::unix::fs::OpenOptionsExt;
-
-pub(crate) const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
@@ -89,7 +88,7 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
         match ctx.containers.lookup(target) {
             Ok(record) => sources.push(Source::Local(Box::new(record), target.trim_start_matches('/').to_string())),
             Err(crate::error::BaseError::NoSuchContainer(_)) => match resolve_or_pull(ctx, target) {
-                Ok((local, info)) if info.annotations.contains_key(CHECKPOINT_IMAGE_KEY) => {
+                Ok((local, info)) if info.annotations.contains_key(metadata::CHECKPOINT_IMAGE_KEY) => {
                     sources.push(Source::Image(local))
                 }
                 Ok((_, info)) => return Err(Error::invalid(format!("image is not a checkpoint: {}", info.id))),
@@ -248,7 +247,7 @@ fn page_images_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img")))
+        .filter(|e| e.file_name().to_str().is_some_and(metadata::is_page_image_name))
         .filter_map(|e| e.metadata().ok().filter(|m| m.is_file()))
         .map(|m| m.len())
         .sum()
@@ -282,10 +281,10 @@ fn run_restore(
 ) -> Result<Restored> {
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
-    if !paths.checkpoint_dir().join("inventory.img").exists() {
+    if !paths.checkpoint_dir().join(metadata::CRIU_INVENTORY).exists() {
         return Err(Error::NotCheckpointed {
             name: record.name.clone(),
-            missing: paths.checkpoint_dir().join("inventory.img"),
+            missing: paths.checkpoint_dir().join(metadata::CRIU_INVENTORY),
         });
     }
     criu::check_version(ctx.criu()?.as_ref())?;
@@ -320,7 +319,7 @@ fn run_restore(
             record.name
         );
     }
-    let stats_path = bundle.join("stats-restore");
+    let stats_path = bundle.join(metadata::CRIU_STATS_RESTORE);
     let criu_statistics = if req.print_stats {
         criu::read_restore_stats(&stats_path).unwrap_or_else(|e| {
             tracing::warn!("container {:?} runs, but displaying restore statistics is not possible: {e}", record.name);
@@ -356,7 +355,9 @@ fn discard_used_images(ctx: &Context, paths: &crate::store::ContainerPaths) -> R
         }
     }
     crate::store::discard::discard(&ctx.roots, &images)?;
-    for file in ["restore.log", "dump.log", "stats-dump", "stats-restore"] {
+    for file in
+        [metadata::CRIU_RESTORE_LOG, metadata::CRIU_DUMP_LOG, metadata::CRIU_STATS_DUMP, metadata::CRIU_STATS_RESTORE]
+    {
         crate::util::remove_file_if_exists(&bundle.join(file))?;
     }
     Ok(())

@@ -179,7 +179,7 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
         }
     } else if record.state.checkpoint_in_progress {
         let images = paths.checkpoint_dir();
-        let restorable = images.join("inventory.img").is_file();
+        let restorable = images.join(crate::metadata::CRIU_INVENTORY).is_file();
         let repaired = repair && {
             let mut fresh = ctx.containers.load(&record.id)?;
             fresh.state.checkpoint_in_progress = false;

@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::metadata::{CRIU_DUMP_LOG, CRIU_RESTORE_LOG};
+
 use super::{
     CheckpointOptions, ContainerStdio, ExecMode, LazyDump, OciRuntime, RestoreOptions, RuntimeError, RuntimeState,
 };
@@ -246,11 +248,12 @@ impl OciRuntime for CliRuntime {
         cmd.arg(id);
         tracing::debug!(
             action = "restore",
-            log = %options.work_path.join("restore.log").display(),
+            log = %options.work_path.join(CRIU_RESTORE_LOG).display(),
             config = ?options.criu_config,
             "criu"
         );
-        self.run_with_stdio(cmd, "restore", id, stdio).map_err(|e| with_criu_log(e, &options.work_path, "restore.log"))
+        self.run_with_stdio(cmd, "restore", id, stdio)
+            .map_err(|e| with_criu_log(e, &options.work_path, CRIU_RESTORE_LOG))
     }
 
     fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError> {
@@ -351,8 +354,8 @@ impl OciRuntime for CliRuntime {
         let mut cmd = self.checkpoint_command(options);
         cmd.arg(id);
         let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
-        tracing::debug!(action, log = %options.work_path.join("dump.log").display(), "criu");
-        self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, "dump.log"))
+        tracing::debug!(action, log = %options.work_path.join(CRIU_DUMP_LOG).display(), "criu");
+        self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, CRIU_DUMP_LOG))
     }
 
     fn checkpoint_lazy(
@@ -455,7 +458,7 @@ impl CliLazyDump {
             return Ok(());
         }
         let failure = self.runtime.failure(action, &self.id, &status, stderr.trim());
-        Err(with_criu_log(failure, &self.work_path, "dump.log"))
+        Err(with_criu_log(failure, &self.work_path, CRIU_DUMP_LOG))
     }
 }
 

@@ -146,9 +146,10 @@ fn image_annotations(
     runtime: &dyn OciRuntime,
     criu_version: u32,
 ) -> BTreeMap<String, String> {
-    let key = |k: &str| format!("io.podman.annotations.checkpoint.{k}");
-    let cri_o = |k: &str| format!("io.kubernetes.cri-o.annotations.checkpoint.{k}");
-    let criu = |k: &str| format!("org.criu.checkpoint.{k}");
+    use crate::metadata::{CRIO_ANNOTATION_PREFIX, CRIU_ANNOTATION_PREFIX, PODMAN_ANNOTATION_PREFIX};
+    let key = |k: &str| format!("{PODMAN_ANNOTATION_PREFIX}{k}");
+    let cri_o = |k: &str| format!("{CRIO_ANNOTATION_PREFIX}{k}");
+    let criu = |k: &str| format!("{CRIU_ANNOTATION_PREFIX}{k}");
     let host = crate::hostinfo::HostInfo::probe(Path::new("/"));
     let mut annotations = BTreeMap::from([
         (cri_o("name"), record.name.clone()),

@@ -328,7 +328,7 @@ fn refuse_replacing(ctx: &Context, target: &ExportTarget) -> Result<()> {
             }
         }
         TargetKind::Image | TargetKind::Registry => match ctx.images.resolve(&target.location) {
-            Ok(info) if !info.annotations.contains_key(crate::ops::restore::CHECKPOINT_IMAGE_KEY) => {
+            Ok(info) if !info.annotations.contains_key(crate::metadata::CHECKPOINT_IMAGE_KEY) => {
                 Err(Error::invalid(format!(
                     "image {:?} exists and is not a checkpoint image; choose another name for the checkpoint image",
                     target.location
@@ -782,7 +782,7 @@ fn claim_container<'a>(
         )));
     }
     let paths = ctx.containers.paths(&record.id);
-    if o.with_previous && !paths.pre_checkpoint_dir().join("inventory.img").exists() {
+    if o.with_previous && !paths.pre_checkpoint_dir().join(crate::metadata::CRIU_INVENTORY).exists() {
         return Err(Error::invalid(format!(
             "container {:?} has no pre-checkpoint at {}; run 'ckpt checkpoint --pre-checkpoint' first",
             record.name,
@@ -997,7 +997,7 @@ fn finish_dump(
     }
     if !o.keep && !o.pre_checkpoint {
         let paths = ctx.containers.paths(&record.id);
-        remove_file_if_exists(&paths.in_bundle("dump.log"))?;
+        remove_file_if_exists(&paths.in_bundle(crate::metadata::CRIU_DUMP_LOG))?;
         remove_file_if_exists(&paths.in_bundle(layout::STATS_DUMP))?;
     }
     // The supervisor records the exit in the background; whatever starts the container again
