@@ -152,7 +152,10 @@ impl PolicyEngine {
     fn validate(&self, mut policy: LoadedPolicy, settings: &str) -> Result<LoadedPolicy, PolicyError> {
         let (valid, _) =
             self.call(&policy, Determinism::default(), "validate-settings", |p, s| p.validate_settings(s, settings));
-        valid?.map_err(|detail| PolicyError::Settings { policy: policy.info.name.clone(), detail: cut(detail) })?;
+        valid?.map_err(|detail| PolicyError::Settings {
+            policy: policy.info.name.clone(),
+            detail: limits::cut(detail),
+        })?;
         policy.settings = settings.to_string();
         policy.settings_digest = format!("blake3:{}", blake3::hash(settings.as_bytes()).to_hex());
         Ok(policy)
@@ -221,7 +224,7 @@ impl PolicyEngine {
         for (pipe, level) in [(&stdout, "stdout"), (&stderr, "stderr")] {
             let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
             for line in text.lines().filter(|l| !l.trim().is_empty()).take(limits::MAX_LOG_LINES) {
-                trace.logs.push(LogLine { level: level.to_string(), message: cut(line.to_string()) });
+                trace.logs.push(LogLine { level: level.to_string(), message: limits::cut(line.to_string()) });
             }
         }
         (result, trace)
@@ -252,19 +255,7 @@ pub(super) fn classify(name: &str, source: &str, decision: &str, error: wasmtime
     if !last_words.is_empty() {
         what.push_str(&format!(", saying: {}", last_words[last_words.len().saturating_sub(2)..].join(" ")));
     }
-    PolicyError::Failed { policy, decision: decision.to_string(), detail: cut(what) }
-}
-
-pub fn cut(mut text: String) -> String {
-    if text.len() > limits::MAX_TEXT_BYTES {
-        let mut end = limits::MAX_TEXT_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
+    PolicyError::Failed { policy, decision: decision.to_string(), detail: limits::cut(what) }
 }
 
 pub fn check_text(policy: &str, what: &str, text: &str) -> Result<(), PolicyError> {

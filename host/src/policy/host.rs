@@ -76,15 +76,7 @@ impl bindings::log_interface::Host for State {
             self.dropped_logs += 1;
             return;
         }
-        let mut message = message;
-        if message.len() > limits::MAX_TEXT_BYTES {
-            let mut cut = limits::MAX_TEXT_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = limits::cut(message);
         self.log_bytes += message.len();
         let level = match level {
             Level::Debug => "debug",

@@ -123,3 +123,17 @@ impl wasmtime::ResourceLimiter for TotalMemoryLimiter {
         INSTANCES
     }
 }
+
+/// `text`, cut at a character boundary to at most [`MAX_TEXT_BYTES`] and marked with `…` when it
+/// was longer: what a policy writes is bounded by cutting, never by failing its decision.
+pub fn cut(mut text: String) -> String {
+    if text.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
