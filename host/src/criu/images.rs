@@ -57,15 +57,9 @@ fn image_error(path: &Path, detail: &str) -> CriuError {
 
 /// The thread's name and every capability in any of its sets.
 fn thread_capabilities(bytes: &[u8]) -> Result<(String, u64), &'static str> {
-    let word = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(CORE_MAGIC) {
-        return Err("not a CRIU core image (magic numbers not found)");
-    }
-    let len = word(8).ok_or("shorter than its header")? as usize;
-    if len > MAX_CORE_ENTRY_LEN || 12 + len > bytes.len() {
-        return Err("entry length is out of bounds");
-    }
-    let core = decode_message(&bytes[12..12 + len]).ok_or("malformed protobuf")?;
+    let entry = super::proto::single_entry(bytes, IMG_COMMON_MAGIC, CORE_MAGIC, MAX_CORE_ENTRY_LEN)
+        .map_err(|why| if why.contains("magic") { "not a CRIU core image (magic numbers not found)" } else { why })?;
+    let core = decode_message(entry).ok_or("malformed protobuf")?;
     let thread_core = nested(&core, CORE_THREAD_CORE).ok_or("no thread_core entry")?;
     let thread_core = decode_message(thread_core).ok_or("malformed thread_core")?;
     let comm =
@@ -140,12 +134,7 @@ mod tests {
         let thread_core =
             message(&[(THREAD_CORE_CREDS, creds), (THREAD_CORE_COMM, comm.as_bytes().to_vec())], &[(1, 0)]);
         let core = message(&[(CORE_THREAD_CORE, thread_core)], &[(1, 1)]);
-        let mut out = Vec::new();
-        out.extend(IMG_COMMON_MAGIC.to_le_bytes());
-        out.extend(CORE_MAGIC.to_le_bytes());
-        out.extend((core.len() as u32).to_le_bytes());
-        out.extend(core);
-        out
+        super::super::proto::encode_image(IMG_COMMON_MAGIC, CORE_MAGIC, &core)
     }
 
     #[test]

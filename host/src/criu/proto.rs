@@ -1,6 +1,32 @@
 //! The little of protobuf that CRIU's images need: a message's fields, read by hand (no
 //! generated code for a handful of fields), and a varint writer for tests.
 
+/// The one entry of an image file: its two magic numbers, then the entry's length and bytes.
+/// `Err` says what is wrong with it.
+pub fn single_entry(bytes: &[u8], primary: u32, secondary: u32, max_len: usize) -> Result<&[u8], &'static str> {
+    let word = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    match (word(0), word(4), word(8)) {
+        (Some(p), _, _) if p != primary => Err("primary magic not found"),
+        (_, Some(s), _) if s != secondary => Err("secondary magic not found"),
+        (_, _, None) => Err("shorter than its header"),
+        (_, _, Some(len)) if len as usize > max_len || 12 + len as usize > bytes.len() => {
+            Err("entry length is out of bounds")
+        }
+        (_, _, Some(len)) => Ok(&bytes[12..12 + len as usize]),
+    }
+}
+
+/// An image file holding `entry`, for test doubles that stand in for CRIU.
+#[cfg(test)]
+pub fn encode_image(primary: u32, secondary: u32, entry: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(primary.to_le_bytes());
+    out.extend(secondary.to_le_bytes());
+    out.extend((entry.len() as u32).to_le_bytes());
+    out.extend(entry);
+    out
+}
+
 /// A field's value: a varint, or the bytes of a length-delimited field (a nested message,
 /// a string or a packed list). Fixed-width fields are skipped.
 pub enum Value<'a> {

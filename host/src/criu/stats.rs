@@ -91,21 +91,7 @@ pub fn read_restore_stats(path: &Path) -> Result<RestoreStats, CriuError> {
 /// Returns the varint fields of the nested message `field` of `stats_entry`.
 fn read_entry(bytes: &[u8], path: &Path, field: u64) -> Result<Vec<(u64, u64)>, CriuError> {
     let err = |detail: &str| CriuError::Stats { path: path.to_path_buf(), detail: detail.to_string() };
-    if bytes.len() < 12 {
-        return Err(err("shorter than its header"));
-    }
-    let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-    if word(0) != IMG_SERVICE_MAGIC {
-        return Err(err("primary magic not found"));
-    }
-    if word(4) != STATS_MAGIC {
-        return Err(err("secondary magic not found"));
-    }
-    let len = word(8) as usize;
-    if len > MAX_ENTRY_LEN || 12 + len > bytes.len() {
-        return Err(err("entry length is out of bounds"));
-    }
-    let entry = &bytes[12..12 + len];
+    let entry = super::proto::single_entry(bytes, IMG_SERVICE_MAGIC, STATS_MAGIC, MAX_ENTRY_LEN).map_err(err)?;
     let outer = decode_message(entry).ok_or_else(|| err("malformed protobuf"))?;
     let inner = outer
         .iter()
@@ -145,12 +131,7 @@ pub fn encode_dump_stats(stats: &DumpStats) -> Vec<u8> {
     put_varint(&mut entry, (1 << 3) | 2);
     put_varint(&mut entry, inner.len() as u64);
     entry.extend(inner);
-    let mut out = Vec::new();
-    out.extend(IMG_SERVICE_MAGIC.to_le_bytes());
-    out.extend(STATS_MAGIC.to_le_bytes());
-    out.extend((entry.len() as u32).to_le_bytes());
-    out.extend(entry);
-    out
+    super::proto::encode_image(IMG_SERVICE_MAGIC, STATS_MAGIC, &entry)
 }
 
 #[cfg(test)]
