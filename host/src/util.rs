@@ -109,27 +109,28 @@ pub fn validate_object_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
-/// A directory removed with its content when dropped.
+/// A private directory (tempfile's), removed with its content when dropped.
 pub struct TempDir {
     pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A fresh private directory under `parent` (ckpt's own roots, never a shared /tmp).
+/// A fresh private directory under `parent` (ckpt's own roots, never a shared /tmp), named
+/// `.PREFIX-PID-RANDOM`: the owner's PID lets `ckpt system check` tell a crash's leftovers from
+/// work in progress.
 pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
     create_dir_all(parent)?;
-    // The owner's PID in the name lets `ckpt system check` tell a crash's leftovers from work
-    // in progress.
-    let path = parent.join(format!(".{prefix}-{}-{}", std::process::id(), &random_id()[..16]));
-    fs::create_dir(&path).map_err(Error::io("create directory", &path))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(Error::io("chmod", &path))?;
-    Ok(TempDir { path })
+    let dir = tempfile::Builder::new()
+        .prefix(&format!(".{prefix}-{}-", std::process::id()))
+        .rand_bytes(TEMP_NAME_RANDOM_CHARS)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map_err(Error::io("create a private directory in", parent))?;
+    Ok(TempDir { path: dir.path().to_path_buf(), _dir: dir })
 }
+
+/// How many random characters follow the PID in a temporary name.
+pub const TEMP_NAME_RANDOM_CHARS: usize = 16;
 
 /// Where [`cached_probe`] also keeps its answers, for the next ckpt process: the first context's
 /// run root (a tmpfs, so the answers go with a reboot).

@@ -33,7 +33,11 @@ pub fn owner_pid(name: &str) -> Option<i32> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {
         [last, ..] if digits(last) => last.parse().ok(),
-        [last, before] if last.len() == 16 && last.bytes().all(|b| b.is_ascii_hexdigit()) && digits(before) => {
+        [last, before]
+            if last.len() == crate::util::TEMP_NAME_RANDOM_CHARS
+                && last.bytes().all(|b| b.is_ascii_alphanumeric())
+                && digits(before) =>
+        {
             before.parse().ok()
         }
         _ => None,
@@ -247,6 +251,10 @@ mod tests {
         assert_eq!(owner_pid("sha256abc.incoming-12"), Some(12));
         assert_eq!(owner_pid("layer.tar"), None);
         assert_eq!(owner_pid(".export-abc-0123456789abcdef"), None);
+        let parent = tempfile::tempdir().unwrap();
+        let made = crate::util::tempdir_in(parent.path(), "import").unwrap();
+        let name = made.path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(owner_pid(name), Some(std::process::id() as i32), "{name}");
     }
 
     #[test]
