@@ -210,6 +210,53 @@ where
     Ok(value)
 }
 
+/// What a [`HashingWriter`] feeds with the bytes that pass: a hasher, or `()` to only count.
+pub trait Absorb {
+    fn absorb(&mut self, bytes: &[u8]);
+}
+
+impl Absorb for blake3::Hasher {
+    fn absorb(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Absorb for sha2::Sha256 {
+    fn absorb(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(self, bytes);
+    }
+}
+
+impl Absorb for () {
+    fn absorb(&mut self, _: &[u8]) {}
+}
+
+/// Hashes and counts what is written through it to `inner`.
+pub struct HashingWriter<W, H> {
+    pub inner: W,
+    pub hasher: H,
+    pub written: u64,
+}
+
+impl<W, H> HashingWriter<W, H> {
+    pub fn new(inner: W, hasher: H) -> Self {
+        HashingWriter { inner, hasher, written: 0 }
+    }
+}
+
+impl<W: Write, H: Absorb> Write for HashingWriter<W, H> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.absorb(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The bytes of the regular files below `dir`; what cannot be read counts as nothing.
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };

@@ -18,7 +18,7 @@ use crate::archive::{self, ExtractOptions};
 use crate::error::{Error, Result};
 use crate::hostinfo::oci_arch;
 use crate::store::Roots;
-use crate::util::{create_dir_all, remove_dir_all, tempdir_in, write_atomic};
+use crate::util::{HashingWriter, create_dir_all, remove_dir_all, tempdir_in, write_atomic};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CREATED: &str = "org.opencontainers.image.created";
@@ -122,30 +122,6 @@ pub(super) fn layout_marker() -> OciLayout {
     OciLayoutBuilder::default().image_layout_version(LAYOUT_VERSION).build().expect("the version is set")
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 impl ImageStore {
     pub fn new(roots: &Roots) -> ImageStore {
         let dir = roots.images_dir();
@@ -239,9 +215,9 @@ impl ImageStore {
         self.init_layout()?;
         let tmp = self.layout.join(format!("blobs/sha256/.incoming-{}", std::process::id()));
         let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        let compressed = HashingWriter::new(io::BufWriter::new(file));
+        let compressed = HashingWriter::new(io::BufWriter::new(file), Sha256::new());
         let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::fast());
-        let mut uncompressed = HashingWriter::new(gz);
+        let mut uncompressed = HashingWriter::new(gz, Sha256::new());
         let mut reader = tar_stream;
         io::copy(&mut reader, &mut uncompressed).map_err(Error::io("write layer", &tmp))?;
         let diff_id = sha256_digest(uncompressed.hasher);
@@ -479,7 +455,7 @@ impl ImageStore {
             .map_err(Error::io("open blob", &source))?;
         let mut reader = BufReader::new(blob);
         let tmp = target.with_extension(format!("incoming-{}", std::process::id()));
-        let mut writer = HashingWriter::new(File::create(&tmp).map_err(Error::io("create", &tmp))?);
+        let mut writer = HashingWriter::new(File::create(&tmp).map_err(Error::io("create", &tmp))?, Sha256::new());
         io::copy(&mut reader, &mut writer).map_err(Error::io("copy blob", &source))?;
         let actual = sha256_digest(writer.hasher);
         if actual != *digest {

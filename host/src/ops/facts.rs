@@ -3,7 +3,6 @@
 //! contract's records.
 
 use std::fs;
-use std::path::Path;
 
 use super::Context;
 use super::lifecycle::{Status, status};
@@ -59,18 +58,6 @@ fn file_locks(pids: &[u32]) -> u32 {
     locks.len() as u32
 }
 
-fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// What the container is doing now; `known` is its status if the caller has just asked for it.
 pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) -> ContainerSample {
     let status = known.or_else(|| status(ctx, record).ok());
@@ -84,7 +71,7 @@ pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) ->
         process_count: pids.len() as u32,
         tcp_established: init.map(tcp_established).unwrap_or(0),
         file_locks: file_locks(&pids),
-        rootfs_change_bytes: tree_bytes(&ctx.containers.paths(&record.id).upper()),
+        rootfs_change_bytes: crate::util::dir_size(&ctx.containers.paths(&record.id).upper()),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::policy::GateVerdict;
 use crate::progress::{Progress, ProgressWriter};
 use crate::runtime::OciRuntime;
 use crate::store::ContainerRecord;
+use crate::util::HashingWriter;
 
 pub use crate::archive::assemble::{Content, Included};
 
@@ -36,45 +37,9 @@ pub fn write_archive(
     pending: &mut PendingFile,
 ) -> Result<Written> {
     let target = pending.target.clone();
-    let mut hashed = Hashed { inner: &mut pending.writer, hasher: blake3::Hasher::new() };
+    let mut hashed = HashingWriter::new(&mut pending.writer, blake3::Hasher::new());
     let (included, size) = stream_archive(ctx, record, content, compression, &mut hashed, &target)?;
     Ok(Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size })
-}
-
-/// Hashes what passes through.
-struct Hashed<W: Write> {
-    inner: W,
-    hasher: blake3::Hasher,
-}
-
-impl<W: Write> Write for Hashed<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Counts the bytes that pass through.
-struct Counted<W: Write> {
-    inner: W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// The same archive, into any stream (`target` names it in errors): an ssh channel to a
@@ -88,14 +53,14 @@ pub fn stream_archive<W: Write>(
     target: &Path,
 ) -> Result<(Included, u64)> {
     let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
-    let compressor = Compressor::new(Counted { inner: out, bytes: 0 }, compression).map_err(io_err)?;
+    let compressor = Compressor::new(HashingWriter::new(out, ()), compression).map_err(io_err)?;
     // Walking the images, the upper layer and the volumes costs I/O: only for a terminal.
     let progress = Progress::on_terminal("export", || Some(estimated_size(ctx, record, content)));
     let mut writer = ArchiveWriter::new(ProgressWriter::new(compressor, progress));
     let included = add_members(ctx, record, content, &mut writer)?;
     let mut counted = writer.finish().and_then(|w| w.inner.finish()).map_err(io_err)?;
     counted.flush().map_err(io_err)?;
-    Ok((included, counted.bytes))
+    Ok((included, counted.written))
 }
 
 /// About what an archive holds before compression, for the time left on a terminal: the CRIU
