@@ -1,11 +1,9 @@
 use std::io::Write;
-use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::error::{Error, Result};
 use crate::ops::{Context, container, lifecycle};
-use crate::runtime::RestoreOptions;
 use crate::supervisor::{self, Launch};
 
 /// Run a command in a new container.
@@ -167,22 +165,9 @@ pub struct SuperviseArgs {
     pub id: String,
     #[arg(long)]
     pub token: String,
+    /// How to bring the container up: `supervisor::Launch` as JSON.
     #[arg(long)]
-    pub restore: bool,
-    #[arg(long)]
-    pub image_path: Option<PathBuf>,
-    #[arg(long)]
-    pub work_path: Option<PathBuf>,
-    #[arg(long)]
-    pub tcp_established: bool,
-    #[arg(long)]
-    pub file_locks: bool,
-    #[arg(long)]
-    pub lazy_pages: bool,
-    #[arg(long)]
-    pub consume_page_images: bool,
-    #[arg(long)]
-    pub criu_config: Option<PathBuf>,
+    pub launch: String,
 }
 
 impl ContainerArgs {
@@ -365,22 +350,8 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<i32> {
 }
 
 pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
-    let launch = if args.restore {
-        let (Some(image_path), Some(work_path)) = (args.image_path, args.work_path) else {
-            return Err(Error::invalid("__supervise --restore needs --image-path and --work-path"));
-        };
-        Launch::Restore(RestoreOptions {
-            image_path,
-            work_path,
-            tcp_established: args.tcp_established,
-            file_locks: args.file_locks,
-            lazy_pages: args.lazy_pages,
-            consume_page_images: args.consume_page_images,
-            criu_config: args.criu_config,
-        })
-    } else {
-        Launch::Run
-    };
+    let launch: Launch = serde_json::from_str(&args.launch)
+        .map_err(|e| Error::invalid(format!("__supervise --launch {:?} is not a launch: {e}", args.launch)))?;
     let runtime_for = |record: &crate::store::ContainerRecord| {
         ctx.runtime_with_log(&record.runtime, ctx.containers.paths(&record.id).runtime_log())
     };

@@ -62,7 +62,7 @@ pub struct CheckpointOptions {
     pub parent_path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestoreOptions {
     pub image_path: PathBuf,
     pub work_path: PathBuf,

@@ -23,8 +23,10 @@ use crate::error::{Error, Result};
 use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions};
 use crate::store::{ContainerRecord, ContainerStore};
 
-/// How the supervisor brings the container up.
-#[derive(Debug, Clone)]
+/// How the supervisor brings the container up: given to `ckpt __supervise` as one JSON
+/// argument, written and read by the same type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Launch {
     Run,
     Restore(RestoreOptions),
@@ -53,24 +55,7 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
     cmd.arg("--root").arg(&roots.root).arg("--runroot").arg(&roots.runroot);
     cmd.arg("--runtime").arg(&record.runtime);
     cmd.args(["__supervise", "--id", &record.id, "--token", token]);
-    if let Launch::Restore(options) = launch {
-        cmd.arg("--restore").arg("--image-path").arg(&options.image_path).arg("--work-path").arg(&options.work_path);
-        if options.tcp_established {
-            cmd.arg("--tcp-established");
-        }
-        if options.file_locks {
-            cmd.arg("--file-locks");
-        }
-        if options.lazy_pages {
-            cmd.arg("--lazy-pages");
-        }
-        if options.consume_page_images {
-            cmd.arg("--consume-page-images");
-        }
-        if let Some(config) = &options.criu_config {
-            cmd.arg("--criu-config").arg(config);
-        }
-    }
+    cmd.arg("--launch").arg(serde_json::to_string(launch).expect("launch options serialise"));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -261,4 +246,26 @@ fn cleanup_after_exit(
         return crate::store::teardown(containers.roots(), &paths).map_err(crate::error::Error::from);
     }
     containers.save(&record).map_err(crate::error::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_options_go_to_the_supervisor_and_come_back_the_same() {
+        let restore = Launch::Restore(RestoreOptions {
+            image_path: "/b/checkpoint".into(),
+            work_path: "/b".into(),
+            tcp_established: true,
+            lazy_pages: true,
+            criu_config: Some("/b/criu.conf".into()),
+            ..RestoreOptions::default()
+        });
+        for launch in [Launch::Run, restore] {
+            let sent = serde_json::to_string(&launch).unwrap();
+            let got: Launch = serde_json::from_str(&sent).unwrap();
+            assert_eq!(format!("{got:?}"), format!("{launch:?}"), "{sent}");
+        }
+    }
 }
