@@ -276,6 +276,60 @@ mod tests {
 
     use super::*;
 
+    fn state(spare: &Spare) -> &'static str {
+        match &*spare.slot.lock().unwrap() {
+            SpareSlot::Empty => "empty",
+            SpareSlot::Requested => "requested",
+            SpareSlot::Making => "making",
+            SpareSlot::Ready(_) => "ready",
+            SpareSlot::Failed(_) => "failed",
+        }
+    }
+
+    /// The slot's states, each as a decision finds it: nothing to take, a request called off, a
+    /// spare being made waited for, a made one taken once, a failure reported once.
+    #[test]
+    fn a_decision_takes_a_ready_spare_once_waits_for_one_being_made_and_calls_off_a_request() {
+        let cache = tempfile::tempdir().unwrap();
+        let engine = super::super::PolicyEngine::new(cache.path()).unwrap();
+        let policy = engine.load("builtin:default", super::super::DEFAULT_POLICY, "").unwrap();
+        let wasm = super::super::ticker::shared_engine().unwrap();
+        let spare = Spare::default();
+        assert!(take_spare(&spare).is_none(), "an empty slot has nothing");
+
+        *spare.slot.lock().unwrap() = SpareSlot::Requested;
+        assert!(take_spare(&spare).is_none(), "a request the helper has not started is called off");
+        assert_eq!(state(&spare), "empty");
+
+        *spare.slot.lock().unwrap() = SpareSlot::Ready(premake(&wasm, &policy.exports, None).unwrap());
+        assert!(matches!(take_spare(&spare), Some(Ok(_))));
+        assert_eq!(state(&spare), "empty", "a spare serves one decision");
+
+        *spare.slot.lock().unwrap() = SpareSlot::Failed(wasmtime::Error::msg("no room"));
+        assert!(matches!(take_spare(&spare), Some(Err(e)) if e.to_string() == "no room"));
+        assert!(take_spare(&spare).is_none(), "a failure is reported once");
+
+        // One being made is waited for, not made a second time.
+        let spare = Arc::new(Spare::default());
+        *spare.slot.lock().unwrap() = SpareSlot::Making;
+        let maker = {
+            let (spare, made) = (Arc::clone(&spare), premake(&wasm, &policy.exports, None).unwrap());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                *spare.slot.lock().unwrap() = SpareSlot::Ready(made);
+                spare.ready.notify_all();
+            })
+        };
+        assert!(matches!(take_spare(&spare), Some(Ok(_))), "the decision waited for the spare being made");
+        maker.join().unwrap();
+
+        // Spares off: a decision leaves no request behind.
+        policy.set_premade(false);
+        *policy.spare.slot.lock().unwrap() = SpareSlot::Empty;
+        make_spare(&wasm, &policy);
+        assert_eq!(state(&policy.spare), "empty");
+    }
+
     #[test]
     fn the_helper_runs_jobs_and_wakes_for_one_after_it_slept() {
         let helper = Arc::new(Helper::new(Duration::from_millis(1), 3));
