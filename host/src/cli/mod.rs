@@ -7,7 +7,6 @@ mod man_pages;
 mod migrate;
 mod policy;
 mod schedule;
-mod template;
 mod volume;
 
 use std::path::PathBuf;
@@ -206,14 +205,14 @@ impl From<LogLevel> for tracing::Level {
     }
 }
 
-pub use template::Format;
+pub use gotemplate::Format;
 
 /// clap's parser for `--format`: `json`, or a Go template that must parse.
-fn format_arg(text: &str) -> std::result::Result<Format, template::TemplateError> {
+fn format_arg(text: &str) -> std::result::Result<Format, gotemplate::TemplateError> {
     Format::parse(text)
 }
 
-fn template_error(error: template::TemplateError) -> crate::Error {
+fn template_error(error: gotemplate::TemplateError) -> crate::Error {
     crate::Error::invalid(error.to_string())
 }
 
@@ -257,7 +256,7 @@ fn print_rows<J: serde::Serialize, R: serde::Serialize>(
         lines.push(template.render(&value).map_err(template_error)?);
     }
     let text = if template.is_table() {
-        template::align_columns(&lines)
+        gotemplate::align_columns(&lines)
     } else {
         lines.iter().map(|line| format!("{line}\n")).collect()
     };

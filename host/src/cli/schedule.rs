@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 
 use clap::{Args, Subcommand};
 
-use super::template::Format;
 use crate::error::Result;
 use crate::ops::{Context, catalog, daemon, schedule};
 use crate::store::schedules::{PolicySpec, Schedule, ScheduleFlags, Selector, When};
+use gotemplate::Format;
 
 /// Manage checkpoint schedules; `ckpt daemon` runs them.
 #[derive(Debug, Subcommand)]
@@ -201,7 +201,7 @@ pub fn run_schedule(ctx: &Context, command: ScheduleCommand) -> Result<i32> {
                             row.state.last_result.as_deref().unwrap_or("-"),
                         ));
                     }
-                    print!("{}", crate::util::escape_controls(&super::template::align_columns(&lines)));
+                    print!("{}", crate::util::escape_controls(&gotemplate::align_columns(&lines)));
                 }
             }
         }
@@ -256,7 +256,7 @@ pub fn run_catalog(ctx: &Context, command: CatalogCommand) -> Result<i32> {
                             e.location,
                         ));
                     }
-                    print!("{}", crate::util::escape_controls(&super::template::align_columns(&lines)));
+                    print!("{}", crate::util::escape_controls(&gotemplate::align_columns(&lines)));
                 }
             }
         }
