@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ckpt_guest_sdk::export_gate;
-use ckpt_guest_sdk::v2::types::*;
-use ckpt_guest_sdk::v2::{Describe, Gate, Level, label, log};
+use ckpt_guest_sdk::types::*;
+use ckpt_guest_sdk::{Describe, Gate, Level, label, log};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -103,7 +103,7 @@ export_gate!(Compliance);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::v2::{sample_export_facts, settings_of};
+    use ckpt_guest_sdk::{sample_export_facts, settings_of};
 
     const SETTINGS: &str = r#"{"classes": {"public": {"targets": ["/var/tmp/"]}, "pii": {"targets": ["/secure/"], "volumes": false}}, "unlabelled": "public"}"#;
 

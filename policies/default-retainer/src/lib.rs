@@ -3,8 +3,8 @@
 //! is a policy decision made in WebAssembly too.
 
 use ckpt_guest_sdk::export_retainer;
-use ckpt_guest_sdk::v2::types::{Deletion, RetainFacts};
-use ckpt_guest_sdk::v2::{Describe, Retainer};
+use ckpt_guest_sdk::types::{Deletion, RetainFacts};
+use ckpt_guest_sdk::{Describe, Retainer};
 
 /// The retention settings of a schedule.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -64,7 +64,7 @@ export_retainer!(DefaultRetainer);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::v2::types::{CatalogEntry, EntryKind};
+    use ckpt_guest_sdk::types::{CatalogEntry, EntryKind};
 
     fn entry(id: &str, size: u64, pinned: bool) -> CatalogEntry {
         CatalogEntry {
@@ -117,9 +117,9 @@ mod tests {
 
     #[test]
     fn settings_are_kebab_case_and_checked() {
-        let parsed: Settings = ckpt_guest_sdk::v2::parse_settings(r#"{"keep-last": 3}"#).unwrap();
+        let parsed: Settings = ckpt_guest_sdk::parse_settings(r#"{"keep-last": 3}"#).unwrap();
         assert_eq!(parsed.keep_last, 3);
-        assert!(ckpt_guest_sdk::v2::parse_settings::<Settings>(r#"{"keep_last": 3}"#).is_err());
-        assert!(ckpt_guest_sdk::v2::settings_schema::<Settings>().contains("keep-last"));
+        assert!(ckpt_guest_sdk::parse_settings::<Settings>(r#"{"keep_last": 3}"#).is_err());
+        assert!(ckpt_guest_sdk::settings_schema::<Settings>().contains("keep-last"));
     }
 }

@@ -3,8 +3,8 @@
 //! default path goes through WebAssembly too.
 
 use ckpt_guest_sdk::export_migration_planner;
-use ckpt_guest_sdk::v2::types::{CheckpointFacts, PlanDecision};
-use ckpt_guest_sdk::v2::{Describe, Migrator, Planner, plan_from_request};
+use ckpt_guest_sdk::types::{CheckpointFacts, PlanDecision};
+use ckpt_guest_sdk::{Describe, Migrator, Planner, plan_from_request};
 
 /// The default policy takes no settings: `{}` or nothing.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -33,8 +33,8 @@ export_migration_planner!(DefaultPolicy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::v2::types::{Compression, ExportTarget, PreDumpPlan, TargetKind};
-    use ckpt_guest_sdk::v2::{parse_settings, sample_facts};
+    use ckpt_guest_sdk::types::{Compression, ExportTarget, PreDumpPlan, TargetKind};
+    use ckpt_guest_sdk::{parse_settings, sample_facts};
 
     #[test]
     fn plans_what_the_request_says() {

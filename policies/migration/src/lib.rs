@@ -2,9 +2,9 @@
 //! keep established TCP connections, and export to the target named in the settings.
 
 use ckpt_guest_sdk::export_migration_planner;
-use ckpt_guest_sdk::v2::migration::{MigrationFacts, Strategy, StrategyChoice, StrategyDecision};
-use ckpt_guest_sdk::v2::types::*;
-use ckpt_guest_sdk::v2::{Describe, Level, Migrator, Planner, log, plan_from_request, requested_strategy};
+use ckpt_guest_sdk::migration::{MigrationFacts, Strategy, StrategyChoice, StrategyDecision};
+use ckpt_guest_sdk::types::*;
+use ckpt_guest_sdk::{Describe, Level, Migrator, Planner, log, plan_from_request, requested_strategy};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -166,7 +166,7 @@ export_migration_planner!(Migration);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::v2::{sample_facts, settings_of};
+    use ckpt_guest_sdk::{sample_facts, settings_of};
 
     fn settings() -> Settings {
         settings_of::<Migration>(SETTINGS).unwrap()

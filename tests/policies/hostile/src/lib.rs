@@ -2,8 +2,11 @@
 //! "connect" | "oversized" | "panic" | "log-flood" | "sleep" | "sleep-forever" | "read-stdin" |
 //! "ok"}`. Each misbehaviour must become a denial in ckpt.
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, Level, export_policy, info, log, plan_from_request};
+// Written against the 0.1.0 contract on purpose: ckpt must keep loading such components.
+#![allow(deprecated)]
+
+use ckpt_guest_sdk::v1::types::*;
+use ckpt_guest_sdk::v1::{Guest, Level, export_policy, info, log, plan_from_request};
 
 const MODES: &[&str] = &[
     "loop",
@@ -21,7 +24,8 @@ const MODES: &[&str] = &[
 ];
 
 fn mode(settings: &str) -> String {
-    let value: ckpt_guest_sdk::serde_json::Value = ckpt_guest_sdk::serde_json::from_str(settings).unwrap_or_default();
+    let value: ckpt_guest_sdk::v1::serde_json::Value =
+        ckpt_guest_sdk::v1::serde_json::from_str(settings).unwrap_or_default();
     value["mode"].as_str().unwrap_or("ok").to_string()
 }
 
@@ -51,21 +55,21 @@ fn misbehave(mode: &str) -> Option<PlanDecision> {
         }
         "recurse" => {
             let mut pad = [0u8; 256];
-            Some(ckpt_guest_sdk::deny(format!("{}", recurse(0, &mut pad))))
+            Some(ckpt_guest_sdk::v1::deny(format!("{}", recurse(0, &mut pad))))
         }
         "read-file" => {
             let secret = std::fs::read_to_string("/etc/shadow").expect("reading a host file");
-            Some(ckpt_guest_sdk::deny(secret))
+            Some(ckpt_guest_sdk::v1::deny(secret))
         }
         "connect" => {
             let stream = std::net::TcpStream::connect("127.0.0.1:22").expect("opening a socket");
-            Some(ckpt_guest_sdk::deny(format!("{stream:?}")))
+            Some(ckpt_guest_sdk::v1::deny(format!("{stream:?}")))
         }
         "panic" => panic!("this policy panics on purpose"),
         // The host's timers are always due: the hour passes at once and the policy answers.
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs(3600));
-            Some(ckpt_guest_sdk::deny("woke up after sleeping an hour".to_string()))
+            Some(ckpt_guest_sdk::v1::deny("woke up after sleeping an hour".to_string()))
         }
         // So an endless sleep is a busy loop, which the fuel stops.
         "sleep-forever" => loop {
@@ -74,7 +78,7 @@ fn misbehave(mode: &str) -> Option<PlanDecision> {
         "read-stdin" => {
             let mut line = String::new();
             let read = std::io::stdin().read_line(&mut line);
-            Some(ckpt_guest_sdk::deny(format!("stdin gave {read:?}")))
+            Some(ckpt_guest_sdk::v1::deny(format!("stdin gave {read:?}")))
         }
         "log-flood" => {
             for i in 0..100_000 {

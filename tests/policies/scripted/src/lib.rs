@@ -4,10 +4,8 @@
 //! "trap", "redirect-to": "/path/archive.tar.zst"}`.
 
 use ckpt_guest_sdk::export_planner;
-use ckpt_guest_sdk::v2::types::{
-    CheckpointFacts, Compression, ExportTarget, Plan, PlanDecision, PreDumpPlan, TargetKind,
-};
-use ckpt_guest_sdk::v2::{Describe, Planner};
+use ckpt_guest_sdk::types::{CheckpointFacts, Compression, ExportTarget, Plan, PlanDecision, PreDumpPlan, TargetKind};
+use ckpt_guest_sdk::{Describe, Planner};
 
 #[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]

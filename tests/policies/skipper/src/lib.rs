@@ -3,8 +3,8 @@
 //! whose container carries the `skip-label` (any checkpoint of it, with `any-trigger`).
 
 use ckpt_guest_sdk::export_planner;
-use ckpt_guest_sdk::v2::types::{CheckpointFacts, Plan, PlanDecision, PreDumpPlan};
-use ckpt_guest_sdk::v2::{Describe, Level, Planner, log};
+use ckpt_guest_sdk::types::{CheckpointFacts, Plan, PlanDecision, PreDumpPlan};
+use ckpt_guest_sdk::{Describe, Level, Planner, log};
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]

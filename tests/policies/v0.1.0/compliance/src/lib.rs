@@ -2,10 +2,13 @@
 //! and whether its volumes may leave with them. Unlabelled containers are handled as the
 //! settings say.
 
+// Written against the 0.1.0 contract on purpose: ckpt must keep loading such components.
+#![allow(deprecated)]
+
 use std::collections::BTreeMap;
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, Level, export_policy, info, label, log, plan_from_request, settings};
+use ckpt_guest_sdk::v1::types::*;
+use ckpt_guest_sdk::v1::{Guest, Level, export_policy, info, label, log, plan_from_request, settings};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -121,7 +124,7 @@ export_policy!(Compliance);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::sample_facts;
+    use ckpt_guest_sdk::v1::sample_facts;
 
     const SETTINGS: &str = r#"{"classes": {"public": {"targets": ["/var/tmp/"]}, "pii": {"targets": ["/secure/"], "volumes": false}}, "unlabelled": "public"}"#;
 

@@ -1,8 +1,11 @@
 //! ckpt's default policy: exactly what the command-line flags say, as podman behaves. It is
 //! embedded in the ckpt binary, so the default path goes through WebAssembly too.
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, export_policy, info, plan_from_request};
+// Written against the 0.1.0 contract on purpose: ckpt must keep loading such components.
+#![allow(deprecated)]
+
+use ckpt_guest_sdk::v1::types::*;
+use ckpt_guest_sdk::v1::{Guest, export_policy, info, plan_from_request};
 
 pub struct DefaultPolicy;
 
@@ -41,7 +44,7 @@ export_policy!(DefaultPolicy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::sample_facts;
+    use ckpt_guest_sdk::v1::sample_facts;
 
     #[test]
     fn plans_what_the_request_says() {

@@ -1,8 +1,11 @@
 //! Migration: pre-dump until the dirty pages converge (where the host tracks dirty memory),
 //! keep established TCP connections, and export to the target named in the settings.
 
-use ckpt_guest_sdk::types::*;
-use ckpt_guest_sdk::{Guest, Level, export_policy, info, log, plan_from_request, settings};
+// Written against the 0.1.0 contract on purpose: ckpt must keep loading such components.
+#![allow(deprecated)]
+
+use ckpt_guest_sdk::v1::types::*;
+use ckpt_guest_sdk::v1::{Guest, Level, export_policy, info, log, plan_from_request, settings};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -153,7 +156,7 @@ export_policy!(Migration);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_guest_sdk::sample_facts;
+    use ckpt_guest_sdk::v1::sample_facts;
 
     fn round(round: u32, pages_written: u64) -> RoundStats {
         RoundStats { round, pages_scanned: 131072, pages_written, frozen_time_us: 1000, duration_us: 50000 }
@@ -183,7 +186,7 @@ mod tests {
         facts.host.memory_tracking = false;
         let PlanDecision::Plan(plan) = Migration::plan(SETTINGS.into(), facts) else { panic!("denied") };
         assert!(matches!(plan.pre_dump, PreDumpPlan::None));
-        assert!(ckpt_guest_sdk::take_logs().iter().any(|(_, m)| m.contains("no memory dirty tracking")));
+        assert!(ckpt_guest_sdk::v1::take_logs().iter().any(|(_, m)| m.contains("no memory dirty tracking")));
     }
 
     #[test]
