@@ -111,8 +111,7 @@ pub trait RemoteCkpt {
     fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError>;
     /// Makes a Unix socket at `remote_socket` on the far side whose connections come, through
     /// the channel, to the listener returned here. Both sockets are the user's alone (sshd binds
-    /// with mode 0600; this one is made in a directory only the user can enter), so nobody else
-    /// on either host can connect.
+    /// with mode 0600, and so does ckpt), so nobody else on either host can connect.
     fn forward_to_here(&self, remote_socket: &str) -> Result<std::os::unix::net::UnixListener, SshError>;
 }
 
@@ -354,7 +353,6 @@ impl RemoteCkpt for Ssh {
         std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(io("listen for the page channel"))?;
         let forwarded = self.control_request(&["forward", "-R", &format!("{remote_socket}:{}", local.display())]);
-        // Connections already made stay; the name is only for ssh's one connection.
         if let Err(e) = forwarded {
             let _ = std::fs::remove_file(&local);
             return Err(e);
