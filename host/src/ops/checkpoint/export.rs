@@ -11,7 +11,6 @@ use crate::archive::publish::PendingFile;
 use crate::archive::summary::ConfigDump;
 use crate::error::{Error, Result};
 use crate::ops::Context;
-use crate::policy::GateVerdict;
 use crate::progress::{Progress, ProgressWriter};
 use crate::runtime::OciRuntime;
 use crate::store::ContainerRecord;
@@ -146,34 +145,51 @@ fn image_annotations(
     annotations
 }
 
-/// A one-layer OCI image whose filesystem is the export's content. It is written to the store
-/// only if `gates` allow it as it is; a narrowing verdict is returned unpublished, for the caller
-/// to build the narrower image.
-pub fn create_image(
+/// The one layer of a checkpoint image, its filesystem the export's content, written to private
+/// scratch and not yet in the image store: the gates judge it there, as they judge an archive
+/// before it is published. Dropped unpublished, it leaves nothing.
+pub struct StagedLayer {
+    scratch: crate::util::TempDir,
+    pub size: u64,
+    pub included: Included,
+}
+
+impl StagedLayer {
+    fn tar(&self) -> std::path::PathBuf {
+        self.scratch.path.join("layer.tar")
+    }
+
+    /// `blake3:<hex>` of the layer, as a gate sees it.
+    pub fn digest(&self) -> Result<String> {
+        Ok(crate::util::file_digest(&self.tar())?)
+    }
+}
+
+/// Stages the layer of a checkpoint image of `content`.
+pub fn stage_image_layer(ctx: &Context, record: &ContainerRecord, content: &Content) -> Result<StagedLayer> {
+    let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "image")?;
+    let tar_path = scratch.path.join("layer.tar");
+    let file = std::fs::File::create(&tar_path).map_err(Error::io("create", &tar_path))?;
+    let mut writer = ArchiveWriter::new(std::io::BufWriter::new(crate::archive::PieceWriter(file)));
+    let included = add_members(ctx, record, content, &mut writer)?;
+    writer.finish().and_then(|mut w| w.flush()).map_err(Error::io("write", &tar_path))?;
+    let size = std::fs::metadata(&tar_path).map_err(Error::io("stat", &tar_path))?.len();
+    Ok(StagedLayer { scratch, size, included })
+}
+
+/// Publishes a staged layer as the one-layer checkpoint image `name`, with the annotations
+/// podman, CRI-O and containerd read.
+pub fn publish_image(
     ctx: &Context,
     runtime: &dyn OciRuntime,
     record: &ContainerRecord,
-    content: &Content,
+    staged: StagedLayer,
     name: &str,
-    gates: &mut dyn FnMut(u64, &str, Included) -> Result<GateVerdict>,
-) -> Result<GateVerdict> {
-    let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "image")?;
-    let tar_path = scratch.path.join("layer.tar");
-    let included = {
-        let file = std::fs::File::create(&tar_path).map_err(Error::io("create", &tar_path))?;
-        let mut writer = ArchiveWriter::new(std::io::BufWriter::new(crate::archive::PieceWriter(file)));
-        let included = add_members(ctx, record, content, &mut writer)?;
-        writer.finish().and_then(|mut w| w.flush()).map_err(Error::io("write", &tar_path))?;
-        included
-    };
-    let size = std::fs::metadata(&tar_path).map_err(Error::io("stat", &tar_path))?.len();
-    let verdict = gates(size, &crate::util::file_digest(&tar_path)?, included)?;
-    if verdict != GateVerdict::Allow {
-        return Ok(verdict);
-    }
+) -> Result<()> {
+    let tar_path = staged.tar();
     let file = std::fs::File::open(&tar_path).map_err(Error::io("open", &tar_path))?;
     let layer = ctx.images.write_layer_from_tar(std::io::BufReader::new(file))?;
     let annotations = image_annotations(record, runtime, ctx.criu()?.version()?);
     ctx.images.add_image(&crate::image::normalize_reference(name), &[layer], None, annotations)?;
-    Ok(GateVerdict::Allow)
+    Ok(())
 }

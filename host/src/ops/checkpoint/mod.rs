@@ -1059,10 +1059,8 @@ fn export_to(
     let Export { target, pending, carried } = export;
     let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
+    // Asked only when there are gates: with none, an export is allowed as it is.
     let mut ask = |size: u64, digest: &str, included: export::Included| -> Result<GateVerdict> {
-        if !gated {
-            return Ok(GateVerdict::Allow);
-        }
         let export_facts = ExportFacts {
             container: facts.container.clone(),
             target: target.clone(),
@@ -1104,16 +1102,18 @@ fn export_to(
             }
         }
         (TargetKind::Image | TargetKind::Registry, _) => {
-            match export::create_image(ctx, runtime, record, content, &target.location, &mut ask)? {
-                GateVerdict::Allow => {}
+            // Stage, judge, publish: the same shape as an archive's.
+            let staged = export::stage_image_layer(ctx, record, content)?;
+            let verdict =
+                if gated { ask(staged.size, &staged.digest()?, staged.included)? } else { GateVerdict::Allow };
+            let staged = match verdict {
+                GateVerdict::Allow => staged,
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
-                    let narrower = narrowed(drop_rootfs, drop_volumes);
-                    export::create_image(ctx, runtime, record, &narrower, &target.location, &mut |_, _, _| {
-                        Ok(GateVerdict::Allow)
-                    })
-                    .map(drop)?;
+                    drop(staged);
+                    export::stage_image_layer(ctx, record, &narrowed(drop_rootfs, drop_volumes))?
                 }
-            }
+            };
+            export::publish_image(ctx, runtime, record, staged, &target.location)?;
             if target.kind == TargetKind::Registry {
                 // The gates saw the image; what they let through is what is pushed.
                 crate::interrupt::check()?;
