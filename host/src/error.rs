@@ -85,6 +85,21 @@ pub enum Error {
         "post-copy migration of container {name:?} started it at the destination, but its memory stopped arriving ({cause}); it may fail there when it touches a page that did not arrive"
     )]
     PostCopyBroken { name: String, cause: Box<Error> },
+    /// A migration that the destination never confirmed: the source is kept, running or
+    /// checkpointed as the checkpoint left it.
+    #[error(
+        "migration of container {name:?} to {destination} did not happen: the destination never confirmed that it runs the checkpoint; the source was kept"
+    )]
+    MigrationNotConfirmed { name: String, destination: String },
+    /// The destination runs the container, but removing the source failed: restoring it here
+    /// too would run it twice.
+    #[error(
+        "container {name:?} runs at {destination} now, but removing it here failed ({cause}); do not restore it here: remove it with 'ckpt rm -f {name}'"
+    )]
+    SourceNotRemoved { name: String, destination: String, cause: Box<Error> },
+    /// A `ckpt daemon` holds the store's schedules.
+    #[error("{0}")]
+    DaemonRunning(String),
     /// The export failed, and so did bringing the container back; its images are kept.
     #[error(
         "checkpoint of container {name:?} was not exported ({cause}), and restoring it failed too ({restore}); its checkpoint stays in {} for 'ckpt restore'",

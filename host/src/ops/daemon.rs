@@ -177,7 +177,7 @@ fn serve_metrics(listener: TcpListener, metrics: &Mutex<Metrics>, limits: &Limit
 /// its next safe point), the runs in flight record where they stand, and the daemon returns.
 pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
     let _only = crate::store::StoreLock::try_named(&ctx.roots.store_locks_dir(), "daemon")?.ok_or_else(|| {
-        Error::invalid(format!("another ckpt daemon is running on the store {}", ctx.roots.root.display()))
+        Error::DaemonRunning(format!("another ckpt daemon is running on the store {}", ctx.roots.root.display()))
     })?;
     let listener = match options.metrics {
         Some(addr) => Some(

@@ -113,23 +113,16 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     // Only the destination's word that it runs what was sent lets the source go; anything else
     // (a skip that slipped through, a handoff never made) keeps it.
     if handoff.confirmed_at.get().is_none() || done.first().is_none_or(|d| d.skipped.is_some()) {
-        return Err(Error::invalid(format!(
-            "migration of container {:?} to {} did not happen: the destination never confirmed that it runs the checkpoint; the source was kept",
-            record.name,
-            remote.destination()
-        )));
+        return Err(Error::MigrationNotConfirmed { name: record.name.clone(), destination: remote.destination() });
     }
     let stats = done.first().map(|d| d.stats.runtime_checkpoint_duration).unwrap_or(0);
     let source = if req.keep_source {
         "kept"
     } else {
-        remove_source(ctx, &record.id).map_err(|e| {
-            Error::invalid(format!(
-                "container {:?} runs at {} now, but removing it here failed ({e}); do not restore it here: remove it with 'ckpt rm -f {}'",
-                record.name,
-                remote.destination(),
-                record.name
-            ))
+        remove_source(ctx, &record.id).map_err(|e| Error::SourceNotRemoved {
+            name: record.name.clone(),
+            destination: remote.destination(),
+            cause: Box::new(e),
         })?;
         "removed"
     };

@@ -452,7 +452,7 @@ pub fn run_now(ctx: &Context, name: &str, max_parallel: usize) -> Result<RunOutc
     let schedule = ctx.schedules().get(name)?;
     // The daemon would run the same slot again, as its place moves under it.
     let Some(_no_daemon) = crate::store::StoreLock::try_named(&ctx.roots.store_locks_dir(), "daemon")? else {
-        return Err(Error::invalid(format!(
+        return Err(Error::DaemonRunning(format!(
             "a ckpt daemon runs the schedules of the store {}; let it run {name:?}, or stop it first",
             ctx.roots.root.display()
         )));
