@@ -24,7 +24,12 @@ fn run_logs_exec_diff_stop_start_rm() {
     ]);
     let id = id.trim();
     assert_eq!(id.len(), 64, "run -d prints the full ID: {id:?}");
-    assert!(eventually(Duration::from_secs(5), || ckpt.logs("web").contains("hello")));
+    // stdout and stderr reach the log through pipes of their own, in either order.
+    let both_logged = || {
+        let logs = ckpt.run(&["logs", "web"]);
+        logs.stdout.contains("hello") && logs.stderr.contains("oops")
+    };
+    assert!(eventually(Duration::from_secs(5), both_logged));
     let logs = ckpt.run(&["logs", "web"]);
     assert_eq!(logs.stdout, "hello\n");
     assert_eq!(logs.stderr, "oops\n");
