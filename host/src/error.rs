@@ -117,8 +117,8 @@ pub enum Error {
 
 impl Error {
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Base(BaseError::Io { action, path, source })
+        let base = BaseError::io(action, path);
+        move |source| Error::Base(base(source))
     }
 
     pub fn invalid(message: impl Into<String>) -> Error {
