@@ -11,6 +11,7 @@ use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
 use crate::ssh::SshError;
+use crate::supervisor::SupervisorError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -25,8 +26,6 @@ pub enum Error {
         "ckpt needs root: '{command}' works on the store at {root:?} and runs containers through the OCI runtime and CRIU, which only root may do; run it as root"
     )]
     NeedsRoot { command: String, root: PathBuf },
-    #[error("no such image {0:?}")]
-    NoSuchImage(String),
     #[error("no such container or image {0:?}")]
     NoSuchContainerOrImage(String),
     #[error("the container name {0:?} is already in use; choose another with --name or remove that container first")]
@@ -61,8 +60,8 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error(transparent)]
     PolicyEngine(#[from] PolicyError),
-    #[error("supervisor of container {id:?} failed: {detail}")]
-    Supervisor { id: String, detail: String },
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
     #[error(
         "a complete checkpoint for container {name:?} cannot be found, cannot restore: {} does not exist",
         missing.display()

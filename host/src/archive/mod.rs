@@ -33,6 +33,8 @@ pub enum ArchiveError {
     Missing { archive: String, member: String },
     #[error("archive {archive:?}: {member:?} is corrupt: {detail}")]
     CorruptMember { archive: String, member: String, detail: String },
+    #[error("export target {target:?} {problem}")]
+    BadTarget { target: PathBuf, problem: &'static str },
     #[error(transparent)]
     Base(#[from] crate::base_error::BaseError),
 }

@@ -6,7 +6,10 @@ use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use super::ArchiveError;
+use crate::base_error::BaseError;
+
+type Result<T> = std::result::Result<T, ArchiveError>;
 
 /// A temporary file that disappears unless it is published. Its directory is opened once and
 /// every later step (create, publish, remove) works relative to that descriptor, so that a
@@ -83,18 +86,18 @@ impl PendingFile {
             _ => PathBuf::from("."),
         };
         if target.is_dir() {
-            return Err(Error::invalid(format!(
-                "export target {:?} is a directory; give a file name",
-                target.display().to_string()
-            )));
+            return Err(ArchiveError::BadTarget {
+                target: target.to_path_buf(),
+                problem: "is a directory; give a file name",
+            });
         }
         let Some(file_name) = target.file_name() else {
-            return Err(Error::invalid(format!("export target {:?} names no file", target.display().to_string())));
+            return Err(ArchiveError::BadTarget { target: target.to_path_buf(), problem: "names no file" });
         };
         use nix::fcntl::OFlag;
         use nix::sys::stat::Mode;
         let dir_fd = nix::fcntl::open(&dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| Error::io("open the directory of", target)(e.into()))?;
+            .map_err(|e| BaseError::io("open the directory of", target)(e.into()))?;
         let temp_name = std::ffi::OsString::from(format!(
             ".{}.ckpt-{}",
             file_name.to_string_lossy(),
@@ -103,7 +106,7 @@ impl PendingFile {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let file = nix::fcntl::openat(&dir_fd, temp_name.as_os_str(), flags, Mode::from_bits_truncate(0o600))
             .map(File::from)
-            .map_err(|e| Error::io("create a temporary file for", target)(e.into()))?;
+            .map_err(|e| BaseError::io("create a temporary file for", target)(e.into()))?;
         Ok(PendingFile {
             temp_path: dir.join(&temp_name),
             target: target.to_path_buf(),
@@ -119,7 +122,7 @@ impl PendingFile {
     /// Where the file really goes: the directory opened at creation, whatever its path names now.
     pub fn real_target(&self) -> Result<PathBuf> {
         let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&self.dir));
-        let dir = fs::read_link(&link).map_err(Error::io("resolve the directory of", &self.target))?;
+        let dir = fs::read_link(&link).map_err(BaseError::io("resolve the directory of", &self.target))?;
         Ok(dir.join(&self.file_name))
     }
 
@@ -144,10 +147,10 @@ impl PendingFile {
             return Ok(());
         }
         let target = self.target.clone();
-        self.writer.flush().map_err(Error::io("write", &target))?;
-        self.writer.get_ref().file.sync_all().map_err(Error::io("sync", &target))?;
+        self.writer.flush().map_err(BaseError::io("write", &target))?;
+        self.writer.get_ref().file.sync_all().map_err(BaseError::io("sync", &target))?;
         nix::fcntl::renameat(&self.dir, self.temp_name.as_os_str(), &self.dir, self.file_name.as_os_str())
-            .map_err(|e| Error::io("publish", &target)(e.into()))?;
+            .map_err(|e| BaseError::io("publish", &target)(e.into()))?;
         self.published = true;
         if let Some(journal) = self.journal.take() {
             let _ = fs::remove_file(journal);
@@ -175,7 +178,7 @@ where
     F: FnOnce(&mut BufWriter<WriteBehind>) -> io::Result<()>,
 {
     let mut pending = PendingFile::create(output)?;
-    write(&mut pending.writer).map_err(Error::io("write", output))?;
+    write(&mut pending.writer).map_err(BaseError::io("write", output))?;
     pending.publish()
 }
 

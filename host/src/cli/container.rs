@@ -355,7 +355,7 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
     let runtime_for = |record: &crate::store::ContainerRecord| {
         ctx.runtime_with_log(&record.runtime, ctx.containers.paths(&record.id).runtime_log())
     };
-    supervisor::run(&ctx.containers, &runtime_for, &args.id, &args.token, launch)
+    Ok(supervisor::run(&ctx.containers, &runtime_for, &args.id, &args.token, launch)?)
 }
 
 /// The fields of `ps --format '{{...}}'`, as podman's ps template names them (they differ from

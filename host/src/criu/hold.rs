@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError, BaseResult};
 
 /// What runc gives CRIU when a container has no annotation.
 const RUNC_DEFAULT_CONFIG: &str = "/etc/criu/runc.conf";
@@ -36,8 +36,8 @@ impl Hold {
     /// gives up after `timeout` or once this process is gone. `None` when a path has a character
     /// the script or CRIU's configuration could not hold as it is; the caller then waits for its
     /// page images before the restore starts.
-    pub fn place(bundle: &Path, timeout: Duration) -> Result<Option<Hold>> {
-        let exe = std::env::current_exe().map_err(Error::io("find own executable", "/proc/self/exe"))?;
+    pub fn place(bundle: &Path, timeout: Duration) -> BaseResult<Option<Hold>> {
+        let exe = std::env::current_exe().map_err(BaseError::io("find own executable", "/proc/self/exe"))?;
         let hold = Hold { config: bundle.join(CONFIG), script: bundle.join(SCRIPT), status: bundle.join(STATUS) };
         if ![&exe, &hold.script, &hold.status].iter().all(|p| plain_path(p)) {
             return Ok(None);

@@ -15,7 +15,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::{ImageError, busybox};
 use crate::archive::{self, ExtractOptions};
-use crate::error::{Error, Result};
+use crate::base_error::BaseError;
+
+type Result<T, E = ImageError> = std::result::Result<T, E>;
 use crate::hostinfo::oci_arch;
 use crate::store::Roots;
 use crate::util::{HashingWriter, create_dir_all, remove_dir_all, tempdir_in, write_atomic};
@@ -69,7 +71,7 @@ pub fn validate_reference(name: &str) -> Result<()> {
         || name.chars().any(|c| c.is_whitespace() || c.is_control())
         || name.contains("..");
     if bad {
-        return Err(ImageError::Invalid { image: name.to_string(), detail: "is not a valid image name".into() }.into());
+        return Err(ImageError::Invalid { image: name.to_string(), detail: "is not a valid image name".into() });
     }
     Ok(())
 }
@@ -135,8 +137,8 @@ impl ImageStore {
 
     fn lock(&self) -> Result<File> {
         create_dir_all(self.lock_path.parent().expect("lock has a parent"))?;
-        let file = File::create(&self.lock_path).map_err(Error::io("open lock", &self.lock_path))?;
-        file.lock().map_err(Error::io("lock", &self.lock_path))?;
+        let file = File::create(&self.lock_path).map_err(BaseError::io("open lock", &self.lock_path))?;
+        file.lock().map_err(BaseError::io("lock", &self.lock_path))?;
         Ok(file)
     }
 
@@ -160,12 +162,12 @@ impl ImageStore {
         match fs::read(&path) {
             Ok(bytes) => parse_document("image index", &path, &bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(empty_index()),
-            Err(e) => Err(Error::io("read", &path)(e)),
+            Err(e) => Err(BaseError::io("read", &path)(e).into()),
         }
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<()> {
-        write_atomic(&self.layout.join("index.json"), &canonical_json(index), 0o644).map_err(Error::from)
+        write_atomic(&self.layout.join("index.json"), &canonical_json(index), 0o644).map_err(ImageError::from)
     }
 
     /// Names `reference` in the index, replacing the image that had that name before.
@@ -203,7 +205,7 @@ impl ImageStore {
 
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
-        fs::read(&path).map_err(Error::io("read blob", &path))
+        Ok(fs::read(&path).map_err(BaseError::io("read blob", &path))?)
     }
 
     fn read_document<T: DeserializeOwned>(&self, what: &'static str, digest: &Digest) -> Result<T> {
@@ -214,19 +216,19 @@ impl ImageStore {
     pub fn write_layer_from_tar(&self, tar_stream: impl Read) -> Result<LayerBlob> {
         self.init_layout()?;
         let tmp = self.layout.join(format!("blobs/sha256/.incoming-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        let file = File::create(&tmp).map_err(BaseError::io("create", &tmp))?;
         let compressed = HashingWriter::new(io::BufWriter::new(file), Sha256::new());
         let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::fast());
         let mut uncompressed = HashingWriter::new(gz, Sha256::new());
         let mut reader = tar_stream;
-        io::copy(&mut reader, &mut uncompressed).map_err(Error::io("write layer", &tmp))?;
+        io::copy(&mut reader, &mut uncompressed).map_err(BaseError::io("write layer", &tmp))?;
         let diff_id = sha256_digest(uncompressed.hasher);
-        let mut compressed = uncompressed.inner.finish().map_err(Error::io("write layer", &tmp))?;
-        compressed.flush().map_err(Error::io("write layer", &tmp))?;
+        let mut compressed = uncompressed.inner.finish().map_err(BaseError::io("write layer", &tmp))?;
+        compressed.flush().map_err(BaseError::io("write layer", &tmp))?;
         let digest = sha256_digest(compressed.hasher);
         let size = compressed.written;
-        compressed.inner.into_inner().map_err(|e| Error::io("write layer", &tmp)(e.into_error()))?.sync_all().ok();
-        fs::rename(&tmp, self.blob_path(&digest)?).map_err(Error::io("store layer", &tmp))?;
+        compressed.inner.into_inner().map_err(|e| BaseError::io("write layer", &tmp)(e.into_error()))?.sync_all().ok();
+        fs::rename(&tmp, self.blob_path(&digest)?).map_err(BaseError::io("store layer", &tmp))?;
         Ok(LayerBlob { digest, diff_id, size })
     }
 
@@ -327,7 +329,7 @@ impl ImageStore {
             run_config.set_env(Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]));
             return self.add_image(busybox::BUILTIN_BUSYBOX, &[layer], Some(run_config), BTreeMap::new());
         }
-        Err(Error::NoSuchImage(name.to_string()))
+        Err(ImageError::NoSuchImage(name.to_string()))
     }
 
     /// The default command of an image's config: its entrypoint, then its command.
@@ -365,7 +367,7 @@ impl ImageStore {
                 return Err(e.into());
             }
         }
-        fs::rename(&staging, &dir).map_err(Error::io("store rootfs", &dir))?;
+        fs::rename(&staging, &dir).map_err(BaseError::io("store rootfs", &dir))?;
         Ok(dir)
     }
 
@@ -384,8 +386,7 @@ impl ImageStore {
             return Err(ImageError::Invalid {
                 image: tarball.display().to_string(),
                 detail: "the tarball is empty".into(),
-            }
-            .into());
+            });
         }
         self.add_image(&normalize_reference(name), &[layer], None, BTreeMap::new())
     }
@@ -403,17 +404,18 @@ impl ImageStore {
             let options = ExtractOptions { symlinks: archive::Symlinks::Any, ..ExtractOptions::default() };
             archive::extract(reader, &staging.path, &source.display().to_string(), &options)?;
             if !staging.path.join("oci-layout").is_file() {
-                return Err(ImageError::NotOci(source.display().to_string()).into());
+                return Err(ImageError::NotOci(source.display().to_string()));
             }
             staging.path.clone()
         } else {
-            return Err(ImageError::NotOci(source.display().to_string()).into());
+            return Err(ImageError::NotOci(source.display().to_string()));
         };
         let invalid =
-            |image: &str, detail: String| -> Error { ImageError::Invalid { image: image.to_string(), detail }.into() };
+            |image: &str, detail: String| -> ImageError { ImageError::Invalid { image: image.to_string(), detail } };
         let index_path = layout.join("index.json");
-        let index: ImageIndex = serde_json::from_slice(&fs::read(&index_path).map_err(Error::io("read", &index_path))?)
-            .map_err(|e| invalid(&source.display().to_string(), format!("index.json: {e}")))?;
+        let index: ImageIndex =
+            serde_json::from_slice(&fs::read(&index_path).map_err(BaseError::io("read", &index_path))?)
+                .map_err(|e| invalid(&source.display().to_string(), format!("index.json: {e}")))?;
         let mut loaded = Vec::new();
         for entry in index.manifests() {
             let reference = match (name, ref_name(entry)) {
@@ -452,11 +454,11 @@ impl ImageStore {
         let rel = source.strip_prefix(layout).unwrap_or(&source);
         let blob = crate::safefs::Beneath::open(layout)
             .and_then(|beneath| beneath.open_file(rel))
-            .map_err(Error::io("open blob", &source))?;
+            .map_err(BaseError::io("open blob", &source))?;
         let mut reader = BufReader::new(blob);
         let tmp = target.with_extension(format!("incoming-{}", std::process::id()));
-        let mut writer = HashingWriter::new(File::create(&tmp).map_err(Error::io("create", &tmp))?, Sha256::new());
-        io::copy(&mut reader, &mut writer).map_err(Error::io("copy blob", &source))?;
+        let mut writer = HashingWriter::new(File::create(&tmp).map_err(BaseError::io("create", &tmp))?, Sha256::new());
+        io::copy(&mut reader, &mut writer).map_err(BaseError::io("copy blob", &source))?;
         let actual = sha256_digest(writer.hasher);
         if actual != *digest {
             let _ = fs::remove_file(&tmp);
@@ -464,11 +466,14 @@ impl ImageStore {
                 path: layout.display().to_string(),
                 digest: digest.to_string(),
                 detail: format!("has content with digest {actual}"),
-            }
-            .into());
+            });
         }
-        fs::rename(&tmp, &target).map_err(Error::io("store blob", &target))?;
-        if writer.written < (4 << 20) { fs::read(&target).map_err(Error::io("read", &target)) } else { Ok(Vec::new()) }
+        fs::rename(&tmp, &target).map_err(BaseError::io("store blob", &target))?;
+        if writer.written < (4 << 20) {
+            Ok(fs::read(&target).map_err(BaseError::io("read", &target))?)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// `ckpt image save`: writes one image as an OCI archive (a tar of an image layout).
@@ -480,7 +485,7 @@ impl ImageStore {
         let manifest_size = self.read_blob(&info.manifest_digest)?.len() as u64;
         let mut index = empty_index();
         index.set_manifests(vec![index_entry(info.manifest_digest.clone(), manifest_size, &info.reference)]);
-        crate::archive::publish::publish_file(output, |file| {
+        Ok(crate::archive::publish::publish_file(output, |file| {
             let mut builder = tar::Builder::new(file);
             let mut add = |path: &str, data: &[u8]| -> io::Result<()> {
                 let mut h = tar::Header::new_gnu();
@@ -498,7 +503,7 @@ impl ImageStore {
                 builder.append_file(format!("blobs/sha256/{}", digest.digest()), &mut file)?;
             }
             builder.into_inner()?.flush()
-        })
+        })?)
     }
 
     pub fn remove(&self, name: &str) -> Result<ImageInfo> {
@@ -516,13 +521,12 @@ impl ImageStore {
 }
 
 fn parse_document<T: DeserializeOwned>(what: &'static str, path: &Path, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        Error::Base(crate::error::BaseError::Corrupt { what, path: path.to_path_buf(), detail: e.to_string() })
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ImageError::Base(BaseError::Corrupt { what, path: path.to_path_buf(), detail: e.to_string() }))
 }
 
-fn build_error(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> Error {
-    move |e| ImageError::Invalid { image: what.to_string(), detail: e.to_string() }.into()
+fn build_error(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> ImageError {
+    move |e| ImageError::Invalid { image: what.to_string(), detail: e.to_string() }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod artifact;
 mod busybox;
 mod layout;
 
+use crate::base_error::BaseError;
 pub use layout::{ImageInfo, ImageStore, normalize_reference, validate_reference};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,4 +18,10 @@ pub enum ImageError {
     NotOci(String),
     #[error("the built-in busybox image needs the host's static busybox at {path:?}: {detail}; run scripts/setup")]
     NoBusybox { path: String, detail: String },
+    #[error("no such image {0:?}")]
+    NoSuchImage(String),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
 }

@@ -18,7 +18,7 @@ pub fn remove(ctx: &Context, name: &str, force: bool) -> Result<ImageInfo> {
             super::lifecycle::remove(ctx, user, true, 0)?;
         }
     }
-    ctx.images.remove(name)
+    ctx.images.remove(name).map_err(Error::from)
 }
 
 pub fn import(ctx: &Context, tarball: &Path, name: &str) -> Result<ImageInfo> {
@@ -28,7 +28,7 @@ pub fn import(ctx: &Context, tarball: &Path, name: &str) -> Result<ImageInfo> {
             tarball.display().to_string()
         )));
     }
-    ctx.images.import_rootfs(tarball, name)
+    ctx.images.import_rootfs(tarball, name).map_err(Error::from)
 }
 
 /// The flags of `push` and `pull`; `tls_verify` unset means: verify, unless the host config
@@ -100,5 +100,5 @@ pub fn pull_as(ctx: &Context, reference: &str, name: &str, flags: &RegistryFlags
     registry.pull(reference, &layout, name, &access)?;
     crate::interrupt::check()?;
     ctx.images.load(&layout, Some(name))?;
-    ctx.images.resolve(name)
+    ctx.images.resolve(name).map_err(Error::from)
 }

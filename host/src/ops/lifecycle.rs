@@ -258,7 +258,7 @@ pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> R
             let _ = crate::rootfs::unmount(&ctx.containers.paths(&record.id).merged());
             let _ = crate::netns::remove(&ctx.containers.paths(&record.id).netns());
             ctx.containers.save(record)?;
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -318,10 +318,11 @@ pub fn stop(ctx: &Context, record: &ContainerRecord, timeout_secs: u64) -> Resul
     }
     ignore_gone(runtime.kill(&record.id, "KILL"))?;
     if !wait_for_supervisor(ctx, &record.id, SUPERVISOR_CLEANUP) {
-        return Err(Error::Supervisor {
+        return Err(crate::supervisor::SupervisorError::Failed {
             id: record.id.clone(),
             detail: "the container did not exit 30 s after SIGKILL".into(),
-        });
+        }
+        .into());
     }
     Ok(())
 }

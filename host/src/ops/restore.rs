@@ -3,6 +3,7 @@
 //! extracted strictly into a private staging directory, checked against its manifest, and the
 //! new container is built from ckpt's own record format, never from the archive's OCI spec.
 
+use crate::image::ImageError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -92,7 +93,9 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
                     sources.push(Source::Image(local))
                 }
                 Ok((_, info)) => return Err(Error::invalid(format!("image is not a checkpoint: {}", info.id))),
-                Err(Error::NoSuchImage(_)) => return Err(Error::NoSuchContainerOrImage(target.clone())),
+                Err(Error::Image(ImageError::NoSuchImage(_))) => {
+                    return Err(Error::NoSuchContainerOrImage(target.clone()));
+                }
                 Err(e) => return Err(e),
             },
             Err(e) => return Err(e.into()),
@@ -489,10 +492,10 @@ fn resolve_or_pull(ctx: &Context, target: &str) -> Result<(String, crate::image:
         return Ok((local, info));
     }
     match ctx.images.resolve(target) {
-        Err(Error::NoSuchImage(_)) if crate::registry::check_reference(target).is_ok() => {
+        Err(ImageError::NoSuchImage(_)) if crate::registry::check_reference(target).is_ok() => {
             super::images::pull(ctx, target, &flags).map(|info| (crate::image::normalize_reference(target), info))
         }
-        other => other.map(|info| (target.to_string(), info)),
+        other => other.map(|info| (target.to_string(), info)).map_err(Error::from),
     }
 }
 

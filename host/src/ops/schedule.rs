@@ -110,7 +110,7 @@ fn check_export(location: &str) -> Result<()> {
     if location.starts_with('/') {
         return Ok(());
     }
-    crate::image::validate_reference(location)
+    crate::image::validate_reference(location).map_err(Error::from)
 }
 
 /// Expands `{name}`, `{id}` (short) and `{time}` (UTC, `YYYYMMDDTHHMMSSZ`) in an export template.

@@ -6,16 +6,20 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::error::{Error, Result};
+use crate::base_error::{BaseError, BaseResult};
 
 pub struct LogWriter {
     file: Mutex<File>,
 }
 
 impl LogWriter {
-    pub fn open(path: &Path) -> Result<LogWriter> {
-        let file =
-            OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(Error::io("open log", path))?;
+    pub fn open(path: &Path) -> BaseResult<LogWriter> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(BaseError::io("open log", path))?;
         Ok(LogWriter { file: Mutex::new(file) })
     }
 

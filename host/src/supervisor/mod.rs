@@ -19,9 +19,21 @@ use serde::{Deserialize, Serialize};
 
 pub use log::{LogLine, LogWriter, read_log};
 
-use crate::error::{Error, Result};
-use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions};
+use crate::base_error::BaseError;
+use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions, RuntimeError};
 use crate::store::{ContainerRecord, ContainerStore};
+
+pub type Result<T, E = SupervisorError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("supervisor of container {id:?} failed: {detail}")]
+    Failed { id: String, detail: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
+}
 
 /// How the supervisor brings the container up: given to `ckpt __supervise` as one JSON
 /// argument, written and read by the same type.
@@ -44,13 +56,13 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
     let paths = containers.paths(&record.id);
     let roots = containers.roots();
     crate::util::create_dir_all(&paths.run_dir)?;
-    let exe = std::env::current_exe().map_err(Error::io("find own executable", "/proc/self/exe"))?;
+    let exe = std::env::current_exe().map_err(BaseError::io("find own executable", "/proc/self/exe"))?;
     let supervisor_log = paths.supervisor_log();
     let stderr = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&supervisor_log)
-        .map_err(Error::io("open", &supervisor_log))?;
+        .map_err(BaseError::io("open", &supervisor_log))?;
     let mut cmd = Command::new(exe);
     cmd.arg("--root").arg(&roots.root).arg("--runroot").arg(&roots.runroot);
     cmd.arg("--runtime").arg(&record.runtime);
@@ -61,12 +73,12 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
         .spawn()
-        .map_err(|e| Error::Supervisor { id: record.id.clone(), detail: format!("could not start: {e}") })?;
+        .map_err(|e| SupervisorError::Failed { id: record.id.clone(), detail: format!("could not start: {e}") })?;
     let mut report = String::new();
     child.stdout.take().expect("piped").read_to_string(&mut report).ok();
     // The first process only forks the real supervisor off and exits.
     let _ = child.wait();
-    let started: Started = serde_json::from_str(report.trim()).map_err(|_| Error::Supervisor {
+    let started: Started = serde_json::from_str(report.trim()).map_err(|_| SupervisorError::Failed {
         id: record.id.clone(),
         detail: format!(
             "it exited without reporting; see {}: {}",
@@ -76,19 +88,19 @@ pub fn spawn(containers: &ContainerStore, record: &ContainerRecord, token: &str,
     })?;
     match (started.pid, started.error) {
         (Some(pid), _) => Ok(pid),
-        (None, Some(error)) => Err(Error::Supervisor { id: record.id.clone(), detail: error }),
-        (None, None) => Err(Error::Supervisor { id: record.id.clone(), detail: "no pid reported".into() }),
+        (None, Some(error)) => Err(SupervisorError::Failed { id: record.id.clone(), detail: error }),
+        (None, None) => Err(SupervisorError::Failed { id: record.id.clone(), detail: "no pid reported".into() }),
     }
 }
 
 /// The runtime a supervisor drives, made for the container it supervises (its log goes to the
-/// container's run directory).
-pub type RuntimeFor<'a> = &'a dyn Fn(&ContainerRecord) -> Result<Arc<dyn OciRuntime>>;
+/// container's run directory). Its error is only reported, so any displayable error will do.
+pub type RuntimeFor<'a, E> = &'a dyn Fn(&ContainerRecord) -> Result<Arc<dyn OciRuntime>, E>;
 
 /// The body of `ckpt __supervise`. Never returns to the caller's command handling.
-pub fn run(
+pub fn run<E: std::fmt::Display>(
     containers: &ContainerStore,
-    runtime_for: RuntimeFor<'_>,
+    runtime_for: RuntimeFor<'_, E>,
     id: &str,
     token: &str,
     launch: Launch,
@@ -96,7 +108,7 @@ pub fn run(
     // Detach: the ckpt that started us waits only for this first process.
     // SAFETY: no other thread exists yet in this process.
     match unsafe { nix::unistd::fork() }
-        .map_err(|e| Error::Supervisor { id: id.into(), detail: format!("fork: {e}") })?
+        .map_err(|e| SupervisorError::Failed { id: id.into(), detail: format!("fork: {e}") })?
     {
         ForkResult::Parent { .. } => return Ok(0),
         ForkResult::Child => {}
@@ -105,8 +117,8 @@ pub fn run(
     let record = containers.load(id)?;
     let paths = containers.paths(id);
     let lock_path = paths.supervisor_lock();
-    let lifetime_lock = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
-    lifetime_lock.lock().map_err(Error::io("lock", &lock_path))?;
+    let lifetime_lock = File::create(&lock_path).map_err(BaseError::io("create", &lock_path))?;
+    lifetime_lock.lock().map_err(BaseError::io("lock", &lock_path))?;
     let _ = nix::sys::prctl::set_child_subreaper(true);
 
     let report = |started: &Started| {
@@ -140,10 +152,10 @@ pub fn run(
         Launch::Run => runtime.run_detached(id, &paths.bundle(), &pid_file, stdio),
         Launch::Restore(options) => runtime.restore_detached(id, &paths.bundle(), &pid_file, options, stdio),
     };
-    let init_pid = launched.map_err(Error::from).and_then(|()| {
-        let text = std::fs::read_to_string(&pid_file).map_err(Error::io("read", &pid_file))?;
+    let init_pid = launched.map_err(SupervisorError::from).and_then(|()| {
+        let text = std::fs::read_to_string(&pid_file).map_err(BaseError::io("read", &pid_file))?;
         text.trim().parse::<i32>().map_err(|_| {
-            Error::Base(crate::error::BaseError::Corrupt { what: "pid file", path: pid_file.clone(), detail: text })
+            SupervisorError::Base(BaseError::Corrupt { what: "pid file", path: pid_file.clone(), detail: text })
         })
     });
     let init_pid = match init_pid {
@@ -177,8 +189,8 @@ pub fn run(
     Ok(0)
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("create pipe", "pipe")(e.into()))
+fn pipe() -> Result<(OwnedFd, OwnedFd), BaseError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| BaseError::io("create pipe", "pipe")(e.into()))
 }
 
 fn copy_to_log(fd: OwnedFd, stream: &'static str, log: &LogWriter) {
@@ -243,9 +255,9 @@ fn cleanup_after_exit(
     // Podman reports 0 for a container that CRIU stopped.
     record.state.exit_code = Some(if record.state.checkpointed { 0 } else { exit_code });
     if record.auto_remove && !record.state.checkpoint_in_progress {
-        return crate::store::teardown(containers.roots(), &paths).map_err(crate::error::Error::from);
+        return crate::store::teardown(containers.roots(), &paths).map_err(SupervisorError::from);
     }
-    containers.save(&record).map_err(crate::error::Error::from)
+    containers.save(&record).map_err(SupervisorError::from)
 }
 
 #[cfg(test)]

@@ -1090,14 +1090,14 @@ fn export_to(
             let verdict =
                 if gated { ask(written.size, &written.digest, written.included)? } else { GateVerdict::Allow };
             match verdict {
-                GateVerdict::Allow => pending.publish().map(|()| Some(written.digest)),
+                GateVerdict::Allow => pending.publish().map(|()| Some(written.digest)).map_err(Error::from),
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
                     let target_path = pending.target.clone();
                     drop(pending);
                     let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
                     let narrower = narrowed(drop_rootfs, drop_volumes);
                     let written = export::write_archive(ctx, record, &narrower, compression, &mut again)?;
-                    again.publish().map(|()| Some(written.digest))
+                    again.publish().map(|()| Some(written.digest)).map_err(Error::from)
                 }
             }
         }
