@@ -96,6 +96,42 @@ pub enum Error {
         "container {name:?} runs at {destination} now, but removing it here failed ({cause}); do not restore it here: remove it with 'ckpt rm -f {name}'"
     )]
     SourceNotRemoved { name: String, destination: String, cause: Box<Error> },
+    /// A checkpoint (an archive, an image, the far side of a migration) asks for something
+    /// ckpt does not take from outside: refused before anything is restored.
+    #[error("checkpoint {origin}{reason}")]
+    CheckpointRefused { origin: String, reason: String },
+    /// Restoring from a checkpoint image failed; podman words it so.
+    #[error("unable to import checkpoint from image: {name:?}: {cause}")]
+    ImageImport { name: String, cause: Box<Error> },
+    #[error("the image {image:?} of checkpoint {origin} is not in the local store; load it first")]
+    CheckpointImageMissing { image: String, origin: String },
+    #[error("the registry gave image {image:?} with digest {got}, not the {wanted} that was asked for")]
+    DigestMismatch { image: String, got: String, wanted: String },
+    #[error("a container with ID {0:?} already exists; restore with --name to get a new ID")]
+    IdInUse(String),
+    /// podman's words for a restore that would overwrite a volume.
+    #[error("volume with name {0} already exists. Use --ignore-volumes to not restore content of volumes")]
+    RestoredVolumeExists(String),
+    #[error("mount {destination:?} of container {name:?}: {} does not exist", host_path.display())]
+    MountSourceMissing { name: String, destination: String, host_path: PathBuf },
+    #[error("the OCI runtime spec of container {name:?} cannot be built: {detail}")]
+    SpecUnbuildable { name: String, detail: String },
+    #[error("container {name:?} has no pre-checkpoint at {}; run 'ckpt checkpoint --pre-checkpoint' first", dir.display())]
+    NoPreCheckpoint { name: String, dir: PathBuf },
+    /// podman's words for `--print-stats` without readable statistics.
+    #[error("displaying checkpointing statistics not possible: {0}")]
+    StatsUnreadable(#[source] CriuError),
+    #[error("container {0:?} is gone: the runtime no longer knows it")]
+    RuntimeForgot(String),
+    /// Nothing changed here: the destination could not be reached or asked.
+    #[error("cannot use {destination} as a migration destination: {cause}; nothing was changed")]
+    DestinationUnusable { destination: String, cause: Box<Error> },
+    #[error(
+        "{destination} already has a container named {name:?}; remove it there or rename this one first; nothing was changed"
+    )]
+    NameTakenAtDestination { destination: String, name: String },
+    #[error("catalog entry {0} was pinned meanwhile")]
+    EntryPinned(String),
     /// A `ckpt daemon` holds the store's schedules.
     #[error("{0}")]
     DaemonRunning(String),

@@ -173,7 +173,7 @@ pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: S
         let entry = entries.iter().find(|e| e.id == deletion.id).expect("checked against the facts");
         // Pinned since the retainer was asked: the pin holds.
         let result = match ctx.catalog().get(&entry.id) {
-            Ok(now) if now.pinned => Err(Error::invalid(format!("catalog entry {} was pinned meanwhile", entry.id))),
+            Ok(now) if now.pinned => Err(Error::EntryPinned(entry.id.clone())),
             _ => delete(ctx, entry),
         };
         let error = result.err().map(|e| e.to_string());

@@ -223,12 +223,11 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
         .collect();
     for (m, source) in record.mounts.iter().zip(&sources) {
         if !source.exists() {
-            return Err(Error::invalid(format!(
-                "mount {:?} of container {:?}: {} does not exist",
-                m.destination,
-                record.name,
-                source.display()
-            )));
+            return Err(Error::MountSourceMissing {
+                name: record.name.clone(),
+                destination: m.destination.clone(),
+                host_path: source.clone(),
+            });
         }
     }
     let mounts: Vec<HostMount> = record
@@ -238,9 +237,8 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
         .map(|(m, source)| HostMount { source, destination: &m.destination, read_only: m.read_only })
         .collect();
     crate::netns::create(&paths.netns())?;
-    let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts).map_err(|e| {
-        Error::invalid(format!("the OCI runtime spec of container {:?} cannot be built: {e}", record.name))
-    })?;
+    let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts)
+        .map_err(|e| Error::SpecUnbuildable { name: record.name.clone(), detail: e.to_string() })?;
     write_json(&bundle.join("config.json"), &config).map_err(Error::from)
 }
 

@@ -76,8 +76,9 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         ));
     }
     let record = ctx.containers.lookup(&req.container)?;
+    let shown = destination.to_string();
     let remote = Ssh::connect(destination, req.ssh.clone(), &ctx.roots.runroot)
-        .map_err(|e| Error::invalid(format!("{e}; nothing was changed")))?;
+        .map_err(|e| Error::DestinationUnusable { destination: shown, cause: Box::new(e.into()) })?;
     refuse_taken_name(&remote, &record)?;
     let possible = possible_strategies(ctx, req)?;
     let transport = if req.via.is_some() { "registry" } else { "ssh" };
@@ -204,15 +205,13 @@ fn remove_source(ctx: &Context, id: &str) -> Result<()> {
 fn refuse_taken_name(remote: &dyn RemoteCkpt, record: &ContainerRecord) -> Result<()> {
     match inspect_there(remote, &record.name, "{{.Id}}") {
         Ok(None) => Ok(()),
-        Ok(Some(_)) => Err(Error::invalid(format!(
-            "{} already has a container named {:?}; remove it there or rename this one first; nothing was changed",
-            remote.destination(),
-            record.name
-        ))),
-        Err(e) => Err(Error::invalid(format!(
-            "cannot use {} as a migration destination: {e}; nothing was changed",
-            remote.destination()
-        ))),
+        Ok(Some(_)) => Err(Error::NameTakenAtDestination {
+            destination: remote.destination().to_string(),
+            name: record.name.clone(),
+        }),
+        Err(e) => {
+            Err(Error::DestinationUnusable { destination: remote.destination().to_string(), cause: Box::new(e.into()) })
+        }
     }
 }
 

@@ -149,11 +149,13 @@ pub fn each_parallel<T: Sync, S, R: Send>(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(item) = items.get(i) else { return };
-                    let outcome =
-                        crate::interrupt::check().map_err(crate::Error::from).and_then(|()| match &mut state {
-                            Ok(state) => each(state, item),
-                            Err(e) => Err(crate::Error::invalid(e.to_string())),
-                        });
+                    let outcome = crate::interrupt::check().map_err(crate::Error::from).and_then(|()| {
+                        if state.is_err() {
+                            // The item takes the failure itself, and the next one a fresh try.
+                            return Err(std::mem::replace(&mut state, init()).err().expect("failed"));
+                        }
+                        each(state.as_mut().expect("made"), item)
+                    });
                     outcomes.lock().expect("outcomes").push((i, outcome));
                 }
             });
@@ -175,4 +177,23 @@ pub fn each_parallel<T: Sync, S, R: Send>(
 /// `--parallel` unless given: one at a time per core.
 pub fn default_parallel() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker whose state could not be made gives each item it takes that failure, whole and
+    /// typed, and tries again for the next item.
+    #[test]
+    fn a_worker_that_cannot_start_fails_its_item_with_the_real_error_and_tries_again() {
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let init = || match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Err(crate::Error::NameInUse("first".into())),
+            _ => Ok(10),
+        };
+        let (done, outcome) = each_parallel(&[1, 2, 3], 1, init, |base, item| Ok(*base + item));
+        assert_eq!(done, vec![12, 13]);
+        assert!(matches!(outcome, Err(crate::Error::NameInUse(name)) if name == "first"));
+    }
 }

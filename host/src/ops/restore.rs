@@ -208,7 +208,7 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
             "image",
             stage_image(ctx, name)
                 .and_then(|staged| restore_import(ctx, req, staged))
-                .map_err(|e| Error::invalid(format!("unable to import checkpoint from image: {name:?}: {e}"))),
+                .map_err(|e| Error::ImageImport { name: name.clone(), cause: Box::new(e) }),
         ),
     };
     let location = match source {
@@ -425,22 +425,28 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
     };
     for mount in &record.mounts {
         if mount.kind == MountKind::Bind {
-            return Err(Error::invalid(format!(
-                "checkpoint {} bind-mounts host path {:?} at {:?}; ckpt does not take host mounts from an archive",
-                staged.origin, mount.source, mount.destination
-            )));
+            return Err(Error::CheckpointRefused {
+                origin: staged.origin.clone(),
+                reason: format!(
+                    " bind-mounts host path {:?} at {:?}; ckpt does not take host mounts from an archive",
+                    mount.source, mount.destination
+                ),
+            });
         }
         validate_object_name("volume", &mount.source)?;
         if !mount.destination.starts_with('/') || mount.destination.split('/').any(|c| c == "..") {
-            return Err(Error::invalid(format!(
-                "checkpoint {}: volume destination {:?} is not a clean absolute path",
-                staged.origin, mount.destination
-            )));
+            return Err(Error::CheckpointRefused {
+                origin: staged.origin.clone(),
+                reason: format!(": volume destination {:?} is not a clean absolute path", mount.destination),
+            });
         }
     }
     validate_object_name("container", &record.name)?;
     if !(record.id.len() == 64 && record.id.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(Error::invalid(format!("checkpoint {}: container ID {:?} is not valid", staged.origin, record.id)));
+        return Err(Error::CheckpointRefused {
+            origin: staged.origin.clone(),
+            reason: format!(": container ID {:?} is not valid", record.id),
+        });
     }
     if let Some(name) = &req.name {
         record.name = name.clone();
@@ -452,10 +458,7 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
     record.state = StateFlags::default();
     record.created_at = crate::util::now();
     ctx.images.resolve(&record.image_id).or_else(|_| ctx.images.resolve(&record.image_ref)).map_err(|_| {
-        Error::invalid(format!(
-            "the image {:?} of checkpoint {} is not in the local store; load it first",
-            record.image_ref, staged.origin
-        ))
+        Error::CheckpointImageMissing { image: record.image_ref.clone(), origin: staged.origin.clone() }
     })?;
     Ok(record)
 }
@@ -484,10 +487,11 @@ fn resolve_or_pull(ctx: &Context, target: &str) -> Result<(String, crate::image:
         };
         let info = super::images::pull_as(ctx, &format!("{repository}@{pinned}"), &local, &flags)?;
         if info.manifest_digest.to_string() != pinned {
-            return Err(Error::invalid(format!(
-                "the registry gave image {local:?} with digest {}, not the {pinned} that was asked for",
-                info.manifest_digest
-            )));
+            return Err(Error::DigestMismatch {
+                image: local,
+                got: info.manifest_digest.to_string(),
+                wanted: pinned.to_string(),
+            });
         }
         return Ok((local, info));
     }
@@ -651,18 +655,12 @@ fn refuse_conflicts(
         return Err(Error::NameInUse(record.name.clone()));
     }
     if ctx.roots.container_dir(&record.id).exists() {
-        return Err(Error::invalid(format!(
-            "a container with ID {:?} already exists; restore with --name to get a new ID",
-            record.id
-        )));
+        return Err(Error::IdInUse(record.id.clone()));
     }
     for volume in record.named_volumes() {
         if !req.ignore_volumes {
             if ctx.volumes.exists(&volume.source) {
-                return Err(Error::invalid(format!(
-                    "volume with name {} already exists. Use --ignore-volumes to not restore content of volumes",
-                    volume.source
-                )));
+                return Err(Error::RestoredVolumeExists(volume.source.clone()));
             }
             let member = format!("{}/{}.tar", layout::VOLUMES_DIR, volume.source);
             if staged.open_member(&member)?.is_none() {

@@ -73,7 +73,7 @@ pub struct PolicyEngine {
 
 impl PolicyEngine {
     pub fn new(cache_dir: &Path) -> Result<PolicyEngine, PolicyError> {
-        let engine_err = |e: wasmtime::Error| PolicyError::Engine(format!("{e:#}"));
+        let engine_err = |cause| PolicyError::Engine { cause };
         let engine = shared_engine()?;
         let mut linker = Linker::new(&engine);
         // WASI is linked only as empty, deterministic stand-ins (see `State`): Python and
@@ -102,14 +102,17 @@ impl PolicyEngine {
         if !bytes.starts_with(b"\0asm") {
             return Err(load_err("not a WebAssembly component (precompiled artifacts are never accepted)".into()));
         }
-        let (component, cached) =
-            self.cache.component(&self.engine, bytes, &digest).map_err(|e| load_err(format!("{e:#}")))?;
+        let (component, cached) = self
+            .cache
+            .component(&self.engine, bytes, &digest)
+            .map_err(|cause| PolicyError::Compile { policy: source.to_string(), hint: "", cause })?;
         let imports: Vec<String> =
             component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("{e:#}; a policy may import only ckpt:policy/log and WASI")))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|cause| PolicyError::Compile {
+            policy: source.to_string(),
+            hint: "; a policy may import only ckpt:policy/log and WASI",
+            cause,
+        })?;
         let exports = exports_of(instance_pre).map_err(load_err)?;
         let mut policy = LoadedPolicy {
             source: source.to_string(),
@@ -255,7 +258,7 @@ pub(super) fn classify(name: &str, source: &str, decision: &str, error: wasmtime
     if !last_words.is_empty() {
         what.push_str(&format!(", saying: {}", last_words[last_words.len().saturating_sub(2)..].join(" ")));
     }
-    PolicyError::Failed { policy, decision: decision.to_string(), detail: limits::cut(what) }
+    PolicyError::Failed { policy, decision: decision.to_string(), detail: limits::cut(what), cause: Some(error) }
 }
 
 pub fn check_text(policy: &str, what: &str, text: &str) -> Result<(), PolicyError> {

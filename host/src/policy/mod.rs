@@ -37,14 +37,35 @@ pub const DEFAULT_RETAINER_SOURCE: &str = "builtin:default-retainer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The process's one engine, whose failure to start is kept as text for every later caller.
     #[error("policy engine: {0}")]
-    Engine(String),
+    EngineUnavailable(String),
+    #[error("policy engine: {cause:#}")]
+    Engine {
+        #[source]
+        cause: wasmtime::Error,
+    },
     #[error("policy {policy:?} cannot be loaded: {detail}")]
     Load { policy: String, detail: String },
+    /// wasmtime could not compile the component or link it; `hint` says what ckpt allows.
+    #[error("policy {policy:?} cannot be loaded: {cause:#}{hint}")]
+    Compile {
+        policy: String,
+        hint: &'static str,
+        #[source]
+        cause: wasmtime::Error,
+    },
     #[error("policy {policy:?} refused its settings: {detail}")]
     Settings { policy: String, detail: String },
     #[error("policy {policy} {detail} in {decision}; the checkpoint is denied")]
-    Failed { policy: String, decision: String, detail: String },
+    Failed {
+        policy: String,
+        decision: String,
+        detail: String,
+        /// What wasmtime reported; `detail` names it in words.
+        #[source]
+        cause: Option<wasmtime::Error>,
+    },
     #[error("policy {policy} gave an answer ckpt cannot accept: {detail}; the checkpoint is denied")]
     BadAnswer { policy: String, detail: String },
     #[error("policy {policy} denied the checkpoint of container {container:?}: {reasons}")]
@@ -53,8 +74,12 @@ pub enum PolicyError {
     Skipped { policy: String, container: String, reason: String },
     #[error("settings {origin:?} are not valid JSON: {detail}")]
     SettingsSyntax { origin: String, detail: String },
-    #[error("cannot read policy {path:?}: {detail}")]
-    Read { path: String, detail: String },
+    #[error("cannot read policy {path:?}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error(
+        "cannot read policy {path:?}: it is larger than {limit_mib} MiB, more than any policy needs (a Python one is about 20 MiB)"
+    )]
+    TooLarge { path: String, limit_mib: u64 },
 }
 
 /// Reads `--policy`/`--gate` FILE, or the built-in default.
@@ -76,19 +101,16 @@ pub fn read_component(spec: &str) -> Result<(String, Vec<u8>), PolicyError> {
     if is_default_retainer(spec) {
         return Ok((DEFAULT_RETAINER_SOURCE.to_string(), DEFAULT_RETAINER.to_vec()));
     }
-    let read_err = |detail: String| PolicyError::Read { path: spec.to_string(), detail };
-    let file = std::fs::File::open(spec).map_err(|e| read_err(e.to_string()))?;
+    let read_err = |source| PolicyError::Read { path: spec.to_string(), source };
+    let file = std::fs::File::open(spec).map_err(read_err)?;
     // Sized once from the file's length: grown from nothing, a 20 MiB component would be read
     // in doubling pieces and copied at every growth.
     let expected = file.metadata().map(|m| m.len().min(limits::MAX_COMPONENT_BYTES + 1)).unwrap_or(0);
     let mut bytes = Vec::with_capacity(expected as usize + 1);
     std::io::Read::read_to_end(&mut std::io::Read::take(file, limits::MAX_COMPONENT_BYTES + 1), &mut bytes)
-        .map_err(|e| read_err(e.to_string()))?;
+        .map_err(read_err)?;
     if bytes.len() as u64 > limits::MAX_COMPONENT_BYTES {
-        return Err(read_err(format!(
-            "it is larger than {} MiB, more than any policy needs (a Python one is about 20 MiB)",
-            limits::MAX_COMPONENT_BYTES >> 20
-        )));
+        return Err(PolicyError::TooLarge { path: spec.to_string(), limit_mib: limits::MAX_COMPONENT_BYTES >> 20 });
     }
     Ok((spec.to_string(), bytes))
 }
@@ -99,8 +121,7 @@ pub fn read_settings(arg: Option<&str>) -> Result<String, PolicyError> {
     let (origin, text) = match arg.strip_prefix('@') {
         Some(path) => (
             path.to_string(),
-            std::fs::read_to_string(path)
-                .map_err(|e| PolicyError::Read { path: path.to_string(), detail: e.to_string() })?,
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_string(), source })?,
         ),
         None => ("--policy-config".to_string(), arg.to_string()),
     };
@@ -475,7 +496,24 @@ mod tests {
         let denied = fold(vec![narrow(true, false), Ok(GateDecision::Deny("no".into())), Ok(GateDecision::Allow)]);
         let text = denied.unwrap_err().to_string();
         assert!(text.contains("\"g1\"") && text.contains("no"), "{text}");
-        let failed = fold(vec![Err(PolicyError::Engine("trapped".into())), Ok(GateDecision::Deny("later".into()))]);
+        let failed =
+            fold(vec![Err(PolicyError::EngineUnavailable("trapped".into())), Ok(GateDecision::Deny("later".into()))]);
         assert!(failed.unwrap_err().to_string().contains("trapped"), "the first failure stands");
+    }
+
+    /// What wasmtime or the file system said stays attached, not only its words.
+    #[test]
+    fn a_policy_that_cannot_be_read_or_compiled_keeps_the_cause() {
+        use std::error::Error as _;
+        let missing = read_component("/nonexistent/policy.wasm").unwrap_err();
+        let io = missing.source().and_then(|s| s.downcast_ref::<std::io::Error>()).expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+
+        let cache = tempfile::tempdir().unwrap();
+        let engine = PolicyEngine::new(cache.path()).unwrap();
+        let broken = engine.describe("broken.wasm", b"\0asm\x0d\x00\x01\x00garbage").err().expect("refused");
+        assert!(matches!(broken, PolicyError::Compile { .. }), "{broken:?}");
+        assert!(broken.source().is_some(), "{broken}");
+        assert!(broken.to_string().starts_with("policy \"broken.wasm\" cannot be loaded: "), "{broken}");
     }
 }

@@ -86,5 +86,5 @@ pub(super) fn shared_engine() -> Result<Engine, PolicyError> {
             .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
         Ok(engine)
     });
-    engine.clone().map_err(PolicyError::Engine)
+    engine.clone().map_err(PolicyError::EngineUnavailable)
 }

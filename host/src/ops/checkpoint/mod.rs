@@ -783,11 +783,7 @@ fn claim_container<'a>(
     }
     let paths = ctx.containers.paths(&record.id);
     if o.with_previous && !paths.pre_checkpoint_dir().join(crate::metadata::CRIU_INVENTORY).exists() {
-        return Err(Error::invalid(format!(
-            "container {:?} has no pre-checkpoint at {}; run 'ckpt checkpoint --pre-checkpoint' first",
-            record.name,
-            paths.pre_checkpoint_dir().display()
-        )));
+        return Err(Error::NoPreCheckpoint { name: record.name.clone(), dir: paths.pre_checkpoint_dir() });
     }
     let runtime = ctx.runtime_named(&record.runtime)?;
     if !runtime.supports_checkpoint() {
@@ -918,8 +914,7 @@ fn export_and_hand_off(
     crate::interrupt::check()?;
     let stats = if o.print_stats {
         let stats_path = ctx.containers.paths(&record.id).in_bundle(layout::STATS_DUMP);
-        criu::read_dump_stats(&stats_path)
-            .map_err(|e| Error::invalid(format!("displaying checkpointing statistics not possible: {e}")))?
+        criu::read_dump_stats(&stats_path).map_err(Error::StatsUnreadable)?
     } else {
         DumpStats::default()
     };
@@ -1023,7 +1018,7 @@ fn mark_checkpointed(ctx: &Context, id: &str, image_dir: PathBuf) -> Result<()> 
 fn resume_after_lazy_dump(runtime: &dyn OciRuntime, record: &ContainerRecord, cause: Error) -> Error {
     let resumed = match dump::thaw_if_frozen(runtime, &record.id) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Error::invalid("the runtime no longer knows it")),
+        Ok(false) => Err(Error::RuntimeForgot(record.name.clone())),
         Err(e) => Err(e),
     };
     match resumed {
