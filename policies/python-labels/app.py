@@ -4,7 +4,7 @@ checkpoints with labels.
 - `checkpoint.skip=true` denies the checkpoint.
 - `checkpoint.compress=zstd|gzip|none` sets the compression of every export.
 - `checkpoint.leave-running=true` keeps the container running.
-Settings: {"max_memory_bytes": N} denies containers that use more memory than N.
+Settings: {"max-memory-bytes": N} denies containers that use more memory than N.
 """
 
 import json
@@ -20,12 +20,15 @@ def parse(settings):
     data = json.loads(settings) if settings.strip() else {}
     if not isinstance(data, dict):
         raise ValueError("settings must be a JSON object")
-    unknown = set(data) - {"max_memory_bytes"}
+    # The first release's snake_case name is still read, as the Rust policies read theirs.
+    if "max_memory_bytes" in data:
+        data["max-memory-bytes"] = data.pop("max_memory_bytes")
+    unknown = set(data) - {"max-memory-bytes"}
     if unknown:
         raise ValueError(f"unknown settings: {sorted(unknown)}")
-    limit = data.get("max_memory_bytes")
-    if limit is not None and (not isinstance(limit, int) or limit <= 0):
-        raise ValueError("max_memory_bytes must be a positive integer")
+    limit = data.get("max-memory-bytes")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+        raise ValueError("max-memory-bytes must be a positive integer")
     return data
 
 
@@ -39,7 +42,7 @@ class WitWorld(wit_world.WitWorld):
             name="python-labels",
             version="0.2.0",
             decisions=[types.DecisionKind.PLAN],
-            settings_schema='{"type":"object","properties":{"max_memory_bytes":{"type":"integer","minimum":1}},"additionalProperties":false}',
+            settings_schema='{"type":"object","properties":{"max-memory-bytes":{"type":"integer","minimum":1}},"additionalProperties":false}',
         )
 
     def validate_settings(self, settings):
@@ -54,7 +57,7 @@ class WitWorld(wit_world.WitWorld):
         wanted = labels(container)
         if wanted.get("checkpoint.skip") == "true":
             return types.PlanDecision_Deny([f"container {container.name} is labelled checkpoint.skip=true"])
-        limit = config.get("max_memory_bytes")
+        limit = config.get("max-memory-bytes")
         if limit is not None and container.memory_bytes > limit:
             return types.PlanDecision_Deny([f"container {container.name} uses {container.memory_bytes} bytes, more than {limit}"])
         options = facts.request.options

@@ -63,7 +63,7 @@ fn migration_plans_tcp_and_exports_to_its_target() {
     assert_eq!(ckpt.status("db"), "running");
     // Asking for pre-dumps where the host cannot do them is refused before anything changes.
     if !tracking {
-        let strict = serde_json::json!({"target": target.to_str().unwrap(), "require_pre_dump": true}).to_string();
+        let strict = serde_json::json!({"target": target.to_str().unwrap(), "require-pre-dump": true}).to_string();
         let refused = ckpt.fails(&["checkpoint", "--policy", &migration, "--policy-config", &strict, "db"]);
         assert!(refused.contains("does not support memory tracking"), "{refused}");
         assert_eq!(ckpt.status("db"), "running");
@@ -465,10 +465,14 @@ fn text_from_policies_and_labels_reaches_the_terminal_escaped() {
 fn the_five_0_1_0_examples_still_load_and_decide() {
     let Some(ckpt) = Ckpt::available() else { return };
     for (component, cases) in [
-        ("v010_python_labels", "python-labels.cases.json"),
+        // The first release's settings names: its components and its schedules keep them.
+        ("v010_python_labels", "python-labels.v0.1.0.cases.json"),
         ("v010_js_hours", "js-hours.cases.json"),
         ("v010_compliance", "compliance.cases.json"),
-        ("v010_migration", "migration.cases.json"),
+        ("v010_migration", "migration.v0.1.0.cases.json"),
+        // Today's components read them too.
+        ("python_labels", "python-labels.v0.1.0.cases.json"),
+        ("migration", "migration.v0.1.0.cases.json"),
     ] {
         let out = ckpt.ok(&["policy", "test", &policy(component), &fixture(cases)]);
         assert!(out.trim_end().ends_with(" 0 failed"), "{component}: {out}");

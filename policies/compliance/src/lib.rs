@@ -10,7 +10,7 @@ use ckpt_guest_sdk::{Describe, Gate, Level, label, log};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     #[serde(default = "default_label")]
     label: String,
@@ -21,7 +21,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Class {
     /// Allowed target prefixes: a path prefix for archives, `image:<prefix>` for images.
     targets: Vec<String>,

@@ -7,35 +7,54 @@ use ckpt_guest_sdk::types::*;
 use ckpt_guest_sdk::{Describe, Level, Migrator, Planner, log, plan_from_request, requested_strategy};
 use serde::Deserialize;
 
+/// The settings, in kebab-case as every ckpt document is. The snake_case names of the first
+/// release are still read, so settings saved in schedules keep working.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     /// Archive path; `{name}` and `{id}` are replaced with the container's.
     target: String,
-    #[serde(default = "default_compression")]
-    compression: String,
-    #[serde(default = "default_max_rounds")]
+    #[serde(default)]
+    compression: CompressionSetting,
+    #[serde(default = "default_max_rounds", alias = "max_rounds")]
+    #[schemars(range(min = 1, max = 16))]
     max_rounds: u32,
-    #[serde(default = "default_stop_below")]
+    #[serde(default = "default_stop_below", alias = "stop_below_pages")]
     stop_below_pages: u64,
     /// A round that writes more than this percentage of the previous one is not converging.
-    #[serde(default = "default_shrink")]
+    #[serde(default = "default_shrink", alias = "min_shrink_percent")]
+    #[schemars(range(min = 1, max = 100))]
     min_shrink_percent: u32,
     /// Deny instead of falling back to a single dump when the host cannot pre-dump.
-    #[serde(default)]
+    #[serde(default, alias = "require_pre_dump")]
     require_pre_dump: bool,
     /// `ckpt migrate`: containers with more memory than this move post-copy where the host
     /// can, so their downtime does not grow with their memory.
-    #[serde(default = "default_post_copy_above")]
+    #[serde(default = "default_post_copy_above", alias = "post_copy_above_bytes")]
     post_copy_above_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum CompressionSetting {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl From<CompressionSetting> for Compression {
+    fn from(setting: CompressionSetting) -> Compression {
+        match setting {
+            CompressionSetting::Zstd => Compression::Zstd,
+            CompressionSetting::Gzip => Compression::Gzip,
+            CompressionSetting::None => Compression::None,
+        }
+    }
 }
 
 fn default_post_copy_above() -> u64 {
     1 << 30
-}
-
-fn default_compression() -> String {
-    "zstd".into()
 }
 fn default_max_rounds() -> u32 {
     5
@@ -45,15 +64,6 @@ fn default_stop_below() -> u64 {
 }
 fn default_shrink() -> u32 {
     80
-}
-
-fn compression(name: &str) -> Result<Compression, String> {
-    match name {
-        "zstd" => Ok(Compression::Zstd),
-        "gzip" => Ok(Compression::Gzip),
-        "none" => Ok(Compression::None),
-        other => Err(format!("settings: unknown compression {other:?}; use zstd, gzip or none")),
-    }
 }
 
 pub struct Migration;
@@ -68,12 +78,12 @@ impl Describe for Migration {
             return Err("settings: \"target\" must name an archive path".into());
         }
         if !(1..=16).contains(&s.max_rounds) {
-            return Err(format!("settings: \"max_rounds\" must be 1 to 16, got {}", s.max_rounds));
+            return Err(format!("settings: \"max-rounds\" must be 1 to 16, got {}", s.max_rounds));
         }
         if !(1..=100).contains(&s.min_shrink_percent) {
-            return Err(format!("settings: \"min_shrink_percent\" must be 1 to 100, got {}", s.min_shrink_percent));
+            return Err(format!("settings: \"min-shrink-percent\" must be 1 to 100, got {}", s.min_shrink_percent));
         }
-        compression(&s.compression).map(drop)
+        Ok(())
     }
 }
 
@@ -105,7 +115,7 @@ impl Planner for Migration {
             plan.reasons.push("no memory dirty tracking on this host: a single dump".into());
         }
         let location = s.target.replace("{name}", &facts.container.name).replace("{id}", &facts.container.id);
-        let compression = compression(&s.compression).expect("validated");
+        let compression = s.compression.into();
         plan.reasons.push(format!("export to {location}"));
         plan.exports = vec![ExportTarget { kind: TargetKind::Archive, location, compression }];
         PlanDecision::Plan(plan)
@@ -176,7 +186,7 @@ mod tests {
         RoundStats { round, pages_scanned: 131072, pages_written, frozen_time_us: 1000, duration_us: 50000 }
     }
 
-    const SETTINGS: &str = r#"{"target": "/var/tmp/{name}.tar.zst", "stop_below_pages": 100}"#;
+    const SETTINGS: &str = r#"{"target": "/var/tmp/{name}.tar.zst", "stop-below-pages": 100}"#;
 
     #[test]
     fn big_containers_move_post_copy_where_the_host_can() {
@@ -230,7 +240,28 @@ mod tests {
     #[test]
     fn rejects_bad_settings() {
         assert!(settings_of::<Migration>("{}").unwrap_err().contains("target"));
-        assert!(settings_of::<Migration>(r#"{"target":"/x","max_rounds":0}"#).is_err());
+        assert!(settings_of::<Migration>(r#"{"target":"/x","max-rounds":0}"#).is_err());
         assert!(settings_of::<Migration>(r#"{"target":"/x","bogus":1}"#).is_err());
+        assert!(settings_of::<Migration>(r#"{"target":"/x","compression":"lz4"}"#).unwrap_err().contains("zstd"));
+    }
+
+    /// Settings saved with the first release's snake_case names still read the same.
+    #[test]
+    fn reads_the_first_releases_names_too() {
+        let old = settings_of::<Migration>(r#"{"target":"/x","max_rounds":3,"stop_below_pages":7}"#).unwrap();
+        let new = settings_of::<Migration>(r#"{"target":"/x","max-rounds":3,"stop-below-pages":7}"#).unwrap();
+        assert_eq!(format!("{old:?}"), format!("{new:?}"));
+    }
+
+    /// The schema tells an editor what the host checks: the names, the compressions, the ranges.
+    #[test]
+    fn the_schema_carries_names_enums_and_ranges() {
+        let schema: serde_json::Value = serde_json::from_str(&ckpt_guest_sdk::settings_schema::<Settings>()).unwrap();
+        let properties = &schema["properties"];
+        assert_eq!(properties["max-rounds"]["minimum"], 1);
+        assert_eq!(properties["max-rounds"]["maximum"], 16);
+        assert_eq!(properties["min-shrink-percent"]["maximum"], 100);
+        let text = schema.to_string();
+        assert!(text.contains("\"gzip\"") && text.contains("post-copy-above-bytes"), "{text}");
     }
 }

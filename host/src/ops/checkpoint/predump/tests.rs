@@ -69,7 +69,7 @@ fn setup(pages_written: &[u64]) -> Setup {
 }
 
 fn migration(ctx: &Context) -> Option<Policies> {
-    let settings = r#"{"target": "/var/tmp/{name}.tar.zst", "stop_below_pages": 100, "max_rounds": 8}"#;
+    let settings = r#"{"target": "/var/tmp/{name}.tar.zst", "stop-below-pages": 100, "max-rounds": 8}"#;
     Some(Policies::load(&ctx.roots.root.join("policy-cache"), (&policy_path("migration")?, settings), &[]).unwrap())
 }
 
