@@ -9,6 +9,8 @@ use serde::Deserialize;
 use crate::base_error::{BaseError as Error, BaseResult as Result};
 
 pub const DEFAULT_PATH: &str = "/etc/ckpt/ckpt.toml";
+/// The network `run` uses unless told otherwise, as podman's `podman` is.
+pub const DEFAULT_NETWORK: &str = "ckpt";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,8 @@ pub struct HostConfig {
     pub migration: MigrationRules,
     #[serde(default)]
     pub restore: RestoreRules,
+    #[serde(default)]
+    pub network: NetworkRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -60,6 +64,49 @@ pub struct MigrationRules {
     /// CRIU's page server fails mid-transfer, a restore waits on memory that never comes.
     #[serde(default)]
     pub post_copy: bool,
+}
+
+/// Where the host's networks are kept, and what containers get unless told otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NetworkRules {
+    /// Network definitions, in netavark's JSON (podman keeps its own in /etc/containers/networks).
+    #[serde(default = "NetworkRules::default_definitions")]
+    pub definitions: PathBuf,
+    /// Address allocations and aardvark-dns's state; gone at reboot, with the containers.
+    #[serde(default = "NetworkRules::default_state")]
+    pub state: PathBuf,
+    /// The network of a container created without `--network`: a network's name, or `none`
+    /// for loopback only.
+    #[serde(default = "NetworkRules::default_network")]
+    pub default_network: String,
+    /// The host addresses a port published without one (`-p 8080:80`) binds to, as podman's
+    /// `default_host_ips`; empty means every address.
+    #[serde(default)]
+    pub default_host_ips: Vec<std::net::Ipv4Addr>,
+}
+
+impl NetworkRules {
+    fn default_definitions() -> PathBuf {
+        PathBuf::from("/etc/ckpt/networks")
+    }
+    fn default_state() -> PathBuf {
+        PathBuf::from("/run/ckpt/networks")
+    }
+    fn default_network() -> String {
+        DEFAULT_NETWORK.to_string()
+    }
+}
+
+impl Default for NetworkRules {
+    fn default() -> NetworkRules {
+        NetworkRules {
+            definitions: NetworkRules::default_definitions(),
+            state: NetworkRules::default_state(),
+            default_network: NetworkRules::default_network(),
+            default_host_ips: Vec::new(),
+        }
+    }
 }
 
 /// How `restore --import` treats the page images it unpacked.
@@ -243,6 +290,7 @@ mod tests {
             registries: RegistryRules::default(),
             migration: MigrationRules::default(),
             restore: RestoreRules::default(),
+            network: NetworkRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }

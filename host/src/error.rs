@@ -7,6 +7,7 @@ use crate::archive::ArchiveError;
 pub use crate::base_error::BaseError;
 use crate::criu::CriuError;
 use crate::image::ImageError;
+use crate::network::NetworkError;
 use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
@@ -58,6 +59,8 @@ pub enum Error {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error(transparent)]
     PolicyEngine(#[from] PolicyError),
     #[error(transparent)]

@@ -3,7 +3,8 @@
 //! The library is organised as the path a checkpoint takes:
 //! - `ops/`: one module per user-facing operation; orchestration only.
 //! - `store/`: on-disk state (containers, images, volumes) and its locks.
-//! - `runtime/`, `criu/`: the external binaries, each behind a trait.
+//! - `runtime/`, `criu/`, `network/`: the external binaries (runc, CRIU, netavark), each
+//!   behind a trait.
 //! - `archive/`, `image/`, `rootfs/`: formats and filesystems ckpt builds itself.
 //! - `safefs`: the one way to write beneath a directory from untrusted input.
 //! - `supervisor/`: the conmon-like process that holds a container's stdio.
@@ -21,6 +22,7 @@ pub(crate) mod interrupt;
 mod layering;
 pub(crate) mod metadata;
 pub(crate) mod netns;
+pub(crate) mod network;
 pub(crate) mod ops;
 pub(crate) mod policy;
 pub(crate) mod progress;

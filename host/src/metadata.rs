@@ -37,6 +37,9 @@ pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 pub const DELETED_FILES: &str = "deleted.files";
 pub const VOLUMES_DIR: &str = "volumes";
 pub const CONTAINER_LOG: &str = "ctr.log";
+/// What the container's networks gave it at the checkpoint: per network, its interface's MAC
+/// and addresses (podman's `network.status`).
+pub const NETWORK_STATUS: &str = "network.status";
 /// podman's copy of its `/dev/shm` bind mount; ckpt's own `/dev/shm` is a tmpfs CRIU dumps.
 pub const DEVSHM: &str = "devshm-checkpoint.tar";
 

@@ -129,6 +129,9 @@ pub fn build(
     }
     let mut all_mounts = default_mounts()?;
     let mut files = OWN_FILES.to_vec();
+    if record.network.mode == crate::store::NetworkMode::Bridge && !record.podman_mounts {
+        files.push(RESOLV_CONF);
+    }
     if record.podman_mounts {
         files.extend(PODMAN_FILES);
         all_mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
@@ -198,6 +201,10 @@ pub fn build(
         .build()?;
     // The runtime's own device rules apply; ckpt adds none.
     linux.set_resources(None);
+    if record.network.mode == crate::store::NetworkMode::Bridge {
+        // podman's default_sysctls: ping works without CAP_NET_RAW, which no container has.
+        linux.set_sysctl(Some(HashMap::from([("net.ipv4.ping_group_range".to_string(), "0 0".to_string())])));
+    }
     SpecBuilder::default()
         .version("1.0.2")
         .process(process)
@@ -212,9 +219,12 @@ pub fn build(
         .build()
 }
 
-/// The first 12 characters of the ID, as podman uses for the hostname.
+/// `--hostname`, or the first 12 characters of the ID, as podman uses.
 pub fn hostname(record: &ContainerRecord) -> &str {
-    &record.id[..12.min(record.id.len())]
+    match &record.network.hostname {
+        Some(hostname) => hostname,
+        None => &record.id[..12.min(record.id.len())],
+    }
 }
 
 fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
@@ -233,8 +243,10 @@ fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
 
 /// The bundle files ckpt binds into every container, and their destinations.
 const OWN_FILES: [(&str, &str); 2] = [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname")];
+/// The resolver configuration ckpt binds into a container on a network, made from its networks'.
+const RESOLV_CONF: (&str, &str) = ("resolv.conf", "/etc/resolv.conf");
 /// The bundle files ckpt also binds into a container restored from podman, which bound them.
-const PODMAN_FILES: [(&str, &str); 2] = [("resolv.conf", "/etc/resolv.conf"), (".containerenv", "/run/.containerenv")];
+const PODMAN_FILES: [(&str, &str); 2] = [RESOLV_CONF, (".containerenv", "/run/.containerenv")];
 /// The bundle directory bound at `/dev/shm` for a container restored from podman, whose
 /// `/dev/shm` was a bind mount there too.
 pub const PODMAN_SHM_DIR: &str = "shm";

@@ -152,12 +152,22 @@ fn two_containers_run_at_once_with_their_own_network() {
             "nc -l -p 8080 -e echo $HOSTNAME & exec sleep 1000",
         ]);
     }
+    let mut addresses = Vec::new();
     for name in ["one", "two"] {
         let lo = ckpt.exec(name, "ip -o addr show lo");
         assert!(lo.contains("127.0.0.1"), "loopback is up: {lo}");
         let links = ckpt.exec(name, "ip -o link | wc -l");
-        assert_eq!(links.trim(), "1", "only loopback in the container's own network namespace");
+        assert_eq!(links.trim(), "2", "loopback and eth0 on the default network, in its own namespace");
+        addresses.push(ckpt.inspect(name)["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string());
     }
+    assert_ne!(addresses[0], addresses[1]);
+    // One reaches the other across the default network's bridge.
+    let hostname_one = ckpt.inspect("one")["Config"]["Hostname"].as_str().unwrap().to_string();
+    let across = format!("nc -w 3 {} 8080 </dev/null", addresses[0]);
+    assert!(eventually(Duration::from_secs(5), || ckpt
+        .run(&["exec", "two", "sh", "-c", &across])
+        .stdout
+        .contains(&hostname_one)));
     // The same port is free in each namespace.
     let hostname = ckpt.inspect("two")["Config"]["Hostname"].as_str().unwrap().to_string();
     assert!(eventually(Duration::from_secs(5), || ckpt

@@ -13,6 +13,7 @@ mod hostile;
 mod interop;
 mod invariants;
 mod migrate;
+mod networks;
 mod podman_habits;
 mod policy;
 mod registry;

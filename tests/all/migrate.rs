@@ -29,6 +29,11 @@ fn a_counting_container_moves_over_ssh_carries_on_and_comes_back() {
     let id = source.counter("web", &["-v", "webdata:/data"]);
     source.exec("web", "echo kept > /data/note");
     assert!(eventually(Duration::from_secs(5), || last_count(&source.logs("web")) >= 5));
+    let address = |ckpt: &Ckpt| {
+        let settings = ckpt.inspect("web")["NetworkSettings"].clone();
+        (settings["IPAddress"].as_str().unwrap().to_string(), settings["MacAddress"].as_str().unwrap().to_string())
+    };
+    let before = address(&source);
 
     let moved = migrate(&source, &sshd, &dest, &[], "web");
     assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
@@ -41,6 +46,7 @@ fn a_counting_container_moves_over_ssh_carries_on_and_comes_back() {
     assert!(outcome["downtime-ms"].as_u64().unwrap() > 0, "{outcome}");
     assert!(source.container_ids().is_empty(), "the source is removed once the destination runs it");
     assert_eq!(dest.inspect("web")["Id"], id, "the container keeps its ID");
+    assert_eq!(address(&dest), before, "and its address and MAC on the default network");
     assert!(at_move >= 5, "the destination's log carries the count from before");
     assert!(eventually(Duration::from_secs(5), || last_count(&dest.logs("web")) > at_move + 3), "no carrying on");
     assert_eq!(dest.exec("web", "cat /data/note").trim(), "kept", "the named volume came along");

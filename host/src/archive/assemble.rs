@@ -89,6 +89,10 @@ pub fn add_members<W: Write>(
     if std::fs::metadata(&stats).is_ok_and(|m| m.is_file()) {
         writer.add_path(layout::STATS_DUMP, &stats).map_err(io("archive", &stats))?;
     }
+    let network_status = bundle.join(layout::NETWORK_STATUS);
+    if std::fs::metadata(&network_status).is_ok_and(|m| m.is_file()) {
+        writer.add_path(layout::NETWORK_STATUS, &network_status).map_err(io("archive", &network_status))?;
+    }
     if sources.log.exists() {
         writer.add_path(layout::CONTAINER_LOG, sources.log).map_err(io("archive", sources.log))?;
     }

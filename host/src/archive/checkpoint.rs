@@ -14,7 +14,7 @@ use super::follow::KnownDigests;
 use super::{ArchiveError, Compression, ExtractOptions};
 
 pub use crate::metadata::{
-    CHECKPOINT_DIR, CONFIG_DUMP, CONTAINER_LOG, CRIU_STATS_DUMP as STATS_DUMP, DELETED_FILES, DEVSHM,
+    CHECKPOINT_DIR, CONFIG_DUMP, CONTAINER_LOG, CRIU_STATS_DUMP as STATS_DUMP, DELETED_FILES, DEVSHM, NETWORK_STATUS,
     PRE_CHECKPOINT_DIR, ROOTFS_DIFF, SPEC_DUMP, VOLUMES_DIR,
 };
 /// ckpt's own addition: size and BLAKE3 digest of every other member. BLAKE3 rather than

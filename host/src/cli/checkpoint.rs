@@ -149,6 +149,15 @@ pub struct RestoreArgs {
     /// How many containers to restore at once (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: Option<u16>,
+    /// Give the container a new IP address rather than the one it had at the checkpoint.
+    #[arg(long)]
+    pub ignore_static_ip: bool,
+    /// Give the container a new MAC address rather than the one it had at the checkpoint.
+    #[arg(long)]
+    pub ignore_static_mac: bool,
+    /// With --import: [[IP:][HOST]:]CONTAINER[/tcp|udp] to publish in place of the archive's ports.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
     /// Post-copy (`ckpt migrate`): fetch the memory through the Unix socket at PATH, which ssh
     /// forwards to the source's page server.
     #[arg(long, value_name = "PATH", hide = true)]
@@ -223,6 +232,9 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         print_stats: args.print_stats,
         lazy_pages_from: args.lazy_pages_from,
         parallel: args.parallel.map(usize::from),
+        ignore_static_ip: args.ignore_static_ip,
+        ignore_static_mac: args.ignore_static_mac,
+        publish: args.publish,
     };
     let (done, result) = restore::restore(ctx, &req);
     if req.print_stats {

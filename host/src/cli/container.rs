@@ -1,5 +1,6 @@
 use std::io::Write;
 
+use crate::ops::network::NetworkFlags;
 use clap::Args;
 
 use crate::error::{Error, Result};
@@ -41,6 +42,28 @@ pub struct ContainerArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// The networks to connect it to (NAME[,NAME…]), or `none` for loopback only; the host
+    /// config's default network (`ckpt`) if not given.
+    #[arg(long = "network", visible_alias = "net")]
+    pub network: Option<String>,
+    /// A fixed IPv4 address on its one network; it keeps it across restarts.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// A fixed MAC address on its one network.
+    #[arg(long = "mac-address")]
+    pub mac_address: Option<String>,
+    /// [[IP:][HOST]:]CONTAINER[/tcp|udp]: publish a container port on the host.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// The container's host name (the first 12 characters of its ID unless given).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// A nameserver for the container's /etc/resolv.conf, in place of the network's and the host's.
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// HOST:IP to add to the container's /etc/hosts.
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -180,6 +203,15 @@ impl ContainerArgs {
             auto_remove: self.rm,
             image: self.image,
             command: self.command,
+            network: NetworkFlags {
+                network: self.network,
+                ip: self.ip,
+                mac_address: self.mac_address,
+                publish: self.publish,
+                hostname: self.hostname,
+                dns: self.dns,
+                add_host: self.add_host,
+            },
         }
     }
 }
@@ -355,7 +387,7 @@ pub fn supervise(ctx: &Context, args: SuperviseArgs) -> Result<i32> {
     let runtime_for = |record: &crate::store::ContainerRecord| {
         ctx.runtime_with_log(&record.runtime, ctx.containers.paths(&record.id).runtime_log())
     };
-    Ok(supervisor::run(&ctx.containers, &runtime_for, &args.id, &args.token, launch)?)
+    Ok(supervisor::run(&ctx.containers, &ctx.networks(), &runtime_for, &args.id, &args.token, launch)?)
 }
 
 /// The fields of `ps --format '{{...}}'`, as podman's ps template names them (they differ from

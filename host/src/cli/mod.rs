@@ -5,6 +5,7 @@ mod container;
 mod image;
 mod man_pages;
 mod migrate;
+mod network;
 mod policy;
 mod schedule;
 mod volume;
@@ -111,6 +112,8 @@ pub enum Command {
     Save(image::SaveArgs),
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     #[command(subcommand)]
@@ -458,6 +461,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         }
         Command::Image(cmd) => image::run(ctx, cmd),
         Command::Volume(cmd) => volume::run(ctx, cmd),
+        Command::Network(cmd) => network::run(ctx, cmd),
         Command::Schedule(cmd) => schedule::run_schedule(ctx, cmd),
         Command::Daemon(args) => schedule::run_daemon(ctx, args),
         Command::Migrate(args) => migrate::run(ctx, args),

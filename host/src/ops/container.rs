@@ -1,5 +1,6 @@
 //! ps, inspect, logs, exec and diff: looking at and into containers.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use std::path::PathBuf;
@@ -35,6 +36,93 @@ pub struct Inspect {
     pub mounts: Vec<InspectMount>,
     pub config: InspectConfig,
     pub host_config: InspectHostConfig,
+    pub network_settings: InspectNetworkSettings,
+}
+
+/// podman's `NetworkSettings`: the addresses are shown while the container runs.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectNetworkSettings {
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+    pub ports: BTreeMap<String, Vec<InspectPortBinding>>,
+    pub sandbox_key: String,
+    pub networks: BTreeMap<String, InspectNetwork>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectNetwork {
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectPortBinding {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// `80/tcp` → its host bindings, one per port of each range, as podman lists them.
+fn port_bindings(ports: &[crate::store::PublishedPort]) -> BTreeMap<String, Vec<InspectPortBinding>> {
+    let mut bindings: BTreeMap<String, Vec<InspectPortBinding>> = BTreeMap::new();
+    for port in ports {
+        for offset in 0..port.range {
+            bindings.entry(format!("{}/{}", port.container_port + offset, port.protocol)).or_default().push(
+                InspectPortBinding { host_ip: port.host_ip.clone(), host_port: (port.host_port + offset).to_string() },
+            );
+        }
+    }
+    bindings
+}
+
+fn network_settings(
+    record: &ContainerRecord,
+    paths: &crate::store::ContainerPaths,
+    running: bool,
+) -> InspectNetworkSettings {
+    let mut settings =
+        InspectNetworkSettings { ports: port_bindings(&record.network.ports), ..InspectNetworkSettings::default() };
+    let status: crate::network::StatusBlock = match std::fs::read(paths.network_status()) {
+        Ok(bytes) if running => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => Default::default(),
+    };
+    if running {
+        settings.sandbox_key = paths.netns().display().to_string();
+    }
+    for (name, attachment) in &record.network.networks {
+        let mut shown = InspectNetwork {
+            network_id: name.clone(),
+            aliases: attachment.aliases.clone(),
+            ..InspectNetwork::default()
+        };
+        if let Some((mac, ip, prefix, gateway)) = status.get(name).and_then(|s| s.first_address()) {
+            shown.ip_address = ip.to_string();
+            shown.ip_prefix_len = prefix;
+            shown.gateway = gateway.unwrap_or_default();
+            shown.mac_address = mac;
+        }
+        if settings.ip_address.is_empty() {
+            settings.ip_address = shown.ip_address.clone();
+            settings.ip_prefix_len = shown.ip_prefix_len;
+            settings.gateway = shown.gateway.clone();
+            settings.mac_address = shown.mac_address.clone();
+        }
+        settings.networks.insert(name.clone(), shown);
+    }
+    settings
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +171,9 @@ pub struct InspectConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct InspectHostConfig {
     pub auto_remove: bool,
+    /// `bridge` or `none`, as podman names them.
+    pub network_mode: &'static str,
+    pub port_bindings: BTreeMap<String, Vec<InspectPortBinding>>,
 }
 
 pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Inspect> {
@@ -143,7 +234,15 @@ pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Inspect> {
             labels: record.labels.clone(),
             hostname: crate::spec::hostname(record).to_string(),
         },
-        host_config: InspectHostConfig { auto_remove: record.auto_remove },
+        host_config: InspectHostConfig {
+            auto_remove: record.auto_remove,
+            network_mode: match record.network.mode {
+                crate::store::NetworkMode::Bridge => "bridge",
+                crate::store::NetworkMode::None => "none",
+            },
+            port_bindings: port_bindings(&record.network.ports),
+        },
+        network_settings: network_settings(record, &paths, st.running()),
     })
 }
 
@@ -165,6 +264,8 @@ pub struct PsEntry {
     pub labels: std::collections::BTreeMap<String, String>,
     pub auto_remove: bool,
     pub mounts: Vec<String>,
+    /// The published ports, in netavark's shape, as podman's `ps --format json` shows them.
+    pub ports: Vec<crate::store::PublishedPort>,
 }
 
 /// One `ps --filter KEY=VALUE`, as podman takes them.
@@ -232,7 +333,10 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 
 /// `ckpt ps` as a table, in podman's columns.
 pub fn ps_table(entries: &[PsEntry]) -> String {
-    let mut table = format!("{:<12}  {:<24}  {:<24}  {:<14}  NAMES\n", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS");
+    let mut table = format!(
+        "{:<12}  {:<24}  {:<24}  {:<14}  {:<24}  NAMES\n",
+        "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "PORTS"
+    );
     for entry in entries {
         table.push_str(&crate::util::escape_controls(&entry.row()));
         table.push('\n');
@@ -244,14 +348,30 @@ impl PsEntry {
     /// The row of the `ps` table.
     fn row(&self) -> String {
         format!(
-            "{:<12}  {:<24}  {:<24.24}  {:<14}  {}",
+            "{:<12}  {:<24}  {:<24.24}  {:<14}  {:<24}  {}",
             crate::util::short_id(&self.id),
             self.image,
             self.command.join(" "),
             self.status,
+            ports_text(&self.ports),
             self.names.first().map(String::as_str).unwrap_or_default()
         )
     }
+}
+
+/// `0.0.0.0:8080->80/tcp`, as podman's PORTS column shows a port (a range as `8080-8081->80-81/tcp`).
+fn ports_text(ports: &[crate::store::PublishedPort]) -> String {
+    let shown: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let ip = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
+            let range = |first: u16| {
+                if p.range > 1 { format!("{first}-{}", first + p.range - 1) } else { first.to_string() }
+            };
+            format!("{ip}:{}->{}/{}", range(p.host_port), range(p.container_port), p.protocol)
+        })
+        .collect();
+    shown.join(", ")
 }
 
 pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<PsEntry> {
@@ -275,6 +395,7 @@ pub fn ps_entry(ctx: &Context, record: &ContainerRecord) -> Result<PsEntry> {
         labels: record.labels.clone(),
         auto_remove: record.auto_remove,
         mounts: record.mounts.iter().map(|m| m.destination.clone()).collect(),
+        ports: record.network.ports.clone(),
     })
 }
 
@@ -435,6 +556,7 @@ mod tests {
             labels: Default::default(),
             auto_remove: false,
             mounts: vec![],
+            ports: vec![],
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Context;
+use super::network::{self, Wanted};
 use crate::error::{Error, Result};
 use crate::rootfs::Overlay;
 use crate::spec::{self, HostMount};
@@ -24,6 +25,7 @@ pub struct RunOptions {
     pub auto_remove: bool,
     pub image: String,
     pub command: Vec<String>,
+    pub network: super::network::NetworkFlags,
 }
 
 /// A container's status as inspect and ps show it, and its init's PID while it has one.
@@ -137,6 +139,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
     if let Some(name) = &options.name {
         validate_object_name("container", name)?;
     }
+    let network = super::network::settings_from_flags(ctx, &options.network)?;
     let runtime = ctx.runtime_named(&ctx.runtime)?;
     let image = ctx.images.resolve(&options.image)?;
     let command =
@@ -168,6 +171,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
         runtime: runtime.name().to_string(),
         root_mode: Some(crate::store::CONTAINER_ROOT_MODE),
         podman_mounts: false,
+        network,
         state: StateFlags::default(),
     };
     let made = (|| {
@@ -189,8 +193,9 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
     Ok(record)
 }
 
-/// Mounts the rootfs and writes the bundle: everything the runtime needs to run or restore.
-pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+/// Mounts the rootfs, connects the network namespace (asking for the `wanted` addresses) and
+/// writes the bundle: everything the runtime needs to run or restore.
+pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord, wanted: &Wanted) -> Result<()> {
     let paths = ctx.containers.paths(&record.id);
     // By ID first: a tag moved since (a load, an import, a --create-image) must not swap the
     // lower layer under the container's upper one.
@@ -201,11 +206,6 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     create_dir_all(&bundle)?;
     let hostname = spec::hostname(record);
     write_atomic(&bundle.join("hostname"), format!("{hostname}\n").as_bytes(), 0o644)?;
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {}\n",
-        record.name
-    );
-    write_atomic(&bundle.join("hosts"), hosts.as_bytes(), 0o644)?;
     if record.podman_mounts {
         // What podman bound into the container, made again so that CRIU finds every mount.
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
@@ -237,14 +237,41 @@ pub fn prepare_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
         .map(|(m, source)| HostMount { source, destination: &m.destination, read_only: m.read_only })
         .collect();
     crate::netns::create(&paths.netns())?;
+    connect(ctx, record, wanted)?;
     let config = spec::build(record, &paths.merged(), &bundle, &paths.netns(), &mounts)
         .map_err(|e| Error::SpecUnbuildable { name: record.name.clone(), detail: e.to_string() })?;
     write_json(&bundle.join("config.json"), &config).map_err(Error::from)
 }
 
+/// Attaches the namespace to the container's networks, unless it is attached already (a restore
+/// prepares its bundle before it launches). Options saved for a namespace that is gone (a
+/// reboot, a crash) are released first.
+fn connect(ctx: &Context, record: &ContainerRecord, wanted: &Wanted) -> Result<()> {
+    let paths = ctx.containers.paths(&record.id);
+    if paths.network_options().exists() {
+        if crate::rootfs::is_mountpoint(&paths.netns()) {
+            return Ok(());
+        }
+        network::detach(ctx, record)?;
+    }
+    network::attach(ctx, record, wanted)
+}
+
+/// Releases what [`prepare_bundle`] took for a run: the network, the namespace, the rootfs.
+pub fn release_bundle(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    let paths = ctx.containers.paths(&record.id);
+    network::detach(ctx, record)?;
+    crate::netns::remove(&paths.netns())?;
+    crate::rootfs::unmount(&paths.merged())?;
+    Ok(())
+}
+
 /// Starts the container's supervisor for `launch`; on failure the rootfs is released again.
-pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> Result<i32> {
-    prepare_bundle(ctx, record)?;
+pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch, wanted: &Wanted) -> Result<i32> {
+    if let Err(e) = prepare_bundle(ctx, record, wanted) {
+        let _ = release_bundle(ctx, record);
+        return Err(e);
+    }
     let token = random_id();
     let previous = record.state.clone();
     record.state.run_token = Some(token.clone());
@@ -253,8 +280,7 @@ pub fn launch(ctx: &Context, record: &mut ContainerRecord, launch: &Launch) -> R
         Ok(pid) => Ok(pid),
         Err(e) => {
             record.state = previous;
-            let _ = crate::rootfs::unmount(&ctx.containers.paths(&record.id).merged());
-            let _ = crate::netns::remove(&ctx.containers.paths(&record.id).netns());
+            let _ = release_bundle(ctx, record);
             ctx.containers.save(record)?;
             Err(e.into())
         }
@@ -271,7 +297,7 @@ pub fn start(ctx: &Context, record: &ContainerRecord) -> Result<ContainerRecord>
     // A fresh start forgets an earlier checkpoint, as podman's init does.
     let previous = record.state.clone();
     record.state = StateFlags { started_at: Some(crate::util::now()), ..StateFlags::default() };
-    if let Err(e) = launch(ctx, &mut record, &Launch::Run) {
+    if let Err(e) = launch(ctx, &mut record, &Launch::Run, &Wanted::new()) {
         record.state = previous;
         ctx.containers.save(&record)?;
         return Err(e);
@@ -428,6 +454,7 @@ pub fn remove(ctx: &Context, record: &ContainerRecord, force: bool, stop_timeout
 
 /// Removes everything ckpt holds for the container except its named volumes.
 pub fn remove_files(ctx: &Context, record: &ContainerRecord) -> Result<()> {
+    network::detach(ctx, record)?;
     crate::store::teardown(&ctx.roots, &ctx.containers.paths(&record.id)).map_err(Error::from)
 }
 

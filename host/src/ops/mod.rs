@@ -11,6 +11,7 @@ pub mod images;
 pub mod info;
 pub mod lifecycle;
 pub mod migrate;
+pub mod network;
 pub mod policy;
 pub mod restore;
 pub mod schedule;
@@ -41,6 +42,8 @@ pub struct Context {
     pub runtime_override: Option<Arc<dyn OciRuntime>>,
     /// Unit tests put a CRIU stand-in here; otherwise `criu` from $PATH is used.
     pub criu_override: Option<Arc<dyn Criu>>,
+    /// Unit tests put a recording netavark here; otherwise podman's netavark is used.
+    pub netavark_override: Option<Arc<dyn crate::network::Netavark>>,
 }
 
 impl Context {
@@ -55,6 +58,7 @@ impl Context {
             runtime,
             runtime_override: None,
             criu_override: None,
+            netavark_override: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! extracted strictly into a private staging directory, checked against its manifest, and the
 //! new container is built from ckpt's own record format, never from the archive's OCI spec.
 
+use super::network::{self, Wanted};
 use crate::image::ImageError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,23 @@ pub struct RestoreRequest {
     pub lazy_pages_from: Option<String>,
     /// How many local checkpoints are restored at once (`--parallel`; one per core by default).
     pub parallel: Option<usize>,
+    /// A new address and MAC rather than the checkpoint's (podman's `--ignore-static-ip` and
+    /// `--ignore-static-mac`); `--name` implies both.
+    pub ignore_static_ip: bool,
+    pub ignore_static_mac: bool,
+    /// `-p`: new published ports for an imported container, in place of the archive's.
+    pub publish: Vec<String>,
+}
+
+/// The addresses the restored container asks its networks for: the checkpoint's, unless the
+/// user said otherwise or gave it a new name (and so a new identity).
+fn wanted_addresses(req: &RestoreRequest, paths: &crate::store::ContainerPaths) -> Wanted {
+    let renamed = req.name.is_some();
+    network::wanted_from_status(
+        &paths.network_status(),
+        req.ignore_static_ip || renamed,
+        req.ignore_static_mac || renamed,
+    )
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +126,7 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
         (req.ignore_volumes, "--ignore-volumes"),
         (req.name.is_some(), "--name"),
         (req.lazy_pages_from.is_some(), "--lazy-pages-from"),
+        (!req.publish.is_empty(), "--publish"),
     ] {
         if set && not_import {
             return Err(Error::invalid(format!("{flag} can only be used with image or --import")));
@@ -299,12 +318,12 @@ fn run_restore(
         ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, pages.into())?;
     }
     let started = Instant::now();
-    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images, criu_config))).inspect_err(
-        |_| {
+    let wanted = wanted_addresses(req, &paths);
+    lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images, criu_config)), &wanted)
+        .inspect_err(|_| {
             record.state = previous.clone();
             let _ = ctx.containers.save(record);
-        },
-    )?;
+        })?;
     let duration = started.elapsed().as_micros() as u64;
     // The container runs from here on: nothing below may fail the restore, or a caller would
     // undo what runs. What cannot be done is said.
@@ -452,6 +471,14 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
         record.name = name.clone();
         record.id = crate::util::random_id();
     }
+    if !req.publish.is_empty() {
+        let ports: Vec<Vec<_>> = req.publish.iter().map(|p| network::parse_publish(p)).collect::<Result<_>>()?;
+        record.network.ports = ports.concat();
+    }
+    // The networks it was on must exist here, as podman's restore requires; the default always does.
+    for (name, _) in &record.network.networks {
+        ctx.networks().definitions.get(name)?;
+    }
     let runtime = ctx.runtime_named(&ctx.runtime)?;
     record.runtime = runtime.name().to_string();
     record.auto_remove = false;
@@ -551,6 +578,8 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
         runtime: config.runtime.clone(),
         root_mode: Some(crate::store::CONTAINER_ROOT_MODE),
         podman_mounts: true,
+        // podman's networks are podman's: the container comes back with loopback only.
+        network: crate::store::ContainerNetwork::default(),
         state: StateFlags::default(),
     })
 }
@@ -612,7 +641,13 @@ fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: StagedCheckpo
     }
     // The sender's images are its word, and CRIU restores whatever credentials they name.
     crate::criu::images::refuse_capabilities_beyond(&paths.checkpoint_dir(), crate::spec::capability_mask())?;
-    lifecycle::prepare_bundle(ctx, &record)?;
+    if let Some(mut status) = staged.open_member(layout::NETWORK_STATUS)? {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut status, 1 << 20), &mut text)
+            .map_err(Error::io("read", layout::NETWORK_STATUS))?;
+        crate::util::write_atomic(&paths.network_status(), &text, 0o644)?;
+    }
+    lifecycle::prepare_bundle(ctx, &record, &wanted_addresses(req, &paths))?;
     if let Some(shm) = staged.open_member(layout::DEVSHM)?.filter(|_| record.podman_mounts) {
         let dir = paths.bundle().join(crate::spec::PODMAN_SHM_DIR);
         archive::extract(std::io::BufReader::new(shm), &dir, layout::DEVSHM, &ExtractOptions::container_files())?;

@@ -127,6 +127,7 @@ pub fn check(ctx: &Context, repair: bool) -> Result<Vec<Finding>> {
             found.extend(check_container(ctx, &record, repair)?);
         }
     }
+    found.extend(leaked_addresses(ctx, repair)?);
     Ok(found)
 }
 
@@ -203,6 +204,23 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
     Ok(found)
 }
 
+/// Addresses still allocated to containers that are gone or no longer set up.
+fn leaked_addresses(ctx: &Context, repair: bool) -> Result<Vec<Finding>> {
+    Ok(super::network::leaked_leases(ctx, repair)?
+        .into_iter()
+        .map(|leak| Finding {
+            kind: "leaked-address",
+            object: format!("{} on network {}", leak.address, leak.network),
+            detail: format!(
+                "allocated to container {}, which {}",
+                leak.container,
+                if leak.container_exists { "is not connected to it" } else { "no longer exists" }
+            ),
+            repaired: repair,
+        })
+        .collect())
+}
+
 /// What the supervisor would have done at exit: release the runtime's state and the mounts,
 /// and record the exit.
 fn release_run(
@@ -218,6 +236,7 @@ fn release_run(
     // Its processes went with the supervisor's watch; any left would write into a detached rootfs.
     crate::rootfs::kill_processes_in(&paths.merged());
     crate::rootfs::unmount(&paths.merged())?;
+    super::network::detach(ctx, record)?;
     crate::netns::remove(&paths.netns())?;
     let mut fresh = ctx.containers.load(&record.id)?;
     fresh.state.run_token = None;

@@ -93,6 +93,69 @@ pub struct StateFlags {
     /// `system check --repair` leaves alone (it thaws only what an interrupted dump left).
     #[serde(default)]
     pub paused: bool,
+    /// Set by a checkpoint with `--tcp-established` that stops the container here: its network
+    /// namespace stays set up (address, veth, published ports) until it is restored or removed,
+    /// so that the host's connection tracking of its clients' connections survives the gap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network_held: bool,
+}
+
+impl StateFlags {
+    /// Whether the container's network stays set up after its processes are gone: only for
+    /// the checkpoint that asked for it.
+    pub fn holds_network(&self) -> bool {
+        self.network_held && (self.checkpointed || self.checkpoint_in_progress)
+    }
+}
+
+/// How a container is networked: `none` (loopback only, as every container was before networks)
+/// or `bridge` (the networks it names, through netavark).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    None,
+    Bridge,
+}
+
+/// The container on one network: what the user fixed (`--ip`, `--mac-address`); the rest is
+/// given at each start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_ip: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// One `-p`: `host_ip` empty for every address of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+    /// How many consecutive ports from both; 1 for one.
+    pub range: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerNetwork {
+    pub mode: NetworkMode,
+    /// By network name, in the order the interfaces get (`eth0`, `eth1`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<(String, NetworkAttachment)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// `--add-host HOST:IP`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts_add: Vec<(String, String)>,
 }
 
 /// What ckpt knows about one container; `container.json` in its directory.
@@ -121,8 +184,15 @@ pub struct ContainerRecord {
     /// (`/etc/resolv.conf`, `/run/.containerenv`, `/dev/shm`) to be there again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub podman_mounts: bool,
+    /// Absent in records from before networks, whose containers all had loopback only.
+    #[serde(default, skip_serializing_if = "is_unnetworked")]
+    pub network: ContainerNetwork,
     #[serde(default)]
     pub state: StateFlags,
+}
+
+fn is_unnetworked(network: &ContainerNetwork) -> bool {
+    *network == ContainerNetwork::default()
 }
 
 /// The mode of `/` in new containers: podman's (containers/storage makes it 0555), so that a

@@ -14,7 +14,8 @@ pub mod schedules;
 mod volumes;
 
 pub use containers::{
-    CONTAINER_ROOT_MODE, ContainerRecord, ContainerStatus, ContainerStore, MountKind, MountSpec, StateFlags,
+    CONTAINER_ROOT_MODE, ContainerNetwork, ContainerRecord, ContainerStatus, ContainerStore, MountKind, MountSpec,
+    NetworkAttachment, NetworkMode, PublishedPort, StateFlags,
 };
 pub use lock::{ContainerLock, StoreLock, is_locked, wait_unlocked};
 pub use paths::{ContainerPaths, Roots};

@@ -125,6 +125,15 @@ impl ContainerPaths {
     pub fn supervisor_log(&self) -> PathBuf {
         self.run_dir.join("supervisor.log")
     }
+    /// The options netavark was given for the container's current run: what its teardown needs.
+    pub fn network_options(&self) -> PathBuf {
+        self.run_dir.join("network.json")
+    }
+    /// What netavark set up, per network, in podman's `network.status` shape. It stays after
+    /// the run, so that a restore asks for the same addresses.
+    pub fn network_status(&self) -> PathBuf {
+        self.bundle().join(crate::metadata::NETWORK_STATUS)
+    }
     /// The container's network namespace, pinned by a bind mount.
     pub fn netns(&self) -> PathBuf {
         self.run_dir.join("netns")

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use log::{LogLine, LogWriter, read_log};
 
 use crate::base_error::BaseError;
+use crate::network::Networks;
 use crate::runtime::{ContainerStdio, OciRuntime, RestoreOptions, RuntimeError};
 use crate::store::{ContainerRecord, ContainerStore};
 
@@ -31,6 +32,8 @@ pub enum SupervisorError {
     Failed { id: String, detail: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
     Base(#[from] BaseError),
 }
@@ -100,6 +103,7 @@ pub type RuntimeFor<'a, E> = &'a dyn Fn(&ContainerRecord) -> Result<Arc<dyn OciR
 /// The body of `ckpt __supervise`. Never returns to the caller's command handling.
 pub fn run<E: std::fmt::Display>(
     containers: &ContainerStore,
+    networks: &Networks,
     runtime_for: RuntimeFor<'_, E>,
     id: &str,
     token: &str,
@@ -184,7 +188,7 @@ pub fn run<E: std::fmt::Display>(
         let _ = reader.join();
     }
     drop(stdin_w);
-    cleanup_after_exit(containers, runtime.as_ref(), id, token, status)?;
+    cleanup_after_exit(containers, networks, runtime.as_ref(), id, token, status)?;
     drop(lifetime_lock);
     Ok(0)
 }
@@ -230,6 +234,7 @@ fn wait_by_polling(init: Pid) -> i32 {
 /// the rootfs mount, and remove `--rm` containers. Skipped if a later run owns the container.
 fn cleanup_after_exit(
     containers: &ContainerStore,
+    networks: &Networks,
     runtime: &dyn OciRuntime,
     id: &str,
     token: &str,
@@ -249,7 +254,10 @@ fn cleanup_after_exit(
     }
     let paths = containers.paths(id);
     crate::rootfs::unmount(&paths.merged())?;
-    crate::netns::remove(&paths.netns())?;
+    if !record.state.holds_network() {
+        networks.teardown(&paths.netns(), &paths.network_options(), &containers.roots().root)?;
+        crate::netns::remove(&paths.netns())?;
+    }
     record.state.run_token = None;
     record.state.finished_at = Some(crate::util::now());
     // Podman reports 0 for a container that CRIU stopped.

@@ -691,7 +691,8 @@ fn checkpoint_one(
     let exporting = !planned.exports.is_empty() || handoff.is_some();
     let small = (1..=FOLLOW_UP_TO).contains(&facts.container.memory_bytes);
     let follow = exporting && small && page_server.is_none();
-    let one = One { ctx, runtime: runtime.as_ref(), record: &record, facts, planned };
+    let leaving = handoff.is_some();
+    let one = One { ctx, runtime: runtime.as_ref(), record: &record, facts, planned, leaving };
     let mut dumped = dump_container(&one, &mut txn, policies, page_server, follow)?;
     let mut digests = Vec::new();
     let exported = export_and_hand_off(&one, policies, handoff, pending, &mut dumped, &mut digests);
@@ -719,8 +720,11 @@ struct DumpTxn<'a> {
 }
 
 impl DumpTxn<'_> {
-    fn mark_in_progress(&mut self) -> Result<()> {
-        set_in_progress(self.ctx, &self.id, true)?;
+    fn mark_in_progress(&mut self, hold_network: bool) -> Result<()> {
+        let mut record = self.ctx.containers.load(&self.id)?;
+        record.state.checkpoint_in_progress = true;
+        record.state.network_held = hold_network;
+        self.ctx.containers.save(&record)?;
         self.marked = true;
         Ok(())
     }
@@ -842,6 +846,8 @@ struct One<'a> {
     record: &'a ContainerRecord,
     facts: &'a CheckpointFacts,
     planned: &'a Planned,
+    /// Handed to another host (a migration): nothing of it stays here.
+    leaving: bool,
 }
 
 /// The pre-dump rounds, then the dump. A failed dump leaves the container running and no
@@ -853,7 +859,7 @@ fn dump_container(
     page_server: Option<std::os::fd::OwnedFd>,
     follow: bool,
 ) -> Result<Dumped> {
-    let One { ctx, runtime, record, facts, planned } = *one;
+    let One { ctx, runtime, record, facts, planned, leaving } = *one;
     let o = &planned.options;
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
@@ -869,7 +875,10 @@ fn dump_container(
     crate::store::discard::discard(&ctx.roots, std::slice::from_ref(&image_dir))?;
     // A `--rm` container's supervisor also keeps its files while the mark is set.
     if !options.leave_running {
-        txn.mark_in_progress()?;
+        // Connections through published ports carry on only if the host keeps tracking them,
+        // which it stops doing when the network's bridge goes; a migration's source leaves.
+        let hold_network = options.tcp_established && !record.auto_remove && !leaving;
+        txn.mark_in_progress(hold_network)?;
     }
     let followed = follow.then(|| crate::archive::follow::follow(&image_dir));
     let started = Instant::now();
@@ -909,7 +918,7 @@ fn export_and_hand_off(
     dumped: &mut Dumped,
     digests: &mut Vec<Option<String>>,
 ) -> Result<DumpStats> {
-    let One { ctx, runtime, record, facts, planned } = *one;
+    let One { ctx, runtime, record, facts, planned, .. } = *one;
     let o = &planned.options;
     crate::interrupt::check()?;
     let stats = if o.print_stats {
@@ -935,6 +944,14 @@ fn export_and_hand_off(
     // The last safe point: past it the checkpoint is published.
     crate::interrupt::check()?;
     if let Some(handoff) = handoff {
+        // The address goes with the container: the destination may share this host's networks
+        // (another store on this machine), and asks for the address the checkpoint had. Should
+        // the handoff fail, the roll back here asks for it again.
+        if !o.leave_running
+            && let Err(e) = super::network::detach(ctx, record)
+        {
+            tracing::warn!("{}", crate::util::escape_controls(&e.to_string()));
+        }
         handoff.deliver(ctx, record, o, &content)?;
     }
     Ok(stats)
@@ -1146,7 +1163,8 @@ fn roll_back(
     let result = (|| {
         let _lock = ContainerLock::acquire(&ctx.roots.locks_dir(), &record.id)?;
         let mut fresh = ctx.containers.load(&record.id)?;
-        lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore))?;
+        let wanted = super::network::wanted_from_status(&paths.network_status(), false, false);
+        lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore), &wanted)?;
         set_in_progress(ctx, &record.id, false)?;
         remove_dir_all(&paths.checkpoint_dir()).map_err(Error::from)
     })();
@@ -1165,6 +1183,7 @@ fn roll_back(
 fn set_in_progress(ctx: &Context, id: &str, value: bool) -> Result<()> {
     let mut record = ctx.containers.load(id)?;
     record.state.checkpoint_in_progress = value;
+    record.state.network_held &= value;
     ctx.containers.save(&record).map_err(Error::from)
 }
 

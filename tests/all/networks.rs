@@ -1,0 +1,211 @@
+//! Containers on real networks: netavark's bridges, ckpt's own address allocation, published
+//! ports, and addresses that survive a checkpoint and a restore. The behaviours of podman's
+//! `test/system/520-checkpoint.bats` ("--export, with volumes", "ip and mac handling") in
+//! ckpt's own words.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::support::{Ckpt, eventually};
+
+/// A host port nobody holds right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The body of `GET /` at 127.0.0.1:`port`, or `None` if nothing answers.
+fn http_get(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// A busybox httpd on port 80 of the container, serving `text`, published on `port`.
+fn web_server(ckpt: &Ckpt, name: &str, port: u16, text: &str, extra: &[&str]) -> String {
+    let publish = format!("{port}:80");
+    let script = format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let mut args = vec!["run", "-d", "--name", name, "-p", &publish];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["busybox", "sh", "-c", &script]);
+    let id = ckpt.ok(&args).trim().to_string();
+    assert!(eventually(Duration::from_secs(5), || http_get(port).is_some()), "{name} never answered on {port}");
+    id
+}
+
+fn address(ckpt: &Ckpt, name: &str) -> (String, String) {
+    let settings = &ckpt.inspect(name)["NetworkSettings"];
+    (settings["IPAddress"].as_str().unwrap().to_string(), settings["MacAddress"].as_str().unwrap().to_string())
+}
+
+/// What the host's firewall and interfaces hold for a container: its DNAT rules.
+fn dnat_rules_for(id: &str) -> usize {
+    let out = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(id)).count()
+}
+
+#[test]
+fn a_published_web_server_answers_after_checkpoint_restore_and_import_with_its_address() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let port = free_port();
+    let id = web_server(&ckpt, "web", port, "hello-from-ckpt", &[]);
+    assert_eq!(http_get(port).unwrap().trim(), "hello-from-ckpt");
+    let (ip, mac) = address(&ckpt, "web");
+    assert!(ip.starts_with("10.90."), "on the default network: {ip}");
+    let inspected = ckpt.inspect("web");
+    assert_eq!(inspected["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"], port.to_string());
+    assert_eq!(inspected["NetworkSettings"]["Networks"]["ckpt"]["IPAddress"], ip.as_str());
+    assert!(ckpt.ok(&["ps"]).contains(&format!("0.0.0.0:{port}->80/tcp")));
+
+    ckpt.ok(&["checkpoint", "web"]);
+    assert!(eventually(Duration::from_secs(5), || http_get(port).is_none()), "nothing answers while checkpointed");
+    assert!(eventually(Duration::from_secs(5), || dnat_rules_for(&id) == 0), "the port is released");
+    ckpt.ok(&["restore", "web"]);
+    assert!(eventually(Duration::from_secs(5), || http_get(port).is_some()));
+    assert_eq!(http_get(port).unwrap().trim(), "hello-from-ckpt");
+    assert_eq!(address(&ckpt, "web"), (ip.clone(), mac.clone()), "the same IP and MAC after a restore");
+
+    // A restart is a new start: a new address, as podman gives one.
+    ckpt.ok(&["restart", "-t", "0", "web"]);
+    let (new_ip, new_mac) = address(&ckpt, "web");
+    assert!(new_ip != ip && new_mac != mac, "restart gives a new address: {new_ip} {new_mac}");
+    assert!(eventually(Duration::from_secs(5), || http_get(port).is_some()));
+
+    // podman's "--export, with volumes": exported, removed, imported in a second store.
+    let archive = ckpt.path("web.tar.zst");
+    ckpt.ok(&["checkpoint", "-e", archive.to_str().unwrap(), "web"]);
+    let members = crate::support::members(&archive);
+    assert!(members.iter().any(|m| m == "network.status"), "{members:?}");
+    ckpt.ok(&["rm", "web"]);
+    assert_eq!(dnat_rules_for(&id), 0);
+    let other = Ckpt::available().unwrap();
+    other.ok(&["restore", "--import", archive.to_str().unwrap()]);
+    assert!(eventually(Duration::from_secs(5), || http_get(port).is_some()), "the import publishes the port again");
+    assert_eq!(http_get(port).unwrap().trim(), "hello-from-ckpt");
+    assert_eq!(address(&other, "web"), (new_ip, new_mac), "the import asks for the archive's address");
+
+    // With --name, a new container: a new address; --publish moves its port.
+    let moved = free_port();
+    let publish = format!("{moved}:80");
+    other.ok(&["restore", "--import", archive.to_str().unwrap(), "--name", "web2", "-p", &publish]);
+    assert!(eventually(Duration::from_secs(5), || http_get(moved).is_some()));
+    assert_ne!(address(&other, "web2").0, address(&other, "web").0);
+}
+
+#[test]
+fn a_client_keeps_its_connection_through_a_published_port_across_checkpoint_and_restore() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let port = free_port();
+    let publish = format!("{port}:7");
+    ckpt.ok(&["run", "-d", "--name", "echo", "-p", &publish, "busybox", "sh", "-c", "nc -ll -p 7 -e cat"]);
+    let connect = || TcpStream::connect(("127.0.0.1", port));
+    assert!(eventually(Duration::from_secs(5), || connect().is_ok()));
+    let mut client = connect().unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut echo = |text: &[u8]| {
+        client.write_all(text).unwrap();
+        let mut got = vec![0; text.len()];
+        client.read_exact(&mut got).map(|()| got)
+    };
+    assert_eq!(echo(b"before\n").unwrap(), b"before\n");
+    ckpt.ok(&["checkpoint", "--tcp-established", "echo"]);
+    assert_eq!(ckpt.status("echo"), "exited");
+    ckpt.ok(&["restore", "--tcp-established", "echo"]);
+    assert_eq!(echo(b"after\n").expect("the connection carries on"), b"after\n");
+}
+
+#[test]
+fn containers_on_a_user_network_reach_each_other_by_name_and_leave_nothing() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let network = format!("net{}", std::process::id() % 100000);
+    let created = ckpt.ok(&["network", "create", &network]);
+    assert_eq!(created.trim(), network);
+    let inspected: serde_json::Value = serde_json::from_str(&ckpt.ok(&["network", "inspect", &network])).unwrap();
+    let subnet = inspected[0]["subnets"][0]["subnet"].as_str().unwrap().to_string();
+    assert!(inspected[0]["dns_enabled"].as_bool().unwrap());
+    assert!(ckpt.ok(&["network", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == network));
+
+    let port = free_port();
+    let id = web_server(&ckpt, "server", port, "by-name", &["--network", &network]);
+    ckpt.ok(&["run", "-d", "--name", "client", "--network", &network, "busybox", "sleep", "1000"]);
+    // Debian's static busybox wget crashes in this image, so the request goes through nc.
+    let script = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 server 80 | tail -n 1";
+    let fetch = || ckpt.run(&["exec", "client", "sh", "-c", script]);
+    assert!(eventually(Duration::from_secs(10), || fetch().stdout.trim() == "by-name"), "{}", fetch().stderr);
+    let hosts = ckpt.exec("client", "cat /etc/hosts /etc/resolv.conf");
+    assert!(hosts.contains("host.containers.internal") && hosts.contains("search dns.podman"), "{hosts}");
+
+    // Still by name after both were checkpointed and restored.
+    ckpt.ok(&["checkpoint", "server", "client"]);
+    ckpt.ok(&["restore", "server", "client"]);
+    assert!(eventually(Duration::from_secs(10), || fetch().stdout.trim() == "by-name"), "{}", fetch().stderr);
+
+    let refused = ckpt.fails(&["network", "rm", &network]);
+    assert!(refused.contains(&format!("network {network:?} is in use by container")), "{refused}");
+    ckpt.ok(&["network", "rm", "-f", &network]);
+    assert!(ckpt.container_ids().is_empty(), "--force removed its containers");
+    assert_eq!(dnat_rules_for(&id), 0);
+    let leases = std::fs::read_to_string(format!("/run/ckpt/networks/ipam/{network}.json"));
+    assert!(leases.is_err(), "the network's allocations went with it: {leases:?}");
+    assert!(!ckpt.ok(&["network", "ls"]).contains(&network));
+    let links = std::process::Command::new("ip").args(["-br", "addr"]).output().unwrap();
+    let prefix = subnet.trim_end_matches(".0/24");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(prefix), "its bridge is gone");
+}
+
+#[test]
+fn bad_network_input_is_refused_by_name_and_changes_nothing() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let network = format!("bad{}", std::process::id() % 100000);
+    ckpt.ok(&["network", "create", "--subnet", "10.91.240.0/24", &network]);
+    let overlap = ckpt.fails(&["network", "create", "--subnet", "10.91.240.128/25", "other"]);
+    assert!(overlap.contains(&format!("overlaps network {network:?}")), "{overlap}");
+    let outside = ckpt.fails(&["network", "create", "--subnet", "10.91.241.0/24", "--gateway", "10.9.9.1", "other"]);
+    assert!(outside.contains("gateway 10.9.9.1 is not in subnet 10.91.241.0/24"), "{outside}");
+    assert!(!ckpt.ok(&["network", "ls"]).contains("other"));
+
+    ckpt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "first",
+        "--network",
+        &network,
+        "--ip",
+        "10.91.240.9",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let taken =
+        ckpt.fails(&["run", "-d", "--name", "second", "--network", &network, "--ip", "10.91.240.9", "busybox", "true"]);
+    assert!(taken.contains("address 10.91.240.9 is already in use by container"), "{taken}");
+    let port = free_port();
+    let publish = format!("{port}:80");
+    ckpt.ok(&["run", "-d", "--name", "third", "-p", &publish, "busybox", "sleep", "1000"]);
+    let twice = ckpt.fails(&["run", "-d", "--name", "fourth", "-p", &publish, "busybox", "true"]);
+    assert!(twice.contains(&format!("port {port}/tcp is already published by container \"third\"")), "{twice}");
+    let held = TcpListener::bind("0.0.0.0:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let busy = ckpt.fails(&["run", "-d", "--name", "fifth", "-p", &format!("{held_port}:80"), "busybox", "true"]);
+    assert!(busy.contains("in use by a process of the host"), "{busy}");
+    let unknown = ckpt.fails(&["run", "--name", "sixth", "--network", "nosuch", "busybox", "true"]);
+    assert!(unknown.contains("network \"nosuch\" not found"), "{unknown}");
+    let host = ckpt.fails(&["run", "--name", "seventh", "--network", "host", "busybox", "true"]);
+    assert!(host.contains("--network host is not supported"), "{host}");
+    let outside =
+        ckpt.fails(&["run", "--name", "eighth", "--network", &network, "--ip", "10.1.1.1", "busybox", "true"]);
+    assert!(outside.contains("is not in network"), "{outside}");
+    let names: Vec<String> = ckpt.ok(&["ps", "-a", "--format", "{{.Names}}"]).lines().map(String::from).collect();
+    assert_eq!(names.len(), 2, "only the two that ran exist: {names:?}");
+
+    let none = ckpt.ok(&["run", "--rm", "--network", "none", "busybox", "ip", "-o", "link"]);
+    assert_eq!(none.lines().count(), 1, "loopback only: {none}");
+    let check = ckpt.ok(&["system", "check"]);
+    assert_eq!(check.trim(), "nothing to repair", "{check}");
+    ckpt.ok(&["rm", "-f", "first", "third"]);
+    ckpt.ok(&["network", "rm", &network]);
+}
