@@ -150,3 +150,103 @@ fn an_archive_whose_processes_hold_more_than_a_ckpt_container_may_is_refused() {
     assert!(refused.stderr.contains("\"sleep\""), "the process is named: {}", refused.stderr);
     assert!(ckpt.container_ids().is_empty(), "nothing is left of the import");
 }
+
+/// Removes a podman network and a ckpt network of the same name when the test ends.
+struct Networks<'a>(&'a Ckpt, &'static str);
+
+impl Drop for Networks<'_> {
+    fn drop(&mut self) {
+        let _ = Podman::cleaning(&[], &[], &[]).run(&["network", "rm", "-f", self.1]);
+        let _ = self.0.run(&["network", "rm", "-f", self.1]);
+    }
+}
+
+/// A web server on a user network moves from ckpt to podman and back, keeping its address
+/// (podman's restore reads `network.status` as ckpt's does) and its published port. Each side
+/// has the network under the same name and subnet, as podman's own restore requires.
+#[test]
+fn a_networked_container_moves_between_ckpt_and_podman_with_its_address() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    const NETWORK: &str = "ckpt-interop-net";
+    const SUBNET: &str = "10.91.200.0/24";
+    let podman = Podman::cleaning(&["ckpt-netmove"], &[], &[]);
+    let _networks = Networks(&ckpt, NETWORK);
+    let image = ckpt.path("busybox.tar");
+    ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
+    podman.ok(&["load", "-i", image.to_str().unwrap()]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let publish = format!("{port}:80");
+    let answers = || {
+        let fetch = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 127.0.0.1 {port} | tail -n 1");
+        let out = std::process::Command::new("sh").arg("-c").arg(fetch).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "moving-server"
+    };
+
+    ckpt.ok(&["network", "create", "--subnet", SUBNET, NETWORK]);
+    let script = "mkdir -p /www && echo moving-server > /www/index.html && exec httpd -f -p 80 -h /www";
+    ckpt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ckpt-netmove",
+        "--network",
+        NETWORK,
+        "-p",
+        &publish,
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(eventually(Duration::from_secs(5), answers));
+    let address = ckpt.inspect("ckpt-netmove")["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
+    let archive = ckpt.path("netmove.tar.zst");
+    ckpt.ok(&["checkpoint", "-e", archive.to_str().unwrap(), "ckpt-netmove"]);
+    ckpt.ok(&["rm", "ckpt-netmove"]);
+    ckpt.ok(&["network", "rm", NETWORK]);
+
+    podman.ok(&["network", "create", "--subnet", SUBNET, NETWORK]);
+    podman.ok(&["container", "restore", "--import", archive.to_str().unwrap()]);
+    let in_podman = podman.ok(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}"),
+        "ckpt-netmove",
+    ]);
+    assert_eq!(in_podman.trim(), address, "podman restores it at the address it had in ckpt");
+    assert!(eventually(Duration::from_secs(5), answers), "podman publishes its port again");
+
+    // And a podman container, at a fixed address on that network, moves to ckpt. (Not the one
+    // podman restored: podman cannot dump it again, as its stdin is then the host's /dev/null.)
+    podman.ok(&["rm", "-f", "-t", "0", "ckpt-netmove"]);
+    let fixed = "10.91.200.77";
+    let loaded = podman.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let busybox = loaded.lines().find(|l| l.contains("busybox")).unwrap().to_string();
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ckpt-netmove",
+        "--network",
+        NETWORK,
+        "--ip",
+        fixed,
+        "-p",
+        &publish,
+        &busybox,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(eventually(Duration::from_secs(5), answers));
+    let back = ckpt.path("netmove-back.tar");
+    podman.ok(&["container", "checkpoint", "-e", back.to_str().unwrap(), "ckpt-netmove"]);
+    podman.ok(&["rm", "-f", "ckpt-netmove"]);
+    podman.ok(&["network", "rm", NETWORK]);
+    ckpt.ok(&["network", "create", "--subnet", SUBNET, NETWORK]);
+    ckpt.ok(&["restore", "-i", back.to_str().unwrap()]);
+    let settings = ckpt.inspect("ckpt-netmove")["NetworkSettings"].clone();
+    assert_eq!(settings["Networks"][NETWORK]["IPAddress"], fixed, "ckpt restores podman's container at its address");
+    assert!(eventually(Duration::from_secs(5), answers), "with its port");
+    ckpt.ok(&["rm", "-f", "ckpt-netmove"]);
+}

@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::ArchiveError;
 use super::checkpoint as layout;
-use crate::store::ContainerRecord;
+use crate::network::PerNetworkOptions;
+use crate::store::{ContainerRecord, NetworkMode, PublishedPort};
+
+/// Each engine's default network, which a checkpoint moving between them lands on: another
+/// subnet, so a new address.
+pub const PODMAN_DEFAULT_NETWORK: &str = "podman";
 
 /// Largest JSON member read into memory.
 const MAX_JSON_MEMBER: u64 = 16 << 20;
@@ -42,9 +47,15 @@ pub struct ConfigDump {
     /// it, it would hand the runtime the path of the exporting side's namespace.
     #[serde(default, rename = "createNetNS")]
     pub create_net_ns: bool,
-    /// podman's network mode: ckpt's containers have loopback only, which podman calls `none`.
+    /// podman's network mode: `bridge` for a container on networks, `none` for loopback only.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network_mode: String,
+    /// The networks, by podman's name for them: the default network is podman's `podman`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub new_networks: BTreeMap<String, PerNetworkOptions>,
+    /// The published ports, in podman's (and netavark's) shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_port_mappings: Vec<PublishedPort>,
     /// ckpt's own record; podman's archives have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ckpt: Option<ContainerRecord>,
@@ -81,7 +92,31 @@ impl ConfigDump {
                 .collect(),
             labels: record.labels.clone(),
             create_net_ns: true,
-            network_mode: "none".into(),
+            network_mode: match record.network.mode {
+                NetworkMode::Bridge => "bridge".into(),
+                NetworkMode::None => "none".into(),
+            },
+            new_networks: record
+                .network
+                .networks
+                .iter()
+                .enumerate()
+                .map(|(index, (name, attachment))| {
+                    let mut options = PerNetworkOptions {
+                        interface_name: format!("eth{index}"),
+                        static_ips: attachment.static_ip.into_iter().collect(),
+                        static_mac: attachment.static_mac.clone(),
+                        aliases: attachment.aliases.clone(),
+                    };
+                    if name != crate::config::DEFAULT_NETWORK {
+                        return (name.clone(), options);
+                    }
+                    // An address of ckpt's default subnet means nothing on podman's.
+                    options.static_ips.clear();
+                    (PODMAN_DEFAULT_NETWORK.to_string(), options)
+                })
+                .collect(),
+            new_port_mappings: record.network.ports.clone(),
             ckpt: Some(record.clone()),
         }
     }

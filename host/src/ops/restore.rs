@@ -578,10 +578,39 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
         runtime: config.runtime.clone(),
         root_mode: Some(crate::store::CONTAINER_ROOT_MODE),
         podman_mounts: true,
-        // podman's networks are podman's: the container comes back with loopback only.
-        network: crate::store::ContainerNetwork::default(),
+        network: network_from_podman(config),
         state: StateFlags::default(),
     })
+}
+
+/// The networks of a podman container, by ckpt's names for them: podman's default network is
+/// ckpt's. Without a network mode (older podman, or `none`) it has loopback only.
+fn network_from_podman(config: &ConfigDump) -> crate::store::ContainerNetwork {
+    use crate::store::{ContainerNetwork, NetworkAttachment, NetworkMode};
+    if config.network_mode != "bridge" || config.new_networks.is_empty() {
+        return ContainerNetwork::default();
+    }
+    let mut by_interface: Vec<(&String, &crate::network::PerNetworkOptions)> = config.new_networks.iter().collect();
+    by_interface.sort_by(|a, b| a.1.interface_name.cmp(&b.1.interface_name));
+    let networks = by_interface
+        .into_iter()
+        .map(|(name, options)| {
+            let default = name == crate::archive::summary::PODMAN_DEFAULT_NETWORK;
+            let ckpts = if default { crate::config::DEFAULT_NETWORK.to_string() } else { name.clone() };
+            let attachment = NetworkAttachment {
+                static_ip: if default { None } else { options.static_ips.first().copied() },
+                static_mac: options.static_mac.clone(),
+                aliases: options.aliases.clone(),
+            };
+            (ckpts, attachment)
+        })
+        .collect();
+    ContainerNetwork {
+        mode: NetworkMode::Bridge,
+        networks,
+        ports: config.new_port_mappings.clone(),
+        ..Default::default()
+    }
 }
 
 fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: StagedCheckpoint) -> Result<Restored> {
