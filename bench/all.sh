@@ -23,7 +23,7 @@ if [ -n "$others" ]; then
 fi
 names | xargs -r podman --runtime runc rm -f -t 0 >/dev/null 2>&1 || true
 for i in $(seq "$count"); do
-  $ckpt run -d --name "all-$i" busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
+  $ckpt run -d --network none --name "all-$i" busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
   podman run -d --network none --name "all-$i" localhost/busybox sh -c 'i=0; while :; do i=$((i+1)); sleep 0.2; done' >/dev/null
 done
 parallel=${PARALLEL:+--parallel $PARALLEL}

@@ -36,7 +36,7 @@ run_one() {
   rm -f "$archive"
   if [ "$tool" = ckpt ]; then
     $ckpt rm -f b b2 >/dev/null 2>&1 || true
-    $ckpt run -d --name b memhog /bin/memhog "$size" >/dev/null
+    $ckpt run -d --network none --name b memhog /bin/memhog "$size" >/dev/null
     wait_ready $ckpt logs b
     settle; t0=$(now)
     stats=$(timed "$work/rss" $ckpt checkpoint --print-stats -c "$comp" -e "$archive" b)

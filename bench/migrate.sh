@@ -55,7 +55,7 @@ sleep 1
 run_ckpt() {
   local size=$1 t0 t1 out
   $src rm -af >/dev/null 2>&1 || true; $dst rm -af >/dev/null 2>&1 || true
-  $src run -d --name b memhog /bin/memhog "$size" >/dev/null
+  $src run -d --network none --name b memhog /bin/memhog "$size" >/dev/null
   wait_ready $src logs b
   t0=$(now)
   out=$(/usr/bin/time -f '%M' -o "$work/src-rss" $src migrate --json \

@@ -54,7 +54,7 @@ trap 'target/$profile/ckpt --root "$store/root" --runroot "$store/run" rm -a -f 
 share=(target/$profile/ckpt --root "$store/root" --runroot "$store/run")
 printf '%s\n' "[exports]" "directories = [\"$store\"]" > "$store/ckpt.toml"
 export CKPT_CONFIG=$store/ckpt.toml
-"${share[@]}" run -d --name share busybox sh -c 'while :; do sleep 1; done' >/dev/null
+"${share[@]}" run -d --network none --name share busybox sh -c 'while :; do sleep 1; done' >/dev/null
 echo
 # share: loading and decisions; warm share: the decisions alone, as in a daemon that keeps its
 # policies loaded between runs.

@@ -1006,6 +1006,12 @@ fn finish_dump(
     };
     if container_stopped {
         txn.commit(image_dir)?;
+        // The address and ports go now, as podman's checkpoint gives them up, rather than in
+        // the supervisor's cleanup, which a restore right after this would wait for.
+        let held = ctx.containers.load(&record.id).is_ok_and(|r| r.state.holds_network());
+        if !held && let Err(e) = super::network::detach(ctx, record) {
+            tracing::warn!("{}", crate::util::escape_controls(&e.to_string()));
+        }
     }
     if !o.keep && !o.pre_checkpoint {
         let paths = ctx.containers.paths(&record.id);
