@@ -32,7 +32,7 @@ const FAULTS: [(&str, &str); 4] = [
 ];
 
 /// `ckpt ARGS` as `ckpt.command()` would run it, under strace with `strace_args` first.
-fn traced(ckpt: &Ckpt, strace_args: &[String], args: &[&str]) -> std::process::Output {
+pub(crate) fn traced(ckpt: &Ckpt, strace_args: &[String], args: &[&str]) -> std::process::Output {
     let ckpt_cmd = {
         let mut c = ckpt.command();
         c.args(args);
@@ -52,7 +52,7 @@ fn traced(ckpt: &Ckpt, strace_args: &[String], args: &[&str]) -> std::process::O
 }
 
 /// How many of `calls` ckpt makes in `ckpt ARGS`: the faults' range.
-fn most_calls(ckpt: &Ckpt, calls: &str, args: &[&str]) -> usize {
+pub(crate) fn most_calls(ckpt: &Ckpt, calls: &str, args: &[&str]) -> usize {
     let log = ckpt.path("strace.log");
     let out = traced(ckpt, &["-o".into(), log.display().to_string(), "-e".into(), format!("trace={calls}")], args);
     assert!(out.status.success(), "the run without a fault failed: {}", String::from_utf8_lossy(&out.stderr));

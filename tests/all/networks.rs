@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use crate::support::servers::{FarHost, Sshd};
 use crate::support::{Ckpt, eventually};
 
 /// A host port nobody holds right now.
@@ -16,7 +17,12 @@ fn free_port() -> u16 {
 
 /// The body of `GET /` at 127.0.0.1:`port`, or `None` if nothing answers.
 fn http_get(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    http_get_at("127.0.0.1", port)
+}
+
+fn http_get_at(host: &str, port: u16) -> Option<String> {
+    let address = std::net::SocketAddr::new(host.parse().unwrap(), port);
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut answer = String::new();
@@ -34,6 +40,15 @@ fn web_server(ckpt: &Ckpt, name: &str, port: u16, text: &str, extra: &[&str]) ->
     let id = ckpt.ok(&args).trim().to_string();
     assert!(eventually(Duration::from_secs(5), || http_get(port).is_some()), "{name} never answered on {port}");
     id
+}
+
+/// Removes a network when the test ends, passed or not: networks are the host's.
+struct RemovedAtEnd<'a>(&'a Ckpt, String);
+
+impl Drop for RemovedAtEnd<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["network", "rm", "-f", &self.1]);
+    }
 }
 
 fn address(ckpt: &Ckpt, name: &str) -> (String, String) {
@@ -121,6 +136,7 @@ fn a_client_keeps_its_connection_through_a_published_port_across_checkpoint_and_
 fn containers_on_a_user_network_reach_each_other_by_name_and_leave_nothing() {
     let Some(ckpt) = Ckpt::available() else { return };
     let network = format!("net{}", std::process::id() % 100000);
+    let _removed = RemovedAtEnd(&ckpt, network.clone());
     let created = ckpt.ok(&["network", "create", &network]);
     assert_eq!(created.trim(), network);
     let inspected: serde_json::Value = serde_json::from_str(&ckpt.ok(&["network", "inspect", &network])).unwrap();
@@ -160,6 +176,7 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_leave_nothing() {
 fn bad_network_input_is_refused_by_name_and_changes_nothing() {
     let Some(ckpt) = Ckpt::available() else { return };
     let network = format!("bad{}", std::process::id() % 100000);
+    let _removed = RemovedAtEnd(&ckpt, network.clone());
     ckpt.ok(&["network", "create", "--subnet", "10.91.240.0/24", &network]);
     let overlap = ckpt.fails(&["network", "create", "--subnet", "10.91.240.128/25", "other"]);
     assert!(overlap.contains(&format!("overlaps network {network:?}")), "{overlap}");
@@ -208,4 +225,82 @@ fn bad_network_input_is_refused_by_name_and_changes_nothing() {
     assert_eq!(check.trim(), "nothing to repair", "{check}");
     ckpt.ok(&["rm", "-f", "first", "third"]);
     ckpt.ok(&["network", "rm", &network]);
+}
+
+/// A published web server on a user network migrates to another host (a network namespace of
+/// its own, with its own sshd, bridges and firewall, so that the address really moves): the far
+/// side makes the network it lacks, under the same subnet, gives the container the address it
+/// had, and serves on the published port there.
+#[test]
+fn a_published_web_server_migrates_to_another_host_with_its_network_and_serves_there() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let far = FarHost::new();
+    // The far host keeps its networks where only it sees them.
+    let config = format!(
+        "[network]\ndefinitions = {:?}\nstate = {:?}\n",
+        dest.path("networks").display().to_string(),
+        dest.path("netstate").display().to_string()
+    );
+    std::fs::write(dest.path("ckpt.toml"), config).unwrap();
+    let sshd = Sshd::start_on(&source, Some(&far));
+    let network = format!("mig{}", std::process::id() % 100000);
+    let _removed = RemovedAtEnd(&source, network.clone());
+    source.ok(&["network", "create", "--subnet", "10.91.231.0/24", &network]);
+    let port = free_port();
+    web_server(&source, "web", port, "served-far", &["--network", &network]);
+    let before = address(&source, "web");
+
+    let mut args: Vec<String> = vec!["migrate".into()];
+    args.extend(sshd.flags(&dest));
+    args.extend(["web".into(), sshd.url(&dest)]);
+    let moved = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
+    assert!(source.container_ids().is_empty());
+    assert!(eventually(Duration::from_secs(5), || http_get_at(&far.address, port).is_some()), "nothing serves there");
+    assert_eq!(http_get_at(&far.address, port).unwrap().trim(), "served-far");
+    assert!(http_get(port).is_none(), "and nothing here");
+    let made: serde_json::Value = serde_json::from_str(&dest.ok(&["network", "inspect", &network])).unwrap();
+    assert_eq!(made[0]["subnets"][0]["subnet"], "10.91.231.0/24", "the far side made the network");
+    assert_eq!(address(&dest, "web"), before, "with the container's address and MAC");
+    source.ok(&["network", "rm", &network]);
+}
+
+/// The addresses this store's containers hold on the default network.
+fn leases_of(ckpt: &Ckpt) -> usize {
+    let Ok(text) = std::fs::read_to_string("/run/ckpt/networks/ipam/ckpt.json") else { return 0 };
+    let allocations: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let root = ckpt.root.to_str().unwrap();
+    allocations["leases"].as_object().unwrap().values().filter(|lease| lease["store"] == root).count()
+}
+
+/// `run` SIGKILLed at each of its renames (a record, the network's saved options, its status,
+/// the container's files): after `system check --repair` only a running container holds an
+/// address, nothing is left to repair, and once it is removed no address or forwarded port is.
+#[test]
+fn a_run_killed_at_any_step_leaves_no_address_once_repaired() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let args = ["run", "-d", "--name", "killed", "-p", &publish, "busybox", "sleep", "1000"];
+    let renames = "rename,renameat,renameat2";
+    let most = crate::faults::most_calls(&ckpt, renames, &args);
+    ckpt.ok(&["rm", "-f", "killed"]);
+    let forwarded = || {
+        let out = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&format!("--dport {port} "))).count()
+    };
+    for n in 1..=most {
+        let what = format!("SIGKILL at rename {n} of {most}");
+        let inject = format!("inject={renames}:signal=KILL:when={n}");
+        crate::faults::traced(&ckpt, &["-o".into(), "/dev/null".into(), "-e".into(), inject], &args);
+        ckpt.run(&["system", "check", "--repair"]);
+        let running = ckpt.ok(&["ps", "-q"]).lines().count();
+        assert_eq!(leases_of(&ckpt), running, "{what}: only a running container holds an address");
+        let check = ckpt.run(&["system", "check"]);
+        assert_eq!(check.code, 0, "{what}: left after --repair: {}", check.stdout);
+        let _ = ckpt.run(&["rm", "-f", "killed"]);
+        assert_eq!(leases_of(&ckpt), 0, "{what}: an address outlived the container");
+        assert_eq!(forwarded(), 0, "{what}: port {port} is still forwarded");
+    }
 }

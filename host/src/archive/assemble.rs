@@ -13,6 +13,9 @@ use super::summary::ConfigDump;
 use crate::rootfs::{Change, ChangeKind};
 
 pub const DECISIONS: &str = "ckpt-decisions.json";
+/// The definitions (netavark's JSON) of the user networks the container is on, so that a
+/// migration's far side can make them.
+pub const NETWORK_DEFINITIONS: &str = "ckpt-networks.json";
 
 /// What goes into one export.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +30,8 @@ pub struct Content {
     pub decisions: Vec<u8>,
     /// Digests of page images taken as CRIU wrote them.
     pub known_digests: KnownDigests,
+    /// `ckpt-networks.json`, empty when the container is on no user network.
+    pub network_definitions: Vec<u8>,
 }
 
 /// What an export turned out to hold, for the gates.
@@ -98,6 +103,9 @@ pub fn add_members<W: Write>(
     }
     if !content.decisions.is_empty() {
         writer.add_bytes(DECISIONS, &content.decisions).map_err(io("archive", bundle))?;
+    }
+    if !content.network_definitions.is_empty() {
+        writer.add_bytes(NETWORK_DEFINITIONS, &content.network_definitions).map_err(io("archive", bundle))?;
     }
     if !content.ignore_rootfs {
         let kept: Vec<PathBuf> = sources

@@ -158,6 +158,9 @@ pub struct RestoreArgs {
     /// With --import: [[IP:][HOST]:]CONTAINER[/tcp|udp] to publish in place of the archive's ports.
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// `ckpt migrate`: make the user networks the archive carries and this host lacks.
+    #[arg(long, hide = true)]
+    pub create_networks: bool,
     /// Post-copy (`ckpt migrate`): fetch the memory through the Unix socket at PATH, which ssh
     /// forwards to the source's page server.
     #[arg(long, value_name = "PATH", hide = true)]
@@ -235,6 +238,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         ignore_static_ip: args.ignore_static_ip,
         ignore_static_mac: args.ignore_static_mac,
         publish: args.publish,
+        create_networks: args.create_networks,
     };
     let (done, result) = restore::restore(ctx, &req);
     if req.print_stats {

@@ -290,6 +290,9 @@ impl Handoff for ToDestination<'_> {
         if options.file_locks {
             args.push("--file-locks".into());
         }
+        if record.network.networks.iter().any(|(name, _)| name != crate::config::DEFAULT_NETWORK) {
+            args.push("--create-networks".into());
+        }
         if let Some(socket) = self.lazy_from.borrow().as_ref() {
             args.push(format!("--lazy-pages-from={socket}"));
         }

@@ -340,6 +340,49 @@ fn refuse_taken_ports(ctx: &Context, record: &ContainerRecord, mappings: &[PortM
     Ok(())
 }
 
+/// The definitions of the user networks `record` is on, as `ckpt-networks.json` carries them;
+/// empty for none.
+pub fn definitions_of(ctx: &Context, record: &ContainerRecord) -> Result<Vec<u8>> {
+    let networks = ctx.networks();
+    let mut definitions = Vec::new();
+    for (name, _) in record.network.networks.iter().filter(|(name, _)| name != crate::config::DEFAULT_NETWORK) {
+        definitions.push(networks.definitions.get(name)?);
+    }
+    if definitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::to_vec_pretty(&definitions).expect("definitions serialise"))
+}
+
+/// The networks a migration's far side makes for the container it receives: those in
+/// `carried` that it lacks, under the same names, subnets and gateways. A subnet taken there
+/// is refused by name, as `network create` refuses it. Returns the names it made.
+pub fn create_missing(ctx: &Context, record: &ContainerRecord, carried: &[NetworkDef]) -> Result<Vec<String>> {
+    let networks = ctx.networks();
+    let mut made = Vec::new();
+    for (name, _) in &record.network.networks {
+        match networks.definitions.get(name) {
+            Err(NetworkError::NoSuchNetwork(_)) => {}
+            other => {
+                other?;
+                continue;
+            }
+        }
+        let Some(definition) = carried.iter().find(|d| &d.name == name) else { continue };
+        let request = CreateRequest {
+            name: name.clone(),
+            subnet: Some(definition.subnet().subnet),
+            gateway: definition.gateway(),
+            internal: definition.internal,
+            labels: definition.labels.clone(),
+            dns: definition.dns_enabled,
+        };
+        create(ctx, &request)?;
+        made.push(name.clone());
+    }
+    Ok(made)
+}
+
 /// `network create`.
 pub fn create(ctx: &Context, request: &CreateRequest) -> Result<NetworkDef> {
     let mut request = request.clone();
@@ -396,7 +439,8 @@ pub fn prune(ctx: &Context) -> Result<Vec<String>> {
 }
 
 /// An address held for a container of this store that is gone, or whose network is not set
-/// up: what a SIGKILLed ckpt can leave.
+/// up, or set up for a container that neither runs nor holds it for its checkpoint: what a
+/// SIGKILLed ckpt can leave.
 pub struct LeakedLease {
     pub network: String,
     pub address: Ipv4Addr,
@@ -404,8 +448,15 @@ pub struct LeakedLease {
     pub container_exists: bool,
 }
 
-/// The leaked leases of this store; with `repair`, released. A container that another
-/// command is working on (its lock held) may be between its allocation and its setup: left.
+/// Whether the container's network is set up for a reason: it runs, or its checkpoint keeps it.
+fn attached_for_a_reason(ctx: &Context, record: &ContainerRecord) -> bool {
+    ctx.containers.paths(&record.id).network_options().exists()
+        && (record.state.holds_network() || super::lifecycle::status(ctx, record).is_ok_and(|s| s.running()))
+}
+
+/// The leaked leases of this store; with `repair`, released, and what netavark set up for them
+/// torn down. A container that another command is working on (its lock held) may be between
+/// its allocation and its setup: left.
 pub fn leaked_leases(ctx: &Context, repair: bool) -> Result<Vec<LeakedLease>> {
     let networks = ctx.networks();
     let mut leaked = Vec::new();
@@ -413,19 +464,20 @@ pub fn leaked_leases(ctx: &Context, repair: bool) -> Result<Vec<LeakedLease>> {
         if lease.store != ctx.roots.root {
             continue;
         }
-        let container_exists = ctx.containers.load(&lease.container).is_ok();
-        let _lock = match crate::store::ContainerLock::try_acquire(
-            &ctx.roots.locks_dir(),
-            &lease.container,
-            &lease.container,
-        ) {
-            Ok(lock) => lock,
-            Err(_) => continue,
+        let record = ctx.containers.load(&lease.container).ok();
+        let container_exists = record.is_some();
+        let locks = ctx.roots.locks_dir();
+        let Ok(_lock) = crate::store::ContainerLock::try_acquire(&locks, &lease.container, &lease.container) else {
+            continue;
         };
-        if container_exists && ctx.containers.paths(&lease.container).network_options().exists() {
+        if record.as_ref().is_some_and(|r| attached_for_a_reason(ctx, r)) {
             continue;
         }
         if repair {
+            if let Some(record) = &record {
+                detach(ctx, record)?;
+                crate::netns::remove(&ctx.containers.paths(&record.id).netns())?;
+            }
             networks.ipam.release(&network, &lease.container, &ctx.roots.root)?;
         }
         leaked.push(LeakedLease { network, address, container: lease.container, container_exists });

@@ -56,6 +56,9 @@ pub struct RestoreRequest {
     pub ignore_static_mac: bool,
     /// `-p`: new published ports for an imported container, in place of the archive's.
     pub publish: Vec<String>,
+    /// A migration's far side: the user networks the archive carries and this host lacks are
+    /// made, under the same names and subnets.
+    pub create_networks: bool,
 }
 
 /// The addresses the restored container asks its networks for: the checkpoint's, unless the
@@ -475,9 +478,14 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
         let ports: Vec<Vec<_>> = req.publish.iter().map(|p| network::parse_publish(p)).collect::<Result<_>>()?;
         record.network.ports = ports.concat();
     }
-    // The networks it was on must exist here, as podman's restore requires; the default always does.
+    // The networks it was on must exist here, as podman's restore requires (the default always
+    // does), unless a migration brings their definitions along.
+    let carried = carried_networks(req, staged)?;
     for (name, _) in &record.network.networks {
-        ctx.networks().definitions.get(name)?;
+        match ctx.networks().definitions.get(name) {
+            Err(crate::network::NetworkError::NoSuchNetwork(_)) if carried.iter().any(|d| &d.name == name) => {}
+            other => drop(other?),
+        }
     }
     let runtime = ctx.runtime_named(&ctx.runtime)?;
     record.runtime = runtime.name().to_string();
@@ -613,12 +621,22 @@ fn network_from_podman(config: &ConfigDump) -> crate::store::ContainerNetwork {
     }
 }
 
+/// The network definitions a migration's archive carries, when the far side may make them.
+fn carried_networks(req: &RestoreRequest, staged: &StagedCheckpoint) -> Result<Vec<crate::network::NetworkDef>> {
+    if !req.create_networks {
+        return Ok(Vec::new());
+    }
+    Ok(staged.read_member_json(crate::archive::assemble::NETWORK_DEFINITIONS)?.unwrap_or_default())
+}
+
 fn restore_import(ctx: &Context, req: &RestoreRequest, mut staged: StagedCheckpoint) -> Result<Restored> {
     let record = record_from_archive(ctx, req, &staged)?;
     let _store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
     refuse_conflicts(ctx, req, &record, &mut staged)?;
     // Declared after the store lock, so that a failed import is undone before the lock goes.
-    let mut txn = ImportTxn { ctx, record: &record, created_volumes: Vec::new(), committed: false };
+    let mut txn =
+        ImportTxn { ctx, record: &record, created_volumes: Vec::new(), created_networks: Vec::new(), committed: false };
+    txn.created_networks = network::create_missing(ctx, &record, &carried_networks(req, &staged)?)?;
     // Declared after the transaction, so that copies still under way are given up before a failed
     // import removes the container's files.
     let mut page_images = staged.page_images.take();
@@ -818,6 +836,7 @@ struct ImportTxn<'a> {
     ctx: &'a Context,
     record: &'a ContainerRecord,
     created_volumes: Vec<String>,
+    created_networks: Vec<String>,
     committed: bool,
 }
 
@@ -839,6 +858,9 @@ impl Drop for ImportTxn<'_> {
         let _ = lifecycle::remove_files(self.ctx, self.record);
         for name in &self.created_volumes {
             let _ = self.ctx.volumes.remove(name);
+        }
+        for name in &self.created_networks {
+            let _ = network::remove(self.ctx, name, false);
         }
     }
 }

@@ -934,6 +934,7 @@ fn export_and_hand_off(
         ignore_volumes: o.ignore_volumes,
         decisions: serde_json::to_vec_pretty(&policies.records).expect("json"),
         known_digests: std::mem::take(&mut dumped.known_digests),
+        network_definitions: super::network::definitions_of(ctx, record)?,
     };
     let carrier = handoff.and_then(|h| h.carrier());
     for (target, pending) in planned.exports.iter().zip(pending) {
