@@ -304,3 +304,54 @@ fn a_run_killed_at_any_step_leaves_no_address_once_repaired() {
         assert_eq!(forwarded(), 0, "{what}: port {port} is still forwarded");
     }
 }
+
+/// A policy sees the container's networks (through the contract's `ext` until a minor version
+/// gives them records): its address, its published ports and the connections clients hold to
+/// them. The migration policy with `keep-connections` refuses to move it while one is held,
+/// and nothing changes: it runs here, and the client's connection carries on.
+#[test]
+fn a_policy_sees_the_network_and_keeps_a_connected_container_where_it_is() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let sshd = Sshd::start(&source);
+    let port = free_port();
+    let publish = format!("{port}:7");
+    source.ok(&["run", "-d", "--name", "echo", "-p", &publish, "busybox", "sh", "-c", "nc -ll -p 7 -e cat"]);
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut echo = |text: &[u8]| {
+        client.write_all(text).unwrap();
+        let mut got = vec![0; text.len()];
+        client.read_exact(&mut got).map(|()| got)
+    };
+    assert_eq!(echo(b"one\n").unwrap(), b"one\n");
+
+    let facts: serde_json::Value = serde_json::from_str(&source.ok(&["policy", "facts", "echo"])).unwrap();
+    let ext: std::collections::BTreeMap<String, String> = facts["ext"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(ext["network.mode"], "bridge");
+    assert_eq!(ext["network.ckpt.address"], address(&source, "echo").0);
+    assert_eq!(ext["network.ports"], format!(":{port}->7/tcp"));
+    assert!(eventually(Duration::from_secs(5), || {
+        let facts: serde_json::Value = serde_json::from_str(&source.ok(&["policy", "facts", "echo"])).unwrap();
+        facts["ext"].as_array().unwrap().iter().any(|kv| kv["key"] == "network.connections.7/tcp" && kv["value"] == "1")
+    }));
+
+    let migration = crate::support::policy("migration");
+    let settings = format!(r#"{{"target": "{}/{{name}}.tar", "keep-connections": true}}"#, source.dir.path().display());
+    let mut args: Vec<String> =
+        vec!["migrate".into(), "--policy".into(), migration, "--policy-config".into(), settings];
+    args.extend(sshd.flags(&dest));
+    args.extend(["echo".into(), sshd.url(&dest)]);
+    let refused = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(refused.code, 125, "{}{}", refused.stderr, refused.stdout);
+    assert!(refused.stderr.contains("1 connection(s) to its published ports"), "{}", refused.stderr);
+    assert_eq!(source.status("echo"), "running");
+    assert!(dest.container_ids().is_empty());
+    assert_eq!(echo(b"two\n").expect("the client's connection carries on"), b"two\n");
+}

@@ -75,6 +75,81 @@ pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) ->
     }
 }
 
+/// Established TCP connections per listening port of the container, from its own namespace's
+/// tables (`/proc/PID/net/tcp` and `tcp6`, as a dual-stack listener's connections are there:
+/// state 01, local port in hex).
+fn connections_per_port(pid: u32, ports: &[u16]) -> Vec<(u16, u32)> {
+    let table = ["tcp", "tcp6"]
+        .map(|file| fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default())
+        .join("\n");
+    ports
+        .iter()
+        .map(|port| {
+            let local = format!(":{port:04X} ");
+            let count = table
+                .lines()
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.get(3) == Some(&"01") && fields.get(1).is_some_and(|l| format!("{l} ").ends_with(&local))
+                })
+                .count();
+            (*port, count as u32)
+        })
+        .collect()
+}
+
+/// The container's networks for a policy, through the contract's `ext` until a minor version
+/// gives them records: `network.mode`, `network.NAME.address` and `.mac` (while it runs),
+/// `network.ports` as `ps` shows them, and `network.connections.PORT/PROTO`, the connections
+/// clients hold to each published port.
+pub fn network(ctx: &Context, record: &ContainerRecord, init: Option<u32>) -> Vec<(String, String)> {
+    use crate::store::NetworkMode;
+    let settings = &record.network;
+    let mut ext = vec![(
+        "network.mode".to_string(),
+        match settings.mode {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::None => "none",
+        }
+        .to_string(),
+    )];
+    if settings.mode == NetworkMode::None {
+        return ext;
+    }
+    let status: crate::network::StatusBlock = match (init, fs::read(ctx.containers.paths(&record.id).network_status()))
+    {
+        (Some(_), Ok(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => Default::default(),
+    };
+    for (name, _) in &settings.networks {
+        if let Some((mac, ip, _, _)) = status.get(name).and_then(|s| s.first_address()) {
+            ext.push((format!("network.{name}.address"), ip.to_string()));
+            ext.push((format!("network.{name}.mac"), mac));
+        }
+    }
+    if settings.ports.is_empty() {
+        return ext;
+    }
+    let shown: Vec<String> = settings
+        .ports
+        .iter()
+        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.container_port, p.protocol))
+        .collect();
+    ext.push(("network.ports".into(), shown.join(",")));
+    let tcp: Vec<u16> = settings
+        .ports
+        .iter()
+        .filter(|p| p.protocol == "tcp")
+        .flat_map(|p| p.container_port..p.container_port + p.range)
+        .collect();
+    if let Some(pid) = init {
+        for (port, count) in connections_per_port(pid, &tcp) {
+            ext.push((format!("network.connections.{port}/tcp"), count.to_string()));
+        }
+    }
+    ext
+}
+
 pub fn tools(ctx: &Context, runtime_name: &str) -> Tools {
     let criu = ctx.criu().ok();
     let runtime = ctx.runtime_named(runtime_name).ok();
@@ -96,12 +171,18 @@ pub fn checkpoint(
     schedule: Option<crate::policy::bindings::ScheduleFacts>,
 ) -> CheckpointFacts {
     let host = crate::hostinfo::HostInfo::probe(&ctx.roots.root);
+    let status = status.or_else(|| super::lifecycle::status(ctx, record).ok());
+    let init = status.as_ref().map(|s| s.pid).filter(|p| *p > 0).map(|p| p as u32);
+    let ext = network(ctx, record, init)
+        .into_iter()
+        .map(|(key, value)| crate::policy::bindings::KeyValue { key, value })
+        .collect();
     CheckpointFacts {
         container: facts::container(record, sample(ctx, record, status)),
         host: facts::host(&host, tools(ctx, &record.runtime)),
         request: facts::request(&record.id, options, exports, trigger, schedule, chrono::Utc::now()),
         history: facts::history(crate::policy::record::history(&ctx.roots.policy_log(), &record.id, 64)),
-        ext: vec![],
+        ext,
     }
 }
 

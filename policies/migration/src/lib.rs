@@ -32,6 +32,21 @@ pub struct Settings {
     /// can, so their downtime does not grow with their memory.
     #[serde(default = "default_post_copy_above", alias = "post_copy_above_bytes")]
     post_copy_above_bytes: u64,
+    /// `ckpt migrate`: refuse to move a container while clients hold connections to its
+    /// published ports, which cannot follow it to another host (its address is that host's).
+    #[serde(default)]
+    keep_connections: bool,
+}
+
+/// The connections clients hold to the container's published ports, from the facts' `ext`
+/// (`network.connections.PORT/PROTO`).
+fn client_connections(facts: &CheckpointFacts) -> u64 {
+    facts
+        .ext
+        .iter()
+        .filter(|kv| kv.key.starts_with("network.connections."))
+        .filter_map(|kv| kv.value.parse::<u64>().ok())
+        .sum()
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, schemars::JsonSchema)]
@@ -154,6 +169,15 @@ impl Planner for Migration {
 /// else stop-and-copy.
 impl Migrator for Migration {
     fn strategy(s: &Settings, facts: CheckpointFacts, migration: MigrationFacts) -> StrategyDecision {
+        let connections = client_connections(&facts);
+        if s.keep_connections && connections > 0 {
+            let reason = format!(
+                "clients hold {connections} connection(s) to its published ports, which cannot follow it to {} (keep-connections)",
+                migration.destination
+            );
+            log(Level::Info, &reason);
+            return StrategyDecision::Deny(vec![reason]);
+        }
         if migration.requested.is_some() {
             return requested_strategy(&migration);
         }
@@ -210,6 +234,24 @@ mod tests {
         assert_eq!(chosen(2 << 30, migration(vec![Strategy::StopAndCopy], None)), Some(Strategy::StopAndCopy));
         assert_eq!(chosen(2 << 30, migration(all, Some(Strategy::StopAndCopy))), Some(Strategy::StopAndCopy));
         assert_eq!(chosen(1, migration(vec![Strategy::StopAndCopy], Some(Strategy::PostCopy))), None);
+    }
+
+    #[test]
+    fn clients_connected_to_published_ports_keep_the_container_when_asked() {
+        let migration = MigrationFacts {
+            destination: "ssh://far".into(),
+            transport: "ssh".into(),
+            possible: vec![Strategy::StopAndCopy],
+            requested: None,
+        };
+        let mut facts = sample_facts("web");
+        facts.ext.push(KeyValue { key: "network.connections.80/tcp".into(), value: "2".into() });
+        let keep = settings_of::<Migration>(r#"{"target": "/x", "keep-connections": true}"#).unwrap();
+        let StrategyDecision::Deny(reasons) = Migration::strategy(&keep, facts.clone(), migration.clone()) else {
+            panic!("moved while clients were connected")
+        };
+        assert!(reasons[0].contains("2 connection(s)"), "{reasons:?}");
+        assert!(matches!(Migration::strategy(&settings(), facts, migration), StrategyDecision::Choose(_)));
     }
 
     #[test]
