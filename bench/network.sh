@@ -43,10 +43,10 @@ col() { cut -d' ' -f"$2" "$work/$1" | median; }
 echo "network setup, $rounds rounds, medians (spread) in ms: on the default bridge network, with --network none, and the difference"
 for step in run restore; do
   field=$([ $step = run ] && echo 1 || echo 2)
-  cb=$(col ckpt-bridge $field); cn=$(col ckpt-none $field); pb=$(col podman-bridge $field); pn=$(col podman-none $field)
-  ca=$((cb - cn)); pa=$((pb - pn))
+  cb=$(col ckpt-bridge $field); cn=$(col ckpt-none $field); pbridge=$(col podman-bridge $field); pnone=$(col podman-none $field)
+  ca=$((cb - cn)); pa=$((pbridge - pnone))
   printf '%-8s ckpt %5d (%s) - %5d = %4d | podman %5d (%s) - %5d = %4d | added, ckpt/podman %s\n' "$step" \
     "$cb" "$(cut -d' ' -f$field "$work/ckpt-bridge" | spread)" "$cn" "$ca" \
-    "$pb" "$(cut -d' ' -f$field "$work/podman-bridge" | spread)" "$pn" "$pa" "$(ratio "$ca" "$pa")"
+    "$pbridge" "$(cut -d' ' -f$field "$work/podman-bridge" | spread)" "$pnone" "$pa" "$(ratio "$ca" "$pa")"
 done
 $ckpt rm -af >/dev/null 2>&1 || true

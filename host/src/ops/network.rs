@@ -549,6 +549,19 @@ mod tests {
         assert!(calls[1].starts_with("teardown"), "what netavark made before it failed is undone: {calls:?}");
     }
 
+    /// podman's `default_host_ips`: a port published on no particular address binds to each of
+    /// them; one published on an address keeps it.
+    #[test]
+    fn ports_on_no_address_take_the_default_host_ips() {
+        let (_dir, mut ctx) = context(Arc::new(RecordingNetavark::default()));
+        let ports = [parse_publish("8080:80").unwrap(), parse_publish("192.0.2.1:8081:81").unwrap()].concat();
+        let everywhere: Vec<String> = port_mappings(&ctx, &ports).into_iter().map(|m| m.host_ip).collect();
+        assert_eq!(everywhere, ["", "192.0.2.1"]);
+        ctx.config.network.default_host_ips = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
+        let narrowed: Vec<String> = port_mappings(&ctx, &ports).into_iter().map(|m| m.host_ip).collect();
+        assert_eq!(narrowed, ["127.0.0.1", "127.0.0.2", "192.0.2.1"]);
+    }
+
     #[test]
     fn published_ports_parse_as_podman_reads_them() {
         let one = |v: &str| {
