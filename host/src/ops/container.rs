@@ -43,26 +43,31 @@ pub struct Inspect {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct InspectNetworkSettings {
-    #[serde(rename = "IPAddress")]
-    pub ip_address: String,
-    #[serde(rename = "IPPrefixLen")]
-    pub ip_prefix_len: u8,
-    pub gateway: String,
-    pub mac_address: String,
+    /// The first network's, as podman shows them at this level too.
+    #[serde(flatten)]
+    pub address: InspectAddress,
     pub ports: BTreeMap<String, Vec<InspectPortBinding>>,
     pub sandbox_key: String,
     pub networks: BTreeMap<String, InspectNetwork>,
 }
 
+/// The container's address on one network.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct InspectNetwork {
+pub struct InspectAddress {
     #[serde(rename = "IPAddress")]
     pub ip_address: String,
     #[serde(rename = "IPPrefixLen")]
     pub ip_prefix_len: u8,
     pub gateway: String,
     pub mac_address: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectNetwork {
+    #[serde(flatten)]
+    pub address: InspectAddress,
     #[serde(rename = "NetworkID")]
     pub network_id: String,
     pub aliases: Vec<String>,
@@ -109,16 +114,15 @@ fn network_settings(
             ..InspectNetwork::default()
         };
         if let Some((mac, ip, prefix, gateway)) = status.get(name).and_then(|s| s.first_address()) {
-            shown.ip_address = ip.to_string();
-            shown.ip_prefix_len = prefix;
-            shown.gateway = gateway.unwrap_or_default();
-            shown.mac_address = mac;
+            shown.address = InspectAddress {
+                ip_address: ip.to_string(),
+                ip_prefix_len: prefix,
+                gateway: gateway.unwrap_or_default(),
+                mac_address: mac,
+            };
         }
-        if settings.ip_address.is_empty() {
-            settings.ip_address = shown.ip_address.clone();
-            settings.ip_prefix_len = shown.ip_prefix_len;
-            settings.gateway = shown.gateway.clone();
-            settings.mac_address = shown.mac_address.clone();
+        if settings.address.ip_address.is_empty() {
+            settings.address = shown.address.clone();
         }
         settings.networks.insert(name.clone(), shown);
     }
