@@ -64,6 +64,19 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result
     serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { what, path: path.to_path_buf(), detail: e.to_string() })
 }
 
+/// [`read_json`], with `None` for a file that does not exist.
+pub fn read_json_if_exists<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
+            what,
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path)(e)),
+    }
+}
+
 pub fn create_dir_all(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(Error::io("create directory", path))
 }

@@ -113,13 +113,8 @@ impl DefinitionStore {
         if crate::util::validate_object_name("network", name).is_err() {
             return Err(NetworkError::NoSuchNetwork(name.to_string()));
         }
-        let path = self.path(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| BaseError::Corrupt { what: "network definition", path, detail: e.to_string() }.into()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(NetworkError::NoSuchNetwork(name.to_string())),
-            Err(e) => Err(BaseError::io("read", &path)(e).into()),
-        }
+        crate::util::read_json_if_exists(&self.path(name), "network definition")?
+            .ok_or_else(|| NetworkError::NoSuchNetwork(name.to_string()))
     }
 
     /// Every network, the default first, then by name.
@@ -240,11 +235,8 @@ impl DefinitionStore {
         Ok(())
     }
 
-    fn lock(&self) -> Result<std::fs::File> {
-        let path = self.dir.join(".lock");
-        let file = std::fs::File::create(&path).map_err(BaseError::io("open lock", &path))?;
-        file.lock().map_err(BaseError::io("lock", &path))?;
-        Ok(file)
+    fn lock(&self) -> Result<crate::store::StoreLock> {
+        Ok(crate::store::StoreLock::named(&self.dir, "definitions")?)
     }
 }
 

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkDef, NetworkError, Result};
-use crate::base_error::BaseError;
 
 /// Who holds an address: a container of one store (its root directory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +41,7 @@ impl Ipam {
     /// Runs `change` on the network's allocations under its lock, and saves them if it succeeds.
     fn change<T>(&self, network: &str, change: impl FnOnce(&mut Allocations) -> Result<T>) -> Result<T> {
         crate::util::create_dir_all(&self.dir)?;
-        let lock_path = self.dir.join(format!(".{network}.lock"));
-        let lock = std::fs::File::create(&lock_path).map_err(BaseError::io("open lock", &lock_path))?;
-        lock.lock().map_err(BaseError::io("lock", &lock_path))?;
+        let _lock = crate::store::StoreLock::named(&self.dir, &format!(".{network}"))?;
         let mut allocations = self.read(network)?;
         let outcome = change(&mut allocations)?;
         let text = serde_json::to_vec_pretty(&allocations).expect("allocations serialise");
@@ -53,13 +50,7 @@ impl Ipam {
     }
 
     fn read(&self, network: &str) -> Result<Allocations> {
-        let path = self.path(network);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| BaseError::Corrupt { what: "address allocations", path, detail: e.to_string() }.into()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Allocations::default()),
-            Err(e) => Err(BaseError::io("read", &path)(e).into()),
-        }
+        Ok(crate::util::read_json_if_exists(&self.path(network), "address allocations")?.unwrap_or_default())
     }
 
     /// An address on `network` for `lease`: `wanted` if given (and free, or already this

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 pub use definition::{DefinitionStore, NetworkDef};
 pub use ipam::{Ipam, Lease};
-pub use netavark::{Netavark, NetavarkBinary, NetworkOptions, PerNetworkOptions, PortMapping, StatusBlock};
+pub use netavark::{
+    Netavark, NetavarkBinary, NetworkOptions, PerNetworkOptions, PortMapping, StatusBlock, read_status,
+};
 
 use crate::base_error::BaseError;
 
@@ -99,16 +101,8 @@ impl Networks {
     /// addresses; nothing saved means nothing to undo. A namespace already gone (a reboot) only
     /// needs its addresses released.
     pub fn teardown(&self, netns: &Path, saved: &Path, store: &Path) -> Result<()> {
-        let options: NetworkOptions = match std::fs::read(saved) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                NetworkError::Base(BaseError::Corrupt {
-                    what: "network options",
-                    path: saved.into(),
-                    detail: e.to_string(),
-                })
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(BaseError::io("read", saved)(e).into()),
+        let Some(options) = crate::util::read_json_if_exists::<NetworkOptions>(saved, "network options")? else {
+            return Ok(());
         };
         // netavark stops at the first thing already gone (a veth the kernel removed with its
         // namespace) and says so; what it could remove is removed, and the addresses go anyway,

@@ -76,6 +76,12 @@ pub struct AddressStatus {
     pub gateway: Option<String>,
 }
 
+/// The status saved at the last setup (`network.status`); none when it is missing or unreadable,
+/// as in a checkpoint from before networks.
+pub fn read_status(path: &Path) -> StatusBlock {
+    crate::util::read_json_if_exists(path, "network status").ok().flatten().unwrap_or_default()
+}
+
 impl NetworkStatus {
     /// The first interface's MAC and IPv4 address with its prefix length and gateway.
     pub fn first_address(&self) -> Option<(String, Ipv4Addr, u8, Option<String>)> {
@@ -103,15 +109,11 @@ impl NetavarkBinary {
     fn run(&self, action: &'static str, netns: &Path, options: &NetworkOptions) -> Result<Vec<u8>> {
         let failed =
             |detail: String| NetworkError::Netavark { action, container: options.container_name.clone(), detail };
-        // netavark makes aardvark-dns's directory inside its config directory, but not that.
-        crate::util::create_dir_all(&self.config_dir)?;
         // One netavark at a time on the host, as podman's netavark.lock keeps them: two at once
         // race on the shared bridge (one deleting it as its last container goes, one adding to
-        // it) and on the firewall chains.
-        let lock_path = self.config_dir.join("netavark.lock");
-        let lock =
-            std::fs::File::create(&lock_path).map_err(crate::base_error::BaseError::io("open lock", &lock_path))?;
-        lock.lock().map_err(crate::base_error::BaseError::io("lock", &lock_path))?;
+        // it) and on the firewall chains. Taking the lock also makes the config directory,
+        // which netavark needs and does not make (only aardvark-dns's directory inside it).
+        let _lock = crate::store::StoreLock::named(&self.config_dir, "netavark")?;
         let mut command = Command::new(&self.path);
         command.arg("--config").arg(&self.config_dir).arg("--rootless=false");
         if let Some(aardvark) = &self.aardvark {

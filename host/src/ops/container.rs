@@ -100,10 +100,7 @@ fn network_settings(
 ) -> InspectNetworkSettings {
     let mut settings =
         InspectNetworkSettings { ports: port_bindings(&record.network.ports), ..InspectNetworkSettings::default() };
-    let status: crate::network::StatusBlock = match std::fs::read(paths.network_status()) {
-        Ok(bytes) if running => serde_json::from_slice(&bytes).unwrap_or_default(),
-        _ => Default::default(),
-    };
+    let status = if running { crate::network::read_status(&paths.network_status()) } else { Default::default() };
     if running {
         settings.sandbox_key = paths.netns().display().to_string();
     }

@@ -116,10 +116,9 @@ pub fn network(ctx: &Context, record: &ContainerRecord, init: Option<u32>) -> Ve
     if settings.mode == NetworkMode::None {
         return ext;
     }
-    let status: crate::network::StatusBlock = match (init, fs::read(ctx.containers.paths(&record.id).network_status()))
-    {
-        (Some(_), Ok(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        _ => Default::default(),
+    let status = match init {
+        Some(_) => crate::network::read_status(&ctx.containers.paths(&record.id).network_status()),
+        None => crate::network::StatusBlock::default(),
     };
     for (name, _) in &settings.networks {
         if let Some((mac, ip, _, _)) = status.get(name).and_then(|s| s.first_address()) {

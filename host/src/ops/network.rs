@@ -170,9 +170,7 @@ pub type Wanted = BTreeMap<String, (Option<Ipv4Addr>, Option<String>)>;
 /// The addresses in a `network.status` (podman's and ckpt's), minus what `ignore_ip` and
 /// `ignore_mac` leave out.
 pub fn wanted_from_status(path: &Path, ignore_ip: bool, ignore_mac: bool) -> Wanted {
-    let Ok(bytes) = std::fs::read(path) else { return Wanted::new() };
-    let Ok(status) = serde_json::from_slice::<StatusBlock>(&bytes) else { return Wanted::new() };
-    status
+    crate::network::read_status(path)
         .iter()
         .filter_map(|(network, status)| {
             let (mac, ip, _, _) = status.first_address()?;
@@ -303,6 +301,10 @@ fn port_mappings(ctx: &Context, ports: &[PublishedPort]) -> Vec<PortMapping> {
 /// A host port that another running ckpt container publishes, or that a host process holds,
 /// is refused before anything is set up: netavark would forward it silently over the other.
 fn refuse_taken_ports(ctx: &Context, record: &ContainerRecord, mappings: &[PortMapping]) -> Result<()> {
+    // Every start and restore comes here: one that publishes nothing reads no other record.
+    if mappings.is_empty() {
+        return Ok(());
+    }
     for other in ctx.containers.list()? {
         if other.id == record.id || !ctx.containers.paths(&other.id).network_options().exists() {
             continue;
@@ -423,15 +425,16 @@ pub fn remove(ctx: &Context, name: &str, force: bool) -> Result<()> {
 
 /// `network prune`: every network but the default that no container uses; their names.
 pub fn prune(ctx: &Context) -> Result<Vec<String>> {
+    let networks = ctx.networks();
     let mut removed = Vec::new();
-    for network in ctx.networks().definitions.list()? {
+    for network in networks.definitions.list()? {
         if network.is_default() {
             continue;
         }
         let (containers, holder) = users(ctx, &network.name)?;
         if containers.is_empty() && holder.is_none() {
-            ctx.networks().definitions.remove(&network.name)?;
-            ctx.networks().ipam.forget(&network.name)?;
+            networks.definitions.remove(&network.name)?;
+            networks.ipam.forget(&network.name)?;
             removed.push(network.name);
         }
     }
