@@ -14,7 +14,12 @@ const CORE_MAGIC: u32 = 0x5505_3847;
 const MAX_CORE_ENTRY_LEN: usize = 16 << 20;
 
 /// `core_entry` → `thread_core` → `creds`, and what `creds` and `thread_core` hold.
+const CORE_TASK_CORE: u64 = 3;
 const CORE_THREAD_CORE: u64 = 5;
+/// `task_core_entry`'s `task_state` and `comm`; CRIU's `TASK_DEAD`, the state of a zombie.
+const TASK_CORE_STATE: u64 = 1;
+const TASK_CORE_COMM: u64 = 6;
+const TASK_DEAD: u64 = 2;
 const THREAD_CORE_CREDS: u64 = 10;
 const THREAD_CORE_COMM: u64 = 13;
 /// The inheritable, permitted, effective, bounding and ambient sets: 32-bit words, lowest first.
@@ -60,7 +65,18 @@ fn thread_capabilities(bytes: &[u8]) -> Result<(String, u64), &'static str> {
     let entry = super::proto::single_entry(bytes, IMG_COMMON_MAGIC, CORE_MAGIC, MAX_CORE_ENTRY_LEN)
         .map_err(|why| if why.contains("magic") { "not a CRIU core image (magic numbers not found)" } else { why })?;
     let core = decode_message(entry).ok_or("malformed protobuf")?;
-    let thread_core = nested(&core, CORE_THREAD_CORE).ok_or("no thread_core entry")?;
+    let Some(thread_core) = nested(&core, CORE_THREAD_CORE) else {
+        // A zombie is dumped with its task state alone, and CRIU restores it as a process that
+        // only exits: it has no credentials to judge.
+        let task_core = nested(&core, CORE_TASK_CORE).ok_or("no thread_core entry")?;
+        let task_core = decode_message(task_core).ok_or("malformed task_core")?;
+        let dead = task_core.iter().any(|(f, v)| *f == TASK_CORE_STATE && matches!(v, Value::Varint(TASK_DEAD)));
+        if !dead {
+            return Err("no thread_core entry in the core of a live task");
+        }
+        let comm = nested(&task_core, TASK_CORE_COMM).map(|c| String::from_utf8_lossy(c).into_owned());
+        return Ok((comm.unwrap_or_default(), 0));
+    };
     let thread_core = decode_message(thread_core).ok_or("malformed thread_core")?;
     let comm =
         nested(&thread_core, THREAD_CORE_COMM).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
@@ -145,6 +161,21 @@ mod tests {
         std::fs::write(dir.path().join("core-1.img"), core_image("sh", 1 << 5, granted)).unwrap();
         std::fs::write(dir.path().join("pages-1.img"), b"not a core image").unwrap();
         refuse_capabilities_beyond(dir.path(), granted).unwrap();
+
+        // A zombie's core has a task state and no thread: nothing to judge, and no refusal.
+        let zombie_task = message(&[(TASK_CORE_COMM, b"httpd".to_vec())], &[(TASK_CORE_STATE, TASK_DEAD), (2, 0)]);
+        let zombie = message(&[(CORE_TASK_CORE, zombie_task)], &[(1, 1)]);
+        let zombie = super::super::proto::encode_image(IMG_COMMON_MAGIC, CORE_MAGIC, &zombie);
+        std::fs::write(dir.path().join("core-9.img"), &zombie).unwrap();
+        refuse_capabilities_beyond(dir.path(), granted).unwrap();
+        // The same without the dead state is a live task whose credentials are missing.
+        let alive_task = message(&[], &[(TASK_CORE_STATE, 1), (2, 0)]);
+        let alive = message(&[(CORE_TASK_CORE, alive_task)], &[(1, 1)]);
+        let alive = super::super::proto::encode_image(IMG_COMMON_MAGIC, CORE_MAGIC, &alive);
+        std::fs::write(dir.path().join("core-9.img"), &alive).unwrap();
+        let threadless = refuse_capabilities_beyond(dir.path(), granted).unwrap_err().to_string();
+        assert!(threadless.contains("core-9.img") && threadless.contains("live task"), "{threadless}");
+        std::fs::remove_file(dir.path().join("core-9.img")).unwrap();
 
         let admin_and_bpf = 1 << 21 | 1 << 39;
         std::fs::write(dir.path().join("core-7.img"), core_image("evil", admin_and_bpf, granted)).unwrap();
