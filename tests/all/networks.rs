@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::support::servers::{FarHost, Sshd};
+use crate::support::servers::{ClientHost, FarHost, Sshd};
 use crate::support::{Ckpt, eventually};
 
 /// A host port nobody holds right now.
@@ -230,12 +230,15 @@ fn bad_network_input_is_refused_by_name_and_changes_nothing() {
 /// A published web server on a user network migrates to another host (a network namespace of
 /// its own, with its own sshd, bridges and firewall, so that the address really moves): the far
 /// side makes the network it lacks, under the same subnet, gives the container the address it
-/// had, and serves on the published port there.
+/// had, and serves on the published port there. A client on a third host, connected to the
+/// container's address, keeps its connection once the fabric routes that address to the far
+/// host (here the test moves the route, as a routing protocol would).
 #[test]
 fn a_published_web_server_migrates_to_another_host_with_its_network_and_serves_there() {
     let Some(source) = Ckpt::available() else { return };
     let Some(dest) = Ckpt::available() else { return };
     let far = FarHost::new();
+    let client_host = ClientHost::new(&far);
     // The far host keeps its networks where only it sees them.
     let config = format!(
         "[network]\ndefinitions = {:?}\nstate = {:?}\n",
@@ -245,13 +248,29 @@ fn a_published_web_server_migrates_to_another_host_with_its_network_and_serves_t
     std::fs::write(dest.path("ckpt.toml"), config).unwrap();
     let sshd = Sshd::start_on(&source, Some(&far));
     let network = format!("mig{}", std::process::id() % 100000);
+    let subnet = "10.91.231.0/24";
     let _removed = RemovedAtEnd(&source, network.clone());
-    source.ok(&["network", "create", "--subnet", "10.91.231.0/24", &network]);
+    source.ok(&["network", "create", "--subnet", subnet, &network]);
     let port = free_port();
-    web_server(&source, "web", port, "served-far", &["--network", &network]);
+    let script = "mkdir -p /www && echo served-far > /www/index.html && httpd -p 80 -h /www && exec nc -ll -p 7 -e cat";
+    let publish = format!("{port}:80");
+    source.ok(&["run", "-d", "--name", "web", "--network", &network, "-p", &publish, "busybox", "sh", "-c", script]);
+    assert!(eventually(Duration::from_secs(5), || http_get(port).is_some()), "web never answered on {port}");
     let before = address(&source, "web");
 
-    let mut args: Vec<String> = vec!["migrate".into()];
+    client_host.route_to(subnet, false);
+    let connect = || client_host.connect(&before.0, 7);
+    assert!(eventually(Duration::from_secs(5), || connect().is_ok()), "the client never reached {}", before.0);
+    let mut client = connect().unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut echo = |text: &[u8]| {
+        client.write_all(text).unwrap();
+        let mut got = vec![0; text.len()];
+        client.read_exact(&mut got).map(|()| got)
+    };
+    assert_eq!(echo(b"here\n").unwrap(), b"here\n");
+
+    let mut args: Vec<String> = vec!["migrate".into(), "--tcp-established".into()];
     args.extend(sshd.flags(&dest));
     args.extend(["web".into(), sshd.url(&dest)]);
     let moved = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -261,8 +280,11 @@ fn a_published_web_server_migrates_to_another_host_with_its_network_and_serves_t
     assert_eq!(http_get_at(&far.address, port).unwrap().trim(), "served-far");
     assert!(http_get(port).is_none(), "and nothing here");
     let made: serde_json::Value = serde_json::from_str(&dest.ok(&["network", "inspect", &network])).unwrap();
-    assert_eq!(made[0]["subnets"][0]["subnet"], "10.91.231.0/24", "the far side made the network");
+    assert_eq!(made[0]["subnets"][0]["subnet"], subnet, "the far side made the network");
     assert_eq!(address(&dest, "web"), before, "with the container's address and MAC");
+
+    client_host.route_to(subnet, true);
+    assert_eq!(echo(b"there\n").expect("the client's connection carries on at the far host"), b"there\n");
     source.ok(&["network", "rm", &network]);
 }
 

@@ -3,6 +3,7 @@
 pub mod hold;
 pub mod images;
 mod proto;
+pub mod sockets;
 mod stats;
 
 use std::os::fd::OwnedFd;

@@ -16,6 +16,31 @@ pub fn single_entry(bytes: &[u8], primary: u32, secondary: u32, max_len: usize) 
     }
 }
 
+/// Every entry of an image file that holds many (CRIU's `files.img`): the two magic numbers,
+/// then length and bytes after length and bytes. `Err` says what is wrong with it.
+pub fn entries(bytes: &[u8], primary: u32, secondary: u32, max_len: usize) -> Result<Vec<&[u8]>, &'static str> {
+    let word = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    if word(0) != Some(primary) {
+        return Err("primary magic not found");
+    }
+    if word(4) != Some(secondary) {
+        return Err("secondary magic not found");
+    }
+    let mut rest = &bytes[8..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = rest.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        match len {
+            Some(len) if len <= max_len && 4 + len <= rest.len() => {
+                out.push(&rest[4..4 + len]);
+                rest = &rest[4 + len..];
+            }
+            _ => return Err("entry length is out of bounds"),
+        }
+    }
+    Ok(out)
+}
+
 /// An image file holding `entry`, for test doubles that stand in for CRIU.
 #[cfg(test)]
 pub fn encode_image(primary: u32, secondary: u32, entry: &[u8]) -> Vec<u8> {

@@ -7,6 +7,7 @@
 //! store on the machine, so the definitions (`/etc/ckpt/networks`) and the allocations
 //! (`/run/ckpt/networks`) are too, and each lease names the store whose container holds it.
 
+pub mod conntrack;
 pub mod definition;
 pub mod files;
 pub mod ipam;
@@ -42,6 +43,10 @@ pub enum NetworkError {
     Invalid { name: String, detail: String },
     #[error("netavark {action} of container {container:?} failed: {detail}")]
     Netavark { action: &'static str, container: String, detail: String },
+    #[error(
+        "conntrack could not record connection {connection} of container {container:?}, so a client outside this host may see it reset: {detail}"
+    )]
+    Conntrack { container: String, connection: String, detail: String },
     #[error("netavark is not installed (looked for {looked}); run scripts/setup, which installs Debian's netavark")]
     NoNetavark { looked: String },
     #[error(transparent)]

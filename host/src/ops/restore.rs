@@ -320,6 +320,9 @@ fn run_restore(
         let pages = connect_to_page_server(Path::new(socket))?;
         ctx.criu()?.serve_lazy_pages(&paths.checkpoint_dir(), &bundle, pages.into())?;
     }
+    if req.tcp_established && !record.network.networks.is_empty() {
+        track_inbound_connections(record, &paths.checkpoint_dir());
+    }
     let started = Instant::now();
     let wanted = wanted_addresses(req, &paths);
     lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images, criu_config)), &wanted)
@@ -365,6 +368,23 @@ fn run_restore(
         printed_name: printed,
         stats: ContainerStats { id: record.id.clone(), runtime_restore_duration: duration, criu_statistics },
     })
+}
+
+/// Tells the host's connection tracking which side opened each connection the container held,
+/// before CRIU brings them back. Without it a restore on another host keeps the sockets, and
+/// the network's masquerade rule breaks the connections; so what cannot be done is said, and the
+/// restore goes on.
+fn track_inbound_connections(record: &ContainerRecord, images: &Path) {
+    match criu::sockets::inbound_tcp(images) {
+        Ok(connections) => {
+            for failed in crate::network::conntrack::record_inbound(&record.name, &connections) {
+                tracing::warn!("{failed}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!("the connections of container {:?} are not known to this host's firewall: {e}", record.name)
+        }
+    }
 }
 
 /// Hands the page images a restore has used to the background discard, and removes its logs.

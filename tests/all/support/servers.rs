@@ -52,45 +52,99 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs `ip ARGS` and fails the test with its stderr if it fails.
+fn ip(args: &str) {
+    let out = Command::new("sh").arg("-c").arg(format!("ip {args}")).output().unwrap();
+    assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace for as long as the test holds it; whatever runs in it (sshd, ckpt's
+/// bridges, veths and rules) goes with it.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(name: String) -> Namespace {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&format!("netns add {name}"));
+        ip(&format!("-n {name} link set lo up"));
+        Namespace(name)
+    }
+
+    /// A veth pair from `near` (a namespace, or the host's for `None`) to this one, with
+    /// `PREFIX.1/30` on the near end and `PREFIX.2/30` here.
+    fn join(&self, near: Option<&str>, near_link: &str, link: &str, prefix: &str) {
+        let at = near.map(|n| format!("-n {n} ")).unwrap_or_default();
+        ip(&format!("{at}link add {near_link} type veth peer name {link} netns {}", self.0));
+        ip(&format!("{at}addr add {prefix}.1/30 dev {near_link}"));
+        ip(&format!("{at}link set {near_link} up"));
+        ip(&format!("-n {} addr add {prefix}.2/30 dev {link}", self.0));
+        ip(&format!("-n {} link set {link} up", self.0));
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|out| {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).output();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
 /// Another host, as far as networks go: a network namespace of its own, joined to this one by
 /// a veth pair (`10.252.N.1` here, `10.252.N.2` there), with its own bridges and firewall.
 pub struct FarHost {
-    pub netns: String,
+    namespace: Namespace,
     pub address: String,
-    pub near_address: String,
 }
 
 impl FarHost {
     pub fn new() -> FarHost {
         let n = std::process::id() % 200 + 20;
-        let netns = format!("ckptfar{}", std::process::id());
-        let (near, far) = (format!("vnear{n}"), format!("vfar{n}"));
-        let ip = |args: &str| {
-            let out = Command::new("sh").arg("-c").arg(format!("ip {args}")).output().unwrap();
-            assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
-        ip(&format!("netns add {netns}"));
-        ip(&format!("link add {near} type veth peer name {far} netns {netns}"));
-        ip(&format!("addr add 10.252.{n}.1/30 dev {near}"));
-        ip(&format!("link set {near} up"));
-        ip(&format!("-n {netns} addr add 10.252.{n}.2/30 dev {far}"));
-        ip(&format!("-n {netns} link set {far} up"));
-        ip(&format!("-n {netns} link set lo up"));
-        ip(&format!("-n {netns} route add default via 10.252.{n}.1"));
-        FarHost { netns, address: format!("10.252.{n}.2"), near_address: format!("10.252.{n}.1") }
+        let namespace = Namespace::new(format!("ckptfar{}", std::process::id()));
+        namespace.join(None, &format!("vnear{n}"), &format!("vfar{n}"), &format!("10.252.{n}"));
+        ip(&format!("-n {} route add default via 10.252.{n}.1", namespace.0));
+        FarHost { namespace, address: format!("10.252.{n}.2") }
     }
 }
 
-impl Drop for FarHost {
-    fn drop(&mut self) {
-        // Whatever ckpt left there (bridges, veths, rules) goes with the namespace.
-        let _ = Command::new("ip").args(["netns", "pids", &self.netns]).output().map(|out| {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).output();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+/// A client outside both hosts: a namespace with a link to this host (`10.253.N.1` is this
+/// host's end) and one to the far host (`10.254.N.1`), reaching a container's subnet through
+/// whichever of them `route_to` names, as a fabric that moves an address would.
+pub struct ClientHost {
+    namespace: Namespace,
+}
+
+impl ClientHost {
+    pub fn new(far: &FarHost) -> ClientHost {
+        let n = std::process::id() % 200 + 20;
+        let namespace = Namespace::new(format!("ckptcli{}", std::process::id()));
+        namespace.join(None, &format!("cnear{n}"), &format!("cli{n}"), &format!("10.253.{n}"));
+        namespace.join(Some(&far.namespace.0), &format!("cfar{n}"), &format!("clf{n}"), &format!("10.254.{n}"));
+        ClientHost { namespace }
+    }
+
+    /// Sends the client's packets for `subnet` to this host, or to the far one.
+    pub fn route_to(&self, subnet: &str, far: bool) {
+        let n = std::process::id() % 200 + 20;
+        let via = if far { format!("10.254.{n}.1") } else { format!("10.253.{n}.1") };
+        ip(&format!("-n {} route replace {subnet} via {via}", self.namespace.0));
+    }
+
+    /// A TCP connection made from inside the client's namespace: the socket stays there.
+    pub fn connect(&self, address: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+        let path = format!("/run/netns/{}", self.namespace.0);
+        let address: std::net::SocketAddr = format!("{address}:{port}").parse().unwrap();
+        // setns moves only the calling thread, so a thread of its own enters the namespace.
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(&path)?;
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        })
+        .join()
+        .unwrap()
     }
 }
 
@@ -145,7 +199,7 @@ impl Sshd {
                 // nsenter, not `ip netns exec`: that also mounts a sysfs of its own, without the
                 // cgroup mounts that runc looks for.
                 let mut command = Command::new("nsenter");
-                command.arg(format!("--net=/run/netns/{}", far.netns)).arg("/usr/sbin/sshd");
+                command.arg(format!("--net=/run/netns/{}", far.namespace.0)).arg("/usr/sbin/sshd");
                 command
             }
             None => Command::new("/usr/sbin/sshd"),
