@@ -161,7 +161,7 @@ pub fn build(
         .user(UserBuilder::default().uid(0u32).gid(0u32).umask(0o022u32).build()?)
         .args(record.command.clone())
         .env(env)
-        .cwd("/")
+        .cwd(record.workdir())
         .capabilities(capabilities)
         .no_new_privileges(false)
         .build()?;

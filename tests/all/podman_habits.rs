@@ -49,13 +49,18 @@ fn create_start_pause_unpause_restart_wait_and_rm_with_a_timeout() {
         "-d",
         "--name",
         "w",
+        "-w",
+        "/work/dir",
         "busybox",
         "sh",
         "-c",
-        "touch /go; while [ -e /go ]; do sleep 0.1; done; exit 7",
+        "pwd; touch /go; while [ -e /go ]; do sleep 0.1; done; exit 7",
     ]);
+    assert_eq!(ckpt.inspect("w")["Config"]["WorkingDir"], "/work/dir");
+    assert_eq!(ckpt.inspect("c")["Config"]["WorkingDir"], "/", "the image's, which has none");
     assert_eq!(ckpt.ok(&["exec", "-d", "w", "rm", "/go"]), "", "exec -d returns at once and prints nothing");
     assert_eq!(ckpt.ok(&["wait", "w"]), "7\n");
+    assert_eq!(ckpt.logs("w").trim(), "/work/dir", "the command runs in --workdir, made when missing");
     assert_eq!(ckpt.ok(&["wait", "w"]), "7\n", "waiting on an exited container returns at once");
 
     ckpt.ok(&["rm", "-t", "0", "-f", "c", "w"]);

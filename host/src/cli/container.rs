@@ -64,6 +64,9 @@ pub struct ContainerArgs {
     /// HOST:IP to add to the container's /etc/hosts.
     #[arg(long = "add-host")]
     pub add_host: Vec<String>,
+    /// The working directory of the command (the image's `WorkingDir`, else `/`, if not given).
+    #[arg(short, long)]
+    pub workdir: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -201,6 +204,7 @@ impl ContainerArgs {
             env: self.env,
             labels: self.label,
             auto_remove: self.rm,
+            workdir: self.workdir,
             image: self.image,
             command: self.command,
             network: NetworkFlags {

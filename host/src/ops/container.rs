@@ -166,6 +166,7 @@ pub struct InspectConfig {
     pub env: Vec<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub hostname: String,
+    pub working_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,6 +235,7 @@ pub fn inspect(ctx: &Context, record: &ContainerRecord) -> Result<Inspect> {
             env: record.env.clone(),
             labels: record.labels.clone(),
             hostname: crate::spec::hostname(record).to_string(),
+            working_dir: record.workdir().to_string(),
         },
         host_config: InspectHostConfig {
             auto_remove: record.auto_remove,

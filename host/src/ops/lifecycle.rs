@@ -23,6 +23,7 @@ pub struct RunOptions {
     pub env: Vec<String>,
     pub labels: Vec<String>,
     pub auto_remove: bool,
+    pub workdir: Option<String>,
     pub image: String,
     pub command: Vec<String>,
     pub network: super::network::NetworkFlags,
@@ -150,6 +151,16 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
             options.image
         )));
     }
+    let workdir = match &options.workdir {
+        Some(dir) => Some(dir.clone()),
+        None => ctx.images.config(&image)?.config().as_ref().and_then(|c| c.working_dir().clone()),
+    };
+    let workdir = workdir.filter(|dir| !dir.is_empty() && dir != "/");
+    if let Some(dir) = &workdir
+        && (!dir.starts_with('/') || dir.split('/').any(|c| c == ".."))
+    {
+        return Err(Error::invalid(format!("--workdir {dir:?}: give an absolute path without '..'")));
+    }
     let _store_lock = StoreLock::acquire(&ctx.roots.locks_dir())?;
     let id = random_id();
     let name = options.name.clone().unwrap_or_else(|| generated_name(&id));
@@ -166,6 +177,7 @@ pub fn create(ctx: &Context, options: &RunOptions) -> Result<ContainerRecord> {
         env,
         labels,
         mounts,
+        workdir,
         auto_remove: options.auto_remove,
         created_at: crate::util::now(),
         runtime: runtime.name().to_string(),

@@ -601,6 +601,7 @@ fn record_from_podman(config: &ConfigDump, spec: &oci_spec::runtime::Spec, path:
         env: process.env().clone().unwrap_or_default(),
         labels: config.labels.clone(),
         mounts,
+        workdir: Some(process.cwd().display().to_string()).filter(|dir| dir != "/"),
         auto_remove: false,
         created_at: crate::util::now(),
         runtime: config.runtime.clone(),

@@ -172,6 +172,10 @@ pub struct ContainerRecord {
     pub env: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub mounts: Vec<MountSpec>,
+    /// The command's working directory (`--workdir`, else the image's `WorkingDir`); `/` when
+    /// absent, as in records from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     pub auto_remove: bool,
     pub created_at: DateTime<Utc>,
     /// The OCI runtime's name or path, as chosen at creation.
@@ -202,6 +206,10 @@ pub const CONTAINER_ROOT_MODE: u32 = 0o555;
 const LEGACY_ROOT_MODE: u32 = 0o755;
 
 impl ContainerRecord {
+    pub fn workdir(&self) -> &str {
+        self.workdir.as_deref().unwrap_or("/")
+    }
+
     pub fn root_mode(&self) -> u32 {
         self.root_mode.unwrap_or(LEGACY_ROOT_MODE)
     }
