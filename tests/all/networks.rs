@@ -144,20 +144,38 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_leave_nothing() {
     assert!(inspected[0]["dns_enabled"].as_bool().unwrap());
     assert!(ckpt.ok(&["network", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == network));
 
+    let listed = ckpt.ok(&["network", "ls", "--noheading"]);
+    assert!(!listed.contains("NETWORK ID") && listed.contains(&network), "{listed}");
+
     let port = free_port();
-    let id = web_server(&ckpt, "server", port, "by-name", &["--network", &network]);
-    ckpt.ok(&["run", "-d", "--name", "client", "--network", &network, "busybox", "sleep", "1000"]);
+    let id = web_server(&ckpt, "server", port, "by-name", &["--network", &network, "--network-alias", "www"]);
+    // podman's per-network options: a fixed address and MAC on this network.
+    let fixed_ip = format!("{}.77", subnet.trim_end_matches(".0/24"));
+    let fixed = format!("{network}:ip={fixed_ip},mac=92:d0:c6:0a:29:38");
+    ckpt.ok(&["run", "-d", "--name", "client", "--network", &fixed, "busybox", "sleep", "1000"]);
+    assert_eq!(address(&ckpt, "client"), (fixed_ip.clone(), "92:d0:c6:0a:29:38".to_string()));
     // Debian's static busybox wget crashes in this image, so the request goes through nc.
-    let script = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 server 80 | tail -n 1";
-    let fetch = || ckpt.run(&["exec", "client", "sh", "-c", script]);
+    let fetch_from = |host: &str| {
+        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} 80 | tail -n 1");
+        ckpt.run(&["exec", "client", "sh", "-c", &script])
+    };
+    let fetch = || fetch_from("server");
     assert!(eventually(Duration::from_secs(10), || fetch().stdout.trim() == "by-name"), "{}", fetch().stderr);
+    assert_eq!(fetch_from("www").stdout.trim(), "by-name", "and by its alias");
     let hosts = ckpt.exec("client", "cat /etc/hosts /etc/resolv.conf");
     assert!(hosts.contains("host.containers.internal") && hosts.contains("search dns.podman"), "{hosts}");
 
-    // Still by name after both were checkpointed and restored.
+    // Still by name after both were checkpointed and restored. Told to ignore its fixed
+    // address and MAC, the client gets new ones, and keeps new ones across a restart.
     ckpt.ok(&["checkpoint", "server", "client"]);
-    ckpt.ok(&["restore", "server", "client"]);
+    ckpt.ok(&["restore", "server"]);
+    ckpt.ok(&["restore", "--ignore-static-ip", "--ignore-static-mac", "client"]);
+    let (ip, mac) = address(&ckpt, "client");
+    assert!(ip != fixed_ip && mac != "92:d0:c6:0a:29:38", "{ip} {mac}");
     assert!(eventually(Duration::from_secs(10), || fetch().stdout.trim() == "by-name"), "{}", fetch().stderr);
+    ckpt.ok(&["restart", "-t", "0", "client"]);
+    assert_ne!(address(&ckpt, "client").0, fixed_ip, "the fixed address is gone from its settings");
+    assert!(ckpt.ok(&["ps", "--filter", "status=unknown", "--noheading"]).is_empty());
 
     let refused = ckpt.fails(&["network", "rm", &network]);
     assert!(refused.contains(&format!("network {network:?} is in use by container")), "{refused}");

@@ -42,10 +42,13 @@ pub struct ContainerArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
-    /// The networks to connect it to (NAME[,NAME…]), or `none` for loopback only; the host
-    /// config's default network (`ckpt`) if not given.
+    /// The networks to connect it to (NAME[:ip=IP,mac=MAC,alias=NAME][,NAME…], or the flag
+    /// again), or `none` for loopback only; the host config's default network (`ckpt`) if not given.
     #[arg(long = "network", visible_alias = "net")]
-    pub network: Option<String>,
+    pub network: Vec<String>,
+    /// Another name the container answers to on its networks' DNS.
+    #[arg(long = "network-alias")]
+    pub network_alias: Vec<String>,
     /// A fixed IPv4 address on its one network; it keeps it across restarts.
     #[arg(long)]
     pub ip: Option<String>,
@@ -208,7 +211,8 @@ impl ContainerArgs {
             image: self.image,
             command: self.command,
             network: NetworkFlags {
-                network: self.network,
+                network: (!self.network.is_empty()).then(|| self.network.join(",")),
+                aliases: self.network_alias,
                 ip: self.ip,
                 mac_address: self.mac_address,
                 publish: self.publish,
@@ -330,13 +334,13 @@ pub fn ps(ctx: &Context, args: PsArgs) -> Result<i32> {
     let mut out = std::io::stdout().lock();
     if let Some(format) = &args.list.format {
         let rows: Vec<PsTemplateRow> = entries.iter().map(PsTemplateRow::from).collect();
-        super::print_rows(format, &entries, &rows, PS_HEADINGS)?;
+        super::print_listing(format, &entries, &rows, PS_HEADINGS, args.list.noheading)?;
     } else if args.list.quiet {
         for e in &entries {
             writeln!(out, "{}", crate::util::short_id(&e.id)).ok();
         }
     } else {
-        write!(out, "{}", container::ps_table(&entries)).ok();
+        write!(out, "{}", super::without_heading(container::ps_table(&entries), args.list.noheading)).ok();
     }
     Ok(0)
 }

@@ -70,17 +70,17 @@ pub fn run(ctx: &Context, command: ImageCommand) -> Result<i32> {
             }
         }
         ImageCommand::Save(args) => ctx.images.save(&args.image, &args.output)?,
-        ImageCommand::Ls(ImageListArgs { list: super::ListArgs { quiet, format }, .. }) => {
+        ImageCommand::Ls(ImageListArgs { list: super::ListArgs { quiet, format, noheading }, .. }) => {
             let list = ctx.images.list()?;
             let mut out = std::io::stdout().lock();
             match format {
                 Some(format) => {
                     let rows: Vec<_> = list.iter().map(ImageRow::from).collect();
                     let template_rows: Vec<_> = list.iter().map(ImageTemplateRow::from).collect();
-                    super::print_rows(&format, &rows, &template_rows, IMAGE_HEADINGS)?;
+                    super::print_listing(&format, &rows, &template_rows, IMAGE_HEADINGS, noheading)?;
                 }
                 None if quiet => list.iter().for_each(|i| drop(writeln!(out, "{}", crate::util::short_id(&i.id)))),
-                None => drop(write!(out, "{}", images_table(&list))),
+                None => drop(write!(out, "{}", super::without_heading(images_table(&list), noheading))),
             }
         }
         ImageCommand::Rm { force, images: names } => {

@@ -246,12 +246,23 @@ fn print_rows<J: serde::Serialize, R: serde::Serialize>(
     template_rows: &[R],
     headings: &[(&str, &str)],
 ) -> Result<()> {
+    print_listing(format, json_rows, template_rows, headings, false)
+}
+
+/// [`print_rows`] for a listing command, whose `--noheading` drops a table's header.
+fn print_listing<J: serde::Serialize, R: serde::Serialize>(
+    format: &Format,
+    json_rows: &[J],
+    template_rows: &[R],
+    headings: &[(&str, &str)],
+    noheading: bool,
+) -> Result<()> {
     let Format::Template(template) = format else {
         println!("{}", serde_json::to_string_pretty(json_rows).expect("rows serialise"));
         return Ok(());
     };
     let mut lines = Vec::new();
-    if template.is_table() {
+    if template.is_table() && !noheading {
         lines.push(template.header(headings));
     }
     for row in template_rows {
@@ -297,6 +308,17 @@ pub struct ListArgs {
     /// `json` for a JSON array, or a Go template applied to each row (`table ...` adds a header).
     #[arg(long, value_parser = format_arg)]
     pub format: Option<Format>,
+    /// Print no header line.
+    #[arg(long)]
+    pub noheading: bool,
+}
+
+/// A table's text without its header line when `noheading` says so.
+fn without_heading(table: String, noheading: bool) -> String {
+    match table.split_once('\n') {
+        Some((_, rows)) if noheading => rows.to_string(),
+        _ => table,
+    }
 }
 
 /// Looking after ckpt's own state.

@@ -83,21 +83,17 @@ pub fn run(ctx: &Context, command: NetworkCommand) -> Result<i32> {
             };
             println!("{}", network::create(ctx, &request)?.name);
         }
-        NetworkCommand::Ls(super::ListArgs { quiet, format }) => {
+        NetworkCommand::Ls(super::ListArgs { quiet, format, noheading }) => {
             let list = ctx.networks().definitions.list()?;
             match format {
                 Some(format) => {
                     let rows: Vec<_> = list.iter().map(template_row).collect();
-                    super::print_rows(
-                        &format,
-                        &list,
-                        &rows,
-                        &[("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER")],
-                    )?;
+                    let headings = [("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER")];
+                    super::print_listing(&format, &list, &rows, &headings, noheading)?;
                 }
                 None => {
                     let mut out = std::io::stdout().lock();
-                    if !quiet {
+                    if !quiet && !noheading {
                         writeln!(out, "NETWORK ID    NAME                    DRIVER").ok();
                     }
                     for n in &list {

@@ -38,16 +38,16 @@ pub enum VolumeCommand {
 pub fn run(ctx: &Context, command: VolumeCommand) -> Result<i32> {
     match command {
         VolumeCommand::Create { label, name } => println!("{}", volumes::create(ctx, &name, &label)?.name),
-        VolumeCommand::Ls(super::ListArgs { quiet, format }) => {
+        VolumeCommand::Ls(super::ListArgs { quiet, format, noheading }) => {
             let list = ctx.volumes.list()?;
             let mut out = std::io::stdout().lock();
             match format {
                 Some(format) => {
                     let values = list.iter().map(|v| volumes::inspect(ctx, &v.name)).collect::<Result<Vec<_>>>()?;
-                    super::print_rows(&format, &values, &values, &[("Name", "VOLUME NAME")])?;
+                    super::print_listing(&format, &values, &values, &[("Name", "VOLUME NAME")], noheading)?;
                 }
                 None => {
-                    if !quiet {
+                    if !quiet && !noheading {
                         writeln!(out, "DRIVER      VOLUME NAME").ok();
                     }
                     for v in &list {

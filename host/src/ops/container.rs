@@ -283,6 +283,9 @@ pub enum PsFilter {
     Status(ContainerStatus),
     /// The image, by name or ID prefix.
     Ancestor(String),
+    /// podman's status of a container whose runtime lost it; ckpt shows none so (its state is
+    /// the runtime's, and `system check` repairs what is left), so it matches nothing.
+    UnknownStatus,
 }
 
 impl PsFilter {
@@ -301,7 +304,8 @@ impl PsFilter {
                 "running" => ContainerStatus::Running,
                 "paused" => ContainerStatus::Paused,
                 "exited" | "stopped" => ContainerStatus::Exited,
-                _ => return Err(invalid("the status is one of created, running, paused, exited")),
+                "unknown" => return Ok(PsFilter::UnknownStatus),
+                _ => return Err(invalid("the status is one of created, running, paused, exited, unknown")),
             }),
             "ancestor" => PsFilter::Ancestor(value.to_string()),
             _ => return Err(invalid("the keys are id, name, label, status and ancestor")),
@@ -316,6 +320,7 @@ impl PsFilter {
                 entry.labels.get(key).is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
             }
             PsFilter::Status(status) => entry.state == *status,
+            PsFilter::UnknownStatus => false,
             PsFilter::Ancestor(image) => {
                 entry.image == *image
                     || entry.image == crate::image::normalize_reference(image)

@@ -38,6 +38,8 @@ pub struct NetworkFlags {
     pub network: Option<String>,
     pub ip: Option<String>,
     pub mac_address: Option<String>,
+    /// `--network-alias`: more names the container answers to on each of its networks.
+    pub aliases: Vec<String>,
     pub publish: Vec<String>,
     pub hostname: Option<String>,
     pub dns: Vec<String>,
@@ -85,33 +87,87 @@ pub fn settings_from_flags(ctx: &Context, flags: &NetworkFlags) -> Result<Contai
         _ => {}
     }
     settings.mode = NetworkMode::Bridge;
-    for name in named.split(',') {
-        let definition = networks.definitions.get(name)?;
-        if settings.networks.iter().any(|(n, _)| n == name) {
+    for NetworkChoice { name, options } in network_list(&named)? {
+        let definition = networks.definitions.get(&name)?;
+        if settings.networks.iter().any(|(n, _)| *n == name) {
             return Err(Error::invalid(format!("--network names {name:?} twice")));
         }
-        settings.networks.push((definition.name, NetworkAttachment::default()));
+        let mut attachment = NetworkAttachment { aliases: flags.aliases.clone(), ..NetworkAttachment::default() };
+        for (key, value) in options {
+            match key.as_str() {
+                "ip" => attachment.static_ip = Some(static_ip(&definition, "--network ...:ip=", &value)?),
+                "mac" => attachment.static_mac = Some(static_mac("--network ...:mac=", &value)?),
+                "alias" => attachment.aliases.push(value),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "--network {name}:{other}={value}: option {other:?} is not supported; use ip=, mac= or alias="
+                    )));
+                }
+            }
+        }
+        settings.networks.push((definition.name, attachment));
     }
     if let Some(ip) = &flags.ip {
-        let ip: Ipv4Addr = ip.parse().map_err(|_| Error::invalid(format!("--ip {ip:?} is not an IPv4 address")))?;
         let (name, attachment) = single_network(&mut settings, "--ip")?;
-        let subnet = networks.definitions.get(&name)?.subnet().subnet;
-        if !subnet.contains(&ip) {
-            return Err(Error::invalid(format!("--ip {ip} is not in network {name:?}'s subnet {subnet}")));
-        }
-        attachment.static_ip = Some(ip);
+        attachment.static_ip = Some(static_ip(&networks.definitions.get(&name)?, "--ip", ip)?);
     }
     if let Some(mac) = &flags.mac_address {
-        let valid = mac.len() == 17 && mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
-        if !valid {
-            return Err(Error::invalid(format!("--mac-address {mac:?} is not of the form aa:bb:cc:dd:ee:ff")));
-        }
-        single_network(&mut settings, "--mac-address")?.1.static_mac = Some(mac.to_ascii_lowercase());
+        single_network(&mut settings, "--mac-address")?.1.static_mac = Some(static_mac("--mac-address", mac)?);
     }
-    for value in &flags.publish {
-        settings.ports.extend(parse_publish(value)?);
-    }
+    settings.ports = published_ports(ctx, &flags.publish)?;
     Ok(settings)
+}
+
+/// One network named by `--network`, with its options as typed.
+struct NetworkChoice {
+    name: String,
+    options: Vec<(String, String)>,
+}
+
+/// `--network` as podman reads it: `NAME[:OPTION=VALUE,…]`, and several networks separated by
+/// commas; a part with `=` and no name before it is one more option of the network before.
+fn network_list(value: &str) -> Result<Vec<NetworkChoice>> {
+    let mut networks: Vec<NetworkChoice> = Vec::new();
+    for part in value.split(',') {
+        // A MAC holds colons too: a part is an option when its `=` comes before any colon.
+        let is_option = part.find('=').is_some_and(|eq| !part[..eq].contains(':'));
+        let (name, option) = match part.split_once(':') {
+            _ if is_option => (None, Some(part)),
+            Some((name, option)) => (Some(name), Some(option)),
+            None => (Some(part), None),
+        };
+        if let Some(name) = name {
+            networks.push(NetworkChoice { name: name.to_string(), options: Vec::new() });
+        }
+        let Some(option) = option else { continue };
+        let (key, value) = option.split_once('=').filter(|(k, v)| !k.is_empty() && !v.is_empty()).ok_or_else(|| {
+            Error::invalid(format!(
+                "--network {value:?}: {option:?} is not of the form OPTION=VALUE (ip=, mac=, alias=)"
+            ))
+        })?;
+        let Some(network) = networks.last_mut() else {
+            return Err(Error::invalid(format!("--network {value:?}: {option:?} follows no network name")));
+        };
+        network.options.push((key.to_string(), value.to_string()));
+    }
+    Ok(networks)
+}
+
+fn static_ip(definition: &crate::network::NetworkDef, flag: &str, value: &str) -> Result<Ipv4Addr> {
+    let ip: Ipv4Addr = value.parse().map_err(|_| Error::invalid(format!("{flag} {value:?} is not an IPv4 address")))?;
+    let subnet = definition.subnet().subnet;
+    if !subnet.contains(&ip) {
+        return Err(Error::invalid(format!("{flag} {ip} is not in network {:?}'s subnet {subnet}", definition.name)));
+    }
+    Ok(ip)
+}
+
+fn static_mac(flag: &str, mac: &str) -> Result<String> {
+    let valid = mac.len() == 17 && mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+    if !valid {
+        return Err(Error::invalid(format!("{flag} {mac:?} is not of the form aa:bb:cc:dd:ee:ff")));
+    }
+    Ok(mac.to_ascii_lowercase())
 }
 
 fn single_network<'a>(settings: &'a mut ContainerNetwork, flag: &str) -> Result<(String, &'a mut NetworkAttachment)> {
@@ -199,7 +255,7 @@ pub fn attach(ctx: &Context, record: &ContainerRecord, wanted: &Wanted) -> Resul
         container_name: record.name.clone(),
         networks: BTreeMap::new(),
         network_info: BTreeMap::new(),
-        port_mappings: port_mappings(ctx, &settings.ports),
+        port_mappings: port_mappings(&settings.ports),
         dns_servers: settings.dns.clone(),
     };
     let allocated = (|| -> Result<()> {
@@ -277,25 +333,36 @@ pub fn detach(ctx: &Context, record: &ContainerRecord) -> Result<()> {
     ctx.networks().teardown(&paths.netns(), &paths.network_options(), &ctx.roots.root).map_err(Error::from)
 }
 
-/// The record's ports for netavark, with the host config's `default-host-ips` for ports
-/// published on no particular address.
-fn port_mappings(ctx: &Context, ports: &[PublishedPort]) -> Vec<PortMapping> {
+/// `--publish` values as the container keeps them: a port published on no particular address
+/// binds to each of the host config's `default-host-ips`, decided when the container is made,
+/// as podman decides it from `default_host_ips`.
+pub fn published_ports(ctx: &Context, values: &[String]) -> Result<Vec<PublishedPort>> {
     let defaults: Vec<String> = ctx.config.network.default_host_ips.iter().map(Ipv4Addr::to_string).collect();
-    let mut mappings = Vec::new();
-    for port in ports {
-        let host_ips =
-            if port.host_ip.is_empty() && !defaults.is_empty() { defaults.clone() } else { vec![port.host_ip.clone()] };
-        for host_ip in host_ips {
-            mappings.push(PortMapping {
-                host_ip,
-                container_port: port.container_port,
-                host_port: port.host_port,
-                range: port.range,
-                protocol: port.protocol.clone(),
-            });
+    let mut ports = Vec::new();
+    for value in values {
+        for port in parse_publish(value)? {
+            if port.host_ip.is_empty() && !defaults.is_empty() {
+                ports.extend(defaults.iter().map(|ip| PublishedPort { host_ip: ip.clone(), ..port.clone() }));
+            } else {
+                ports.push(port);
+            }
         }
     }
-    mappings
+    Ok(ports)
+}
+
+/// The record's ports for netavark.
+fn port_mappings(ports: &[PublishedPort]) -> Vec<PortMapping> {
+    ports
+        .iter()
+        .map(|port| PortMapping {
+            host_ip: port.host_ip.clone(),
+            container_port: port.container_port,
+            host_port: port.host_port,
+            range: port.range,
+            protocol: port.protocol.clone(),
+        })
+        .collect()
 }
 
 /// A host port that another running ckpt container publishes, or that a host process holds,
@@ -557,12 +624,40 @@ mod tests {
     #[test]
     fn ports_on_no_address_take_the_default_host_ips() {
         let (_dir, mut ctx) = context(Arc::new(RecordingNetavark::default()));
-        let ports = [parse_publish("8080:80").unwrap(), parse_publish("192.0.2.1:8081:81").unwrap()].concat();
-        let everywhere: Vec<String> = port_mappings(&ctx, &ports).into_iter().map(|m| m.host_ip).collect();
-        assert_eq!(everywhere, ["", "192.0.2.1"]);
+        let values = ["8080:80".to_string(), "192.0.2.1:8081:81".to_string()];
+        let host_ips = |ctx: &Context| -> Vec<String> {
+            let ports = published_ports(ctx, &values).unwrap();
+            port_mappings(&ports).into_iter().map(|m| m.host_ip).collect()
+        };
+        assert_eq!(host_ips(&ctx), ["", "192.0.2.1"]);
         ctx.config.network.default_host_ips = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
-        let narrowed: Vec<String> = port_mappings(&ctx, &ports).into_iter().map(|m| m.host_ip).collect();
-        assert_eq!(narrowed, ["127.0.0.1", "127.0.0.2", "192.0.2.1"]);
+        assert_eq!(host_ips(&ctx), ["127.0.0.1", "127.0.0.2", "192.0.2.1"]);
+    }
+
+    #[test]
+    fn network_flags_take_podmans_per_network_options() {
+        let list = |v: &str| {
+            let choices = network_list(v).map_err(|e| e.to_string())?;
+            Ok::<_, String>(format!("{:?}", choices.into_iter().map(|c| (c.name, c.options)).collect::<Vec<_>>()))
+        };
+        assert_eq!(list("a").unwrap(), r#"[("a", [])]"#);
+        assert_eq!(
+            list("a:ip=10.0.0.2,mac=92:d0:c6:0a:29:38,b,c:alias=web").unwrap(),
+            r#"[("a", [("ip", "10.0.0.2"), ("mac", "92:d0:c6:0a:29:38")]), ("b", []), ("c", [("alias", "web")])]"#
+        );
+        assert_eq!(list("a:mac=92:d0:c6:0a:29:38").unwrap(), r#"[("a", [("mac", "92:d0:c6:0a:29:38")])]"#);
+        for bad in ["ip=10.0.0.2", "a:ip", "a:=x", "a:ip="] {
+            assert!(list(bad).unwrap_err().contains("--network"), "{bad}");
+        }
+        let (_dir, ctx) = context(Arc::new(RecordingNetavark::default()));
+        let flags = |network: &str| NetworkFlags { network: Some(network.into()), ..NetworkFlags::default() };
+        let settings = settings_from_flags(&ctx, &flags("ckpt:ip=10.90.7.7,mac=92:D0:C6:0A:29:38")).unwrap();
+        assert_eq!(settings.networks[0].1.static_ip, Some("10.90.7.7".parse().unwrap()));
+        assert_eq!(settings.networks[0].1.static_mac.as_deref(), Some("92:d0:c6:0a:29:38"));
+        let outside = settings_from_flags(&ctx, &flags("ckpt:ip=10.1.0.1")).unwrap_err().to_string();
+        assert!(outside.contains("10.1.0.1") && outside.contains("subnet"), "{outside}");
+        let unknown = settings_from_flags(&ctx, &flags("ckpt:interface_name=eth5")).unwrap_err().to_string();
+        assert!(unknown.contains("\"interface_name\" is not supported"), "{unknown}");
     }
 
     #[test]

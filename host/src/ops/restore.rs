@@ -295,6 +295,19 @@ fn restore_options(
     }
 }
 
+/// As podman does, a fixed address the user says to ignore leaves the container's settings for
+/// good: a restart after the restore gets a new one too.
+fn forget_ignored_addresses(req: &RestoreRequest, network: &mut crate::store::ContainerNetwork) {
+    for (_, attachment) in &mut network.networks {
+        if req.ignore_static_ip {
+            attachment.static_ip = None;
+        }
+        if req.ignore_static_mac {
+            attachment.static_mac = None;
+        }
+    }
+}
+
 /// Launches the runtime restore and records the outcome; the caller holds the container lock.
 fn run_restore(
     ctx: &Context,
@@ -314,6 +327,8 @@ fn run_restore(
     }
     criu::check_version(ctx.criu()?.as_ref())?;
     let previous = record.state.clone();
+    let previous_network = record.network.clone();
+    forget_ignored_addresses(req, &mut record.network);
     let now = crate::util::now();
     record.state.started_at = Some(now);
     if let Some(socket) = &req.lazy_pages_from {
@@ -328,6 +343,7 @@ fn run_restore(
     lifecycle::launch(ctx, record, &Launch::Restore(restore_options(req, &bundle, images, criu_config)), &wanted)
         .inspect_err(|_| {
             record.state = previous.clone();
+            record.network = previous_network.clone();
             let _ = ctx.containers.save(record);
         })?;
     let duration = started.elapsed().as_micros() as u64;
@@ -495,9 +511,9 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
         record.id = crate::util::random_id();
     }
     if !req.publish.is_empty() {
-        let ports: Vec<Vec<_>> = req.publish.iter().map(|p| network::parse_publish(p)).collect::<Result<_>>()?;
-        record.network.ports = ports.concat();
+        record.network.ports = network::published_ports(ctx, &req.publish)?;
     }
+    forget_ignored_addresses(req, &mut record.network);
     // The networks it was on must exist here, as podman's restore requires (the default always
     // does), unless a migration brings their definitions along.
     let carried = carried_networks(req, staged)?;
