@@ -223,10 +223,64 @@ pub fn parse_publish(value: &str) -> Result<Vec<PublishedPort>> {
 /// What a restore asks of the networks: the addresses and MACs the checkpoint had, per network.
 pub type Wanted = BTreeMap<String, (Option<Ipv4Addr>, Option<String>)>;
 
+/// What is wrong with network settings that came in an archive (a record, podman's keys, its
+/// `network.status`), which netavark would otherwise be the first to judge; `None` when they
+/// are all well formed.
+pub fn fault_in_carried(settings: &ContainerNetwork, wanted: &Wanted) -> Option<String> {
+    let well_named = |name: &str| {
+        !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    for (network, attachment) in &settings.networks {
+        if !well_named(network) {
+            return Some(format!("network name {network:?} is not valid"));
+        }
+        if let Some(mac) = &attachment.static_mac
+            && static_mac("MAC", mac).is_err()
+        {
+            return Some(format!("MAC {mac:?} on network {network:?} is not of the form aa:bb:cc:dd:ee:ff"));
+        }
+        if let Some(alias) = attachment.aliases.iter().find(|a| !well_named(a)) {
+            return Some(format!("alias {alias:?} on network {network:?} is not a valid name"));
+        }
+    }
+    for (network, (_, mac)) in wanted {
+        if let Some(mac) = mac
+            && static_mac("MAC", mac).is_err()
+        {
+            return Some(format!(
+                "network.status gives MAC {mac:?} on network {network:?}, not of the form aa:bb:cc:dd:ee:ff"
+            ));
+        }
+    }
+    for port in &settings.ports {
+        let described = format!("published port {}:{}/{}", port.host_port, port.container_port, port.protocol);
+        if !["tcp", "udp", "sctp"].contains(&port.protocol.as_str()) {
+            return Some(format!("{described}: protocol {:?} is not tcp, udp or sctp", port.protocol));
+        }
+        if !port.host_ip.is_empty() && port.host_ip.parse::<Ipv4Addr>().is_err() {
+            return Some(format!("{described}: host address {:?} is not IPv4", port.host_ip));
+        }
+        let fits = |first: u16| port.range >= 1 && u32::from(first) + u32::from(port.range) <= 65536;
+        if port.host_port == 0 || port.container_port == 0 || !fits(port.host_port) || !fits(port.container_port) {
+            return Some(format!("{described}: ports and range {} leave 1-65535", port.range));
+        }
+    }
+    if let Some(hostname) = &settings.hostname
+        && !well_named(hostname)
+    {
+        return Some(format!("host name {hostname:?} is not valid"));
+    }
+    None
+}
+
 /// The addresses in a `network.status` (podman's and ckpt's), minus what `ignore_ip` and
 /// `ignore_mac` leave out.
 pub fn wanted_from_status(path: &Path, ignore_ip: bool, ignore_mac: bool) -> Wanted {
-    crate::network::read_status(path)
+    wanted_from_block(&crate::network::read_status(path), ignore_ip, ignore_mac)
+}
+
+pub fn wanted_from_block(status: &crate::network::StatusBlock, ignore_ip: bool, ignore_mac: bool) -> Wanted {
+    status
         .iter()
         .filter_map(|(network, status)| {
             let (mac, ip, _, _) = status.first_address()?;
@@ -658,6 +712,27 @@ mod tests {
         assert!(outside.contains("10.1.0.1") && outside.contains("subnet"), "{outside}");
         let unknown = settings_from_flags(&ctx, &flags("ckpt:interface_name=eth5")).unwrap_err().to_string();
         assert!(unknown.contains("\"interface_name\" is not supported"), "{unknown}");
+    }
+
+    #[test]
+    fn network_settings_from_an_archive_are_judged_before_netavark_sees_them() {
+        let (_dir, ctx) = context(Arc::new(RecordingNetavark::default()));
+        let flags = NetworkFlags { publish: vec!["8080:80".into()], ..NetworkFlags::default() };
+        let good = settings_from_flags(&ctx, &flags).unwrap();
+        assert_eq!(fault_in_carried(&good, &Wanted::new()), None);
+        let fault = |change: &dyn Fn(&mut ContainerNetwork, &mut Wanted)| {
+            let (mut settings, mut wanted) = (good.clone(), Wanted::new());
+            change(&mut settings, &mut wanted);
+            fault_in_carried(&settings, &wanted).expect("a fault")
+        };
+        assert!(fault(&|s, _| s.ports[0].protocol = "icmp".into()).contains("protocol \"icmp\""));
+        assert!(fault(&|s, _| s.ports[0].host_ip = "::1".into()).contains("not IPv4"));
+        assert!(fault(&|s, _| s.ports[0].range = 0).contains("leave 1-65535"));
+        assert!(fault(&|s, _| s.networks[0].1.static_mac = Some("zz".into())).contains("MAC \"zz\""));
+        assert!(fault(&|s, _| s.networks[0].0 = "../etc".into()).contains("network name"));
+        assert!(fault(&|s, _| s.hostname = Some("a b".into())).contains("host name"));
+        let status_mac = fault(&|_, w| drop(w.insert("ckpt".into(), (None, Some("not-a-mac".into())))));
+        assert!(status_mac.contains("network.status gives MAC \"not-a-mac\""), "{status_mac}");
     }
 
     #[test]

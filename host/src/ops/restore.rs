@@ -514,6 +514,11 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
         record.network.ports = network::published_ports(ctx, &req.publish)?;
     }
     forget_ignored_addresses(req, &mut record.network);
+    let status = staged.read_member_json(metadata::NETWORK_STATUS).ok().flatten().unwrap_or_default();
+    let wanted = network::wanted_from_block(&status, req.ignore_static_ip, req.ignore_static_mac);
+    if let Some(fault) = network::fault_in_carried(&record.network, &wanted) {
+        return Err(Error::CheckpointRefused { origin: staged.origin.clone(), reason: format!(": {fault}") });
+    }
     // The networks it was on must exist here, as podman's restore requires (the default always
     // does), unless a migration brings their definitions along.
     let carried = carried_networks(req, staged)?;
