@@ -44,6 +44,21 @@ pub struct ExportRules {
     /// `registry.example.com/ckpt/`.
     #[serde(default)]
     pub registries: Vec<String>,
+    /// Whether every export is sealed (`always`), or only those asked for (`when-asked`).
+    #[serde(default)]
+    pub encrypt: EncryptRule,
+    /// Recipients every sealed export is also sealed to (age `age1…` or SSH public keys): an
+    /// escrow that `--encrypt-to` adds to and never replaces.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptRule {
+    #[default]
+    WhenAsked,
+    Always,
 }
 
 /// How ckpt reaches registries.
@@ -286,6 +301,7 @@ mod tests {
                 directories: dirs.iter().map(|d| d.to_path_buf()).collect(),
                 image_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
                 registries: vec![],
+                ..ExportRules::default()
             },
             registries: RegistryRules::default(),
             migration: MigrationRules::default(),

@@ -11,6 +11,7 @@ use crate::network::NetworkError;
 use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
+use crate::seal::SealError;
 use crate::ssh::SshError;
 use crate::supervisor::SupervisorError;
 
@@ -65,6 +66,20 @@ pub enum Error {
     PolicyEngine(#[from] PolicyError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// A sealed checkpoint was asked for something it cannot do yet; nothing changed.
+    #[error("sealed checkpoints do not cover {what} yet; nothing was checkpointed")]
+    SealRefused { what: String },
+    #[error(
+        "the host config says every export is sealed ([exports] encrypt = \"always\") but names no recipient; add [exports] recipients, or give --encrypt-to; nothing was checkpointed"
+    )]
+    SealWithoutRecipient,
+    /// A sealed checkpoint keeps its dump in memory, and there is not enough of it.
+    #[error(
+        "container {name:?} uses {needed_mib} MiB of memory and this host has {available_mib} MiB available: a sealed checkpoint keeps the dump in memory, never on disk, so it cannot be made now; free memory, or export without sealing"
+    )]
+    SealNeedsMemory { name: String, needed_mib: u64, available_mib: u64 },
     #[error(
         "a complete checkpoint for container {name:?} cannot be found, cannot restore: {} does not exist",
         missing.display()

@@ -13,7 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the operations", &["ops", "error"]),
     (
         "the external systems and formats",
-        &["policy", "archive", "image", "registry", "ssh", "runtime", "criu", "network", "supervisor"],
+        &["policy", "archive", "image", "registry", "ssh", "runtime", "criu", "network", "supervisor", "seal"],
     ),
     (
         "the foundations",

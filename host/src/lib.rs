@@ -5,7 +5,8 @@
 //! - `store/`: on-disk state (containers, images, volumes) and its locks.
 //! - `runtime/`, `criu/`, `network/`: the external binaries (runc, CRIU, netavark), each
 //!   behind a trait.
-//! - `archive/`, `image/`, `rootfs/`: formats and filesystems ckpt builds itself.
+//! - `archive/`, `image/`, `rootfs/`: formats and filesystems ckpt builds itself; `seal`:
+//!   age encryption of archives.
 //! - `safefs`: the one way to write beneath a directory from untrusted input.
 //! - `supervisor/`: the conmon-like process that holds a container's stdio.
 
@@ -30,6 +31,7 @@ pub(crate) mod registry;
 pub(crate) mod rootfs;
 pub(crate) mod runtime;
 pub(crate) mod safefs;
+pub(crate) mod seal;
 pub(crate) mod spec;
 pub(crate) mod ssh;
 pub(crate) mod store;

@@ -18,3 +18,4 @@ mod podman_habits;
 mod policy;
 mod registry;
 mod schedules;
+mod sealing;

@@ -14,6 +14,9 @@ use crate::util::{TempDir, tempdir_in};
 /// A checkpoint unpacked into private staging, checked, not yet used. Its members are only ever
 /// opened beneath the staging directory with no symlink followed.
 pub struct StagedCheckpoint {
+    /// The private memory the staging directory is, for a sealed checkpoint: released first, so
+    /// that the directory under it can go.
+    memory: Option<crate::rootfs::memory::Held>,
     pub dir: TempDir,
     beneath: Beneath,
     /// What it came from, as errors name it: a path, `standard input`, `image NAME`.
@@ -36,7 +39,7 @@ impl StagedCheckpoint {
             path: dir.path.clone(),
             source,
         })?;
-        Ok(StagedCheckpoint { dir, beneath, origin, verified: false, page_images: None })
+        Ok(StagedCheckpoint { memory: None, dir, beneath, origin, verified: false, page_images: None })
     }
 
     /// An archive file, unpacked in `staging`; its page images go on being copied (see
@@ -60,6 +63,29 @@ impl StagedCheckpoint {
             &staged.dir.path,
             &ExtractOptions::checkpoint(),
         )?;
+        Ok(staged)
+    }
+
+    /// A sealed archive's plaintext, `stream`, unpacked into private memory (at most `limit`
+    /// bytes) in `staging`: what it holds never reaches a disk in the clear.
+    pub fn from_stream_in_memory<R: std::io::BufRead + Send + 'static>(
+        staging: &Path,
+        stream: R,
+        origin: String,
+        limit: u64,
+    ) -> Result<StagedCheckpoint, ArchiveError> {
+        let dir = tempdir_in(staging, "import")?;
+        let memory = crate::rootfs::memory::Held::mount(&dir.path, limit).map_err(|e| ArchiveError::Io {
+            archive: origin.clone(),
+            action: "hold the checkpoint in private memory at",
+            path: dir.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut staged = StagedCheckpoint::new(dir, origin)?;
+        staged.memory = Some(memory);
+        let origin = staged.origin.clone();
+        staged.verified =
+            layout::extract_checkpoint_stream(stream, &origin, &staged.dir.path, &ExtractOptions::checkpoint())?;
         Ok(staged)
     }
 
@@ -149,8 +175,18 @@ impl StagedCheckpoint {
         }
     }
 
-    /// Moves a staged images directory into the bundle.
+    /// Moves a staged images directory into the bundle; one in private memory is shown there
+    /// instead (a mount cannot be moved across), and its memory lives as long as that does.
     pub fn move_dir_into(&self, name: &str, dest: &Path) -> Result<(), ArchiveError> {
+        if self.memory.is_some() {
+            let source = self.dir.path.join(name);
+            return crate::rootfs::memory::bind(&source, dest).map_err(|e| ArchiveError::Io {
+                archive: self.origin.clone(),
+                action: "show checkpoint images from private memory at",
+                path: dest.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
         nix::fcntl::renameat(self.beneath.fd(), name, nix::fcntl::AT_FDCWD, dest).map_err(|e| ArchiveError::Io {
             archive: self.origin.clone(),
             action: "move checkpoint images into",

@@ -148,6 +148,9 @@ pub struct ArchiveSummary {
     pub manifest: bool,
     pub annotations: BTreeMap<String, String>,
     pub criu_statistics: Option<crate::criu::DumpStats>,
+    /// For a sealed archive, whom it is sealed to (checked by the header's MAC as it opened).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_to: Option<Vec<String>>,
 }
 
 /// The compression a file's first bytes announce.
@@ -160,10 +163,33 @@ fn sniff_compression(path: &Path) -> std::io::Result<super::Compression> {
 pub fn summarize(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
     let name = path.display().to_string();
     let io_err = |source| ArchiveError::Io { archive: name.clone(), action: "read", path: path.to_path_buf(), source };
+    let compression = sniff_compression(path).map_err(io_err)?.name();
+    summarize_from(path, super::open_decompressed(path)?, compression, None)
+}
+
+/// The summary of a sealed archive at `path`, from its plaintext: `plain`, as its identity opened it.
+pub fn summarize_sealed<R: std::io::BufRead + Send + 'static>(
+    path: &Path,
+    mut plain: R,
+    sealed_to: Vec<String>,
+) -> Result<ArchiveSummary, ArchiveError> {
+    let name = path.display().to_string();
+    let io_err = |source| ArchiveError::Io { archive: name.clone(), action: "open", path: path.to_path_buf(), source };
+    let compression = super::Compression::sniff(plain.fill_buf().map_err(io_err)?).name();
+    summarize_from(path, super::decompress(plain, &name)?, compression, Some(sealed_to))
+}
+
+fn summarize_from(
+    path: &Path,
+    tar_stream: Box<dyn Read>,
+    compression: &'static str,
+    sealed_to: Option<Vec<String>>,
+) -> Result<ArchiveSummary, ArchiveError> {
+    let name = path.display().to_string();
+    let io_err = |source| ArchiveError::Io { archive: name.clone(), action: "read", path: path.to_path_buf(), source };
     let malformed = |e: std::io::Error| ArchiveError::Malformed { archive: name.clone(), detail: e.to_string() };
     let archive_size = std::fs::metadata(path).map_err(io_err)?.len();
-    let compression = sniff_compression(path).map_err(io_err)?.name();
-    let mut tar = tar::Archive::new(super::open_decompressed(path)?);
+    let mut tar = tar::Archive::new(tar_stream);
     let (mut config, mut annotations, mut stats_bytes) = (None, BTreeMap::new(), None);
     let (mut checkpoint_size, mut rootfs_diff_size, mut volumes, mut manifest, mut pre_checkpoint) =
         (0u64, None, Vec::new(), false, false);
@@ -228,6 +254,7 @@ pub fn summarize(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
         manifest,
         annotations,
         criu_statistics,
+        sealed_to,
     })
 }
 
@@ -249,6 +276,9 @@ pub fn render(summary: &ArchiveSummary) -> String {
         ("Manifest", summary.manifest.to_string()),
     ] {
         out.push_str(&format!("{label:<18} {value}\n"));
+    }
+    for recipient in summary.sealed_to.iter().flatten() {
+        out.push_str(&format!("{:<18} {recipient}\n", "Sealed to"));
     }
     for volume in &summary.volumes {
         out.push_str(&format!("{:<18} {} ({} bytes)\n", "Volume", volume.name, volume.size));

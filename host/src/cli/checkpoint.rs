@@ -31,6 +31,10 @@ pub struct CheckpointArgs {
     /// Create a checkpoint image with this name.
     #[arg(long)]
     pub create_image: Option<String>,
+    /// Seal the exported archive to RECIPIENT (an age recipient, age1…, or an SSH public key), as
+    /// age's -r does; repeatable. The host config's recipients are always added.
+    #[arg(long, value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
     /// Print statistics about the checkpoint as JSON.
     #[arg(long)]
     pub print_stats: bool,
@@ -158,6 +162,10 @@ pub struct RestoreArgs {
     /// With --import: [[IP:][HOST]:]CONTAINER[/tcp|udp] to publish in place of the archive's ports.
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// An age identity file or SSH private key that opens a sealed archive, as age's -i;
+    /// repeatable.
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
     /// `ckpt migrate`: make the user networks the archive carries and this host lacks.
     #[arg(long, hide = true)]
     pub create_networks: bool,
@@ -195,6 +203,7 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         dry_run: args.dry_run,
         trigger: args.trigger,
         schedule: None,
+        encrypt_to: args.encrypt_to,
     };
     let (done, result) = checkpoint::checkpoint(ctx, &req);
     if req.dry_run {
@@ -238,6 +247,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         ignore_static_ip: args.ignore_static_ip,
         ignore_static_mac: args.ignore_static_mac,
         publish: args.publish,
+        identities: args.identities,
         create_networks: args.create_networks,
     };
     let (done, result) = restore::restore(ctx, &req);

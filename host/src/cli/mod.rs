@@ -75,8 +75,15 @@ pub enum Command {
         /// `json` for a JSON document, or a Go template.
         #[arg(long, value_parser = format_arg)]
         format: Option<Format>,
+        /// An age identity or SSH private key that opens a sealed archive; without one, only
+        /// whom it is sealed to is shown.
+        #[arg(long = "identity", value_name = "FILE")]
+        identities: Vec<PathBuf>,
         archive: PathBuf,
     },
+    /// Keys for sealed checkpoints.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// The container commands, as `podman container ...` spells them.
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -321,6 +328,16 @@ fn without_heading(table: String, noheading: bool) -> String {
     }
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new age identity (mode 0600) to FILE, as age-keygen does, and print its
+    /// recipient (age1…) for `checkpoint --encrypt-to` and the host config's `[exports] recipients`.
+    Generate {
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
 /// Looking after ckpt's own state.
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
@@ -423,6 +440,7 @@ impl Command {
             self,
             Command::Policy(_)
                 | Command::InspectCheckpoint { .. }
+                | Command::Key(_)
                 | Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))
                 | Command::Completion { .. }
                 | Command::GenerateMan { .. }
@@ -472,8 +490,35 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
-        Command::InspectCheckpoint { format, archive } => {
-            let summary = crate::archive::summary::summarize(&archive)?;
+        Command::InspectCheckpoint { format, identities, archive } => {
+            let header = crate::seal::file_header(&archive).map_err(crate::Error::io("read", &archive))?;
+            let summary = if !crate::seal::is_sealed(&header) {
+                crate::archive::summary::summarize(&archive)?
+            } else if identities.is_empty() {
+                let sealed_to = crate::seal::sealed_to(&header);
+                match format {
+                    Some(Format::Json) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({"sealed_to": sealed_to})).expect("json")
+                        );
+                    }
+                    _ => {
+                        println!("{} is sealed; give --identity FILE to see what it holds.", archive.display());
+                        for recipient in sealed_to {
+                            println!("{:<18} {}", "Sealed to", crate::util::escape_controls(&recipient));
+                        }
+                    }
+                }
+                return Ok(0);
+            } else {
+                let origin = archive.display().to_string();
+                let identities = crate::seal::Identities::read(&identities)?;
+                let file = std::fs::File::open(&archive).map_err(crate::Error::io("open", &archive))?;
+                let plain = crate::seal::open(std::io::BufReader::new(file), &identities, &origin)?;
+                let sealed_to = crate::seal::sealed_to(&header);
+                crate::archive::summary::summarize_sealed(&archive, std::io::BufReader::new(plain), sealed_to)?
+            };
             match format {
                 Some(Format::Json) => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
                 Some(format) => print_documents(&format, std::slice::from_ref(&summary))?,
@@ -490,6 +535,10 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Catalog(cmd) => schedule::run_catalog(ctx, cmd),
         Command::Audit(cmd) => schedule::run_audit(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),
+        Command::Key(KeyCommand::Generate { output }) => {
+            println!("{}", crate::seal::generate_identity(&output)?);
+            Ok(0)
+        }
         Command::Supervise(args) => container::supervise(ctx, args),
         Command::Discard => crate::store::discard::remove_handed_over(&ctx.roots, &mut std::io::stdin())
             .map(|()| 0)

@@ -59,6 +59,8 @@ pub struct RestoreRequest {
     /// A migration's far side: the user networks the archive carries and this host lacks are
     /// made, under the same names and subnets.
     pub create_networks: bool,
+    /// `--identity`: age identities or SSH private keys that open a sealed archive.
+    pub identities: Vec<PathBuf>,
 }
 
 /// The addresses the restored container asks its networks for: the checkpoint's, unless the
@@ -214,12 +216,9 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
 fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<Restored> {
     let (from, restored) = match source {
         Source::Local(record, printed) => ("local", restore_local(ctx, req, record, printed)),
-        Source::Archive(path) => (
-            "archive",
-            StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)
-                .map_err(Error::from)
-                .and_then(|staged| restore_import(ctx, req, staged)),
-        ),
+        Source::Archive(path) => {
+            ("archive", stage_archive(ctx, req, path).and_then(|staged| restore_import(ctx, req, staged)))
+        }
         Source::Stream => (
             "stream",
             StagedCheckpoint::from_stdin(&ctx.roots.staging_dir())
@@ -437,6 +436,22 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
         });
     }
     run_restore(ctx, req, &mut record, printed.to_string(), Images::Local, None)
+}
+
+/// An archive file unpacked into staging; a sealed one is opened with `--identity` and
+/// unpacked into private memory, so that its plaintext never reaches a disk.
+fn stage_archive(ctx: &Context, req: &RestoreRequest, path: &Path) -> Result<StagedCheckpoint> {
+    let header = crate::seal::file_header(path).map_err(Error::io("read", path))?;
+    if !crate::seal::is_sealed(&header) {
+        return Ok(StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?);
+    }
+    let origin = path.display().to_string();
+    let identities = crate::seal::Identities::read(&req.identities)?;
+    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let plain = crate::seal::open(std::io::BufReader::with_capacity(1 << 20, file), &identities, &origin)?;
+    let limit = crate::hostinfo::memory_available().unwrap_or(0);
+    let stream = std::io::BufReader::with_capacity(1 << 20, plain);
+    Ok(StagedCheckpoint::from_stream_in_memory(&ctx.roots.staging_dir(), stream, origin, limit)?)
 }
 
 /// A local checkpoint image, its layers unpacked into staging.

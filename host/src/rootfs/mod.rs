@@ -10,6 +10,8 @@ use nix::mount::{MntFlags, MsFlags};
 use crate::base_error::{BaseError as Error, BaseResult as Result};
 use crate::util::create_dir_all;
 
+pub mod memory;
+
 /// Paths the runtime or ckpt itself manages, left out of diffs and archives as podman does.
 const MANAGED_PATHS: &[&str] =
     &["/dev", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/proc", "/run", "/sys", "/etc/mtab"];

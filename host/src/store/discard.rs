@@ -23,6 +23,11 @@ fn prefix(pid: u32) -> String {
 /// Takes `dirs` (those that exist) out of their places now and removes them in the background;
 /// removes them here when that cannot be arranged.
 pub fn discard(roots: &Roots, dirs: &[PathBuf]) -> Result<()> {
+    // Images in private memory (a sealed checkpoint's) are given back, not moved: a mount
+    // cannot be renamed, and its pages go with it.
+    for dir in dirs {
+        crate::rootfs::memory::release(dir)?;
+    }
     let present: Vec<&PathBuf> = dirs.iter().filter(|d| d.symlink_metadata().is_ok()).collect();
     if present.is_empty() {
         return Ok(());

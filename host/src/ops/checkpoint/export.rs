@@ -27,17 +27,28 @@ pub struct Written {
 }
 
 /// Writes the archive into `pending` (not yet published): one streaming pass over the CRIU
-/// images, compressed on all cores and hashed on the way out, so nothing reads it back.
+/// images, compressed on all cores, sealed to `sealed_to` when it names anyone, and hashed on
+/// the way out (the digest is of the bytes on disk), so nothing reads it back.
 pub fn write_archive(
     ctx: &Context,
     record: &ContainerRecord,
     content: &Content,
     compression: Compression,
+    sealed_to: &[String],
     pending: &mut PendingFile,
 ) -> Result<Written> {
     let target = pending.target.clone();
     let mut hashed = HashingWriter::new(&mut pending.writer, blake3::Hasher::new());
-    let (included, size) = stream_archive(ctx, record, content, compression, &mut hashed, &target)?;
+    let (included, size) = if sealed_to.is_empty() {
+        stream_archive(ctx, record, content, compression, &mut hashed, &target)?
+    } else {
+        let recipients = crate::seal::Recipients::parse(sealed_to)?;
+        let io_err = |e: std::io::Error| Error::io("write sealed checkpoint archive", &target)(e);
+        let mut sealed = crate::seal::seal(&mut hashed, &recipients).map_err(io_err)?;
+        let (included, _) = stream_archive(ctx, record, content, compression, &mut sealed, &target)?;
+        sealed.finish().map_err(io_err)?;
+        (included, hashed.written)
+    };
     Ok(Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size })
 }
 

@@ -62,6 +62,8 @@ pub struct CheckpointRequest {
     pub trigger: String,
     /// The schedule that asked, with its last run and missed runs.
     pub schedule: Option<wit::ScheduleFacts>,
+    /// `--encrypt-to`: recipients the exported archive is sealed to, beside the host config's.
+    pub encrypt_to: Vec<String>,
 }
 
 /// `container_statistics[]` of `--print-stats`.
@@ -126,6 +128,9 @@ pub fn validate_options(req: &CheckpointRequest, is_root: bool) -> Result<Compre
     }
     if req.with_previous && req.pre_checkpoint {
         return Err(Error::invalid("--with-previous can not be used with --pre-checkpoint"));
+    }
+    if !req.encrypt_to.is_empty() && req.export.is_none() {
+        return Err(Error::invalid("--encrypt-to can only be used with --export"));
     }
     Ok(compression)
 }
@@ -201,6 +206,8 @@ struct Planned {
     options: wit::CheckpointOptions,
     pre_dump: PreDumpPlan,
     exports: Vec<ExportTarget>,
+    /// Whom the archives are sealed to; none: they are written in the clear.
+    sealed_to: Vec<String>,
 }
 
 /// The host's rules for any plan, whoever made it; checked before anything changes.
@@ -226,7 +233,7 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     if rounds && (o.pre_checkpoint || o.with_previous) {
         return Err(refuse("pre-dump rounds together with --pre-checkpoint or --with-previous"));
     }
-    Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone() })
+    Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone(), sealed_to: Vec::new() })
 }
 
 /// A migration moves the whole container or nothing: its source is removed once the destination
@@ -562,6 +569,7 @@ fn plan_and_checkpoint(
         _ => {}
     }
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
+    planned.sealed_to = sealing(ctx, req, &planned, handoff.is_some())?;
     if req.dry_run {
         let value = json!({
             "Id": record.id,
@@ -575,6 +583,34 @@ fn plan_and_checkpoint(
     let (stats, digests) = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
     let entries = catalog_entries(ctx, record, &facts, &planned, policies, &digests);
     Ok((Made { stats, entries }, None))
+}
+
+/// Whom the plan's archives are sealed to: the host config's recipients and `--encrypt-to`'s,
+/// when the user or the host config (`[exports] encrypt = "always"`) asks for sealing. What a
+/// sealed checkpoint cannot do yet is refused before anything changes.
+fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &Planned, migrating: bool) -> Result<Vec<String>> {
+    let rules = &ctx.config.exports;
+    let always = rules.encrypt == crate::config::EncryptRule::Always;
+    if req.encrypt_to.is_empty() && !(always && (!planned.exports.is_empty() || migrating)) {
+        return Ok(Vec::new());
+    }
+    let refuse = |what: &str| Error::SealRefused { what: what.to_string() };
+    if migrating {
+        return Err(refuse("a migration's stream (the host config says every export is sealed)"));
+    }
+    if planned.exports.iter().any(|t| t.kind != TargetKind::Archive) {
+        return Err(refuse("checkpoint images (archives are sealed; export with -e)"));
+    }
+    if !matches!(planned.pre_dump, PreDumpPlan::None) || planned.options.pre_checkpoint || planned.options.with_previous
+    {
+        return Err(refuse("pre-dump rounds (their images would reach the disk in the clear)"));
+    }
+    let mut recipients = crate::seal::Recipients::parse(&rules.recipients)?;
+    recipients.extend(crate::seal::Recipients::parse(&req.encrypt_to)?);
+    if recipients.is_empty() {
+        return Err(Error::SealWithoutRecipient);
+    }
+    Ok(recipients.names().to_vec())
 }
 
 /// Records what a checkpoint made in the catalog: each export, or the local checkpoint when it
@@ -880,6 +916,9 @@ fn dump_container(
         let hold_network = options.tcp_established && !record.auto_remove && !leaving;
         txn.mark_in_progress(hold_network)?;
     }
+    if !planned.sealed_to.is_empty() {
+        hold_in_memory(record, facts.container.memory_bytes, &image_dir)?;
+    }
     let followed = follow.then(|| crate::archive::follow::follow(&image_dir));
     let started = Instant::now();
     let mut lazy = None;
@@ -897,6 +936,7 @@ fn dump_container(
     if let Err(e) = dumped {
         // The container runs on (CRIU let it go, and `dump` thawed it); a partial image
         // directory must not look restorable (and the pre-dump rounds go with `parents`).
+        crate::rootfs::memory::release(&image_dir)?;
         remove_dir_all(&image_dir)?;
         return Err(e);
     }
@@ -905,6 +945,23 @@ fn dump_container(
     tracing::debug!(images = known_digests.len(), "page images hashed as CRIU wrote them");
     // The dump refers to them: they stay with it, in the bundle and in every export.
     Ok(Dumped { options, image_dir, parents: parents.keep(), known_digests, lazy, runtime_duration })
+}
+
+/// Mounts private memory where CRIU writes a sealed checkpoint's images, so that the
+/// container's memory never reaches a disk in the clear; refused when the host has too little.
+fn hold_in_memory(record: &ContainerRecord, memory_bytes: u64, dir: &Path) -> Result<()> {
+    const MIB: u64 = 1 << 20;
+    let available = crate::hostinfo::memory_available().unwrap_or(0);
+    // The images hold about the container's memory, and some metadata of CRIU's beside it.
+    let needed = memory_bytes + 64 * MIB;
+    if needed > available {
+        return Err(Error::SealNeedsMemory {
+            name: record.name.clone(),
+            needed_mib: needed / MIB,
+            available_mib: available / MIB,
+        });
+    }
+    crate::rootfs::memory::mount(dir, available).map_err(Error::from)
 }
 
 /// Writes every export and asks its gates, then hands the checkpoint to a migration's
@@ -939,7 +996,7 @@ fn export_and_hand_off(
     let carrier = handoff.and_then(|h| h.carrier());
     for (target, pending) in planned.exports.iter().zip(pending) {
         let carried = target.kind == TargetKind::Registry && carrier == Some(target.location.as_str());
-        let export = Export { target, pending, carried };
+        let export = Export { target, pending, carried, sealed_to: &planned.sealed_to };
         digests.push(export_to(ctx, runtime, record, facts, policies, export, &content)?);
     }
     // The last safe point: past it the checkpoint is published.
@@ -1062,6 +1119,8 @@ struct Export<'a> {
     pending: Option<PendingFile>,
     /// What a migration's destination restores from: a gate may deny it, never narrow it.
     carried: bool,
+    /// Whom an archive is sealed to; none: it is written in the clear.
+    sealed_to: &'a [String],
 }
 
 /// Writes one export, asks the gates, and publishes it, narrowed if a gate says so; returns an
@@ -1075,7 +1134,7 @@ fn export_to(
     export: Export<'_>,
     content: &Content,
 ) -> Result<Option<String>> {
-    let Export { target, pending, carried } = export;
+    let Export { target, pending, carried, sealed_to } = export;
     let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
     // Asked only when there are gates: with none, an export is allowed as it is.
@@ -1105,7 +1164,7 @@ fn export_to(
     };
     match (target.kind, pending) {
         (TargetKind::Archive, Some(mut pending)) => {
-            let written = export::write_archive(ctx, record, content, compression, &mut pending)?;
+            let written = export::write_archive(ctx, record, content, compression, sealed_to, &mut pending)?;
             let verdict =
                 if gated { ask(written.size, &written.digest, written.included)? } else { GateVerdict::Allow };
             match verdict {
@@ -1115,7 +1174,7 @@ fn export_to(
                     drop(pending);
                     let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
                     let narrower = narrowed(drop_rootfs, drop_volumes);
-                    let written = export::write_archive(ctx, record, &narrower, compression, &mut again)?;
+                    let written = export::write_archive(ctx, record, &narrower, compression, sealed_to, &mut again)?;
                     again.publish().map(|()| Some(written.digest)).map_err(Error::from)
                 }
             }
@@ -1173,6 +1232,7 @@ fn roll_back(
         let wanted = super::network::wanted_from_status(&paths.network_status(), false, false);
         lifecycle::launch(ctx, &mut fresh, &Launch::Restore(restore), &wanted)?;
         set_in_progress(ctx, &record.id, false)?;
+        crate::rootfs::memory::release(&paths.checkpoint_dir())?;
         remove_dir_all(&paths.checkpoint_dir()).map_err(Error::from)
     })();
     match result {

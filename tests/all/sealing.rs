@@ -1,0 +1,153 @@
+//! Sealed checkpoints: archives encrypted with age, whose memory never reaches a disk in the
+//! clear. A canary, a random string held by a running process and never written to a file, is
+//! searched for on the disks after each step; the same search finds it in a plaintext export,
+//! so it is known to look in the right places.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use crate::support::Ckpt;
+
+/// A container whose PID 1 holds a fresh random canary in its environment (in memory only),
+/// and the canary, read from `/proc/1/environ`.
+fn canary_container(ckpt: &Ckpt, name: &str) -> String {
+    let script = "exec env SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n') sleep 100000";
+    ckpt.ok(&["run", "-d", "--name", name, "--network", "none", "busybox", "sh", "-c", script]);
+    let read = || ckpt.run(&["exec", name, "cat", "/proc/1/environ"]).stdout;
+    assert!(crate::support::eventually(std::time::Duration::from_secs(5), || read().contains("SECRET=")));
+    let environ = read();
+    let canary = environ.split('\0').find_map(|v| v.strip_prefix("SECRET=")).unwrap().to_string();
+    assert_eq!(canary.len(), 32, "{environ:?}");
+    canary
+}
+
+/// Every file on the disks below ckpt's store, its run root, /tmp and /var/tmp written since
+/// `since` that holds `canary`. Other file systems mounted below them (private memory among
+/// them) are not disks and are not searched.
+fn on_disk(ckpt: &Ckpt, canary: &str, since: SystemTime) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for start in [ckpt.root.as_path(), ckpt.runroot.as_path(), Path::new("/tmp"), Path::new("/var/tmp")] {
+        let Ok(device) = std::fs::metadata(start).map(|m| std::os::unix::fs::MetadataExt::dev(&m)) else { continue };
+        let mut stack = vec![start.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                if std::os::unix::fs::MetadataExt::dev(&meta) != device {
+                    continue;
+                }
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file()
+                    && meta.modified().is_ok_and(|m| m >= since)
+                    && std::fs::read(&path)
+                        .is_ok_and(|bytes| bytes.windows(canary.len()).any(|w| w == canary.as_bytes()))
+                {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn a_sealed_export_keeps_memory_off_the_disks_and_opens_with_age_and_ckpt() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let since = SystemTime::now() - std::time::Duration::from_secs(1);
+    let key = ckpt.path("key.txt");
+    let recipient = ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let ssh_key = ckpt.path("id_ed25519");
+    run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", ssh_key.to_str().unwrap()]);
+    let ssh_recipient = std::fs::read_to_string(ssh_key.with_extension("pub")).unwrap().trim().to_string();
+
+    let canary = canary_container(&ckpt, "s");
+    assert_eq!(on_disk(&ckpt, &canary, since), Vec::<PathBuf>::new(), "running and exec leave nothing");
+
+    let sealed = ckpt.path("s.tar.zst.age");
+    let sealed_arg = sealed.to_str().unwrap();
+    ckpt.ok(&["checkpoint", "-e", sealed_arg, "--encrypt-to", &recipient, "--encrypt-to", &ssh_recipient, "s"]);
+    assert_eq!(on_disk(&ckpt, &canary, since), Vec::<PathBuf>::new(), "sealed: nowhere on the disks");
+    let id = ckpt.inspect("s")["Id"].as_str().unwrap().to_string();
+    let images = ckpt.root.join("containers").join(&id).join("userdata/checkpoint");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.contains(images.to_str().unwrap()), "the local images are in private memory");
+
+    // Debian's age opens it with the identity: the canary is inside.
+    let plain = Command::new("sh")
+        .arg("-c")
+        .arg(format!("age -d -i {} {sealed_arg} | zstd -dc | grep -ac {canary}", key.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "1", "{}", String::from_utf8_lossy(&plain.stderr));
+    let shown = ckpt.ok(&["inspect-checkpoint", sealed_arg]);
+    assert!(shown.contains(&recipient) && shown.contains("ssh-ed25519"), "whom, without the identity: {shown}");
+
+    // ckpt restores it with the SSH key alone, in private memory; without one it says whom to ask.
+    ckpt.ok(&["rm", "-f", "s"]);
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&id), "rm gives the memory back");
+    let refused = ckpt.fails(&["restore", "-i", sealed_arg]);
+    assert!(
+        refused.contains("is sealed") && refused.contains(&recipient) && refused.contains("--identity"),
+        "{refused}"
+    );
+    let other = ckpt.path("other.txt");
+    ckpt.ok(&["key", "generate", "-o", other.to_str().unwrap()]);
+    let wrong = ckpt.fails(&["restore", "-i", sealed_arg, "--identity", other.to_str().unwrap()]);
+    assert!(wrong.contains("none of the identities given"), "{wrong}");
+    assert!(ckpt.container_ids().is_empty(), "a refused restore changes nothing");
+    ckpt.ok(&["restore", "-i", sealed_arg, "--identity", ssh_key.to_str().unwrap()]);
+    assert!(ckpt.exec("s", "cat /proc/1/environ").contains(&canary), "the same process, with its memory");
+    assert_eq!(on_disk(&ckpt, &canary, since), Vec::<PathBuf>::new(), "restored: still nowhere on the disks");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("ckpt-private "));
+
+    // The host config can ask for every export to be sealed: an export without --encrypt-to
+    // is sealed to its recipients, and what cannot be sealed yet is refused, changing nothing.
+    let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
+    let always =
+        config.replace("[exports]\n", &format!("[exports]\nencrypt = \"always\"\nrecipients = [{recipient:?}]\n"));
+    std::fs::write(ckpt.path("ckpt.toml"), always).unwrap();
+    let image = ckpt.fails(&["checkpoint", "--create-image", "localhost/sealed", "s"]);
+    assert!(image.contains("do not cover checkpoint images"), "{image}");
+    assert_eq!(ckpt.status("s"), "running");
+    let escrowed = ckpt.path("escrowed.tar");
+    ckpt.ok(&["checkpoint", "-R", "-e", escrowed.to_str().unwrap(), "--compress", "none", "s"]);
+    let header = std::fs::read(&escrowed).unwrap();
+    assert!(header.starts_with(b"age-encryption.org/v1\n"), "sealed by the host config");
+    assert_eq!(on_disk(&ckpt, &canary, since), Vec::<PathBuf>::new(), "escrowed: nowhere on the disks");
+    std::fs::write(ckpt.path("ckpt.toml"), config).unwrap();
+
+    // The control: a plaintext export, uncompressed, puts the canary where the search looks.
+    let plain_archive = ckpt.path("plain.tar");
+    ckpt.ok(&["checkpoint", "-e", plain_archive.to_str().unwrap(), "--compress", "none", "s"]);
+    let found = on_disk(&ckpt, &canary, since);
+    assert!(found.contains(&plain_archive), "the search finds a plaintext export: {found:?}");
+    assert!(found.iter().any(|p| p.ends_with("checkpoint/pages-1.img")), "and the local images: {found:?}");
+    ckpt.ok(&["rm", "-f", "s"]);
+}
+
+#[test]
+fn sealing_options_are_checked_before_anything_changes() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.ok(&["run", "-d", "--name", "c", "--network", "none", "busybox", "sleep", "1000"]);
+    let alone = ckpt.fails(&["checkpoint", "--encrypt-to", "age1x", "c"]);
+    assert!(alone.contains("--encrypt-to can only be used with --export"), "{alone}");
+    let archive = ckpt.path("c.tar.zst.age");
+    let bad = ckpt.fails(&["checkpoint", "-e", archive.to_str().unwrap(), "--encrypt-to", "age1nope", "c"]);
+    assert!(bad.contains("recipient \"age1nope\""), "{bad}");
+    assert_eq!(ckpt.status("c"), "running");
+    assert!(!archive.exists());
+    let key = ckpt.path("k");
+    ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]);
+    let again = ckpt.fails(&["key", "generate", "-o", key.to_str().unwrap()]);
+    assert!(again.contains("cannot be written"), "never over a key: {again}");
+}
