@@ -25,6 +25,8 @@ pub struct HostConfig {
     pub restore: RestoreRules,
     #[serde(default)]
     pub network: NetworkRules,
+    #[serde(default)]
+    pub signatures: SignatureRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -59,6 +61,21 @@ pub enum EncryptRule {
     #[default]
     WhenAsked,
     Always,
+}
+
+/// Who signs archives, and whose signatures a restore trusts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SignatureRules {
+    /// The SSH private key every exported archive is signed with, beside `--sign-with`'s.
+    #[serde(default)]
+    pub sign_with: Option<PathBuf>,
+    /// SSH public keys (`ssh-ed25519 AAAA… [comment]`) whose signatures a restore accepts.
+    #[serde(default)]
+    pub trusted: Vec<String>,
+    /// Refuse to restore an archive without a trusted signature.
+    #[serde(default)]
+    pub require: bool,
 }
 
 /// How ckpt reaches registries.
@@ -307,6 +324,7 @@ mod tests {
             migration: MigrationRules::default(),
             restore: RestoreRules::default(),
             network: NetworkRules::default(),
+            signatures: SignatureRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }

@@ -12,6 +12,7 @@ use crate::policy::PolicyError;
 use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
 use crate::seal::SealError;
+use crate::signature::SignatureError;
 use crate::ssh::SshError;
 use crate::supervisor::SupervisorError;
 
@@ -68,6 +69,8 @@ pub enum Error {
     Supervisor(#[from] SupervisorError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     /// A sealed checkpoint was asked for something it cannot do yet; nothing changed.
     #[error("sealed checkpoints do not cover {what} yet; nothing was checkpointed")]
     SealRefused { what: String },

@@ -13,7 +13,19 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the operations", &["ops", "error"]),
     (
         "the external systems and formats",
-        &["policy", "archive", "image", "registry", "ssh", "runtime", "criu", "network", "supervisor", "seal"],
+        &[
+            "policy",
+            "archive",
+            "image",
+            "registry",
+            "ssh",
+            "runtime",
+            "criu",
+            "network",
+            "supervisor",
+            "seal",
+            "signature",
+        ],
     ),
     (
         "the foundations",

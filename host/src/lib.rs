@@ -32,6 +32,7 @@ pub(crate) mod rootfs;
 pub(crate) mod runtime;
 pub(crate) mod safefs;
 pub(crate) mod seal;
+pub(crate) mod signature;
 pub(crate) mod spec;
 pub(crate) mod ssh;
 pub(crate) mod store;

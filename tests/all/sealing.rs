@@ -151,3 +151,65 @@ fn sealing_options_are_checked_before_anything_changes() {
     let again = ckpt.fails(&["key", "generate", "-o", key.to_str().unwrap()]);
     assert!(again.contains("cannot be written"), "never over a key: {again}");
 }
+
+#[test]
+fn a_signed_archive_is_checked_before_anything_is_restored() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let keygen = |name: &str| {
+        let key = ckpt.path(name);
+        run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key.to_str().unwrap()]);
+        (key.clone(), std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string())
+    };
+    let (signer, signer_public) = keygen("signer");
+    let (stranger, _) = keygen("stranger");
+    ckpt.ok(&["run", "-d", "--name", "c", "--network", "none", "busybox", "sleep", "1000"]);
+    let archive = ckpt.path("c.tar.zst");
+    let archive_arg = archive.to_str().unwrap();
+    ckpt.ok(&["checkpoint", "-e", archive_arg, "--sign-with", signer.to_str().unwrap(), "c"]);
+    let signature = ckpt.path("c.tar.zst.sig");
+    // OpenSSH checks it on its own.
+    let allowed = ckpt.path("allowed_signers");
+    std::fs::write(&allowed, format!("ops {signer_public}\n")).unwrap();
+    let verified = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", "ckpt-archive", "-I", "ops", "-f", allowed.to_str().unwrap(), "-s"])
+        .arg(&signature)
+        .stdin(std::fs::File::open(&archive).unwrap())
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    ckpt.ok(&["rm", "-f", "c"]);
+
+    let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
+    let trusting = format!("{config}[signatures]\ntrusted = [{signer_public:?}]\nrequire = true\n");
+    std::fs::write(ckpt.path("ckpt.toml"), trusting).unwrap();
+    let copy = |name: &str, edit: &dyn Fn(&mut Vec<u8>)| {
+        let path = ckpt.path(name);
+        let mut bytes = std::fs::read(&archive).unwrap();
+        edit(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    // One byte changed, under the original signature.
+    let tampered = copy("tampered.tar.zst", &|bytes| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+    });
+    std::fs::copy(&signature, ckpt.path("tampered.tar.zst.sig")).unwrap();
+    let refused = ckpt.fails(&["restore", "-i", tampered.to_str().unwrap()]);
+    assert!(refused.contains("does not verify"), "{refused}");
+    // A valid signature by a key this host does not trust.
+    let foreign = copy("foreign.tar.zst", &|_| {});
+    run(
+        "ssh-keygen",
+        &["-q", "-Y", "sign", "-n", "ckpt-archive", "-f", stranger.to_str().unwrap(), foreign.to_str().unwrap()],
+    );
+    let untrusted = ckpt.fails(&["restore", "-i", foreign.to_str().unwrap()]);
+    assert!(untrusted.contains("does not verify"), "{untrusted}");
+    let unsigned = copy("unsigned.tar.zst", &|_| {});
+    let missing = ckpt.fails(&["restore", "-i", unsigned.to_str().unwrap()]);
+    assert!(missing.contains("has no signature"), "{missing}");
+    assert!(ckpt.container_ids().is_empty(), "nothing was restored");
+    ckpt.ok(&["restore", "-i", archive_arg]);
+    assert_eq!(ckpt.status("c"), "running");
+    ckpt.ok(&["rm", "-f", "c"]);
+}

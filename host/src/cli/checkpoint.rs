@@ -35,6 +35,10 @@ pub struct CheckpointArgs {
     /// age's -r does; repeatable. The host config's recipients are always added.
     #[arg(long, value_name = "RECIPIENT")]
     pub encrypt_to: Vec<String>,
+    /// Sign the exported archive with this SSH private key: ARCHIVE.sig beside it, which
+    /// `ssh-keygen -Y verify -n ckpt-archive` checks.
+    #[arg(long, value_name = "KEYFILE")]
+    pub sign_with: Option<PathBuf>,
     /// Print statistics about the checkpoint as JSON.
     #[arg(long)]
     pub print_stats: bool,
@@ -204,6 +208,7 @@ pub fn checkpoint(ctx: &Context, args: CheckpointArgs) -> Result<i32> {
         trigger: args.trigger,
         schedule: None,
         encrypt_to: args.encrypt_to,
+        sign_with: args.sign_with,
     };
     let (done, result) = checkpoint::checkpoint(ctx, &req);
     if req.dry_run {

@@ -219,6 +219,12 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
         Source::Archive(path) => {
             ("archive", stage_archive(ctx, req, path).and_then(|staged| restore_import(ctx, req, staged)))
         }
+        Source::Stream if ctx.config.signatures.require => {
+            ("stream", Err(unsigned_source("a stream on standard input")))
+        }
+        Source::Image(name) if ctx.config.signatures.require => {
+            ("image", Err(unsigned_source(&format!("image {name:?}"))))
+        }
         Source::Stream => (
             "stream",
             StagedCheckpoint::from_stdin(&ctx.roots.staging_dir())
@@ -438,9 +444,22 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
     run_restore(ctx, req, &mut record, printed.to_string(), Images::Local, None)
 }
 
+/// What a host that requires signatures says of a checkpoint that cannot carry one yet.
+fn unsigned_source(what: &str) -> Error {
+    Error::CheckpointRefused {
+        origin: what.to_string(),
+        reason: " cannot be signed yet, and the host config requires a signature ([signatures] require = true); restore from a signed archive file".into(),
+    }
+}
+
 /// An archive file unpacked into staging; a sealed one is opened with `--identity` and
 /// unpacked into private memory, so that its plaintext never reaches a disk.
 fn stage_archive(ctx: &Context, req: &RestoreRequest, path: &Path) -> Result<StagedCheckpoint> {
+    // Before a single member is read: the signature covers the file as it is on disk.
+    let rules = &ctx.config.signatures;
+    let scratch = tempdir_in(&ctx.roots.staging_dir(), "verify")?;
+    crate::signature::verify(path, &rules.trusted, rules.require, &scratch.path)?;
+    drop(scratch);
     let header = crate::seal::file_header(path).map_err(Error::io("read", path))?;
     if !crate::seal::is_sealed(&header) {
         return Ok(StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?);

@@ -64,6 +64,8 @@ pub struct CheckpointRequest {
     pub schedule: Option<wit::ScheduleFacts>,
     /// `--encrypt-to`: recipients the exported archive is sealed to, beside the host config's.
     pub encrypt_to: Vec<String>,
+    /// `--sign-with`: the SSH private key the exported archive is signed with.
+    pub sign_with: Option<PathBuf>,
 }
 
 /// `container_statistics[]` of `--print-stats`.
@@ -131,6 +133,9 @@ pub fn validate_options(req: &CheckpointRequest, is_root: bool) -> Result<Compre
     }
     if !req.encrypt_to.is_empty() && req.export.is_none() {
         return Err(Error::invalid("--encrypt-to can only be used with --export"));
+    }
+    if req.sign_with.is_some() && req.export.is_none() {
+        return Err(Error::invalid("--sign-with can only be used with --export"));
     }
     Ok(compression)
 }
@@ -208,6 +213,8 @@ struct Planned {
     exports: Vec<ExportTarget>,
     /// Whom the archives are sealed to; none: they are written in the clear.
     sealed_to: Vec<String>,
+    /// The SSH private key the archives are signed with.
+    sign_with: Option<PathBuf>,
 }
 
 /// The host's rules for any plan, whoever made it; checked before anything changes.
@@ -233,7 +240,13 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
     if rounds && (o.pre_checkpoint || o.with_previous) {
         return Err(refuse("pre-dump rounds together with --pre-checkpoint or --with-previous"));
     }
-    Ok(Planned { options: *o, pre_dump: plan.pre_dump, exports: plan.exports.clone(), sealed_to: Vec::new() })
+    Ok(Planned {
+        options: *o,
+        pre_dump: plan.pre_dump,
+        exports: plan.exports.clone(),
+        sealed_to: Vec::new(),
+        sign_with: None,
+    })
 }
 
 /// A migration moves the whole container or nothing: its source is removed once the destination
@@ -570,6 +583,7 @@ fn plan_and_checkpoint(
     }
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
     planned.sealed_to = sealing(ctx, req, &planned, handoff.is_some())?;
+    planned.sign_with = signing_key(ctx, req, &planned)?;
     if req.dry_run {
         let value = json!({
             "Id": record.id,
@@ -611,6 +625,41 @@ fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &Planned, migrating:
         return Err(Error::SealWithoutRecipient);
     }
     Ok(recipients.names().to_vec())
+}
+
+/// The key the plan's archives are signed with: `--sign-with`'s, else the host config's. A
+/// checkpoint image cannot be signed yet, so one is refused when signing is asked for.
+fn signing_key(ctx: &Context, req: &CheckpointRequest, planned: &Planned) -> Result<Option<PathBuf>> {
+    let key = req.sign_with.clone().or_else(|| ctx.config.signatures.sign_with.clone());
+    let Some(key) = key else { return Ok(None) };
+    if planned.exports.iter().any(|t| t.kind != TargetKind::Archive) {
+        return Err(Error::invalid(format!(
+            "signing with {key:?} covers archives only so far, and the plan makes a checkpoint image; export with -e; nothing was checkpointed"
+        )));
+    }
+    if !key.is_file() {
+        return Err(Error::invalid(format!("signing key {key:?} does not exist or is not a file")));
+    }
+    Ok(Some(key))
+}
+
+/// Publishes an archive, its signature beside it first when `sign_with` names a key: a crash
+/// between the two leaves a signature of nothing, never an archive that looks unsigned. An
+/// unsigned archive takes away the signature of the file it replaces.
+fn publish_archive(mut pending: PendingFile, sign_with: Option<&Path>) -> Result<()> {
+    let signature = crate::signature::signature_path(&pending.target);
+    match sign_with {
+        Some(key) => {
+            std::io::Write::flush(&mut pending.writer).map_err(Error::io("write", &pending.target))?;
+            let made = crate::signature::sign(&pending.temp_path, key)?;
+            std::fs::rename(&made, &signature).map_err(|e| {
+                let _ = std::fs::remove_file(&made);
+                Error::io("publish the signature", &signature)(e)
+            })?;
+        }
+        None => remove_file_if_exists(&signature)?,
+    }
+    Ok(pending.publish()?)
 }
 
 /// Records what a checkpoint made in the catalog: each export, or the local checkpoint when it
@@ -996,7 +1045,8 @@ fn export_and_hand_off(
     let carrier = handoff.and_then(|h| h.carrier());
     for (target, pending) in planned.exports.iter().zip(pending) {
         let carried = target.kind == TargetKind::Registry && carrier == Some(target.location.as_str());
-        let export = Export { target, pending, carried, sealed_to: &planned.sealed_to };
+        let export =
+            Export { target, pending, carried, sealed_to: &planned.sealed_to, sign_with: planned.sign_with.as_deref() };
         digests.push(export_to(ctx, runtime, record, facts, policies, export, &content)?);
     }
     // The last safe point: past it the checkpoint is published.
@@ -1121,6 +1171,7 @@ struct Export<'a> {
     carried: bool,
     /// Whom an archive is sealed to; none: it is written in the clear.
     sealed_to: &'a [String],
+    sign_with: Option<&'a Path>,
 }
 
 /// Writes one export, asks the gates, and publishes it, narrowed if a gate says so; returns an
@@ -1134,7 +1185,7 @@ fn export_to(
     export: Export<'_>,
     content: &Content,
 ) -> Result<Option<String>> {
-    let Export { target, pending, carried, sealed_to } = export;
+    let Export { target, pending, carried, sealed_to, sign_with } = export;
     let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
     // Asked only when there are gates: with none, an export is allowed as it is.
@@ -1168,14 +1219,14 @@ fn export_to(
             let verdict =
                 if gated { ask(written.size, &written.digest, written.included)? } else { GateVerdict::Allow };
             match verdict {
-                GateVerdict::Allow => pending.publish().map(|()| Some(written.digest)).map_err(Error::from),
+                GateVerdict::Allow => publish_archive(pending, sign_with).map(|()| Some(written.digest)),
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
                     let target_path = pending.target.clone();
                     drop(pending);
                     let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
                     let narrower = narrowed(drop_rootfs, drop_volumes);
                     let written = export::write_archive(ctx, record, &narrower, compression, sealed_to, &mut again)?;
-                    again.publish().map(|()| Some(written.digest)).map_err(Error::from)
+                    publish_archive(again, sign_with).map(|()| Some(written.digest))
                 }
             }
         }
