@@ -213,3 +213,30 @@ fn a_signed_archive_is_checked_before_anything_is_restored() {
     assert_eq!(ckpt.status("c"), "running");
     ckpt.ok(&["rm", "-f", "c"]);
 }
+
+/// With every export sealed by the host config, a migration keeps the container's memory off
+/// the disks on both sides: the source dumps into private memory and streams it through ssh,
+/// and the destination unpacks it into private memory.
+#[test]
+fn a_migration_under_sealing_keeps_memory_off_the_disks_on_both_sides() {
+    let Some(source) = Ckpt::available() else { return };
+    let Some(dest) = Ckpt::available() else { return };
+    let since = SystemTime::now() - std::time::Duration::from_secs(1);
+    let key = source.path("key.txt");
+    let recipient = source.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
+    for side in [&source, &dest] {
+        let config = std::fs::read_to_string(side.path("ckpt.toml")).unwrap();
+        let sealed = format!("[exports]\nencrypt = \"always\"\nrecipients = [{recipient:?}]\n");
+        std::fs::write(side.path("ckpt.toml"), config.replace("[exports]\n", &sealed)).unwrap();
+    }
+    let sshd = crate::support::servers::Sshd::start(&source);
+    let canary = canary_container(&source, "m");
+    let mut args: Vec<String> = vec!["migrate".into()];
+    args.extend(sshd.flags(&dest));
+    args.extend(["m".into(), sshd.url(&dest)]);
+    let moved = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
+    assert!(dest.exec("m", "cat /proc/1/environ").contains(&canary), "the process moved with its memory");
+    assert_eq!(on_disk(&source, &canary, since), Vec::<PathBuf>::new(), "nowhere on the disks of either side");
+    dest.ok(&["rm", "-f", "m"]);
+}

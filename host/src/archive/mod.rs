@@ -148,7 +148,7 @@ const CHUNK: usize = 1 << 20;
 /// Runs `reader` on a thread of its own, up to [`CHUNKS_AHEAD`] chunks ahead. The thread ends
 /// when the stream does or when the returned reader is dropped; if no thread can be started,
 /// `reader` is read in place.
-fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read> {
+pub(crate) fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_AHEAD);
     let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     let (handoff, take_back) = std::sync::mpsc::channel::<Box<dyn Read + Send>>();

@@ -170,6 +170,9 @@ pub struct RestoreArgs {
     /// repeatable.
     #[arg(long = "identity", value_name = "FILE")]
     pub identities: Vec<PathBuf>,
+    /// `ckpt migrate`: unpack the checkpoint into private memory, never onto a disk.
+    #[arg(long, hide = true)]
+    pub private_memory: bool,
     /// `ckpt migrate`: make the user networks the archive carries and this host lacks.
     #[arg(long, hide = true)]
     pub create_networks: bool,
@@ -253,6 +256,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         ignore_static_mac: args.ignore_static_mac,
         publish: args.publish,
         identities: args.identities,
+        private_memory: args.private_memory,
         create_networks: args.create_networks,
     };
     let (done, result) = restore::restore(ctx, &req);

@@ -293,6 +293,10 @@ impl Handoff for ToDestination<'_> {
         if record.network.networks.iter().any(|(name, _)| name != crate::config::DEFAULT_NETWORK) {
             args.push("--create-networks".into());
         }
+        // What this host keeps off its disks, the destination keeps off its own.
+        if ctx.config.exports.encrypt == crate::config::EncryptRule::Always {
+            args.push("--private-memory".into());
+        }
         if let Some(socket) = self.lazy_from.borrow().as_ref() {
             args.push(format!("--lazy-pages-from={socket}"));
         }

@@ -61,6 +61,9 @@ pub struct RestoreRequest {
     pub create_networks: bool,
     /// `--identity`: age identities or SSH private keys that open a sealed archive.
     pub identities: Vec<PathBuf>,
+    /// Unpack an imported checkpoint into private memory, never onto a disk (always so for a
+    /// sealed archive, and under `[exports] encrypt = "always"`).
+    pub private_memory: bool,
 }
 
 /// The addresses the restored container asks its networks for: the checkpoint's, unless the
@@ -225,12 +228,7 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
         Source::Image(name) if ctx.config.signatures.require => {
             ("image", Err(unsigned_source(&format!("image {name:?}"))))
         }
-        Source::Stream => (
-            "stream",
-            StagedCheckpoint::from_stdin(&ctx.roots.staging_dir())
-                .map_err(Error::from)
-                .and_then(|staged| restore_import(ctx, req, staged)),
-        ),
+        Source::Stream => ("stream", stage_stdin(ctx, req).and_then(|staged| restore_import(ctx, req, staged))),
         Source::Image(name) => (
             "image",
             stage_image(ctx, name)
@@ -444,6 +442,22 @@ fn restore_local(ctx: &Context, req: &RestoreRequest, record: &ContainerRecord, 
     run_restore(ctx, req, &mut record, printed.to_string(), Images::Local, None)
 }
 
+/// Whether an import is unpacked into private memory: asked for, or the host config seals everything.
+fn in_private_memory(ctx: &Context, req: &RestoreRequest) -> bool {
+    req.private_memory || ctx.config.exports.encrypt == crate::config::EncryptRule::Always
+}
+
+/// A checkpoint streamed on standard input (a migration's), unpacked into staging.
+fn stage_stdin(ctx: &Context, req: &RestoreRequest) -> Result<StagedCheckpoint> {
+    if !in_private_memory(ctx, req) {
+        return Ok(StagedCheckpoint::from_stdin(&ctx.roots.staging_dir())?);
+    }
+    let stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+    let limit = crate::hostinfo::memory_available().unwrap_or(0);
+    let origin = "standard input".to_string();
+    Ok(StagedCheckpoint::from_stream_in_memory(&ctx.roots.staging_dir(), stdin, origin, limit)?)
+}
+
 /// What a host that requires signatures says of a checkpoint that cannot carry one yet.
 fn unsigned_source(what: &str) -> Error {
     Error::CheckpointRefused {
@@ -461,13 +475,19 @@ fn stage_archive(ctx: &Context, req: &RestoreRequest, path: &Path) -> Result<Sta
     crate::signature::verify(path, &rules.trusted, rules.require, &scratch.path)?;
     drop(scratch);
     let header = crate::seal::file_header(path).map_err(Error::io("read", path))?;
-    if !crate::seal::is_sealed(&header) {
+    let sealed = crate::seal::is_sealed(&header);
+    if !sealed && !in_private_memory(ctx, req) {
         return Ok(StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?);
     }
     let origin = path.display().to_string();
-    let identities = crate::seal::Identities::read(&req.identities)?;
-    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let plain = crate::seal::open(std::io::BufReader::with_capacity(1 << 20, file), &identities, &origin)?;
+    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(Error::io("open", path))?);
+    let plain: Box<dyn std::io::Read + Send> = if sealed {
+        let identities = crate::seal::Identities::read(&req.identities)?;
+        // Decrypted on a thread of its own, ahead of the decompression and the writes.
+        crate::archive::read_ahead(Box::new(crate::seal::open(file, &identities, &origin)?))
+    } else {
+        Box::new(file)
+    };
     let limit = crate::hostinfo::memory_available().unwrap_or(0);
     let stream = std::io::BufReader::with_capacity(1 << 20, plain);
     Ok(StagedCheckpoint::from_stream_in_memory(&ctx.roots.staging_dir(), stream, origin, limit)?)

@@ -97,7 +97,10 @@ pub fn sweep_leftovers(ctx: &Context, repair: bool) -> Vec<Finding> {
 
 fn remove_any(path: &Path) -> bool {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).is_ok(),
+        // A dead import's private memory goes with it.
+        Ok(meta) if meta.is_dir() => {
+            crate::rootfs::memory::release(path).is_ok() && std::fs::remove_dir_all(path).is_ok()
+        }
         Ok(_) => std::fs::remove_file(path).is_ok(),
         Err(_) => true,
     }

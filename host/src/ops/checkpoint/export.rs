@@ -43,13 +43,83 @@ pub fn write_archive(
         stream_archive(ctx, record, content, compression, &mut hashed, &target)?
     } else {
         let recipients = crate::seal::Recipients::parse(sealed_to)?;
-        let io_err = |e: std::io::Error| Error::io("write sealed checkpoint archive", &target)(e);
-        let mut sealed = crate::seal::seal(&mut hashed, &recipients).map_err(io_err)?;
-        let (included, _) = stream_archive(ctx, record, content, compression, &mut sealed, &target)?;
-        sealed.finish().map_err(io_err)?;
+        let included = write_sealed(recipients, &mut hashed, &target, |out| {
+            stream_archive(ctx, record, content, compression, out, &target).map(|(included, _)| included)
+        })?;
         (included, hashed.written)
     };
     Ok(Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size })
+}
+
+/// Runs `write` into a stream sealed to `recipients` on its way to `out`: the encryption runs
+/// on a thread of its own, a few chunks behind, so that it overlaps with the compression.
+fn write_sealed<W: Write + Send, T>(
+    recipients: crate::seal::Recipients,
+    out: W,
+    target: &Path,
+    write: impl FnOnce(&mut ChunkSender) -> Result<T>,
+) -> Result<T> {
+    let io_err = |e: std::io::Error| Error::io("write sealed checkpoint archive", target)(e);
+    std::thread::scope(|scope| {
+        let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_BEHIND);
+        let sealer = scope.spawn(move || -> std::io::Result<()> {
+            let mut sealed = crate::seal::seal(out, &recipients)?;
+            for chunk in received {
+                sealed.write_all(&chunk)?;
+            }
+            sealed.finish().map(drop)
+        });
+        let mut sender = ChunkSender { chunks: Some(chunks), filling: Vec::with_capacity(CHUNK) };
+        let written = write(&mut sender).and_then(|value| sender.finish().map(|()| value).map_err(io_err));
+        drop(sender);
+        let sealed = sealer.join().unwrap_or_else(|_| Err(std::io::Error::other("the sealing thread panicked")));
+        // The sealer's own failure (a full disk, say) explains a writer's broken channel.
+        sealed.map_err(io_err)?;
+        written
+    })
+}
+
+/// Chunks of this size go to the sealing thread; this many wait at most.
+const CHUNK: usize = 1 << 20;
+const CHUNKS_BEHIND: usize = 4;
+
+/// A writer that hands what it is given to another thread in chunks.
+struct ChunkSender {
+    chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    filling: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.filling, Vec::with_capacity(CHUNK));
+        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the sealing thread stopped");
+        self.chunks.as_ref().ok_or_else(gone)?.send(chunk).map_err(|_| gone())
+    }
+
+    /// Sends what is left; nothing more may be written.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if !self.filling.is_empty() {
+            self.send()?;
+        }
+        self.chunks = None;
+        Ok(())
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK - self.filling.len();
+        let taken = buf.len().min(room);
+        self.filling.extend_from_slice(&buf[..taken]);
+        if self.filling.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The same archive, into any stream (`target` names it in errors): an ssh channel to a

@@ -215,6 +215,8 @@ struct Planned {
     sealed_to: Vec<String>,
     /// The SSH private key the archives are signed with.
     sign_with: Option<PathBuf>,
+    /// The dump goes into private memory, never to a disk.
+    in_memory: bool,
 }
 
 /// The host's rules for any plan, whoever made it; checked before anything changes.
@@ -246,6 +248,7 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
         exports: plan.exports.clone(),
         sealed_to: Vec::new(),
         sign_with: None,
+        in_memory: false,
     })
 }
 
@@ -582,7 +585,7 @@ fn plan_and_checkpoint(
         _ => {}
     }
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
-    planned.sealed_to = sealing(ctx, req, &planned, handoff.is_some())?;
+    sealing(ctx, req, &mut planned, handoff.is_some())?;
     planned.sign_with = signing_key(ctx, req, &planned)?;
     if req.dry_run {
         let value = json!({
@@ -599,19 +602,19 @@ fn plan_and_checkpoint(
     Ok((Made { stats, entries }, None))
 }
 
-/// Whom the plan's archives are sealed to: the host config's recipients and `--encrypt-to`'s,
-/// when the user or the host config (`[exports] encrypt = "always"`) asks for sealing. What a
+/// How the plan's checkpoint is sealed: its archives to the host config's recipients and
+/// `--encrypt-to`'s, when the user or the host config (`[exports] encrypt = "always"`) asks for
+/// sealing, and its dump kept in private memory then, as it is for a migration under that
+/// config (whose stream goes through ssh, to a destination that unpacks it into memory). What a
 /// sealed checkpoint cannot do yet is refused before anything changes.
-fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &Planned, migrating: bool) -> Result<Vec<String>> {
+fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, migrating: bool) -> Result<()> {
     let rules = &ctx.config.exports;
     let always = rules.encrypt == crate::config::EncryptRule::Always;
-    if req.encrypt_to.is_empty() && !(always && (!planned.exports.is_empty() || migrating)) {
-        return Ok(Vec::new());
+    let sealed_exports = !req.encrypt_to.is_empty() || (always && !planned.exports.is_empty());
+    if !sealed_exports && !(always && migrating) {
+        return Ok(());
     }
     let refuse = |what: &str| Error::SealRefused { what: what.to_string() };
-    if migrating {
-        return Err(refuse("a migration's stream (the host config says every export is sealed)"));
-    }
     if planned.exports.iter().any(|t| t.kind != TargetKind::Archive) {
         return Err(refuse("checkpoint images (archives are sealed; export with -e)"));
     }
@@ -619,12 +622,17 @@ fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &Planned, migrating:
     {
         return Err(refuse("pre-dump rounds (their images would reach the disk in the clear)"));
     }
+    planned.in_memory = true;
+    if !sealed_exports {
+        return Ok(());
+    }
     let mut recipients = crate::seal::Recipients::parse(&rules.recipients)?;
     recipients.extend(crate::seal::Recipients::parse(&req.encrypt_to)?);
     if recipients.is_empty() {
         return Err(Error::SealWithoutRecipient);
     }
-    Ok(recipients.names().to_vec())
+    planned.sealed_to = recipients.names().to_vec();
+    Ok(())
 }
 
 /// The key the plan's archives are signed with: `--sign-with`'s, else the host config's. A
@@ -965,7 +973,7 @@ fn dump_container(
         let hold_network = options.tcp_established && !record.auto_remove && !leaving;
         txn.mark_in_progress(hold_network)?;
     }
-    if !planned.sealed_to.is_empty() {
+    if planned.in_memory {
         hold_in_memory(record, facts.container.memory_bytes, &image_dir)?;
     }
     let followed = follow.then(|| crate::archive::follow::follow(&image_dir));
