@@ -611,7 +611,8 @@ fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, migrat
     let rules = &ctx.config.exports;
     let always = rules.encrypt == crate::config::EncryptRule::Always;
     let sealed_exports = !req.encrypt_to.is_empty() || (always && !planned.exports.is_empty());
-    if !sealed_exports && !(always && migrating) {
+    let private_migration = always && migrating;
+    if !(sealed_exports || private_migration) {
         return Ok(());
     }
     let refuse = |what: &str| Error::SealRefused { what: what.to_string() };
