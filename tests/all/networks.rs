@@ -30,6 +30,17 @@ fn http_get_at(host: &str, port: u16) -> Option<String> {
     answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
+/// Sends text on a connection to an echo server and reads back as much: what came back, or why
+/// nothing did (a reset, a timeout).
+fn echo_over(client: &mut TcpStream) -> impl FnMut(&[u8]) -> std::io::Result<Vec<u8>> + '_ {
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    |text: &[u8]| {
+        client.write_all(text)?;
+        let mut got = vec![0; text.len()];
+        client.read_exact(&mut got).map(|()| got)
+    }
+}
+
 /// A busybox httpd on port 80 of the container, serving `text`, published on `port`.
 fn web_server(ckpt: &Ckpt, name: &str, port: u16, text: &str, extra: &[&str]) -> String {
     let publish = format!("{port}:80");
@@ -119,12 +130,7 @@ fn a_client_keeps_its_connection_through_a_published_port_across_checkpoint_and_
     let connect = || TcpStream::connect(("127.0.0.1", port));
     assert!(eventually(Duration::from_secs(5), || connect().is_ok()));
     let mut client = connect().unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut echo = |text: &[u8]| {
-        client.write_all(text).unwrap();
-        let mut got = vec![0; text.len()];
-        client.read_exact(&mut got).map(|()| got)
-    };
+    let mut echo = echo_over(&mut client);
     assert_eq!(echo(b"before\n").unwrap(), b"before\n");
     ckpt.ok(&["checkpoint", "--tcp-established", "echo"]);
     assert_eq!(ckpt.status("echo"), "exited");
@@ -280,12 +286,7 @@ fn a_published_web_server_migrates_to_another_host_with_its_network_and_serves_t
     let connect = || client_host.connect(&before.0, 7);
     assert!(eventually(Duration::from_secs(5), || connect().is_ok()), "the client never reached {}", before.0);
     let mut client = connect().unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut echo = |text: &[u8]| {
-        client.write_all(text).unwrap();
-        let mut got = vec![0; text.len()];
-        client.read_exact(&mut got).map(|()| got)
-    };
+    let mut echo = echo_over(&mut client);
     assert_eq!(echo(b"here\n").unwrap(), b"here\n");
 
     let mut args: Vec<String> = vec!["migrate".into(), "--tcp-established".into()];
@@ -359,12 +360,7 @@ fn a_policy_sees_the_network_and_keeps_a_connected_container_where_it_is() {
     source.ok(&["run", "-d", "--name", "echo", "-p", &publish, "busybox", "sh", "-c", "nc -ll -p 7 -e cat"]);
     assert!(eventually(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut echo = |text: &[u8]| {
-        client.write_all(text).unwrap();
-        let mut got = vec![0; text.len()];
-        client.read_exact(&mut got).map(|()| got)
-    };
+    let mut echo = echo_over(&mut client);
     assert_eq!(echo(b"one\n").unwrap(), b"one\n");
 
     let facts: serde_json::Value = serde_json::from_str(&source.ok(&["policy", "facts", "echo"])).unwrap();

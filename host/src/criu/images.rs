@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use super::CriuError;
-use super::proto::{Value, decode_message};
+use super::proto::{IMG_COMMON_MAGIC, Value, decode_message};
 
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const CORE_MAGIC: u32 = 0x5505_3847;
 /// Far above any real core entry; a larger length means a corrupt or hostile file.
 const MAX_CORE_ENTRY_LEN: usize = 16 << 20;

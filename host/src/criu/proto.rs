@@ -1,6 +1,9 @@
 //! The little of protobuf that CRIU's images need: a message's fields, read by hand (no
 //! generated code for a handful of fields), and a varint writer for tests.
 
+/// The first magic number of every CRIU image (criu/include/magic.h).
+pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+
 /// The one entry of an image file: its two magic numbers, then the entry's length and bytes.
 /// `Err` says what is wrong with it.
 pub fn single_entry(bytes: &[u8], primary: u32, secondary: u32, max_len: usize) -> Result<&[u8], &'static str> {

@@ -6,9 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use super::CriuError;
-use super::proto::{Value, decode_message, entries};
+use super::proto::{IMG_COMMON_MAGIC, Value, decode_message, entries};
 
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const FILES_MAGIC: u32 = 0x5630_3138;
 /// Far above any real file entry; a larger length means a corrupt or hostile file.
 const MAX_FILE_ENTRY_LEN: usize = 1 << 20;
