@@ -653,8 +653,9 @@ fn signing_key(ctx: &Context, req: &CheckpointRequest, planned: &Planned) -> Res
 }
 
 /// Publishes an archive, its signature beside it first when `sign_with` names a key: a crash
-/// between the two leaves a signature of nothing, never an archive that looks unsigned. An
-/// unsigned archive takes away the signature of the file it replaces.
+/// between the two leaves a signature that matches no archive (which a restore refuses), never
+/// an archive that looks unsigned. An unsigned archive takes away the signature of the file it
+/// replaces.
 fn publish_archive(mut pending: PendingFile, sign_with: Option<&Path>) -> Result<()> {
     let signature = crate::signature::signature_path(&pending.target);
     match sign_with {
