@@ -209,6 +209,18 @@ pub fn open<R: BufRead>(mut input: R, identities: &Identities, origin: &str) -> 
     })
 }
 
+/// Opens the sealed file at `path` with the identities in `identity_files` (see [`open`]).
+pub fn open_file(
+    path: &Path,
+    identity_files: &[PathBuf],
+) -> Result<age::stream::StreamReader<std::io::BufReader<std::fs::File>>> {
+    let origin = path.display().to_string();
+    let identities = Identities::read(identity_files)?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| SealError::Unreadable { origin: origin.clone(), detail: e.to_string() })?;
+    open(std::io::BufReader::with_capacity(1 << 20, file), &identities, &origin)
+}
+
 fn describe(recipients: &[String]) -> String {
     if recipients.is_empty() { "recipients it does not name".to_string() } else { recipients.join(", ") }
 }

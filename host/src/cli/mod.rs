@@ -504,7 +504,9 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
                         );
                     }
                     _ => {
-                        println!("{} is sealed; give --identity FILE to see what it holds.", archive.display());
+                        let shown = archive.display().to_string();
+                        let shown = crate::util::escape_controls(&shown);
+                        println!("{shown} is sealed; give --identity FILE to see what it holds.");
                         for recipient in sealed_to {
                             println!("{:<18} {}", "Sealed to", crate::util::escape_controls(&recipient));
                         }
@@ -512,10 +514,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
                 }
                 return Ok(0);
             } else {
-                let origin = archive.display().to_string();
-                let identities = crate::seal::Identities::read(&identities)?;
-                let file = std::fs::File::open(&archive).map_err(crate::Error::io("open", &archive))?;
-                let plain = crate::seal::open(std::io::BufReader::new(file), &identities, &origin)?;
+                let plain = crate::seal::open_file(&archive, &identities)?;
                 let sealed_to = crate::seal::sealed_to(&header);
                 crate::archive::summary::summarize_sealed(&archive, std::io::BufReader::new(plain), sealed_to)?
             };

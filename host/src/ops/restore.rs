@@ -481,13 +481,14 @@ fn stage_archive(ctx: &Context, req: &RestoreRequest, path: &Path) -> Result<Sta
         return Ok(StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?);
     }
     let origin = path.display().to_string();
-    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(Error::io("open", path))?);
     let plain: Box<dyn std::io::Read + Send> = if sealed {
-        let identities = crate::seal::Identities::read(&req.identities)?;
         // Decrypted on a thread of its own, ahead of the decompression and the writes.
-        crate::archive::read_ahead(Box::new(crate::seal::open(file, &identities, &origin)?))
+        crate::archive::read_ahead(Box::new(crate::seal::open_file(path, &req.identities)?))
     } else {
-        Box::new(file)
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(path).map_err(Error::io("open", path))?,
+        ))
     };
     let limit = crate::hostinfo::memory_available().unwrap_or(0);
     let stream = std::io::BufReader::with_capacity(1 << 20, plain);
