@@ -149,6 +149,10 @@ pub struct RestoreRules {
     /// (`--auto-dedup`), so that the restore needs the container's memory once, not twice.
     #[serde(default)]
     pub consume_imported_pages: ConsumePages,
+    /// This host's own age identities or SSH private keys: every restore tries them on a sealed
+    /// checkpoint, after `--identity`'s, so a migration's destination opens what was sealed to it.
+    #[serde(default)]
+    pub identities: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -116,9 +116,9 @@ fn a_sealed_export_keeps_memory_off_the_disks_and_opens_with_age_and_ckpt() {
     let always =
         config.replace("[exports]\n", &format!("[exports]\nencrypt = \"always\"\nrecipients = [{recipient:?}]\n"));
     std::fs::write(ckpt.path("ckpt.toml"), always).unwrap();
-    let image = ckpt.fails(&["checkpoint", "--create-image", "localhost/sealed", "s"]);
-    assert!(image.contains("do not cover checkpoint images"), "{image}");
+    ckpt.ok(&["checkpoint", "-R", "--create-image", "localhost/sealed", "s"]);
     assert_eq!(ckpt.status("s"), "running");
+    assert_eq!(on_disk(&ckpt, &canary, since), Vec::<PathBuf>::new(), "a sealed image: nowhere on the disks");
     let escrowed = ckpt.path("escrowed.tar");
     ckpt.ok(&["checkpoint", "-R", "-e", escrowed.to_str().unwrap(), "--compress", "none", "s"]);
     let header = std::fs::read(&escrowed).unwrap();
@@ -212,6 +212,41 @@ fn a_signed_archive_is_checked_before_anything_is_restored() {
     ckpt.ok(&["restore", "-i", archive_arg]);
     assert_eq!(ckpt.status("c"), "running");
     ckpt.ok(&["rm", "-f", "c"]);
+}
+
+/// A sealed checkpoint image is ciphertext in the store, on its way to the registry, in the
+/// registry's storage and in the store that pulls it; it opens with the identity alone.
+#[test]
+fn a_sealed_checkpoint_image_goes_through_a_registry_as_ciphertext() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let Some(second) = Ckpt::available() else { return };
+    let since = SystemTime::now() - std::time::Duration::from_secs(1);
+    let registry = crate::support::servers::LocalRegistry::start(&ckpt);
+    let key = ckpt.path("key.txt");
+    let recipient = ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
+    let canary = canary_container(&ckpt, "s");
+    let image = format!("{}/ckpt/sealed:1", registry.host);
+    ckpt.ok(&["checkpoint", "--create-image", &image, "--encrypt-to", &recipient, "s"]);
+    ckpt.ok(&["push", "--tls-verify=false", &image]);
+    let manifest = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")]).stdout;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.ckpt.checkpoint.layer.v1.tar+zstd+age");
+    assert_eq!(manifest["annotations"]["io.ckpt.checkpoint.sealed-to"], recipient.as_str());
+
+    let insecure = second.path("insecure.toml");
+    std::fs::write(&insecure, format!("[registries]\ninsecure = [{:?}]\n", registry.host)).unwrap();
+    let insecure = insecure.to_str().unwrap();
+    second.ok(&["--config", insecure, "pull", &image]);
+    let refused = second.fails(&["--config", insecure, "restore", &image]);
+    assert!(refused.contains("is sealed") && refused.contains(&recipient), "{refused}");
+    assert!(second.container_ids().is_empty(), "a refused restore changes nothing");
+    second.ok(&["--config", insecure, "restore", "--identity", key.to_str().unwrap(), &image]);
+    assert!(second.exec("s", "cat /proc/1/environ").contains(&canary), "the same process, with its memory");
+    for (store, step) in [(&ckpt, "checkpoint and push"), (&second, "pull and restore")] {
+        assert_eq!(on_disk(store, &canary, since), Vec::<PathBuf>::new(), "{step}: nowhere on the disks");
+    }
+    second.ok(&["rm", "-f", "s"]);
+    ckpt.ok(&["rm", "-f", "s"]);
 }
 
 /// With every export sealed by the host config, a migration keeps the container's memory off

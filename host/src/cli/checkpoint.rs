@@ -31,8 +31,8 @@ pub struct CheckpointArgs {
     /// Create a checkpoint image with this name.
     #[arg(long)]
     pub create_image: Option<String>,
-    /// Seal the exported archive to RECIPIENT (an age recipient, age1…, or an SSH public key), as
-    /// age's -r does; repeatable. The host config's recipients are always added.
+    /// Seal the exported archive or checkpoint image to RECIPIENT (an age recipient, age1…, or an
+    /// SSH public key), as age's -r does; repeatable. The host config's recipients are always added.
     #[arg(long, value_name = "RECIPIENT")]
     pub encrypt_to: Vec<String>,
     /// Sign the exported archive with this SSH private key: ARCHIVE.sig beside it, which

@@ -44,13 +44,18 @@ pub struct LayerBlob {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
+    pub media_type: MediaType,
 }
 
 impl LayerBlob {
     fn descriptor(&self) -> Descriptor {
-        Descriptor::new(MediaType::ImageLayerGzip, self.size, self.digest.clone())
+        Descriptor::new(self.media_type.clone(), self.size, self.digest.clone())
     }
 }
+
+/// The media type of a sealed checkpoint image's one layer: an age file whose plaintext is a
+/// zstd checkpoint archive. Not a tar an engine could unpack, so not a `tar` layer type.
+pub const SEALED_LAYER_TYPE: &str = "application/vnd.ckpt.checkpoint.layer.v1.tar+zstd+age";
 
 pub struct ImageStore {
     layout: PathBuf,
@@ -229,7 +234,25 @@ impl ImageStore {
         let size = compressed.written;
         compressed.inner.into_inner().map_err(|e| BaseError::io("write layer", &tmp)(e.into_error()))?.sync_all().ok();
         fs::rename(&tmp, self.blob_path(&digest)?).map_err(BaseError::io("store layer", &tmp))?;
-        Ok(LayerBlob { digest, diff_id, size })
+        Ok(LayerBlob { digest, diff_id, size, media_type: MediaType::ImageLayerGzip })
+    }
+
+    /// Stores the file at `path` as it is, a layer of `media_type`: its digest is its diff ID,
+    /// as for any layer that is not a tar.
+    pub fn write_layer_from_file(&self, path: &Path, media_type: &str) -> Result<LayerBlob> {
+        self.init_layout()?;
+        let tmp = self.layout.join(format!("blobs/sha256/.incoming-{}", std::process::id()));
+        let mut source = File::open(path).map_err(BaseError::io("open", path))?;
+        let mut copied = HashingWriter::new(File::create(&tmp).map_err(BaseError::io("create", &tmp))?, Sha256::new());
+        let stored = io::copy(&mut source, &mut copied).and_then(|_| copied.inner.sync_all());
+        if let Err(e) = stored {
+            let _ = fs::remove_file(&tmp);
+            return Err(BaseError::io("write layer", &tmp)(e).into());
+        }
+        let digest = sha256_digest(copied.hasher);
+        fs::rename(&tmp, self.blob_path(&digest)?).map_err(BaseError::io("store layer", &tmp))?;
+        let media_type = MediaType::Other(media_type.to_string());
+        Ok(LayerBlob { diff_id: digest.clone(), digest, size: copied.written, media_type })
     }
 
     /// Records an image made of `layers` under `reference`, replacing any image of that name.

@@ -231,7 +231,7 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
         Source::Stream => ("stream", stage_stdin(ctx, req).and_then(|staged| restore_import(ctx, req, staged))),
         Source::Image(name) => (
             "image",
-            stage_image(ctx, name)
+            stage_image(ctx, req, name)
                 .and_then(|staged| restore_import(ctx, req, staged))
                 .map_err(|e| Error::ImageImport { name: name.clone(), cause: Box::new(e) }),
         ),
@@ -480,28 +480,50 @@ fn stage_archive(ctx: &Context, req: &RestoreRequest, path: &Path) -> Result<Sta
     if !sealed && !in_private_memory(ctx, req) {
         return Ok(StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?);
     }
-    let origin = path.display().to_string();
     let plain: Box<dyn std::io::Read + Send> = if sealed {
         // Decrypted on a thread of its own, ahead of the decompression and the writes.
-        crate::archive::read_ahead(Box::new(crate::seal::open_file(path, &req.identities)?))
+        crate::archive::read_ahead(Box::new(crate::seal::open_file(path, &identities(ctx, req))?))
     } else {
-        Box::new(std::io::BufReader::with_capacity(
-            1 << 20,
-            std::fs::File::open(path).map_err(Error::io("open", path))?,
-        ))
+        Box::new(std::fs::File::open(path).map_err(Error::io("open", path))?)
     };
+    stage_in_memory(ctx, plain, path.display().to_string())
+}
+
+/// What may open a sealed checkpoint: `--identity`'s, then the host's own.
+fn identities(ctx: &Context, req: &RestoreRequest) -> Vec<PathBuf> {
+    req.identities.iter().chain(&ctx.config.restore.identities).cloned().collect()
+}
+
+/// A checkpoint archive's plaintext unpacked into private memory, never onto a disk.
+fn stage_in_memory(ctx: &Context, plain: Box<dyn std::io::Read + Send>, origin: String) -> Result<StagedCheckpoint> {
     let limit = crate::hostinfo::memory_available().unwrap_or(0);
     let stream = std::io::BufReader::with_capacity(1 << 20, plain);
     Ok(StagedCheckpoint::from_stream_in_memory(&ctx.roots.staging_dir(), stream, origin, limit)?)
 }
 
-/// A local checkpoint image, its layers unpacked into staging.
-fn stage_image(ctx: &Context, name: &str) -> Result<StagedCheckpoint> {
+/// A local checkpoint image, its layers unpacked into staging; a sealed image's one layer is
+/// opened with `--identity` and unpacked into private memory, as a sealed archive is.
+fn stage_image(ctx: &Context, req: &RestoreRequest, name: &str) -> Result<StagedCheckpoint> {
     let info = ctx.images.resolve(name)?;
     let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
+    let sealed =
+        |layer: &oci_spec::image::Descriptor| layer.media_type().to_string() == crate::image::SEALED_LAYER_TYPE;
     let layers =
         manifest.layers().iter().map(|layer| ctx.images.blob_path(layer.digest())).collect::<Result<Vec<_>, _>>()?;
-    Ok(StagedCheckpoint::from_image_layers(&ctx.roots.staging_dir(), name, &layers)?)
+    match (manifest.layers().as_slice(), layers.as_slice()) {
+        ([layer], [blob]) if sealed(layer) => {
+            let plain = crate::archive::read_ahead(Box::new(crate::seal::open_file(blob, &identities(ctx, req))?));
+            stage_in_memory(ctx, plain, format!("image {name}"))
+        }
+        (all, _) if all.iter().any(sealed) => Err(Error::invalid(format!(
+            "checkpoint image {name:?} mixes a sealed layer with others; ckpt writes a sealed image as one layer, so this one was not made by ckpt"
+        ))),
+        ([_], [blob]) if in_private_memory(ctx, req) => {
+            let file = std::fs::File::open(blob).map_err(Error::io("open", blob))?;
+            stage_in_memory(ctx, Box::new(file), format!("image {name}"))
+        }
+        _ => Ok(StagedCheckpoint::from_image_layers(&ctx.roots.staging_dir(), name, &layers)?),
+    }
 }
 
 /// Rebuilds a container record from `config.dump`, keeping only what ckpt can check.

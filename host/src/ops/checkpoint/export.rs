@@ -233,29 +233,49 @@ pub struct StagedLayer {
     scratch: crate::util::TempDir,
     pub size: u64,
     pub included: Included,
+    /// Whom it is sealed to: an age file of a zstd archive, written encrypted. None: a tar.
+    sealed_to: Vec<String>,
 }
 
 impl StagedLayer {
-    fn tar(&self) -> std::path::PathBuf {
-        self.scratch.path.join("layer.tar")
+    fn file(&self) -> std::path::PathBuf {
+        self.scratch.path.join(if self.sealed_to.is_empty() { "layer.tar" } else { "layer.age" })
     }
 
     /// `blake3:<hex>` of the layer, as a gate sees it.
     pub fn digest(&self) -> Result<String> {
-        Ok(crate::util::file_digest(&self.tar())?)
+        Ok(crate::util::file_digest(&self.file())?)
     }
 }
 
-/// Stages the layer of a checkpoint image of `content`.
-pub fn stage_image_layer(ctx: &Context, record: &ContainerRecord, content: &Content) -> Result<StagedLayer> {
+/// Stages the layer of a checkpoint image of `content`; sealed to `sealed_to` when it names
+/// anyone, in which case nothing but ciphertext is written.
+pub fn stage_image_layer(
+    ctx: &Context,
+    record: &ContainerRecord,
+    content: &Content,
+    sealed_to: &[String],
+) -> Result<StagedLayer> {
     let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "image")?;
-    let tar_path = scratch.path.join("layer.tar");
-    let file = std::fs::File::create(&tar_path).map_err(Error::io("create", &tar_path))?;
-    let mut writer = ArchiveWriter::new(std::io::BufWriter::new(crate::archive::PieceWriter(file)));
-    let included = add_members(ctx, record, content, &mut writer)?;
-    writer.finish().and_then(|mut w| w.flush()).map_err(Error::io("write", &tar_path))?;
-    let size = std::fs::metadata(&tar_path).map_err(Error::io("stat", &tar_path))?.len();
-    Ok(StagedLayer { scratch, size, included })
+    let sealed = !sealed_to.is_empty();
+    let path = scratch.path.join(if sealed { "layer.age" } else { "layer.tar" });
+    let file = std::fs::File::create(&path).map_err(Error::io("create", &path))?;
+    let mut out = std::io::BufWriter::new(crate::archive::PieceWriter(file));
+    let included = if sealed {
+        let recipients = crate::seal::Recipients::parse(sealed_to)?;
+        write_sealed(recipients, &mut out, &path, |sealing| {
+            stream_archive(ctx, record, content, Compression::Zstd, sealing, &path).map(|(included, _)| included)
+        })?
+    } else {
+        let mut writer = ArchiveWriter::new(&mut out);
+        let included = add_members(ctx, record, content, &mut writer)?;
+        writer.finish().map_err(Error::io("write", &path))?;
+        included
+    };
+    out.flush().map_err(Error::io("write", &path))?;
+    drop(out);
+    let size = std::fs::metadata(&path).map_err(Error::io("stat", &path))?.len();
+    Ok(StagedLayer { scratch, size, included, sealed_to: sealed_to.to_vec() })
 }
 
 /// Publishes a staged layer as the one-layer checkpoint image `name`, with the annotations
@@ -267,10 +287,18 @@ pub fn publish_image(
     staged: StagedLayer,
     name: &str,
 ) -> Result<()> {
-    let tar_path = staged.tar();
-    let file = std::fs::File::open(&tar_path).map_err(Error::io("open", &tar_path))?;
-    let layer = ctx.images.write_layer_from_tar(std::io::BufReader::new(file))?;
-    let annotations = image_annotations(record, runtime, ctx.criu()?.version()?);
+    let path = staged.file();
+    let layer = if staged.sealed_to.is_empty() {
+        let file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+        ctx.images.write_layer_from_tar(std::io::BufReader::new(file))?
+    } else {
+        ctx.images.write_layer_from_file(&path, crate::image::SEALED_LAYER_TYPE)?
+    };
+    let mut annotations = image_annotations(record, runtime, ctx.criu()?.version()?);
+    if !staged.sealed_to.is_empty() {
+        // Public keys only, as the age header's own stanzas: who can open it, without opening it.
+        annotations.insert(crate::metadata::SEALED_TO_ANNOTATION.to_string(), staged.sealed_to.join("\n"));
+    }
     ctx.images.add_image(&crate::image::normalize_reference(name), &[layer], None, annotations)?;
     Ok(())
 }

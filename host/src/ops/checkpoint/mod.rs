@@ -131,8 +131,8 @@ pub fn validate_options(req: &CheckpointRequest, is_root: bool) -> Result<Compre
     if req.with_previous && req.pre_checkpoint {
         return Err(Error::invalid("--with-previous can not be used with --pre-checkpoint"));
     }
-    if !req.encrypt_to.is_empty() && req.export.is_none() {
-        return Err(Error::invalid("--encrypt-to can only be used with --export"));
+    if !req.encrypt_to.is_empty() && req.export.is_none() && req.create_image.is_none() && req.registry.is_none() {
+        return Err(Error::invalid("--encrypt-to can only be used with --export or --create-image"));
     }
     if req.sign_with.is_some() && req.export.is_none() {
         return Err(Error::invalid("--sign-with can only be used with --export"));
@@ -616,9 +616,6 @@ fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, migrat
         return Ok(());
     }
     let refuse = |what: &str| Error::SealRefused { what: what.to_string() };
-    if planned.exports.iter().any(|t| t.kind != TargetKind::Archive) {
-        return Err(refuse("checkpoint images (archives are sealed; export with -e)"));
-    }
     if !matches!(planned.pre_dump, PreDumpPlan::None) || planned.options.pre_checkpoint || planned.options.with_previous
     {
         return Err(refuse("pre-dump rounds (their images would reach the disk in the clear)"));
@@ -1179,7 +1176,7 @@ struct Export<'a> {
     pending: Option<PendingFile>,
     /// What a migration's destination restores from: a gate may deny it, never narrow it.
     carried: bool,
-    /// Whom an archive is sealed to; none: it is written in the clear.
+    /// Whom an archive or image is sealed to; none: it is written in the clear.
     sealed_to: &'a [String],
     sign_with: Option<&'a Path>,
 }
@@ -1242,14 +1239,14 @@ fn export_to(
         }
         (TargetKind::Image | TargetKind::Registry, _) => {
             // Stage, judge, publish: the same shape as an archive's.
-            let staged = export::stage_image_layer(ctx, record, content)?;
+            let staged = export::stage_image_layer(ctx, record, content, sealed_to)?;
             let verdict =
                 if gated { ask(staged.size, &staged.digest()?, staged.included)? } else { GateVerdict::Allow };
             let staged = match verdict {
                 GateVerdict::Allow => staged,
                 GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
                     drop(staged);
-                    export::stage_image_layer(ctx, record, &narrowed(drop_rootfs, drop_volumes))?
+                    export::stage_image_layer(ctx, record, &narrowed(drop_rootfs, drop_volumes), sealed_to)?
                 }
             };
             export::publish_image(ctx, runtime, record, staged, &target.location)?;
