@@ -73,9 +73,23 @@ pub struct SignatureRules {
     /// SSH public keys (`ssh-ed25519 AAAA… [comment]`) whose signatures a restore accepts.
     #[serde(default)]
     pub trusted: Vec<String>,
-    /// Refuse to restore an archive without a trusted signature.
+    /// Refuse to restore an archive without a trusted signature, and a checkpoint image that
+    /// was neither made here nor pulled with a signature from `image-keys`.
     #[serde(default)]
     pub require: bool,
+    /// The GPG key (fingerprint or user ID) every pushed image is signed with ("simple
+    /// signing", which podman and skopeo verify), beside `push --sign-by`'s.
+    #[serde(default)]
+    pub sign_by: Option<String>,
+    /// The GnuPG home that key is in.
+    #[serde(default)]
+    pub gnupg_home: Option<PathBuf>,
+    /// A GPG public keyring: every pull must be signed by one of its keys.
+    #[serde(default)]
+    pub image_keys: Option<PathBuf>,
+    /// The `registries.d` directory that says where image signatures are stored.
+    #[serde(default)]
+    pub registries_d: Option<PathBuf>,
 }
 
 /// How ckpt reaches registries.

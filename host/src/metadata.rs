@@ -54,9 +54,6 @@ pub const CRIU_ANNOTATION_PREFIX: &str = "org.criu.checkpoint.";
 /// The annotation whose presence makes an image a checkpoint image for podman.
 /// On a sealed checkpoint image's manifest: the public keys it is sealed to, one per line.
 pub const SEALED_TO_ANNOTATION: &str = "io.ckpt.checkpoint.sealed-to";
-/// On an index entry of the image store: why a restore under `[signatures] require` may trust
-/// the image (`signed-by FINGERPRINT…` for a verified pull, `made-here` for a checkpoint).
-pub const TRUST_ANNOTATION: &str = "io.ckpt.trust";
 pub const CHECKPOINT_IMAGE_KEY: &str = "io.podman.annotations.checkpoint.runtime.name";
 
 #[cfg(test)]

@@ -14,6 +14,22 @@ pub struct Access {
     pub creds: Option<String>,
     /// `--authfile`; skopeo's defaults (the containers auth file, then docker's) otherwise.
     pub authfile: Option<PathBuf>,
+    pub signatures: Signatures,
+}
+
+/// Container images' own "simple signing" (GPG), as podman and skopeo sign and verify it: the
+/// signatures live beside the registry, where `registries.d` says (a lookaside store).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signatures {
+    /// The GPG key (fingerprint or user ID) a push signs with, as `podman push --sign-by`.
+    pub sign_by: Option<String>,
+    /// The GnuPG home that key is in; GnuPG's own default otherwise.
+    pub gnupg_home: Option<PathBuf>,
+    /// The `registries.d` directory that says where signatures are stored; containers' default
+    /// (`/etc/containers/registries.d`, else `/var/lib/containers/sigstore`) otherwise.
+    pub registries_d: Option<PathBuf>,
+    /// A GPG public keyring: a pull is refused unless the image is signed by a key in it.
+    pub trusted_keyring: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +42,12 @@ pub enum RegistryError {
     BadReference(String),
     #[error("cannot write --creds into a private auth file for skopeo: {0}")]
     Creds(String),
+    #[error(
+        "{reference:?} is not signed by a key in {keyring:?} ([signatures] image-keys), so it was not pulled: {stderr}"
+    )]
+    Unverified { reference: String, keyring: PathBuf, stderr: String },
+    #[error("cannot write the signature policy for skopeo: {0}")]
+    Policy(String),
 }
 
 /// Copies images between a local OCI layout and a registry.
@@ -85,6 +107,12 @@ impl Skopeo {
     ) -> Result<Vec<u8>, RegistryError> {
         let creds = access.creds.as_deref().map(|creds| CredsFile::write(reference, creds)).transpose()?;
         let mut cmd = Command::new(&self.path);
+        if let Some(dir) = &access.signatures.registries_d {
+            cmd.arg("--registries.d").arg(dir);
+        }
+        if let Some(home) = &access.signatures.gnupg_home {
+            cmd.env("GNUPGHOME", home);
+        }
         cmd.arg(subcommand).args(access_args(prefix, access, creds.as_ref())).args(args);
         tracing::debug!(?cmd, "{action}");
         let output = cmd.output().map_err(|e| RegistryError::NoSkopeo(e.to_string()))?;
@@ -97,6 +125,25 @@ impl Skopeo {
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         })
+    }
+}
+
+/// A `policy.json` that accepts an image only when a key of `keyring` signed it, for one pull.
+/// Removed on drop.
+struct SignedByPolicy(tempfile::NamedTempFile);
+
+impl SignedByPolicy {
+    fn write(keyring: &Path) -> Result<SignedByPolicy, RegistryError> {
+        use std::io::Write;
+        let failed = |e: std::io::Error| RegistryError::Policy(e.to_string());
+        let keyring = std::fs::canonicalize(keyring)
+            .map_err(|e| RegistryError::Policy(format!("the keyring {keyring:?} ([signatures] image-keys): {e}")))?;
+        let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": keyring});
+        let document = serde_json::json!({"default": [requirement]});
+        let mut file = tempfile::Builder::new().prefix("ckpt-policy-").suffix(".json").tempfile().map_err(failed)?;
+        file.write_all(document.to_string().as_bytes()).map_err(failed)?;
+        file.flush().map_err(failed)?;
+        Ok(SignedByPolicy(file))
     }
 }
 
@@ -139,16 +186,32 @@ impl Registry for Skopeo {
     fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(destination)?;
         // Digests are kept, so a pushed checkpoint image is the same image on the other side.
-        let args =
-            ["--quiet".to_string(), "--preserve-digests".into(), oci(layout, name), format!("docker://{destination}")];
+        let mut args = vec!["--quiet".to_string(), "--preserve-digests".into()];
+        if let Some(key) = &access.signatures.sign_by {
+            args.extend(["--sign-by".to_string(), key.clone()]);
+        }
+        args.extend([oci(layout, name), format!("docker://{destination}")]);
         self.skopeo(("copy", "push to"), destination, ("dest-", access), &args).map(drop)
     }
 
     fn pull(&self, source: &str, layout: &Path, name: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(source)?;
-        let args =
-            ["--quiet".to_string(), "--preserve-digests".into(), format!("docker://{source}"), oci(layout, name)];
-        self.skopeo(("copy", "pull of"), source, ("src-", access), &args).map(drop)
+        // An OCI layout has no place for signatures: they are checked, then left behind.
+        let mut args = vec!["--quiet".to_string(), "--preserve-digests".into(), "--remove-signatures".into()];
+        let policy = access.signatures.trusted_keyring.as_deref().map(SignedByPolicy::write).transpose()?;
+        if let Some(policy) = &policy {
+            args.extend(["--policy".to_string(), policy.0.path().display().to_string()]);
+        }
+        args.extend([format!("docker://{source}"), oci(layout, name)]);
+        match self.skopeo(("copy", "pull of"), source, ("src-", access), &args) {
+            Err(RegistryError::Failed { stderr, .. })
+                if policy.is_some() && stderr.contains("Source image rejected") =>
+            {
+                let keyring = access.signatures.trusted_keyring.clone().unwrap_or_default();
+                Err(RegistryError::Unverified { reference: source.to_string(), keyring, stderr })
+            }
+            other => other.map(drop),
+        }
     }
 
     fn declared_size(&self, source: &str, access: &Access) -> Result<Option<u64>, RegistryError> {
@@ -192,7 +255,7 @@ mod tests {
 
     #[test]
     fn access_becomes_skopeos_flags_and_creds_never_reach_its_command_line() {
-        let access = Access { tls_verify: false, creds: None, authfile: Some("/a.json".into()) };
+        let access = Access { tls_verify: false, authfile: Some("/a.json".into()), ..Default::default() };
         assert_eq!(access_args("dest-", &access, None), ["--dest-tls-verify=false", "--dest-authfile=/a.json"]);
         let plain = Access { tls_verify: true, ..Default::default() };
         assert_eq!(access_args("src-", &plain, None), ["--src-tls-verify=true"]);

@@ -275,3 +275,131 @@ fn a_migration_under_sealing_keeps_memory_off_the_disks_on_both_sides() {
     assert_eq!(on_disk(&source, &canary, since), Vec::<PathBuf>::new(), "nowhere on the disks of either side");
     dest.ok(&["rm", "-f", "m"]);
 }
+
+/// A GPG key of its own for one test, in a GnuPG home under the test's directory: its
+/// fingerprint, and its public key exported as a keyring. The agent goes when the test ends.
+struct GpgKey {
+    home: PathBuf,
+    fingerprint: String,
+    keyring: PathBuf,
+}
+
+impl GpgKey {
+    fn generate(ckpt: &Ckpt) -> GpgKey {
+        let home = ckpt.path("gnupg");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let gpg = |args: &[&str]| {
+            let out = Command::new("gpg").env("GNUPGHOME", &home).args(["--batch"]).args(args).output().unwrap();
+            assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        };
+        gpg(&["--passphrase", "", "--quick-gen-key", "ckpt test <ckpt@localhost>", "ed25519", "sign", "never"]);
+        let listed = String::from_utf8(gpg(&["--with-colons", "--list-secret-keys"])).unwrap();
+        let fingerprint = listed.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_string();
+        let keyring = ckpt.path("images.gpg");
+        std::fs::write(&keyring, gpg(&["--export", &fingerprint])).unwrap();
+        GpgKey { home, fingerprint, keyring }
+    }
+}
+
+impl Drop for GpgKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).status();
+    }
+}
+
+/// Checkpoint images are signed as podman's are ("simple signing" with GPG, the signature in a
+/// lookaside store that registries.d names): skopeo and podman verify them with their own
+/// policy.json, and a store that trusts the key pulls only what it signed.
+#[test]
+fn a_signed_checkpoint_image_is_verified_by_skopeo_podman_and_ckpt() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let Some(second) = Ckpt::available() else { return };
+    let registry = crate::support::servers::LocalRegistry::start(&ckpt);
+    let key = GpgKey::generate(&ckpt);
+    let registries_d = ckpt.path("registries.d");
+    std::fs::create_dir(&registries_d).unwrap();
+    let lookaside = format!("file://{}", ckpt.path("signatures").display());
+    let scope = format!("docker:\n  {}:\n    lookaside: {lookaside}\n", registry.host);
+    std::fs::write(registries_d.join("ckpt.yaml"), &scope).unwrap();
+    let signing = ckpt.path("signing.toml");
+    let insecure = format!("[registries]\ninsecure = [{:?}]\n", registry.host);
+    std::fs::write(
+        &signing,
+        format!(
+            "{insecure}[signatures]\nsign-by = {:?}\ngnupg-home = {:?}\nregistries-d = {registries_d:?}\n",
+            key.fingerprint, key.home
+        ),
+    )
+    .unwrap();
+    let signing = signing.to_str().unwrap();
+    ckpt.ok(&["run", "-d", "--name", "c", "--network", "none", "busybox", "sleep", "1000"]);
+    let signed = format!("{}/ckpt/signed:1", registry.host);
+    let unsigned = format!("{}/ckpt/unsigned:1", registry.host);
+    ckpt.ok(&["checkpoint", "-R", "--create-image", &signed, "c"]);
+    ckpt.ok(&["--config", signing, "push", &signed]);
+    ckpt.ok(&["checkpoint", "--create-image", &unsigned, "c"]);
+    ckpt.ok(&["push", "--tls-verify=false", &unsigned]);
+
+    // skopeo and podman, with a policy.json that requires the key.
+    let policy = ckpt.path("policy.json");
+    let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": key.keyring});
+    std::fs::write(&policy, serde_json::json!({"default": [requirement]}).to_string()).unwrap();
+    let skopeo = |image: &str| {
+        Command::new("skopeo")
+            .args(["--registries.d", registries_d.to_str().unwrap(), "--policy", policy.to_str().unwrap()])
+            .args(["copy", "--remove-signatures", "--src-tls-verify=false", &format!("docker://{image}")])
+            .arg(format!("oci:{}:x", ckpt.path(&format!("copy-{}", image.len())).display()))
+            .output()
+            .unwrap()
+    };
+    assert!(skopeo(&signed).status.success(), "{}", String::from_utf8_lossy(&skopeo(&signed).stderr));
+    let refused = String::from_utf8_lossy(&skopeo(&unsigned).stderr).into_owned();
+    assert!(refused.contains("A signature was required, but no signature exists"), "{refused}");
+    let _podman = crate::support::Podman::cleaning(&[], &[], &[&signed, &unsigned]);
+    let home = ckpt.path("podman-home");
+    std::fs::create_dir_all(home.join(".config/containers/registries.d")).unwrap();
+    std::fs::write(home.join(".config/containers/registries.d/ckpt.yaml"), &scope).unwrap();
+    let podman_pull = |image: &str| {
+        Command::new("podman")
+            .env("HOME", &home)
+            .args(["pull", "-q", "--tls-verify=false", "--signature-policy", policy.to_str().unwrap(), image])
+            .output()
+            .unwrap()
+    };
+    let pulled = podman_pull(&signed);
+    assert!(pulled.status.success(), "podman pull {signed}: {}", String::from_utf8_lossy(&pulled.stderr));
+    let refused = podman_pull(&unsigned);
+    assert!(!refused.status.success(), "podman pulled an unsigned image under a policy that requires a signature");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no signature exists"));
+
+    // ckpt, trusting the key and requiring signatures: the unsigned image is refused and leaves
+    // nothing; the signed one is pulled, verified and restored.
+    let verifying = second.path("verifying.toml");
+    std::fs::write(
+        &verifying,
+        format!(
+            "{insecure}[signatures]\nrequire = true\nimage-keys = {:?}\nregistries-d = {registries_d:?}\n",
+            key.keyring
+        ),
+    )
+    .unwrap();
+    let verifying = verifying.to_str().unwrap();
+    second.ok(&["ps"]);
+    let before = crate::support::files_below(&second.root);
+    let refused = second.fails(&["--config", verifying, "restore", &unsigned]);
+    assert!(refused.contains("is not signed by a key in") && refused.contains("no signature exists"), "{refused}");
+    assert_eq!(crate::support::files_below(&second.root), before, "a refused pull leaves nothing");
+    second.ok(&["--config", verifying, "restore", &signed]);
+    assert_eq!(second.status("c"), "running");
+    second.ok(&["rm", "-f", "c"]);
+    // An image nobody vouched for (pulled without a check) is refused under `require`.
+    let unchecking = second.path("unchecking.toml");
+    std::fs::write(&unchecking, &insecure).unwrap();
+    second.ok(&["--config", unchecking.to_str().unwrap(), "pull", &unsigned]);
+    let untrusted = second.fails(&["--config", verifying, "restore", &unsigned]);
+    assert!(untrusted.contains("neither made on this host nor pulled with a signature"), "{untrusted}");
+    assert!(second.container_ids().is_empty());
+    ckpt.ok(&["rm", "-f", "c"]);
+}

@@ -185,6 +185,7 @@ mod tests {
             created: Some("2026-11-28T06:48:25.883508449Z".into()),
             size,
             annotations: Default::default(),
+            trust: None,
         };
         let images = [image("busybox:latest", 'a', 1183212), image("localhost:5000/ckpt/web:2026-11-28", 'b', 21873)];
         insta::assert_snapshot!("image_table", images_table(&images));

@@ -102,6 +102,10 @@ pub enum Command {
     Push {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// Sign the image with this GPG key (fingerprint or user ID), as podman push --sign-by;
+        /// the signature goes where registries.d says ([signatures] registries-d).
+        #[arg(long, value_name = "KEY")]
+        sign_by: Option<String>,
         image: String,
         /// Where to: HOST[:PORT]/NAME[:TAG]; the image's own name when it names a registry.
         destination: Option<String>,
@@ -302,7 +306,12 @@ pub struct RegistryArgs {
 
 impl From<RegistryArgs> for crate::ops::images::RegistryFlags {
     fn from(args: RegistryArgs) -> Self {
-        crate::ops::images::RegistryFlags { tls_verify: args.tls_verify, creds: args.creds, authfile: args.authfile }
+        crate::ops::images::RegistryFlags {
+            tls_verify: args.tls_verify,
+            creds: args.creds,
+            authfile: args.authfile,
+            sign_by: None,
+        }
     }
 }
 
@@ -480,8 +489,9 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Images(args) => image::run(ctx, image::ImageCommand::Ls(args)),
         Command::Rmi { force, images } => image::run(ctx, image::ImageCommand::Rm { force, images }),
         Command::Load(args) => image::run(ctx, image::ImageCommand::Load(args)),
-        Command::Push { registry, image, destination } => {
-            let to = crate::ops::images::push(ctx, &image, destination.as_deref(), &registry.into())?;
+        Command::Push { registry, sign_by, image, destination } => {
+            let flags = crate::ops::images::RegistryFlags { sign_by, ..registry.into() };
+            let to = crate::ops::images::push(ctx, &image, destination.as_deref(), &flags)?;
             println!("{to}");
             Ok(0)
         }

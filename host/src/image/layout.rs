@@ -25,6 +25,10 @@ use crate::util::{HashingWriter, create_dir_all, remove_dir_all, tempdir_in, wri
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CREATED: &str = "org.opencontainers.image.created";
 const LAYOUT_VERSION: &str = "1.0.0";
+/// On an index entry: why a restore under `[signatures] require` may trust the image
+/// (`signed-by KEYRING` for a verified pull, `made-here` for a checkpoint of this host). Only
+/// ckpt writes the index; a pull or load replaces the entry, and with it the mark.
+const TRUST: &str = "io.ckpt.trust";
 
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
@@ -36,6 +40,8 @@ pub struct ImageInfo {
     pub created: Option<String>,
     pub size: u64,
     pub annotations: BTreeMap<String, String>,
+    /// Why it may be trusted (see [`ImageStore::set_trust`]); `None`: nobody vouched for it.
+    pub trust: Option<String>,
 }
 
 /// A layer written to the blob store.
@@ -184,6 +190,22 @@ impl ImageStore {
         self.write_index(&index)
     }
 
+    /// Marks the image `reference` as trusted, and why.
+    pub fn set_trust(&self, reference: &str, why: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let mut entries = index.manifests().clone();
+        let entry = entries
+            .iter_mut()
+            .find(|entry| ref_name(entry) == Some(reference))
+            .ok_or_else(|| ImageError::NoSuchImage(reference.to_string()))?;
+        let mut annotations = entry.annotations().clone().unwrap_or_default();
+        annotations.insert(TRUST.to_string(), why.to_string());
+        entry.set_annotations(Some(annotations));
+        index.set_manifests(entries);
+        self.write_index(&index)
+    }
+
     fn blob_path_in(layout: &Path, digest: &Digest) -> Result<PathBuf> {
         let hex = sha256_hex(digest).ok_or_else(|| ImageError::BadBlob {
             path: layout.display().to_string(),
@@ -312,6 +334,7 @@ impl ImageStore {
             created: config.created().clone(),
             size: manifest.layers().iter().map(Descriptor::size).sum(),
             annotations: manifest.annotations().clone().unwrap_or_default().into_iter().collect(),
+            trust: None,
         })
     }
 
@@ -324,8 +347,12 @@ impl ImageStore {
         index
             .manifests()
             .iter()
-            .filter_map(|entry| Some((ref_name(entry)?, entry.digest())))
-            .map(|(reference, digest)| self.info_for(reference, digest))
+            .filter_map(|entry| Some((ref_name(entry)?, entry)))
+            .map(|(reference, entry)| {
+                let mut info = self.info_for(reference, entry.digest())?;
+                info.trust = entry.annotations().as_ref().and_then(|a| a.get(TRUST)).cloned();
+                Ok(info)
+            })
             .collect()
     }
 

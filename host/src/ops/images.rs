@@ -38,13 +38,22 @@ pub struct RegistryFlags {
     pub tls_verify: Option<bool>,
     pub creds: Option<String>,
     pub authfile: Option<std::path::PathBuf>,
+    /// `push --sign-by`: the GPG key to sign with, over the host config's.
+    pub sign_by: Option<String>,
 }
 
 pub fn registry_access(ctx: &Context, reference: &str, flags: &RegistryFlags) -> crate::registry::Access {
+    let rules = &ctx.config.signatures;
     crate::registry::Access {
         tls_verify: flags.tls_verify.unwrap_or(!ctx.config.registries.is_insecure(reference)),
         creds: flags.creds.clone(),
         authfile: flags.authfile.clone(),
+        signatures: crate::registry::Signatures {
+            sign_by: flags.sign_by.clone().or_else(|| rules.sign_by.clone()),
+            gnupg_home: rules.gnupg_home.clone(),
+            registries_d: rules.registries_d.clone(),
+            trusted_keyring: rules.image_keys.clone(),
+        },
     }
 }
 
@@ -100,5 +109,8 @@ pub fn pull_as(ctx: &Context, reference: &str, name: &str, flags: &RegistryFlags
     registry.pull(reference, &layout, name, &access)?;
     crate::interrupt::check()?;
     ctx.images.load(&layout, Some(name))?;
+    if let Some(keyring) = &access.signatures.trusted_keyring {
+        ctx.images.set_trust(&crate::image::normalize_reference(name), &format!("signed-by {}", keyring.display()))?;
+    }
     ctx.images.resolve(name).map_err(Error::from)
 }

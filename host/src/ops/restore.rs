@@ -225,8 +225,8 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
         Source::Stream if ctx.config.signatures.require => {
             ("stream", Err(unsigned_source("a stream on standard input")))
         }
-        Source::Image(name) if ctx.config.signatures.require => {
-            ("image", Err(unsigned_source(&format!("image {name:?}"))))
+        Source::Image(name) if ctx.config.signatures.require && !trusted_image(ctx, name) => {
+            ("image", Err(untrusted_image(name)))
         }
         Source::Stream => ("stream", stage_stdin(ctx, req).and_then(|staged| restore_import(ctx, req, staged))),
         Source::Image(name) => (
@@ -463,6 +463,18 @@ fn unsigned_source(what: &str) -> Error {
     Error::CheckpointRefused {
         origin: what.to_string(),
         reason: " cannot be signed yet, and the host config requires a signature ([signatures] require = true); restore from a signed archive file".into(),
+    }
+}
+
+/// Whether a checkpoint image was made here, or pulled with a signature the host checked.
+fn trusted_image(ctx: &Context, name: &str) -> bool {
+    ctx.images.resolve(name).is_ok_and(|info| info.trust.is_some())
+}
+
+fn untrusted_image(name: &str) -> Error {
+    Error::CheckpointRefused {
+        origin: format!("image {name:?}"),
+        reason: " was neither made on this host nor pulled with a signature from a trusted key, and the host config requires one ([signatures] require = true); set [signatures] image-keys and pull it again".into(),
     }
 }
 

@@ -299,6 +299,7 @@ pub fn publish_image(
         // Public keys only, as the age header's own stanzas: who can open it, without opening it.
         annotations.insert(crate::metadata::SEALED_TO_ANNOTATION.to_string(), staged.sealed_to.join("\n"));
     }
-    ctx.images.add_image(&crate::image::normalize_reference(name), &[layer], None, annotations)?;
-    Ok(())
+    let reference = crate::image::normalize_reference(name);
+    ctx.images.add_image(&reference, &[layer], None, annotations)?;
+    Ok(ctx.images.set_trust(&reference, "made-here")?)
 }

@@ -633,15 +633,13 @@ fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, migrat
     Ok(())
 }
 
-/// The key the plan's archives are signed with: `--sign-with`'s, else the host config's. A
-/// checkpoint image cannot be signed yet, so one is refused when signing is asked for.
+/// The SSH key the plan's archives are signed with: `--sign-with`'s, else the host config's. A
+/// checkpoint image is signed when it is pushed, with GPG ([signatures] sign-by), as podman's are.
 fn signing_key(ctx: &Context, req: &CheckpointRequest, planned: &Planned) -> Result<Option<PathBuf>> {
     let key = req.sign_with.clone().or_else(|| ctx.config.signatures.sign_with.clone());
     let Some(key) = key else { return Ok(None) };
-    if planned.exports.iter().any(|t| t.kind != TargetKind::Archive) {
-        return Err(Error::invalid(format!(
-            "signing with {key:?} covers archives only so far, and the plan makes a checkpoint image; export with -e; nothing was checkpointed"
-        )));
+    if !planned.exports.iter().any(|t| t.kind == TargetKind::Archive) {
+        return Ok(None);
     }
     if !key.is_file() {
         return Err(Error::invalid(format!("signing key {key:?} does not exist or is not a file")));
