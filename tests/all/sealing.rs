@@ -257,23 +257,39 @@ fn a_migration_under_sealing_keeps_memory_off_the_disks_on_both_sides() {
     let Some(source) = Ckpt::available() else { return };
     let Some(dest) = Ckpt::available() else { return };
     let since = SystemTime::now() - std::time::Duration::from_secs(1);
+    let registry = crate::support::servers::LocalRegistry::start(&source);
     let key = source.path("key.txt");
     let recipient = source.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
     for side in [&source, &dest] {
+        // Each side opens what is sealed to it with its own identity (here, the same one).
         let config = std::fs::read_to_string(side.path("ckpt.toml")).unwrap();
-        let sealed = format!("[exports]\nencrypt = \"always\"\nrecipients = [{recipient:?}]\n");
+        let sealed = format!(
+            "[registries]\ninsecure = [{:?}]\n[restore]\nidentities = [{key:?}]\n[exports]\nencrypt = \"always\"\nrecipients = [{recipient:?}]\n",
+            registry.host
+        );
         std::fs::write(side.path("ckpt.toml"), config.replace("[exports]\n", &sealed)).unwrap();
     }
     let sshd = crate::support::servers::Sshd::start(&source);
     let canary = canary_container(&source, "m");
-    let mut args: Vec<String> = vec!["migrate".into()];
-    args.extend(sshd.flags(&dest));
-    args.extend(["m".into(), sshd.url(&dest)]);
-    let moved = source.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(moved.code, 0, "migrate failed: {}{}", moved.stderr, moved.stdout);
+    let migrate = |from: &Ckpt, to: &Ckpt, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["migrate".into()];
+        args.extend(sshd.flags(to));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(["m".into(), sshd.url(to)]);
+        let moved = from.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(moved.code, 0, "migrate {extra:?} failed: {}{}", moved.stderr, moved.stdout);
+    };
+    migrate(&source, &dest, &[]);
     assert!(dest.exec("m", "cat /proc/1/environ").contains(&canary), "the process moved with its memory");
     assert_eq!(on_disk(&source, &canary, since), Vec::<PathBuf>::new(), "nowhere on the disks of either side");
-    dest.ok(&["rm", "-f", "m"]);
+    // Back through the registry: a sealed image, pushed and pulled as ciphertext.
+    let via = format!("{}/ckpt/m:moving", registry.host);
+    migrate(&dest, &source, &["--via", &via]);
+    assert!(source.exec("m", "cat /proc/1/environ").contains(&canary), "back through the registry");
+    for side in [&source, &dest] {
+        assert_eq!(on_disk(side, &canary, since), Vec::<PathBuf>::new(), "nowhere, the registry's storage included");
+    }
+    source.ok(&["rm", "-f", "m"]);
 }
 
 /// A GPG key of its own for one test, in a GnuPG home under the test's directory: its
