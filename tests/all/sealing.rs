@@ -419,3 +419,36 @@ fn a_signed_checkpoint_image_is_verified_by_skopeo_podman_and_ckpt() {
     assert!(second.container_ids().is_empty());
     ckpt.ok(&["rm", "-f", "c"]);
 }
+
+/// A scheduled run under `encrypt = "always"` and a host signing key: the archive is sealed and
+/// signed, the catalog records to whom and where the signature is, and deleting the entry takes
+/// both files.
+#[test]
+fn a_scheduled_checkpoint_is_sealed_signed_and_catalogued() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let since = SystemTime::now() - std::time::Duration::from_secs(1);
+    let key = ckpt.path("key.txt");
+    let recipient = ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
+    let signer = ckpt.path("signer");
+    run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", signer.to_str().unwrap()]);
+    let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
+    let sealed = format!("[exports]\nencrypt = \"always\"\nrecipients = [{recipient:?}]\n");
+    let rules = format!("{}[signatures]\nsign-with = {signer:?}\n", config.replace("[exports]\n", &sealed));
+    std::fs::write(ckpt.path("ckpt.toml"), rules).unwrap();
+    let canary = canary_container(&ckpt, "s");
+    let template = format!("{}/{{name}}-{{time}}.tar.zst.age", ckpt.path("").display());
+    ckpt.ok(&["schedule", "add", "hourly", "--every", "1h", "--container", "s", "-R", "--export", &template]);
+    ckpt.ok(&["schedule", "run", "hourly"]);
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
+    let entry = entries.iter().find(|e| e["schedule"] == "hourly").expect("a scheduled entry");
+    assert_eq!(entry["sealed-to"], serde_json::json!([recipient]), "{entry}");
+    let archive = PathBuf::from(entry["location"].as_str().unwrap());
+    let signature = PathBuf::from(entry["signature"].as_str().unwrap());
+    assert!(std::fs::read(&archive).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    assert!(signature.is_file(), "{entry}");
+    assert_eq!(on_disk(&ckpt, &canary, since), Vec::<PathBuf>::new(), "a scheduled run: nowhere on the disks");
+    ckpt.ok(&["catalog", "rm", entry["id"].as_str().unwrap()]);
+    assert!(!archive.exists() && !signature.exists(), "the entry's archive and its signature both go");
+    ckpt.ok(&["rm", "-f", "s"]);
+}

@@ -86,7 +86,13 @@ fn delete(ctx: &Context, entry: &Entry) -> Result<()> {
             )));
         }
         Presence::Present => match entry.kind {
-            EntryKind::Archive => crate::util::remove_file_if_exists(Path::new(&entry.location))?,
+            EntryKind::Archive => {
+                // The signature first: one left without its archive matches nothing.
+                if let Some(signature) = &entry.signature {
+                    crate::util::remove_file_if_exists(Path::new(signature))?;
+                }
+                crate::util::remove_file_if_exists(Path::new(&entry.location))?
+            }
             EntryKind::Image => drop(ctx.images.remove(&entry.location)?),
             EntryKind::Local => {
                 // Every local entry of a container names the same directory: a dump in flight

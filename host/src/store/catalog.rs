@@ -55,6 +55,12 @@ pub struct Entry {
     /// The plan the policy made, as recorded in the decision log.
     pub plan: serde_json::Value,
     pub pinned: bool,
+    /// The public keys a sealed export is sealed to; empty: it is in the clear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_to: Vec<String>,
+    /// The signature beside an archive (`ARCHIVE.sig`), when it was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Whether what an entry names is still there, and still what was made.
@@ -181,6 +187,8 @@ mod tests {
             policy: EntryPolicy::default(),
             plan: serde_json::Value::Null,
             pinned: false,
+            sealed_to: Vec::new(),
+            signature: None,
         }
     }
 

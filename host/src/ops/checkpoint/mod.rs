@@ -695,15 +695,24 @@ fn catalog_entries(
             json!({"options": to_json(&planned.options), "pre-dump": to_json(&planned.pre_dump), "exports": list_to_json(&planned.exports)})
         },
         pinned: false,
+        sealed_to: Vec::new(),
+        signature: None,
     };
     let mut entries = Vec::new();
     for (i, target) in planned.exports.iter().enumerate() {
-        let mut entry =
-            Entry { id: crate::store::catalog::new_id(), location: target.location.clone(), ..base.clone() };
+        let mut entry = Entry {
+            id: crate::store::catalog::new_id(),
+            location: target.location.clone(),
+            sealed_to: planned.sealed_to.clone(),
+            ..base.clone()
+        };
         match target.kind {
             TargetKind::Archive => {
                 let path = Path::new(&target.location);
                 entry.kind = EntryKind::Archive;
+                if planned.sign_with.is_some() {
+                    entry.signature = Some(crate::signature::signature_path(path).display().to_string());
+                }
                 entry.size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
                 // Taken as the archive was written; read back only if it was not.
                 entry.digest = match digests.get(i).cloned().flatten() {
