@@ -1,4 +1,4 @@
-//! The crate policy authors use to write ckpt policies in Rust: the `ckpt:policy@0.2.0` contract,
+//! The crate policy authors use to write ckpt policies in Rust: the `ckpt:policy@0.3.0` contract,
 //! one small world per role, with typed settings.
 //!
 //! Implement [`Planner`], [`Gate`] or [`Retainer`] and export it with [`export_planner!`],
@@ -10,7 +10,7 @@
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-/// `ckpt:policy/retainer@0.2.0`, and the `types` and `log` interfaces the three worlds share.
+/// `ckpt:policy/retainer@0.3.0`, and the `types` and `log` interfaces the three worlds share.
 /// The generated lifting of a catalog entry takes one argument per field.
 #[allow(clippy::too_many_arguments)]
 pub mod retainer {
@@ -24,7 +24,7 @@ pub mod retainer {
     });
 }
 
-/// `ckpt:policy/planner@0.2.0`.
+/// `ckpt:policy/planner@0.3.0`.
 pub mod planner {
     wit_bindgen::generate!({
         path: "../wit",
@@ -33,13 +33,13 @@ pub mod planner {
         export_macro_name: "export_planner_world",
         default_bindings_module: "ckpt_guest_sdk::planner",
         with: {
-            "ckpt:policy/types@0.2.0": crate::retainer::ckpt::policy::types,
-            "ckpt:policy/log@0.2.0": crate::retainer::ckpt::policy::log,
+            "ckpt:policy/types@0.3.0": crate::retainer::ckpt::policy::types,
+            "ckpt:policy/log@0.3.0": crate::retainer::ckpt::policy::log,
         },
     });
 }
 
-/// `ckpt:policy/migration-planner@0.2.0`, and with it the `migration` interface.
+/// `ckpt:policy/migration-planner@0.3.0`, and with it the `migration` interface.
 pub mod migration_planner {
     wit_bindgen::generate!({
         path: "../wit",
@@ -48,14 +48,14 @@ pub mod migration_planner {
         export_macro_name: "export_migration_planner_world",
         default_bindings_module: "ckpt_guest_sdk::migration_planner",
         with: {
-            "ckpt:policy/types@0.2.0": crate::retainer::ckpt::policy::types,
-            "ckpt:policy/log@0.2.0": crate::retainer::ckpt::policy::log,
+            "ckpt:policy/types@0.3.0": crate::retainer::ckpt::policy::types,
+            "ckpt:policy/log@0.3.0": crate::retainer::ckpt::policy::log,
         },
         additional_derives: [PartialEq],
     });
 }
 
-/// `ckpt:policy/gate@0.2.0`.
+/// `ckpt:policy/gate@0.3.0`.
 pub mod gate {
     wit_bindgen::generate!({
         path: "../wit",
@@ -64,8 +64,8 @@ pub mod gate {
         export_macro_name: "export_gate_world",
         default_bindings_module: "ckpt_guest_sdk::gate",
         with: {
-            "ckpt:policy/types@0.2.0": crate::retainer::ckpt::policy::types,
-            "ckpt:policy/log@0.2.0": crate::retainer::ckpt::policy::log,
+            "ckpt:policy/types@0.3.0": crate::retainer::ckpt::policy::types,
+            "ckpt:policy/log@0.3.0": crate::retainer::ckpt::policy::log,
         },
     });
 }
@@ -200,6 +200,7 @@ pub fn plan_from_request(facts: &CheckpointFacts) -> Plan {
         options: facts.request.options,
         pre_dump: PreDumpPlan::None,
         exports: facts.request.exports.clone(),
+        plaintext_spill: false,
         reasons: vec!["as requested".to_string()],
     }
 }
@@ -249,6 +250,7 @@ pub fn sample_facts(name: &str) -> CheckpointFacts {
             arch: "amd64".to_string(),
             memory_tracking: false,
             free_disk_bytes: 80 << 30,
+            memory_available_bytes: 16 << 30,
         },
         request: RequestFacts {
             options,
@@ -272,6 +274,8 @@ pub fn sample_export_facts(name: &str, location: &str) -> ExportFacts {
             kind: TargetKind::Archive,
             location: location.to_string(),
             compression: Compression::Zstd,
+            sealed_to: vec![],
+            signed: false,
         },
         size_bytes: 1 << 20,
         has_rootfs: true,

@@ -40,7 +40,7 @@ class WitWorld(wit_world.WitWorld):
     def describe(self):
         return types.PolicyInfo(
             name="python-labels",
-            version="0.2.0",
+            version="0.3.0",
             decisions=[types.DecisionKind.PLAN],
             settings_schema='{"type":"object","properties":{"max-memory-bytes":{"type":"integer","minimum":1}},"additionalProperties":false}',
         )
@@ -74,7 +74,7 @@ class WitWorld(wit_world.WitWorld):
                 target.compression = COMPRESSIONS[compress]
             reasons.append(f"label checkpoint.compress={compress}")
         log.log(log.Level.INFO, f"planned {container.name}: {', '.join(reasons)}")
-        return types.PlanDecision_Plan(types.Plan(options=options, pre_dump=types.PreDumpPlan_None_(), exports=exports, reasons=reasons))
+        return types.PlanDecision_Plan(types.Plan(options=options, pre_dump=types.PreDumpPlan_None_(), exports=exports, plaintext_spill=False, reasons=reasons))
 
     def after_round(self, settings, facts, rounds):
         return types.RoundDecision(action=types.RoundAction.DUMP_NOW, reason="python-labels plans no rounds")

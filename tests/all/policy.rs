@@ -479,9 +479,10 @@ fn the_five_0_1_0_examples_still_load_and_decide() {
     }
     for (component, world) in [
         ("v010_default", "ckpt:policy/policy@0.1.0"),
-        ("default", "ckpt:policy/migration-planner@0.2.0"),
-        ("python_labels", "ckpt:policy/planner@0.2.0"),
-        ("js_hours", "ckpt:policy/gate@0.2.0"),
+        ("default", "ckpt:policy/migration-planner@0.3.0"),
+        ("python_labels", "ckpt:policy/planner@0.3.0"),
+        ("js_hours", "ckpt:policy/gate@0.3.0"),
+        ("v020_python_labels", "ckpt:policy/planner@0.2.0"),
     ] {
         let inspected: serde_json::Value =
             serde_json::from_str(&ckpt.ok(&["policy", "inspect", &policy(component)])).unwrap();
@@ -517,10 +518,26 @@ fn the_five_0_1_0_examples_still_load_and_decide() {
         "old",
     ]);
     assert!(archive.is_file());
-    // A 0.2.0 gate is not a planner, and the error names the worlds.
+    // A 0.2.0 planner decides a real checkpoint beside a 0.3.0 gate.
+    let archive = ckpt.path("old-v020.tar.zst");
+    ckpt.ok(&[
+        "checkpoint",
+        "-R",
+        "--policy",
+        &policy("v020_python_labels"),
+        "--gate",
+        &policy("compliance"),
+        "--gate-config",
+        gate_settings,
+        "-e",
+        archive.to_str().unwrap(),
+        "old",
+    ]);
+    assert!(archive.is_file());
+    // A gate is not a planner, and the error names the worlds.
     let err = ckpt.fails(&["checkpoint", "--policy", &policy("js_hours"), "old"]);
     assert!(
-        err.contains("it is a ckpt:policy/gate@0.2.0 component, but --policy takes a ckpt:policy/planner@0.2.0 or ckpt:policy/migration-planner@0.2.0 or ckpt:policy/policy@0.1.0 component"),
+        err.contains("it is a ckpt:policy/gate@0.3.0 component, but --policy takes a ckpt:policy/planner@0.3.0 or ckpt:policy/migration-planner@0.3.0 or ckpt:policy/planner@0.2.0 or ckpt:policy/migration-planner@0.2.0 or ckpt:policy/policy@0.1.0 component"),
         "{err}"
     );
 }

@@ -452,3 +452,75 @@ fn a_scheduled_checkpoint_is_sealed_signed_and_catalogued() {
     assert!(!archive.exists() && !signature.exists(), "the entry's archive and its signature both go");
     ckpt.ok(&["rm", "-f", "s"]);
 }
+
+/// The policy decides who can read a checkpoint: a planner seals its export to the recipients
+/// its settings name, and a gate denies a plaintext export of a sensitive data class while it
+/// lets the sealed one through. A plan that asks for a signature no host key can make is
+/// refused before anything changes.
+#[test]
+fn a_planner_seals_and_a_gate_denies_plaintext_of_a_sensitive_class() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let key = ckpt.path("key.txt");
+    let recipient = ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
+    ckpt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--label",
+        "data-class=secret",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let compliance = crate::support::policy("compliance");
+    let gate_settings = r#"{"classes": {"secret": {"targets": ["/"], "sealed": true}}}"#;
+    let gated = |extra: &[&str]| {
+        let mut args = vec!["checkpoint", "-R", "--gate", &compliance, "--gate-config", gate_settings];
+        args.extend_from_slice(extra);
+        args.push("db");
+        ckpt.run(&args)
+    };
+    let plain = ckpt.path("plain.tar.zst");
+    let denied = gated(&["-e", plain.to_str().unwrap()]);
+    assert_eq!(denied.code, 125, "{}", denied.stderr);
+    assert!(
+        denied.stderr.contains("leaves only sealed") && denied.stderr.contains("in the clear"),
+        "{}",
+        denied.stderr
+    );
+    assert!(!plain.exists(), "a denied export leaves nothing");
+    assert_eq!(ckpt.status("db"), "running");
+
+    // The migration planner seals to the recipient its settings name; the gate sees it sealed.
+    let target = ckpt.path("{name}.tar.zst.age");
+    let planner = crate::support::policy("migration");
+    let sealing = serde_json::json!({"target": target.to_str().unwrap(), "seal-to": [recipient]}).to_string();
+    let dry: serde_json::Value = serde_json::from_str(&ckpt.ok(&[
+        "checkpoint",
+        "--dry-run",
+        "--policy",
+        &planner,
+        "--policy-config",
+        &sealing,
+        "db",
+    ]))
+    .unwrap();
+    assert_eq!(dry[0]["exports"][0]["sealed-to"], serde_json::json!([recipient]), "{dry}");
+    let sealed = gated(&["--policy", &planner, "--policy-config", &sealing]);
+    assert_eq!(sealed.code, 0, "{}", sealed.stderr);
+    let archive = ckpt.path("db.tar.zst.age");
+    assert!(std::fs::read(&archive).unwrap().starts_with(b"age-encryption.org/v1\n"), "sealed by the plan");
+    // What the user types is sealed too, and the gate lets it through.
+    let typed = ckpt.path("typed.tar.zst.age");
+    let allowed = gated(&["-e", typed.to_str().unwrap(), "--encrypt-to", &recipient]);
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+
+    let signing = serde_json::json!({"target": target.to_str().unwrap(), "sign": true}).to_string();
+    let unsigned = ckpt.fails(&["checkpoint", "-R", "--policy", &planner, "--policy-config", &signing, "db"]);
+    assert!(unsigned.contains("asked for a signed export") && unsigned.contains("no signing key"), "{unsigned}");
+    assert_eq!(ckpt.status("db"), "running");
+    ckpt.ok(&["rm", "-f", "db"]);
+}

@@ -97,7 +97,7 @@ pub struct PolicyDescription {
     pub digest: String,
     pub size_bytes: usize,
     pub runs_here: bool,
-    /// The world it exports, such as `ckpt:policy/planner@0.2.0`.
+    /// The world it exports, such as `ckpt:policy/planner@0.3.0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub world: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -417,12 +417,12 @@ pub fn bench(
     // Parsed once, so that only the decision is timed.
     enum Parsed {
         Checkpoint(Box<CheckpointFacts>),
-        Export(ExportFacts),
+        Export(Box<ExportFacts>),
         Retain(RetainFacts),
     }
     let parsed = match kind {
         Kind::Plan | Kind::Round => Parsed::Checkpoint(Box::new(json::from_json(&value).map_err(bad)?)),
-        Kind::Gate => Parsed::Export(json::from_json(&value).map_err(bad)?),
+        Kind::Gate => Parsed::Export(Box::new(json::from_json(&value).map_err(bad)?)),
         Kind::Retain => Parsed::Retain(json::from_json(&value).map_err(bad)?),
         Kind::Strategy => return Err(Error::invalid("policy bench measures plan, round, gate and retain decisions")),
     };

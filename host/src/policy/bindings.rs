@@ -1,11 +1,12 @@
 //! The one place where the WIT worlds become Rust: every generated type lives here.
 //!
-//! ckpt speaks `ckpt:policy@0.2.0` (`wit/policy.wit`): its types are the host's own, and a
-//! component exports one of its worlds, `planner` (or `migration-planner`), `gate` or `retainer`. Components of
-//! `ckpt:policy/policy@0.1.0` (`wit/v0.1.0`) keep loading: their facts and answers are the same
-//! records less what 0.2.0 added, so they are carried across by name (see [`to_v1`]).
+//! ckpt speaks `ckpt:policy@0.3.0` (`wit/policy.wit`): its types are the host's own, and a
+//! component exports one of its worlds, `planner` (or `migration-planner`), `gate` or
+//! `retainer`. Components of 0.2.0 (`wit/v0.2.0`) and of `ckpt:policy/policy@0.1.0`
+//! (`wit/v0.1.0`) keep loading: their facts and answers are the same records less what later
+//! versions added, so they are carried across by name (see [`to_older`] and [`from_older`]).
 
-/// `ckpt:policy/planner@0.2.0`, and with it the shared `types` and `log` interfaces.
+/// `ckpt:policy/planner@0.3.0`, and with it the shared `types` and `log` interfaces.
 mod planner {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -14,7 +15,7 @@ mod planner {
     });
 }
 
-/// `ckpt:policy/migration-planner@0.2.0`: a planner that also chooses migration strategies, and
+/// `ckpt:policy/migration-planner@0.3.0`: a planner that also chooses migration strategies, and
 /// with it the `migration` interface.
 mod migration_planner {
     wasmtime::component::bindgen!({
@@ -50,6 +51,54 @@ mod retainer {
     });
 }
 
+/// The four worlds of `ckpt:policy@0.2.0`.
+pub mod v2 {
+    pub mod planner {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2.0",
+            world: "planner",
+            additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        });
+    }
+
+    pub mod migration_planner {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2.0",
+            world: "migration-planner",
+            with: {
+                "ckpt:policy/types": super::planner::ckpt::policy::types,
+                "ckpt:policy/log": super::planner::ckpt::policy::log,
+            },
+            additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        });
+    }
+
+    pub mod gate {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2.0",
+            world: "gate",
+            with: {
+                "ckpt:policy/types": super::planner::ckpt::policy::types,
+                "ckpt:policy/log": super::planner::ckpt::policy::log,
+            },
+        });
+    }
+
+    pub mod retainer {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2.0",
+            world: "retainer",
+            with: {
+                "ckpt:policy/types": super::planner::ckpt::policy::types,
+                "ckpt:policy/log": super::planner::ckpt::policy::log,
+            },
+        });
+    }
+
+    pub use self::planner::ckpt::policy::types::*;
+    pub use self::planner::ckpt::policy::{log as log_interface, types as types_interface};
+}
+
 /// `ckpt:policy/policy@0.1.0`, planner and gate in one world.
 pub mod v1 {
     wasmtime::component::bindgen!({
@@ -70,11 +119,40 @@ pub use self::planner::ckpt::policy::{log as log_interface, types as types_inter
 pub use self::planner::{Planner, PlannerPre};
 pub use self::retainer::{Retainer, RetainerPre};
 
-/// Carries a 0.2.0 value to its 0.1.0 twin, or back, by the names both share. Fields that 0.2.0
-/// added are dropped on the way to 0.1.0; every 0.1.0 value exists in 0.2.0.
-pub fn to_v1<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
+/// Carries a value of the host's version to its twin in an older one, by the names both share:
+/// the fields later versions added are dropped.
+pub fn to_older<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
     let json = serde_json::to_value(value)?;
-    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("no 0.1.0 form of this value: {e}")))
+    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("no older form of this value: {e}")))
+}
+
+/// Carries an older version's answer to the host's, giving what later versions added the value
+/// that means what the older version meant: an export target in the clear and unsigned, a plan
+/// that refuses to spill a sealed dump to a disk.
+pub fn from_older<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
+    let mut json = serde_json::to_value(value)?;
+    fill_added_fields(&mut json);
+    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("no 0.3.0 form of this answer: {e}")))
+}
+
+fn fill_added_fields(json: &mut serde_json::Value) {
+    use serde_json::Value;
+    match json {
+        Value::Object(fields) => {
+            let is_target = ["kind", "location", "compression"].iter().all(|k| fields.contains_key(*k));
+            if is_target {
+                fields.entry("sealed_to").or_insert_with(|| Value::Array(vec![]));
+                fields.entry("signed").or_insert(Value::Bool(false));
+            }
+            let is_plan = ["options", "pre_dump", "exports", "reasons"].iter().all(|k| fields.contains_key(*k));
+            if is_plan {
+                fields.entry("plaintext_spill").or_insert(Value::Bool(false));
+            }
+            fields.values_mut().for_each(fill_added_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(fill_added_fields),
+        _ => {}
+    }
 }
 
 impl From<crate::archive::Compression> for Compression {

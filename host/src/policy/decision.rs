@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::bindings::{to_v1, v1, *};
+use super::bindings::{from_older, to_older, v1, v2, *};
 use super::engine::{self, LoadedPolicy, PolicyEngine, Trace};
 use super::host::Determinism;
 use super::{PolicyError, json, limits};
@@ -192,18 +192,42 @@ pub fn decide(
                 Answer::Strategy(p.call_strategy(store, settings, facts, migration)?)
             }
             (Question::Plan(facts), I::PolicyV1(p)) => {
-                Answer::Plan(to_v1(&p.call_plan(store, settings, &to_v1(facts)?)?)?)
+                Answer::Plan(from_older(&p.call_plan(store, settings, &to_older(facts)?)?)?)
+            }
+            (Question::Plan(facts), I::PlannerV2(p)) => {
+                Answer::Plan(from_older(&p.call_plan(store, settings, &to_older(facts)?)?)?)
+            }
+            (Question::Plan(facts), I::MigrationPlannerV2(p)) => {
+                Answer::Plan(from_older(&p.call_plan(store, settings, &to_older(facts)?)?)?)
+            }
+            (Question::Round(facts, rounds), I::PlannerV2(p)) => {
+                let rounds: Vec<v2::RoundStats> = to_older(&rounds)?;
+                Answer::Round(from_older(&p.call_after_round(store, settings, &to_older(facts)?, &rounds)?)?)
+            }
+            (Question::Round(facts, rounds), I::MigrationPlannerV2(p)) => {
+                let rounds: Vec<v2::RoundStats> = to_older(&rounds)?;
+                Answer::Round(from_older(&p.call_after_round(store, settings, &to_older(facts)?, &rounds)?)?)
+            }
+            (Question::Strategy(facts, migration), I::MigrationPlannerV2(p)) => {
+                let migration: v2::migration_planner::ckpt::policy::migration::MigrationFacts = to_older(migration)?;
+                Answer::Strategy(from_older(&p.call_strategy(store, settings, &to_older(facts)?, &migration)?)?)
+            }
+            (Question::Gate(facts), I::GateV2(p)) => {
+                Answer::Gate(from_older(&p.call_gate(store, settings, &to_older(facts)?)?)?)
+            }
+            (Question::Retain(facts), I::RetainerV2(p)) => {
+                Answer::Retain(from_older(&p.call_retain(store, settings, &to_older(facts)?)?)?)
             }
             (Question::Round(facts, rounds), I::Planner(p)) => {
                 Answer::Round(p.call_after_round(store, settings, facts, rounds)?)
             }
             (Question::Round(facts, rounds), I::PolicyV1(p)) => {
-                let rounds: Vec<v1::RoundStats> = to_v1(&rounds)?;
-                Answer::Round(to_v1(&p.call_after_round(store, settings, &to_v1(facts)?, &rounds)?)?)
+                let rounds: Vec<v1::RoundStats> = to_older(&rounds)?;
+                Answer::Round(from_older(&p.call_after_round(store, settings, &to_older(facts)?, &rounds)?)?)
             }
             (Question::Gate(facts), I::Gate(p)) => Answer::Gate(p.call_gate(store, settings, facts)?),
             (Question::Gate(facts), I::PolicyV1(p)) => {
-                Answer::Gate(to_v1(&p.call_gate(store, settings, &to_v1(facts)?)?)?)
+                Answer::Gate(from_older(&p.call_gate(store, settings, &to_older(facts)?)?)?)
             }
             (Question::Retain(facts), I::Retainer(p)) => Answer::Retain(p.call_retain(store, settings, facts)?),
             _ => {
@@ -287,11 +311,17 @@ mod tests {
 
     fn plan(reasons: Vec<String>, exports: Vec<ExportTarget>, pre_dump: PreDumpPlan) -> Answer {
         let options = CheckpointOptions::none();
-        Answer::Plan(PlanDecision::Plan(Plan { options, pre_dump, exports, reasons }))
+        Answer::Plan(PlanDecision::Plan(Plan { options, pre_dump, exports, plaintext_spill: false, reasons }))
     }
 
     fn archive(location: &str) -> ExportTarget {
-        ExportTarget { kind: TargetKind::Archive, location: location.into(), compression: Compression::Zstd }
+        ExportTarget {
+            kind: TargetKind::Archive,
+            location: location.into(),
+            compression: Compression::Zstd,
+            sealed_to: vec![],
+            signed: false,
+        }
     }
 
     #[test]

@@ -89,6 +89,8 @@ impl PolicyEngine {
         .map_err(engine_err)?;
         linker.allow_shadowing(false);
         v1::Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
+        super::bindings::v2::planner::Planner::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
+            .map_err(engine_err)?;
         // The gate and retainer worlds import the same `log` and `types` as the planner's.
         Planner::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_err)?;
         Ok(PolicyEngine { engine, linker, cache: ComponentCache::new(cache_dir) })

@@ -58,6 +58,7 @@ pub fn host(info: &HostInfo, tools: Tools) -> HostFacts {
         arch: info.arch.to_string(),
         memory_tracking: tools.memory_tracking,
         free_disk_bytes: info.free_disk_bytes,
+        memory_available_bytes: crate::hostinfo::memory_available().unwrap_or(0),
     }
 }
 

@@ -54,7 +54,21 @@ impl State {
 }
 
 impl bindings::types_interface::Host for State {}
+impl bindings::v2::types_interface::Host for State {}
 impl v1::ckpt::policy::types::Host for State {}
+
+impl bindings::v2::log_interface::Host for State {
+    fn log(&mut self, level: bindings::v2::log_interface::Level, message: String) {
+        use bindings::v2::log_interface::Level as V2;
+        let level = match level {
+            V2::Debug => Level::Debug,
+            V2::Info => Level::Info,
+            V2::Warn => Level::Warn,
+            V2::Error => Level::Error,
+        };
+        bindings::log_interface::Host::log(self, level, message)
+    }
+}
 
 impl v1::ckpt::policy::log::Host for State {
     fn log(&mut self, level: v1::ckpt::policy::log::Level, message: String) {

@@ -155,6 +155,18 @@ fn to_wit(value: &Value, ty: &Type) -> Value {
     }
 }
 
+/// A field 0.3.0 added, which a document written for 0.2.0 (a cases file, saved facts) lacks:
+/// its value then is what 0.2.0 meant. Every other missing field is an error.
+fn added_since_0_2(record: &str, field: &str) -> Option<Value> {
+    match (record, field) {
+        ("export-target", "sealed-to") => Some(json!([])),
+        ("export-target", "signed") | ("plan", "plaintext-spill") => Some(json!(false)),
+        // Unknown: a planner that needs it sees that the host said nothing.
+        ("host-facts", "memory-available-bytes") => Some(json!(0)),
+        _ => None,
+    }
+}
+
 fn from_wit(value: &Value, ty: &Type, path: &str, problems: &mut Vec<String>) -> Value {
     let Type::Id(id) = ty else { return value.clone() };
     let at = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
@@ -184,8 +196,13 @@ fn from_wit(value: &Value, ty: &Type, path: &str, problems: &mut Vec<String>) ->
             }
             for field in &record.fields {
                 let optional = matches!(field.ty, Type::Id(id) if matches!(kind(id), TypeDefKind::Option(_)));
-                if !given.contains_key(&field.name) && !optional {
-                    problems.push(format!("{:?} is missing", at(&field.name)));
+                if given.contains_key(&field.name) || optional {
+                    continue;
+                }
+                let record_name = contract().resolve.types[*id].name.as_deref().unwrap_or_default();
+                match added_since_0_2(record_name, &field.name) {
+                    Some(default) => drop(out.insert(field.name.to_snake_case(), default)),
+                    None => problems.push(format!("{:?} is missing", at(&field.name))),
                 }
             }
             Value::Object(out)
@@ -313,8 +330,8 @@ pub fn schema() -> Value {
         .collect();
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://ckpt.invalid/policy/0.2.0/schema.json",
-        "title": "ckpt:policy@0.2.0 facts and decisions as JSON",
+        "$id": "https://ckpt.invalid/policy/0.3.0/schema.json",
+        "title": "ckpt:policy@0.3.0 facts and decisions as JSON",
         "documents": DOCUMENTS,
         "$defs": defs,
     })
@@ -342,7 +359,10 @@ mod tests {
                 kind: TargetKind::Archive,
                 location: "/a".into(),
                 compression: Compression::Zstd,
+                sealed_to: vec!["age1example".into()],
+                signed: true,
             }],
+            plaintext_spill: false,
             reasons: vec![],
         });
         let json = to_json(&plan);

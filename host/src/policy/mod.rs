@@ -458,11 +458,11 @@ mod tests {
         let planner = || Component { read: read_component("default").unwrap(), settings: String::new() };
         let as_gate = Policies::load_components(cache.path(), planner(), vec![retainer()]).err().unwrap().to_string();
         assert!(
-            as_gate.contains("ckpt:policy/retainer@0.2.0 component, but --gate takes a ckpt:policy/gate@0.2.0 or ckpt:policy/policy@0.1.0 component"),
+            as_gate.contains("ckpt:policy/retainer@0.3.0 component, but --gate takes a ckpt:policy/gate@0.3.0 or ckpt:policy/gate@0.2.0 or ckpt:policy/policy@0.1.0 component"),
             "{as_gate}"
         );
         let as_retainer = Retention::load(cache.path(), planner()).err().unwrap().to_string();
-        assert!(as_retainer.contains("is a ckpt:policy/migration-planner@0.2.0 component"), "{as_retainer}");
+        assert!(as_retainer.contains("is a ckpt:policy/migration-planner@0.3.0 component"), "{as_retainer}");
 
         let retention =
             Retention::load(cache.path(), Component { settings: r#"{"keep-last": 1}"#.into(), ..retainer() }).unwrap();

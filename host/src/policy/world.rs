@@ -5,7 +5,7 @@ use serde::Serialize;
 use wasmtime::Store;
 
 use super::bindings::{
-    self, Gate, GatePre, MigrationPlanner, MigrationPlannerPre, Planner, PlannerPre, Retainer, RetainerPre, v1,
+    self, Gate, GatePre, MigrationPlanner, MigrationPlannerPre, Planner, PlannerPre, Retainer, RetainerPre, v1, v2,
 };
 use super::host::State;
 
@@ -15,36 +15,58 @@ pub enum World {
     #[serde(rename = "ckpt:policy/policy@0.1.0")]
     PolicyV1,
     #[serde(rename = "ckpt:policy/planner@0.2.0")]
-    Planner,
+    PlannerV2,
     #[serde(rename = "ckpt:policy/migration-planner@0.2.0")]
-    MigrationPlanner,
+    MigrationPlannerV2,
     #[serde(rename = "ckpt:policy/gate@0.2.0")]
-    Gate,
+    GateV2,
     #[serde(rename = "ckpt:policy/retainer@0.2.0")]
+    RetainerV2,
+    #[serde(rename = "ckpt:policy/planner@0.3.0")]
+    Planner,
+    #[serde(rename = "ckpt:policy/migration-planner@0.3.0")]
+    MigrationPlanner,
+    #[serde(rename = "ckpt:policy/gate@0.3.0")]
+    Gate,
+    #[serde(rename = "ckpt:policy/retainer@0.3.0")]
     Retainer,
 }
 
 impl World {
-    pub const ALL: [World; 5] =
-        [World::Planner, World::MigrationPlanner, World::Gate, World::Retainer, World::PolicyV1];
+    pub const ALL: [World; 9] = [
+        World::Planner,
+        World::MigrationPlanner,
+        World::Gate,
+        World::Retainer,
+        World::PlannerV2,
+        World::MigrationPlannerV2,
+        World::GateV2,
+        World::RetainerV2,
+        World::PolicyV1,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             World::PolicyV1 => "ckpt:policy/policy@0.1.0",
-            World::Planner => "ckpt:policy/planner@0.2.0",
-            World::MigrationPlanner => "ckpt:policy/migration-planner@0.2.0",
-            World::Gate => "ckpt:policy/gate@0.2.0",
-            World::Retainer => "ckpt:policy/retainer@0.2.0",
+            World::PlannerV2 => "ckpt:policy/planner@0.2.0",
+            World::MigrationPlannerV2 => "ckpt:policy/migration-planner@0.2.0",
+            World::GateV2 => "ckpt:policy/gate@0.2.0",
+            World::RetainerV2 => "ckpt:policy/retainer@0.2.0",
+            World::Planner => "ckpt:policy/planner@0.3.0",
+            World::MigrationPlanner => "ckpt:policy/migration-planner@0.3.0",
+            World::Gate => "ckpt:policy/gate@0.3.0",
+            World::Retainer => "ckpt:policy/retainer@0.3.0",
         }
     }
 
     /// The role a component plays: a 0.1.0 policy plans and gates.
     pub fn serves(self, role: Role) -> bool {
+        use World::*;
         matches!(
             (self, role),
-            (World::PolicyV1 | World::Planner | World::MigrationPlanner, Role::Planner)
-                | (World::PolicyV1 | World::Gate, Role::Gate)
-                | (World::Retainer, Role::Retainer)
+            (PolicyV1 | Planner | MigrationPlanner | PlannerV2 | MigrationPlannerV2, Role::Planner)
+                | (PolicyV1 | Gate | GateV2, Role::Gate)
+                | (Retainer | RetainerV2, Role::Retainer)
         )
     }
 }
@@ -83,6 +105,10 @@ impl Role {
 #[derive(Clone)]
 pub(super) enum Exports {
     PolicyV1(v1::PolicyPre<State>),
+    PlannerV2(v2::planner::PlannerPre<State>),
+    MigrationPlannerV2(v2::migration_planner::MigrationPlannerPre<State>),
+    GateV2(v2::gate::GatePre<State>),
+    RetainerV2(v2::retainer::RetainerPre<State>),
     Planner(PlannerPre<State>),
     MigrationPlanner(MigrationPlannerPre<State>),
     Gate(GatePre<State>),
@@ -92,6 +118,10 @@ pub(super) enum Exports {
 /// A component instantiated in a fresh store for one call.
 pub enum Instance {
     PolicyV1(v1::Policy),
+    PlannerV2(v2::planner::Planner),
+    MigrationPlannerV2(v2::migration_planner::MigrationPlanner),
+    GateV2(v2::gate::Gate),
+    RetainerV2(v2::retainer::Retainer),
     Planner(Planner),
     MigrationPlanner(MigrationPlanner),
     Gate(Gate),
@@ -102,6 +132,10 @@ impl Exports {
     pub(super) fn world(&self) -> World {
         match self {
             Exports::PolicyV1(_) => World::PolicyV1,
+            Exports::PlannerV2(_) => World::PlannerV2,
+            Exports::MigrationPlannerV2(_) => World::MigrationPlannerV2,
+            Exports::GateV2(_) => World::GateV2,
+            Exports::RetainerV2(_) => World::RetainerV2,
             Exports::Planner(_) => World::Planner,
             Exports::MigrationPlanner(_) => World::MigrationPlanner,
             Exports::Gate(_) => World::Gate,
@@ -112,6 +146,10 @@ impl Exports {
     pub(super) fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Instance> {
         Ok(match self {
             Exports::PolicyV1(pre) => Instance::PolicyV1(pre.instantiate(store)?),
+            Exports::PlannerV2(pre) => Instance::PlannerV2(pre.instantiate(store)?),
+            Exports::MigrationPlannerV2(pre) => Instance::MigrationPlannerV2(pre.instantiate(store)?),
+            Exports::GateV2(pre) => Instance::GateV2(pre.instantiate(store)?),
+            Exports::RetainerV2(pre) => Instance::RetainerV2(pre.instantiate(store)?),
             Exports::Planner(pre) => Instance::Planner(pre.instantiate(store)?),
             Exports::MigrationPlanner(pre) => Instance::MigrationPlanner(pre.instantiate(store)?),
             Exports::Gate(pre) => Instance::Gate(pre.instantiate(store)?),
@@ -123,7 +161,11 @@ impl Exports {
 impl Instance {
     pub(super) fn describe(&self, store: &mut Store<State>) -> wasmtime::Result<bindings::PolicyInfo> {
         match self {
-            Instance::PolicyV1(p) => bindings::to_v1(&p.call_describe(store)?),
+            Instance::PolicyV1(p) => bindings::from_older(&p.call_describe(store)?),
+            Instance::PlannerV2(p) => bindings::from_older(&p.call_describe(store)?),
+            Instance::MigrationPlannerV2(p) => bindings::from_older(&p.call_describe(store)?),
+            Instance::GateV2(p) => bindings::from_older(&p.call_describe(store)?),
+            Instance::RetainerV2(p) => bindings::from_older(&p.call_describe(store)?),
             Instance::Planner(p) => p.call_describe(store),
             Instance::MigrationPlanner(p) => p.call_describe(store),
             Instance::Gate(p) => p.call_describe(store),
@@ -138,6 +180,10 @@ impl Instance {
     ) -> wasmtime::Result<Result<(), String>> {
         match self {
             Instance::PolicyV1(p) => p.call_validate_settings(store, settings),
+            Instance::PlannerV2(p) => p.call_validate_settings(store, settings),
+            Instance::MigrationPlannerV2(p) => p.call_validate_settings(store, settings),
+            Instance::GateV2(p) => p.call_validate_settings(store, settings),
+            Instance::RetainerV2(p) => p.call_validate_settings(store, settings),
             Instance::Planner(p) => p.call_validate_settings(store, settings),
             Instance::MigrationPlanner(p) => p.call_validate_settings(store, settings),
             Instance::Gate(p) => p.call_validate_settings(store, settings),
@@ -163,12 +209,31 @@ pub(super) fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result
     if let Ok(p) = RetainerPre::new(pre.clone()) {
         return Ok(Exports::Retainer(p));
     }
+    if let Ok(p) = v2::migration_planner::MigrationPlannerPre::new(pre.clone()) {
+        return Ok(Exports::MigrationPlannerV2(p));
+    }
+    let planner_v2 = match v2::planner::PlannerPre::new(pre.clone()) {
+        Ok(p) => return Ok(Exports::PlannerV2(p)),
+        Err(e) => e,
+    };
+    if let Ok(p) = v2::gate::GatePre::new(pre.clone()) {
+        return Ok(Exports::GateV2(p));
+    }
+    if let Ok(p) = v2::retainer::RetainerPre::new(pre.clone()) {
+        return Ok(Exports::RetainerV2(p));
+    }
     let v1 = match v1::PolicyPre::new(pre) {
         Ok(p) => return Ok(Exports::PolicyV1(p)),
         Err(e) => e,
     };
     let names: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
-    // A component that imports 0.1.0 was written for 0.1.0: its mismatch says the most.
-    let closest = if format!("{v1:#}").contains("@0.1.0") { v1 } else { planner };
+    // A component that imports an older version was written for it: its mismatch says the most.
+    let closest = if format!("{v1:#}").contains("@0.1.0") {
+        v1
+    } else if format!("{planner_v2:#}").contains("@0.2.0") {
+        planner_v2
+    } else {
+        planner
+    };
     Err(format!("it exports none of the worlds ckpt loads ({}): {closest:#}", names.join(", ")))
 }

@@ -29,6 +29,12 @@ pub struct Class {
     volumes: bool,
     #[serde(default = "yes")]
     rootfs: bool,
+    /// Checkpoints of this class leave only sealed (encrypted): a plaintext export is denied.
+    #[serde(default)]
+    sealed: bool,
+    /// Checkpoints of this class leave only signed.
+    #[serde(default)]
+    signed: bool,
 }
 
 fn default_label() -> String {
@@ -80,6 +86,16 @@ impl Gate for Compliance {
         let target = target_name(&facts.target);
         if !class.targets.iter().any(|prefix| target.starts_with(prefix.as_str())) {
             return GateDecision::Deny(format!("data class {class_name:?} may not be exported to {target}"));
+        }
+        if class.sealed && facts.target.sealed_to.is_empty() {
+            return GateDecision::Deny(format!(
+                "data class {class_name:?} leaves only sealed, and the export to {target} is in the clear"
+            ));
+        }
+        if class.signed && !facts.target.signed {
+            return GateDecision::Deny(format!(
+                "data class {class_name:?} leaves only signed, and the export to {target} is not"
+            ));
         }
         let drop_volumes = !class.volumes && facts.has_volumes;
         let drop_rootfs = !class.rootfs && facts.has_rootfs;
@@ -136,5 +152,23 @@ mod tests {
             GateDecision::Deny(_)
         ));
         assert!(settings_of::<Compliance>(r#"{"classes":{},"unlabelled":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn a_sealed_class_leaves_only_sealed_and_a_signed_class_only_signed() {
+        let settings = settings_of::<Compliance>(
+            r#"{"classes": {"secret": {"targets": ["/"], "sealed": true, "signed": true}}, "unlabelled": "deny"}"#,
+        )
+        .unwrap();
+        let GateDecision::Deny(why) = Compliance::gate(&settings, export(Some("secret"), "/a.tar", false)) else {
+            panic!("a plaintext export of a sealed class")
+        };
+        assert!(why.contains("in the clear"), "{why}");
+        let mut sealed = export(Some("secret"), "/a.tar", false);
+        sealed.target.sealed_to = vec!["age1example".into()];
+        let GateDecision::Deny(why) = Compliance::gate(&settings, sealed.clone()) else { panic!("unsigned") };
+        assert!(why.contains("only signed"), "{why}");
+        sealed.target.signed = true;
+        assert_eq!(Compliance::gate(&settings, sealed), GateDecision::Allow);
     }
 }

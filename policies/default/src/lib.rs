@@ -44,6 +44,8 @@ mod tests {
             kind: TargetKind::Archive,
             location: "/tmp/x.tar".into(),
             compression: Compression::Gzip,
+            sealed_to: vec!["age1example".into()],
+            signed: true,
         });
         let PlanDecision::Plan(plan) = DefaultPolicy::plan(&NoSettings {}, facts.clone()) else { panic!("denied") };
         assert!(plan.options.leave_running);

@@ -36,6 +36,16 @@ pub struct Settings {
     /// published ports, which cannot follow it to another host (its address is that host's).
     #[serde(default)]
     keep_connections: bool,
+    /// Seal the archive to these recipients (age `age1…` or SSH public keys); the host adds
+    /// its own and never fewer.
+    #[serde(default)]
+    seal_to: Vec<String>,
+    /// Sign the archive with the host's key.
+    #[serde(default)]
+    sign: bool,
+    /// When a sealed dump does not fit in memory: let it go to a disk in the clear.
+    #[serde(default)]
+    plaintext_spill: bool,
 }
 
 /// The connections clients hold to the container's published ports, from the facts' `ext`
@@ -132,7 +142,17 @@ impl Planner for Migration {
         let location = s.target.replace("{name}", &facts.container.name).replace("{id}", &facts.container.id);
         let compression = s.compression.into();
         plan.reasons.push(format!("export to {location}"));
-        plan.exports = vec![ExportTarget { kind: TargetKind::Archive, location, compression }];
+        if !s.seal_to.is_empty() {
+            plan.reasons.push(format!("sealed to {} recipient(s)", s.seal_to.len()));
+        }
+        plan.plaintext_spill = s.plaintext_spill;
+        plan.exports = vec![ExportTarget {
+            kind: TargetKind::Archive,
+            location,
+            compression,
+            sealed_to: s.seal_to.clone(),
+            signed: s.sign,
+        }];
         PlanDecision::Plan(plan)
     }
 

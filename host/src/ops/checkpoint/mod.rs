@@ -189,19 +189,21 @@ pub(crate) fn requested(
         with_previous: req.with_previous,
     };
     let compression = wit::Compression::from(compression);
+    let target = |kind: TargetKind, location: String, compression: wit::Compression| ExportTarget {
+        kind,
+        location,
+        compression,
+        sealed_to: req.encrypt_to.clone(),
+        signed: kind == TargetKind::Archive && req.sign_with.is_some(),
+    };
     // As podman: with both --export and --create-image, only the archive is written.
     let exports = match (&req.export, &req.create_image) {
-        (Some(path), _) => {
-            vec![ExportTarget { kind: TargetKind::Archive, location: path.display().to_string(), compression }]
-        }
-        (None, Some(image)) => vec![ExportTarget { kind: TargetKind::Image, location: image.clone(), compression }],
+        (Some(path), _) => vec![target(TargetKind::Archive, path.display().to_string(), compression)],
+        (None, Some(image)) => vec![target(TargetKind::Image, image.clone(), compression)],
         (None, None) => vec![],
     };
-    let pushed = req.registry.iter().map(|reference| ExportTarget {
-        kind: TargetKind::Registry,
-        location: reference.clone(),
-        compression: wit::Compression::from(Compression::Zstd),
-    });
+    let zstd = wit::Compression::from(Compression::Zstd);
+    let pushed = req.registry.iter().map(|reference| target(TargetKind::Registry, reference.clone(), zstd));
     (options, exports.into_iter().chain(pushed).collect())
 }
 
@@ -210,13 +212,14 @@ pub(crate) fn requested(
 struct Planned {
     options: wit::CheckpointOptions,
     pre_dump: PreDumpPlan,
+    /// Each with whom it is sealed to and whether it is signed, once the host has added its own.
     exports: Vec<ExportTarget>,
-    /// Whom the archives are sealed to; none: they are written in the clear.
-    sealed_to: Vec<String>,
     /// The SSH private key the archives are signed with.
     sign_with: Option<PathBuf>,
     /// The dump goes into private memory, never to a disk.
     in_memory: bool,
+    /// The plan lets a sealed dump too big for memory go to a disk in the clear.
+    plaintext_spill: bool,
 }
 
 /// The host's rules for any plan, whoever made it; checked before anything changes.
@@ -246,9 +249,9 @@ fn check_plan(plan: &wit::Plan, facts: &CheckpointFacts, policy_name: &str) -> R
         options: *o,
         pre_dump: plan.pre_dump,
         exports: plan.exports.clone(),
-        sealed_to: Vec::new(),
         sign_with: None,
         in_memory: false,
+        plaintext_spill: plan.plaintext_spill,
     })
 }
 
@@ -585,14 +588,16 @@ fn plan_and_checkpoint(
         _ => {}
     }
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
-    sealing(ctx, req, &mut planned, handoff.is_some())?;
-    planned.sign_with = signing_key(ctx, req, &planned)?;
+    sealing(ctx, req, &mut planned, &facts, handoff.is_some())?;
+    signing(ctx, req, &mut planned, &policies.planner.info.name)?;
     if req.dry_run {
         let value = json!({
             "Id": record.id,
             "Name": record.name,
             "policy": {"name": policies.planner.info.name, "source": policies.planner.source, "digest": policies.planner.digest},
             "plan": crate::policy::json::to_json(&plan),
+            // What the host makes of it: the recipients and signatures it adds.
+            "exports": crate::policy::json::list_to_json(&planned.exports),
             "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
         });
         return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
@@ -602,17 +607,36 @@ fn plan_and_checkpoint(
     Ok((Made { stats, entries }, None))
 }
 
-/// How the plan's checkpoint is sealed: its archives to the host config's recipients and
-/// `--encrypt-to`'s, when the user or the host config (`[exports] encrypt = "always"`) asks for
-/// sealing, and its dump kept in private memory then, as it is for a migration under that
-/// config (whose stream goes through ssh, to a destination that unpacks it into memory). What a
-/// sealed checkpoint cannot do yet is refused before anything changes.
-fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, migrating: bool) -> Result<()> {
+/// How the plan's checkpoint is sealed: each export to the recipients the plan names for it,
+/// the host config's and `--encrypt-to`'s, when the plan, the user or the host config
+/// (`[exports] encrypt = "always"`) asks for sealing; the dump is kept in private memory then, as
+/// it is for a migration under that config (whose stream goes through ssh, to a destination
+/// that unpacks it into memory). A plan adds recipients and never removes one. What a sealed
+/// checkpoint cannot do is refused before anything changes.
+fn sealing(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    planned: &mut Planned,
+    facts: &CheckpointFacts,
+    migrating: bool,
+) -> Result<()> {
     let rules = &ctx.config.exports;
     let always = rules.encrypt == crate::config::EncryptRule::Always;
-    let sealed_exports = !req.encrypt_to.is_empty() || (always && !planned.exports.is_empty());
-    let private_migration = always && migrating;
-    if !(sealed_exports || private_migration) {
+    let mut any_sealed = false;
+    for target in &mut planned.exports {
+        if !(always || !req.encrypt_to.is_empty() || !target.sealed_to.is_empty()) {
+            continue;
+        }
+        let mut recipients = crate::seal::Recipients::parse(&rules.recipients)?;
+        recipients.extend(crate::seal::Recipients::parse(&target.sealed_to)?);
+        recipients.extend(crate::seal::Recipients::parse(&req.encrypt_to)?);
+        if recipients.is_empty() {
+            return Err(Error::SealWithoutRecipient);
+        }
+        target.sealed_to = recipients.names().to_vec();
+        any_sealed = true;
+    }
+    if !(any_sealed || (always && migrating)) {
         return Ok(());
     }
     let refuse = |what: &str| Error::SealRefused { what: what.to_string() };
@@ -621,30 +645,57 @@ fn sealing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, migrat
         return Err(refuse("pre-dump rounds (their images would reach the disk in the clear)"));
     }
     planned.in_memory = true;
-    if !sealed_exports {
-        return Ok(());
+    if planned.plaintext_spill && !fits_in_memory(facts.container.memory_bytes) {
+        // The plan's own answer, kept in its decision record.
+        tracing::warn!(
+            "{} does not fit in the memory available; its images go to a disk in the clear, as the plan allows",
+            facts.container.name
+        );
+        planned.in_memory = false;
     }
-    let mut recipients = crate::seal::Recipients::parse(&rules.recipients)?;
-    recipients.extend(crate::seal::Recipients::parse(&req.encrypt_to)?);
-    if recipients.is_empty() {
-        return Err(Error::SealWithoutRecipient);
-    }
-    planned.sealed_to = recipients.names().to_vec();
     Ok(())
 }
 
-/// The SSH key the plan's archives are signed with: `--sign-with`'s, else the host config's. A
-/// checkpoint image is signed when it is pushed, with GPG ([signatures] sign-by), as podman's are.
-fn signing_key(ctx: &Context, req: &CheckpointRequest, planned: &Planned) -> Result<Option<PathBuf>> {
+/// Who signs each export, and with what: an archive with `--sign-with`'s SSH key, else the host
+/// config's (which signs every archive); a pushed image with the host's GPG key ([signatures]
+/// sign-by), as podman signs. A plan can ask for a signature, never name a key: an export it
+/// wants signed that no key of the host can sign is refused before anything changes.
+fn signing(ctx: &Context, req: &CheckpointRequest, planned: &mut Planned, policy_name: &str) -> Result<()> {
     let key = req.sign_with.clone().or_else(|| ctx.config.signatures.sign_with.clone());
-    let Some(key) = key else { return Ok(None) };
-    if !planned.exports.iter().any(|t| t.kind == TargetKind::Archive) {
-        return Ok(None);
+    let image_key = ctx.config.signatures.sign_by.is_some();
+    let unsigned = |target: &ExportTarget, why: &str| {
+        Error::Policy(format!(
+            "policy {policy_name:?} asked for a signed export to {:?}, but {why}; refused before anything changed",
+            target.location
+        ))
+    };
+    for target in &mut planned.exports {
+        match target.kind {
+            TargetKind::Archive if key.is_none() && target.signed => {
+                return Err(unsigned(target, "this host has no signing key ([signatures] sign-with, or --sign-with)"));
+            }
+            TargetKind::Archive => target.signed = key.is_some(),
+            TargetKind::Registry if !image_key && target.signed => {
+                return Err(unsigned(target, "this host has no image signing key ([signatures] sign-by)"));
+            }
+            TargetKind::Registry => target.signed = image_key,
+            TargetKind::Image if target.signed => {
+                return Err(unsigned(
+                    target,
+                    "an image in the local store is signed when it is pushed (ckpt push --sign-by)",
+                ));
+            }
+            TargetKind::Image => {}
+        }
     }
+    let Some(key) = key.filter(|_| planned.exports.iter().any(|t| t.kind == TargetKind::Archive)) else {
+        return Ok(());
+    };
     if !key.is_file() {
         return Err(Error::invalid(format!("signing key {key:?} does not exist or is not a file")));
     }
-    Ok(Some(key))
+    planned.sign_with = Some(key);
+    Ok(())
 }
 
 /// Publishes an archive, its signature beside it first when `sign_with` names a key: a crash
@@ -703,14 +754,14 @@ fn catalog_entries(
         let mut entry = Entry {
             id: crate::store::catalog::new_id(),
             location: target.location.clone(),
-            sealed_to: planned.sealed_to.clone(),
+            sealed_to: target.sealed_to.clone(),
             ..base.clone()
         };
         match target.kind {
             TargetKind::Archive => {
                 let path = Path::new(&target.location);
                 entry.kind = EntryKind::Archive;
-                if planned.sign_with.is_some() {
+                if target.signed {
                     entry.signature = Some(crate::signature::signature_path(path).display().to_string());
                 }
                 entry.size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -1010,13 +1061,22 @@ fn dump_container(
     Ok(Dumped { options, image_dir, parents: parents.keep(), known_digests, lazy, runtime_duration })
 }
 
+const MIB: u64 = 1 << 20;
+
+/// What a container's images take in memory: about its memory, and some metadata of CRIU's.
+fn memory_needed(memory_bytes: u64) -> u64 {
+    memory_bytes + 64 * MIB
+}
+
+fn fits_in_memory(memory_bytes: u64) -> bool {
+    memory_needed(memory_bytes) <= crate::hostinfo::memory_available().unwrap_or(0)
+}
+
 /// Mounts private memory where CRIU writes a sealed checkpoint's images, so that the
 /// container's memory never reaches a disk in the clear; refused when the host has too little.
 fn hold_in_memory(record: &ContainerRecord, memory_bytes: u64, dir: &Path) -> Result<()> {
-    const MIB: u64 = 1 << 20;
     let available = crate::hostinfo::memory_available().unwrap_or(0);
-    // The images hold about the container's memory, and some metadata of CRIU's beside it.
-    let needed = memory_bytes + 64 * MIB;
+    let needed = memory_needed(memory_bytes);
     if needed > available {
         return Err(Error::SealNeedsMemory {
             name: record.name.clone(),
@@ -1060,7 +1120,7 @@ fn export_and_hand_off(
     for (target, pending) in planned.exports.iter().zip(pending) {
         let carried = target.kind == TargetKind::Registry && carrier == Some(target.location.as_str());
         let export =
-            Export { target, pending, carried, sealed_to: &planned.sealed_to, sign_with: planned.sign_with.as_deref() };
+            Export { target, pending, carried, sign_with: planned.sign_with.as_deref().filter(|_| target.signed) };
         digests.push(export_to(ctx, runtime, record, facts, policies, export, &content)?);
     }
     // The last safe point: past it the checkpoint is published.
@@ -1183,8 +1243,6 @@ struct Export<'a> {
     pending: Option<PendingFile>,
     /// What a migration's destination restores from: a gate may deny it, never narrow it.
     carried: bool,
-    /// Whom an archive or image is sealed to; none: it is written in the clear.
-    sealed_to: &'a [String],
     sign_with: Option<&'a Path>,
 }
 
@@ -1199,7 +1257,8 @@ fn export_to(
     export: Export<'_>,
     content: &Content,
 ) -> Result<Option<String>> {
-    let Export { target, pending, carried, sealed_to, sign_with } = export;
+    let Export { target, pending, carried, sign_with } = export;
+    let sealed_to = target.sealed_to.as_slice();
     let compression = Compression::from(target.compression);
     let gated = !policies.gates.is_empty();
     // Asked only when there are gates: with none, an export is allowed as it is.
@@ -1397,6 +1456,7 @@ mod tests {
             options: facts.request.options,
             pre_dump: PreDumpPlan::None,
             exports: facts.request.exports.clone(),
+            plaintext_spill: false,
             reasons: vec![],
         };
         edit(&mut plan);
@@ -1405,7 +1465,13 @@ mod tests {
 
     #[test]
     fn plans_that_break_the_hosts_rules_are_refused_before_anything_changes() {
-        let image = ExportTarget { kind: TargetKind::Image, location: "i".into(), compression: wit::Compression::Zstd };
+        let image = ExportTarget {
+            kind: TargetKind::Image,
+            location: "i".into(),
+            compression: wit::Compression::Zstd,
+            sealed_to: vec![],
+            signed: false,
+        };
         let refused = [
             plan(|p| (p.options.with_previous, p.options.pre_checkpoint) = (true, true)),
             plan(|p| (p.options.ignore_rootfs, p.exports) = (true, vec![])),
@@ -1445,8 +1511,13 @@ mod tests {
     #[test]
     fn a_migration_plan_that_would_move_less_than_the_whole_container_is_refused() {
         let via = "localhost:5000/ckpt/web:1";
-        let pushed =
-            ExportTarget { kind: TargetKind::Registry, location: via.into(), compression: wit::Compression::Zstd };
+        let pushed = ExportTarget {
+            kind: TargetKind::Registry,
+            location: via.into(),
+            compression: wit::Compression::Zstd,
+            sealed_to: vec![],
+            signed: false,
+        };
         let planned = |edit: fn(&mut wit::Plan)| {
             let mut p = plan(|p| p.exports = vec![pushed.clone()]);
             edit(&mut p);

@@ -1,4 +1,4 @@
-//! A `ckpt:policy/planner@0.2.0` component that gives whatever answer its settings name, so that
+//! A `ckpt:policy/planner@0.3.0` component that gives whatever answer its settings name, so that
 //! the invariant matrix can put every answer a planner may give to every operation:
 //! `{"answer": "plan" | "skip" | "deny" | "ignore-rootfs" | "ignore-volumes" | "redirect" |
 //! "trap", "redirect-to": "/path/archive.tar.zst"}`.
@@ -41,6 +41,7 @@ impl Planner for Scripted {
             options: facts.request.options,
             pre_dump: PreDumpPlan::None,
             exports: facts.request.exports.clone(),
+            plaintext_spill: false,
             reasons: vec![format!("scripted: {}", settings.answer)],
         };
         match settings.answer.as_str() {
@@ -54,6 +55,8 @@ impl Planner for Scripted {
                     kind: TargetKind::Archive,
                     location: settings.redirect_to.clone(),
                     compression: Compression::Zstd,
+                    sealed_to: vec![],
+                    signed: false,
                 }]
             }
             _ => {}

@@ -1,4 +1,4 @@
-//! A `ckpt:policy/planner@0.2.0` component written with the SDK's typed `Planner`: it plans what
+//! A `ckpt:policy/planner@0.3.0` component written with the SDK's typed `Planner`: it plans what
 //! the request says, but skips a scheduled run that comes after missed ones (no catching up) or
 //! whose container carries the `skip-label` (any checkpoint of it, with `any-trigger`).
 
@@ -47,6 +47,7 @@ impl Planner for Skipper {
             options: facts.request.options,
             pre_dump: PreDumpPlan::None,
             exports: facts.request.exports.clone(),
+            plaintext_spill: false,
             reasons: vec!["as requested".to_string()],
         })
     }
