@@ -31,6 +31,8 @@ pub enum SignatureError {
     BadTrustedKey { key: String },
     #[error("{action} {path:?}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cannot make a signing key at {path:?}: {detail}")]
+    Generate { path: PathBuf, detail: String },
 }
 
 pub type Result<T, E = SignatureError> = std::result::Result<T, E>;
@@ -66,6 +68,51 @@ pub fn sign(file: &Path, key: &Path) -> Result<PathBuf> {
         return Err(failed(stderr_of(&out)));
     }
     Ok(signature_path(file))
+}
+
+/// The public key that made the signature beside `archive`, as an `allowed_signers` or
+/// `[signatures] trusted` line names it (`ssh-ed25519 AAAA…`); `None` when it has none or it is
+/// not an SSH signature. It says who claims to have signed, not that the claim holds: only
+/// [`verify`] checks that.
+pub fn signer(archive: &Path) -> Option<String> {
+    use base64::Engine;
+    let armored = std::fs::read_to_string(signature_path(archive)).ok()?;
+    let body: String = armored.lines().filter(|line| !line.starts_with("-----")).collect();
+    let blob = base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()?;
+    // PROTOCOL.sshsig: "SSHSIG", a u32 version, then the public key as an SSH string.
+    let rest = blob.strip_prefix(b"SSHSIG")?.get(4..)?;
+    let (public_key, _) = ssh_string(rest)?;
+    let (key_type, _) = ssh_string(public_key)?;
+    let key_type = std::str::from_utf8(key_type).ok()?;
+    Some(format!("{key_type} {}", base64::engine::general_purpose::STANDARD.encode(public_key)))
+}
+
+/// An SSH wire-format string (a u32 length, then the bytes) and what follows it.
+fn ssh_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let rest = &bytes[4..];
+    (rest.len() >= length).then(|| rest.split_at(length))
+}
+
+/// Makes a new Ed25519 signing key at `path` (mode 0600, never over an existing file) with
+/// `ssh-keygen`, and returns its public key line, for `[signatures] trusted` elsewhere.
+pub fn generate_signing_key(path: &Path) -> Result<String> {
+    let failed = |detail: String| SignatureError::Generate { path: path.to_path_buf(), detail };
+    let mut public = path.as_os_str().to_os_string();
+    public.push(".pub");
+    let public = PathBuf::from(public);
+    if path.exists() || public.exists() {
+        return Err(failed("it or its .pub exists; ckpt never writes over a key".into()));
+    }
+    let out = ssh_keygen()
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ckpt signing key", "-f"])
+        .arg(path)
+        .output()
+        .map_err(|e| failed(format!("{e}; run scripts/setup, which installs openssh-client")))?;
+    if !out.status.success() {
+        return Err(failed(stderr_of(&out)));
+    }
+    std::fs::read_to_string(&public).map(|line| line.trim().to_string()).map_err(|e| failed(e.to_string()))
 }
 
 /// Checks `archive` against its `ARCHIVE.sig` and the `trusted` public keys. Returns whether it

@@ -160,7 +160,13 @@ fn a_signed_archive_is_checked_before_anything_is_restored() {
         run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key.to_str().unwrap()]);
         (key.clone(), std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string())
     };
-    let (signer, signer_public) = keygen("signer");
+    // ckpt makes the signing key; ssh-keygen, the stranger's.
+    let signer = ckpt.path("signer");
+    let signer_public = ckpt.ok(&["key", "generate", "--signing", "-o", signer.to_str().unwrap()]).trim().to_string();
+    assert!(signer_public.starts_with("ssh-ed25519 "), "{signer_public}");
+    assert!(
+        ckpt.fails(&["key", "generate", "--signing", "-o", signer.to_str().unwrap()]).contains("never writes over")
+    );
     let (stranger, _) = keygen("stranger");
     ckpt.ok(&["run", "-d", "--name", "c", "--network", "none", "busybox", "sleep", "1000"]);
     let archive = ckpt.path("c.tar.zst");
@@ -177,6 +183,9 @@ fn a_signed_archive_is_checked_before_anything_is_restored() {
         .output()
         .unwrap();
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let shown = ckpt.ok(&["inspect-checkpoint", archive_arg]);
+    let key_only = signer_public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert!(shown.contains("Signed by") && shown.contains(&key_only), "the signer, without checking: {shown}");
     ckpt.ok(&["rm", "-f", "c"]);
 
     let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
@@ -301,8 +310,8 @@ struct GpgKey {
 }
 
 impl GpgKey {
-    fn generate(ckpt: &Ckpt) -> GpgKey {
-        let home = ckpt.path("gnupg");
+    fn generate(ckpt: &Ckpt, name: &str) -> GpgKey {
+        let home = ckpt.path(&format!("gnupg-{name}"));
         std::fs::create_dir(&home).unwrap();
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let gpg = |args: &[&str]| {
@@ -313,7 +322,7 @@ impl GpgKey {
         gpg(&["--passphrase", "", "--quick-gen-key", "ckpt test <ckpt@localhost>", "ed25519", "sign", "never"]);
         let listed = String::from_utf8(gpg(&["--with-colons", "--list-secret-keys"])).unwrap();
         let fingerprint = listed.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_string();
-        let keyring = ckpt.path("images.gpg");
+        let keyring = ckpt.path(&format!("{name}.gpg"));
         std::fs::write(&keyring, gpg(&["--export", &fingerprint])).unwrap();
         GpgKey { home, fingerprint, keyring }
     }
@@ -333,7 +342,8 @@ fn a_signed_checkpoint_image_is_verified_by_skopeo_podman_and_ckpt() {
     let Some(ckpt) = Ckpt::available() else { return };
     let Some(second) = Ckpt::available() else { return };
     let registry = crate::support::servers::LocalRegistry::start(&ckpt);
-    let key = GpgKey::generate(&ckpt);
+    let key = GpgKey::generate(&ckpt, "signer");
+    let stranger = GpgKey::generate(&ckpt, "stranger");
     let registries_d = ckpt.path("registries.d");
     std::fs::create_dir(&registries_d).unwrap();
     let lookaside = format!("file://{}", ckpt.path("signatures").display());
@@ -355,6 +365,23 @@ fn a_signed_checkpoint_image_is_verified_by_skopeo_podman_and_ckpt() {
     let unsigned = format!("{}/ckpt/unsigned:1", registry.host);
     ckpt.ok(&["checkpoint", "-R", "--create-image", &signed, "c"]);
     ckpt.ok(&["--config", signing, "push", &signed]);
+    // The same image signed by a key nobody trusts.
+    let foreign = format!("{}/ckpt/foreign:1", registry.host);
+    let by_stranger = ckpt.path("stranger.toml");
+    std::fs::write(
+        &by_stranger,
+        format!("{insecure}[signatures]\ngnupg-home = {:?}\nregistries-d = {registries_d:?}\n", stranger.home),
+    )
+    .unwrap();
+    ckpt.ok(&[
+        "--config",
+        by_stranger.to_str().unwrap(),
+        "push",
+        "--sign-by",
+        &stranger.fingerprint,
+        &signed,
+        &foreign,
+    ]);
     ckpt.ok(&["checkpoint", "--create-image", &unsigned, "c"]);
     ckpt.ok(&["push", "--tls-verify=false", &unsigned]);
 
@@ -406,6 +433,8 @@ fn a_signed_checkpoint_image_is_verified_by_skopeo_podman_and_ckpt() {
     let before = crate::support::files_below(&second.root);
     let refused = second.fails(&["--config", verifying, "restore", &unsigned]);
     assert!(refused.contains("is not signed by a key in") && refused.contains("no signature exists"), "{refused}");
+    let untrusted = second.fails(&["--config", verifying, "restore", &foreign]);
+    assert!(untrusted.contains("is not signed by a key in"), "{untrusted}");
     assert_eq!(crate::support::files_below(&second.root), before, "a refused pull leaves nothing");
     second.ok(&["--config", verifying, "restore", &signed]);
     assert_eq!(second.status("c"), "running");

@@ -341,9 +341,15 @@ fn without_heading(table: String, noheading: bool) -> String {
 pub enum KeyCommand {
     /// Write a new age identity (mode 0600) to FILE, as age-keygen does, and print its
     /// recipient (age1…) for `checkpoint --encrypt-to` and the host config's `[exports] recipients`.
+    ///
+    /// With --signing, an Ed25519 SSH signing key instead (FILE and FILE.pub, by ssh-keygen), for
+    /// `checkpoint --sign-with` and `[signatures] sign-with`; it prints the public key line that
+    /// other hosts list under `[signatures] trusted`.
     Generate {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        #[arg(long)]
+        signing: bool,
     },
 }
 
@@ -502,16 +508,16 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Save(args) => image::run(ctx, image::ImageCommand::Save(args)),
         Command::InspectCheckpoint { format, identities, archive } => {
             let header = crate::seal::file_header(&archive).map_err(crate::Error::io("read", &archive))?;
+            // Who claims to have signed it: a restore checks the claim, this only shows it.
+            let signer = crate::signature::signer(&archive);
             let summary = if !crate::seal::is_sealed(&header) {
                 crate::archive::summary::summarize(&archive)?
             } else if identities.is_empty() {
                 let sealed_to = crate::seal::sealed_to(&header);
                 match format {
                     Some(Format::Json) => {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({"sealed_to": sealed_to})).expect("json")
-                        );
+                        let shown = serde_json::json!({"sealed_to": sealed_to, "signed_by": signer});
+                        println!("{}", serde_json::to_string_pretty(&shown).expect("json"));
                     }
                     _ => {
                         let shown = archive.display().to_string();
@@ -519,6 +525,9 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
                         println!("{shown} is sealed; give --identity FILE to see what it holds.");
                         for recipient in sealed_to {
                             println!("{:<18} {}", "Sealed to", crate::util::escape_controls(&recipient));
+                        }
+                        if let Some(signer) = &signer {
+                            println!("{:<18} {} (not checked here)", "Signed by", crate::util::escape_controls(signer));
                         }
                     }
                 }
@@ -529,9 +538,18 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
                 crate::archive::summary::summarize_sealed(&archive, std::io::BufReader::new(plain), sealed_to)?
             };
             match format {
-                Some(Format::Json) => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
+                Some(Format::Json) => {
+                    let mut shown = serde_json::to_value(&summary).expect("json");
+                    shown["signed_by"] = serde_json::json!(signer);
+                    println!("{}", serde_json::to_string_pretty(&shown).expect("json"));
+                }
                 Some(format) => print_documents(&format, std::slice::from_ref(&summary))?,
-                None => print!("{}", crate::util::escape_controls(&crate::archive::summary::render(&summary))),
+                None => {
+                    print!("{}", crate::util::escape_controls(&crate::archive::summary::render(&summary)));
+                    if let Some(signer) = &signer {
+                        println!("{:<18} {} (not checked here)", "Signed by", crate::util::escape_controls(signer));
+                    }
+                }
             }
             Ok(0)
         }
@@ -544,8 +562,12 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Catalog(cmd) => schedule::run_catalog(ctx, cmd),
         Command::Audit(cmd) => schedule::run_audit(ctx, cmd),
         Command::Policy(cmd) => policy::run(ctx, cmd),
-        Command::Key(KeyCommand::Generate { output }) => {
+        Command::Key(KeyCommand::Generate { output, signing: false }) => {
             println!("{}", crate::seal::generate_identity(&output)?);
+            Ok(0)
+        }
+        Command::Key(KeyCommand::Generate { output, signing: true }) => {
+            println!("{}", crate::signature::generate_signing_key(&output)?);
             Ok(0)
         }
         Command::Supervise(args) => container::supervise(ctx, args),
