@@ -364,7 +364,7 @@ fn copy_in_chunks(
 }
 
 /// Reads until `buf` is full or the stream ends; returns how much it read.
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

@@ -207,7 +207,9 @@ fn send_chunks(
     let mut total = 0u64;
     while let Some(mut chunk) = pool.take() {
         chunk.resize(CHUNK, 0);
-        let read = check().and_then(|()| fill(reader, &mut chunk));
+        // Full chunks only: age, for one, hands out 64 KiB a read, and a chunk sent mostly empty
+        // is zeroed whole again before its next fill.
+        let read = check().and_then(|()| extract::read_full(reader, &mut chunk));
         match read {
             Ok(0) => break,
             Ok(n) => {
@@ -225,22 +227,6 @@ fn send_chunks(
         }
     }
     total
-}
-
-/// Reads into `chunk` until it is full or the stream ends; returns how much it holds. Readers
-/// that hand out little at a time (age gives one 64 KiB chunk per read) would otherwise send
-/// many chunks mostly empty, each zeroed whole again before its next fill.
-fn fill(reader: &mut dyn Read, chunk: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < chunk.len() {
-        match reader.read(&mut chunk[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Reads the chunks another thread sends, and sends each back, read, for its next fill: fresh
