@@ -27,6 +27,8 @@ pub struct HostConfig {
     pub network: NetworkRules,
     #[serde(default)]
     pub signatures: SignatureRules,
+    #[serde(default)]
+    pub engines: EngineRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -90,6 +92,25 @@ pub struct SignatureRules {
     /// The `registries.d` directory that says where image signatures are stored.
     #[serde(default)]
     pub registries_d: Option<PathBuf>,
+}
+
+/// How ckpt reaches the engines whose containers it checkpoints besides its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EngineRules {
+    /// podman's API socket (`podman system service`, or the `podman.socket` unit's).
+    #[serde(default = "default_podman_socket")]
+    pub podman_socket: PathBuf,
+}
+
+impl Default for EngineRules {
+    fn default() -> EngineRules {
+        EngineRules { podman_socket: default_podman_socket() }
+    }
+}
+
+fn default_podman_socket() -> PathBuf {
+    PathBuf::from("/run/podman/podman.sock")
 }
 
 /// How ckpt reaches registries.
@@ -343,6 +364,7 @@ mod tests {
             restore: RestoreRules::default(),
             network: NetworkRules::default(),
             signatures: SignatureRules::default(),
+            engines: EngineRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }

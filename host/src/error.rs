@@ -54,6 +54,8 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
+    Podman(#[from] crate::podman::PodmanError),
+    #[error(transparent)]
     Criu(#[from] CriuError),
     #[error(transparent)]
     Ssh(#[from] SshError),

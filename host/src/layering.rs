@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "archive",
             "image",
             "registry",
+            "podman",
             "ssh",
             "runtime",
             "criu",

@@ -25,6 +25,7 @@ pub(crate) mod metadata;
 pub(crate) mod netns;
 pub(crate) mod network;
 pub(crate) mod ops;
+pub(crate) mod podman;
 pub(crate) mod policy;
 pub(crate) mod progress;
 pub(crate) mod registry;

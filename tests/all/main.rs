@@ -8,6 +8,7 @@ mod support;
 mod checkpoint;
 mod containers;
 mod demo;
+mod engines;
 mod faults;
 mod hostile;
 mod interop;

@@ -75,6 +75,41 @@ pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) ->
     }
 }
 
+/// What a container of another engine is doing now, from its first process `pid` (0: none):
+/// its cgroup's memory and processes, its namespace's connections, its processes' locks.
+pub fn sample_process(pid: u32, state: &str) -> ContainerSample {
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let path_of = |controller: &str| {
+        cgroup.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let wanted = if controller.is_empty() {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == controller)
+            };
+            wanted.then(|| path.to_string())
+        })
+    };
+    let read = |dir: Option<String>, file: &str| dir.and_then(|d| fs::read_to_string(format!("{d}/{file}")).ok());
+    let (memory, procs) = if crate::hostinfo::cgroup_v2() {
+        let dir = path_of("").map(|p| format!("/sys/fs/cgroup{p}"));
+        (read(dir.clone(), "memory.current"), read(dir, "cgroup.procs"))
+    } else {
+        let memory = path_of("memory").map(|p| format!("/sys/fs/cgroup/memory{p}"));
+        (read(memory.clone(), "memory.usage_in_bytes"), read(memory, "cgroup.procs"))
+    };
+    let pids: Vec<u32> = procs.map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default();
+    ContainerSample {
+        status: state.to_string(),
+        memory_bytes: memory.and_then(|t| t.trim().parse().ok()).unwrap_or(0),
+        process_count: pids.len() as u32,
+        tcp_established: if pid > 0 { tcp_established(pid) } else { 0 },
+        file_locks: file_locks(&pids),
+        rootfs_change_bytes: 0,
+    }
+}
+
 /// Established TCP connections per listening port of the container, from its own namespace's
 /// tables (`/proc/PID/net/tcp` and `tcp6`, as a dual-stack listener's connections are there:
 /// state 01, local port in hex).

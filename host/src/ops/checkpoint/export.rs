@@ -53,7 +53,7 @@ pub fn write_archive(
 
 /// Runs `write` into a stream sealed to `recipients` on its way to `out`: the encryption runs
 /// on a thread of its own, a few chunks behind, so that it overlaps with the compression.
-fn write_sealed<W: Write + Send, T>(
+pub(super) fn write_sealed<W: Write + Send, T>(
     recipients: crate::seal::Recipients,
     out: W,
     target: &Path,
@@ -84,7 +84,7 @@ const CHUNK: usize = 1 << 20;
 const CHUNKS_BEHIND: usize = 4;
 
 /// A writer that hands what it is given to another thread in chunks.
-struct ChunkSender {
+pub(super) struct ChunkSender {
     chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     filling: Vec<u8>,
 }

@@ -4,6 +4,7 @@
 
 mod dump;
 pub mod export;
+mod podman;
 pub mod predump;
 
 use std::path::{Path, PathBuf};
@@ -406,6 +407,15 @@ pub fn checkpoint_handing_off(
     req: &CheckpointRequest,
     handoff: Option<&dyn Handoff>,
 ) -> (Vec<Checkpointed>, Result<()>) {
+    let (on_podman, own): (Vec<&String>, Vec<&String>) =
+        req.containers.iter().partition(|name| name.starts_with(podman::PREFIX));
+    if !on_podman.is_empty() {
+        if !own.is_empty() || req.all || req.latest || handoff.is_some() {
+            let err = "podman:NAME cannot be checkpointed together with ckpt's own containers, --all, --latest or a migration; give podman's containers alone";
+            return (Vec::new(), Err(Error::invalid(err)));
+        }
+        return checkpoint_on_podman(ctx, req, &on_podman);
+    }
     let prepared = validate(ctx, req).and_then(|compression| {
         let selected = select(ctx, req)?;
         // One path cannot hold several archives: each would replace the last.
@@ -456,6 +466,44 @@ pub fn checkpoint_handing_off(
     )
 }
 
+/// Loads the planner and the gates a checkpoint names.
+fn load_policies(ctx: &Context, req: &CheckpointRequest) -> Result<Policies> {
+    let planner = req.policy.as_deref().unwrap_or(policy::DEFAULT_POLICY_SOURCE);
+    let planner = policy::Component {
+        read: crate::ops::policy::fetch_component(ctx, planner)?,
+        settings: policy::read_settings(req.policy_config.as_deref())?,
+    };
+    let gates = req
+        .gates
+        .iter()
+        .map(|(spec, settings)| {
+            Ok(policy::Component { read: crate::ops::policy::fetch_component(ctx, spec)?, settings: settings.clone() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Policies::load_components(&ctx.policy_cache(), planner, gates)?)
+}
+
+/// `ckpt checkpoint podman:NAME…`: podman's containers, one at a time.
+fn checkpoint_on_podman(ctx: &Context, req: &CheckpointRequest, names: &[&String]) -> (Vec<Checkpointed>, Result<()>) {
+    let prepared = validate(ctx, req).and_then(|compression| {
+        if names.len() > 1 && req.export.is_some() {
+            return Err(Error::invalid("--export names one archive: checkpoint podman's containers one at a time"));
+        }
+        Ok((compression, load_policies(ctx, req)?))
+    });
+    let (compression, mut policies) = match prepared {
+        Ok(p) => p,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut done = Vec::new();
+    let result = crate::ops::each(names, |name| {
+        let name = name.strip_prefix(podman::PREFIX).unwrap_or(name);
+        done.push(podman::podman_container(ctx, req, compression, name, &mut policies)?);
+        Ok(())
+    });
+    (done, result)
+}
+
 /// Plans, checkpoints and records one container: its decision records, its audit entry.
 fn one_container(
     ctx: &Context,
@@ -467,6 +515,19 @@ fn one_container(
 ) -> Result<Checkpointed> {
     let record = &selected.record;
     let outcome = plan_and_checkpoint(ctx, req, compression, selected, policies, handoff);
+    finish_one(ctx, req, policies, (&record.name, &record.id), selected.printed.clone(), outcome)
+}
+
+/// Records what one container's checkpoint came to, whichever engine runs it: the decisions in
+/// the decision log, the outcome in the audit log.
+fn finish_one(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    policies: &mut Policies,
+    (name, id): (&str, &str),
+    printed: String,
+    outcome: Result<(Made, Option<Value>)>,
+) -> Result<Checkpointed> {
     let records = std::mem::take(&mut policies.records);
     if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
         tracing::error!(
@@ -476,23 +537,22 @@ fn one_container(
         );
     }
     let about = CheckpointSubject {
-        container: record.name.clone(),
-        container_id: record.id.clone(),
+        container: name.to_string(),
+        container_id: id.to_string(),
         trigger: trigger_of(req).to_string(),
         schedule: req.schedule.as_ref().map(|s| s.name.clone()),
         policy: PolicyIdentity { source: policies.planner.source.clone(), digest: policies.planner.digest.clone() },
     };
-    let printed = selected.printed.clone();
     match outcome {
         Err(Error::PolicyEngine(policy::PolicyError::Skipped { reason, .. })) => {
             if !req.dry_run {
                 ctx.audit(AuditEvent::Skip { about, reason: reason.clone() });
             }
-            let stats = ContainerStats::none(&record.id);
+            let stats = ContainerStats::none(id);
             Ok(Checkpointed { printed_name: printed, stats, plan: None, skipped: Some(reason), entries: vec![] })
         }
         Ok((_, Some(plan))) => {
-            let stats = ContainerStats::none(&record.id);
+            let stats = ContainerStats::none(id);
             Ok(Checkpointed { printed_name: printed, stats, plan: Some(plan), skipped: None, entries: vec![] })
         }
         Ok((done, None)) => {

@@ -1,0 +1,372 @@
+//! A podman container's checkpoint (`ckpt checkpoint podman:NAME`). podman dumps it, through its
+//! own API, as `podman container checkpoint --export` would; ckpt does the rest as for its own
+//! containers: the planner decides, ckpt compresses, seals and signs the archive, the gates judge
+//! it, and the catalog and the audit log record it. podman keeps owning the container: ckpt never
+//! reads or writes podman's storage, and `podman container restore NAME` brings it back.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::export::{self, Included};
+use super::{
+    CheckpointRequest, Checkpointed, Compression, ContainerStats, Entry, EntryKind, Made, PreDumpPlan, TargetKind,
+    check_plan, claim_targets, confine_exports, publish_archive, requested, sealing, signing, trigger_of, wit,
+};
+use crate::archive::publish::PendingFile;
+use crate::error::{Error, Result};
+use crate::ops::Context;
+use crate::podman::{PodmanApi, PodmanContainer};
+use crate::policy::{GateVerdict, Policies};
+
+/// How a podman container is named to `ckpt checkpoint`.
+pub const PREFIX: &str = "podman:";
+
+/// Checkpoints the podman container `name`, and records it: its decisions, its audit entry.
+pub(super) fn podman_container(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    compression: Compression,
+    name: &str,
+    policies: &mut Policies,
+) -> Result<Checkpointed> {
+    let api = crate::podman::PodmanService::new(&ctx.config.engines.podman_socket);
+    let container = api.inspect(name)?;
+    let outcome = plan_and_checkpoint(ctx, req, compression, &api, &container, policies);
+    let shown = format!("{PREFIX}{}", container.name);
+    super::finish_one(ctx, req, policies, (&shown, &container.id), format!("{PREFIX}{name}"), outcome)
+}
+
+/// The facts a policy decides on, from podman's inspect and the container's first process.
+fn facts(
+    ctx: &Context,
+    container: &PodmanContainer,
+    options: wit::CheckpointOptions,
+    exports: Vec<wit::ExportTarget>,
+    req: &CheckpointRequest,
+) -> wit::CheckpointFacts {
+    let host = crate::hostinfo::HostInfo::probe(&ctx.roots.root);
+    let sample = crate::ops::facts::sample_process(u32::try_from(container.pid).unwrap_or(0), &container.state);
+    let labels = container.labels.iter().map(|(key, value)| wit::KeyValue { key: key.clone(), value: value.clone() });
+    wit::CheckpointFacts {
+        container: wit::ContainerFacts {
+            id: container.id.clone(),
+            name: container.name.clone(),
+            image: container.image.clone(),
+            labels: labels.collect(),
+            annotations: vec![wit::KeyValue { key: "io.container.manager".into(), value: "libpod".into() }],
+            state: sample.status,
+            memory_bytes: sample.memory_bytes,
+            process_count: sample.process_count,
+            tcp_established: sample.tcp_established,
+            file_locks: sample.file_locks,
+            volumes: vec![],
+            rootfs_change_bytes: 0,
+        },
+        host: crate::policy::facts::host(&host, crate::ops::facts::tools(ctx, "runc")),
+        request: crate::policy::facts::request(
+            &container.id,
+            options,
+            exports,
+            trigger_of(req),
+            req.schedule.clone(),
+            chrono::Utc::now(),
+        ),
+        history: crate::policy::facts::history(crate::policy::record::history(
+            &ctx.roots.policy_log(),
+            &container.id,
+            64,
+        )),
+        ext: vec![wit::KeyValue { key: "engine".into(), value: "podman".into() }],
+    }
+}
+
+/// What podman's checkpoint API cannot do that a plan may ask for: refused before anything
+/// changes, naming it.
+fn refuse_what_podman_cannot(planned: &super::Planned, policy_name: &str) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::Policy(format!(
+            "policy {policy_name:?} planned {what}, which ckpt cannot ask of podman; refused before anything changed"
+        )))
+    };
+    if !matches!(planned.pre_dump, PreDumpPlan::None) {
+        return refuse("pre-dump rounds");
+    }
+    if let Some(target) = planned.exports.iter().find(|t| t.kind != TargetKind::Archive) {
+        return refuse(&format!(
+            "a checkpoint image ({:?}); a podman container's checkpoint goes to an archive (-e), or to podman's own image with 'podman container checkpoint --create-image'",
+            target.location
+        ));
+    }
+    Ok(())
+}
+
+fn plan_and_checkpoint(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    compression: Compression,
+    api: &dyn PodmanApi,
+    container: &PodmanContainer,
+    policies: &mut Policies,
+) -> Result<(Made, Option<Value>)> {
+    if container.state != "running" {
+        return Err(Error::ContainerState {
+            name: format!("{PREFIX}{}", container.name),
+            state: container.state.clone(),
+            action: "and only a running container can be checkpointed".into(),
+        });
+    }
+    let (options, exports) = requested(req, compression);
+    let facts = facts(ctx, container, options, exports, req);
+    let plan = policies.plan(&facts)?;
+    let policy_name = policies.planner.info.name.clone();
+    let mut planned = check_plan(&plan, &facts, &policy_name)?;
+    refuse_what_podman_cannot(&planned, &policy_name)?;
+    confine_exports(ctx, &planned, &facts.request.exports, &policy_name)?;
+    sealing(ctx, req, &mut planned, &facts, false)?;
+    signing(ctx, req, &mut planned, &policy_name)?;
+    if req.dry_run {
+        let value = json!({
+            "Id": container.id,
+            "Name": format!("{PREFIX}{}", container.name),
+            "policy": {"name": policy_name, "source": policies.planner.source, "digest": policies.planner.digest},
+            "plan": crate::policy::json::to_json(&plan),
+            "exports": crate::policy::json::list_to_json(&planned.exports),
+            "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
+        });
+        return Ok((Made { stats: ContainerStats::none(&container.id), entries: vec![] }, Some(value)));
+    }
+    if planned.exports.iter().any(|t| !t.sealed_to.is_empty()) {
+        tracing::warn!(
+            "podman keeps its own copy of the dump of {:?} in its storage, in the clear, until the container is restored or removed; ckpt seals only the archive it makes",
+            container.name
+        );
+    }
+    let pending = claim_targets(ctx, &planned, &facts)?;
+    // podman's archive waits in private staging (private memory for a sealed export) while
+    // ckpt makes each export from it.
+    let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "podman")?;
+    let _memory = if planned.in_memory {
+        let limit = crate::hostinfo::memory_available().unwrap_or(0);
+        Some(crate::rootfs::memory::Held::mount(&staging.path, limit)?)
+    } else {
+        None
+    };
+    let dumped = staging.path.join("podman.tar");
+    let o = &planned.options;
+    let podman_options = crate::podman::CheckpointOptions {
+        leave_running: o.leave_running,
+        tcp_established: o.tcp_established,
+        file_locks: o.file_locks,
+        ignore_rootfs: o.ignore_rootfs,
+        keep: o.keep,
+    };
+    let started = std::time::Instant::now();
+    let file = std::fs::File::create(&dumped).map_err(Error::io("create", &dumped))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    api.checkpoint(&container.name, &podman_options, &mut out)?;
+    out.flush().map_err(Error::io("write", &dumped))?;
+    drop(out);
+    let runtime_duration = started.elapsed().as_micros() as u64;
+    // Past here podman has stopped the container (unless it was left running): a failure
+    // brings it back from the checkpoint podman keeps, so that exactly one copy runs.
+    let published = export_all(ctx, container, &facts, &planned, policies, pending, &dumped);
+    let digests = match published {
+        Ok(digests) => digests,
+        Err(cause) if o.leave_running => return Err(cause),
+        Err(cause) => {
+            return Err(match api.restore(&container.name, o.tcp_established) {
+                Ok(()) => Error::RolledBack { name: format!("{PREFIX}{}", container.name), cause: Box::new(cause) },
+                Err(restore) => Error::RollbackFailed {
+                    name: format!("{PREFIX}{}", container.name),
+                    cause: Box::new(cause),
+                    restore: Box::new(restore.into()),
+                    images: "podman's storage".into(),
+                },
+            });
+        }
+    };
+    let entries = catalog_entries(ctx, container, &facts, &planned, policies, &digests);
+    let stats = ContainerStats {
+        id: container.id.clone(),
+        runtime_checkpoint_duration: runtime_duration,
+        criu_statistics: Default::default(),
+    };
+    Ok((Made { stats, entries }, None))
+}
+
+/// Makes each export from podman's archive, asks the gates and publishes it; returns each
+/// archive's digest.
+fn export_all(
+    ctx: &Context,
+    container: &PodmanContainer,
+    facts: &wit::CheckpointFacts,
+    planned: &super::Planned,
+    policies: &mut Policies,
+    pending: Vec<Option<PendingFile>>,
+    dumped: &Path,
+) -> Result<Vec<Option<String>>> {
+    let mut digests = Vec::new();
+    for (target, pending) in planned.exports.iter().zip(pending) {
+        let Some(mut pending) = pending else { unreachable!("every archive target has a pending file") };
+        let o = &planned.options;
+        let compression = Compression::from(target.compression);
+        let sign_with = planned.sign_with.as_deref().filter(|_| target.signed);
+        let written =
+            write_from(dumped, o.ignore_rootfs, o.ignore_volumes, compression, &target.sealed_to, &mut pending)?;
+        let verdict = if policies.gates.is_empty() {
+            GateVerdict::Allow
+        } else {
+            let export_facts = wit::ExportFacts {
+                container: facts.container.clone(),
+                target: target.clone(),
+                size_bytes: written.size,
+                has_rootfs: written.included.rootfs,
+                has_volumes: written.included.volumes,
+                digest: written.digest.clone(),
+                now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            };
+            policies.gate(&export_facts)?
+        };
+        let digest = match verdict {
+            GateVerdict::Allow => {
+                publish_archive(pending, sign_with)?;
+                written.digest
+            }
+            GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
+                let target_path = pending.target.clone();
+                drop(pending);
+                let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
+                let written = write_from(
+                    dumped,
+                    o.ignore_rootfs || drop_rootfs,
+                    o.ignore_volumes || drop_volumes,
+                    compression,
+                    &target.sealed_to,
+                    &mut again,
+                )?;
+                publish_archive(again, sign_with)?;
+                written.digest
+            }
+        };
+        tracing::debug!("exported {:?} of podman container {:?}", target.location, container.name);
+        digests.push(Some(digest));
+    }
+    Ok(digests)
+}
+
+/// Whether an archive member of podman's is the container's file changes or its volumes.
+fn member_kind(path: &str) -> (bool, bool) {
+    let path = path.trim_start_matches("./");
+    let rootfs = matches!(path, "rootfs-diff.tar" | "deleted.files");
+    let volumes = path == "volumes" || path.starts_with("volumes/");
+    (rootfs, volumes)
+}
+
+/// Writes an export of podman's archive `dumped` into `pending`: its members, less the file
+/// changes and the volumes when they are dropped, compressed and sealed as the target says,
+/// hashed on the way out.
+fn write_from(
+    dumped: &Path,
+    drop_rootfs: bool,
+    drop_volumes: bool,
+    compression: Compression,
+    sealed_to: &[String],
+    pending: &mut PendingFile,
+) -> Result<export::Written> {
+    let target = pending.target.clone();
+    let mut hashed = crate::util::HashingWriter::new(&mut pending.writer, blake3::Hasher::new());
+    let copy = |out: &mut dyn Write| -> Result<Included> {
+        let io_err = |e: std::io::Error| Error::io("write checkpoint archive", &target)(e);
+        let source = std::fs::File::open(dumped).map_err(Error::io("open", dumped))?;
+        let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, source));
+        let compressor = crate::archive::checkpoint::Compressor::new(out, compression).map_err(io_err)?;
+        let mut builder = tar::Builder::new(compressor);
+        let mut included = Included::default();
+        let entries = archive.entries().map_err(|e| podman_archive(dumped, e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| podman_archive(dumped, e))?;
+            let path = entry.path().map_err(|e| podman_archive(dumped, e))?.to_string_lossy().into_owned();
+            let (rootfs, volumes) = member_kind(&path);
+            if (rootfs && drop_rootfs) || (volumes && drop_volumes) {
+                continue;
+            }
+            included.rootfs |= rootfs;
+            included.volumes |= volumes;
+            let mut header = entry.header().clone();
+            // append_data writes the long-name records a path past 100 bytes needs.
+            builder.append_data(&mut header, &path, &mut entry).map_err(io_err)?;
+        }
+        let compressor = builder.into_inner().map_err(io_err)?;
+        compressor.finish().map_err(io_err)?.flush().map_err(io_err)?;
+        Ok(included)
+    };
+    let included = if sealed_to.is_empty() {
+        copy(&mut hashed)?
+    } else {
+        let recipients = crate::seal::Recipients::parse(sealed_to)?;
+        export::write_sealed(recipients, &mut hashed, &target, |sealing| copy(sealing))?
+    };
+    let size = hashed.written;
+    Ok(export::Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size })
+}
+
+fn podman_archive(path: &Path, e: std::io::Error) -> Error {
+    Error::invalid(format!("podman's checkpoint archive {:?} cannot be read: {e}", path.display().to_string()))
+}
+
+/// The catalog entries of a podman container's exports.
+fn catalog_entries(
+    ctx: &Context,
+    container: &PodmanContainer,
+    facts: &wit::CheckpointFacts,
+    planned: &super::Planned,
+    policies: &Policies,
+    digests: &[Option<String>],
+) -> Vec<Entry> {
+    use crate::policy::json::{list_to_json, to_json};
+    let mut entries = Vec::new();
+    for (target, digest) in planned.exports.iter().zip(digests) {
+        let path = Path::new(&target.location);
+        let entry = Entry {
+            id: crate::store::catalog::new_id(),
+            container_id: container.id.clone(),
+            container_name: format!("{PREFIX}{}", container.name),
+            kind: EntryKind::Archive,
+            location: target.location.clone(),
+            size_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            digest: digest.clone(),
+            created: crate::util::now(),
+            trigger: facts.request.trigger.clone(),
+            schedule: facts.request.schedule.as_ref().map(|s| s.name.clone()),
+            policy: crate::store::catalog::EntryPolicy {
+                source: policies.planner.source.clone(),
+                digest: policies.planner.digest.clone(),
+            },
+            plan: json!({"options": to_json(&planned.options), "pre-dump": to_json(&planned.pre_dump), "exports": list_to_json(&planned.exports)}),
+            pinned: false,
+            sealed_to: target.sealed_to.clone(),
+            signature: target.signed.then(|| crate::signature::signature_path(path).display().to_string()),
+        };
+        if let Err(e) = ctx.catalog().add(&entry) {
+            tracing::error!("cannot record checkpoint {} in the catalog: {e}", entry.id);
+        }
+        entries.push(entry);
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_file_changes_and_volumes_are_known_by_name() {
+        assert_eq!(member_kind("rootfs-diff.tar"), (true, false));
+        assert_eq!(member_kind("./deleted.files"), (true, false));
+        assert_eq!(member_kind("volumes/data.tar"), (false, true));
+        assert_eq!(member_kind("checkpoint/pages-1.img"), (false, false));
+        assert_eq!(member_kind("volumes-not"), (false, false));
+    }
+}
