@@ -116,4 +116,22 @@ fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_i
     let copied = || last_count(&podman.ok(&["logs", "ckpt-engine-copy"]));
     let from = copied();
     assert!(eventually(Duration::from_secs(5), || copied() > from + 3), "the copy runs in podman");
+
+    // On a schedule: the run checkpoints podman's container and the catalog keeps the entry
+    // under podman's ID, where retention finds it.
+    let template = format!("{}/{{name}}-{{time}}.tar.zst", ckpt.path("").display());
+    let retainer = r#"{"keep-last": 1}"#;
+    let add = ["schedule", "add", "podman-hourly", "--every", "1h", "--container", "podman:ckpt-engine-web", "-R"];
+    ckpt.ok(&[&add[..], &["--export", &template, "--retainer-config", retainer]].concat());
+    let id = podman.ok(&["inspect", "--format", "{{.Id}}", "ckpt-engine-web"]).trim().to_string();
+    for _ in 0..2 {
+        let ran = ckpt.ok(&["schedule", "run", "podman-hourly"]);
+        assert!(ran.contains("ok"), "{ran}");
+    }
+    let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
+    let scheduled: Vec<_> = entries.as_array().unwrap().iter().filter(|e| e["schedule"] == "podman-hourly").collect();
+    assert_eq!(scheduled.len(), 1, "keep-last 1 kept the newest: {scheduled:#?}");
+    assert_eq!(scheduled[0]["container-id"], id.as_str());
+    assert!(scheduled[0]["location"].as_str().unwrap().contains("/ckpt-engine-web-"), "{}", scheduled[0]);
+    assert_eq!(state(), "running");
 }

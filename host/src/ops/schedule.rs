@@ -129,9 +129,10 @@ fn request(
     at: DateTime<Utc>,
 ) -> CheckpointRequest {
     let flags = &schedule.flags;
+    let on_podman = name.starts_with(checkpoint::PODMAN_PREFIX);
     let (export, create_image) = match &schedule.export {
         Some(template) => {
-            let location = expand(template, name, id, at);
+            let location = expand(template, name.trim_start_matches(checkpoint::PODMAN_PREFIX), id, at);
             match location.starts_with('/') {
                 true => (Some(location.into()), None),
                 false => (None, Some(location)),
@@ -140,7 +141,7 @@ fn request(
         None => (None, None),
     };
     CheckpointRequest {
-        containers: vec![id.to_string()],
+        containers: vec![if on_podman { name.to_string() } else { id.to_string() }],
         keep: flags.keep,
         leave_running: flags.leave_running,
         tcp_established: flags.tcp_established,
@@ -291,6 +292,15 @@ fn targets(ctx: &Context, selector: &Selector) -> Result<(Vec<Target>, Vec<Conta
     match selector {
         Selector::Containers(names) => {
             for name in names {
+                if let Some(podman_name) = name.strip_prefix(checkpoint::PODMAN_PREFIX) {
+                    // podman's container, by podman's ID: the catalog keeps its entries under it.
+                    let api = crate::podman::PodmanService::new(&ctx.config.engines.podman_socket);
+                    match crate::podman::PodmanApi::inspect(&api, podman_name) {
+                        Ok(container) => out.push((container.id, name.clone())),
+                        Err(e) => missing.push(outcome(name, "skipped", format!("{e}"))),
+                    }
+                    continue;
+                }
                 match ctx.containers.lookup(name) {
                     Ok(record) => out.push((record.id, record.name)),
                     Err(e) => missing.push(outcome(name, "skipped", format!("{e}"))),

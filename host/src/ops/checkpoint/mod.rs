@@ -5,6 +5,7 @@
 mod dump;
 pub mod export;
 mod podman;
+pub use podman::PREFIX as PODMAN_PREFIX;
 pub mod predump;
 
 use std::path::{Path, PathBuf};
