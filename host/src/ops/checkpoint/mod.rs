@@ -426,18 +426,7 @@ pub fn checkpoint_handing_off(
                 selected.len()
             )));
         }
-        let planner = req.policy.as_deref().unwrap_or(policy::DEFAULT_POLICY_SOURCE);
-        let planner = policy::Component {
-            read: crate::ops::policy::fetch_component(ctx, planner)?,
-            settings: policy::read_settings(req.policy_config.as_deref())?,
-        };
-        let gates = req
-            .gates
-            .iter()
-            .map(|(spec, settings)| {
-                Ok(policy::Component { read: crate::ops::policy::fetch_component(ctx, spec)?, settings: settings.clone() })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (planner, gates) = components(ctx, req)?;
         Ok((compression, selected, planner, gates))
     });
     let (compression, selected, planner, gates) = match prepared {
@@ -467,8 +456,8 @@ pub fn checkpoint_handing_off(
     )
 }
 
-/// Loads the planner and the gates a checkpoint names.
-fn load_policies(ctx: &Context, req: &CheckpointRequest) -> Result<Policies> {
+/// The planner and the gates a checkpoint names, read and with their settings.
+fn components(ctx: &Context, req: &CheckpointRequest) -> Result<(policy::Component, Vec<policy::Component>)> {
     let planner = req.policy.as_deref().unwrap_or(policy::DEFAULT_POLICY_SOURCE);
     let planner = policy::Component {
         read: crate::ops::policy::fetch_component(ctx, planner)?,
@@ -481,7 +470,7 @@ fn load_policies(ctx: &Context, req: &CheckpointRequest) -> Result<Policies> {
             Ok(policy::Component { read: crate::ops::policy::fetch_component(ctx, spec)?, settings: settings.clone() })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Policies::load_components(&ctx.policy_cache(), planner, gates)?)
+    Ok((planner, gates))
 }
 
 /// `ckpt checkpoint podman:NAME…`: podman's containers, one at a time.
@@ -490,7 +479,8 @@ fn checkpoint_on_podman(ctx: &Context, req: &CheckpointRequest, names: &[&String
         if names.len() > 1 && req.export.is_some() {
             return Err(Error::invalid("--export names one archive: checkpoint podman's containers one at a time"));
         }
-        Ok((compression, load_policies(ctx, req)?))
+        let (planner, gates) = components(ctx, req)?;
+        Ok((compression, Policies::load_components(&ctx.policy_cache(), planner, gates)?))
     });
     let (compression, mut policies) = match prepared {
         Ok(p) => p,
