@@ -4,7 +4,7 @@
 //! component exports one of its worlds, `planner` (or `migration-planner`), `gate` or
 //! `retainer`. Components of 0.2.0 (`wit/v0.2.0`) and of `ckpt:policy/policy@0.1.0`
 //! (`wit/v0.1.0`) keep loading: their facts and answers are the same records less what later
-//! versions added, so they are carried across by name (see [`to_older`] and [`from_older`]).
+//! versions added, so they are carried across by name (see [`by_name`] and `json::from_older`).
 
 /// `ckpt:policy/planner@0.3.0`, and with it the shared `types` and `log` interfaces.
 mod planner {
@@ -119,40 +119,13 @@ pub use self::planner::ckpt::policy::{log as log_interface, types as types_inter
 pub use self::planner::{Planner, PlannerPre};
 pub use self::retainer::{Retainer, RetainerPre};
 
-/// Carries a value of the host's version to its twin in an older one, by the names both share:
-/// the fields later versions added are dropped.
-pub fn to_older<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
+/// Carries a value to its twin in another version of the contract, by the names both share:
+/// fields the twin does not have are dropped. An older answer that lacks what a later version
+/// added goes through `json::from_older` instead, which gives those fields their old meaning.
+pub fn by_name<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
     let json = serde_json::to_value(value)?;
-    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("no older form of this value: {e}")))
-}
-
-/// Carries an older version's answer to the host's, giving what later versions added the value
-/// that means what the older version meant: an export target in the clear and unsigned, a plan
-/// that refuses to spill a sealed dump to a disk.
-pub fn from_older<From: serde::Serialize, To: serde::de::DeserializeOwned>(value: &From) -> wasmtime::Result<To> {
-    let mut json = serde_json::to_value(value)?;
-    fill_added_fields(&mut json);
-    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("no 0.3.0 form of this answer: {e}")))
-}
-
-fn fill_added_fields(json: &mut serde_json::Value) {
-    use serde_json::Value;
-    match json {
-        Value::Object(fields) => {
-            let is_target = ["kind", "location", "compression"].iter().all(|k| fields.contains_key(*k));
-            if is_target {
-                fields.entry("sealed_to").or_insert_with(|| Value::Array(vec![]));
-                fields.entry("signed").or_insert(Value::Bool(false));
-            }
-            let is_plan = ["options", "pre_dump", "exports", "reasons"].iter().all(|k| fields.contains_key(*k));
-            if is_plan {
-                fields.entry("plaintext_spill").or_insert(Value::Bool(false));
-            }
-            fields.values_mut().for_each(fill_added_fields);
-        }
-        Value::Array(items) => items.iter_mut().for_each(fill_added_fields),
-        _ => {}
-    }
+    serde_json::from_value(json)
+        .map_err(|e| wasmtime::Error::msg(format!("no form of this value in the other version: {e}")))
 }
 
 impl From<crate::archive::Compression> for Compression {

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::bindings::{from_older, to_older, v1, v2, *};
+use super::bindings::{by_name, v1, v2, *};
 use super::engine::{self, LoadedPolicy, PolicyEngine, Trace};
 use super::host::Determinism;
 use super::{PolicyError, json, limits};
@@ -172,6 +172,11 @@ impl Answer {
     }
 }
 
+/// An older version's plan, with what 0.3.0 added in its old meaning.
+fn upgrade(older: &impl serde::Serialize) -> wasmtime::Result<PlanDecision> {
+    super::json::from_older(older).map_err(|e| wasmtime::Error::msg(format!("no 0.3.0 form of this plan: {e}")))
+}
+
 /// Asks `policy` the question in a fresh store and checks what it answers.
 pub fn decide(
     engine: &PolicyEngine,
@@ -192,42 +197,42 @@ pub fn decide(
                 Answer::Strategy(p.call_strategy(store, settings, facts, migration)?)
             }
             (Question::Plan(facts), I::PolicyV1(p)) => {
-                Answer::Plan(from_older(&p.call_plan(store, settings, &to_older(facts)?)?)?)
+                Answer::Plan(upgrade(&p.call_plan(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Plan(facts), I::PlannerV2(p)) => {
-                Answer::Plan(from_older(&p.call_plan(store, settings, &to_older(facts)?)?)?)
+                Answer::Plan(upgrade(&p.call_plan(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Plan(facts), I::MigrationPlannerV2(p)) => {
-                Answer::Plan(from_older(&p.call_plan(store, settings, &to_older(facts)?)?)?)
+                Answer::Plan(upgrade(&p.call_plan(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Round(facts, rounds), I::PlannerV2(p)) => {
-                let rounds: Vec<v2::RoundStats> = to_older(&rounds)?;
-                Answer::Round(from_older(&p.call_after_round(store, settings, &to_older(facts)?, &rounds)?)?)
+                let rounds: Vec<v2::RoundStats> = by_name(&rounds)?;
+                Answer::Round(by_name(&p.call_after_round(store, settings, &by_name(facts)?, &rounds)?)?)
             }
             (Question::Round(facts, rounds), I::MigrationPlannerV2(p)) => {
-                let rounds: Vec<v2::RoundStats> = to_older(&rounds)?;
-                Answer::Round(from_older(&p.call_after_round(store, settings, &to_older(facts)?, &rounds)?)?)
+                let rounds: Vec<v2::RoundStats> = by_name(&rounds)?;
+                Answer::Round(by_name(&p.call_after_round(store, settings, &by_name(facts)?, &rounds)?)?)
             }
             (Question::Strategy(facts, migration), I::MigrationPlannerV2(p)) => {
-                let migration: v2::migration_planner::ckpt::policy::migration::MigrationFacts = to_older(migration)?;
-                Answer::Strategy(from_older(&p.call_strategy(store, settings, &to_older(facts)?, &migration)?)?)
+                let migration: v2::migration_planner::ckpt::policy::migration::MigrationFacts = by_name(migration)?;
+                Answer::Strategy(by_name(&p.call_strategy(store, settings, &by_name(facts)?, &migration)?)?)
             }
             (Question::Gate(facts), I::GateV2(p)) => {
-                Answer::Gate(from_older(&p.call_gate(store, settings, &to_older(facts)?)?)?)
+                Answer::Gate(by_name(&p.call_gate(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Retain(facts), I::RetainerV2(p)) => {
-                Answer::Retain(from_older(&p.call_retain(store, settings, &to_older(facts)?)?)?)
+                Answer::Retain(by_name(&p.call_retain(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Round(facts, rounds), I::Planner(p)) => {
                 Answer::Round(p.call_after_round(store, settings, facts, rounds)?)
             }
             (Question::Round(facts, rounds), I::PolicyV1(p)) => {
-                let rounds: Vec<v1::RoundStats> = to_older(&rounds)?;
-                Answer::Round(from_older(&p.call_after_round(store, settings, &to_older(facts)?, &rounds)?)?)
+                let rounds: Vec<v1::RoundStats> = by_name(&rounds)?;
+                Answer::Round(by_name(&p.call_after_round(store, settings, &by_name(facts)?, &rounds)?)?)
             }
             (Question::Gate(facts), I::Gate(p)) => Answer::Gate(p.call_gate(store, settings, facts)?),
             (Question::Gate(facts), I::PolicyV1(p)) => {
-                Answer::Gate(from_older(&p.call_gate(store, settings, &to_older(facts)?)?)?)
+                Answer::Gate(by_name(&p.call_gate(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Retain(facts), I::Retainer(p)) => Answer::Retain(p.call_retain(store, settings, facts)?),
             _ => {

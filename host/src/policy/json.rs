@@ -87,6 +87,14 @@ pub fn strategy_name(strategy: super::bindings::Strategy) -> &'static str {
     }
 }
 
+/// An older version's answer (`older`, a value of its bindings) as the host's `T`, by the
+/// contract's names: a field a later version added takes the value that means what the older
+/// version meant (see [`added_since_0_2`]).
+pub fn from_older<T: WitType>(older: &impl Serialize) -> Result<T, String> {
+    let serde_form = serde_json::to_value(older).map_err(|e| e.to_string())?;
+    from_json(&to_wit(&serde_form, &Type::Id(named(T::WIT))))
+}
+
 /// Each item of `values` as [`to_json`] writes it.
 pub fn list_to_json<T: WitType>(values: &[T]) -> Value {
     Value::Array(values.iter().map(to_json).collect())
@@ -125,13 +133,13 @@ fn to_wit(value: &Value, ty: &Type) -> Value {
     let Type::Id(id) = ty else { return value.clone() };
     match (kind(*id), value) {
         (TypeDefKind::Type(inner), v) => to_wit(v, inner),
+        // A field the value lacks (one an older version does not have) stays out, for
+        // `from_wit` to give it its old meaning or name it missing.
         (TypeDefKind::Record(record), Value::Object(fields)) => Value::Object(
             record
                 .fields
                 .iter()
-                .map(|f| {
-                    (f.name.clone(), fields.get(&f.name.to_snake_case()).map_or(Value::Null, |v| to_wit(v, &f.ty)))
-                })
+                .filter_map(|f| Some((f.name.clone(), to_wit(fields.get(&f.name.to_snake_case())?, &f.ty))))
                 .collect(),
         ),
         (TypeDefKind::Enum(e), Value::String(s)) => Value::String(
@@ -374,6 +382,27 @@ mod tests {
             "another-round"
         );
         assert_eq!(to_json(&GateDecision::Allow), json!("allow"));
+    }
+
+    #[test]
+    fn an_older_plan_reads_with_what_later_versions_added_in_its_old_meaning() {
+        use crate::policy::bindings::v2;
+        let facts: CheckpointFacts = from_json(&fixture("facts.json")).unwrap();
+        let older = v2::PlanDecision::Plan(v2::Plan {
+            options: crate::policy::bindings::by_name(&facts.request.options).unwrap(),
+            pre_dump: v2::PreDumpPlan::None,
+            exports: vec![v2::ExportTarget {
+                kind: v2::TargetKind::Registry,
+                location: "localhost:5000/a:1".into(),
+                compression: v2::Compression::Gzip,
+            }],
+            reasons: vec!["as requested".into()],
+        });
+        let PlanDecision::Plan(plan) = from_older::<PlanDecision>(&older).unwrap() else { panic!("not a plan") };
+        assert!(!plan.plaintext_spill);
+        let target = &plan.exports[0];
+        assert_eq!((target.kind, target.compression), (TargetKind::Registry, Compression::Gzip));
+        assert!(target.sealed_to.is_empty() && !target.signed, "in the clear and unsigned, as 0.2.0 meant");
     }
 
     #[test]

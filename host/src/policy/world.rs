@@ -161,11 +161,11 @@ impl Exports {
 impl Instance {
     pub(super) fn describe(&self, store: &mut Store<State>) -> wasmtime::Result<bindings::PolicyInfo> {
         match self {
-            Instance::PolicyV1(p) => bindings::from_older(&p.call_describe(store)?),
-            Instance::PlannerV2(p) => bindings::from_older(&p.call_describe(store)?),
-            Instance::MigrationPlannerV2(p) => bindings::from_older(&p.call_describe(store)?),
-            Instance::GateV2(p) => bindings::from_older(&p.call_describe(store)?),
-            Instance::RetainerV2(p) => bindings::from_older(&p.call_describe(store)?),
+            Instance::PolicyV1(p) => bindings::by_name(&p.call_describe(store)?),
+            Instance::PlannerV2(p) => bindings::by_name(&p.call_describe(store)?),
+            Instance::MigrationPlannerV2(p) => bindings::by_name(&p.call_describe(store)?),
+            Instance::GateV2(p) => bindings::by_name(&p.call_describe(store)?),
+            Instance::RetainerV2(p) => bindings::by_name(&p.call_describe(store)?),
             Instance::Planner(p) => p.call_describe(store),
             Instance::MigrationPlanner(p) => p.call_describe(store),
             Instance::Gate(p) => p.call_describe(store),
