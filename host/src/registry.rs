@@ -134,17 +134,21 @@ struct SignedByPolicy(tempfile::NamedTempFile);
 
 impl SignedByPolicy {
     fn write(keyring: &Path) -> Result<SignedByPolicy, RegistryError> {
-        use std::io::Write;
-        let failed = |e: std::io::Error| RegistryError::Policy(e.to_string());
         let keyring = std::fs::canonicalize(keyring)
             .map_err(|e| RegistryError::Policy(format!("the keyring {keyring:?} ([signatures] image-keys): {e}")))?;
         let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": keyring});
         let document = serde_json::json!({"default": [requirement]});
-        let mut file = tempfile::Builder::new().prefix("ckpt-policy-").suffix(".json").tempfile().map_err(failed)?;
-        file.write_all(document.to_string().as_bytes()).map_err(failed)?;
-        file.flush().map_err(failed)?;
-        Ok(SignedByPolicy(file))
+        private_json("ckpt-policy-", &document).map(SignedByPolicy).map_err(|e| RegistryError::Policy(e.to_string()))
     }
+}
+
+/// `document` in a temporary file private to root (tempfile makes it 0600), for one skopeo run.
+fn private_json(prefix: &str, document: &serde_json::Value) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new().prefix(prefix).suffix(".json").tempfile()?;
+    file.write_all(document.to_string().as_bytes())?;
+    file.flush()?;
+    Ok(file)
 }
 
 /// `--creds USER:PASS` as an auth file of its own, private to root, for one copy: never on
@@ -154,16 +158,10 @@ struct CredsFile(tempfile::NamedTempFile);
 impl CredsFile {
     fn write(reference: &str, creds: &str) -> Result<CredsFile, RegistryError> {
         use base64::Engine;
-        use std::io::Write;
         let host = reference.split_once('/').map_or(reference, |(host, _)| host);
         let auth = base64::engine::general_purpose::STANDARD.encode(creds);
         let document = serde_json::json!({"auths": {host: {"auth": auth}}});
-        let failed = |e: std::io::Error| RegistryError::Creds(e.to_string());
-        // tempfile makes it 0600.
-        let mut file = tempfile::Builder::new().prefix("ckpt-auth-").suffix(".json").tempfile().map_err(failed)?;
-        file.write_all(document.to_string().as_bytes()).map_err(failed)?;
-        file.flush().map_err(failed)?;
-        Ok(CredsFile(file))
+        private_json("ckpt-auth-", &document).map(CredsFile).map_err(|e| RegistryError::Creds(e.to_string()))
     }
 }
 
