@@ -10,21 +10,37 @@ use crate::policy::bindings::{CheckpointFacts, CheckpointOptions, ExportTarget};
 use crate::policy::facts::{self, ContainerSample, Tools};
 use crate::store::ContainerRecord;
 
-/// `/sys/fs/cgroup/<controller>/ckpt/<id>` on cgroup v1, `/sys/fs/cgroup/ckpt/<id>` on v2.
-fn cgroup_file(controller: &str, id: &str, v1: &str, v2: &str) -> Option<String> {
+/// The file `v1` (cgroup v1, under `controller`) or `v2` of the cgroup at `cgroup`.
+fn cgroup_file_at(controller: &str, cgroup: &str, v1: &str, v2: &str) -> Option<String> {
+    let cgroup = cgroup.trim_start_matches('/');
     let path = if crate::hostinfo::cgroup_v2() {
-        format!("/sys/fs/cgroup/{}/{v2}", crate::spec::cgroup_path(id).trim_start_matches('/'))
+        format!("/sys/fs/cgroup/{cgroup}/{v2}")
     } else {
-        format!("/sys/fs/cgroup/{controller}/{}/{v1}", crate::spec::cgroup_path(id).trim_start_matches('/'))
+        format!("/sys/fs/cgroup/{controller}/{cgroup}/{v1}")
     };
     fs::read_to_string(path).ok()
 }
 
+/// `/sys/fs/cgroup/<controller>/ckpt/<id>` on cgroup v1, `/sys/fs/cgroup/ckpt/<id>` on v2.
+fn cgroup_file(controller: &str, id: &str, v1: &str, v2: &str) -> Option<String> {
+    cgroup_file_at(controller, &crate::spec::cgroup_path(id), v1, v2)
+}
+
+/// The memory a cgroup's file reports in use.
+fn memory_in(usage: Option<String>) -> u64 {
+    usage.and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The process IDs a `cgroup.procs` lists.
+fn pids_in(procs: Option<String>) -> Vec<u32> {
+    procs.map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
+}
+
 fn container_pids(id: &str) -> Vec<u32> {
-    cgroup_file("pids", id, "cgroup.procs", "cgroup.procs")
-        .or_else(|| cgroup_file("memory", id, "cgroup.procs", "cgroup.procs"))
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+    pids_in(
+        cgroup_file("pids", id, "cgroup.procs", "cgroup.procs")
+            .or_else(|| cgroup_file("memory", id, "cgroup.procs", "cgroup.procs")),
+    )
 }
 
 /// Established TCP connections in the container's network namespace: its `CurrEstab` counter
@@ -65,9 +81,7 @@ pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) ->
     let init = status.as_ref().map(|s| s.pid).filter(|p| *p > 0).map(|p| p as u32);
     ContainerSample {
         status: status.map(|s| s.status.to_string()).unwrap_or_else(|| "unknown".into()),
-        memory_bytes: cgroup_file("memory", &record.id, "memory.usage_in_bytes", "memory.current")
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0),
+        memory_bytes: memory_in(cgroup_file("memory", &record.id, "memory.usage_in_bytes", "memory.current")),
         process_count: pids.len() as u32,
         tcp_established: init.map(tcp_established).unwrap_or(0),
         file_locks: file_locks(&pids),
@@ -78,31 +92,22 @@ pub fn sample(ctx: &Context, record: &ContainerRecord, known: Option<Status>) ->
 /// What a container of another engine is doing now, from its first process `pid` (0: none):
 /// its cgroup's memory and processes, its namespace's connections, its processes' locks.
 pub fn sample_process(pid: u32, state: &str) -> ContainerSample {
-    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let path_of = |controller: &str| {
-        cgroup.lines().find_map(|line| {
-            let mut fields = line.splitn(3, ':');
-            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-            let wanted = if controller.is_empty() {
-                controllers.is_empty()
-            } else {
-                controllers.split(',').any(|c| c == controller)
-            };
-            wanted.then(|| path.to_string())
-        })
-    };
-    let read = |dir: Option<String>, file: &str| dir.and_then(|d| fs::read_to_string(format!("{d}/{file}")).ok());
-    let (memory, procs) = if crate::hostinfo::cgroup_v2() {
-        let dir = path_of("").map(|p| format!("/sys/fs/cgroup{p}"));
-        (read(dir.clone(), "memory.current"), read(dir, "cgroup.procs"))
-    } else {
-        let memory = path_of("memory").map(|p| format!("/sys/fs/cgroup/memory{p}"));
-        (read(memory.clone(), "memory.usage_in_bytes"), read(memory, "cgroup.procs"))
-    };
-    let pids: Vec<u32> = procs.map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default();
+    // Its memory cgroup (v1) or its one cgroup (v2), from /proc/PID/cgroup's `N:CONTROLLERS:PATH`.
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let wanted = match crate::hostinfo::cgroup_v2() {
+            true => controllers.is_empty(),
+            false => controllers.split(',').any(|c| c == "memory"),
+        };
+        wanted.then(|| path.to_string())
+    });
+    let file = |v1: &str, v2: &str| cgroup.as_deref().and_then(|c| cgroup_file_at("memory", c, v1, v2));
+    let pids = pids_in(file("cgroup.procs", "cgroup.procs"));
     ContainerSample {
         status: state.to_string(),
-        memory_bytes: memory.and_then(|t| t.trim().parse().ok()).unwrap_or(0),
+        memory_bytes: memory_in(file("memory.usage_in_bytes", "memory.current")),
         process_count: pids.len() as u32,
         tcp_established: if pid > 0 { tcp_established(pid) } else { 0 },
         file_locks: file_locks(&pids),
@@ -223,6 +228,14 @@ pub fn checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_sampled_through_its_own_cgroup() {
+        let sample = sample_process(std::process::id(), "running");
+        assert_eq!(sample.status, "running");
+        assert!(sample.process_count >= 1, "this test's own cgroup holds it: {sample:?}");
+        assert_eq!(sample_process(0, "exited").process_count, 0, "no process, no cgroup");
+    }
 
     /// flock(1) takes the lock and runs `sleep` with the descriptor: two processes, one lock.
     #[test]
