@@ -654,7 +654,9 @@ fn plan_and_checkpoint(
         return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
     }
     let (stats, digests) = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
-    let entries = catalog_entries(ctx, record, &facts, &planned, policies, &digests);
+    let paths = ctx.containers.paths(&record.id);
+    let local = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
+    let entries = catalog_entries(ctx, (&record.id, &record.name), Some(&local), &facts, &planned, policies, &digests);
     Ok((Made { stats, entries }, None))
 }
 
@@ -769,21 +771,22 @@ fn publish_archive(mut pending: PendingFile, sign_with: Option<&Path>) -> Result
     Ok(pending.publish()?)
 }
 
-/// Records what a checkpoint made in the catalog: each export, or the local checkpoint when it
-/// made none. A local checkpoint replaces the container's last one, so its entry does too.
+/// Records what a checkpoint made in the catalog: each export, or the local checkpoint (in
+/// `local`, for a container of ckpt's own) when it made none. A local checkpoint replaces the
+/// container's last one, so its entry does too.
 fn catalog_entries(
     ctx: &Context,
-    record: &ContainerRecord,
+    (id, name): (&str, &str),
+    local: Option<&Path>,
     facts: &CheckpointFacts,
     planned: &Planned,
     policies: &Policies,
     digests: &[Option<String>],
 ) -> Vec<Entry> {
-    let paths = ctx.containers.paths(&record.id);
     let base = Entry {
         id: String::new(),
-        container_id: record.id.clone(),
-        container_name: record.name.clone(),
+        container_id: id.to_string(),
+        container_name: name.to_string(),
         kind: EntryKind::Local,
         location: String::new(),
         size_bytes: 0,
@@ -833,16 +836,15 @@ fn catalog_entries(
         }
         entries.push(entry);
     }
-    if planned.exports.is_empty() {
-        let dir = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
+    if let Some(dir) = local.filter(|_| planned.exports.is_empty()) {
         let location = dir.display().to_string();
         let catalog = ctx.catalog();
         for earlier in catalog.list().unwrap_or_default() {
-            if earlier.kind == EntryKind::Local && earlier.container_id == record.id && earlier.location == location {
+            if earlier.kind == EntryKind::Local && earlier.container_id == id && earlier.location == location {
                 let _ = catalog.forget(&earlier.id);
             }
         }
-        let size_bytes = crate::util::dir_size(&dir);
+        let size_bytes = crate::util::dir_size(dir);
         entries.push(Entry { id: crate::store::catalog::new_id(), location, size_bytes, ..base });
     }
     for entry in &entries {
@@ -1314,16 +1316,7 @@ fn export_to(
     let gated = !policies.gates.is_empty();
     // Asked only when there are gates: with none, an export is allowed as it is.
     let mut ask = |size: u64, digest: &str, included: export::Included| -> Result<GateVerdict> {
-        let export_facts = ExportFacts {
-            container: facts.container.clone(),
-            target: target.clone(),
-            size_bytes: size,
-            has_rootfs: included.rootfs,
-            has_volumes: included.volumes,
-            digest: digest.to_string(),
-            now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        match policies.gate(&export_facts)? {
+        match policies.gate(&export_facts(facts, target, size, digest, included))? {
             GateVerdict::Narrow { reasons, .. } if carried => Err(Error::Policy(format!(
                 "a gate narrowed the export to {:?} ({}), which the migration's destination restores from; a migration moves the whole container or nothing",
                 target.location,
@@ -1338,21 +1331,23 @@ fn export_to(
         ..content.clone()
     };
     match (target.kind, pending) {
-        (TargetKind::Archive, Some(mut pending)) => {
-            let written = export::write_archive(ctx, record, content, compression, sealed_to, &mut pending)?;
-            let verdict =
-                if gated { ask(written.size, &written.digest, written.included)? } else { GateVerdict::Allow };
-            match verdict {
-                GateVerdict::Allow => publish_archive(pending, sign_with).map(|()| Some(written.digest)),
-                GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
-                    let target_path = pending.target.clone();
-                    drop(pending);
-                    let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
-                    let narrower = narrowed(drop_rootfs, drop_volumes);
-                    let written = export::write_archive(ctx, record, &narrower, compression, sealed_to, &mut again)?;
-                    publish_archive(again, sign_with).map(|()| Some(written.digest))
-                }
-            }
+        (TargetKind::Archive, Some(pending)) => {
+            let mut write = |file: &mut PendingFile, drop_rootfs: bool, drop_volumes: bool| {
+                let narrower;
+                let content = match drop_rootfs || drop_volumes {
+                    true => {
+                        narrower = narrowed(drop_rootfs, drop_volumes);
+                        &narrower
+                    }
+                    false => content,
+                };
+                export::write_archive(ctx, record, content, compression, sealed_to, file)
+            };
+            let mut judge = |written: &export::Written| match gated {
+                true => ask(written.size, &written.digest, written.included),
+                false => Ok(GateVerdict::Allow),
+            };
+            gated_archive(ctx, pending, sign_with, &mut write, &mut judge).map(Some)
         }
         (TargetKind::Image | TargetKind::Registry, _) => {
             // Stage, judge, publish: the same shape as an archive's.
@@ -1375,6 +1370,48 @@ fn export_to(
             Ok(None)
         }
         (TargetKind::Archive, None) => unreachable!("every archive target has a pending file"),
+    }
+}
+
+/// Writes an archive into `pending` (`write` leaves out the rootfs changes or the volumes when
+/// told to), asks the gates with `judge` and publishes it; when a gate narrows it, it is written
+/// again, narrower, in a fresh file. Returns the digest of what was published.
+fn gated_archive(
+    ctx: &Context,
+    mut pending: PendingFile,
+    sign_with: Option<&Path>,
+    write: &mut dyn FnMut(&mut PendingFile, bool, bool) -> Result<export::Written>,
+    judge: &mut dyn FnMut(&export::Written) -> Result<GateVerdict>,
+) -> Result<String> {
+    let written = write(&mut pending, false, false)?;
+    match judge(&written)? {
+        GateVerdict::Allow => publish_archive(pending, sign_with).map(|()| written.digest),
+        GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
+            let target_path = pending.target.clone();
+            drop(pending);
+            let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
+            let written = write(&mut again, drop_rootfs, drop_volumes)?;
+            publish_archive(again, sign_with).map(|()| written.digest)
+        }
+    }
+}
+
+/// What a gate is told of a finished export of the container `facts` describe.
+fn export_facts(
+    facts: &CheckpointFacts,
+    target: &ExportTarget,
+    size_bytes: u64,
+    digest: &str,
+    included: export::Included,
+) -> ExportFacts {
+    ExportFacts {
+        container: facts.container.clone(),
+        target: target.clone(),
+        size_bytes,
+        has_rootfs: included.rootfs,
+        has_volumes: included.volumes,
+        digest: digest.to_string(),
+        now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     }
 }
 

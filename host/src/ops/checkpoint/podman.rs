@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::export::{self, Included};
 use super::{
-    CheckpointRequest, Checkpointed, Compression, ContainerStats, Entry, EntryKind, Made, PreDumpPlan, TargetKind,
-    check_plan, claim_targets, confine_exports, publish_archive, requested, sealing, signing, trigger_of, wit,
+    CheckpointRequest, Checkpointed, Compression, ContainerStats, Made, PreDumpPlan, TargetKind, catalog_entries,
+    check_plan, claim_targets, confine_exports, export_facts, gated_archive, requested, sealing, signing, trigger_of,
+    wit,
 };
 use crate::archive::publish::PendingFile;
 use crate::error::{Error, Result};
@@ -187,7 +188,9 @@ fn plan_and_checkpoint(
             });
         }
     };
-    let entries = catalog_entries(ctx, container, &facts, &planned, policies, &digests);
+    // podman keeps its local checkpoint itself: only the exports are ckpt's to catalogue.
+    let shown = format!("{PREFIX}{}", container.name);
+    let entries = catalog_entries(ctx, (&container.id, &shown), None, &facts, &planned, policies, &digests);
     let stats = ContainerStats {
         id: container.id.clone(),
         runtime_checkpoint_duration: runtime_duration,
@@ -209,47 +212,21 @@ fn export_all(
 ) -> Result<Vec<Option<String>>> {
     let mut digests = Vec::new();
     for (target, pending) in planned.exports.iter().zip(pending) {
-        let Some(mut pending) = pending else { unreachable!("every archive target has a pending file") };
+        let Some(pending) = pending else { unreachable!("every archive target has a pending file") };
         let o = &planned.options;
         let compression = Compression::from(target.compression);
         let sign_with = planned.sign_with.as_deref().filter(|_| target.signed);
-        let written =
-            write_from(dumped, o.ignore_rootfs, o.ignore_volumes, compression, &target.sealed_to, &mut pending)?;
-        let verdict = if policies.gates.is_empty() {
-            GateVerdict::Allow
-        } else {
-            let export_facts = wit::ExportFacts {
-                container: facts.container.clone(),
-                target: target.clone(),
-                size_bytes: written.size,
-                has_rootfs: written.included.rootfs,
-                has_volumes: written.included.volumes,
-                digest: written.digest.clone(),
-                now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            };
-            policies.gate(&export_facts)?
+        let mut write = |file: &mut PendingFile, drop_rootfs: bool, drop_volumes: bool| {
+            let (rootfs, volumes) = (o.ignore_rootfs || drop_rootfs, o.ignore_volumes || drop_volumes);
+            write_from(dumped, rootfs, volumes, compression, &target.sealed_to, file)
         };
-        let digest = match verdict {
-            GateVerdict::Allow => {
-                publish_archive(pending, sign_with)?;
-                written.digest
-            }
-            GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
-                let target_path = pending.target.clone();
-                drop(pending);
-                let mut again = PendingFile::create_journaled(&target_path, &ctx.roots.inflight_dir())?;
-                let written = write_from(
-                    dumped,
-                    o.ignore_rootfs || drop_rootfs,
-                    o.ignore_volumes || drop_volumes,
-                    compression,
-                    &target.sealed_to,
-                    &mut again,
-                )?;
-                publish_archive(again, sign_with)?;
-                written.digest
+        let mut judge = |written: &export::Written| match policies.gates.is_empty() {
+            true => Ok(GateVerdict::Allow),
+            false => {
+                Ok(policies.gate(&export_facts(facts, target, written.size, &written.digest, written.included))?)
             }
         };
+        let digest = gated_archive(ctx, pending, sign_with, &mut write, &mut judge)?;
         tracing::debug!("exported {:?} of podman container {:?}", target.location, container.name);
         digests.push(Some(digest));
     }
@@ -314,47 +291,6 @@ fn write_from(
 
 fn podman_archive(path: &Path, e: std::io::Error) -> Error {
     Error::invalid(format!("podman's checkpoint archive {:?} cannot be read: {e}", path.display().to_string()))
-}
-
-/// The catalog entries of a podman container's exports.
-fn catalog_entries(
-    ctx: &Context,
-    container: &PodmanContainer,
-    facts: &wit::CheckpointFacts,
-    planned: &super::Planned,
-    policies: &Policies,
-    digests: &[Option<String>],
-) -> Vec<Entry> {
-    use crate::policy::json::{list_to_json, to_json};
-    let mut entries = Vec::new();
-    for (target, digest) in planned.exports.iter().zip(digests) {
-        let path = Path::new(&target.location);
-        let entry = Entry {
-            id: crate::store::catalog::new_id(),
-            container_id: container.id.clone(),
-            container_name: format!("{PREFIX}{}", container.name),
-            kind: EntryKind::Archive,
-            location: target.location.clone(),
-            size_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-            digest: digest.clone(),
-            created: crate::util::now(),
-            trigger: facts.request.trigger.clone(),
-            schedule: facts.request.schedule.as_ref().map(|s| s.name.clone()),
-            policy: crate::store::catalog::EntryPolicy {
-                source: policies.planner.source.clone(),
-                digest: policies.planner.digest.clone(),
-            },
-            plan: json!({"options": to_json(&planned.options), "pre-dump": to_json(&planned.pre_dump), "exports": list_to_json(&planned.exports)}),
-            pinned: false,
-            sealed_to: target.sealed_to.clone(),
-            signature: target.signed.then(|| crate::signature::signature_path(path).display().to_string()),
-        };
-        if let Err(e) = ctx.catalog().add(&entry) {
-            tracing::error!("cannot record checkpoint {} in the catalog: {e}", entry.id);
-        }
-        entries.push(entry);
-    }
-    entries
 }
 
 #[cfg(test)]
