@@ -9,6 +9,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+/// How a podman container is named to ckpt: `podman:NAME`.
+pub const PREFIX: &str = "podman:";
+
 /// The libpod API version ckpt speaks: podman 4.0 and later answer it.
 const API: &str = "/v4.0.0/libpod";
 /// The most a response's status line and headers may take.
@@ -21,7 +24,7 @@ pub enum PodmanError {
         socket.display()
     )]
     Unreachable { socket: PathBuf, source: std::io::Error },
-    #[error("podman has no container {0:?}")]
+    #[error("no such container {0:?} in podman")]
     NoSuchContainer(String),
     #[error("{0:?} is not a podman container name or ID (letters, digits, '_', '.', '-')")]
     BadName(String),
@@ -47,6 +50,8 @@ pub struct PodmanContainer {
     pub state: String,
     /// Its first process on the host, 0 when it runs none.
     pub pid: i32,
+    /// Stopped by a checkpoint whose files podman keeps.
+    pub checkpointed: bool,
 }
 
 impl PodmanContainer {
@@ -64,6 +69,7 @@ impl PodmanContainer {
             labels,
             state: text(&doc["State"]["Status"]).unwrap_or_default(),
             pid: doc["State"]["Pid"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(0),
+            checkpointed: doc["State"]["Checkpointed"].as_bool().unwrap_or(false),
         })
     }
 }
@@ -93,13 +99,74 @@ impl CheckpointOptions {
     }
 }
 
+/// podman's options for restoring an imported archive (`podman container restore --import`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImportOptions {
+    /// A new name, in place of the archive's.
+    pub name: Option<String>,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub ignore_rootfs: bool,
+    pub ignore_volumes: bool,
+    pub ignore_static_ip: bool,
+    pub ignore_static_mac: bool,
+    /// `-p`, in podman's syntax.
+    pub publish_ports: Vec<String>,
+}
+
+impl ImportOptions {
+    fn query(&self) -> String {
+        let flag = |name: &str, on: bool| format!("{name}={on}");
+        let mut query = vec![
+            "import=true".to_string(),
+            flag("tcpEstablished", self.tcp_established),
+            flag("fileLocks", self.file_locks),
+            flag("ignoreRootFS", self.ignore_rootfs),
+            flag("ignoreVolumes", self.ignore_volumes),
+            flag("ignoreStaticIP", self.ignore_static_ip),
+            flag("ignoreStaticMAC", self.ignore_static_mac),
+        ];
+        if let Some(name) = &self.name {
+            query.push(format!("name={}", percent_encoded(name)));
+        }
+        if !self.publish_ports.is_empty() {
+            // podman splits the value at spaces.
+            query.push(format!("publishPorts={}", percent_encoded(&self.publish_ports.join(" "))));
+        }
+        query.join("&")
+    }
+}
+
+/// A query value with everything but unreserved characters (RFC 3986) percent-encoded.
+fn percent_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What writes a request's body, as it is sent.
+pub type Body<'a> = &'a mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>;
+
 /// podman's API, behind a trait as runc and CRIU are.
 pub trait PodmanApi {
     fn inspect(&self, name: &str) -> Result<PodmanContainer>;
+    /// podman's whole inspect document of `name`, as `podman inspect` prints it.
+    fn inspect_document(&self, name: &str) -> Result<serde_json::Value>;
+    /// The running containers that carry every one of `labels` (`KEY=VALUE` or `KEY`).
+    fn running_with_labels(&self, labels: &[String]) -> Result<Vec<PodmanContainer>>;
     /// Checkpoints `name` and writes the archive podman makes (an uncompressed tar) to `out`.
     fn checkpoint(&self, name: &str, options: &CheckpointOptions, out: &mut dyn Write) -> Result<()>;
     /// Restores `name` from the checkpoint podman kept of it (`podman container restore NAME`).
     fn restore(&self, name: &str, tcp_established: bool) -> Result<()>;
+    /// Restores a container from the checkpoint archive `archive` writes (`podman container
+    /// restore --import`); returns its ID.
+    fn restore_import(&self, options: &ImportOptions, archive: Body<'_>) -> Result<String>;
+    /// Removes `name`, stopping it first if it runs (`podman rm -f`); its volumes stay.
+    fn remove(&self, name: &str) -> Result<()>;
 }
 
 /// A container name or ID as podman allows it, which is also safe in a URL path.
@@ -122,15 +189,35 @@ impl PodmanService {
     }
 
     fn send(&self, method: &str, path: &str) -> Result<Response> {
+        self.send_with_body(method, path, None)
+    }
+
+    /// A request, with a body sent chunked as `body` writes it. When podman answers before the
+    /// body is all sent (a refusal), its answer is what counts.
+    fn send_with_body(&self, method: &str, path: &str, body: Option<Body<'_>>) -> Result<Response> {
         let request = format!("{method} {API}{path}");
+        let io = |source| PodmanError::Io { request: request.clone(), source };
         let mut stream = UnixStream::connect(&self.socket)
             .map_err(|source| PodmanError::Unreachable { socket: self.socket.clone(), source })?;
+        let framing = if body.is_some() { "Transfer-Encoding: chunked" } else { "Content-Length: 0" };
         let head = format!(
-            "{method} {API}{path} HTTP/1.1\r\nHost: d\r\nUser-Agent: ckpt/{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            "{method} {API}{path} HTTP/1.1\r\nHost: d\r\nUser-Agent: ckpt/{}\r\nConnection: close\r\n{framing}\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
-        stream.write_all(head.as_bytes()).map_err(|source| PodmanError::Io { request: request.clone(), source })?;
-        Response::read(BufReader::with_capacity(1 << 20, stream), request)
+        stream.write_all(head.as_bytes()).map_err(io)?;
+        let sent = match body {
+            None => Ok(()),
+            Some(body) => {
+                let mut writer = std::io::BufWriter::with_capacity(1 << 20, ChunkedWriter { inner: &stream });
+                body(&mut writer).and_then(|()| writer.flush()).and_then(|()| (&stream).write_all(b"0\r\n\r\n"))
+            }
+        };
+        let response = Response::read(BufReader::with_capacity(1 << 20, stream), request.clone());
+        match (sent, response) {
+            (Ok(()), response) => response,
+            (Err(_), Ok(response)) if response.status != 200 => Ok(response),
+            (Err(source), _) => Err(io(source)),
+        }
     }
 
     /// The error a failed request names: podman's JSON `message`, or its body as text.
@@ -157,10 +244,36 @@ impl PodmanApi for PodmanService {
             return Err(Self::failed("inspect", name, response));
         }
         let request = response.request.clone();
-        let doc: serde_json::Value = serde_json::from_reader(response.body)
-            .map_err(|e| PodmanError::Protocol { request: request.clone(), detail: e.to_string() })?;
+        let doc = response.json()?;
         PodmanContainer::from_inspect(&doc)
             .ok_or_else(|| PodmanError::Protocol { request, detail: "the inspect document has no Id or Name".into() })
+    }
+
+    fn inspect_document(&self, name: &str) -> Result<serde_json::Value> {
+        check_name(name)?;
+        let response = self.send("GET", &format!("/containers/{name}/json"))?;
+        if response.status != 200 {
+            return Err(Self::failed("inspect", name, response));
+        }
+        response.json()
+    }
+
+    fn running_with_labels(&self, labels: &[String]) -> Result<Vec<PodmanContainer>> {
+        let filters = serde_json::json!({ "label": labels }).to_string();
+        let response = self.send("GET", &format!("/containers/json?filters={}", percent_encoded(&filters)))?;
+        if response.status != 200 {
+            return Err(Self::failed("list", "with those labels", response));
+        }
+        let request = response.request.clone();
+        let listed = response.json()?;
+        let rows = listed.as_array().ok_or_else(|| PodmanError::Protocol {
+            request: request.clone(),
+            detail: "the container list is not a JSON array".into(),
+        })?;
+        // The list's rows name a container differently from inspect: each is inspected, so that
+        // facts come from one document whichever way a container was found.
+        let ids = rows.iter().filter_map(|row| row["Id"].as_str());
+        ids.map(|id| self.inspect(id)).filter(|c| !matches!(c, Err(PodmanError::NoSuchContainer(_)))).collect()
     }
 
     fn checkpoint(&self, name: &str, options: &CheckpointOptions, out: &mut dyn Write) -> Result<()> {
@@ -183,6 +296,56 @@ impl PodmanApi for PodmanService {
         }
         Ok(())
     }
+
+    fn restore_import(&self, options: &ImportOptions, archive: Body<'_>) -> Result<String> {
+        if let Some(name) = &options.name {
+            check_name(name)?;
+        }
+        // The path's name is not looked at when the body carries the archive.
+        let path = format!("/containers/import/restore?{}", options.query());
+        let response = self.send_with_body("POST", &path, Some(archive))?;
+        let shown = options.name.clone().unwrap_or_else(|| "from the archive".into());
+        if response.status != 200 {
+            return Err(Self::failed("restore", &shown, response));
+        }
+        let request = response.request.clone();
+        let report = response.json()?;
+        report["Id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| PodmanError::Protocol { request, detail: format!("the restore report {report} has no Id") })
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let response = self.send("DELETE", &format!("/containers/{name}?force=true"))?;
+        if response.status != 200 {
+            return Err(Self::failed("remove", name, response));
+        }
+        Ok(())
+    }
+}
+
+/// A request body sent as chunks (RFC 9112 section 7.1), one a write.
+struct ChunkedWriter<W> {
+    inner: W,
+}
+
+impl<W: Write> Write for ChunkedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            // An empty chunk would end the body.
+            return Ok(0);
+        }
+        write!(self.inner, "{:x}\r\n", buf.len())?;
+        self.inner.write_all(buf)?;
+        self.inner.write_all(b"\r\n")?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A response: its status, and its body as it arrives.
@@ -193,6 +356,12 @@ struct Response {
 }
 
 impl Response {
+    /// The body as JSON.
+    fn json(self) -> Result<serde_json::Value> {
+        let request = self.request;
+        serde_json::from_reader(self.body).map_err(|e| PodmanError::Protocol { request, detail: e.to_string() })
+    }
+
     fn read(mut stream: BufReader<UnixStream>, request: String) -> Result<Response> {
         let protocol = |detail: String| PodmanError::Protocol { request: request.clone(), detail };
         let mut head_bytes = 0;
@@ -332,6 +501,33 @@ mod tests {
         assert_eq!(container.labels, vec![("b".into(), "1".into()), ("data-class".into(), "secret".into())]);
         assert_eq!((container.state.as_str(), container.pid), ("running", 42));
         assert!(PodmanContainer::from_inspect(&serde_json::json!({"Name": "x"})).is_none(), "no Id");
+    }
+
+    #[test]
+    fn a_chunked_upload_reads_back_as_what_was_written() {
+        let mut wire = Vec::new();
+        let mut writer = ChunkedWriter { inner: &mut wire };
+        writer.write_all(b"hello, ").unwrap();
+        writer.write_all(b"").unwrap();
+        writer.write_all(b"world").unwrap();
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let mut body = String::new();
+        Chunked { inner: &wire[..], left: 0, done: false }.read_to_string(&mut body).unwrap();
+        assert_eq!(body, "hello, world");
+    }
+
+    #[test]
+    fn import_options_are_podmans_query_with_values_encoded() {
+        let options = ImportOptions {
+            name: Some("web-2".into()),
+            tcp_established: true,
+            publish_ports: vec!["8080:80/tcp".into(), "127.0.0.1:53:53/udp".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            options.query(),
+            "import=true&tcpEstablished=true&fileLocks=false&ignoreRootFS=false&ignoreVolumes=false&ignoreStaticIP=false&ignoreStaticMAC=false&name=web-2&publishPorts=8080%3A80%2Ftcp%20127.0.0.1%3A53%3A53%2Fudp"
+        );
     }
 
     #[test]

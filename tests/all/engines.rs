@@ -2,47 +2,16 @@
 //! REST API (a real `podman system service` on a socket of the test's), with a planner, a gate,
 //! sealing, the catalog and the audit log; podman's own state stays consistent.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Ckpt, Podman, eventually, last_count};
-
-/// `podman system service` on a socket under the test's directory; stopped on drop.
-struct PodmanApi {
-    child: Child,
-    socket: std::path::PathBuf,
-}
-
-impl PodmanApi {
-    fn start(ckpt: &Ckpt) -> PodmanApi {
-        let socket = ckpt.path("podman.sock");
-        let child = Command::new("podman")
-            .args(["--runtime", "runc", "system", "service", "--time", "0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman runs");
-        let up = eventually(Duration::from_secs(15), || std::os::unix::net::UnixStream::connect(&socket).is_ok());
-        assert!(up, "podman system service did not listen on {}", socket.display());
-        PodmanApi { child, socket }
-    }
-}
-
-impl Drop for PodmanApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{Ckpt, Podman, PodmanService, eventually, last_count};
 
 #[test]
 fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_it() {
     let Some(ckpt) = Ckpt::available() else { return };
     let podman = Podman::cleaning(&["ckpt-engine-web"], &[], &[]);
-    let api = PodmanApi::start(&ckpt);
-    let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
-    std::fs::write(ckpt.path("ckpt.toml"), format!("{config}[engines]\npodman-socket = {:?}\n", api.socket)).unwrap();
+    let api = PodmanService::start(&podman, ckpt.path("podman.sock"));
+    api.serve(&ckpt);
     let image = ckpt.path("busybox.tar");
     ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
     let loaded = podman.ok(&["load", "-i", image.to_str().unwrap()]);
@@ -66,7 +35,7 @@ fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_i
 
     // Unknown names and what podman cannot do are refused before anything changes.
     let missing = ckpt.fails(&["checkpoint", "podman:ckpt-engine-nothing"]);
-    assert!(missing.contains("podman has no container \"ckpt-engine-nothing\""), "{missing}");
+    assert!(missing.contains("no such container \"ckpt-engine-nothing\" in podman"), "{missing}");
     let image_target = ckpt.fails(&["checkpoint", "--create-image", "localhost/x", "podman:ckpt-engine-web"]);
     assert!(image_target.contains("which ckpt cannot ask of podman"), "{image_target}");
     assert_eq!(state(), "running");
@@ -134,4 +103,137 @@ fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_i
     assert_eq!(scheduled[0]["container-id"], id.as_str());
     assert!(scheduled[0]["location"].as_str().unwrap().contains("/ckpt-engine-web-"), "{}", scheduled[0]);
     assert_eq!(state(), "running");
+}
+
+/// Loads the busybox `ckpt` saves (once) into `podman`'s store; returns the image's name there,
+/// the same in every store loaded from the same `ckpt`.
+fn busybox_in(ckpt: &Ckpt, podman: &Podman) -> String {
+    let image = ckpt.path("busybox.tar");
+    if !image.exists() {
+        ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
+    }
+    let loaded = podman.ok(&["load", "-i", image.to_str().unwrap()]);
+    // By name, the same in both stores: podman's import looks the image up by the name the
+    // container was made from, and cannot by a bare ID.
+    let name = "localhost/ckpt-test/busybox:latest";
+    podman.ok(&["tag", loaded.trim().rsplit(' ').next().unwrap(), name]);
+    name.to_string()
+}
+
+#[test]
+fn podmans_containers_are_picked_by_label_recovered_after_a_kill_and_migrated_to_a_second_podman_store() {
+    let Some(here) = Ckpt::available() else { return };
+    let Some(there) = Ckpt::available() else { return };
+    let podman = Podman::cleaning(&["ckpt-engine-mover"], &[], &[]);
+    let api = PodmanService::start(&podman, here.path("podman.sock"));
+    api.serve(&here);
+    let far_podman = Podman::private_store(&there.path("podman"));
+    let far_api = PodmanService::start(&far_podman, there.path("podman.sock"));
+    far_api.serve(&there);
+    let busybox = busybox_in(&here, &podman);
+    let counter = "i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; done";
+    let run = ["run", "-d", "--name", "ckpt-engine-mover", "--label", "tier=batch", &busybox, "sh", "-c", counter];
+    podman.ok(&run);
+    let count = || last_count(&podman.ok(&["logs", "ckpt-engine-mover"]));
+    let state = || podman.ok(&["inspect", "--format", "{{.State.Status}}", "ckpt-engine-mover"]).trim().to_string();
+    assert!(eventually(Duration::from_secs(5), || count() >= 3));
+    // ckpt's inspect shows podman's own document.
+    let shown =
+        here.ok(&["inspect", "--format", "{{.State.Status}} {{.Config.Labels.tier}}", "podman:ckpt-engine-mover"]);
+    assert_eq!(shown.trim(), "running batch");
+
+    // A schedule over podman's containers by label: podman's, not ckpt's own with the label.
+    here.counter("ckpt-own-batch", &["--label", "tier=batch"]);
+    let template = format!("{}/{{name}}-{{time}}.tar.zst", here.path("").display());
+    let add = ["schedule", "add", "batch", "--every", "1h", "--engine", "podman", "--label", "tier=batch", "-R"];
+    here.ok(&[&add[..], &["--export", &template]].concat());
+    assert!(here.ok(&["schedule", "ls"]).contains("podman:label=tier=batch"));
+    let ran = here.ok(&["schedule", "run", "batch"]);
+    assert!(ran.contains("podman:ckpt-engine-mover") && ran.contains("ok"), "{ran}");
+    assert!(!ran.contains("ckpt-own-batch"), "{ran}");
+    let entries: serde_json::Value = serde_json::from_str(&here.ok(&["catalog", "ls", "--format", "json"])).unwrap();
+    let by_label: Vec<_> = entries.as_array().unwrap().iter().filter(|e| e["schedule"] == "batch").collect();
+    assert_eq!(by_label.len(), 1, "{by_label:#?}");
+    assert_eq!(by_label[0]["container-name"], "podman:ckpt-engine-mover");
+    assert_eq!(state(), "running");
+
+    // Killed between podman's dump and the export's publication: podman's container is left
+    // stopped with its checkpoint; 'system check --repair' has podman restore it.
+    let exports = here.path("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let probe = exports.join("probe.tar.zst");
+    let log = here.path("renames.log");
+    let trace = ["-o".to_string(), log.display().to_string(), "-e".into(), "trace=rename,renameat,renameat2".into()];
+    // Twice: the first run also fills caches (compiled policies, tool probes) with renames.
+    for _ in 0..2 {
+        let _ = std::fs::remove_file(&probe);
+        let args = ["checkpoint", "-R", "-e", probe.to_str().unwrap(), "podman:ckpt-engine-mover"];
+        let probed = crate::faults::traced(&here, &trace, &args);
+        assert!(probed.status.success(), "{}", String::from_utf8_lossy(&probed.stderr));
+    }
+    let renames = std::fs::read_to_string(&log).unwrap();
+    let renames: Vec<&str> = renames.lines().filter(|l| l.starts_with("rename")).collect();
+    let publish = renames.iter().position(|l| l.contains("probe.tar.zst\"")).expect("the publish is a rename");
+    // strace counts each system call on its own.
+    let call = renames[publish].split('(').next().unwrap();
+    let nth = renames[..=publish].iter().filter(|l| l.starts_with(&format!("{call}("))).count();
+    std::fs::remove_file(&probe).unwrap();
+    let kill = ["-o".into(), "/dev/null".into(), "-e".into(), format!("inject={call}:signal=KILL:when={nth}")];
+    let killed =
+        crate::faults::traced(&here, &kill, &["checkpoint", "-e", probe.to_str().unwrap(), "podman:ckpt-engine-mover"]);
+    assert!(!killed.status.success());
+    assert_eq!(state(), "exited", "podman's dump stopped it");
+    let found = here.run(&["system", "check"]);
+    assert_eq!(found.code, 1, "{}{}", found.stdout, found.stderr);
+    assert!(found.stdout.contains("interrupted-podman-checkpoint"), "{}", found.stdout);
+    let at_kill = count();
+    here.ok(&["system", "check", "--repair"]);
+    assert_eq!(state(), "running", "podman restored it from its checkpoint");
+    assert!(eventually(Duration::from_secs(5), || count() > at_kill + 3), "and it counts on");
+    assert_eq!(here.run(&["system", "check"]).code, 0, "nothing left to repair");
+    assert!(std::fs::read_dir(&exports).unwrap().next().is_none(), "no partial archive");
+
+    // Migration: what podman's API cannot do is refused while nothing changes.
+    let sshd = crate::support::servers::Sshd::start(&here);
+    let migrate = |extra: &[&str]| {
+        let mut args = vec!["migrate".to_string(), "--json".to_string()];
+        args.extend(sshd.flags(&there));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["podman:ckpt-engine-mover".to_string(), sshd.url(&there)]);
+        here.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let post = migrate(&["--strategy", "post-copy"]);
+    assert!(post.code != 0 && post.stderr.contains("not possible for a podman container"), "{}", post.stderr);
+    let via = migrate(&["--via", "localhost:1/x:1"]);
+    assert!(via.code != 0 && via.stderr.contains("drop --via"), "{}", via.stderr);
+    assert_eq!(state(), "running");
+
+    // The far store lacks the image, and cannot pull it here: its restore fails after the
+    // freeze, and the container comes back on this side.
+    let failed = migrate(&[]);
+    assert_eq!(failed.code, 125, "{}", failed.stderr);
+    assert!(failed.stderr.contains("restored"), "{}", failed.stderr);
+    assert_eq!(state(), "running", "exactly one copy runs: this one");
+    assert!(far_podman.ok(&["ps", "-a", "-q"]).trim().is_empty(), "nothing is left there");
+
+    // With the image there, it moves: podman's state on both sides says so, and it counts on.
+    busybox_in(&here, &far_podman);
+    let before = count();
+    let moved = migrate(&[]);
+    assert_eq!(moved.code, 0, "{}{}", moved.stderr, moved.stdout);
+    let outcome: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert_eq!(
+        (outcome["container"].as_str(), outcome["source"].as_str()),
+        (Some("podman:ckpt-engine-mover"), Some("removed"))
+    );
+    assert!(!podman.run(&["container", "exists", "ckpt-engine-mover"]).status.success(), "the source is gone");
+    let far_count = || last_count(&far_podman.ok(&["logs", "ckpt-engine-mover"]));
+    assert!(eventually(Duration::from_secs(5), || far_count() > before + 3), "it carries on there");
+    let far_state = there.ok(&["inspect", "--format", "{{.State.Status}}", "podman:ckpt-engine-mover"]);
+    assert_eq!(far_state.trim(), "running");
+    let audit = std::fs::read_to_string(here.root.join("audit.log")).unwrap();
+    assert!(audit.contains("\"migrate\"") && audit.contains("podman:ckpt-engine-mover"), "{audit}");
+    let far_audit = std::fs::read_to_string(there.root.join("audit.log")).unwrap();
+    assert!(far_audit.contains("podman:ckpt-engine-mover"), "{far_audit}");
+    assert!(here.ok(&["audit", "verify"]).contains("intact") && there.ok(&["audit", "verify"]).contains("intact"));
 }

@@ -180,6 +180,10 @@ pub struct RestoreArgs {
     /// forwards to the source's page server.
     #[arg(long, value_name = "PATH", hide = true)]
     pub lazy_pages_from: Option<String>,
+    /// What runs the restored container: ckpt, or podman, handed the checked archive or
+    /// checkpoint image through its API ([engines] podman-socket).
+    #[arg(long, value_name = "ENGINE", value_parser = ["ckpt", "podman"], default_value = "ckpt")]
+    pub engine: String,
     pub targets: Vec<String>,
 }
 
@@ -258,6 +262,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<i32> {
         identities: args.identities,
         private_memory: args.private_memory,
         create_networks: args.create_networks,
+        engine: crate::ops::Engine::parse(&args.engine)?,
     };
     let (done, result) = restore::restore(ctx, &req);
     if req.print_stats {

@@ -178,6 +178,7 @@ pub struct InspectArgs {
     /// `json`, or a Go template applied to each container (`{{.State.Status}}`).
     #[arg(short, long, value_parser = super::format_arg)]
     pub format: Option<super::Format>,
+    /// ckpt's containers by name or ID; podman:NAME shows podman's own document of its container.
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -373,7 +374,13 @@ pub fn exec(ctx: &Context, args: ExecArgs) -> Result<i32> {
 pub fn inspect(ctx: &Context, args: InspectArgs) -> Result<i32> {
     let mut values = Vec::new();
     let result = crate::ops::each(&args.containers, |name| {
-        values.push(container::inspect(ctx, &ctx.containers.lookup(name)?)?);
+        // podman's container: podman's own document, as `podman inspect` prints it.
+        let value = match name.strip_prefix(crate::podman::PREFIX) {
+            Some(podman_name) => crate::podman::PodmanApi::inspect_document(&ctx.podman(), podman_name)?,
+            None => serde_json::to_value(container::inspect(ctx, &ctx.containers.lookup(name)?)?)
+                .expect("an inspect document serialises"),
+        };
+        values.push(value);
         Ok(())
     });
     super::print_documents(args.format.as_ref().unwrap_or(&super::Format::Json), &values)?;

@@ -56,7 +56,7 @@ pub struct AddArgs {
     /// Run at the times of a five-field cron expression, in UTC (`*/15 * * * *`).
     #[arg(long)]
     pub cron: Option<String>,
-    /// A container to checkpoint (repeat for more).
+    /// A container to checkpoint (repeat for more); podman:NAME for one of podman's.
     #[arg(long)]
     pub container: Vec<String>,
     /// Every running container with this label (K or K=V).
@@ -65,6 +65,10 @@ pub struct AddArgs {
     /// Every running container.
     #[arg(long)]
     pub all: bool,
+    /// Whose containers --label and --all pick, and --container names: ckpt's own, or podman's
+    /// (through its API, [engines] podman-socket).
+    #[arg(long, value_name = "ENGINE", value_parser = ["ckpt", "podman"], default_value = "ckpt")]
+    pub engine: String,
     /// Export each checkpoint: an archive path (`/srv/ckpt/{name}-{time}.tar.zst`) or an image
     /// name; `{name}`, `{id}` and `{time}` expand.
     #[arg(short, long, value_name = "TEMPLATE")]
@@ -139,10 +143,18 @@ pub fn run_schedule(ctx: &Context, command: ScheduleCommand) -> Result<i32> {
     match command {
         ScheduleCommand::Add(args) => {
             let args = *args;
-            let selector = match (args.container.is_empty(), args.label, args.all) {
-                (false, _, _) => Selector::Containers(args.container),
-                (true, Some(label), _) => Selector::Label(label),
-                _ => Selector::All,
+            let on_podman = crate::ops::Engine::parse(&args.engine)? == crate::ops::Engine::Podman;
+            let podman_name = |name: String| match name.starts_with(crate::podman::PREFIX) {
+                true => name,
+                false => format!("{}{name}", crate::podman::PREFIX),
+            };
+            let selector = match (args.container.is_empty(), args.label, on_podman) {
+                (false, _, true) => Selector::Containers(args.container.into_iter().map(podman_name).collect()),
+                (false, _, false) => Selector::Containers(args.container),
+                (true, Some(label), false) => Selector::Label(label),
+                (true, Some(label), true) => Selector::PodmanLabel(label),
+                (true, None, false) => Selector::All,
+                (true, None, true) => Selector::PodmanAll,
             };
             let gates =
                 args.policies.gates()?.into_iter().map(|(source, settings)| PolicySpec { source, settings }).collect();

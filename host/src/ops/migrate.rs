@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Context;
-use super::checkpoint::export::{self, Content};
-use super::checkpoint::{CheckpointRequest, Handoff};
+use super::checkpoint::export;
+use super::checkpoint::{CheckpointRequest, Handoff, Outgoing};
 use crate::archive::Compression;
 use crate::error::{Error, Result};
+use crate::podman::PodmanApi;
 use crate::policy::bindings as wit;
 use crate::policy::json;
 use crate::ssh::{Destination, RemoteCkpt, Ssh, SshError, SshOptions};
@@ -75,12 +76,23 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
             "--gate needs --via REF: a gate sees the finished checkpoint image before it leaves, and an ssh stream is never finished before it leaves",
         ));
     }
-    let record = ctx.containers.lookup(&req.container)?;
+    let moving = match req.container.strip_prefix(crate::podman::PREFIX) {
+        Some(name) => {
+            refuse_what_podman_cannot(req)?;
+            Moving::Podman(ctx.podman().inspect(name)?)
+        }
+        None => Moving::Own(Box::new(ctx.containers.lookup(&req.container)?)),
+    };
+    let name = moving.name();
     let shown = destination.to_string();
     let remote = Ssh::connect(destination, req.ssh.clone(), &ctx.roots.runroot)
         .map_err(|e| Error::DestinationUnusable { destination: shown, cause: Box::new(e.into()) })?;
-    refuse_taken_name(&remote, &record)?;
-    let possible = possible_strategies(ctx, req)?;
+    refuse_taken_name(&remote, &name)?;
+    let possible = match moving {
+        Moving::Own(_) => possible_strategies(ctx, req)?,
+        // podman's API dumps the container whole, once.
+        Moving::Podman(_) => vec![wit::Strategy::StopAndCopy],
+    };
     let transport = if req.via.is_some() { "registry" } else { "ssh" };
     let handoff = ToDestination {
         remote: &remote,
@@ -99,7 +111,10 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         bytes_sent: Cell::new(0),
     };
     let checkpoint = CheckpointRequest {
-        containers: vec![record.id.clone()],
+        containers: vec![match &moving {
+            Moving::Own(record) => record.id.clone(),
+            Moving::Podman(_) => name.clone(),
+        }],
         tcp_established: req.tcp_established,
         file_locks: req.file_locks,
         registry: req.via.clone(),
@@ -114,14 +129,18 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     // Only the destination's word that it runs what was sent lets the source go; anything else
     // (a skip that slipped through, a handoff never made) keeps it.
     if handoff.confirmed_at.get().is_none() || done.first().is_none_or(|d| d.skipped.is_some()) {
-        return Err(Error::MigrationNotConfirmed { name: record.name.clone(), destination: remote.destination() });
+        return Err(Error::MigrationNotConfirmed { name, destination: remote.destination() });
     }
     let stats = done.first().map(|d| d.stats.runtime_checkpoint_duration).unwrap_or(0);
     let source = if req.keep_source {
         "kept"
     } else {
-        remove_source(ctx, &record.id).map_err(|e| Error::SourceNotRemoved {
-            name: record.name.clone(),
+        let removed = match &moving {
+            Moving::Own(record) => remove_source(ctx, &record.id),
+            Moving::Podman(container) => ctx.podman().remove(&container.name).map_err(Error::from),
+        };
+        removed.map_err(|e| Error::SourceNotRemoved {
+            name: name.clone(),
             destination: remote.destination(),
             cause: Box::new(e),
         })?;
@@ -133,8 +152,8 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
         _ => Duration::ZERO,
     };
     let migrated = Migrated {
-        container: record.name.clone(),
-        id: record.id.clone(),
+        container: name,
+        id: moving.id().to_string(),
         destination: remote.destination(),
         transport,
         strategy: json::strategy_name(choice.strategy),
@@ -146,6 +165,45 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     };
     ctx.audit(super::audit::AuditEvent::Migrate(migrated.clone()));
     Ok(migrated)
+}
+
+/// The container a migration moves: one of ckpt's, or one of podman's.
+enum Moving {
+    Own(Box<ContainerRecord>),
+    Podman(crate::podman::PodmanContainer),
+}
+
+impl Moving {
+    /// As the user and the destination name it: podman's as `podman:NAME`.
+    fn name(&self) -> String {
+        match self {
+            Moving::Own(record) => record.name.clone(),
+            Moving::Podman(container) => format!("{}{}", crate::podman::PREFIX, container.name),
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Moving::Own(record) => &record.id,
+            Moving::Podman(container) => &container.id,
+        }
+    }
+}
+
+/// What a podman container's migration cannot do, refused while nothing has changed.
+fn refuse_what_podman_cannot(req: &MigrateRequest) -> Result<()> {
+    if req.via.is_some() {
+        return Err(Error::invalid(
+            "--via sends a checkpoint image of ckpt's, which podman's API cannot restore from; a podman container migrates over the ssh channel (drop --via)",
+        ));
+    }
+    if let Some(asked) = req.strategy.filter(|s| *s != wit::Strategy::StopAndCopy) {
+        return Err(Error::Unsupported(format!(
+            "--strategy {} is not possible for a podman container: podman's API dumps a container whole, once, so it migrates by stop-and-copy; nothing was changed",
+            json::strategy_name(asked)
+        )));
+    }
+    Ok(())
 }
 
 /// The strategies this host can migrate with: stop-and-copy always, pre-copy with memory dirty
@@ -202,13 +260,12 @@ fn remove_source(ctx: &Context, id: &str) -> Result<()> {
 
 /// A container of the same name at the destination would make the import fail after the
 /// freeze; find out first, while nothing has changed.
-fn refuse_taken_name(remote: &dyn RemoteCkpt, record: &ContainerRecord) -> Result<()> {
-    match inspect_there(remote, &record.name, "{{.Id}}") {
+fn refuse_taken_name(remote: &dyn RemoteCkpt, name: &str) -> Result<()> {
+    match inspect_there(remote, name, "{{.Id}}") {
         Ok(None) => Ok(()),
-        Ok(Some(_)) => Err(Error::NameTakenAtDestination {
-            destination: remote.destination().to_string(),
-            name: record.name.clone(),
-        }),
+        Ok(Some(_)) => {
+            Err(Error::NameTakenAtDestination { destination: remote.destination().to_string(), name: name.to_string() })
+        }
         Err(e) => {
             Err(Error::DestinationUnusable { destination: remote.destination().to_string(), cause: Box::new(e.into()) })
         }
@@ -273,13 +330,7 @@ impl Handoff for ToDestination<'_> {
         *self.lazy_from.borrow_mut() = Some(remote_socket);
         Ok(Some(for_criu.into()))
     }
-    fn deliver(
-        &self,
-        ctx: &Context,
-        record: &ContainerRecord,
-        options: &wit::CheckpointOptions,
-        content: &Content,
-    ) -> Result<()> {
+    fn deliver(&self, ctx: &Context, outgoing: Outgoing<'_>, options: &wit::CheckpointOptions) -> Result<()> {
         // The dump has just stopped the container: its downtime starts with the freeze the
         // runtime's checkpoint measured, and goes on from here.
         self.frozen_at.set(Some(Instant::now()));
@@ -290,9 +341,18 @@ impl Handoff for ToDestination<'_> {
         if options.file_locks {
             args.push("--file-locks".into());
         }
-        if record.network.networks.iter().any(|(name, _)| name != crate::config::DEFAULT_NETWORK) {
-            args.push("--create-networks".into());
-        }
+        let name = match outgoing {
+            Outgoing::Own { record, .. } => {
+                if record.network.networks.iter().any(|(name, _)| name != crate::config::DEFAULT_NETWORK) {
+                    args.push("--create-networks".into());
+                }
+                record.name.clone()
+            }
+            Outgoing::Podman { name, .. } => {
+                args.extend(["--engine".into(), "podman".into()]);
+                format!("{}{name}", crate::podman::PREFIX)
+            }
+        };
         // What this host keeps off its disks, the destination keeps off its own.
         if ctx.config.exports.encrypt == crate::config::EncryptRule::Always {
             args.push("--private-memory".into());
@@ -300,20 +360,26 @@ impl Handoff for ToDestination<'_> {
         if let Some(socket) = self.lazy_from.borrow().as_ref() {
             args.push(format!("--lazy-pages-from={socket}"));
         }
-        let sent = match &self.via {
-            Some(reference) => {
+        let sent = match (&self.via, outgoing) {
+            (Some(reference), _) => {
                 // By digest: a stale image of the same name at the destination is never restored.
                 let pushed = ctx.images.resolve(reference)?;
                 args.push(format!("{reference}@{}", pushed.manifest_digest));
                 self.remote.run(&args, None)
             }
-            None => {
+            (None, outgoing) => {
                 args.extend(["--import".into(), "-".into()]);
-                let name = Path::new("the migration stream");
+                let shown = Path::new("the migration stream");
                 let mut stream = |out: &mut dyn Write| {
-                    let (_, bytes) = export::stream_archive(ctx, record, content, self.compression, out, name)
-                        .map_err(std::io::Error::other)?;
-                    self.bytes_sent.set(bytes);
+                    let bytes = match outgoing {
+                        Outgoing::Own { record, content } => {
+                            export::stream_archive(ctx, record, content, self.compression, out, shown).map(|(_, n)| n)
+                        }
+                        Outgoing::Podman { archive, .. } => {
+                            super::checkpoint::podman::stream_archive(archive, self.compression, out, shown)
+                        }
+                    };
+                    self.bytes_sent.set(bytes.map_err(std::io::Error::other)?);
                     Ok(())
                 };
                 self.remote.run(&args, Some(&mut stream))
@@ -329,14 +395,14 @@ impl Handoff for ToDestination<'_> {
             Err(e) => return Err(e.into()),
         };
         // The channel broke: ask again before deciding which side runs it.
-        match self.runs_there(&record.name) {
+        match self.runs_there(&name) {
             Ok(true) => {
                 self.confirmed_at.set(Some(Instant::now()));
                 Ok(())
             }
             Ok(false) => Err(lost.into()),
             Err(e) => Err(Error::HandoffUnconfirmed {
-                name: record.name.clone(),
+                name,
                 destination: self.remote.destination(),
                 cause: Box::new(e.into()),
             }),
@@ -425,7 +491,7 @@ mod tests {
         };
         let mut options = crate::policy::bindings::CheckpointOptions::none();
         options.tcp_established = true;
-        let result = handoff.deliver(&ctx, &record, &options, &Content::default());
+        let result = handoff.deliver(&ctx, Outgoing::Own { record: &record, content: &export::Content::default() }, &options);
         (result, remote.asked.into_inner(), pushed.manifest_digest.to_string())
     }
 

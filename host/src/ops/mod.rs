@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::config::HostConfig;
 use crate::criu::{Criu, CriuBinary};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::ImageStore;
 use crate::runtime::{CliRuntime, OciRuntime};
 use crate::store::{ContainerStore, Roots, VolumeStore};
@@ -107,11 +107,34 @@ impl Context {
         }
     }
 
+    /// podman's API, on the socket the host config names.
+    pub fn podman(&self) -> crate::podman::PodmanService {
+        crate::podman::PodmanService::new(&self.config.engines.podman_socket)
+    }
+
     pub fn criu(&self) -> Result<Arc<dyn Criu>> {
         if let Some(c) = &self.criu_override {
             return Ok(Arc::clone(c));
         }
         Ok(Arc::new(CriuBinary::find()?))
+    }
+}
+
+/// Which engine runs a container: ckpt itself, or podman through its own API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    #[default]
+    Ckpt,
+    Podman,
+}
+
+impl Engine {
+    pub fn parse(value: &str) -> Result<Engine> {
+        match value {
+            "ckpt" => Ok(Engine::Ckpt),
+            "podman" => Ok(Engine::Podman),
+            other => Err(Error::invalid(format!("--engine {other:?} is not an engine ckpt knows: use ckpt or podman"))),
+        }
     }
 }
 

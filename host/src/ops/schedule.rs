@@ -129,10 +129,10 @@ fn request(
     at: DateTime<Utc>,
 ) -> CheckpointRequest {
     let flags = &schedule.flags;
-    let on_podman = name.starts_with(checkpoint::PODMAN_PREFIX);
+    let on_podman = name.starts_with(crate::podman::PREFIX);
     let (export, create_image) = match &schedule.export {
         Some(template) => {
-            let location = expand(template, name.trim_start_matches(checkpoint::PODMAN_PREFIX), id, at);
+            let location = expand(template, name.trim_start_matches(crate::podman::PREFIX), id, at);
             match location.starts_with('/') {
                 true => (Some(location.into()), None),
                 false => (None, Some(location)),
@@ -292,10 +292,9 @@ fn targets(ctx: &Context, selector: &Selector) -> Result<(Vec<Target>, Vec<Conta
     match selector {
         Selector::Containers(names) => {
             for name in names {
-                if let Some(podman_name) = name.strip_prefix(checkpoint::PODMAN_PREFIX) {
+                if let Some(podman_name) = name.strip_prefix(crate::podman::PREFIX) {
                     // podman's container, by podman's ID: the catalog keeps its entries under it.
-                    let api = crate::podman::PodmanService::new(&ctx.config.engines.podman_socket);
-                    match crate::podman::PodmanApi::inspect(&api, podman_name) {
+                    match crate::podman::PodmanApi::inspect(&ctx.podman(), podman_name) {
                         Ok(container) => out.push((container.id, name.clone())),
                         Err(e) => missing.push(outcome(name, "skipped", format!("{e}"))),
                     }
@@ -320,6 +319,15 @@ fn targets(ctx: &Context, selector: &Selector) -> Result<(Vec<Target>, Vec<Conta
                 if running(&record) {
                     out.push((record.id, record.name));
                 }
+            }
+        }
+        Selector::PodmanLabel(_) | Selector::PodmanAll => {
+            let labels = match selector {
+                Selector::PodmanLabel(label) => vec![label.clone()],
+                _ => vec![],
+            };
+            for container in crate::podman::PodmanApi::running_with_labels(&ctx.podman(), &labels)? {
+                out.push((container.id, format!("{}{}", crate::podman::PREFIX, container.name)));
             }
         }
     }

@@ -131,7 +131,78 @@ pub fn check(ctx: &Context, repair: bool) -> Result<Vec<Finding>> {
         }
     }
     found.extend(leaked_addresses(ctx, repair)?);
+    found.extend(interrupted_on_podman(ctx, repair));
     Ok(found)
+}
+
+/// podman's containers that a `ckpt checkpoint podman:NAME` or `ckpt migrate podman:NAME` left
+/// stopped by podman's dump when it died before the export was published (or, for a
+/// migration, before the destination said it runs the container). podman keeps the
+/// checkpoint; `repair` has podman restore a checkpoint's, and leaves a migration's to the
+/// user, who alone can look at the destination.
+fn interrupted_on_podman(ctx: &Context, repair: bool) -> Vec<Finding> {
+    use crate::ops::checkpoint::podman::InFlight;
+    use crate::podman::{PREFIX, PodmanApi, PodmanError};
+    let Ok(entries) = std::fs::read_dir(InFlight::dir(ctx)) else { return Vec::new() };
+    let api = ctx.podman();
+    let mut found = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        let forget = || repair && std::fs::remove_file(&path).is_ok();
+        let Ok(note) = crate::util::read_json::<InFlight>(&path, "podman in-flight note") else {
+            // Torn as it was written, before podman was asked anything.
+            forget();
+            continue;
+        };
+        if alive(note.pid) {
+            continue;
+        }
+        let object = format!("{PREFIX}{}", note.name);
+        let mut finding =
+            |kind, detail: String, repaired| found.push(Finding { kind, object: object.clone(), detail, repaired });
+        let now = match api.inspect(&note.id) {
+            Ok(now) => now,
+            Err(PodmanError::NoSuchContainer(_)) => {
+                forget();
+                continue;
+            }
+            Err(e) => {
+                finding(
+                    "podman-unreachable",
+                    format!("an interrupted checkpoint of it cannot be looked at: {e}"),
+                    false,
+                );
+                continue;
+            }
+        };
+        let finished = !note.targets.is_empty() && note.targets.iter().all(|t| t.exists());
+        if now.state == "running" || !now.checkpointed || (finished && note.destination.is_none()) {
+            // Never stopped, brought back since, or checkpointed as asked.
+            forget();
+            continue;
+        }
+        match &note.destination {
+            Some(destination) => finding(
+                "unconfirmed-podman-migration",
+                format!(
+                    "ckpt (PID {}) died migrating it to {destination}; if it does not run there, bring it back here with 'ckpt restore {object}', else remove it with 'podman rm {}'",
+                    note.pid, note.name
+                ),
+                false,
+            ),
+            None => {
+                let repaired = repair && api.restore(&note.name, note.tcp_established).is_ok() && forget();
+                finding(
+                    "interrupted-podman-checkpoint",
+                    format!(
+                        "ckpt (PID {}) died between podman's dump and the export; podman keeps the checkpoint, and the container is stopped",
+                        note.pid
+                    ),
+                    repaired,
+                );
+            }
+        }
+    }
+    found
 }
 
 fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Result<Vec<Finding>> {

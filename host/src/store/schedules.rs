@@ -17,6 +17,10 @@ pub enum Selector {
     Containers(Vec<String>),
     Label(String),
     All,
+    /// podman's running containers with the label, found through its API when the run starts.
+    PodmanLabel(String),
+    /// Every running container of podman's.
+    PodmanAll,
 }
 
 impl std::fmt::Display for Selector {
@@ -25,6 +29,8 @@ impl std::fmt::Display for Selector {
             Selector::Containers(names) => f.write_str(&names.join(",")),
             Selector::Label(label) => write!(f, "label={label}"),
             Selector::All => f.write_str("all"),
+            Selector::PodmanLabel(label) => write!(f, "podman:label={label}"),
+            Selector::PodmanAll => f.write_str("podman:all"),
         }
     }
 }

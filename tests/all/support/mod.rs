@@ -294,16 +294,40 @@ pub struct Podman {
     containers: Vec<String>,
     volumes: Vec<String>,
     images: Vec<String>,
+    /// A store of the test's own, in place of the host's.
+    store: Option<PathBuf>,
 }
 
 impl Podman {
     pub fn cleaning(containers: &[&str], volumes: &[&str], images: &[&str]) -> Podman {
         let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
-        Podman { containers: owned(containers), volumes: owned(volumes), images: owned(images) }
+        Podman { containers: owned(containers), volumes: owned(volumes), images: owned(images), store: None }
+    }
+
+    /// podman on a second store of its own under `dir`: its own graph root, run root and
+    /// temporary directory, and file locks (the host's store keeps the shared-memory ones).
+    /// Everything in it is removed on drop.
+    pub fn private_store(dir: &Path) -> Podman {
+        std::fs::create_dir_all(dir).unwrap();
+        // CONTAINERS_CONF is the only file podman reads then: the host's settings go in too.
+        let conf = "[containers]\ndefault_ulimits = []\n[engine]\nlock_type = \"file\"\n";
+        std::fs::write(dir.join("containers.conf"), conf).unwrap();
+        Podman { containers: vec![], volumes: vec![], images: vec![], store: Some(dir.to_path_buf()) }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        if let Some(dir) = &self.store {
+            command.env("CONTAINERS_CONF", dir.join("containers.conf"));
+            command.arg("--root").arg(dir.join("root")).arg("--runroot").arg(dir.join("run"));
+            command.arg("--tmpdir").arg(dir.join("tmp"));
+        }
+        command.args(["--runtime", "runc"]);
+        command
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new("podman").args(["--runtime", "runc"]).args(args).output().expect("podman runs")
+        self.command().args(args).output().expect("podman runs")
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
@@ -324,6 +348,46 @@ impl Drop for Podman {
         for name in &self.images {
             let _ = self.run(&["rmi", "-f", name]);
         }
+        if self.store.is_some() {
+            let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+            let _ = self.run(&["system", "reset", "--force"]);
+        }
+    }
+}
+
+/// `podman system service` on `socket`, for `podman`'s store; stopped on drop.
+pub struct PodmanService {
+    child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl PodmanService {
+    pub fn start(podman: &Podman, socket: PathBuf) -> PodmanService {
+        let child = podman
+            .command()
+            .args(["system", "service", "--time", "0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("podman runs");
+        let up = eventually(Duration::from_secs(15), || std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        assert!(up, "podman system service did not listen on {}", socket.display());
+        PodmanService { child, socket }
+    }
+
+    /// `ckpt`'s host config names this socket as podman's.
+    pub fn serve(&self, ckpt: &Ckpt) {
+        let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
+        let config = format!("{config}[engines]\npodman-socket = {:?}\n", self.socket);
+        std::fs::write(ckpt.path("ckpt.toml"), config).unwrap();
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -4,8 +4,7 @@
 
 mod dump;
 pub mod export;
-mod podman;
-pub use podman::PREFIX as PODMAN_PREFIX;
+pub(crate) mod podman;
 pub mod predump;
 
 use std::path::{Path, PathBuf};
@@ -384,13 +383,15 @@ pub trait Handoff {
     fn carrier(&self) -> Option<&str>;
     /// Ok once the container runs elsewhere. [`Error::HandoffUnconfirmed`] when nobody can tell:
     /// the dump then stays here, checkpointed, for the caller to say so.
-    fn deliver(
-        &self,
-        ctx: &Context,
-        record: &ContainerRecord,
-        options: &wit::CheckpointOptions,
-        content: &Content,
-    ) -> Result<()>;
+    fn deliver(&self, ctx: &Context, outgoing: Outgoing<'_>, options: &wit::CheckpointOptions) -> Result<()>;
+}
+
+/// A stopped container's dump, as a handoff sends it on.
+pub enum Outgoing<'a> {
+    /// One of ckpt's: its record, and what its archive holds.
+    Own { record: &'a ContainerRecord, content: &'a Content },
+    /// podman's: its name there, and the archive podman made of it.
+    Podman { name: &'a str, archive: &'a Path },
 }
 
 /// Pre-copy without rounds in the plan: until the dirty pages converge, as the migration
@@ -409,13 +410,13 @@ pub fn checkpoint_handing_off(
     handoff: Option<&dyn Handoff>,
 ) -> (Vec<Checkpointed>, Result<()>) {
     let (on_podman, own): (Vec<&String>, Vec<&String>) =
-        req.containers.iter().partition(|name| name.starts_with(podman::PREFIX));
+        req.containers.iter().partition(|name| name.starts_with(crate::podman::PREFIX));
     if !on_podman.is_empty() {
-        if !own.is_empty() || req.all || req.latest || handoff.is_some() {
-            let err = "podman:NAME cannot be checkpointed together with ckpt's own containers, --all, --latest or a migration; give podman's containers alone";
+        if !own.is_empty() || req.all || req.latest {
+            let err = "podman:NAME cannot be checkpointed together with ckpt's own containers, --all or --latest; give podman's containers alone";
             return (Vec::new(), Err(Error::invalid(err)));
         }
-        return checkpoint_on_podman(ctx, req, &on_podman);
+        return checkpoint_on_podman(ctx, req, &on_podman, handoff);
     }
     let prepared = validate(ctx, req).and_then(|compression| {
         let selected = select(ctx, req)?;
@@ -474,7 +475,12 @@ fn components(ctx: &Context, req: &CheckpointRequest) -> Result<(policy::Compone
 }
 
 /// `ckpt checkpoint podman:NAME…`: podman's containers, one at a time.
-fn checkpoint_on_podman(ctx: &Context, req: &CheckpointRequest, names: &[&String]) -> (Vec<Checkpointed>, Result<()>) {
+fn checkpoint_on_podman(
+    ctx: &Context,
+    req: &CheckpointRequest,
+    names: &[&String],
+    handoff: Option<&dyn Handoff>,
+) -> (Vec<Checkpointed>, Result<()>) {
     let prepared = validate(ctx, req).and_then(|compression| {
         if names.len() > 1 && req.export.is_some() {
             return Err(Error::invalid("--export names one archive: checkpoint podman's containers one at a time"));
@@ -488,8 +494,8 @@ fn checkpoint_on_podman(ctx: &Context, req: &CheckpointRequest, names: &[&String
     };
     let mut done = Vec::new();
     let result = crate::ops::each(names, |name| {
-        let name = name.strip_prefix(podman::PREFIX).unwrap_or(name);
-        done.push(podman::podman_container(ctx, req, compression, name, &mut policies)?);
+        let name = name.strip_prefix(crate::podman::PREFIX).unwrap_or(name);
+        done.push(podman::podman_container(ctx, req, compression, name, &mut policies, handoff)?);
         Ok(())
     });
     (done, result)
@@ -602,24 +608,7 @@ fn plan_and_checkpoint(
     let trigger = trigger_of(req);
     let status = selected.status.clone();
     let facts = crate::ops::facts::checkpoint(ctx, record, status, options, exports, trigger, req.schedule.clone());
-    let strategy = match handoff {
-        Some(handoff) => {
-            let choice = policies.strategy(&facts, &handoff.migration())?;
-            handoff.chose(&choice);
-            Some(choice.strategy)
-        }
-        None => None,
-    };
-    let plan = match policies.plan(&facts) {
-        // A skip is no error for a checkpoint, but a migration that moves nothing must not
-        // look done: the caller would remove the source.
-        Err(policy::PolicyError::Skipped { policy, container, reason }) if handoff.is_some() => {
-            return Err(Error::Policy(format!(
-                "policy {policy} skipped the migration of container {container:?} ({reason}); nothing was sent, and the container keeps running here"
-            )));
-        }
-        plan => plan?,
-    };
+    let (strategy, plan) = strategy_and_plan(policies, &facts, handoff)?;
     let mut planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
     if let Some(handoff) = handoff {
         check_whole_move(&planned, handoff, &policies.planner.info.name)?;
@@ -658,6 +647,33 @@ fn plan_and_checkpoint(
     let local = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
     let entries = catalog_entries(ctx, (&record.id, &record.name), Some(&local), &facts, &planned, policies, &digests);
     Ok((Made { stats, entries }, None))
+}
+
+/// For a migration, the strategy the planner chooses, asked before the plan; then the plan.
+fn strategy_and_plan(
+    policies: &mut Policies,
+    facts: &CheckpointFacts,
+    handoff: Option<&dyn Handoff>,
+) -> Result<(Option<wit::Strategy>, wit::Plan)> {
+    let strategy = match handoff {
+        Some(handoff) => {
+            let choice = policies.strategy(facts, &handoff.migration())?;
+            handoff.chose(&choice);
+            Some(choice.strategy)
+        }
+        None => None,
+    };
+    let plan = match policies.plan(facts) {
+        // A skip is no error for a checkpoint, but a migration that moves nothing must not
+        // look done: the caller would remove the source.
+        Err(policy::PolicyError::Skipped { policy, container, reason }) if handoff.is_some() => {
+            return Err(Error::Policy(format!(
+                "policy {policy} skipped the migration of container {container:?} ({reason}); nothing was sent, and the container keeps running here"
+            )));
+        }
+        plan => plan?,
+    };
+    Ok((strategy, plan))
 }
 
 /// How the plan's checkpoint is sealed: each export to the recipients the plan names for it,
@@ -1187,7 +1203,7 @@ fn export_and_hand_off(
         {
             tracing::warn!("{}", crate::util::escape_controls(&e.to_string()));
         }
-        handoff.deliver(ctx, record, o, &content)?;
+        handoff.deliver(ctx, Outgoing::Own { record, content: &content }, o)?;
     }
     Ok(stats)
 }
@@ -1591,7 +1607,7 @@ mod tests {
         fn carrier(&self) -> Option<&str> {
             self.0
         }
-        fn deliver(&self, _: &Context, _: &ContainerRecord, _: &wit::CheckpointOptions, _: &Content) -> Result<()> {
+        fn deliver(&self, _: &Context, _: Outgoing<'_>, _: &wit::CheckpointOptions) -> Result<()> {
             unreachable!()
         }
     }

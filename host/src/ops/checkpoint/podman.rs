@@ -5,24 +5,22 @@
 //! reads or writes podman's storage, and `podman container restore NAME` brings it back.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::export::{self, Included};
 use super::{
-    CheckpointRequest, Checkpointed, Compression, ContainerStats, Made, PreDumpPlan, TargetKind, catalog_entries,
-    check_plan, claim_targets, confine_exports, export_facts, gated_archive, requested, sealing, signing, trigger_of,
-    wit,
+    CheckpointRequest, Checkpointed, Compression, ContainerStats, Handoff, Made, Outgoing, PreDumpPlan, TargetKind,
+    catalog_entries, check_plan, check_whole_move, claim_targets, confine_exports, export_facts, gated_archive,
+    requested, sealing, signing, strategy_and_plan, trigger_of, wit,
 };
 use crate::archive::publish::PendingFile;
 use crate::error::{Error, Result};
 use crate::ops::Context;
-use crate::podman::{PodmanApi, PodmanContainer};
+use crate::podman::{PREFIX, PodmanApi, PodmanContainer};
 use crate::policy::{GateVerdict, Policies};
-
-/// How a podman container is named to `ckpt checkpoint`.
-pub const PREFIX: &str = "podman:";
 
 /// Checkpoints the podman container `name`, and records it: its decisions, its audit entry.
 pub(super) fn podman_container(
@@ -31,10 +29,11 @@ pub(super) fn podman_container(
     compression: Compression,
     name: &str,
     policies: &mut Policies,
+    handoff: Option<&dyn Handoff>,
 ) -> Result<Checkpointed> {
-    let api = crate::podman::PodmanService::new(&ctx.config.engines.podman_socket);
+    let api = ctx.podman();
     let container = api.inspect(name)?;
-    let outcome = plan_and_checkpoint(ctx, req, compression, &api, &container, policies);
+    let outcome = plan_and_checkpoint(ctx, req, compression, &api, &container, policies, handoff);
     let shown = format!("{PREFIX}{}", container.name);
     super::finish_one(ctx, req, policies, (&shown, &container.id), format!("{PREFIX}{name}"), outcome)
 }
@@ -85,7 +84,7 @@ fn facts(
 
 /// What podman's checkpoint API cannot do that a plan may ask for: refused before anything
 /// changes, naming it.
-fn refuse_what_podman_cannot(planned: &super::Planned, policy_name: &str) -> Result<()> {
+fn refuse_what_podman_cannot(planned: &super::Planned, policy_name: &str, migrating: bool) -> Result<()> {
     let refuse = |what: &str| {
         Err(Error::Policy(format!(
             "policy {policy_name:?} planned {what}, which ckpt cannot ask of podman; refused before anything changed"
@@ -93,6 +92,11 @@ fn refuse_what_podman_cannot(planned: &super::Planned, policy_name: &str) -> Res
     };
     if !matches!(planned.pre_dump, PreDumpPlan::None) {
         return refuse("pre-dump rounds");
+    }
+    if migrating && !planned.exports.is_empty() {
+        // Each export is published as it is made, and a migration that fails after one would
+        // leave a checkpoint of a container that runs here again.
+        return refuse("exports beside the migration of a podman container");
     }
     if let Some(target) = planned.exports.iter().find(|t| t.kind != TargetKind::Archive) {
         return refuse(&format!(
@@ -110,6 +114,7 @@ fn plan_and_checkpoint(
     api: &dyn PodmanApi,
     container: &PodmanContainer,
     policies: &mut Policies,
+    handoff: Option<&dyn Handoff>,
 ) -> Result<(Made, Option<Value>)> {
     if container.state != "running" {
         return Err(Error::ContainerState {
@@ -120,12 +125,15 @@ fn plan_and_checkpoint(
     }
     let (options, exports) = requested(req, compression);
     let facts = facts(ctx, container, options, exports, req);
-    let plan = policies.plan(&facts)?;
+    let (_, plan) = strategy_and_plan(policies, &facts, handoff)?;
     let policy_name = policies.planner.info.name.clone();
     let mut planned = check_plan(&plan, &facts, &policy_name)?;
-    refuse_what_podman_cannot(&planned, &policy_name)?;
+    if let Some(handoff) = handoff {
+        check_whole_move(&planned, handoff, &policy_name)?;
+    }
+    refuse_what_podman_cannot(&planned, &policy_name, handoff.is_some())?;
     confine_exports(ctx, &planned, &facts.request.exports, &policy_name)?;
-    sealing(ctx, req, &mut planned, &facts, false)?;
+    sealing(ctx, req, &mut planned, &facts, handoff.is_some())?;
     signing(ctx, req, &mut planned, &policy_name)?;
     if req.dry_run {
         let value = json!({
@@ -163,30 +171,45 @@ fn plan_and_checkpoint(
         ignore_rootfs: o.ignore_rootfs,
         keep: o.keep,
     };
+    let mut note = InFlight {
+        pid: std::process::id() as i32,
+        id: container.id.clone(),
+        name: container.name.clone(),
+        targets: planned.exports.iter().map(|t| t.location.clone().into()).collect(),
+        destination: handoff.map(|h| h.migration().destination),
+        tcp_established: planned.options.tcp_established,
+    }
+    .write(ctx)?;
     let started = std::time::Instant::now();
-    let file = std::fs::File::create(&dumped).map_err(Error::io("create", &dumped))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    api.checkpoint(&container.name, &podman_options, &mut out)?;
-    out.flush().map_err(Error::io("write", &dumped))?;
-    drop(out);
-    let runtime_duration = started.elapsed().as_micros() as u64;
-    // Past here podman has stopped the container (unless it was left running): a failure
-    // brings it back from the checkpoint podman keeps, so that exactly one copy runs.
-    let published = export_all(ctx, container, &facts, &planned, policies, pending, &dumped);
+    let dump = || -> Result<()> {
+        let file = std::fs::File::create(&dumped).map_err(Error::io("create", &dumped))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        api.checkpoint(&container.name, &podman_options, &mut out)?;
+        out.flush().map_err(Error::io("write", &dumped))
+    };
+    let mut runtime_duration = 0;
+    let published = dump()
+        .and_then(|()| {
+            runtime_duration = started.elapsed().as_micros() as u64;
+            export_all(ctx, container, &facts, &planned, policies, pending, &dumped)
+        })
+        .and_then(|digests| {
+            crate::interrupt::check()?;
+            if let Some(handoff) = handoff {
+                handoff.deliver(ctx, Outgoing::Podman { name: &container.name, archive: &dumped }, o)?;
+            }
+            Ok(digests)
+        });
     let digests = match published {
         Ok(digests) => digests,
         Err(cause) if o.leave_running => return Err(cause),
-        Err(cause) => {
-            return Err(match api.restore(&container.name, o.tcp_established) {
-                Ok(()) => Error::RolledBack { name: format!("{PREFIX}{}", container.name), cause: Box::new(cause) },
-                Err(restore) => Error::RollbackFailed {
-                    name: format!("{PREFIX}{}", container.name),
-                    cause: Box::new(cause),
-                    restore: Box::new(restore.into()),
-                    images: "podman's storage".into(),
-                },
-            });
+        // Nobody can tell whether the destination runs it: podman keeps its checkpoint, and
+        // the error, and `system check` after it, say how to bring it back here.
+        Err(cause @ Error::HandoffUnconfirmed { .. }) => {
+            note.keep();
+            return Err(cause);
         }
+        Err(cause) => return Err(bring_back(api, container, o.tcp_established, cause, &mut note)),
     };
     // podman keeps its local checkpoint itself: only the exports are ckpt's to catalogue.
     let shown = format!("{PREFIX}{}", container.name);
@@ -197,6 +220,84 @@ fn plan_and_checkpoint(
         criu_statistics: Default::default(),
     };
     Ok((Made { stats, entries }, None))
+}
+
+/// After a failure past podman's dump: podman restores its container from the checkpoint it
+/// keeps, so that exactly one copy runs. One podman never stopped (its dump failed early) is
+/// left as it is.
+fn bring_back(
+    api: &dyn PodmanApi,
+    container: &PodmanContainer,
+    tcp_established: bool,
+    cause: Error,
+    note: &mut Noted,
+) -> Error {
+    let name = format!("{PREFIX}{}", container.name);
+    if api.inspect(&container.name).is_ok_and(|now| now.state == "running") {
+        return cause;
+    }
+    match api.restore(&container.name, tcp_established) {
+        Ok(()) => Error::RolledBack { name, cause: Box::new(cause) },
+        Err(restore) => {
+            note.keep();
+            Error::RollbackFailed {
+                name,
+                cause: Box::new(cause),
+                restore: Box::new(restore.into()),
+                images: "podman's storage".into(),
+            }
+        }
+    }
+}
+
+/// What ckpt notes before podman dumps a container, and removes once the checkpoint is
+/// published or the container is back: `ckpt system check` finds an interrupted one by it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct InFlight {
+    pub pid: i32,
+    pub id: String,
+    pub name: String,
+    /// The archives the checkpoint publishes: all of them there means it got that far.
+    pub targets: Vec<PathBuf>,
+    /// A migration's destination, which alone can say whether the container runs there.
+    pub destination: Option<String>,
+    /// How podman restores it: as it was dumped.
+    pub tcp_established: bool,
+}
+
+impl InFlight {
+    pub(crate) fn dir(ctx: &Context) -> PathBuf {
+        ctx.roots.inflight_dir().join("podman")
+    }
+
+    fn write(self, ctx: &Context) -> Result<Noted> {
+        let dir = InFlight::dir(ctx);
+        crate::util::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.json", self.id));
+        crate::util::write_json(&path, &self)?;
+        Ok(Noted { path, keep: false })
+    }
+}
+
+/// A written [`InFlight`] note, removed on drop unless kept for `system check`.
+struct Noted {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Noted {
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Makes each export from podman's archive, asks the gates and publishes it; returns each
@@ -254,39 +355,64 @@ fn write_from(
 ) -> Result<export::Written> {
     let target = pending.target.clone();
     let mut hashed = crate::util::HashingWriter::new(&mut pending.writer, blake3::Hasher::new());
-    let copy = |out: &mut dyn Write| -> Result<Included> {
-        let io_err = |e: std::io::Error| Error::io("write checkpoint archive", &target)(e);
-        let source = std::fs::File::open(dumped).map_err(Error::io("open", dumped))?;
-        let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, source));
-        let compressor = crate::archive::checkpoint::Compressor::new(out, compression).map_err(io_err)?;
-        let mut builder = tar::Builder::new(compressor);
-        let mut included = Included::default();
-        let entries = archive.entries().map_err(|e| podman_archive(dumped, e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| podman_archive(dumped, e))?;
-            let path = entry.path().map_err(|e| podman_archive(dumped, e))?.to_string_lossy().into_owned();
-            let (rootfs, volumes) = member_kind(&path);
-            if (rootfs && drop_rootfs) || (volumes && drop_volumes) {
-                continue;
-            }
-            included.rootfs |= rootfs;
-            included.volumes |= volumes;
-            let mut header = entry.header().clone();
-            // append_data writes the long-name records a path past 100 bytes needs.
-            builder.append_data(&mut header, &path, &mut entry).map_err(io_err)?;
-        }
-        let compressor = builder.into_inner().map_err(io_err)?;
-        compressor.finish().map_err(io_err)?.flush().map_err(io_err)?;
-        Ok(included)
-    };
+    let dropped = (drop_rootfs, drop_volumes);
     let included = if sealed_to.is_empty() {
-        copy(&mut hashed)?
+        copy_members(dumped, dropped, compression, &mut hashed, &target)?
     } else {
         let recipients = crate::seal::Recipients::parse(sealed_to)?;
-        export::write_sealed(recipients, &mut hashed, &target, |sealing| copy(sealing))?
+        export::write_sealed(recipients, &mut hashed, &target, |sealing| {
+            copy_members(dumped, dropped, compression, sealing, &target)
+        })?
     };
     let size = hashed.written;
     Ok(export::Written { included, digest: format!("blake3:{}", hashed.hasher.finalize().to_hex()), size })
+}
+
+/// podman's archive `dumped`, compressed as asked, into `out` (a migration's stream); returns the
+/// bytes written.
+pub(crate) fn stream_archive(
+    dumped: &Path,
+    compression: Compression,
+    out: &mut dyn Write,
+    target: &Path,
+) -> Result<u64> {
+    let mut counted = crate::util::HashingWriter::new(out, ());
+    copy_members(dumped, (false, false), compression, &mut counted, target)?;
+    Ok(counted.written)
+}
+
+/// Copies the members of podman's archive `dumped` into `out`, compressed, less the file
+/// changes and the volumes when they are dropped.
+fn copy_members(
+    dumped: &Path,
+    (drop_rootfs, drop_volumes): (bool, bool),
+    compression: Compression,
+    out: &mut dyn Write,
+    target: &Path,
+) -> Result<Included> {
+    let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
+    let source = std::fs::File::open(dumped).map_err(Error::io("open", dumped))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, source));
+    let compressor = crate::archive::checkpoint::Compressor::new(out, compression).map_err(io_err)?;
+    let mut builder = tar::Builder::new(compressor);
+    let mut included = Included::default();
+    let entries = archive.entries().map_err(|e| podman_archive(dumped, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| podman_archive(dumped, e))?;
+        let path = entry.path().map_err(|e| podman_archive(dumped, e))?.to_string_lossy().into_owned();
+        let (rootfs, volumes) = member_kind(&path);
+        if (rootfs && drop_rootfs) || (volumes && drop_volumes) {
+            continue;
+        }
+        included.rootfs |= rootfs;
+        included.volumes |= volumes;
+        let mut header = entry.header().clone();
+        // append_data writes the long-name records a path past 100 bytes needs.
+        builder.append_data(&mut header, &path, &mut entry).map_err(io_err)?;
+    }
+    let compressor = builder.into_inner().map_err(io_err)?;
+    compressor.finish().map_err(io_err)?.flush().map_err(io_err)?;
+    Ok(included)
 }
 
 fn podman_archive(path: &Path, e: std::io::Error) -> Error {

@@ -31,6 +31,8 @@ use crate::supervisor::Launch;
 use crate::util::{create_dir_all, tempdir_in, validate_object_name};
 use std::os::unix::fs::OpenOptionsExt;
 
+mod podman;
+
 #[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
     pub targets: Vec<String>,
@@ -64,6 +66,9 @@ pub struct RestoreRequest {
     /// Unpack an imported checkpoint into private memory, never onto a disk (always so for a
     /// sealed archive, and under `[exports] encrypt = "always"`).
     pub private_memory: bool,
+    /// What runs the restored container: ckpt, or podman (`--engine podman`), which is handed
+    /// the checkpoint through its API once ckpt has checked and opened it.
+    pub engine: super::Engine,
 }
 
 /// The addresses the restored container asks its networks for: the checkpoint's, unless the
@@ -96,6 +101,8 @@ pub(crate) const STDIN: &str = "-";
 
 enum Source {
     Local(Box<ContainerRecord>, String),
+    /// A podman container, restored by podman from the checkpoint it kept (`podman:NAME`).
+    Podman(String),
     Archive(PathBuf),
     /// An archive on standard input.
     Stream,
@@ -112,7 +119,16 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
     // Containers first (podman #15055): a name shared by a container and an image is the container.
     let mut sources = Vec::new();
     for target in &req.targets {
+        if let Some(name) = target.strip_prefix(crate::podman::PREFIX) {
+            sources.push(Source::Podman(name.to_string()));
+            continue;
+        }
         match ctx.containers.lookup(target) {
+            Ok(_) if req.engine == super::Engine::Podman => {
+                return Err(Error::invalid(format!(
+                    "{target:?} is one of ckpt's own containers, and --engine podman restores archives and checkpoint images into podman; drop --engine, or restore podman's own with podman:NAME"
+                )));
+            }
             Ok(record) => sources.push(Source::Local(Box::new(record), target.trim_start_matches('/').to_string())),
             Err(crate::error::BaseError::NoSuchContainer(_)) => match resolve_or_pull(ctx, target) {
                 Ok((local, info)) if info.annotations.contains_key(metadata::CHECKPOINT_IMAGE_KEY) => {
@@ -160,6 +176,9 @@ fn validate(ctx: &Context, req: &RestoreRequest) -> Result<Vec<Source>> {
     }
     if let Some(name) = &req.name {
         validate_object_name("container", name)?;
+    }
+    if req.engine == super::Engine::Podman || sources.iter().any(|s| matches!(s, Source::Podman(_))) {
+        podman::refuse_what_podman_cannot(req)?;
     }
     if req.import.as_deref() == Some(Path::new(STDIN)) {
         if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -219,25 +238,25 @@ pub fn restore(ctx: &Context, req: &RestoreRequest) -> (Vec<Restored>, Result<()
 fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<Restored> {
     let (from, restored) = match source {
         Source::Local(record, printed) => ("local", restore_local(ctx, req, record, printed)),
-        Source::Archive(path) => {
-            ("archive", stage_archive(ctx, req, path).and_then(|staged| restore_import(ctx, req, staged)))
-        }
+        Source::Podman(name) => ("podman", podman::restore_kept(ctx, req, name)),
+        Source::Archive(path) => ("archive", stage_archive(ctx, req, path).and_then(|staged| import(ctx, req, staged))),
         Source::Stream if ctx.config.signatures.require => {
             ("stream", Err(unsigned_source("a stream on standard input")))
         }
         Source::Image(name) if ctx.config.signatures.require && !trusted_image(ctx, name) => {
             ("image", Err(untrusted_image(name)))
         }
-        Source::Stream => ("stream", stage_stdin(ctx, req).and_then(|staged| restore_import(ctx, req, staged))),
+        Source::Stream => ("stream", stage_stdin(ctx, req).and_then(|staged| import(ctx, req, staged))),
         Source::Image(name) => (
             "image",
             stage_image(ctx, req, name)
-                .and_then(|staged| restore_import(ctx, req, staged))
+                .and_then(|staged| import(ctx, req, staged))
                 .map_err(|e| Error::ImageImport { name: name.clone(), cause: Box::new(e) }),
         ),
     };
     let location = match source {
         Source::Local(record, _) => record.name.clone(),
+        Source::Podman(name) => format!("{}{name}", crate::podman::PREFIX),
         Source::Archive(path) => path.display().to_string(),
         Source::Stream => "standard input".to_string(),
         Source::Image(name) => name.clone(),
@@ -249,6 +268,14 @@ fn restore_one(ctx: &Context, req: &RestoreRequest, source: &Source) -> Result<R
         Err(e) => AuditEvent::RestoreFailed { from, location, error: e.to_string() },
     });
     restored
+}
+
+/// An imported checkpoint, checked and unpacked, restored by the engine the request names.
+fn import(ctx: &Context, req: &RestoreRequest, staged: StagedCheckpoint) -> Result<Restored> {
+    match req.engine {
+        super::Engine::Ckpt => restore_import(ctx, req, staged),
+        super::Engine::Podman => podman::import(ctx, req, staged),
+    }
 }
 
 /// Where a restore's page images came from.
