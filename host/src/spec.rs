@@ -212,7 +212,7 @@ pub fn build(
         .hostname(hostname(record))
         .mounts(all_mounts)
         .annotations(HashMap::from([
-            ("io.container.manager".to_string(), "ckpt".to_string()),
+            (MANAGER_ANNOTATION.to_string(), "ckpt".to_string()),
             ("io.ckpt.container.name".to_string(), record.name.clone()),
         ]))
         .linux(linux)
@@ -260,12 +260,24 @@ pub fn engine_bind(destination: &str) -> bool {
 /// Where podman keeps a named volume's data, under its default graph root.
 const PODMAN_VOLUMES: &str = "/var/lib/containers/storage/volumes";
 
+/// Which engine's layout a container's files follow, as CRI-O, podman and checkpointctl read it.
+pub const MANAGER_ANNOTATION: &str = "io.container.manager";
+/// The engine that made an archive in podman's layout.
+pub const ENGINE_ANNOTATION: &str = "io.ckpt.engine";
+
 /// The spec as `spec.dump` carries it to another engine. ckpt itself never reads it back; podman
 /// makes it the restored container's spec, so nothing in it may name a path that exists only
 /// here: `/etc/hosts` and `/etc/hostname` go (the destination binds its own), the network
 /// namespace loses its path (the destination makes one), and named volumes point where podman
-/// recreates them from the archive.
+/// recreates them from the archive. The archive's layout is podman's, and its manager says so:
+/// tools that tell engines apart by `io.container.manager` (checkpointctl takes anything but
+/// `libpod` and `cri-o` for containerd's) read it as the podman archive it is, and
+/// `io.ckpt.engine` says ckpt made it.
 pub fn portable(mut spec: Spec, record: &ContainerRecord) -> Spec {
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert(MANAGER_ANNOTATION.to_string(), "libpod".to_string());
+    annotations.insert(ENGINE_ANNOTATION.to_string(), "ckpt".to_string());
+    spec.set_annotations(Some(annotations));
     let volumes: HashMap<&str, &str> =
         record.named_volumes().map(|v| (v.destination.as_str(), v.source.as_str())).collect();
     let mounts = spec.mounts().clone().unwrap_or_default().into_iter().filter_map(|mut m| {
@@ -364,5 +376,9 @@ mod tests {
         assert_eq!(binds, [("/data", "/var/lib/containers/storage/volumes/data/_data")]);
         let network = spec["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap();
         assert!(network.get("path").is_none(), "{network}");
+        // checkpointctl's rule: `libpod` is podman's layout, `cri-o` CRI-O's, anything else
+        // containerd's.
+        assert_eq!(spec["annotations"][MANAGER_ANNOTATION], "libpod");
+        assert_eq!(spec["annotations"][ENGINE_ANNOTATION], "ckpt");
     }
 }

@@ -212,7 +212,12 @@ fn summarize_from(
                     annotations: BTreeMap<String, String>,
                 }
                 let spec: SpecAnnotations = serde_json::from_slice(&read_small()?).unwrap_or_default();
-                engine = spec.annotations.get("io.container.manager").cloned();
+                // ckpt's own archives are in podman's layout, and name ckpt beside it.
+                engine = spec
+                    .annotations
+                    .get(crate::spec::ENGINE_ANNOTATION)
+                    .or_else(|| spec.annotations.get(crate::spec::MANAGER_ANNOTATION))
+                    .cloned();
                 annotations = spec.annotations;
             }
             layout::STATS_DUMP => stats_bytes = Some(read_small()?),
