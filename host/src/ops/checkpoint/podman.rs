@@ -4,7 +4,7 @@
 //! it, and the catalog and the audit log record it. podman keeps owning the container: ckpt never
 //! reads or writes podman's storage, and `podman container restore NAME` brings it back.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -181,17 +181,12 @@ fn plan_and_checkpoint(
     }
     .write(ctx)?;
     let started = std::time::Instant::now();
-    let dump = || -> Result<()> {
-        let file = std::fs::File::create(&dumped).map_err(Error::io("create", &dumped))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        api.checkpoint(&container.name, &podman_options, &mut out)?;
-        out.flush().map_err(Error::io("write", &dumped))
-    };
+    let mut pending = pending;
     let mut runtime_duration = 0;
-    let published = dump()
-        .and_then(|()| {
+    let published = dump_and_export_first(api, &container.name, &podman_options, &planned, &mut pending, &dumped)
+        .and_then(|first| {
             runtime_duration = started.elapsed().as_micros() as u64;
-            export_all(ctx, container, &facts, &planned, policies, pending, &dumped)
+            export_all(ctx, &facts, &planned, policies, pending, &dumped, first)
         })
         .and_then(|digests| {
             crate::interrupt::check()?;
@@ -220,6 +215,94 @@ fn plan_and_checkpoint(
         criu_statistics: Default::default(),
     };
     Ok((Made { stats, entries }, None))
+}
+
+/// Has podman dump the container, staging its archive at `dumped` and, as it arrives, writing
+/// the first export from it on another thread: that export is done when podman's answer is, and
+/// the staged archive serves the others and a narrower one. Returns the first export, written.
+fn dump_and_export_first(
+    api: &dyn PodmanApi,
+    name: &str,
+    options: &crate::podman::CheckpointOptions,
+    planned: &super::Planned,
+    pending: &mut [Option<PendingFile>],
+    dumped: &Path,
+) -> Result<Option<export::Written>> {
+    let file = std::fs::File::create(dumped).map_err(Error::io("create", dumped))?;
+    let mut staged = BufWriter::with_capacity(1 << 20, file);
+    let (Some(target), Some(slot)) = (planned.exports.first(), pending.first_mut()) else {
+        api.checkpoint(name, options, &mut staged)?;
+        return staged.flush().map_err(Error::io("write", dumped)).map(|()| None);
+    };
+    let Some(mut first) = slot.take() else { unreachable!("every archive target has a pending file") };
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let (compression, sealed_to) = (Compression::from(target.compression), target.sealed_to.clone());
+    let dropped = (planned.options.ignore_rootfs, planned.options.ignore_volumes);
+    let writer = std::thread::spawn(move || {
+        let received = Received { receiver, chunk: Vec::new(), at: 0 };
+        let origin = PathBuf::from("podman's answer to the checkpoint");
+        let mut source = Dumped { reader: Box::new(received), origin };
+        let written = write_from(&mut source, dropped, compression, &sealed_to, &mut first);
+        (first, written)
+    });
+    // Whole megabytes to the staged file and to the writer, whatever size podman's chunks are.
+    let mut tee = BufWriter::with_capacity(1 << 20, Tee { staged: &mut staged, sender: Some(sender) });
+    let answered = match api.checkpoint(name, options, &mut tee) {
+        Ok(()) => tee.flush().map_err(Error::io("write", dumped)),
+        Err(e) => Err(e.into()),
+    };
+    // The end of the stream for the writer.
+    drop(tee);
+    let (first, written) = writer.join().expect("the export writer does not panic");
+    *slot = Some(first);
+    answered?;
+    staged.flush().map_err(Error::io("write", dumped))?;
+    written.map(Some)
+}
+
+/// podman's answer, written to the staged archive and handed, a copy of each write, to the
+/// first export's writer; once that writer has stopped (it failed), to the staged file alone.
+struct Tee<'a, W> {
+    staged: &'a mut W,
+    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.staged.write(buf)?;
+        if let Some(sender) = &self.sender
+            && sender.send(buf[..n].to_vec()).is_err()
+        {
+            self.sender = None;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.staged.flush()
+    }
+}
+
+/// What the [`Tee`] hands over, read back as a stream that ends when the tee is dropped.
+struct Received {
+    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => (self.chunk, self.at) = (chunk, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// After a failure past podman's dump: podman restores its container from the checkpoint it
@@ -304,12 +387,12 @@ impl Drop for Noted {
 /// archive's digest.
 fn export_all(
     ctx: &Context,
-    container: &PodmanContainer,
     facts: &wit::CheckpointFacts,
     planned: &super::Planned,
     policies: &mut Policies,
     pending: Vec<Option<PendingFile>>,
     dumped: &Path,
+    mut first: Option<export::Written>,
 ) -> Result<Vec<Option<String>>> {
     let mut digests = Vec::new();
     for (target, pending) in planned.exports.iter().zip(pending) {
@@ -318,8 +401,13 @@ fn export_all(
         let compression = Compression::from(target.compression);
         let sign_with = planned.sign_with.as_deref().filter(|_| target.signed);
         let mut write = |file: &mut PendingFile, drop_rootfs: bool, drop_volumes: bool| {
-            let (rootfs, volumes) = (o.ignore_rootfs || drop_rootfs, o.ignore_volumes || drop_volumes);
-            write_from(dumped, rootfs, volumes, compression, &target.sealed_to, file)
+            // The first export was written as podman's answer arrived; a narrower one is
+            // written again from the staged archive.
+            if let Some(written) = first.take().filter(|_| !drop_rootfs && !drop_volumes) {
+                return Ok(written);
+            }
+            let dropped = (o.ignore_rootfs || drop_rootfs, o.ignore_volumes || drop_volumes);
+            write_from(&mut Dumped::open(dumped)?, dropped, compression, &target.sealed_to, file)
         };
         let mut judge = |written: &export::Written| match policies.gates.is_empty() {
             true => Ok(GateVerdict::Allow),
@@ -328,7 +416,7 @@ fn export_all(
             }
         };
         let digest = gated_archive(ctx, pending, sign_with, &mut write, &mut judge)?;
-        tracing::debug!("exported {:?} of podman container {:?}", target.location, container.name);
+        tracing::debug!("exported {:?} of podman container {:?}", target.location, facts.container.name);
         digests.push(Some(digest));
     }
     Ok(digests)
@@ -346,9 +434,8 @@ fn member_kind(path: &str) -> (bool, bool) {
 /// changes and the volumes when they are dropped, compressed and sealed as the target says,
 /// hashed on the way out.
 fn write_from(
-    dumped: &Path,
-    drop_rootfs: bool,
-    drop_volumes: bool,
+    dumped: &mut Dumped,
+    (drop_rootfs, drop_volumes): (bool, bool),
     compression: Compression,
     sealed_to: &[String],
     pending: &mut PendingFile,
@@ -377,22 +464,37 @@ pub(crate) fn stream_archive(
     target: &Path,
 ) -> Result<u64> {
     let mut counted = crate::util::HashingWriter::new(out, ());
-    copy_members(dumped, (false, false), compression, &mut counted, target)?;
+    copy_members(&mut Dumped::open(dumped)?, (false, false), compression, &mut counted, target)?;
     Ok(counted.written)
+}
+
+/// podman's archive as a copy reads it: the staged file, or the API's answer as it arrives.
+struct Dumped {
+    reader: Box<dyn Read + Send>,
+    /// What errors name.
+    origin: PathBuf,
+}
+
+impl Dumped {
+    fn open(path: &Path) -> Result<Dumped> {
+        let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+        Ok(Dumped { reader: Box::new(std::io::BufReader::with_capacity(1 << 20, file)), origin: path.to_path_buf() })
+    }
 }
 
 /// Copies the members of podman's archive `dumped` into `out`, compressed, less the file
 /// changes and the volumes when they are dropped.
 fn copy_members(
-    dumped: &Path,
+    dumped: &mut Dumped,
     (drop_rootfs, drop_volumes): (bool, bool),
     compression: Compression,
     out: &mut dyn Write,
     target: &Path,
 ) -> Result<Included> {
     let io_err = |e: std::io::Error| Error::io("write checkpoint archive", target)(e);
-    let source = std::fs::File::open(dumped).map_err(Error::io("open", dumped))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, source));
+    let origin = dumped.origin.clone();
+    let mut archive = tar::Archive::new(&mut dumped.reader);
+    let dumped = origin.as_path();
     let compressor = crate::archive::checkpoint::Compressor::new(out, compression).map_err(io_err)?;
     let mut builder = tar::Builder::new(compressor);
     let mut included = Included::default();
@@ -422,6 +524,32 @@ fn podman_archive(path: &Path, e: std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tee_hands_the_writer_what_the_staged_file_gets_and_outlives_a_writer_that_stopped() {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            Received { receiver, chunk: Vec::new(), at: 0 }.read_to_end(&mut got).unwrap();
+            got
+        });
+        let mut staged = Vec::new();
+        let mut tee = Tee { staged: &mut staged, sender: Some(sender) };
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        for chunk in data.chunks(7919) {
+            tee.write_all(chunk).unwrap();
+        }
+        drop(tee);
+        assert_eq!(reader.join().unwrap(), data);
+        assert_eq!(staged, data);
+
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        drop(receiver);
+        let mut staged = Vec::new();
+        let mut tee = Tee { staged: &mut staged, sender: Some(sender) };
+        tee.write_all(b"still staged").unwrap();
+        assert_eq!(staged, b"still staged");
+    }
 
     #[test]
     fn podmans_file_changes_and_volumes_are_known_by_name() {
