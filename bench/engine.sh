@@ -86,4 +86,4 @@ share=$(python3 -c "print(f'{100*$added_ms/$podman_ms:.1f}')")
 echo "ckpt beyond its API call (facts, decision, export from podman's archive, gate, catalog, audit):"
 echo "  ${added_ms} ms ($(spread < "$work/added")), ${share}% of podman's own time"
 echo "of which the decision path (start, config, facts, planner and gate loaded, plan; the dry run):"
-echo "  ${dry_ms} ms, $(python3 -c "print(f'{100*$dry_ms/$podman_ms:.1f}')")% of podman's own time; the rest is the zstd export podman's CLI also makes"
+echo "  ${dry_ms} ms, $(python3 -c "print(f'{100*$dry_ms/$podman_ms:.1f}')")% of podman's own time; the rest: the export's last chunk and its fsync, the gate, the catalog and the audit log"

@@ -237,3 +237,119 @@ fn podmans_containers_are_picked_by_label_recovered_after_a_kill_and_migrated_to
     assert!(far_audit.contains("podman:ckpt-engine-mover"), "{far_audit}");
     assert!(here.ok(&["audit", "verify"]).contains("intact") && there.ok(&["audit", "verify"]).contains("intact"));
 }
+
+/// The layouts the kubelet's CRI runtimes write a checkpoint in.
+#[derive(Clone, Copy)]
+enum Kubelet {
+    CriO,
+    Containerd,
+}
+
+/// What the kubelet writes for `POST /checkpoint/NAMESPACE/POD/CONTAINER` under `runtime`,
+/// made from ckpt's uncompressed archive of a real dump: CRI-O's layout (its annotations,
+/// `bind.mounts`, the log under `io.kubernetes.cri-o.LogPath`, no `network.status`) or
+/// containerd's (`io.kubernetes.cri.*`, `status`, `container.log`).
+fn kubelet_archive(
+    ckpt: &Ckpt,
+    plain: &std::path::Path,
+    runtime: Kubelet,
+    (ns, pod, ctr): (&str, &str, &str),
+) -> Vec<u8> {
+    let dir = tempfile::tempdir_in(ckpt.path("")).unwrap();
+    let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(std::process::Command::new("tar").arg("-xf").arg(plain).arg("-C").arg(dir.path()));
+    let spec_path = dir.path().join("spec.dump");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    let annotations = spec["annotations"].as_object_mut().unwrap();
+    // ckpt's own members (its manifest, its decisions) are no CRI runtime's.
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ckpt-") || name == "network.status" {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    match runtime {
+        Kubelet::CriO => {
+            annotations.insert("io.container.manager".into(), "cri-o".into());
+            annotations.insert("io.kubernetes.pod.namespace".into(), ns.into());
+            annotations.insert("io.kubernetes.pod.name".into(), pod.into());
+            annotations.insert("io.kubernetes.container.name".into(), ctr.into());
+            std::fs::write(dir.path().join("bind.mounts"), "[]").unwrap();
+            std::fs::write(dir.path().join("io.kubernetes.cri-o.LogPath"), "count 1\n").unwrap();
+        }
+        Kubelet::Containerd => {
+            annotations.remove("io.container.manager");
+            annotations.insert("io.kubernetes.cri.sandbox-namespace".into(), ns.into());
+            annotations.insert("io.kubernetes.cri.sandbox-name".into(), pod.into());
+            annotations.insert("io.kubernetes.cri.container-name".into(), ctr.into());
+            std::fs::write(dir.path().join("status"), r#"{"ExitCode":0,"Pid":42}"#).unwrap();
+            std::fs::write(dir.path().join("container.log"), "count 1\n").unwrap();
+        }
+    }
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = dir.path().with_extension("tar");
+    run(std::process::Command::new("tar").arg("-C").arg(dir.path()).arg("-cf").arg(&out).arg("."));
+    std::fs::read(&out).unwrap()
+}
+
+#[test]
+fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_images() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.counter("kube-web", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("kube-web")) >= 3));
+    let plain = ckpt.path("web.tar");
+    ckpt.ok(&["checkpoint", "-R", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-web"]);
+    let dir = ckpt.path("checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    let crio = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("default", "web-7d4f", "web"));
+    std::fs::write(dir.join("checkpoint-web-7d4f_default-web-2026-12-07T04:00:00Z.tar"), &crio).unwrap();
+    let containerd = kubelet_archive(&ckpt, &plain, Kubelet::Containerd, ("shop", "api-0", "api"));
+    std::fs::write(dir.join("checkpoint-api-0_shop-api-2026-12-07T04:00:01Z.tar"), &containerd).unwrap();
+    // Cut short, as a kubelet that died while writing leaves it.
+    let truncated = "checkpoint-bad-1_default-bad-2026-12-07T04:00:02Z.tar";
+    std::fs::write(dir.join(truncated), &crio[..crio.len() / 2]).unwrap();
+
+    let agent = |extra: &[&str]| {
+        let args = ["node-agent", "--once", "--checkpoint-dir", dir.to_str().unwrap()];
+        let image = ["--image", "localhost/kube/{namespace}-{pod}-{container}:1"];
+        let out = ckpt.ok(&[&args[..], &image[..], extra].concat());
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let taken = agent(&[]);
+    assert_eq!(taken.len(), 3, "{taken:#?}");
+    let by_container =
+        |name: &str| taken.iter().find(|t| t["container"] == name).unwrap_or_else(|| panic!("{taken:#?}"));
+    let web = by_container("k8s:default/web-7d4f/web");
+    assert_eq!((web["result"].as_str(), web["layout"].as_str()), (Some("imaged"), Some("cri-o")));
+    let api = by_container("k8s:shop/api-0/api");
+    assert_eq!((api["result"].as_str(), api["layout"].as_str()), (Some("imaged"), Some("containerd")));
+    let bad = taken.iter().find(|t| t["result"] == "refused").unwrap();
+    assert!(bad["detail"].as_str().unwrap().contains("kept at"), "{bad}");
+    assert!(!dir.join(truncated).exists() && dir.join("refused").join(truncated).exists(), "moved aside, not deleted");
+
+    // Images with what CRI-O and containerd look for, in the catalog and the audit log.
+    let images: serde_json::Value = serde_json::from_str(&ckpt.ok(&["image", "ls", "--format", "json"])).unwrap();
+    let text = images.to_string();
+    assert!(
+        text.contains("org.criu.checkpoint.container.name")
+            && text.contains("io.kubernetes.cri-o.annotations.checkpoint.name"),
+        "{text}"
+    );
+    assert!(
+        text.contains("localhost/kube/shop-api-0-api:1") && text.contains("localhost/kube/default-web-7d4f-web:1"),
+        "{text}"
+    );
+    let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
+    let kube: Vec<_> = entries.as_array().unwrap().iter().filter(|e| e["trigger"] == "kubelet").collect();
+    assert_eq!(kube.len(), 2, "{kube:#?}");
+    let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
+    assert!(audit.contains("\"kubelet-checkpoint\"") && audit.contains("\"kubelet-checkpoint-refused\""), "{audit}");
+    assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
+
+    // Restarted, it carries on: what it took is not taken again, a new archive is.
+    assert!(agent(&[]).is_empty());
+    std::fs::write(dir.join("checkpoint-web-7d4f_default-web-2026-12-07T04:05:00Z.tar"), &crio).unwrap();
+    let again = agent(&["--image", "localhost/kube/{namespace}-{pod}-{container}:2"]);
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert_eq!(again[0]["image"], "localhost/kube/default-web-7d4f-web:2");
+}

@@ -133,6 +133,9 @@ pub enum Command {
     Schedule(schedule::ScheduleCommand),
     /// Run the schedules in the foreground, one JSON line per event, until SIGTERM.
     Daemon(schedule::DaemonArgs),
+    /// Turn each checkpoint the kubelet writes into a checkpoint image, catalogued and audited;
+    /// one JSON line per archive.
+    NodeAgent(schedule::NodeAgentArgs),
     Migrate(migrate::MigrateArgs),
     #[command(subcommand)]
     Catalog(schedule::CatalogCommand),
@@ -398,6 +401,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Containers(ContainerCommand::Checkpoint(_) | ContainerCommand::Restore(_))
             | Command::Pull { .. }
             | Command::Daemon(_)
+            | Command::NodeAgent(_)
             | Command::Migrate(_)
             | Command::Schedule(schedule::ScheduleCommand::Run { .. })
     ) {
@@ -558,6 +562,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Network(cmd) => network::run(ctx, cmd),
         Command::Schedule(cmd) => schedule::run_schedule(ctx, cmd),
         Command::Daemon(args) => schedule::run_daemon(ctx, args),
+        Command::NodeAgent(args) => schedule::run_node_agent(ctx, args),
         Command::Migrate(args) => migrate::run(ctx, args),
         Command::Catalog(cmd) => schedule::run_catalog(ctx, cmd),
         Command::Audit(cmd) => schedule::run_audit(ctx, cmd),

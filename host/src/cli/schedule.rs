@@ -239,6 +239,48 @@ pub fn run_schedule(ctx: &Context, command: ScheduleCommand) -> Result<i32> {
     Ok(0)
 }
 
+/// The kubelet's checkpoints: each archive it writes becomes a checkpoint image.
+#[derive(Debug, Args)]
+pub struct NodeAgentArgs {
+    /// Where the kubelet writes checkpoint archives (`<--root-dir>/checkpoints`).
+    #[arg(long, value_name = "DIR", default_value = crate::ops::node_agent::DEFAULT_CHECKPOINT_DIR)]
+    pub checkpoint_dir: std::path::PathBuf,
+    /// The image each archive becomes; {namespace}, {pod}, {container} and {time} expand.
+    #[arg(long, value_name = "TEMPLATE", default_value = "localhost/checkpoints/{namespace}-{pod}-{container}:{time}")]
+    pub image: String,
+    /// Push each image to the registry its name names (signed as `push` signs).
+    #[arg(long)]
+    pub push: bool,
+    /// One pass over the directory, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// How often to look for new archives (5s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub interval: String,
+    #[command(flatten)]
+    pub registry: super::RegistryArgs,
+}
+
+pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
+    let interval = crate::util::parse_duration(&args.interval).ok_or_else(|| {
+        crate::error::Error::invalid(format!("--interval {:?} is not a duration (5s, 1m)", args.interval))
+    })?;
+    let req = crate::ops::node_agent::NodeAgentRequest {
+        checkpoint_dir: args.checkpoint_dir,
+        image: args.image,
+        push: args.push,
+        registry: args.registry.into(),
+        once: args.once,
+        interval,
+    };
+    let mut out = std::io::stdout();
+    crate::ops::node_agent::run(ctx, &req, &mut |taken| {
+        let _ = writeln!(out, "{}", serde_json::to_string(taken).expect("json"));
+        let _ = out.flush();
+    })?;
+    Ok(0)
+}
+
 pub fn run_daemon(ctx: &Context, args: DaemonArgs) -> Result<i32> {
     daemon::run(ctx, &daemon::DaemonOptions { max_parallel: args.max_parallel, metrics: args.metrics })?;
     Ok(0)

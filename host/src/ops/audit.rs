@@ -50,6 +50,24 @@ pub enum AuditEvent {
         error: String,
     },
     Migrate(Migrated),
+    /// `ckpt node-agent` made a checkpoint image of an archive the kubelet wrote.
+    KubeletCheckpoint {
+        archive: String,
+        /// `cri-o` or `containerd`.
+        layout: &'static str,
+        /// `k8s:NAMESPACE/POD/CONTAINER`.
+        container: String,
+        container_id: String,
+        image: String,
+        entry: String,
+    },
+    /// `ckpt node-agent` could not read an archive the kubelet wrote, and moved it aside.
+    KubeletCheckpointRefused {
+        archive: String,
+        error: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kept_at: Option<String>,
+    },
     Pin {
         entry: String,
         location: String,

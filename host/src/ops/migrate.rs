@@ -491,7 +491,8 @@ mod tests {
         };
         let mut options = crate::policy::bindings::CheckpointOptions::none();
         options.tcp_established = true;
-        let result = handoff.deliver(&ctx, Outgoing::Own { record: &record, content: &export::Content::default() }, &options);
+        let result =
+            handoff.deliver(&ctx, Outgoing::Own { record: &record, content: &export::Content::default() }, &options);
         (result, remote.asked.into_inner(), pushed.manifest_digest.to_string())
     }
 

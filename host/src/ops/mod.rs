@@ -12,6 +12,7 @@ pub mod info;
 pub mod lifecycle;
 pub mod migrate;
 pub mod network;
+pub mod node_agent;
 pub mod policy;
 pub mod restore;
 pub mod schedule;

@@ -1,0 +1,332 @@
+//! `ckpt node-agent`: ckpt's catalog and audit log over a Kubernetes node's checkpoints. The
+//! kubelet writes each checkpoint (`POST /checkpoint/{namespace}/{pod}/{container}`, KEP-2008)
+//! as an archive in its checkpoint directory, in its CRI runtime's layout (CRI-O's or
+//! containerd's). The agent takes each new one as untrusted input (unpacked by the strict
+//! extractor, its names read from `spec.dump`), makes it a checkpoint image carrying the
+//! annotations CRI-O and containerd look for, pushes it when asked, and records it in the
+//! catalog and the audit log. An archive it cannot read is moved aside (`refused/` in the
+//! directory), never deleted, and recorded. What it took is remembered in
+//! `<root>/node-agent.json`, so that a restarted agent carries on where it stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Context;
+use super::audit::AuditEvent;
+use super::images::RegistryFlags;
+use crate::archive::deferred::ImagesInFlight;
+use crate::archive::staged::StagedCheckpoint;
+use crate::error::{Error, Result};
+use crate::metadata::{CRIO_ANNOTATION_PREFIX, CRIU_ANNOTATION_PREFIX};
+use crate::store::catalog::{Entry, EntryKind, EntryPolicy};
+
+/// The kubelet's checkpoint directory (`<--root-dir>/checkpoints`).
+pub const DEFAULT_CHECKPOINT_DIR: &str = "/var/lib/kubelet/checkpoints";
+
+#[derive(Debug, Clone)]
+pub struct NodeAgentRequest {
+    pub checkpoint_dir: PathBuf,
+    /// The image each archive becomes: `{namespace}`, `{pod}`, `{container}` and `{time}` expand.
+    pub image: String,
+    /// Push each image to the registry its name names.
+    pub push: bool,
+    pub registry: RegistryFlags,
+    /// One pass over the directory, then exit.
+    pub once: bool,
+    pub interval: Duration,
+}
+
+/// What became of one archive, printed as a JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Taken {
+    pub archive: String,
+    /// `imaged` or `refused`.
+    pub result: String,
+    /// `cri-o` or `containerd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// `k8s:NAMESPACE/POD/CONTAINER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// How long an archive must stay unchanged before the agent takes it: the kubelet writes it in
+/// place.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// Runs the agent: a pass over the directory every `interval` (or one), each archive's outcome
+/// printed by `report` as it is taken.
+pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)) -> Result<()> {
+    validate(req)?;
+    loop {
+        for taken in pass(ctx, req)? {
+            report(&taken);
+        }
+        if req.once {
+            return Ok(());
+        }
+        let mut slept = Duration::ZERO;
+        while slept < req.interval {
+            crate::interrupt::check()?;
+            std::thread::sleep(Duration::from_millis(200));
+            slept += Duration::from_millis(200);
+        }
+    }
+}
+
+fn validate(req: &NodeAgentRequest) -> Result<()> {
+    if !req.checkpoint_dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "the kubelet's checkpoint directory {:?} does not exist; name it with --checkpoint-dir",
+            req.checkpoint_dir.display().to_string()
+        )));
+    }
+    let sample = expand(&req.image, ("default", "pod", "container"), chrono::Utc::now());
+    crate::image::validate_reference(&crate::image::normalize_reference(&sample)).map_err(|e| {
+        Error::invalid(format!(
+            "--image {:?} does not make an image name ({e}); use {{namespace}}, {{pod}}, {{container}} and {{time}} in a name",
+            req.image
+        ))
+    })?;
+    if req.push {
+        crate::registry::check_reference(&sample)?;
+    }
+    Ok(())
+}
+
+/// The archives the agent has taken, by file name.
+type Seen = BTreeMap<String, Taken>;
+
+fn state_path(ctx: &Context) -> PathBuf {
+    ctx.roots.root.join("node-agent.json")
+}
+
+/// One pass: every settled archive not taken before.
+fn pass(ctx: &Context, req: &NodeAgentRequest) -> Result<Vec<Taken>> {
+    let state = state_path(ctx);
+    let mut seen: Seen = crate::util::read_json_if_exists(&state, "node agent state")?.unwrap_or_default();
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(&req.checkpoint_dir).map_err(Error::io("read", &req.checkpoint_dir))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = match std::fs::symlink_metadata(entry.path()) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => continue,
+        };
+        // The operator's glob: `checkpoint-<pod>_<namespace>-<container>-<time>.tar`.
+        if !(name.starts_with("checkpoint-") && name.ends_with(".tar") && name.contains('_'))
+            || seen.contains_key(&name)
+        {
+            continue;
+        }
+        let settled = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= SETTLED);
+        if settled || req.once {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let mut taken = Vec::new();
+    for name in names {
+        crate::interrupt::check()?;
+        let outcome = take(ctx, req, &name);
+        seen.insert(name, outcome.clone());
+        // After each: a restart takes up the next one.
+        crate::util::write_json(&state, &seen)?;
+        taken.push(outcome);
+    }
+    Ok(taken)
+}
+
+/// Which CRI runtime wrote an archive, and the names its `spec.dump` gives the container.
+#[derive(Debug, Clone, PartialEq)]
+struct KubeletArchive {
+    layout: &'static str,
+    namespace: String,
+    pod: String,
+    container: String,
+    /// The CRI's container ID.
+    id: String,
+    image: String,
+}
+
+impl KubeletArchive {
+    fn shown(&self) -> String {
+        format!("k8s:{}/{}/{}", self.namespace, self.pod, self.container)
+    }
+
+    /// From `spec.dump`'s annotations (CRI-O's `io.kubernetes.*`, containerd's
+    /// `io.kubernetes.cri.*`) and `config.dump`, as checkpointctl reads them.
+    fn read(staged: &StagedCheckpoint) -> Result<KubeletArchive> {
+        let refused = |reason: &str| Error::from(staged.refuse("spec.dump", reason));
+        let spec: Value = staged.read_member_json("spec.dump")?.ok_or_else(|| refused("it is missing"))?;
+        let config: Value = staged.read_member_json("config.dump")?.unwrap_or_default();
+        let annotations = &spec["annotations"];
+        let text = |key: &str| annotations[key].as_str().filter(|v| !v.is_empty()).map(str::to_string);
+        let (layout, keys) =
+            if annotations["io.container.manager"] == "cri-o" || staged.open_member("bind.mounts")?.is_some() {
+                ("cri-o", ["io.kubernetes.pod.namespace", "io.kubernetes.pod.name", "io.kubernetes.container.name"])
+            } else if text("io.kubernetes.cri.container-name").is_some() {
+                (
+                    "containerd",
+                    [
+                        "io.kubernetes.cri.sandbox-namespace",
+                        "io.kubernetes.cri.sandbox-name",
+                        "io.kubernetes.cri.container-name",
+                    ],
+                )
+            } else {
+                return Err(refused("names no CRI runtime: neither CRI-O's nor containerd's annotations are there"));
+            };
+        let [namespace, pod, container] = keys.map(|key| text(key).ok_or(key));
+        let missing = |key: &str| refused(&format!("has no {key} annotation"));
+        Ok(KubeletArchive {
+            layout,
+            namespace: namespace.map_err(missing)?,
+            pod: pod.map_err(missing)?,
+            container: container.map_err(missing)?,
+            id: config["id"].as_str().unwrap_or_default().to_string(),
+            image: config["rootfsImageName"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// What CRI-O (`io.kubernetes.cri-o.annotations.checkpoint.*`) and containerd
+    /// (`org.criu.checkpoint.*`) look for on a checkpoint image.
+    fn annotations(&self) -> BTreeMap<String, String> {
+        let cri_o = |k: &str| format!("{CRIO_ANNOTATION_PREFIX}{k}");
+        let criu = |k: &str| format!("{CRIU_ANNOTATION_PREFIX}{k}");
+        BTreeMap::from([
+            (cri_o("name"), self.container.clone()),
+            (cri_o("rootfsImageName"), self.image.clone()),
+            (criu("container.name"), self.container.clone()),
+            (criu("pod.name"), self.pod.clone()),
+            (criu("pod.namespace"), self.namespace.clone()),
+            (criu("engine.name"), self.layout.to_string()),
+            (criu("rootfsImageName"), self.image.clone()),
+        ])
+    }
+}
+
+fn expand(
+    template: &str,
+    (namespace, pod, container): (&str, &str, &str),
+    at: chrono::DateTime<chrono::Utc>,
+) -> String {
+    template
+        .replace("{namespace}", namespace)
+        .replace("{pod}", pod)
+        .replace("{container}", container)
+        .replace("{time}", &at.format("%Y%m%dT%H%M%S%3fZ").to_string())
+}
+
+/// Takes one archive: an image, or refused and moved aside.
+fn take(ctx: &Context, req: &NodeAgentRequest, name: &str) -> Taken {
+    let path = req.checkpoint_dir.join(name);
+    let mut taken = Taken {
+        archive: path.display().to_string(),
+        result: "imaged".into(),
+        layout: None,
+        container: None,
+        image: None,
+        detail: String::new(),
+    };
+    match image_of(ctx, req, &path) {
+        Ok((archive, image, entry)) => {
+            ctx.audit(AuditEvent::KubeletCheckpoint {
+                archive: taken.archive.clone(),
+                layout: archive.layout,
+                container: archive.shown(),
+                container_id: archive.id.clone(),
+                image: image.clone(),
+                entry,
+            });
+            taken.layout = Some(archive.layout.to_string());
+            taken.container = Some(archive.shown());
+            taken.image = Some(image);
+        }
+        Err(e) => {
+            let kept_at = set_aside(&req.checkpoint_dir, name);
+            taken.result = "refused".into();
+            taken.detail = match &kept_at {
+                Ok(at) => format!("{e}; kept at {}", at.display()),
+                Err(move_failed) => format!("{e}; it stays where it is ({move_failed})"),
+            };
+            ctx.audit(AuditEvent::KubeletCheckpointRefused {
+                archive: taken.archive.clone(),
+                error: e.to_string(),
+                kept_at: kept_at.ok().map(|at| at.display().to_string()),
+            });
+        }
+    }
+    taken
+}
+
+/// An archive the agent refused goes to `refused/` beside it, out of the kubelet's and the
+/// operator's sight, for someone to look at.
+fn set_aside(dir: &Path, name: &str) -> Result<PathBuf> {
+    let aside = dir.join("refused");
+    crate::util::create_dir_all(&aside)?;
+    let to = aside.join(name);
+    std::fs::rename(dir.join(name), &to).map_err(Error::io("move aside", dir.join(name)))?;
+    Ok(to)
+}
+
+/// The checkpoint image of the archive at `path`, added to the store (and pushed), catalogued.
+fn image_of(ctx: &Context, req: &NodeAgentRequest, path: &Path) -> Result<(KubeletArchive, String, String)> {
+    let mut staged = StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?;
+    staged.page_images.take().map_or(Ok(()), ImagesInFlight::wait)?;
+    let archive = KubeletArchive::read(&staged)?;
+    drop(staged);
+    let at = chrono::Utc::now();
+    let name = expand(&req.image, (&archive.namespace, &archive.pod, &archive.container), at);
+    let reference = crate::image::normalize_reference(&name);
+    // The kubelet's archive, checked above, is the image's one layer, as CRI-O's own are.
+    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let layer = ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?;
+    ctx.images.add_image(&reference, &[layer], None, archive.annotations())?;
+    ctx.images.set_trust(&reference, "made-here")?;
+    let location = match req.push {
+        true => super::images::push(ctx, &reference, None, &req.registry)?,
+        false => reference.clone(),
+    };
+    let info = ctx.images.resolve(&reference)?;
+    let entry = Entry {
+        id: crate::store::catalog::new_id(),
+        container_id: archive.id.clone(),
+        container_name: archive.shown(),
+        kind: EntryKind::Image,
+        location: location.clone(),
+        size_bytes: info.size,
+        digest: Some(info.manifest_digest.to_string()),
+        created: at,
+        trigger: "kubelet".into(),
+        schedule: None,
+        policy: EntryPolicy { source: "kubelet".into(), digest: String::new() },
+        plan: json!({"archive": path.display().to_string(), "layout": archive.layout}),
+        pinned: false,
+        sealed_to: Vec::new(),
+        signature: None,
+    };
+    ctx.catalog().add(&entry)?;
+    Ok((archive, location, entry.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_to_image_names() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-07T04:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let name = expand("localhost/kube/{namespace}-{pod}-{container}:{time}", ("shop", "api-0", "api"), at);
+        assert_eq!(name, "localhost/kube/shop-api-0-api:20261207T040000000Z");
+    }
+}
