@@ -254,6 +254,7 @@ fn kubelet_archive(
     plain: &std::path::Path,
     runtime: Kubelet,
     (ns, pod, ctr): (&str, &str, &str),
+    labels: serde_json::Value,
 ) -> Vec<u8> {
     let dir = tempfile::tempdir_in(ckpt.path("")).unwrap();
     let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
@@ -274,6 +275,7 @@ fn kubelet_archive(
             annotations.insert("io.kubernetes.pod.namespace".into(), ns.into());
             annotations.insert("io.kubernetes.pod.name".into(), pod.into());
             annotations.insert("io.kubernetes.container.name".into(), ctr.into());
+            annotations.insert("io.kubernetes.cri-o.Labels".into(), labels.to_string().into());
             std::fs::write(dir.path().join("bind.mounts"), "[]").unwrap();
             std::fs::write(dir.path().join("io.kubernetes.cri-o.LogPath"), "count 1\n").unwrap();
         }
@@ -296,31 +298,46 @@ fn kubelet_archive(
 fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_images() {
     let Some(ckpt) = Ckpt::available() else { return };
     ckpt.counter("kube-web", &[]);
+    ckpt.exec("kube-web", "echo mine > /notes");
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("kube-web")) >= 3));
     let plain = ckpt.path("web.tar");
     ckpt.ok(&["checkpoint", "-R", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-web"]);
     let dir = ckpt.path("checkpoints");
     std::fs::create_dir_all(&dir).unwrap();
-    let crio = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("default", "web-7d4f", "web"));
+    let none = serde_json::json!({});
+    let crio = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("default", "web-7d4f", "web"), none.clone());
     std::fs::write(dir.join("checkpoint-web-7d4f_default-web-2026-12-07T04:00:00Z.tar"), &crio).unwrap();
-    let containerd = kubelet_archive(&ckpt, &plain, Kubelet::Containerd, ("shop", "api-0", "api"));
+    let containerd = kubelet_archive(&ckpt, &plain, Kubelet::Containerd, ("shop", "api-0", "api"), none);
     std::fs::write(dir.join("checkpoint-api-0_shop-api-2026-12-07T04:00:01Z.tar"), &containerd).unwrap();
     // Cut short, as a kubelet that died while writing leaves it.
     let truncated = "checkpoint-bad-1_default-bad-2026-12-07T04:00:02Z.tar";
     std::fs::write(dir.join(truncated), &crio[..crio.len() / 2]).unwrap();
+    // A pod whose data may not leave in any image.
+    let pii = serde_json::json!({"data-class": "pii", "app": "payroll"});
+    let payroll = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("hr", "payroll-0", "payroll"), pii);
+    let denied_name = "checkpoint-payroll-0_hr-payroll-2026-12-07T04:00:03Z.tar";
+    std::fs::write(dir.join(denied_name), &payroll).unwrap();
+    let compliance = crate::support::policy("compliance");
+    let classes = r#"{"classes": {"public": {"targets": ["image:localhost/kube/"], "rootfs": false}, "pii": {"targets": []}}, "unlabelled": "public"}"#;
 
     let agent = |extra: &[&str]| {
         let args = ["node-agent", "--once", "--checkpoint-dir", dir.to_str().unwrap()];
         let image = ["--image", "localhost/kube/{namespace}-{pod}-{container}:1"];
-        let out = ckpt.ok(&[&args[..], &image[..], extra].concat());
+        let gate = ["--gate", compliance.as_str(), "--gate-config", classes];
+        let out = ckpt.ok(&[&args[..], &image[..], &gate[..], extra].concat());
         out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
     };
     let taken = agent(&[]);
-    assert_eq!(taken.len(), 3, "{taken:#?}");
+    assert_eq!(taken.len(), 4, "{taken:#?}");
     let by_container =
         |name: &str| taken.iter().find(|t| t["container"] == name).unwrap_or_else(|| panic!("{taken:#?}"));
     let web = by_container("k8s:default/web-7d4f/web");
     assert_eq!((web["result"].as_str(), web["layout"].as_str()), (Some("imaged"), Some("cri-o")));
+    assert!(web["detail"].as_str().unwrap().contains("narrowed by a gate"), "{web}");
+    let payroll = by_container("k8s:hr/payroll-0/payroll");
+    assert_eq!(payroll["result"], "denied", "{payroll}");
+    assert!(payroll["detail"].as_str().unwrap().contains("pii"), "{payroll}");
+    assert!(dir.join(denied_name).exists(), "a denied archive stays the kubelet's");
     let api = by_container("k8s:shop/api-0/api");
     assert_eq!((api["result"].as_str(), api["layout"].as_str()), (Some("imaged"), Some("containerd")));
     let bad = taken.iter().find(|t| t["result"] == "refused").unwrap();
@@ -339,11 +356,34 @@ fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_im
         text.contains("localhost/kube/shop-api-0-api:1") && text.contains("localhost/kube/default-web-7d4f-web:1"),
         "{text}"
     );
+    // The narrowed image's layer is the kubelet's archive without the container's file changes.
+    let saved = ckpt.path("web-image.tar");
+    ckpt.ok(&["image", "save", "-o", saved.to_str().unwrap(), "localhost/kube/default-web-7d4f-web:1"]);
+    let oci = tempfile::tempdir_in(ckpt.path("")).unwrap();
+    let untar = std::process::Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(oci.path()).status();
+    assert!(untar.unwrap().success());
+    let blob = |digest: &str| oci.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci.path().join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    assert_eq!(manifest["annotations"]["org.criu.checkpoint.pod.namespace"], "default", "{manifest}");
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let listed = std::process::Command::new("tar").arg("-tf").arg(&layer).output().unwrap();
+    let members = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(members.contains("checkpoint/") && members.contains("bind.mounts"), "{members}");
+    assert!(!members.contains("rootfs-diff.tar"), "the gate took the file changes away: {members}");
+    let original = std::process::Command::new("tar").arg("-tf").arg(&plain).output().unwrap();
+    assert!(String::from_utf8_lossy(&original.stdout).contains("rootfs-diff.tar"), "the kubelet's archive had them");
     let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
     let kube: Vec<_> = entries.as_array().unwrap().iter().filter(|e| e["trigger"] == "kubelet").collect();
     assert_eq!(kube.len(), 2, "{kube:#?}");
     let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
     assert!(audit.contains("\"kubelet-checkpoint\"") && audit.contains("\"kubelet-checkpoint-refused\""), "{audit}");
+    assert!(audit.contains("\"denial\"") && audit.contains("k8s:hr/payroll-0/payroll"), "{audit}");
+    let decisions = std::fs::read_to_string(ckpt.root.join("decisions.jsonl")).unwrap();
+    assert!(decisions.contains("k8s:hr/payroll-0/payroll"), "the gate's decisions are logged");
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
 
     // Restarted, it carries on: what it took is not taken again, a new archive is.

@@ -92,6 +92,20 @@ pub struct PolicyFlags {
     /// Settings for the planner: JSON, or @FILE.
     #[arg(long, value_name = "JSON|@FILE")]
     pub policy_config: Option<String>,
+    #[command(flatten)]
+    pub gate_flags: GateFlags,
+}
+
+impl PolicyFlags {
+    /// Each gate with its settings (`{}` when not given).
+    pub fn gates(&self) -> Result<Vec<(String, String)>> {
+        self.gate_flags.gates()
+    }
+}
+
+/// The gates, with their settings.
+#[derive(Debug, Args)]
+pub struct GateFlags {
     /// An export gate policy; give it several times, any deny wins.
     #[arg(long, value_name = "FILE.wasm")]
     pub gate: Vec<String>,
@@ -100,7 +114,7 @@ pub struct PolicyFlags {
     pub gate_config: Vec<String>,
 }
 
-impl PolicyFlags {
+impl GateFlags {
     /// Each gate with its settings (`{}` when not given).
     pub fn gates(&self) -> Result<Vec<(String, String)>> {
         if self.gate_config.len() > self.gate.len() {

@@ -259,6 +259,8 @@ pub struct NodeAgentArgs {
     pub interval: String,
     #[command(flatten)]
     pub registry: super::RegistryArgs,
+    #[command(flatten)]
+    pub gates: super::checkpoint::GateFlags,
 }
 
 pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
@@ -272,6 +274,7 @@ pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
         registry: args.registry.into(),
         once: args.once,
         interval,
+        gates: args.gates.gates()?,
     };
     let mut out = std::io::stdout();
     crate::ops::node_agent::run(ctx, &req, &mut |taken| {

@@ -1,8 +1,10 @@
-//! `ckpt migrate NAME ssh://HOST`: move a running container to ckpt on another machine.
+//! `ckpt migrate NAME ssh://HOST`: move a running container to ckpt on another machine;
+//! `ckpt migrate podman:NAME ssh://HOST`: a podman container to the podman there.
 //!
 //! The dump is an ordinary checkpoint (planned by the policy, past the gates), and handing it to
 //! the destination is its last step, inside the checkpoint's rollback. The archive streams down
-//! the ssh channel into `ckpt restore --import -` there, or goes through a registry (`--via`).
+//! the ssh channel into `ckpt restore --import -` there (`--engine podman` for podman's), or
+//! goes through a registry (`--via`).
 //! Until the destination says the container runs, the source keeps its checkpoint; a failure
 //! brings the container back here. Only then is the source removed (or kept, `--keep-source`).
 
@@ -71,16 +73,17 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     if let Some(via) = &req.via {
         crate::registry::check_reference(via)?;
     }
+    let on_podman = req.container.strip_prefix(crate::podman::PREFIX);
+    if on_podman.is_some() {
+        refuse_what_podman_cannot(req)?;
+    }
     if req.via.is_none() && !req.gates.is_empty() {
         return Err(Error::invalid(
             "--gate needs --via REF: a gate sees the finished checkpoint image before it leaves, and an ssh stream is never finished before it leaves",
         ));
     }
-    let moving = match req.container.strip_prefix(crate::podman::PREFIX) {
-        Some(name) => {
-            refuse_what_podman_cannot(req)?;
-            Moving::Podman(ctx.podman().inspect(name)?)
-        }
+    let moving = match on_podman {
+        Some(name) => Moving::Podman(ctx.podman().inspect(name)?),
         None => Moving::Own(Box::new(ctx.containers.lookup(&req.container)?)),
     };
     let name = moving.name();
@@ -192,9 +195,9 @@ impl Moving {
 
 /// What a podman container's migration cannot do, refused while nothing has changed.
 fn refuse_what_podman_cannot(req: &MigrateRequest) -> Result<()> {
-    if req.via.is_some() {
+    if req.via.is_some() || !req.gates.is_empty() {
         return Err(Error::invalid(
-            "--via sends a checkpoint image of ckpt's, which podman's API cannot restore from; a podman container migrates over the ssh channel (drop --via)",
+            "--via sends a checkpoint image of ckpt's, which podman's API cannot restore from, and --gate needs --via; a podman container migrates over the ssh channel (drop --via and --gate)",
         ));
     }
     if let Some(asked) = req.strategy.filter(|s| *s != wit::Strategy::StopAndCopy) {

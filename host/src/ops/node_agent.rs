@@ -22,6 +22,8 @@ use crate::archive::deferred::ImagesInFlight;
 use crate::archive::staged::StagedCheckpoint;
 use crate::error::{Error, Result};
 use crate::metadata::{CRIO_ANNOTATION_PREFIX, CRIU_ANNOTATION_PREFIX};
+use crate::policy::bindings as wit;
+use crate::policy::{self, GateVerdict, Policies};
 use crate::store::catalog::{Entry, EntryKind, EntryPolicy};
 
 /// The kubelet's checkpoint directory (`<--root-dir>/checkpoints`).
@@ -38,6 +40,8 @@ pub struct NodeAgentRequest {
     /// One pass over the directory, then exit.
     pub once: bool,
     pub interval: Duration,
+    /// Gates (component, settings) that judge each image before it is kept or pushed.
+    pub gates: Vec<(String, String)>,
 }
 
 /// What became of one archive, printed as a JSON line.
@@ -45,7 +49,8 @@ pub struct NodeAgentRequest {
 #[serde(rename_all = "kebab-case")]
 pub struct Taken {
     pub archive: String,
-    /// `imaged` or `refused`.
+    /// `imaged`, `denied` (by a gate; the archive stays), `refused` (unreadable; moved aside) or
+    /// `failed` (storing or pushing; tried again on the next pass).
     pub result: String,
     /// `cri-o` or `containerd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,8 +72,9 @@ const SETTLED: Duration = Duration::from_secs(2);
 /// printed by `report` as it is taken.
 pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)) -> Result<()> {
     validate(req)?;
+    let mut gates = load_gates(ctx, req)?;
     loop {
-        for taken in pass(ctx, req)? {
+        for taken in pass(ctx, req, gates.as_mut())? {
             report(&taken);
         }
         if req.once {
@@ -103,6 +109,21 @@ fn validate(req: &NodeAgentRequest) -> Result<()> {
     Ok(())
 }
 
+/// The gates, loaded once; `None` without any. A planner comes with them, unused: the kubelet
+/// made the plan.
+fn load_gates(ctx: &Context, req: &NodeAgentRequest) -> Result<Option<Policies>> {
+    if req.gates.is_empty() {
+        return Ok(None);
+    }
+    let component = |spec: &str, settings: String| -> Result<policy::Component> {
+        Ok(policy::Component { read: super::policy::fetch_component(ctx, spec)?, settings })
+    };
+    let planner = component(policy::DEFAULT_POLICY_SOURCE, policy::read_settings(None)?)?;
+    let gates = req.gates.iter().map(|(spec, settings)| component(spec, settings.clone()));
+    let gates = gates.collect::<Result<Vec<_>>>()?;
+    Ok(Some(Policies::load_components(&ctx.policy_cache(), planner, gates)?))
+}
+
 /// The archives the agent has taken, by file name.
 type Seen = BTreeMap<String, Taken>;
 
@@ -111,7 +132,7 @@ fn state_path(ctx: &Context) -> PathBuf {
 }
 
 /// One pass: every settled archive not taken before.
-fn pass(ctx: &Context, req: &NodeAgentRequest) -> Result<Vec<Taken>> {
+fn pass(ctx: &Context, req: &NodeAgentRequest, mut gates: Option<&mut Policies>) -> Result<Vec<Taken>> {
     let state = state_path(ctx);
     let mut seen: Seen = crate::util::read_json_if_exists(&state, "node agent state")?.unwrap_or_default();
     let mut names = Vec::new();
@@ -137,8 +158,10 @@ fn pass(ctx: &Context, req: &NodeAgentRequest) -> Result<Vec<Taken>> {
     let mut taken = Vec::new();
     for name in names {
         crate::interrupt::check()?;
-        let outcome = take(ctx, req, &name);
-        seen.insert(name, outcome.clone());
+        let outcome = take(ctx, req, &name, gates.as_deref_mut());
+        if outcome.result != "failed" {
+            seen.insert(name, outcome.clone());
+        }
         // After each: a restart takes up the next one.
         crate::util::write_json(&state, &seen)?;
         taken.push(outcome);
@@ -156,6 +179,11 @@ struct KubeletArchive {
     /// The CRI's container ID.
     id: String,
     image: String,
+    /// The pod's and the container's labels, as CRI-O records them.
+    labels: Vec<(String, String)>,
+    annotations: Vec<(String, String)>,
+    has_rootfs: bool,
+    has_volumes: bool,
 }
 
 impl KubeletArchive {
@@ -188,7 +216,15 @@ impl KubeletArchive {
             };
         let [namespace, pod, container] = keys.map(|key| text(key).ok_or(key));
         let missing = |key: &str| refused(&format!("has no {key} annotation"));
+        let labels: BTreeMap<String, String> =
+            text("io.kubernetes.cri-o.Labels").and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default();
+        let annotations = annotations.as_object().into_iter().flatten();
+        let annotations = annotations.filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())));
         Ok(KubeletArchive {
+            labels: labels.into_iter().collect(),
+            annotations: annotations.collect(),
+            has_rootfs: staged.open_member("rootfs-diff.tar")?.is_some(),
+            has_volumes: staged.has_dir("volumes")?,
             layout,
             namespace: namespace.map_err(missing)?,
             pod: pod.map_err(missing)?,
@@ -228,7 +264,7 @@ fn expand(
 }
 
 /// Takes one archive: an image, or refused and moved aside.
-fn take(ctx: &Context, req: &NodeAgentRequest, name: &str) -> Taken {
+fn take(ctx: &Context, req: &NodeAgentRequest, name: &str, gates: Option<&mut Policies>) -> Taken {
     let path = req.checkpoint_dir.join(name);
     let mut taken = Taken {
         archive: path.display().to_string(),
@@ -238,8 +274,16 @@ fn take(ctx: &Context, req: &NodeAgentRequest, name: &str) -> Taken {
         image: None,
         detail: String::new(),
     };
-    match image_of(ctx, req, &path) {
-        Ok((archive, image, entry)) => {
+    let mut recorded = gates;
+    let made = image_of(ctx, req, &path, recorded.as_deref_mut());
+    if let Some(policies) = recorded {
+        let records = std::mem::take(&mut policies.records);
+        if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
+            tracing::error!("cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
+        }
+    }
+    match made {
+        Ok(Made { archive, image, entry, narrowed }) => {
             ctx.audit(AuditEvent::KubeletCheckpoint {
                 archive: taken.archive.clone(),
                 layout: archive.layout,
@@ -251,8 +295,35 @@ fn take(ctx: &Context, req: &NodeAgentRequest, name: &str) -> Taken {
             taken.layout = Some(archive.layout.to_string());
             taken.container = Some(archive.shown());
             taken.image = Some(image);
+            taken.detail = narrowed.unwrap_or_default();
         }
-        Err(e) => {
+        Err(NoImage::Denied(denied)) => {
+            let (archive, error) = *denied;
+            // The kubelet's archive stays where it is, for the kubelet's and the operator's
+            // retention: only ckpt's image of it was refused.
+            taken.result = "denied".into();
+            taken.detail = error.to_string();
+            taken.layout = Some(archive.layout.to_string());
+            taken.container = Some(archive.shown());
+            ctx.audit(AuditEvent::Denial {
+                about: super::audit::CheckpointSubject {
+                    container: archive.shown(),
+                    container_id: archive.id.clone(),
+                    trigger: "kubelet".into(),
+                    schedule: None,
+                    policy: super::audit::PolicyIdentity { source: "kubelet".into(), digest: String::new() },
+                },
+                error: error.to_string(),
+            });
+        }
+        Err(NoImage::Failed(failed)) => {
+            let (archive, error) = *failed;
+            taken.result = "failed".into();
+            taken.detail = format!("{error}; the archive stays, and the next pass tries it again");
+            taken.layout = Some(archive.layout.to_string());
+            taken.container = Some(archive.shown());
+        }
+        Err(NoImage::Unreadable(e)) => {
             let kept_at = set_aside(&req.checkpoint_dir, name);
             taken.result = "refused".into();
             taken.detail = match &kept_at {
@@ -279,18 +350,162 @@ fn set_aside(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(to)
 }
 
-/// The checkpoint image of the archive at `path`, added to the store (and pushed), catalogued.
-fn image_of(ctx: &Context, req: &NodeAgentRequest, path: &Path) -> Result<(KubeletArchive, String, String)> {
-    let mut staged = StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path)?;
-    staged.page_images.take().map_or(Ok(()), ImagesInFlight::wait)?;
+/// An image made of a kubelet's archive.
+struct Made {
+    archive: KubeletArchive,
+    image: String,
+    entry: String,
+    /// Why a gate narrowed it.
+    narrowed: Option<String>,
+}
+
+/// Why an archive has no image.
+enum NoImage {
+    /// It cannot be read as a kubelet's checkpoint: it is moved aside.
+    Unreadable(Box<Error>),
+    /// A gate denied its image: the archive stays, the kubelet's.
+    Denied(Box<(KubeletArchive, Error)>),
+    /// Storing or pushing the image failed, not the archive: the next pass tries again.
+    Failed(Box<(KubeletArchive, Error)>),
+}
+
+impl From<Error> for NoImage {
+    fn from(error: Error) -> NoImage {
+        NoImage::Unreadable(Box::new(error))
+    }
+}
+
+/// Whether the tar at `path` ends as every tar writer ends one: after its last member, two
+/// blocks of zeros. A tar reader takes the end of the file at a member's boundary for the end of
+/// the archive, so a kubelet's archive cut short there would pass for a whole one with fewer
+/// members.
+fn check_whole(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let cut =
+        |detail: String| Error::invalid(format!("archive {:?} is cut short: {detail}", path.display().to_string()));
+    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let length = file.metadata().map_err(Error::io("stat", path))?.len();
+    if length % 512 != 0 {
+        return Err(cut(format!("{length} bytes is not a whole number of tar's 512-byte blocks")));
+    }
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let mut end = 0;
+    let entries = archive.entries_with_seek().map_err(|e| cut(e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| cut(e.to_string()))?;
+        end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+    }
+    let mut file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let mut trailer = [0u8; 1024];
+    let whole = file.seek(SeekFrom::Start(end)).is_ok() && file.read_exact(&mut trailer).is_ok();
+    if !whole || trailer.iter().any(|&b| b != 0) {
+        return Err(cut(format!("no end-of-archive blocks after its last member, at byte {end} of {length}")));
+    }
+    Ok(())
+}
+
+/// What a gate is told of the image an archive is about to become.
+fn gate_facts(archive: &KubeletArchive, path: &Path, location: &str, push: bool) -> Result<wit::ExportFacts> {
+    let pairs = |list: &[(String, String)]| {
+        list.iter().map(|(key, value)| wit::KeyValue { key: key.clone(), value: value.clone() }).collect()
+    };
+    Ok(wit::ExportFacts {
+        container: wit::ContainerFacts {
+            id: archive.id.clone(),
+            name: archive.shown(),
+            image: archive.image.clone(),
+            labels: pairs(&archive.labels),
+            annotations: pairs(&archive.annotations),
+            state: "running".into(),
+            memory_bytes: 0,
+            process_count: 0,
+            tcp_established: 0,
+            file_locks: 0,
+            volumes: vec![],
+            rootfs_change_bytes: 0,
+        },
+        target: wit::ExportTarget {
+            kind: if push { wit::TargetKind::Registry } else { wit::TargetKind::Image },
+            location: location.to_string(),
+            compression: wit::Compression::None,
+            sealed_to: vec![],
+            signed: false,
+        },
+        size_bytes: std::fs::metadata(path).map_err(Error::io("stat", path))?.len(),
+        has_rootfs: archive.has_rootfs,
+        has_volumes: archive.has_volumes,
+        digest: crate::util::file_digest(path)?,
+        now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+/// The checkpoint image of the archive at `path`, judged by the gates, added to the store (and
+/// pushed), catalogued.
+fn image_of(
+    ctx: &Context,
+    req: &NodeAgentRequest,
+    path: &Path,
+    gates: Option<&mut Policies>,
+) -> std::result::Result<Made, NoImage> {
+    check_whole(path)?;
+    let mut staged = StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path).map_err(Error::from)?;
+    staged.page_images.take().map_or(Ok(()), ImagesInFlight::wait).map_err(Error::from)?;
     let archive = KubeletArchive::read(&staged)?;
     drop(staged);
     let at = chrono::Utc::now();
     let name = expand(&req.image, (&archive.namespace, &archive.pod, &archive.container), at);
     let reference = crate::image::normalize_reference(&name);
-    // The kubelet's archive, checked above, is the image's one layer, as CRI-O's own are.
-    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let layer = ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?;
+    let verdict = match gates {
+        None => GateVerdict::Allow,
+        Some(policies) => {
+            let judged = gate_facts(&archive, path, &reference, req.push).and_then(|facts| Ok(policies.gate(&facts)?));
+            match judged {
+                Ok(verdict) => verdict,
+                Err(error) if error.is_denial() => return Err(NoImage::Denied(Box::new((archive, error)))),
+                Err(error) => return Err(NoImage::Failed(Box::new((archive, error)))),
+            }
+        }
+    };
+    match make_image(ctx, req, path, &archive, &reference, &verdict, at) {
+        Ok((image, entry)) => {
+            let narrowed = match verdict {
+                GateVerdict::Allow => None,
+                GateVerdict::Narrow { reasons, .. } => Some(format!("narrowed by a gate: {}", reasons.join("; "))),
+            };
+            Ok(Made { archive, image, entry, narrowed })
+        }
+        Err(error) => Err(NoImage::Failed(Box::new((archive, error)))),
+    }
+}
+
+fn make_image(
+    ctx: &Context,
+    req: &NodeAgentRequest,
+    path: &Path,
+    archive: &KubeletArchive,
+    reference: &str,
+    verdict: &GateVerdict,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, String)> {
+    // The kubelet's archive, checked above, is the image's one layer, as CRI-O's own are; a
+    // narrowed one is copied without what the gate took away.
+    let layer = match verdict {
+        GateVerdict::Allow => {
+            let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+            ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
+        }
+        GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
+            let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "narrowed")?;
+            let narrowed = scratch.path.join("layer.tar");
+            let file = std::fs::File::create(&narrowed).map_err(Error::io("create", &narrowed))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            super::checkpoint::podman::copy_archive(path, (*drop_rootfs, *drop_volumes), &mut out, &narrowed)?;
+            drop(out);
+            let file = std::fs::File::open(&narrowed).map_err(Error::io("open", &narrowed))?;
+            ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
+        }
+    };
+    let reference = reference.to_string();
     ctx.images.add_image(&reference, &[layer], None, archive.annotations())?;
     ctx.images.set_trust(&reference, "made-here")?;
     let location = match req.push {
@@ -316,12 +531,37 @@ fn image_of(ctx: &Context, req: &NodeAgentRequest, path: &Path) -> Result<(Kubel
         signature: None,
     };
     ctx.catalog().add(&entry)?;
-    Ok((archive, location, entry.id))
+    Ok((location, entry.id))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_archive_cut_short_anywhere_is_told_from_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, size) in [("spec.dump", 700usize), ("checkpoint/pages-1.img", 4096), ("config.dump", 10)] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(size as u64);
+            header.set_mode(0o600);
+            builder.append_data(&mut header, name, &vec![0u8; size][..]).unwrap();
+        }
+        let whole = builder.into_inner().unwrap();
+        let write = |bytes: &[u8]| {
+            let path = dir.path().join("a.tar");
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        check_whole(&write(&whole)).unwrap();
+        // At a member's boundary (after spec.dump: header, 700 bytes, padding), inside the
+        // padding, inside a member, inside the end-of-archive blocks.
+        for cut in [512 + 1024, 512 + 800, 512 + 1024 + 512 + 100, whole.len() - 512] {
+            let err = check_whole(&write(&whole[..cut])).unwrap_err().to_string();
+            assert!(err.contains("is cut short"), "{cut}: {err}");
+        }
+    }
 
     #[test]
     fn templates_expand_to_image_names() {

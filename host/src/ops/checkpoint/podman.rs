@@ -482,6 +482,12 @@ impl Dumped {
     }
 }
 
+/// A checkpoint archive in podman's or a CRI runtime's layout, copied uncompressed into `out`
+/// less its file changes and its volumes when they are dropped (a gate's narrowing).
+pub(crate) fn copy_archive(from: &Path, dropped: (bool, bool), out: &mut dyn Write, target: &Path) -> Result<Included> {
+    copy_members(&mut Dumped::open(from)?, dropped, Compression::None, out, target)
+}
+
 /// Copies the members of podman's archive `dumped` into `out`, compressed, less the file
 /// changes and the volumes when they are dropped.
 fn copy_members(
