@@ -393,3 +393,46 @@ fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_im
     assert_eq!(again.len(), 1, "{again:#?}");
     assert_eq!(again[0]["image"], "localhost/kube/default-web-7d4f-web:2");
 }
+
+#[test]
+fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archives() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.counter("kube-job", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("kube-job")) >= 1));
+    let plain = ckpt.path("job.tar");
+    ckpt.ok(&["checkpoint", "-R", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-job"]);
+    let archive = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("batch", "job-0", "job"), serde_json::json!({}));
+    let dir = ckpt.path("checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = |i: u32| format!("checkpoint-job-0_batch-job-2026-12-07T{:02}:{:02}:00Z.tar", i / 60, i % 60);
+    for i in 0..100 {
+        std::fs::write(dir.join(name(i)), &archive).unwrap();
+    }
+    let retainer = crate::support::policy("kubelet_retainer");
+    let args = ["node-agent", "--once", "--checkpoint-dir", dir.to_str().unwrap(), "--retainer", &retainer];
+    let settings = r#"{"maxCheckpointsPerContainer": 10, "maxTotalSizePerContainer": "10Gi"}"#;
+    let image = ["--image", "localhost/kube/{namespace}-{pod}-{container}:{time}", "--retainer-config", settings];
+    let out = ckpt.ok(&[&args[..], &image[..]].concat());
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let count = |result: &str| lines.iter().filter(|l| l["result"] == result).count();
+    assert_eq!((count("imaged"), count("deleted"), count("failed")), (100, 90, 0), "{out}");
+    let deleted = lines.iter().find(|l| l["result"] == "deleted").unwrap();
+    assert!(deleted["detail"].as_str().unwrap().contains("maxCheckpointsPerContainer"), "{deleted}");
+
+    // The newest ten are left: the kubelet's archives, ckpt's images and the catalog agree.
+    let left: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+    let mut left: Vec<&String> = left.iter().filter(|n| n.ends_with(".tar")).collect();
+    left.sort();
+    let newest: Vec<String> = (90..100).map(name).collect();
+    assert_eq!(left, newest.iter().collect::<Vec<_>>());
+    let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
+    let kept: Vec<_> =
+        entries.as_array().unwrap().iter().filter(|e| e["container-name"] == "k8s:batch/job-0/job").collect();
+    assert_eq!(kept.len(), 10);
+    let images = ckpt.ok(&["image", "ls", "--format", "{{.Repository}}"]);
+    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 10, "{images}");
+    let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
+    assert_eq!(audit.matches("\"retention-delete\"").count(), 90);
+    assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
+}

@@ -261,6 +261,13 @@ pub struct NodeAgentArgs {
     pub registry: super::RegistryArgs,
     #[command(flatten)]
     pub gates: super::checkpoint::GateFlags,
+    /// The retainer asked about each container's checkpoints after a pass (the
+    /// checkpoint-restore-operator's vocabulary: target/policies/kubelet_retainer.wasm).
+    #[arg(long, value_name = "FILE.wasm")]
+    pub retainer: Option<String>,
+    /// Settings for the retainer: JSON, or @FILE (`{"maxCheckpointsPerContainer": 10}`).
+    #[arg(long, value_name = "JSON|@FILE", requires = "retainer")]
+    pub retainer_config: Option<String>,
 }
 
 pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
@@ -275,6 +282,10 @@ pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
         once: args.once,
         interval,
         gates: args.gates.gates()?,
+        retainer: match args.retainer {
+            Some(source) => Some((source, crate::policy::read_settings(args.retainer_config.as_deref())?)),
+            None => None,
+        },
     };
     let mut out = std::io::stdout();
     crate::ops::node_agent::run(ctx, &req, &mut |taken| {

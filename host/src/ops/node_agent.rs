@@ -42,6 +42,9 @@ pub struct NodeAgentRequest {
     pub interval: Duration,
     /// Gates (component, settings) that judge each image before it is kept or pushed.
     pub gates: Vec<(String, String)>,
+    /// The retainer (component, settings) asked about each container's checkpoints after a
+    /// pass that took some; what it names goes, the kubelet's archive and ckpt's image.
+    pub retainer: Option<(String, String)>,
 }
 
 /// What became of one archive, printed as a JSON line.
@@ -49,8 +52,9 @@ pub struct NodeAgentRequest {
 #[serde(rename_all = "kebab-case")]
 pub struct Taken {
     pub archive: String,
-    /// `imaged`, `denied` (by a gate; the archive stays), `refused` (unreadable; moved aside) or
-    /// `failed` (storing or pushing; tried again on the next pass).
+    /// `imaged`, `denied` (by a gate; the archive stays), `refused` (unreadable; moved aside),
+    /// `failed` (storing or pushing; tried again on the next pass) or `deleted` (by retention,
+    /// with its image).
     pub result: String,
     /// `cri-o` or `containerd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,9 +77,27 @@ const SETTLED: Duration = Duration::from_secs(2);
 pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)) -> Result<()> {
     validate(req)?;
     let mut gates = load_gates(ctx, req)?;
+    let retention = match &req.retainer {
+        Some((spec, settings)) => Some(policy::Retention::load(
+            &ctx.policy_cache(),
+            policy::Component { read: super::policy::fetch_component(ctx, spec)?, settings: settings.clone() },
+        )?),
+        None => None,
+    };
     loop {
-        for taken in pass(ctx, req, gates.as_mut())? {
-            report(&taken);
+        let taken = pass(ctx, req, gates.as_mut())?;
+        for one in &taken {
+            report(one);
+        }
+        if let Some(retention) = &retention {
+            let mut containers: Vec<&String> = taken.iter().filter_map(|t| t.container.as_ref()).collect();
+            containers.sort();
+            containers.dedup();
+            for container in containers {
+                for deleted in retain(ctx, retention, container)? {
+                    report(&deleted);
+                }
+            }
         }
         if req.once {
             return Ok(());
@@ -260,7 +282,7 @@ fn expand(
         .replace("{namespace}", namespace)
         .replace("{pod}", pod)
         .replace("{container}", container)
-        .replace("{time}", &at.format("%Y%m%dT%H%M%S%3fZ").to_string())
+        .replace("{time}", &at.format("%Y%m%dT%H%M%S%6fZ").to_string())
 }
 
 /// Takes one archive: an image, or refused and moved aside.
@@ -338,6 +360,42 @@ fn take(ctx: &Context, req: &NodeAgentRequest, name: &str, gates: Option<&mut Po
         }
     }
     taken
+}
+
+/// Asks the retainer about one container's checkpoints; deletes the images it names (through the
+/// catalog, which audits each) and the kubelet's archives they were made of.
+fn retain(ctx: &Context, retention: &policy::Retention, container: &str) -> Result<Vec<Taken>> {
+    let archives: BTreeMap<String, String> = ctx
+        .catalog()
+        .list()?
+        .into_iter()
+        .filter(|e| e.container_id == container)
+        .filter_map(|e| Some((e.id, e.plan["archive"].as_str()?.to_string())))
+        .collect();
+    let retained = super::catalog::retain(ctx, retention, container, super::catalog::Scope::Container)?;
+    let mut deleted = Vec::new();
+    for one in retained {
+        let Some(archive) = archives.get(&one.entry) else { continue };
+        let result = match &one.error {
+            Some(error) => Err(error.clone()),
+            None => match std::fs::remove_file(archive) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("remove {archive}: {e}")),
+                _ => Ok(()),
+            },
+        };
+        deleted.push(Taken {
+            archive: archive.clone(),
+            result: if result.is_ok() { "deleted".into() } else { "failed".into() },
+            layout: None,
+            container: Some(container.to_string()),
+            image: None,
+            detail: match result {
+                Ok(()) => one.reason,
+                Err(error) => format!("{}: {error}", one.reason),
+            },
+        });
+    }
+    Ok(deleted)
 }
 
 /// An archive the agent refused goes to `refused/` beside it, out of the kubelet's and the
@@ -513,9 +571,10 @@ fn make_image(
         false => reference.clone(),
     };
     let info = ctx.images.resolve(&reference)?;
+    // A pod's container is known by its names: the CRI's ID changes with every restart.
     let entry = Entry {
         id: crate::store::catalog::new_id(),
-        container_id: archive.id.clone(),
+        container_id: archive.shown(),
         container_name: archive.shown(),
         kind: EntryKind::Image,
         location: location.clone(),
@@ -525,7 +584,7 @@ fn make_image(
         trigger: "kubelet".into(),
         schedule: None,
         policy: EntryPolicy { source: "kubelet".into(), digest: String::new() },
-        plan: json!({"archive": path.display().to_string(), "layout": archive.layout}),
+        plan: json!({"archive": path.display().to_string(), "layout": archive.layout, "cri-container-id": archive.id}),
         pinned: false,
         sealed_to: Vec::new(),
         signature: None,
@@ -567,6 +626,6 @@ mod tests {
     fn templates_expand_to_image_names() {
         let at = chrono::DateTime::parse_from_rfc3339("2026-12-07T04:00:00Z").unwrap().with_timezone(&chrono::Utc);
         let name = expand("localhost/kube/{namespace}-{pod}-{container}:{time}", ("shop", "api-0", "api"), at);
-        assert_eq!(name, "localhost/kube/shop-api-0-api:20261207T040000000Z");
+        assert_eq!(name, "localhost/kube/shop-api-0-api:20261207T040000000000Z");
     }
 }
