@@ -389,9 +389,34 @@ fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_im
     // Restarted, it carries on: what it took is not taken again, a new archive is.
     assert!(agent(&[]).is_empty());
     std::fs::write(dir.join("checkpoint-web-7d4f_default-web-2026-12-07T04:05:00Z.tar"), &crio).unwrap();
-    let again = agent(&["--image", "localhost/kube/{namespace}-{pod}-{container}:2"]);
+    // Sealed: the image's one layer is age ciphertext of the (narrowed) archive, which Debian's
+    // age opens with the identity.
+    let key = ckpt.path("key.txt");
+    let recipient = ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
+    let again = agent(&["--image", "localhost/kube/{namespace}-{pod}-{container}:2", "--encrypt-to", &recipient]);
     assert_eq!(again.len(), 1, "{again:#?}");
     assert_eq!(again[0]["image"], "localhost/kube/default-web-7d4f-web:2");
+    let saved = ckpt.path("sealed-image.tar");
+    ckpt.ok(&["image", "save", "-o", saved.to_str().unwrap(), "localhost/kube/default-web-7d4f-web:2"]);
+    let oci = tempfile::tempdir_in(ckpt.path("")).unwrap();
+    let untar = std::process::Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(oci.path()).status();
+    assert!(untar.unwrap().success());
+    let blob = |digest: &str| oci.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci.path().join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.ckpt.checkpoint.layer.v1.tar+zstd+age");
+    assert_eq!(manifest["annotations"]["io.ckpt.checkpoint.sealed-to"], recipient.as_str());
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    assert!(std::fs::read(&layer).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    let opened = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("age -d -i {} {} | zstd -dc | tar -t", key.display(), layer.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&opened.stdout).contains("checkpoint/"), "{opened:?}");
 }
 
 #[test]

@@ -265,6 +265,9 @@ pub struct NodeAgentArgs {
     /// checkpoint-restore-operator's vocabulary: target/policies/kubelet_retainer.wasm).
     #[arg(long, value_name = "FILE.wasm")]
     pub retainer: Option<String>,
+    /// Seal each image to RECIPIENT (an age recipient or an SSH public key); repeatable.
+    #[arg(long, value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
     /// Settings for the retainer: JSON, or @FILE (`{"maxCheckpointsPerContainer": 10}`).
     #[arg(long, value_name = "JSON|@FILE", requires = "retainer")]
     pub retainer_config: Option<String>,
@@ -282,6 +285,7 @@ pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
         once: args.once,
         interval,
         gates: args.gates.gates()?,
+        encrypt_to: args.encrypt_to,
         retainer: match args.retainer {
             Some(source) => Some((source, crate::policy::read_settings(args.retainer_config.as_deref())?)),
             None => None,

@@ -42,6 +42,9 @@ pub struct NodeAgentRequest {
     pub interval: Duration,
     /// Gates (component, settings) that judge each image before it is kept or pushed.
     pub gates: Vec<(String, String)>,
+    /// Whom each image is sealed to (`--encrypt-to`); the host config's `[exports] recipients`
+    /// are added under `encrypt = "always"`.
+    pub encrypt_to: Vec<String>,
     /// The retainer (component, settings) asked about each container's checkpoints after a
     /// pass that took some; what it names goes, the kubelet's archive and ckpt's image.
     pub retainer: Option<(String, String)>,
@@ -463,7 +466,12 @@ fn check_whole(path: &Path) -> Result<()> {
 }
 
 /// What a gate is told of the image an archive is about to become.
-fn gate_facts(archive: &KubeletArchive, path: &Path, location: &str, push: bool) -> Result<wit::ExportFacts> {
+fn gate_facts(
+    archive: &KubeletArchive,
+    path: &Path,
+    (location, push): (&str, bool),
+    sealed_to: &[String],
+) -> Result<wit::ExportFacts> {
     let pairs = |list: &[(String, String)]| {
         list.iter().map(|(key, value)| wit::KeyValue { key: key.clone(), value: value.clone() }).collect()
     };
@@ -485,8 +493,8 @@ fn gate_facts(archive: &KubeletArchive, path: &Path, location: &str, push: bool)
         target: wit::ExportTarget {
             kind: if push { wit::TargetKind::Registry } else { wit::TargetKind::Image },
             location: location.to_string(),
-            compression: wit::Compression::None,
-            sealed_to: vec![],
+            compression: if sealed_to.is_empty() { wit::Compression::None } else { wit::Compression::Zstd },
+            sealed_to: sealed_to.to_vec(),
             signed: false,
         },
         size_bytes: std::fs::metadata(path).map_err(Error::io("stat", path))?.len(),
@@ -513,10 +521,12 @@ fn image_of(
     let at = chrono::Utc::now();
     let name = expand(&req.image, (&archive.namespace, &archive.pod, &archive.container), at);
     let reference = crate::image::normalize_reference(&name);
+    let sealed_to = sealed_to(ctx, req);
     let verdict = match gates {
         None => GateVerdict::Allow,
         Some(policies) => {
-            let judged = gate_facts(&archive, path, &reference, req.push).and_then(|facts| Ok(policies.gate(&facts)?));
+            let judged = gate_facts(&archive, path, (&reference, req.push), &sealed_to)
+                .and_then(|facts| Ok(policies.gate(&facts)?));
             match judged {
                 Ok(verdict) => verdict,
                 Err(error) if error.is_denial() => return Err(NoImage::Denied(Box::new((archive, error)))),
@@ -524,7 +534,7 @@ fn image_of(
             }
         }
     };
-    match make_image(ctx, req, path, &archive, &reference, &verdict, at) {
+    match make_image(ctx, req, path, (&archive, &sealed_to), &reference, &verdict, at) {
         Ok((image, entry)) => {
             let narrowed = match verdict {
                 GateVerdict::Allow => None,
@@ -536,35 +546,59 @@ fn image_of(
     }
 }
 
+/// Whom the images are sealed to: `--encrypt-to`'s, and the host config's when it seals
+/// everything.
+fn sealed_to(ctx: &Context, req: &NodeAgentRequest) -> Vec<String> {
+    let rules = &ctx.config.exports;
+    let mut recipients = req.encrypt_to.clone();
+    if rules.encrypt == crate::config::EncryptRule::Always {
+        recipients.extend(rules.recipients.iter().cloned());
+    }
+    recipients.sort();
+    recipients.dedup();
+    recipients
+}
+
 fn make_image(
     ctx: &Context,
     req: &NodeAgentRequest,
     path: &Path,
-    archive: &KubeletArchive,
+    (archive, sealed_to): (&KubeletArchive, &[String]),
     reference: &str,
     verdict: &GateVerdict,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(String, String)> {
     // The kubelet's archive, checked above, is the image's one layer, as CRI-O's own are; a
-    // narrowed one is copied without what the gate took away.
-    let layer = match verdict {
-        GateVerdict::Allow => {
-            let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-            ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
-        }
-        GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => {
-            let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "narrowed")?;
-            let narrowed = scratch.path.join("layer.tar");
-            let file = std::fs::File::create(&narrowed).map_err(Error::io("create", &narrowed))?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            super::checkpoint::podman::copy_archive(path, (*drop_rootfs, *drop_volumes), &mut out, &narrowed)?;
-            drop(out);
-            let file = std::fs::File::open(&narrowed).map_err(Error::io("open", &narrowed))?;
-            ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
+    // narrowed one is copied without what the gate took away, a sealed one is sealed.
+    let dropped = match verdict {
+        GateVerdict::Allow => (false, false),
+        GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => (*drop_rootfs, *drop_volumes),
+    };
+    let layer = if dropped == (false, false) && sealed_to.is_empty() {
+        let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+        ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
+    } else {
+        let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "kubelet-layer")?;
+        let layer = scratch.path.join("layer");
+        let file = std::fs::File::create(&layer).map_err(Error::io("create", &layer))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        super::checkpoint::podman::copy_archive(path, dropped, sealed_to, &mut out, &layer)?;
+        std::io::Write::flush(&mut out).map_err(Error::io("write", &layer))?;
+        drop(out);
+        match sealed_to.is_empty() {
+            true => {
+                let file = std::fs::File::open(&layer).map_err(Error::io("open", &layer))?;
+                ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
+            }
+            false => ctx.images.write_layer_from_file(&layer, crate::image::SEALED_LAYER_TYPE)?,
         }
     };
+    let mut annotations = archive.annotations();
+    if !sealed_to.is_empty() {
+        annotations.insert(crate::metadata::SEALED_TO_ANNOTATION.to_string(), sealed_to.join("\n"));
+    }
     let reference = reference.to_string();
-    ctx.images.add_image(&reference, &[layer], None, archive.annotations())?;
+    ctx.images.add_image(&reference, &[layer], None, annotations)?;
     ctx.images.set_trust(&reference, "made-here")?;
     let location = match req.push {
         true => super::images::push(ctx, &reference, None, &req.registry)?,
@@ -586,7 +620,7 @@ fn make_image(
         policy: EntryPolicy { source: "kubelet".into(), digest: String::new() },
         plan: json!({"archive": path.display().to_string(), "layout": archive.layout, "cri-container-id": archive.id}),
         pinned: false,
-        sealed_to: Vec::new(),
+        sealed_to: sealed_to.to_vec(),
         signature: None,
     };
     ctx.catalog().add(&entry)?;

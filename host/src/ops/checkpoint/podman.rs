@@ -482,10 +482,23 @@ impl Dumped {
     }
 }
 
-/// A checkpoint archive in podman's or a CRI runtime's layout, copied uncompressed into `out`
-/// less its file changes and its volumes when they are dropped (a gate's narrowing).
-pub(crate) fn copy_archive(from: &Path, dropped: (bool, bool), out: &mut dyn Write, target: &Path) -> Result<Included> {
-    copy_members(&mut Dumped::open(from)?, dropped, Compression::None, out, target)
+/// A checkpoint archive in podman's or a CRI runtime's layout, copied into `out` less its file
+/// changes and its volumes when they are dropped (a gate's narrowing): uncompressed, or, sealed
+/// to `sealed_to`, compressed with zstd and then sealed, as a sealed checkpoint image's layer is.
+pub(crate) fn copy_archive(
+    from: &Path,
+    dropped: (bool, bool),
+    sealed_to: &[String],
+    out: &mut (dyn Write + Send),
+    target: &Path,
+) -> Result<Included> {
+    if sealed_to.is_empty() {
+        return copy_members(&mut Dumped::open(from)?, dropped, Compression::None, out, target);
+    }
+    let recipients = crate::seal::Recipients::parse(sealed_to)?;
+    export::write_sealed(recipients, out, target, |sealing| {
+        copy_members(&mut Dumped::open(from)?, dropped, Compression::Zstd, sealing, target)
+    })
 }
 
 /// Copies the members of podman's archive `dumped` into `out`, compressed, less the file
