@@ -101,12 +101,34 @@ pub struct EngineRules {
     /// podman's API socket (`podman system service`, or the `podman.socket` unit's).
     #[serde(default = "default_podman_socket")]
     pub podman_socket: PathBuf,
+    /// The kubelet's API, for schedules of `k8s:NAMESPACE/POD/CONTAINER`.
+    #[serde(default = "default_kubelet_address")]
+    pub kubelet_address: String,
+    /// The client certificate and key the kubelet accepts (`--client-ca-file`), as the
+    /// checkpoint-restore-operator uses them; RBAC must grant `nodes/checkpoint` `create`.
+    #[serde(default)]
+    pub kubelet_client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// The CA that signed the kubelet's serving certificate.
+    #[serde(default)]
+    pub kubelet_ca: Option<PathBuf>,
 }
 
 impl Default for EngineRules {
     fn default() -> EngineRules {
-        EngineRules { podman_socket: default_podman_socket() }
+        EngineRules {
+            podman_socket: default_podman_socket(),
+            kubelet_address: default_kubelet_address(),
+            kubelet_client_cert: None,
+            kubelet_client_key: None,
+            kubelet_ca: None,
+        }
     }
+}
+
+fn default_kubelet_address() -> String {
+    "https://127.0.0.1:10250".into()
 }
 
 fn default_podman_socket() -> PathBuf {

@@ -56,6 +56,8 @@ pub enum Error {
     #[error(transparent)]
     Podman(#[from] crate::podman::PodmanError),
     #[error(transparent)]
+    Kubelet(#[from] crate::kubelet::KubeletError),
+    #[error(transparent)]
     Criu(#[from] CriuError),
     #[error(transparent)]
     Ssh(#[from] SshError),

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "image",
             "registry",
             "podman",
+            "kubelet",
             "ssh",
             "runtime",
             "criu",

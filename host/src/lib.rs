@@ -19,6 +19,7 @@ pub mod error;
 pub(crate) mod hostinfo;
 pub(crate) mod image;
 pub(crate) mod interrupt;
+pub(crate) mod kubelet;
 #[cfg(test)]
 mod layering;
 pub(crate) mod metadata;

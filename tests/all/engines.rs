@@ -461,3 +461,53 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
     assert_eq!(audit.matches("\"retention-delete\"").count(), 90);
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
 }
+
+#[test]
+fn a_schedule_has_the_kubelet_checkpoint_a_pods_container_and_the_node_agent_images_it() {
+    use crate::support::servers::{FakeKubelet, certificates};
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.counter("kube-api", &[]);
+    assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("kube-api")) >= 1));
+    let plain = ckpt.path("api.tar");
+    ckpt.ok(&["checkpoint", "-R", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-api"]);
+    let pod = ckpt.path("pod-api.tar");
+    let archive = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("shop", "api-0", "api"), serde_json::json!({}));
+    std::fs::write(&pod, archive).unwrap();
+    let kubelet = FakeKubelet::start(&ckpt.path("node"), &[("shop/api-0/api", &pod)]);
+    let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
+    let with = |cert: &std::path::Path, key: &std::path::Path| {
+        std::fs::write(ckpt.path("ckpt.toml"), format!("{config}{}", kubelet.config(cert, key))).unwrap();
+    };
+    with(&kubelet.client_cert, &kubelet.client_key);
+
+    // A pod's container is named as the kubelet's path takes it.
+    let bad = ckpt.fails(&["schedule", "add", "bad", "--every", "1h", "--container", "k8s:Shop/api-0"]);
+    assert!(bad.contains("k8s:NAMESPACE/POD/CONTAINER"), "{bad}");
+    ckpt.ok(&["schedule", "add", "api", "--every", "1h", "--container", "k8s:shop/api-0/api"]);
+    let ran = ckpt.ok(&["schedule", "run", "api"]);
+    assert!(ran.contains("k8s:shop/api-0/api") && ran.contains("ok"), "{ran}");
+    let written: Vec<_> = std::fs::read_dir(&kubelet.checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let file = written[0].to_string_lossy().into_owned();
+    assert!(file.starts_with("checkpoint-api-0_shop-api-") && file.ends_with("Z.tar"), "KEP-2008's name: {file}");
+    let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
+    assert!(audit.contains("\"kubelet-checkpoint-requested\""), "{audit}");
+
+    // The node agent takes the archive the kubelet wrote.
+    let dir = kubelet.checkpoints.to_str().unwrap();
+    let taken = ckpt.ok(&["node-agent", "--once", "--checkpoint-dir", dir]);
+    let taken: serde_json::Value = serde_json::from_str(taken.trim()).unwrap();
+    assert_eq!((taken["result"].as_str(), taken["container"].as_str()), (Some("imaged"), Some("k8s:shop/api-0/api")));
+
+    // A pod the kubelet does not run, and a client certificate its CA did not sign, fail the
+    // run with what the kubelet said.
+    ckpt.ok(&["schedule", "add", "gone", "--every", "1h", "--container", "k8s:shop/gone-0/api"]);
+    let gone = ckpt.run(&["schedule", "run", "gone"]);
+    assert!(gone.stdout.contains("failed") && gone.stdout.contains("HTTP 404"), "{}{}", gone.stdout, gone.stderr);
+    let stranger = ckpt.path("stranger");
+    certificates(&stranger);
+    with(&stranger.join("client.crt"), &stranger.join("client.key"));
+    let refused = ckpt.run(&["schedule", "run", "api"]);
+    assert!(refused.stdout.contains("does not answer"), "{}{}", refused.stdout, refused.stderr);
+    assert_eq!(std::fs::read_dir(&kubelet.checkpoints).unwrap().count(), 1, "nothing more was written");
+}

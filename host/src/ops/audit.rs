@@ -61,6 +61,15 @@ pub enum AuditEvent {
         image: String,
         entry: String,
     },
+    /// A schedule asked the kubelet to checkpoint a pod's container.
+    KubeletCheckpointRequested {
+        container: String,
+        schedule: String,
+        /// The archives the kubelet wrote.
+        archives: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// `ckpt node-agent` could not read an archive the kubelet wrote, and moved it aside.
     KubeletCheckpointRefused {
         archive: String,

@@ -36,6 +36,11 @@ pub fn add(ctx: &Context, mut schedule: Schedule) -> Result<()> {
             spec.source = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?.display().to_string();
         }
     }
+    if let Selector::Containers(names) = &schedule.selector {
+        for name in names.iter().filter(|n| n.starts_with(crate::kubelet::PREFIX)) {
+            crate::kubelet::PodContainer::parse(name)?;
+        }
+    }
     if ctx.schedules().exists(&schedule.name) {
         return Err(Error::invalid(format!(
             "schedule {:?} already exists; 'ckpt schedule rm {}' it first",
@@ -292,6 +297,11 @@ fn targets(ctx: &Context, selector: &Selector) -> Result<(Vec<Target>, Vec<Conta
     match selector {
         Selector::Containers(names) => {
             for name in names {
+                if name.starts_with(crate::kubelet::PREFIX) {
+                    // The kubelet knows its pods: it is asked when the run comes to this one.
+                    out.push((name.clone(), name.clone()));
+                    continue;
+                }
                 if let Some(podman_name) = name.strip_prefix(crate::podman::PREFIX) {
                     // podman's container, by podman's ID: the catalog keeps its entries under it.
                     match crate::podman::PodmanApi::inspect(&ctx.podman(), podman_name) {
@@ -417,6 +427,12 @@ fn one(
     };
     let started = Instant::now();
     let lag_ms = (Utc::now() - due).num_milliseconds().max(0) as u64;
+    if name.starts_with(crate::kubelet::PREFIX) {
+        let mut out = through_the_kubelet(ctx, schedule, name);
+        out.lag_ms = lag_ms;
+        out.duration_ms = started.elapsed().as_millis() as u64;
+        return out;
+    }
     let req = request(schedule, (id, name), Some(facts.clone()), Utc::now());
     let (done, result) = checkpoint::checkpoint(ctx, &req);
     let mut out = match (result, done.first()) {
@@ -447,6 +463,26 @@ fn one(
         }
     }
     out
+}
+
+/// A pod's container: the kubelet checkpoints it, into its checkpoint directory, where `ckpt
+/// node-agent` takes the archive up (and its gates, images, catalog and retention with it).
+fn through_the_kubelet(ctx: &Context, schedule: &Schedule, name: &str) -> ContainerOutcome {
+    use crate::kubelet::{KubeletApi, KubeletClient, PodContainer};
+    let asked = PodContainer::parse(name).map_err(Error::from).and_then(|target| {
+        let client = KubeletClient::from_config(&ctx.config.engines)?;
+        Ok(client.checkpoint(&target, None)?)
+    });
+    ctx.audit(AuditEvent::KubeletCheckpointRequested {
+        container: name.to_string(),
+        schedule: schedule.name.clone(),
+        archives: asked.as_ref().map(Clone::clone).unwrap_or_default(),
+        error: asked.as_ref().err().map(ToString::to_string),
+    });
+    match asked {
+        Ok(archives) => outcome(name, "ok", archives.join(" ")),
+        Err(e) => outcome(name, "failed", e.to_string()),
+    }
 }
 
 /// One word for a run: `ok` when every container was checkpointed, `skipped` when none was and

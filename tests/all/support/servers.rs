@@ -1,7 +1,7 @@
 //! Real servers on loopback for the tests that cross machines: Debian's docker-registry and
 //! OpenSSH's sshd, each on a free port with throwaway state under the test's directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ impl Drop for LocalRegistry {
 }
 
 /// Free loopback port: bound, then released for the server to take.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -279,5 +279,93 @@ impl Sides {
             std::fs::write(side.dir.path().join("ckpt.toml"), config).unwrap();
         }
         Some(Sides { source, dest, sshd, registry })
+    }
+}
+
+/// The stand-in for a kubelet (`tests/fixtures/fake-kubelet.py`): KEP-2008's checkpoint API on
+/// loopback over TLS, for client certificates its CA signed; stopped on drop.
+pub struct FakeKubelet {
+    child: std::process::Child,
+    pub address: String,
+    /// The CA that signed its serving certificate and the client certificates it accepts.
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Where it writes archives, as `<--root-dir>/checkpoints`.
+    pub checkpoints: PathBuf,
+}
+
+/// A CA, and certificates it signed: `server` for 127.0.0.1 and `client` (openssl, EC keys).
+pub fn certificates(dir: &Path) {
+    let script = r#"set -e
+        ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+        openssl req -x509 $ec -keyout ca.key -out ca.crt -days 1 -subj /CN=test-ca 2>/dev/null
+        openssl req $ec -keyout server.key -out server.csr -subj /CN=kubelet 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile server.ext 2>/dev/null
+        openssl req $ec -keyout client.key -out client.csr -subj "/O=ckpt/CN=system:ckpt" 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 1 2>/dev/null
+    "#;
+    std::fs::create_dir_all(dir).unwrap();
+    let out =
+        Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("scripts/setup installs openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl FakeKubelet {
+    /// Serves `pods` ("namespace/pod/container" → a CRI runtime's archive of it) with its root
+    /// directory and certificates under `dir`.
+    pub fn start(dir: &Path, pods: &[(&str, &Path)]) -> FakeKubelet {
+        let certs = dir.join("pki");
+        certificates(&certs);
+        let map: serde_json::Map<String, serde_json::Value> =
+            pods.iter().map(|(name, path)| (name.to_string(), path.display().to_string().into())).collect();
+        let pods_file = dir.join("pods.json");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&pods_file, serde_json::Value::Object(map).to_string()).unwrap();
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-kubelet.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string()])
+            .arg("--cert")
+            .arg(certs.join("server.crt"))
+            .arg("--key")
+            .arg(certs.join("server.key"))
+            .arg("--client-ca")
+            .arg(certs.join("ca.crt"))
+            .arg("--root-dir")
+            .arg(dir.join("kubelet"))
+            .arg("--pods")
+            .arg(&pods_file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("fake-kubelet.log")).unwrap())
+            .spawn()
+            .expect("scripts/setup installs python3");
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "the fake kubelet did not listen on {port}");
+        FakeKubelet {
+            child,
+            address: format!("https://127.0.0.1:{port}"),
+            ca: certs.join("ca.crt"),
+            client_cert: certs.join("client.crt"),
+            client_key: certs.join("client.key"),
+            checkpoints: dir.join("kubelet/checkpoints"),
+        }
+    }
+
+    /// The host config lines that reach it with `cert` and `key`.
+    pub fn config(&self, cert: &Path, key: &Path) -> String {
+        format!(
+            "[engines]\nkubelet-address = {:?}\nkubelet-client-cert = {:?}\nkubelet-client-key = {:?}\nkubelet-ca = {:?}\n",
+            self.address, cert, key, self.ca
+        )
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
