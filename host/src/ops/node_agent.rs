@@ -160,6 +160,9 @@ fn state_path(ctx: &Context) -> PathBuf {
 fn pass(ctx: &Context, req: &NodeAgentRequest, mut gates: Option<&mut Policies>) -> Result<Vec<Taken>> {
     let state = state_path(ctx);
     let mut seen: Seen = crate::util::read_json_if_exists(&state, "node agent state")?.unwrap_or_default();
+    // What is gone from the directory (deleted, or moved aside) needs no remembering: the
+    // kubelet never writes a name twice, its names carry the time.
+    seen.retain(|name, _| req.checkpoint_dir.join(name).exists());
     let mut names = Vec::new();
     let entries = std::fs::read_dir(&req.checkpoint_dir).map_err(Error::io("read", &req.checkpoint_dir))?;
     for entry in entries.flatten() {
