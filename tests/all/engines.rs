@@ -32,6 +32,7 @@ fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_i
     let count = || last_count(&podman.ok(&["logs", "ckpt-engine-web"]));
     let state = || podman.ok(&["inspect", "--format", "{{.State.Status}}", "ckpt-engine-web"]).trim().to_string();
     assert!(eventually(Duration::from_secs(5), || count() >= 3));
+    podman.ok(&["exec", "ckpt-engine-web", "sh", "-c", "echo mine > /notes"]);
 
     // Unknown names and what podman cannot do are refused before anything changes.
     let missing = ckpt.fails(&["checkpoint", "podman:ckpt-engine-nothing"]);
@@ -54,14 +55,23 @@ fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_i
     let before = count();
     assert!(eventually(Duration::from_secs(5), || count() > before + 3), "and it counts on");
 
-    // Sealed, the gate lets it through: the archive is ckpt's (zstd, sealed), podman stopped
-    // its container, and podman restores it from the checkpoint it keeps.
+    // Sealed, the gate lets it through, narrowed: the archive is ckpt's (zstd, sealed) without
+    // the container's file changes, podman stopped its container, and podman restores it from
+    // the checkpoint it keeps.
     let key = ckpt.path("key.txt");
     let recipient = ckpt.ok(&["key", "generate", "-o", key.to_str().unwrap()]).trim().to_string();
     let sealed = ckpt.path("web.tar.zst.age");
-    let args = ["checkpoint", "--gate", &compliance, "--gate-config", gate, "-e", sealed.to_str().unwrap()];
+    let narrowing = r#"{"classes": {"secret": {"targets": ["/"], "sealed": true, "rootfs": false}}}"#;
+    let args = ["checkpoint", "--gate", &compliance, "--gate-config", narrowing, "-e", sealed.to_str().unwrap()];
     ckpt.ok(&[&args[..], &["--encrypt-to", &recipient, "podman:ckpt-engine-web"]].concat());
     assert!(std::fs::read(&sealed).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    let listed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("age -d -i {} {} | zstd -dc | tar -t", key.display(), sealed.display()))
+        .output()
+        .unwrap();
+    let members = String::from_utf8_lossy(&listed.stdout);
+    assert!(members.contains("checkpoint/") && !members.contains("rootfs-diff.tar"), "narrowed: {members}");
     assert_eq!(state(), "exited");
     let at_checkpoint = count();
     podman.ok(&["container", "restore", "ckpt-engine-web"]);
@@ -80,6 +90,10 @@ fn a_podman_container_is_checkpointed_under_ckpts_policies_and_podman_restores_i
     let copy = ckpt.path("copy.tar.zst");
     ckpt.ok(&["checkpoint", "-R", "-e", copy.to_str().unwrap(), "podman:ckpt-engine-web"]);
     assert_eq!(state(), "running");
+    let listed =
+        std::process::Command::new("sh").arg("-c").arg(format!("zstd -dc {} | tar -t", copy.display())).output();
+    let members = String::from_utf8_lossy(&listed.unwrap().stdout).into_owned();
+    assert!(members.contains("rootfs-diff.tar"), "without a gate, the file changes go too: {members}");
     let _copy = Podman::cleaning(&["ckpt-engine-copy"], &[], &[]);
     podman.ok(&["container", "restore", "--import", copy.to_str().unwrap(), "--name", "ckpt-engine-copy"]);
     let copied = || last_count(&podman.ok(&["logs", "ckpt-engine-copy"]));
@@ -294,6 +308,23 @@ fn kubelet_archive(
     std::fs::read(&out).unwrap()
 }
 
+/// `image`, saved by ckpt as an OCI archive and unpacked: the directory, the image's manifest and
+/// the path of its one layer's blob.
+fn saved_image(ckpt: &Ckpt, image: &str) -> (tempfile::TempDir, serde_json::Value, std::path::PathBuf) {
+    let saved = ckpt.path("saved-image.tar");
+    ckpt.ok(&["image", "save", "-o", saved.to_str().unwrap(), image]);
+    let oci = tempfile::tempdir_in(ckpt.path("")).unwrap();
+    let untar = std::process::Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(oci.path()).status();
+    assert!(untar.unwrap().success());
+    let blob = |digest: &str| oci.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let json =
+        |path: std::path::PathBuf| serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap()).unwrap();
+    let index = json(oci.path().join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    (oci, manifest, layer)
+}
+
 #[test]
 fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_images() {
     let Some(ckpt) = Ckpt::available() else { return };
@@ -357,19 +388,8 @@ fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_im
         "{text}"
     );
     // The narrowed image's layer is the kubelet's archive without the container's file changes.
-    let saved = ckpt.path("web-image.tar");
-    ckpt.ok(&["image", "save", "-o", saved.to_str().unwrap(), "localhost/kube/default-web-7d4f-web:1"]);
-    let oci = tempfile::tempdir_in(ckpt.path("")).unwrap();
-    let untar = std::process::Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(oci.path()).status();
-    assert!(untar.unwrap().success());
-    let blob = |digest: &str| oci.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(oci.path().join("index.json")).unwrap()).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
+    let (_saved, manifest, layer) = saved_image(&ckpt, "localhost/kube/default-web-7d4f-web:1");
     assert_eq!(manifest["annotations"]["org.criu.checkpoint.pod.namespace"], "default", "{manifest}");
-    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
     let listed = std::process::Command::new("tar").arg("-tf").arg(&layer).output().unwrap();
     let members = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(members.contains("checkpoint/") && members.contains("bind.mounts"), "{members}");
@@ -396,20 +416,9 @@ fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_im
     let again = agent(&["--image", "localhost/kube/{namespace}-{pod}-{container}:2", "--encrypt-to", &recipient]);
     assert_eq!(again.len(), 1, "{again:#?}");
     assert_eq!(again[0]["image"], "localhost/kube/default-web-7d4f-web:2");
-    let saved = ckpt.path("sealed-image.tar");
-    ckpt.ok(&["image", "save", "-o", saved.to_str().unwrap(), "localhost/kube/default-web-7d4f-web:2"]);
-    let oci = tempfile::tempdir_in(ckpt.path("")).unwrap();
-    let untar = std::process::Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(oci.path()).status();
-    assert!(untar.unwrap().success());
-    let blob = |digest: &str| oci.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(oci.path().join("index.json")).unwrap()).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
+    let (_saved, manifest, layer) = saved_image(&ckpt, "localhost/kube/default-web-7d4f-web:2");
     assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.ckpt.checkpoint.layer.v1.tar+zstd+age");
     assert_eq!(manifest["annotations"]["io.ckpt.checkpoint.sealed-to"], recipient.as_str());
-    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
     assert!(std::fs::read(&layer).unwrap().starts_with(b"age-encryption.org/v1\n"));
     let opened = std::process::Command::new("sh")
         .arg("-c")
