@@ -631,22 +631,32 @@ fn plan_and_checkpoint(
     sealing(ctx, req, &mut planned, &facts, handoff.is_some())?;
     signing(ctx, req, &mut planned, &policies.planner.info.name)?;
     if req.dry_run {
-        let value = json!({
-            "Id": record.id,
-            "Name": record.name,
-            "policy": {"name": policies.planner.info.name, "source": policies.planner.source, "digest": policies.planner.digest},
-            "plan": crate::policy::json::to_json(&plan),
-            // What the host makes of it: the recipients and signatures it adds.
-            "exports": crate::policy::json::list_to_json(&planned.exports),
-            "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
-        });
-        return Ok((Made { stats: ContainerStats::none(&record.id), entries: vec![] }, Some(value)));
+        return Ok(dry_run((&record.id, &record.name), policies, &plan, &planned));
     }
     let (stats, digests) = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
     let paths = ctx.containers.paths(&record.id);
     let local = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
     let entries = catalog_entries(ctx, (&record.id, &record.name), Some(&local), &facts, &planned, policies, &digests);
     Ok((Made { stats, entries }, None))
+}
+
+/// What `--dry-run` prints of a container's checkpoint, whichever engine runs it: the plan, and
+/// what the host makes of it (the recipients and signatures it adds).
+fn dry_run(
+    (id, name): (&str, &str),
+    policies: &Policies,
+    plan: &wit::Plan,
+    planned: &Planned,
+) -> (Made, Option<Value>) {
+    let value = json!({
+        "Id": id,
+        "Name": name,
+        "policy": {"name": policies.planner.info.name, "source": policies.planner.source, "digest": policies.planner.digest},
+        "plan": crate::policy::json::to_json(plan),
+        "exports": crate::policy::json::list_to_json(&planned.exports),
+        "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
+    });
+    (Made { stats: ContainerStats::none(id), entries: vec![] }, Some(value))
 }
 
 /// For a migration, the strategy the planner chooses, asked before the plan; then the plan.

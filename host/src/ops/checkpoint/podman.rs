@@ -8,7 +8,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::export::{self, Included};
 use super::{
@@ -136,15 +136,7 @@ fn plan_and_checkpoint(
     sealing(ctx, req, &mut planned, &facts, handoff.is_some())?;
     signing(ctx, req, &mut planned, &policy_name)?;
     if req.dry_run {
-        let value = json!({
-            "Id": container.id,
-            "Name": format!("{PREFIX}{}", container.name),
-            "policy": {"name": policy_name, "source": policies.planner.source, "digest": policies.planner.digest},
-            "plan": crate::policy::json::to_json(&plan),
-            "exports": crate::policy::json::list_to_json(&planned.exports),
-            "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
-        });
-        return Ok((Made { stats: ContainerStats::none(&container.id), entries: vec![] }, Some(value)));
+        return Ok(super::dry_run((&container.id, &format!("{PREFIX}{}", container.name)), policies, &plan, &planned));
     }
     if planned.exports.iter().any(|t| !t.sealed_to.is_empty()) {
         tracing::warn!(
