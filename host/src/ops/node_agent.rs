@@ -81,10 +81,9 @@ pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)
     validate(req)?;
     let mut gates = load_gates(ctx, req)?;
     let retention = match &req.retainer {
-        Some((spec, settings)) => Some(policy::Retention::load(
-            &ctx.policy_cache(),
-            policy::Component { read: super::policy::fetch_component(ctx, spec)?, settings: settings.clone() },
-        )?),
+        Some((spec, settings)) => {
+            Some(policy::Retention::load(&ctx.policy_cache(), super::policy::component(ctx, spec, settings.clone())?)?)
+        }
         None => None,
     };
     loop {
@@ -140,12 +139,7 @@ fn load_gates(ctx: &Context, req: &NodeAgentRequest) -> Result<Option<Policies>>
     if req.gates.is_empty() {
         return Ok(None);
     }
-    let component = |spec: &str, settings: String| -> Result<policy::Component> {
-        Ok(policy::Component { read: super::policy::fetch_component(ctx, spec)?, settings })
-    };
-    let planner = component(policy::DEFAULT_POLICY_SOURCE, policy::read_settings(None)?)?;
-    let gates = req.gates.iter().map(|(spec, settings)| component(spec, settings.clone()));
-    let gates = gates.collect::<Result<Vec<_>>>()?;
+    let (planner, gates) = super::policy::planner_and_gates(ctx, (None, None), &req.gates)?;
     Ok(Some(Policies::load_components(&ctx.policy_cache(), planner, gates)?))
 }
 

@@ -30,6 +30,23 @@ pub fn fetch_component(ctx: &Context, spec: &str) -> Result<(String, Vec<u8>)> {
     Ok((spec.to_string(), fetch_pinned(ctx, spec)?))
 }
 
+/// The component `spec` names (as [`fetch_component`] reads it), with its settings.
+pub fn component(ctx: &Context, spec: &str, settings: String) -> Result<policy::Component> {
+    Ok(policy::Component { read: fetch_component(ctx, spec)?, settings })
+}
+
+/// A planner (the built-in default when none is named) and gates, each with its settings.
+pub fn planner_and_gates(
+    ctx: &Context,
+    (planner, planner_settings): (Option<&str>, Option<&str>),
+    gates: &[(String, String)],
+) -> Result<(policy::Component, Vec<policy::Component>)> {
+    let planner = planner.unwrap_or(policy::DEFAULT_POLICY_SOURCE);
+    let planner = component(ctx, planner, policy::read_settings(planner_settings)?)?;
+    let gates = gates.iter().map(|(spec, settings)| component(ctx, spec, settings.clone()));
+    Ok((planner, gates.collect::<Result<Vec<_>>>()?))
+}
+
 /// Whether `spec` is a registry reference pinned by digest, which is never taken for a file.
 pub fn is_pinned(spec: &str) -> bool {
     spec.contains("@sha256:") && crate::registry::check_reference(spec).is_ok()

@@ -80,12 +80,7 @@ pub fn add(ctx: &Context, mut schedule: Schedule) -> Result<()> {
 }
 
 fn load_policies(ctx: &Context, schedule: &Schedule) -> Result<Retention> {
-    let component = |spec: &schedules::PolicySpec| -> Result<policy::Component> {
-        Ok(policy::Component {
-            read: super::policy::fetch_component(ctx, &spec.source)?,
-            settings: spec.settings.clone(),
-        })
-    };
+    let component = |spec: &schedules::PolicySpec| super::policy::component(ctx, &spec.source, spec.settings.clone());
     let planner = match &schedule.policy {
         Some(spec) => component(spec)?,
         None => {
@@ -99,10 +94,7 @@ fn load_policies(ctx: &Context, schedule: &Schedule) -> Result<Retention> {
 
 fn retention(ctx: &Context, schedule: &Schedule) -> Result<Retention> {
     let retainer = match &schedule.retainer {
-        Some(spec) => policy::Component {
-            read: super::policy::fetch_component(ctx, &spec.source)?,
-            settings: spec.settings.clone(),
-        },
+        Some(spec) => super::policy::component(ctx, &spec.source, spec.settings.clone())?,
         None => policy::Component {
             read: policy::read_component(policy::DEFAULT_RETAINER_SOURCE)?,
             settings: String::new(),

@@ -459,19 +459,7 @@ pub fn checkpoint_handing_off(
 
 /// The planner and the gates a checkpoint names, read and with their settings.
 fn components(ctx: &Context, req: &CheckpointRequest) -> Result<(policy::Component, Vec<policy::Component>)> {
-    let planner = req.policy.as_deref().unwrap_or(policy::DEFAULT_POLICY_SOURCE);
-    let planner = policy::Component {
-        read: crate::ops::policy::fetch_component(ctx, planner)?,
-        settings: policy::read_settings(req.policy_config.as_deref())?,
-    };
-    let gates = req
-        .gates
-        .iter()
-        .map(|(spec, settings)| {
-            Ok(policy::Component { read: crate::ops::policy::fetch_component(ctx, spec)?, settings: settings.clone() })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((planner, gates))
+    crate::ops::policy::planner_and_gates(ctx, (req.policy.as_deref(), req.policy_config.as_deref()), &req.gates)
 }
 
 /// `ckpt checkpoint podman:NAME…`: podman's containers, one at a time.
