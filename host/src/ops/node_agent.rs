@@ -571,9 +571,9 @@ fn make_image(
         GateVerdict::Allow => (false, false),
         GateVerdict::Narrow { drop_rootfs, drop_volumes, .. } => (*drop_rootfs, *drop_volumes),
     };
+    let mut annotations = archive.annotations();
     let layer = if dropped == (false, false) && sealed_to.is_empty() {
-        let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-        ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
+        super::checkpoint::export::store_layer(ctx, path, sealed_to, &mut annotations)?
     } else {
         let scratch = crate::util::tempdir_in(&ctx.roots.staging_dir(), "kubelet-layer")?;
         let layer = scratch.path.join("layer");
@@ -582,18 +582,8 @@ fn make_image(
         super::checkpoint::podman::copy_archive(path, dropped, sealed_to, &mut out, &layer)?;
         std::io::Write::flush(&mut out).map_err(Error::io("write", &layer))?;
         drop(out);
-        match sealed_to.is_empty() {
-            true => {
-                let file = std::fs::File::open(&layer).map_err(Error::io("open", &layer))?;
-                ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?
-            }
-            false => ctx.images.write_layer_from_file(&layer, crate::image::SEALED_LAYER_TYPE)?,
-        }
+        super::checkpoint::export::store_layer(ctx, &layer, sealed_to, &mut annotations)?
     };
-    let mut annotations = archive.annotations();
-    if !sealed_to.is_empty() {
-        annotations.insert(crate::metadata::SEALED_TO_ANNOTATION.to_string(), sealed_to.join("\n"));
-    }
     let reference = reference.to_string();
     ctx.images.add_image(&reference, &[layer], None, annotations)?;
     ctx.images.set_trust(&reference, "made-here")?;

@@ -278,6 +278,23 @@ pub fn stage_image_layer(
     Ok(StagedLayer { scratch, size, included, sealed_to: sealed_to.to_vec() })
 }
 
+/// Puts the layer file at `path` into the image store: a tar as the tar it is, one sealed to
+/// `sealed_to` as an opaque blob of the sealed layer type, whose recipients `annotations` gain.
+pub(crate) fn store_layer(
+    ctx: &Context,
+    path: &Path,
+    sealed_to: &[String],
+    annotations: &mut BTreeMap<String, String>,
+) -> Result<crate::image::LayerBlob> {
+    if sealed_to.is_empty() {
+        let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+        return Ok(ctx.images.write_layer_from_tar(std::io::BufReader::with_capacity(1 << 20, file))?);
+    }
+    // Public keys only, as the age header's own stanzas: who can open it, without opening it.
+    annotations.insert(crate::metadata::SEALED_TO_ANNOTATION.to_string(), sealed_to.join("\n"));
+    Ok(ctx.images.write_layer_from_file(path, crate::image::SEALED_LAYER_TYPE)?)
+}
+
 /// Publishes a staged layer as the one-layer checkpoint image `name`, with the annotations
 /// podman, CRI-O and containerd read.
 pub fn publish_image(
@@ -287,18 +304,8 @@ pub fn publish_image(
     staged: StagedLayer,
     name: &str,
 ) -> Result<()> {
-    let path = staged.file();
-    let layer = if staged.sealed_to.is_empty() {
-        let file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
-        ctx.images.write_layer_from_tar(std::io::BufReader::new(file))?
-    } else {
-        ctx.images.write_layer_from_file(&path, crate::image::SEALED_LAYER_TYPE)?
-    };
     let mut annotations = image_annotations(record, runtime, ctx.criu()?.version()?);
-    if !staged.sealed_to.is_empty() {
-        // Public keys only, as the age header's own stanzas: who can open it, without opening it.
-        annotations.insert(crate::metadata::SEALED_TO_ANNOTATION.to_string(), staged.sealed_to.join("\n"));
-    }
+    let layer = store_layer(ctx, &staged.file(), &staged.sealed_to, &mut annotations)?;
     let reference = crate::image::normalize_reference(name);
     ctx.images.add_image(&reference, &[layer], None, annotations)?;
     Ok(ctx.images.set_trust(&reference, "made-here")?)
