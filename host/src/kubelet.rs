@@ -47,21 +47,25 @@ impl PodContainer {
     pub fn parse(name: &str) -> Result<PodContainer, KubeletError> {
         let bad = || KubeletError::BadName(name.to_string());
         let rest = name.strip_prefix(PREFIX).ok_or_else(bad)?;
-        let parts: Vec<&str> = rest.split('/').collect();
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [namespace, pod, container] => PodContainer::new(namespace, pod, container).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Each name a DNS name, as Kubernetes makes them, so that it is safe in the kubelet's path
+    /// and in an image name.
+    pub fn new(namespace: &str, pod: &str, container: &str) -> Result<PodContainer, KubeletError> {
         let dns = |s: &str| {
             !s.is_empty()
                 && s.len() <= 253
                 && s.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
         };
-        match parts.as_slice() {
-            [namespace, pod, container] if [namespace, pod, container].iter().all(|s| dns(s)) => Ok(PodContainer {
-                namespace: namespace.to_string(),
-                pod: pod.to_string(),
-                container: container.to_string(),
-            }),
-            _ => Err(bad()),
+        if ![namespace, pod, container].iter().all(|s| dns(s)) {
+            return Err(KubeletError::BadName(format!("{PREFIX}{namespace}/{pod}/{container}")));
         }
+        Ok(PodContainer { namespace: namespace.into(), pod: pod.into(), container: container.into() })
     }
 }
 

@@ -21,6 +21,7 @@ use super::images::RegistryFlags;
 use crate::archive::deferred::ImagesInFlight;
 use crate::archive::staged::StagedCheckpoint;
 use crate::error::{Error, Result};
+use crate::kubelet::PodContainer;
 use crate::metadata::{CRIO_ANNOTATION_PREFIX, CRIU_ANNOTATION_PREFIX};
 use crate::policy::bindings as wit;
 use crate::policy::{self, GateVerdict, Policies};
@@ -195,9 +196,7 @@ fn pass(ctx: &Context, req: &NodeAgentRequest, mut gates: Option<&mut Policies>)
 #[derive(Debug, Clone, PartialEq)]
 struct KubeletArchive {
     layout: &'static str,
-    namespace: String,
-    pod: String,
-    container: String,
+    target: PodContainer,
     /// The CRI's container ID.
     id: String,
     image: String,
@@ -210,7 +209,7 @@ struct KubeletArchive {
 
 impl KubeletArchive {
     fn shown(&self) -> String {
-        format!("k8s:{}/{}/{}", self.namespace, self.pod, self.container)
+        self.target.to_string()
     }
 
     /// From `spec.dump`'s annotations (CRI-O's `io.kubernetes.*`, containerd's
@@ -248,9 +247,12 @@ impl KubeletArchive {
             has_rootfs: staged.open_member("rootfs-diff.tar")?.is_some(),
             has_volumes: staged.has_dir("volumes")?,
             layout,
-            namespace: namespace.map_err(missing)?,
-            pod: pod.map_err(missing)?,
-            container: container.map_err(missing)?,
+            target: PodContainer::new(
+                &namespace.map_err(missing)?,
+                &pod.map_err(missing)?,
+                &container.map_err(missing)?,
+            )
+            .map_err(|e| refused(&e.to_string()))?,
             id: config["id"].as_str().unwrap_or_default().to_string(),
             image: config["rootfsImageName"].as_str().unwrap_or_default().to_string(),
         })
@@ -262,11 +264,11 @@ impl KubeletArchive {
         let cri_o = |k: &str| format!("{CRIO_ANNOTATION_PREFIX}{k}");
         let criu = |k: &str| format!("{CRIU_ANNOTATION_PREFIX}{k}");
         BTreeMap::from([
-            (cri_o("name"), self.container.clone()),
+            (cri_o("name"), self.target.container.clone()),
             (cri_o("rootfsImageName"), self.image.clone()),
-            (criu("container.name"), self.container.clone()),
-            (criu("pod.name"), self.pod.clone()),
-            (criu("pod.namespace"), self.namespace.clone()),
+            (criu("container.name"), self.target.container.clone()),
+            (criu("pod.name"), self.target.pod.clone()),
+            (criu("pod.namespace"), self.target.namespace.clone()),
             (criu("engine.name"), self.layout.to_string()),
             (criu("rootfsImageName"), self.image.clone()),
         ])
@@ -516,7 +518,8 @@ fn image_of(
     let archive = KubeletArchive::read(&staged)?;
     drop(staged);
     let at = chrono::Utc::now();
-    let name = expand(&req.image, (&archive.namespace, &archive.pod, &archive.container), at);
+    let target = &archive.target;
+    let name = expand(&req.image, (&target.namespace, &target.pod, &target.container), at);
     let reference = crate::image::normalize_reference(&name);
     let sealed_to = sealed_to(ctx, req);
     let verdict = match gates {
