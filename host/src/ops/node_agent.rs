@@ -80,6 +80,7 @@ const SETTLED: Duration = Duration::from_secs(2);
 /// printed by `report` as it is taken.
 pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)) -> Result<()> {
     validate(req)?;
+    let sealed_to = sealed_to(ctx, req)?;
     let mut gates = load_gates(ctx, req)?;
     let retention = match &req.retainer {
         Some((spec, settings)) => {
@@ -88,7 +89,7 @@ pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)
         None => None,
     };
     loop {
-        let taken = pass(ctx, req, gates.as_mut())?;
+        let taken = pass(ctx, req, gates.as_mut(), &sealed_to)?;
         for one in &taken {
             report(one);
         }
@@ -152,7 +153,12 @@ fn state_path(ctx: &Context) -> PathBuf {
 }
 
 /// One pass: every settled archive not taken before.
-fn pass(ctx: &Context, req: &NodeAgentRequest, mut gates: Option<&mut Policies>) -> Result<Vec<Taken>> {
+fn pass(
+    ctx: &Context,
+    req: &NodeAgentRequest,
+    mut gates: Option<&mut Policies>,
+    sealed_to: &[String],
+) -> Result<Vec<Taken>> {
     let state = state_path(ctx);
     let mut seen: Seen = crate::util::read_json_if_exists(&state, "node agent state")?.unwrap_or_default();
     // What is gone from the directory (deleted, or moved aside) needs no remembering: the
@@ -181,7 +187,7 @@ fn pass(ctx: &Context, req: &NodeAgentRequest, mut gates: Option<&mut Policies>)
     let mut taken = Vec::new();
     for name in names {
         crate::interrupt::check()?;
-        let outcome = take(ctx, req, &name, gates.as_deref_mut());
+        let outcome = take(ctx, req, &name, gates.as_deref_mut(), sealed_to);
         if outcome.result != "failed" {
             seen.insert(name, outcome.clone());
         }
@@ -288,7 +294,13 @@ fn expand(
 }
 
 /// Takes one archive: an image, or refused and moved aside.
-fn take(ctx: &Context, req: &NodeAgentRequest, name: &str, gates: Option<&mut Policies>) -> Taken {
+fn take(
+    ctx: &Context,
+    req: &NodeAgentRequest,
+    name: &str,
+    gates: Option<&mut Policies>,
+    sealed_to: &[String],
+) -> Taken {
     let path = req.checkpoint_dir.join(name);
     let mut taken = Taken {
         archive: path.display().to_string(),
@@ -299,7 +311,7 @@ fn take(ctx: &Context, req: &NodeAgentRequest, name: &str, gates: Option<&mut Po
         detail: String::new(),
     };
     let mut recorded = gates;
-    let made = image_of(ctx, req, &path, recorded.as_deref_mut());
+    let made = image_of(ctx, req, &path, recorded.as_deref_mut(), sealed_to);
     if let Some(policies) = recorded {
         let records = std::mem::take(&mut policies.records);
         if let Err(e) = policy::record::append(&ctx.roots.policy_log(), &records) {
@@ -511,6 +523,7 @@ fn image_of(
     req: &NodeAgentRequest,
     path: &Path,
     gates: Option<&mut Policies>,
+    sealed_to: &[String],
 ) -> std::result::Result<Made, NoImage> {
     check_whole(path)?;
     let mut staged = StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path).map_err(Error::from)?;
@@ -521,11 +534,10 @@ fn image_of(
     let target = &archive.target;
     let name = expand(&req.image, (&target.namespace, &target.pod, &target.container), at);
     let reference = crate::image::normalize_reference(&name);
-    let sealed_to = sealed_to(ctx, req);
     let verdict = match gates {
         None => GateVerdict::Allow,
         Some(policies) => {
-            let judged = gate_facts(&archive, path, (&reference, req.push), &sealed_to)
+            let judged = gate_facts(&archive, path, (&reference, req.push), sealed_to)
                 .and_then(|facts| Ok(policies.gate(&facts)?));
             match judged {
                 Ok(verdict) => verdict,
@@ -534,7 +546,7 @@ fn image_of(
             }
         }
     };
-    match make_image(ctx, req, path, (&archive, &sealed_to), &reference, &verdict, at) {
+    match make_image(ctx, req, path, (&archive, sealed_to), &reference, &verdict, at) {
         Ok((image, entry)) => {
             let narrowed = match verdict {
                 GateVerdict::Allow => None,
@@ -546,17 +558,15 @@ fn image_of(
     }
 }
 
-/// Whom the images are sealed to: `--encrypt-to`'s, and the host config's when it seals
-/// everything.
-fn sealed_to(ctx: &Context, req: &NodeAgentRequest) -> Vec<String> {
-    let rules = &ctx.config.exports;
-    let mut recipients = req.encrypt_to.clone();
-    if rules.encrypt == crate::config::EncryptRule::Always {
-        recipients.extend(rules.recipients.iter().cloned());
+/// Whom the images are sealed to, as a checkpoint's exports are: nobody unless `--encrypt-to`
+/// or the host config (`encrypt = "always"`) asks; then the host config's recipients and
+/// `--encrypt-to`'s, and never nobody.
+fn sealed_to(ctx: &Context, req: &NodeAgentRequest) -> Result<Vec<String>> {
+    let always = ctx.config.exports.encrypt == crate::config::EncryptRule::Always;
+    if !always && req.encrypt_to.is_empty() {
+        return Ok(Vec::new());
     }
-    recipients.sort();
-    recipients.dedup();
-    recipients
+    super::checkpoint::seal_recipients(ctx, &[&req.encrypt_to])
 }
 
 fn make_image(
@@ -644,6 +654,27 @@ mod tests {
             let err = check_whole(&write(&whole[..cut])).unwrap_err().to_string();
             assert!(err.contains("is cut short"), "{cut}: {err}");
         }
+    }
+
+    #[test]
+    fn a_host_that_seals_everything_never_makes_an_image_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = crate::store::Roots::new(dir.path().join("root"), dir.path().join("run"));
+        let mut ctx = Context::new(roots, "runc".into());
+        let req = NodeAgentRequest {
+            checkpoint_dir: dir.path().into(),
+            image: "localhost/k/{pod}:1".into(),
+            push: false,
+            registry: RegistryFlags::default(),
+            once: true,
+            interval: Duration::from_secs(5),
+            gates: vec![],
+            encrypt_to: vec![],
+            retainer: None,
+        };
+        assert!(sealed_to(&ctx, &req).unwrap().is_empty(), "nothing asks for sealing");
+        ctx.config.exports.encrypt = crate::config::EncryptRule::Always;
+        assert!(matches!(sealed_to(&ctx, &req), Err(Error::SealWithoutRecipient)), "always, and nobody to seal to");
     }
 
     #[test]

@@ -674,6 +674,19 @@ fn strategy_and_plan(
     Ok((strategy, plan))
 }
 
+/// Whom something sealing was asked for is sealed to: the host config's recipients and each of
+/// `asked`, checked and without repeats; refused when that is nobody.
+pub(crate) fn seal_recipients(ctx: &Context, asked: &[&[String]]) -> Result<Vec<String>> {
+    let mut recipients = crate::seal::Recipients::parse(&ctx.config.exports.recipients)?;
+    for list in asked {
+        recipients.extend(crate::seal::Recipients::parse(list)?);
+    }
+    if recipients.is_empty() {
+        return Err(Error::SealWithoutRecipient);
+    }
+    Ok(recipients.names().to_vec())
+}
+
 /// How the plan's checkpoint is sealed: each export to the recipients the plan names for it,
 /// the host config's and `--encrypt-to`'s, when the plan, the user or the host config
 /// (`[exports] encrypt = "always"`) asks for sealing; the dump is kept in private memory then, as
@@ -694,13 +707,7 @@ fn sealing(
         if !(always || !req.encrypt_to.is_empty() || !target.sealed_to.is_empty()) {
             continue;
         }
-        let mut recipients = crate::seal::Recipients::parse(&rules.recipients)?;
-        recipients.extend(crate::seal::Recipients::parse(&target.sealed_to)?);
-        recipients.extend(crate::seal::Recipients::parse(&req.encrypt_to)?);
-        if recipients.is_empty() {
-            return Err(Error::SealWithoutRecipient);
-        }
-        target.sealed_to = recipients.names().to_vec();
+        target.sealed_to = seal_recipients(ctx, &[&target.sealed_to, &req.encrypt_to])?;
         any_sealed = true;
     }
     if !(any_sealed || (always && migrating)) {
