@@ -72,13 +72,18 @@ pub struct ExtractOptions {
     /// Keep setuid, setgid and sticky bits (container content, inside the 0700 store).
     pub special_bits: bool,
     pub symlinks: Symlinks,
+    /// The archive must end as tar writers end one, with two zero blocks after its last member.
+    /// A tar reader takes the end of the input at a member's boundary for the end of the
+    /// archive, so a checkpoint cut short there would pass for a whole one with fewer members.
+    /// Image layers need not: their digests say whether they are whole.
+    pub end_of_archive: bool,
 }
 
 impl ExtractOptions {
     /// The members of a checkpoint archive or checkpoint image: plain files and directories,
     /// CRIU's parent links, no special bits, owned by root.
     pub fn checkpoint() -> ExtractOptions {
-        ExtractOptions { symlinks: Symlinks::CriuParents, ..Default::default() }
+        ExtractOptions { symlinks: Symlinks::CriuParents, end_of_archive: true, ..Default::default() }
     }
 
     /// A container's files (`rootfs-diff.tar`, `volumes/*.tar`): owners, modes and links as
@@ -176,9 +181,13 @@ pub fn extract_file_hashing(
     let mut extractor = Extractor::new(dest, name, options, Some(digests))?;
     extractor.copy_source = Some(from_file::CopySource { archive, progress: progress.clone() });
     extractor.deferred = deferred;
-    let mut archive = tar::Archive::new(from_file::ArchiveFile::new(reader, progress));
+    let mut archive = tar::Archive::new(Watched::new(from_file::ArchiveFile::new(reader, progress)));
     let entries = archive.entries_with_seek().map_err(|e| malformed(name, e))?;
-    extractor.extract_entries(entries, dest).map(drop)
+    extractor.extract_entries(entries, dest)?;
+    if options.end_of_archive {
+        archive.into_inner().check_end(name)?;
+    }
+    Ok(())
 }
 
 fn malformed(name: &str, e: io::Error) -> ArchiveError {
@@ -193,9 +202,74 @@ fn extract_into(
     digests: Option<&mut FileDigests>,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
     let extractor = Extractor::new(dest, name, options, digests)?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(Watched::new(reader));
     let entries = archive.entries().map_err(|e| malformed(name, e))?;
-    extractor.extract_entries(entries, dest)
+    let written = extractor.extract_entries(entries, dest)?;
+    if options.end_of_archive {
+        archive.into_inner().check_end(name)?;
+    }
+    Ok(written)
+}
+
+/// What tar has read, seen from below: whether its last read of a header found a zero block (the
+/// end of the archive) or the end of the input.
+struct Watched<R> {
+    inner: R,
+    position: u64,
+    zeros_at_end: u64,
+    reached_end: bool,
+}
+
+impl<R> Watched<R> {
+    fn new(inner: R) -> Watched<R> {
+        Watched { inner, position: 0, zeros_at_end: 0, reached_end: false }
+    }
+}
+
+impl<R: Read> Watched<R> {
+    /// tar stops at the first zero block or at the end of the input; only the first is an end
+    /// of archive, and a second zero block must follow it.
+    fn check_end(mut self, name: &str) -> Result<(), ArchiveError> {
+        let cut = |detail: String| ArchiveError::CutShort { archive: name.to_string(), detail };
+        if self.reached_end || self.zeros_at_end < 512 {
+            return Err(cut(format!(
+                "it ends after {} bytes without tar's end-of-archive blocks after its last member",
+                self.position
+            )));
+        }
+        let mut second = [0u8; 512];
+        if self.inner.read_exact(&mut second).is_err() || second.iter().any(|&b| b != 0) {
+            return Err(cut(format!("its end-of-archive blocks at byte {} are not whole", self.position - 512)));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.reached_end = true;
+        }
+        let read = &buf[..n];
+        self.zeros_at_end = match read.iter().rposition(|&b| b != 0) {
+            Some(last) => (n - last - 1) as u64,
+            None => self.zeros_at_end + n as u64,
+        };
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: io::Seek> io::Seek for Watched<R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let at = self.inner.seek(pos)?;
+        if at != self.position {
+            self.zeros_at_end = 0;
+        }
+        self.position = at;
+        Ok(at)
+    }
 }
 
 impl<'a> Extractor<'a> {

@@ -25,6 +25,8 @@ pub enum ArchiveError {
     TooLarge { archive: String, reason: String },
     #[error("archive {archive:?} is not a valid tar archive: {detail}")]
     Malformed { archive: String, detail: String },
+    #[error("archive {archive:?} is cut short: {detail}; it was not written whole, so copy or make it again")]
+    CutShort { archive: String, detail: String },
     #[error("archive {archive:?}: {action} {path:?}: {source}")]
     Io { archive: String, action: &'static str, path: PathBuf, source: io::Error },
     #[error("selected compression algorithm ({0:?}) not supported. Please select one from: gzip, none, zstd")]

@@ -447,35 +447,6 @@ impl From<Error> for NoImage {
     }
 }
 
-/// Whether the tar at `path` ends as every tar writer ends one: after its last member, two
-/// blocks of zeros. A tar reader takes the end of the file at a member's boundary for the end of
-/// the archive, so a kubelet's archive cut short there would pass for a whole one with fewer
-/// members.
-fn check_whole(path: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let cut =
-        |detail: String| Error::invalid(format!("archive {:?} is cut short: {detail}", path.display().to_string()));
-    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let length = file.metadata().map_err(Error::io("stat", path))?.len();
-    if length % 512 != 0 {
-        return Err(cut(format!("{length} bytes is not a whole number of tar's 512-byte blocks")));
-    }
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let mut end = 0;
-    let entries = archive.entries_with_seek().map_err(|e| cut(e.to_string()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| cut(e.to_string()))?;
-        end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-    }
-    let mut file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let mut trailer = [0u8; 1024];
-    let whole = file.seek(SeekFrom::Start(end)).is_ok() && file.read_exact(&mut trailer).is_ok();
-    if !whole || trailer.iter().any(|&b| b != 0) {
-        return Err(cut(format!("no end-of-archive blocks after its last member, at byte {end} of {length}")));
-    }
-    Ok(())
-}
-
 /// What a gate is told of the image an archive is about to become.
 fn gate_facts(
     archive: &KubeletArchive,
@@ -525,7 +496,6 @@ fn image_of(
     gates: Option<&mut Policies>,
     sealed_to: &[String],
 ) -> std::result::Result<Made, NoImage> {
-    check_whole(path)?;
     let mut staged = StagedCheckpoint::from_archive(&ctx.roots.staging_dir(), path).map_err(Error::from)?;
     staged.page_images.take().map_or(Ok(()), ImagesInFlight::wait).map_err(Error::from)?;
     let archive = KubeletArchive::read(&staged)?;
@@ -630,31 +600,6 @@ fn make_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_archive_cut_short_anywhere_is_told_from_a_whole_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut builder = tar::Builder::new(Vec::new());
-        for (name, size) in [("spec.dump", 700usize), ("checkpoint/pages-1.img", 4096), ("config.dump", 10)] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(size as u64);
-            header.set_mode(0o600);
-            builder.append_data(&mut header, name, &vec![0u8; size][..]).unwrap();
-        }
-        let whole = builder.into_inner().unwrap();
-        let write = |bytes: &[u8]| {
-            let path = dir.path().join("a.tar");
-            std::fs::write(&path, bytes).unwrap();
-            path
-        };
-        check_whole(&write(&whole)).unwrap();
-        // At a member's boundary (after spec.dump: header, 700 bytes, padding), inside the
-        // padding, inside a member, inside the end-of-archive blocks.
-        for cut in [512 + 1024, 512 + 800, 512 + 1024 + 512 + 100, whole.len() - 512] {
-            let err = check_whole(&write(&whole[..cut])).unwrap_err().to_string();
-            assert!(err.contains("is cut short"), "{cut}: {err}");
-        }
-    }
 
     #[test]
     fn a_host_that_seals_everything_never_makes_an_image_in_the_clear() {

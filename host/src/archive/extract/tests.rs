@@ -414,3 +414,45 @@ fn the_free_space_reserve_scales_with_a_small_filesystem() {
     assert_eq!(free_space_reserve(Some(100 << 30)), 64 << 20, "a large one keeps 64 MiB");
     assert_eq!(free_space_reserve(None), 64 << 20);
 }
+
+#[test]
+fn a_checkpoint_cut_short_anywhere_is_told_from_a_whole_one() {
+    let members = [
+        M::File("spec.dump", 0o600, &[7; 700]),
+        M::File("checkpoint/pages-1.img", 0o600, &[0; 4096]),
+        M::File("config.dump", 0o600, b"{}"),
+    ];
+    let whole = raw_tar(&members);
+    let dir = tempfile::tempdir().unwrap();
+    let extract_both_ways = |bytes: &[u8], case: &str| -> Vec<Result<(), ArchiveError>> {
+        let archive = dir.path().join(format!("{case}.tar"));
+        std::fs::write(&archive, bytes).unwrap();
+        let (stream_dest, file_dest) = (dir.path().join(format!("{case}-s")), dir.path().join(format!("{case}-f")));
+        std::fs::create_dir(&stream_dest).unwrap();
+        std::fs::create_dir(&file_dest).unwrap();
+        let options = ExtractOptions::checkpoint();
+        let streamed = extract(bytes, &stream_dest, case, &options).map(drop);
+        let reader = io::BufReader::new(std::fs::File::open(&archive).unwrap());
+        let progress = crate::progress::Progress::on_terminal("test", || None);
+        let from_file =
+            extract_file_hashing(reader, progress, &file_dest, case, &options, &mut FileDigests::new(), None);
+        vec![streamed, from_file]
+    };
+    for result in extract_both_ways(&whole, "whole") {
+        result.unwrap();
+    }
+    // At a member's boundary (after spec.dump: header, 700 bytes, padding), after the last
+    // member, inside the padding, inside a member, inside the end-of-archive blocks.
+    let last_member_end = whole.len() - 1024;
+    for cut in [512 + 1024, last_member_end, 512 + 800, 512 + 1024 + 512 + 100, whole.len() - 512] {
+        for result in extract_both_ways(&whole[..cut], &format!("cut-{cut}")) {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("cut short") || err.contains("not a valid tar"), "{cut}: {err}");
+        }
+    }
+    // Image layers are checked by their digests and need no end blocks.
+    let layer = dir.path().join("layer");
+    std::fs::create_dir(&layer).unwrap();
+    let options = ExtractOptions { preserve_owners: false, ..ExtractOptions::image_layer() };
+    extract(&whole[..last_member_end], &layer, "layer", &options).unwrap();
+}
