@@ -364,6 +364,17 @@ impl ImageStore {
         if let Some(found) = images.iter().find(|i| i.reference == reference || i.reference == name) {
             return Ok(found.clone());
         }
+        // `REPOSITORY[:TAG]@sha256:DIGEST`, as podman takes it (and Kubernetes manifests pin
+        // images): the repository's image with that manifest digest, whatever its tag.
+        if let Some((named, hex)) = name.rsplit_once("@sha256:") {
+            let repository = named.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(named, |(r, _)| r);
+            let pinned = format!("sha256:{hex}");
+            let found = images.iter().find(|i| {
+                i.manifest_digest.to_string() == pinned
+                    && i.reference.strip_prefix(repository).is_some_and(|tag| tag.starts_with(':'))
+            });
+            return found.cloned().ok_or_else(|| ImageError::NoSuchImage(name.to_string()));
+        }
         let id = name.strip_prefix("sha256:").unwrap_or(name);
         if id.len() >= 4
             && id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -648,6 +659,18 @@ mod tests {
         assert!(listed.annotations.contains_key(CREATED));
         assert_eq!(store.default_command(&listed).unwrap(), ["/bin/sh", "-c", "sleep 1"]);
         assert_eq!(store.resolve(&listed.id[..12]).unwrap().reference, "localhost/web:1");
+        // Pinned by its manifest digest, with a tag or without, as podman and Kubernetes take it.
+        let pinned = listed.manifest_digest.to_string();
+        for name in [
+            format!("localhost/web:1@{pinned}"),
+            format!("localhost/web:other@{pinned}"),
+            format!("localhost/web@{pinned}"),
+        ] {
+            assert_eq!(store.resolve(&name).unwrap().reference, "localhost/web:1", "{name}");
+        }
+        let wrong = format!("localhost/web:1@sha256:{}", "0".repeat(64));
+        assert!(matches!(store.resolve(&wrong), Err(ImageError::NoSuchImage(_))));
+        assert!(store.resolve(&format!("localhost/other:1@{pinned}")).is_err(), "another repository's name");
 
         // The stored documents are the OCI types, with their keys sorted.
         let manifest_bytes = store.read_blob(&listed.manifest_digest).unwrap();
