@@ -33,7 +33,7 @@ pub enum KubeletError {
 }
 
 /// A pod's container, as the kubelet's API names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PodContainer {
     pub namespace: String,
     pub pod: String,
@@ -66,6 +66,16 @@ impl PodContainer {
             return Err(KubeletError::BadName(format!("{PREFIX}{namespace}/{pod}/{container}")));
         }
         Ok(PodContainer { namespace: namespace.into(), pod: pod.into(), container: container.into() })
+    }
+
+    /// The container's pod, named as its container is: `k8s:NAMESPACE/POD`.
+    pub fn pod_name(&self) -> String {
+        format!("{PREFIX}{}/{}", self.namespace, self.pod)
+    }
+
+    /// The container's namespace: `k8s:NAMESPACE`.
+    pub fn namespace_name(&self) -> String {
+        format!("{PREFIX}{}", self.namespace)
     }
 }
 

@@ -442,32 +442,50 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
     for i in 0..100 {
         std::fs::write(dir.join(name(i)), &archive).unwrap();
     }
+    // A second container in the pod, and a second pod in the namespace: the operator's pod and
+    // namespace levels. Their archives sort, and so are imaged, after the first container's.
+    let sidecar = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("batch", "job-0", "log"), serde_json::json!({}));
+    let second = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("batch", "job-1", "job"), serde_json::json!({}));
+    for i in 0..5 {
+        std::fs::write(dir.join(format!("checkpoint-job-0_batch-log-2026-12-07T03:0{i}:00Z.tar")), &sidecar).unwrap();
+    }
+    for i in 0..3 {
+        std::fs::write(dir.join(format!("checkpoint-job-1_batch-job-2026-12-07T03:0{i}:00Z.tar")), &second).unwrap();
+    }
     let retainer = crate::support::policy("kubelet_retainer");
     let args = ["node-agent", "--once", "--checkpoint-dir", dir.to_str().unwrap(), "--retainer", &retainer];
-    let settings = r#"{"maxCheckpointsPerContainer": 10, "maxTotalSizePerContainer": "10Gi"}"#;
+    let settings = r#"{"maxCheckpointsPerContainer": 10, "maxTotalSizePerContainer": "10Gi",
+        "maxCheckpointsPerPod": 12, "maxCheckpointsPerNamespace": 14}"#;
     let image = ["--image", "localhost/kube/{namespace}-{pod}-{container}:{time}", "--retainer-config", settings];
     let out = ckpt.ok(&[&args[..], &image[..]].concat());
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let count = |result: &str| lines.iter().filter(|l| l["result"] == result).count();
-    assert_eq!((count("imaged"), count("deleted"), count("failed")), (100, 90, 0), "{out}");
-    let deleted = lines.iter().find(|l| l["result"] == "deleted").unwrap();
-    assert!(deleted["detail"].as_str().unwrap().contains("maxCheckpointsPerContainer"), "{deleted}");
+    // 90 of the first container's (keeping 10); then 3 more of the pod's 15 (keeping 12); then
+    // 1 more of the namespace's 15 (keeping 14). Always the oldest.
+    assert_eq!((count("imaged"), count("deleted"), count("failed")), (108, 94, 0), "{out}");
+    let reasons: Vec<&str> =
+        lines.iter().filter(|l| l["result"] == "deleted").map(|l| l["detail"].as_str().unwrap()).collect();
+    for (limit, times) in
+        [("maxCheckpointsPerContainer", 90), ("maxCheckpointsPerPod", 3), ("maxCheckpointsPerNamespace", 1)]
+    {
+        assert_eq!(reasons.iter().filter(|r| r.contains(limit)).count(), times, "{limit}: {reasons:#?}");
+    }
 
-    // The newest ten are left: the kubelet's archives, ckpt's images and the catalog agree.
+    // The newest are left: the kubelet's archives, ckpt's images and the catalog agree.
     let left: Vec<String> =
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
-    let mut left: Vec<&String> = left.iter().filter(|n| n.ends_with(".tar")).collect();
+    let mut left: Vec<&String> = left.iter().filter(|n| n.contains("job-0_batch-job")).collect();
     left.sort();
-    let newest: Vec<String> = (90..100).map(name).collect();
+    let newest: Vec<String> = (94..100).map(name).collect();
     assert_eq!(left, newest.iter().collect::<Vec<_>>());
     let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
-    let kept: Vec<_> =
-        entries.as_array().unwrap().iter().filter(|e| e["container-name"] == "k8s:batch/job-0/job").collect();
-    assert_eq!(kept.len(), 10);
+    let kept =
+        |container: &str| entries.as_array().unwrap().iter().filter(|e| e["container-name"] == container).count();
+    assert_eq!((kept("k8s:batch/job-0/job"), kept("k8s:batch/job-0/log"), kept("k8s:batch/job-1/job")), (6, 5, 3));
     let images = ckpt.ok(&["image", "ls", "--format", "{{.Repository}}"]);
-    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 10, "{images}");
+    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 6, "{images}");
     let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
-    assert_eq!(audit.matches("\"retention-delete\"").count(), 90);
+    assert_eq!(audit.matches("\"retention-delete\"").count(), 94);
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
 }
 

@@ -261,8 +261,9 @@ pub struct NodeAgentArgs {
     pub registry: super::RegistryArgs,
     #[command(flatten)]
     pub gates: super::checkpoint::GateFlags,
-    /// The retainer asked about each container's checkpoints after a pass (the
-    /// checkpoint-restore-operator's vocabulary: target/policies/kubelet_retainer.wasm).
+    /// The retainer asked after a pass about each container's checkpoints, then each pod's and
+    /// each namespace's (the checkpoint-restore-operator's vocabulary:
+    /// target/policies/kubelet_retainer.wasm).
     #[arg(long, value_name = "FILE.wasm")]
     pub retainer: Option<String>,
     /// Seal each image to RECIPIENT (an age recipient or an SSH public key); repeatable.

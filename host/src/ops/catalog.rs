@@ -138,13 +138,17 @@ pub enum Scope<'a> {
     Schedule(&'a str),
     /// Every entry of the container, for a retainer the admin chose.
     Container,
+    /// Every entry of every container named below the ID, which names a group: a Kubernetes pod
+    /// (`k8s:NAMESPACE/POD`) or namespace (`k8s:NAMESPACE`), the operator's wider levels.
+    Below,
 }
 
 impl Scope<'_> {
-    fn holds(&self, entry: &Entry) -> bool {
+    fn holds(&self, container_id: &str, entry: &Entry) -> bool {
         match self {
-            Scope::Schedule(name) => entry.schedule.as_deref() == Some(*name),
-            Scope::Container => true,
+            Scope::Schedule(name) => entry.container_id == container_id && entry.schedule.as_deref() == Some(*name),
+            Scope::Container => entry.container_id == container_id,
+            Scope::Below => entry.container_id.strip_prefix(container_id).is_some_and(|below| below.starts_with('/')),
         }
     }
 }
@@ -152,13 +156,16 @@ impl Scope<'_> {
 /// Asks `retention` about one container's entries in `scope` and deletes what it names. A failed
 /// or refused answer deletes nothing (fail closed); the decision is recorded either way.
 pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: Scope<'_>) -> Result<Vec<Retained>> {
-    let entries: Vec<Entry> =
-        ctx.catalog().list()?.into_iter().filter(|e| e.container_id == container_id && scope.holds(e)).collect();
+    let entries: Vec<Entry> = ctx.catalog().list()?.into_iter().filter(|e| scope.holds(container_id, e)).collect();
     let Some(first) = entries.first() else { return Ok(Vec::new()) };
+    let container_name = match scope {
+        Scope::Below => container_id.to_string(),
+        _ => first.container_name.clone(),
+    };
     let now = crate::util::now();
     let facts = RetainFacts {
         container_id: container_id.to_string(),
-        container_name: first.container_name.clone(),
+        container_name,
         entries: entries.iter().map(contract_entry).collect(),
         now: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         now_unix_ms: now.timestamp_millis().max(0) as u64,

@@ -8,7 +8,7 @@
 //! directory), never deleted, and recorded. What it took is remembered in
 //! `<root>/node-agent.json`, so that a restarted agent carries on where it stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::Context;
 use super::audit::AuditEvent;
+use super::catalog::Scope;
 use super::images::RegistryFlags;
 use crate::archive::deferred::ImagesInFlight;
 use crate::archive::staged::StagedCheckpoint;
@@ -94,13 +95,8 @@ pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)
             report(one);
         }
         if let Some(retention) = &retention {
-            let mut containers: Vec<&String> = taken.iter().filter_map(|t| t.container.as_ref()).collect();
-            containers.sort();
-            containers.dedup();
-            for container in containers {
-                for deleted in retain(ctx, retention, container)? {
-                    report(&deleted);
-                }
+            for deleted in retain_levels(ctx, retention, &taken)? {
+                report(&deleted);
             }
         }
         if req.once {
@@ -376,20 +372,37 @@ fn take(
     taken
 }
 
-/// Asks the retainer about one container's checkpoints; deletes the images it names (through the
-/// catalog, which audits each) and the kubelet's archives they were made of.
-fn retain(ctx: &Context, retention: &policy::Retention, container: &str) -> Result<Vec<Taken>> {
-    let archives: BTreeMap<String, String> = ctx
+/// Asks the retainer about the checkpoints of each container an archive was taken of, then of
+/// their pods, then of their namespaces, as the operator applies its limits level by level.
+fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) -> Result<Vec<Taken>> {
+    let containers: BTreeSet<PodContainer> =
+        taken.iter().filter_map(|t| PodContainer::parse(t.container.as_deref()?).ok()).collect();
+    let pods: BTreeSet<String> = containers.iter().map(PodContainer::pod_name).collect();
+    let namespaces: BTreeSet<String> = containers.iter().map(PodContainer::namespace_name).collect();
+    let mut deleted = Vec::new();
+    for container in &containers {
+        deleted.extend(retain(ctx, retention, &container.to_string(), Scope::Container)?);
+    }
+    for group in pods.iter().chain(&namespaces) {
+        deleted.extend(retain(ctx, retention, group, Scope::Below)?);
+    }
+    Ok(deleted)
+}
+
+/// Asks the retainer about the checkpoints of `name` (a container, or a pod or namespace with
+/// `Scope::Below`); deletes the images it names (through the catalog, which audits each) and the
+/// kubelet's archives they were made of.
+fn retain(ctx: &Context, retention: &policy::Retention, name: &str, scope: Scope<'_>) -> Result<Vec<Taken>> {
+    let archives: BTreeMap<String, (String, String)> = ctx
         .catalog()
         .list()?
         .into_iter()
-        .filter(|e| e.container_id == container)
-        .filter_map(|e| Some((e.id, e.plan["archive"].as_str()?.to_string())))
+        .filter_map(|e| Some((e.id, (e.plan["archive"].as_str()?.to_string(), e.container_id))))
         .collect();
-    let retained = super::catalog::retain(ctx, retention, container, super::catalog::Scope::Container)?;
+    let retained = super::catalog::retain(ctx, retention, name, scope)?;
     let mut deleted = Vec::new();
     for one in retained {
-        let Some(archive) = archives.get(&one.entry) else { continue };
+        let Some((archive, container)) = archives.get(&one.entry) else { continue };
         let result = match &one.error {
             Some(error) => Err(error.clone()),
             None => match std::fs::remove_file(archive) {
@@ -401,7 +414,7 @@ fn retain(ctx: &Context, retention: &policy::Retention, container: &str) -> Resu
             archive: archive.clone(),
             result: if result.is_ok() { "deleted".into() } else { "failed".into() },
             layout: None,
-            container: Some(container.to_string()),
+            container: Some(container.clone()),
             image: None,
             detail: match result {
                 Ok(()) => one.reason,

@@ -1,7 +1,7 @@
 //! The checkpoint-restore-operator's retention, as a retainer: `ckpt node-agent --retainer`
-//! asks it about each container's checkpoints of a Kubernetes node, newest first, with the
-//! operator's own field names and defaults. Pinned checkpoints (the operator's `.keep`) count
-//! towards the limits but are never deleted.
+//! asks it about the checkpoints of each container of a Kubernetes node, then of its pod, then
+//! of its namespace, newest first, with the operator's own field names and defaults. Pinned
+//! checkpoints (the operator's `.keep`) count towards the limits but are never deleted.
 
 use ckpt_guest_sdk::export_retainer;
 use ckpt_guest_sdk::types::{Deletion, RetainFacts};
@@ -40,26 +40,160 @@ impl Quantity {
     }
 }
 
-/// The operator's per-container policy (`containerPolicies`, or `globalPolicy`'s per-container
-/// fields), with its defaults.
+/// The operator's `globalPolicy` (its limits at each level, with the controller's defaults) and
+/// its `containerPolicies`, `podPolicies` and `namespacePolicies`, which replace the global
+/// limits of one level for the containers, pods and namespaces they name.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
+    /// At most this many checkpoints of a namespace, the newest kept.
+    pub max_checkpoints_per_namespace: u32,
+    /// At most this many checkpoints of a pod, the newest kept.
+    pub max_checkpoints_per_pod: u32,
     /// At most this many checkpoints of a container, the newest kept.
     pub max_checkpoints_per_container: u32,
     /// A checkpoint bigger than this is deleted.
     pub max_checkpoint_size: Quantity,
+    /// At most this many bytes of a namespace's checkpoints, the newest kept.
+    pub max_total_size_per_namespace: Quantity,
+    /// At most this many bytes of a pod's checkpoints, the newest kept.
+    pub max_total_size_per_pod: Quantity,
     /// At most this many bytes of a container's checkpoints, the newest kept.
     pub max_total_size_per_container: Quantity,
+    pub container_policies: Vec<ContainerPolicy>,
+    pub pod_policies: Vec<PodPolicy>,
+    pub namespace_policies: Vec<NamespacePolicy>,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
+        let hundred_gi = || Quantity::Text("100Gi".into());
         Settings {
+            max_checkpoints_per_namespace: 30,
+            max_checkpoints_per_pod: 20,
             max_checkpoints_per_container: 10,
-            max_checkpoint_size: Quantity::Text("100Gi".into()),
-            max_total_size_per_container: Quantity::Text("100Gi".into()),
+            max_checkpoint_size: hundred_gi(),
+            max_total_size_per_namespace: hundred_gi(),
+            max_total_size_per_pod: hundred_gi(),
+            max_total_size_per_container: hundred_gi(),
+            container_policies: Vec::new(),
+            pod_policies: Vec::new(),
+            namespace_policies: Vec::new(),
         }
+    }
+}
+
+/// A `containerPolicies` entry: one container's limits, in place of the global per-container
+/// ones; what it leaves out is the global's.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPolicy {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub max_checkpoints: Option<u32>,
+    pub max_checkpoint_size: Option<Quantity>,
+    pub max_total_size: Option<Quantity>,
+}
+
+/// A `podPolicies` entry: one pod's limits, in place of the global per-pod ones.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodPolicy {
+    pub namespace: String,
+    pub pod: String,
+    pub max_checkpoints: Option<u32>,
+    pub max_checkpoint_size: Option<Quantity>,
+    pub max_total_size: Option<Quantity>,
+}
+
+/// A `namespacePolicies` entry: one namespace's limits, in place of the global per-namespace
+/// ones.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespacePolicy {
+    pub namespace: String,
+    pub max_checkpoints: Option<u32>,
+    pub max_checkpoint_size: Option<Quantity>,
+    pub max_total_size: Option<Quantity>,
+}
+
+/// The limits one of those policies sets.
+type Limits<'a> = (Option<u32>, Option<&'a Quantity>, Option<&'a Quantity>);
+
+/// What the node agent asks about, read from the facts' `container-id`: a container
+/// (`k8s:NAMESPACE/POD/CONTAINER`), a pod (`k8s:NAMESPACE/POD`) or a namespace (`k8s:NAMESPACE`).
+/// Any other name is one container's, as ckpt names its own.
+enum Level<'a> {
+    Namespace(&'a str),
+    Pod(&'a str, &'a str),
+    Container(Option<(&'a str, &'a str, &'a str)>),
+}
+
+impl Level<'_> {
+    fn of(container_id: &str) -> Level<'_> {
+        let Some(name) = container_id.strip_prefix("k8s:") else { return Level::Container(None) };
+        match name.split('/').collect::<Vec<_>>().as_slice() {
+            [namespace] => Level::Namespace(namespace),
+            [namespace, pod] => Level::Pod(namespace, pod),
+            [namespace, pod, container] => Level::Container(Some((namespace, pod, container))),
+            _ => Level::Container(None),
+        }
+    }
+}
+
+/// The limits that hold at one level, sizes in bytes, with the names the operator gives them
+/// (for the reasons).
+struct Applied {
+    max_checkpoints: (u32, &'static str),
+    max_size: u64,
+    max_total: (u64, &'static str),
+}
+
+impl Settings {
+    /// `None` when a size cannot be read.
+    fn applied(&self, level: &Level<'_>) -> Option<Applied> {
+        let (limits, global_count, global_total, names): (Option<Limits<'_>>, _, _, _) = match *level {
+            Level::Namespace(namespace) => (
+                self.namespace_policies
+                    .iter()
+                    .find(|p| p.namespace == namespace)
+                    .map(|p| (p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref())),
+                self.max_checkpoints_per_namespace,
+                &self.max_total_size_per_namespace,
+                ("maxCheckpointsPerNamespace", "maxTotalSizePerNamespace"),
+            ),
+            Level::Pod(namespace, pod) => (
+                self.pod_policies
+                    .iter()
+                    .find(|p| p.namespace == namespace && p.pod == pod)
+                    .map(|p| (p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref())),
+                self.max_checkpoints_per_pod,
+                &self.max_total_size_per_pod,
+                ("maxCheckpointsPerPod", "maxTotalSizePerPod"),
+            ),
+            Level::Container(named) => (
+                named.and_then(|(namespace, pod, container)| {
+                    self.container_policies
+                        .iter()
+                        .find(|p| p.namespace == namespace && p.pod == pod && p.container == container)
+                        .map(|p| (p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref()))
+                }),
+                self.max_checkpoints_per_container,
+                &self.max_total_size_per_container,
+                ("maxCheckpointsPerContainer", "maxTotalSizePerContainer"),
+            ),
+        };
+        let (count_name, total_name) = match limits {
+            Some(_) => ("the policy's maxCheckpoints", "the policy's maxTotalSize"),
+            None => names,
+        };
+        let (count, size, total) = limits.unwrap_or_default();
+        Some(Applied {
+            max_checkpoints: (count.unwrap_or(global_count), count_name),
+            max_size: size.unwrap_or(&self.max_checkpoint_size).bytes()?,
+            max_total: (total.unwrap_or(global_total).bytes()?, total_name),
+        })
     }
 }
 
@@ -75,8 +209,8 @@ impl Retainer for KubeletRetainer {
     fn retain(settings: &Settings, facts: RetainFacts) -> Vec<Deletion> {
         // A size the settings cannot say keeps everything: retention deletes only what it is
         // sure of.
-        let (Some(max_size), Some(max_total)) =
-            (settings.max_checkpoint_size.bytes(), settings.max_total_size_per_container.bytes())
+        let Some(Applied { max_checkpoints: (max_count, count_name), max_size, max_total: (max_total, total_name) }) =
+            settings.applied(&Level::of(&facts.container_id))
         else {
             return Vec::new();
         };
@@ -85,13 +219,10 @@ impl Retainer for KubeletRetainer {
         for entry in &facts.entries {
             let reason = if entry.size_bytes > max_size {
                 Some(format!("{} bytes, over maxCheckpointSize ({max_size} bytes)", entry.size_bytes))
-            } else if kept >= settings.max_checkpoints_per_container {
-                Some(format!(
-                    "older than the newest {} (maxCheckpointsPerContainer)",
-                    settings.max_checkpoints_per_container
-                ))
+            } else if kept >= max_count {
+                Some(format!("older than the newest {max_count} of {} ({count_name})", facts.container_id))
             } else if kept_bytes + entry.size_bytes > max_total {
-                Some(format!("keeping it would pass maxTotalSizePerContainer ({max_total} bytes)"))
+                Some(format!("keeping it would pass {total_name} ({max_total} bytes) of {}", facts.container_id))
             } else {
                 None
             };
@@ -130,10 +261,14 @@ mod tests {
     }
 
     fn deleted(settings: &str, entries: Vec<CatalogEntry>) -> Vec<String> {
+        deleted_at("k8s:default/web-0/web", settings, entries)
+    }
+
+    fn deleted_at(scope: &str, settings: &str, entries: Vec<CatalogEntry>) -> Vec<String> {
         let settings: Settings = ckpt_guest_sdk::parse_settings(settings).unwrap();
         let facts = RetainFacts {
-            container_id: "k8s:default/web-0/web".into(),
-            container_name: "k8s:default/web-0/web".into(),
+            container_id: scope.into(),
+            container_name: scope.into(),
             entries,
             now: "2026-12-07T00:00:00Z".into(),
             now_unix_ms: 0,
@@ -154,5 +289,23 @@ mod tests {
         assert_eq!(deleted(r#"{"maxTotalSizePerContainer": "4000000"}"#, entries.clone()), vec!["a"]);
         assert!(deleted(r#"{"maxCheckpointSize": "2 furlongs"}"#, entries).is_empty(), "unsure: delete nothing");
         assert!(ckpt_guest_sdk::parse_settings::<Settings>(r#"{"max-checkpoints": 3}"#).is_err());
+    }
+
+    #[test]
+    fn pods_and_namespaces_have_limits_of_their_own_and_policies_name_them() {
+        let five = || (0..5).map(|i| entry(&format!("e{i}"), 1, false)).collect::<Vec<_>>();
+        let settings = r#"{"maxCheckpointsPerPod": 3, "maxCheckpointsPerNamespace": 4,
+            "podPolicies": [{"namespace": "default", "pod": "db-0", "maxCheckpoints": 1}],
+            "containerPolicies": [{"namespace": "default", "pod": "web-0", "container": "web", "maxCheckpoints": 2}]}"#;
+        assert_eq!(deleted_at("k8s:default/web-0", settings, five()), vec!["e3", "e4"]);
+        assert_eq!(deleted_at("k8s:default/db-0", settings, five()), vec!["e1", "e2", "e3", "e4"]);
+        assert_eq!(deleted_at("k8s:default", settings, five()), vec!["e4"]);
+        assert_eq!(deleted_at("k8s:default/web-0/web", settings, five()), vec!["e2", "e3", "e4"]);
+        assert_eq!(deleted_at("k8s:default/web-0/sidecar", settings, five()), Vec::<String>::new());
+        // The controller's defaults: 10 a container, 20 a pod, 30 a namespace.
+        let many = |n: usize| (0..n).map(|i| entry(&format!("e{i}"), 1, false)).collect::<Vec<_>>();
+        assert_eq!(deleted_at("k8s:default/web-0", "{}", many(21)), vec!["e20"]);
+        assert_eq!(deleted_at("k8s:default", "{}", many(31)), vec!["e30"]);
+        assert!(ckpt_guest_sdk::parse_settings::<Settings>(r#"{"podPolicies": [{"pod": "x"}]}"#).is_err());
     }
 }
