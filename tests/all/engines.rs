@@ -428,6 +428,76 @@ fn the_node_agent_turns_the_kubelets_archives_of_both_layouts_into_checkpoint_im
     assert!(String::from_utf8_lossy(&opened.stdout).contains("checkpoint/"), "{opened:?}");
 }
 
+/// `--push` sends each image to a registry, signed as `ckpt push` signs (GPG simple signing, the
+/// signature in the lookaside store that registries.d names): skopeo, requiring the key, copies
+/// it, and the catalog names the registry's image.
+#[test]
+fn the_node_agent_pushes_signed_images_that_skopeo_verifies() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let registry = crate::support::servers::LocalRegistry::start(&ckpt);
+    let key = crate::support::servers::GpgKey::generate(&ckpt, "node");
+    let registries_d = ckpt.path("registries.d");
+    std::fs::create_dir(&registries_d).unwrap();
+    let lookaside = format!("file://{}", ckpt.path("signatures").display());
+    std::fs::write(
+        registries_d.join("ckpt.yaml"),
+        format!("docker:\n  {}:\n    lookaside: {lookaside}\n", registry.host),
+    )
+    .unwrap();
+    let config = ckpt.path("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registries]\ninsecure = [{:?}]\n[signatures]\nsign-by = {:?}\ngnupg-home = {:?}\nregistries-d = {registries_d:?}\n",
+            registry.host, key.fingerprint, key.home
+        ),
+    )
+    .unwrap();
+    ckpt.ok(&["run", "-d", "--name", "kube-db", "--network", "none", "busybox", "sleep", "1000"]);
+    let plain = ckpt.path("db.tar");
+    ckpt.ok(&["checkpoint", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-db"]);
+    let dir = ckpt.path("checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("data", "db-0", "db"), serde_json::json!({}));
+    std::fs::write(dir.join("checkpoint-db-0_data-db-2026-12-07T07:00:00Z.tar"), &archive).unwrap();
+
+    let image = format!("{}/kube/{{namespace}}-{{pod}}-{{container}}:1", registry.host);
+    let out = ckpt.ok(&[
+        "--config",
+        config.to_str().unwrap(),
+        "node-agent",
+        "--once",
+        "--checkpoint-dir",
+        dir.to_str().unwrap(),
+        "--image",
+        &image,
+        "--push",
+    ]);
+    let taken: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let pushed = format!("{}/kube/data-db-0-db:1", registry.host);
+    assert_eq!((taken["result"].as_str(), taken["image"].as_str()), (Some("imaged"), Some(pushed.as_str())), "{taken}");
+
+    let policy = ckpt.path("policy.json");
+    let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": key.keyring});
+    std::fs::write(&policy, serde_json::json!({"default": [requirement]}).to_string()).unwrap();
+    let copied = std::process::Command::new("skopeo")
+        .args(["--registries.d", registries_d.to_str().unwrap(), "--policy", policy.to_str().unwrap()])
+        .args(["copy", "--remove-signatures", "--src-tls-verify=false", &format!("docker://{pushed}")])
+        .arg(format!("oci:{}:x", ckpt.path("copied").display()))
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "skopeo copy {pushed}: {}", String::from_utf8_lossy(&copied.stderr));
+    let manifest = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{pushed}")])
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(manifest["annotations"]["io.kubernetes.cri-o.annotations.checkpoint.name"], "db", "{manifest}");
+    let entries = ckpt.ok(&["catalog", "ls", "--format", "json"]);
+    assert!(entries.contains(&pushed), "{entries}");
+    assert!(std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap().contains(&pushed));
+}
+
 #[test]
 fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archives() {
     let Some(ckpt) = Ckpt::available() else { return };

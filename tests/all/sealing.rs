@@ -304,39 +304,6 @@ fn a_migration_under_sealing_keeps_memory_off_the_disks_on_both_sides() {
     source.ok(&["rm", "-f", "m"]);
 }
 
-/// A GPG key of its own for one test, in a GnuPG home under the test's directory: its
-/// fingerprint, and its public key exported as a keyring. The agent goes when the test ends.
-struct GpgKey {
-    home: PathBuf,
-    fingerprint: String,
-    keyring: PathBuf,
-}
-
-impl GpgKey {
-    fn generate(ckpt: &Ckpt, name: &str) -> GpgKey {
-        let home = ckpt.path(&format!("gnupg-{name}"));
-        std::fs::create_dir(&home).unwrap();
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let gpg = |args: &[&str]| {
-            let out = Command::new("gpg").env("GNUPGHOME", &home).args(["--batch"]).args(args).output().unwrap();
-            assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            out.stdout
-        };
-        gpg(&["--passphrase", "", "--quick-gen-key", "ckpt test <ckpt@localhost>", "ed25519", "sign", "never"]);
-        let listed = String::from_utf8(gpg(&["--with-colons", "--list-secret-keys"])).unwrap();
-        let fingerprint = listed.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_string();
-        let keyring = ckpt.path(&format!("{name}.gpg"));
-        std::fs::write(&keyring, gpg(&["--export", &fingerprint])).unwrap();
-        GpgKey { home, fingerprint, keyring }
-    }
-}
-
-impl Drop for GpgKey {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).status();
-    }
-}
-
 /// Checkpoint images are signed as podman's are ("simple signing" with GPG, the signature in a
 /// lookaside store that registries.d names): skopeo and podman verify them with their own
 /// policy.json, and a store that trusts the key pulls only what it signed.
@@ -345,8 +312,8 @@ fn a_signed_checkpoint_image_is_verified_by_skopeo_podman_and_ckpt() {
     let Some(ckpt) = Ckpt::available() else { return };
     let Some(second) = Ckpt::available() else { return };
     let registry = crate::support::servers::LocalRegistry::start(&ckpt);
-    let key = GpgKey::generate(&ckpt, "signer");
-    let stranger = GpgKey::generate(&ckpt, "stranger");
+    let key = crate::support::servers::GpgKey::generate(&ckpt, "signer");
+    let stranger = crate::support::servers::GpgKey::generate(&ckpt, "stranger");
     let registries_d = ckpt.path("registries.d");
     std::fs::create_dir(&registries_d).unwrap();
     let lookaside = format!("file://{}", ckpt.path("signatures").display());

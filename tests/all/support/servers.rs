@@ -1,5 +1,6 @@
 //! Real servers on loopback for the tests that cross machines: Debian's docker-registry and
-//! OpenSSH's sshd, each on a free port with throwaway state under the test's directory.
+//! OpenSSH's sshd, each on a free port with throwaway state under the test's directory; and
+//! GnuPG keys of a test's own, which sign what goes to the registry.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,13 +16,23 @@ pub struct LocalRegistry {
 
 impl LocalRegistry {
     pub fn start(ckpt: &Ckpt) -> LocalRegistry {
+        LocalRegistry::listening(ckpt, "127.0.0.1", "localhost")
+    }
+
+    /// One that containers reach too: on every address, named by `address` (a network's
+    /// gateway, say).
+    pub fn reachable_at(ckpt: &Ckpt, address: &str) -> LocalRegistry {
+        LocalRegistry::listening(ckpt, "0.0.0.0", address)
+    }
+
+    fn listening(ckpt: &Ckpt, bind: &str, address: &str) -> LocalRegistry {
         let port = free_port();
         let config = ckpt.path("registry.yml");
         let storage = ckpt.path("registry-data");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {bind}:{port}\n",
                 storage.display()
             ),
         )
@@ -33,7 +44,7 @@ impl LocalRegistry {
             .stderr(Stdio::null())
             .spawn()
             .expect("scripts/setup installs docker-registry");
-        let host = format!("localhost:{port}");
+        let host = format!("{address}:{port}");
         let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(up, "docker-registry did not listen on {host}");
         LocalRegistry { child, host }
@@ -367,5 +378,38 @@ impl Drop for FakeKubelet {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A GPG key of its own for one test, in a GnuPG home under the test's directory: its
+/// fingerprint, and its public key exported as a keyring. The agent goes when the test ends.
+pub struct GpgKey {
+    pub home: PathBuf,
+    pub fingerprint: String,
+    pub keyring: PathBuf,
+}
+
+impl GpgKey {
+    pub fn generate(ckpt: &Ckpt, name: &str) -> GpgKey {
+        let home = ckpt.path(&format!("gnupg-{name}"));
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let gpg = |args: &[&str]| {
+            let out = Command::new("gpg").env("GNUPGHOME", &home).args(["--batch"]).args(args).output().unwrap();
+            assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        };
+        gpg(&["--passphrase", "", "--quick-gen-key", "ckpt test <ckpt@localhost>", "ed25519", "sign", "never"]);
+        let listed = String::from_utf8(gpg(&["--with-colons", "--list-secret-keys"])).unwrap();
+        let fingerprint = listed.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_string();
+        let keyring = ckpt.path(&format!("{name}.gpg"));
+        std::fs::write(&keyring, gpg(&["--export", &fingerprint])).unwrap();
+        GpgKey { home, fingerprint, keyring }
+    }
+}
+
+impl Drop for GpgKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).status();
     }
 }
