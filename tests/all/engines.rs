@@ -608,3 +608,171 @@ fn a_schedule_has_the_kubelet_checkpoint_a_pods_container_and_the_node_agent_ima
     assert!(refused.stdout.contains("does not answer"), "{}{}", refused.stdout, refused.stderr);
     assert_eq!(std::fs::read_dir(&kubelet.checkpoints).unwrap().count(), 1, "nothing more was written");
 }
+
+/// The workspace, where `deploy/` and the tools `scripts/test` installs are.
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// kubernetes-validate (PyPI), which `scripts/test` installs: the API server's schemas, offline,
+/// `--strict` refusing fields they do not have.
+fn kubernetes_validate(files: &[std::path::PathBuf]) {
+    let tool = workspace().join(".tools/lint/bin/kubernetes-validate");
+    assert!(tool.exists(), "{} is missing: scripts/test installs it", tool.display());
+    let out = std::process::Command::new(tool).args(["--strict", "--quiet"]).args(files).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubernetes-validate --strict: {said}");
+}
+
+/// Each document of a YAML file as JSON, read by the PyYAML that kubernetes-validate brings.
+fn yaml_documents(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let python = workspace().join(".tools/lint/bin/python");
+    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let out = std::process::Command::new(python).args(["-c", script]).arg(path).output().unwrap();
+    assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `deploy/kubernetes` as a node would run it, short of Kubernetes: the manifests pass
+/// kubernetes-validate; `render` builds the agent's image from this machine's programs and pushes
+/// it, with the retainer pinned by digest, to a real registry; then the DaemonSet's init
+/// container and agent run in that image under `ckpt run`, each from the rendered pod spec (its
+/// command, its args with the ConfigMap's values, its volumes and mounts). The agent takes a
+/// kubelet archive, signs and pushes its image, and skopeo verifies the signature.
+#[test]
+fn the_kubernetes_deployment_renders_and_its_daemonset_runs_from_its_image() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    let manifests: Vec<_> = ["namespace", "rbac", "configmap", "daemonset"]
+        .iter()
+        .map(|name| workspace().join(format!("deploy/kubernetes/{name}.yaml")))
+        .collect();
+    kubernetes_validate(&manifests);
+
+    // A container that brings the default network's bridge up, whose gateway the agent's
+    // container reaches the registry at.
+    ckpt.ok(&["run", "-d", "--name", "bridge-up", "busybox", "sleep", "1000"]);
+    let network: serde_json::Value = serde_json::from_str(&ckpt.ok(&["network", "inspect", "ckpt"])).unwrap();
+    let gateway = network[0]["subnets"][0]["gateway"].as_str().unwrap().to_string();
+    let registry = crate::support::servers::LocalRegistry::reachable_at(&ckpt, &gateway);
+    let config = ckpt.dir.path().join("ckpt.toml");
+    let mut host_config = std::fs::read_to_string(&config).unwrap();
+    host_config.push_str(&format!("[registries]\ninsecure = [{:?}]\n", registry.host));
+    std::fs::write(&config, &host_config).unwrap();
+    let key = crate::support::servers::GpgKey::generate(&ckpt, "node");
+
+    let rendered = ckpt.path("rendered");
+    let render = std::process::Command::new("bash")
+        .arg(workspace().join("deploy/kubernetes/render"))
+        .arg(format!("{}/ckpt", registry.host))
+        .arg(&rendered)
+        .arg(&key.fingerprint)
+        .current_dir(workspace())
+        .envs(ckpt.command().get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .env("CKPT", env!("CARGO_BIN_EXE_ckpt"))
+        .env("CKPT_ROOT", &ckpt.root)
+        .env("CKPT_RUNROOT", &ckpt.runroot)
+        .output()
+        .unwrap();
+    assert!(render.status.success(), "render: {}", String::from_utf8_lossy(&render.stderr));
+    kubernetes_validate(&manifests.iter().map(|m| rendered.join(m.file_name().unwrap())).collect::<Vec<_>>());
+    let config_map = &yaml_documents(&rendered.join("configmap.yaml"))[0]["data"];
+    let daemon_set = &yaml_documents(&rendered.join("daemonset.yaml"))[0];
+    let pod = &daemon_set["spec"]["template"]["spec"];
+    assert!(config_map["retainer"].as_str().unwrap().contains("@sha256:"), "{config_map}");
+
+    // The node: the kubelet's directory with one archive, and a directory for each volume.
+    ckpt.ok(&["run", "-d", "--name", "kube-db", "--network", "none", "busybox", "sleep", "1000"]);
+    let plain = ckpt.path("db.tar");
+    ckpt.ok(&["checkpoint", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-db"]);
+    let node = ckpt.path("node");
+    let volume = |name: &str| node.join(name);
+    for one in pod["volumes"].as_array().unwrap() {
+        std::fs::create_dir_all(volume(one["name"].as_str().unwrap())).unwrap();
+    }
+    let archive = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("data", "db-0", "db"), serde_json::json!({}));
+    std::fs::write(volume("checkpoints").join("checkpoint-db-0_data-db-2026-12-07T08:00:00Z.tar"), &archive).unwrap();
+    // The ConfigMap's items, as the kubelet projects them; the registry has no TLS here, as an
+    // admin's ConfigMap would say of such a registry.
+    let config_items = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "config").unwrap();
+    for item in config_items["configMap"]["items"].as_array().unwrap() {
+        let path = volume("config").join(item["path"].as_str().unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, config_map[item["key"].as_str().unwrap()].as_str().unwrap()).unwrap();
+    }
+    let agent_config = volume("config").join("ckpt.toml");
+    let mut text = std::fs::read_to_string(&agent_config).unwrap();
+    text.push_str(&format!("\n[registries]\ninsecure = [{:?}]\n", registry.host));
+    std::fs::write(&agent_config, text).unwrap();
+    let exported = std::process::Command::new("gpg")
+        .env("GNUPGHOME", &key.home)
+        .args(["--batch", "--armor", "--export-secret-keys", &key.fingerprint])
+        .output()
+        .unwrap();
+    std::fs::write(volume("signing-key").join("key.asc"), &exported.stdout).unwrap();
+
+    // Each container of the pod spec, run in its image as the kubelet would start it.
+    let run_container = |container: &serde_json::Value, network: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--network".into(), network.into()];
+        let mut env = std::collections::BTreeMap::new();
+        for var in container["env"].as_array().into_iter().flatten() {
+            let value = match var["value"].as_str() {
+                Some(value) => value.to_string(),
+                None => config_map[var["valueFrom"]["configMapKeyRef"]["key"].as_str().unwrap()]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            };
+            args.extend(["-e".into(), format!("{}={value}", var["name"].as_str().unwrap())]);
+            env.insert(format!("$({})", var["name"].as_str().unwrap()), value);
+        }
+        for mount in container["volumeMounts"].as_array().unwrap() {
+            let mut source = volume(mount["name"].as_str().unwrap());
+            if let Some(sub) = mount["subPath"].as_str() {
+                source = source.join(sub);
+                std::fs::create_dir_all(&source).unwrap();
+            }
+            let mode = if mount["readOnly"] == true { "ro" } else { "rw" };
+            args.extend(["-v".into(), format!("{}:{}:{mode}", source.display(), mount["mountPath"].as_str().unwrap())]);
+        }
+        args.push(container["image"].as_str().unwrap().to_string());
+        let command =
+            container["command"].as_array().unwrap().iter().chain(container["args"].as_array().into_iter().flatten());
+        for word in command {
+            let mut word = word.as_str().unwrap().to_string();
+            for (name, value) in &env {
+                word = word.replace(name, value);
+            }
+            args.push(word);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        ckpt.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    run_container(&pod["initContainers"][0], "none", &[]);
+    let out = run_container(&pod["containers"][0], "ckpt", &["--once"]);
+    let taken: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(taken["result"], "imaged", "{taken}");
+    let pushed = taken["image"].as_str().unwrap().to_string();
+    assert!(pushed.starts_with(&format!("{}/ckpt/checkpoints/data-db-0-db:", registry.host)), "{pushed}");
+
+    // Signed by the key the init container imported: skopeo, requiring it, copies the image,
+    // its signature read from the node's lookaside store.
+    let registries_d = ckpt.path("verify.d");
+    std::fs::create_dir(&registries_d).unwrap();
+    let lookaside = format!("file://{}", volume("state").join("sigstore").display());
+    std::fs::write(
+        registries_d.join("ckpt.yaml"),
+        format!("docker:\n  {}:\n    lookaside: {lookaside}\n", registry.host),
+    )
+    .unwrap();
+    let policy = ckpt.path("policy.json");
+    let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": key.keyring});
+    std::fs::write(&policy, serde_json::json!({"default": [requirement]}).to_string()).unwrap();
+    let copied = std::process::Command::new("skopeo")
+        .args(["--registries.d", registries_d.to_str().unwrap(), "--policy", policy.to_str().unwrap()])
+        .args(["copy", "--remove-signatures", "--src-tls-verify=false", &format!("docker://{pushed}")])
+        .arg(format!("oci:{}:x", ckpt.path("copied").display()))
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "skopeo copy {pushed}: {}", String::from_utf8_lossy(&copied.stderr));
+    ckpt.ok(&["rm", "-f", "bridge-up", "kube-db"]);
+}
