@@ -513,14 +513,15 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
         std::fs::write(dir.join(name(i)), &archive).unwrap();
     }
     // A second container in the pod, and a second pod in the namespace: the operator's pod and
-    // namespace levels. Their archives sort, and so are imaged, after the first container's.
+    // namespace levels. Their archives are imaged after the first container's; the second pod's
+    // are the oldest checkpoints all the same, by the times in their names.
     let sidecar = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("batch", "job-0", "log"), serde_json::json!({}));
     let second = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("batch", "job-1", "job"), serde_json::json!({}));
     for i in 0..5 {
         std::fs::write(dir.join(format!("checkpoint-job-0_batch-log-2026-12-07T03:0{i}:00Z.tar")), &sidecar).unwrap();
     }
     for i in 0..3 {
-        std::fs::write(dir.join(format!("checkpoint-job-1_batch-job-2026-12-07T03:0{i}:00Z.tar")), &second).unwrap();
+        std::fs::write(dir.join(format!("checkpoint-job-1_batch-job-2026-12-06T23:5{i}:00Z.tar")), &second).unwrap();
     }
     let retainer = crate::support::policy("kubelet_retainer");
     let args = ["node-agent", "--once", "--checkpoint-dir", dir.to_str().unwrap(), "--retainer", &retainer];
@@ -531,7 +532,7 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let count = |result: &str| lines.iter().filter(|l| l["result"] == result).count();
     // 90 of the first container's (keeping 10); then 3 more of the pod's 15 (keeping 12); then
-    // 1 more of the namespace's 15 (keeping 14). Always the oldest.
+    // the oldest of the namespace's 15 (keeping 14), the second pod's first.
     assert_eq!((count("imaged"), count("deleted"), count("failed")), (108, 94, 0), "{out}");
     let reasons: Vec<&str> =
         lines.iter().filter(|l| l["result"] == "deleted").map(|l| l["detail"].as_str().unwrap()).collect();
@@ -546,14 +547,15 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
     let mut left: Vec<&String> = left.iter().filter(|n| n.contains("job-0_batch-job")).collect();
     left.sort();
-    let newest: Vec<String> = (94..100).map(name).collect();
+    let newest: Vec<String> = (93..100).map(name).collect();
     assert_eq!(left, newest.iter().collect::<Vec<_>>());
     let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
     let kept =
         |container: &str| entries.as_array().unwrap().iter().filter(|e| e["container-name"] == container).count();
-    assert_eq!((kept("k8s:batch/job-0/job"), kept("k8s:batch/job-0/log"), kept("k8s:batch/job-1/job")), (6, 5, 3));
+    assert_eq!((kept("k8s:batch/job-0/job"), kept("k8s:batch/job-0/log"), kept("k8s:batch/job-1/job")), (7, 5, 2));
+    assert!(!dir.join("checkpoint-job-1_batch-job-2026-12-06T23:50:00Z.tar").exists());
     let images = ckpt.ok(&["image", "ls", "--format", "{{.Repository}}"]);
-    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 6, "{images}");
+    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 7, "{images}");
     let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
     assert_eq!(audit.matches("\"retention-delete\"").count(), 94);
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));

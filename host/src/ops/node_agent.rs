@@ -541,6 +541,18 @@ fn image_of(
     }
 }
 
+/// When the kubelet took the checkpoint, from the time that ends its archive's name
+/// (`checkpoint-<pod>_<namespace>-<container>-<RFC 3339>.tar`): retention orders a pod's and a
+/// namespace's checkpoints by it, not by when the agent came to them.
+fn checkpointed_at(path: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".tar")?;
+    // `2026-12-07T04:00:00Z`, or with an offset, `2026-12-07T04:00:00+01:00`.
+    [20, 25].into_iter().find_map(|len| {
+        let time = stem.get(stem.len().checked_sub(len)?..)?;
+        chrono::DateTime::parse_from_rfc3339(time).ok().map(|t| t.with_timezone(&chrono::Utc))
+    })
+}
+
 /// Whom the images are sealed to, as a checkpoint's exports are: nobody unless `--encrypt-to`
 /// or the host config (`encrypt = "always"`) asks; then the host config's recipients and
 /// `--encrypt-to`'s, and never nobody.
@@ -597,7 +609,7 @@ fn make_image(
         location: location.clone(),
         size_bytes: info.size,
         digest: Some(info.manifest_digest.to_string()),
-        created: at,
+        created: checkpointed_at(path).unwrap_or(at),
         trigger: "kubelet".into(),
         schedule: None,
         policy: EntryPolicy { source: "kubelet".into(), digest: String::new() },
@@ -633,6 +645,21 @@ mod tests {
         assert!(sealed_to(&ctx, &req).unwrap().is_empty(), "nothing asks for sealing");
         ctx.config.exports.encrypt = crate::config::EncryptRule::Always;
         assert!(matches!(sealed_to(&ctx, &req), Err(Error::SealWithoutRecipient)), "always, and nobody to seal to");
+    }
+
+    #[test]
+    fn a_checkpoint_is_dated_by_the_time_in_its_archives_name() {
+        let at = |name: &str| checkpointed_at(Path::new(name)).map(|t| t.to_rfc3339());
+        assert_eq!(
+            at("/k/checkpoint-web-0_default-web-2026-12-07T04:00:00Z.tar").as_deref(),
+            Some("2026-12-07T04:00:00+00:00")
+        );
+        assert_eq!(
+            at("checkpoint-web-0_default-web-2026-12-07T05:00:00+01:00.tar").as_deref(),
+            Some("2026-12-07T04:00:00+00:00")
+        );
+        assert_eq!(at("checkpoint-web-0_default-web-latest.tar"), None);
+        assert_eq!(at("checkpoint-x_y-z.tar"), None);
     }
 
     #[test]
