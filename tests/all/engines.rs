@@ -477,16 +477,7 @@ fn the_node_agent_pushes_signed_images_that_skopeo_verifies() {
     let pushed = format!("{}/kube/data-db-0-db:1", registry.host);
     assert_eq!((taken["result"].as_str(), taken["image"].as_str()), (Some("imaged"), Some(pushed.as_str())), "{taken}");
 
-    let policy = ckpt.path("policy.json");
-    let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": key.keyring});
-    std::fs::write(&policy, serde_json::json!({"default": [requirement]}).to_string()).unwrap();
-    let copied = std::process::Command::new("skopeo")
-        .args(["--registries.d", registries_d.to_str().unwrap(), "--policy", policy.to_str().unwrap()])
-        .args(["copy", "--remove-signatures", "--src-tls-verify=false", &format!("docker://{pushed}")])
-        .arg(format!("oci:{}:x", ckpt.path("copied").display()))
-        .output()
-        .unwrap();
-    assert!(copied.status.success(), "skopeo copy {pushed}: {}", String::from_utf8_lossy(&copied.stderr));
+    key.assert_skopeo_verifies(&ckpt, &registries_d, &pushed);
     let manifest = std::process::Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{pushed}")])
         .output()
@@ -766,15 +757,6 @@ fn the_kubernetes_deployment_renders_and_its_daemonset_runs_from_its_image() {
         format!("docker:\n  {}:\n    lookaside: {lookaside}\n", registry.host),
     )
     .unwrap();
-    let policy = ckpt.path("policy.json");
-    let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": key.keyring});
-    std::fs::write(&policy, serde_json::json!({"default": [requirement]}).to_string()).unwrap();
-    let copied = std::process::Command::new("skopeo")
-        .args(["--registries.d", registries_d.to_str().unwrap(), "--policy", policy.to_str().unwrap()])
-        .args(["copy", "--remove-signatures", "--src-tls-verify=false", &format!("docker://{pushed}")])
-        .arg(format!("oci:{}:x", ckpt.path("copied").display()))
-        .output()
-        .unwrap();
-    assert!(copied.status.success(), "skopeo copy {pushed}: {}", String::from_utf8_lossy(&copied.stderr));
+    key.assert_skopeo_verifies(&ckpt, &registries_d, &pushed);
     ckpt.ok(&["rm", "-f", "bridge-up", "kube-db"]);
 }

@@ -408,6 +408,23 @@ impl GpgKey {
     }
 }
 
+impl GpgKey {
+    /// Asserts that skopeo, under a policy that requires this key's signature, copies `image`
+    /// from its registry (plain HTTP), the signature found where `registries_d` says.
+    pub fn assert_skopeo_verifies(&self, ckpt: &Ckpt, registries_d: &Path, image: &str) {
+        let policy = ckpt.path("verify-policy.json");
+        let requirement = serde_json::json!({"type": "signedBy", "keyType": "GPGKeys", "keyPath": self.keyring});
+        std::fs::write(&policy, serde_json::json!({"default": [requirement]}).to_string()).unwrap();
+        let copied = Command::new("skopeo")
+            .args(["--registries.d", registries_d.to_str().unwrap(), "--policy", policy.to_str().unwrap()])
+            .args(["copy", "--remove-signatures", "--src-tls-verify=false", &format!("docker://{image}")])
+            .arg(format!("oci:{}:x", ckpt.path("verified-copy").display()))
+            .output()
+            .unwrap();
+        assert!(copied.status.success(), "skopeo copy {image}: {}", String::from_utf8_lossy(&copied.stderr));
+    }
+}
+
 impl Drop for GpgKey {
     fn drop(&mut self) {
         let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).status();
