@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "registry",
             "podman",
             "kubelet",
+            "kubernetes",
             "ssh",
             "runtime",
             "criu",

@@ -20,6 +20,7 @@ pub(crate) mod hostinfo;
 pub(crate) mod image;
 pub(crate) mod interrupt;
 pub(crate) mod kubelet;
+pub(crate) mod kubernetes;
 #[cfg(test)]
 mod layering;
 pub(crate) mod metadata;

@@ -272,9 +272,25 @@ pub struct NodeAgentArgs {
     /// Settings for the retainer: JSON, or @FILE (`{"maxCheckpointsPerContainer": 10}`).
     #[arg(long, value_name = "JSON|@FILE", requires = "retainer")]
     pub retainer_config: Option<String>,
+    /// Read the retainer's settings on each pass from the cluster's CheckpointRetention NAME
+    /// (ckpt.io/v1alpha1, the operator's fields), through the pod's service account or KUBECONFIG.
+    #[arg(long, value_name = "NAME", requires = "retainer", conflicts_with = "retainer_config")]
+    pub cluster_retention: Option<String>,
+    /// On each pass, ask the kubelet for the checkpoints the cluster's CheckpointSchedules
+    /// (ckpt.io/v1alpha1) call for, of the running pods on NODE (its spec.nodeName).
+    #[arg(long, value_name = "NODE")]
+    pub schedules_on_node: Option<String>,
+    /// Print the CustomResourceDefinitions of CheckpointRetention and CheckpointSchedule, then
+    /// exit.
+    #[arg(long)]
+    pub print_crds: bool,
 }
 
 pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
+    if args.print_crds {
+        print!("{}", crate::kubernetes::crd::definitions());
+        return Ok(0);
+    }
     let interval = crate::util::parse_duration(&args.interval).ok_or_else(|| {
         crate::error::Error::invalid(format!("--interval {:?} is not a duration (5s, 1m)", args.interval))
     })?;
@@ -291,6 +307,8 @@ pub fn run_node_agent(ctx: &Context, args: NodeAgentArgs) -> Result<i32> {
             Some(source) => Some((source, crate::policy::read_settings(args.retainer_config.as_deref())?)),
             None => None,
         },
+        cluster_retention: args.cluster_retention,
+        schedules_on_node: args.schedules_on_node,
     };
     let mut out = std::io::stdout();
     crate::ops::node_agent::run(ctx, &req, &mut |taken| {

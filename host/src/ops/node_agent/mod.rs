@@ -8,6 +8,8 @@
 //! directory), never deleted, and recorded. What it took is remembered in
 //! `<root>/node-agent.json`, so that a restarted agent carries on where it stopped.
 
+mod cluster;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::archive::deferred::ImagesInFlight;
 use crate::archive::staged::StagedCheckpoint;
 use crate::error::{Error, Result};
 use crate::kubelet::PodContainer;
+use crate::kubernetes::Cluster;
 use crate::metadata::{CRIO_ANNOTATION_PREFIX, CRIU_ANNOTATION_PREFIX};
 use crate::policy::bindings as wit;
 use crate::policy::{self, GateVerdict, Policies};
@@ -50,6 +53,10 @@ pub struct NodeAgentRequest {
     /// The retainer (component, settings) asked about each container's checkpoints after a
     /// pass that took some; what it names goes, the kubelet's archive and ckpt's image.
     pub retainer: Option<(String, String)>,
+    /// The cluster's `CheckpointRetention` whose spec, read each pass, is the retainer's settings.
+    pub cluster_retention: Option<String>,
+    /// This node's name: each pass runs the cluster's `CheckpointSchedule`s for its pods.
+    pub schedules_on_node: Option<String>,
 }
 
 /// What became of one archive, printed as a JSON line.
@@ -83,18 +90,41 @@ pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)
     validate(req)?;
     let sealed_to = sealed_to(ctx, req)?;
     let mut gates = load_gates(ctx, req)?;
-    let retention = match &req.retainer {
-        Some((spec, settings)) => {
-            Some(policy::Retention::load(&ctx.policy_cache(), super::policy::component(ctx, spec, settings.clone())?)?)
-        }
-        None => None,
-    };
+    let mut retainer = req.retainer.clone().map(|(source, settings)| Retainer { source, settings, loaded: None });
+    // A retainer that cannot load stops the agent before it takes anything, as a bad gate does;
+    // one whose settings come from the cluster is loaded when they do.
+    if let Some(retainer) = &mut retainer
+        && req.cluster_retention.is_none()
+    {
+        retainer.for_pass(ctx, None, None)?;
+    }
+    if req.schedules_on_node.is_some() {
+        // Schedules reach the kubelet as `ckpt schedule` does: with the host config's client
+        // certificate, which must be named before the first pass.
+        crate::kubelet::KubeletClient::from_config(&ctx.config.engines)?;
+    }
+    let mut cluster = None;
+    let mut slots: cluster::Slots =
+        crate::util::read_json_if_exists(&schedules_path(ctx), "node agent schedules")?.unwrap_or_default();
     loop {
+        if (req.cluster_retention.is_some() || req.schedules_on_node.is_some()) && cluster.is_none() {
+            match Cluster::connect() {
+                Ok(connected) => cluster = Some(connected),
+                Err(e) => tracing::warn!("{e}; this pass goes on without the cluster's schedules and retention"),
+            }
+        }
+        if let (Some(node), Some(cluster)) = (&req.schedules_on_node, &cluster) {
+            for requested in run_schedules(ctx, cluster, node, &mut slots)? {
+                report(&requested);
+            }
+        }
         let taken = pass(ctx, req, gates.as_mut(), &sealed_to)?;
         for one in &taken {
             report(one);
         }
-        if let Some(retention) = &retention {
+        if let Some(retainer) = &mut retainer
+            && let Some(retention) = retainer.for_pass(ctx, req.cluster_retention.as_deref(), cluster.as_ref())?
+        {
             for deleted in retain_levels(ctx, retention, &taken)? {
                 report(&deleted);
             }
@@ -109,6 +139,86 @@ pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)
             slept += Duration::from_millis(200);
         }
     }
+}
+
+/// The retainer, loaded with its settings, and loaded again when the cluster's
+/// `CheckpointRetention` changes them.
+struct Retainer {
+    source: String,
+    settings: String,
+    loaded: Option<policy::Retention>,
+}
+
+impl Retainer {
+    /// The retention for this pass: none when the cluster's could not be read, so that nothing is
+    /// deleted on settings the agent does not have.
+    fn for_pass(
+        &mut self,
+        ctx: &Context,
+        from_cluster: Option<&str>,
+        cluster: Option<&Cluster>,
+    ) -> Result<Option<&policy::Retention>> {
+        if let Some(name) = from_cluster {
+            let Some(cluster) = cluster else { return Ok(None) };
+            let read = cluster.retention(name).map_err(|e| e.to_string()).and_then(|r| r.spec.retainer_settings());
+            match read.map(|settings| settings.to_string()) {
+                Ok(settings) if settings != self.settings => {
+                    self.settings = settings;
+                    self.loaded = None;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("CheckpointRetention {name:?}: {e}; nothing is deleted this pass");
+                    return Ok(None);
+                }
+            }
+        }
+        if self.loaded.is_none() {
+            let component = super::policy::component(ctx, &self.source, self.settings.clone())?;
+            self.loaded = Some(policy::Retention::load(&ctx.policy_cache(), component)?);
+        }
+        Ok(self.loaded.as_ref())
+    }
+}
+
+fn schedules_path(ctx: &Context) -> PathBuf {
+    ctx.roots.root.join("node-agent-schedules.json")
+}
+
+/// Runs the cluster's schedules for this node's pods (`cluster::run_schedules`), each request
+/// audited as a schedule's are and reported as a line of its own (`requested` or `failed`).
+fn run_schedules(ctx: &Context, cluster: &Cluster, node: &str, slots: &mut cluster::Slots) -> Result<Vec<Taken>> {
+    let kubelet = crate::kubelet::KubeletClient::from_config(&ctx.config.engines)?;
+    let requested = match cluster::run_schedules(cluster, &kubelet, node, slots, crate::util::now()) {
+        Ok(requested) => requested,
+        Err(e) => {
+            tracing::warn!("{e}; no schedule runs this pass");
+            return Ok(Vec::new());
+        }
+    };
+    crate::util::write_json(&schedules_path(ctx), slots)?;
+    Ok(requested
+        .into_iter()
+        .map(|one| {
+            ctx.audit(AuditEvent::KubeletCheckpointRequested {
+                container: one.container.clone(),
+                schedule: one.schedule.clone(),
+                archives: one.result.clone().unwrap_or_default(),
+                error: one.result.clone().err(),
+            });
+            Taken {
+                archive: one.result.as_ref().map(|a| a.join(" ")).unwrap_or_default(),
+                result: if one.result.is_ok() { "requested".into() } else { "failed".into() },
+                layout: None,
+                container: Some(one.container),
+                image: None,
+                detail: match one.result {
+                    Ok(_) => format!("schedule {}", one.schedule),
+                    Err(e) => format!("schedule {}: {e}", one.schedule),
+                },
+            }
+        })
+        .collect())
 }
 
 fn validate(req: &NodeAgentRequest) -> Result<()> {
@@ -641,6 +751,8 @@ mod tests {
             gates: vec![],
             encrypt_to: vec![],
             retainer: None,
+            cluster_retention: None,
+            schedules_on_node: None,
         };
         assert!(sealed_to(&ctx, &req).unwrap().is_empty(), "nothing asks for sealing");
         ctx.config.exports.encrypt = crate::config::EncryptRule::Always;
