@@ -617,6 +617,23 @@ fn kubernetes_validate(files: &[std::path::PathBuf]) {
     assert!(out.status.success(), "kubernetes-validate --strict: {said}");
 }
 
+/// A custom resource against the `openAPIV3Schema` of its definition in
+/// `deploy/kubernetes/crds.yaml`, with the jsonschema that kubernetes-validate brings.
+fn custom_resource_validate(path: &std::path::Path) {
+    let resource = yaml_documents(path).remove(0);
+    let definitions = yaml_documents(&workspace().join("deploy/kubernetes/crds.yaml"));
+    let kind = resource["kind"].as_str().unwrap();
+    let definition = definitions.iter().find(|d| d["spec"]["names"]["kind"] == kind).unwrap();
+    let schema = &definition["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let python = workspace().join(".tools/lint/bin/python");
+    let script = "import json, sys, jsonschema; jsonschema.validate(json.loads(sys.argv[1]), json.loads(sys.argv[2]))";
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &resource.to_string(), &schema.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+}
+
 /// Each document of a YAML file as JSON, read by the PyYAML that kubernetes-validate brings.
 fn yaml_documents(path: &std::path::Path) -> Vec<serde_json::Value> {
     let python = workspace().join(".tools/lint/bin/python");
@@ -635,11 +652,15 @@ fn yaml_documents(path: &std::path::Path) -> Vec<serde_json::Value> {
 #[test]
 fn the_kubernetes_deployment_renders_and_its_daemonset_runs_from_its_image() {
     let Some(ckpt) = Ckpt::available() else { return };
-    let manifests: Vec<_> = ["namespace", "rbac", "configmap", "daemonset"]
+    let manifests: Vec<_> = ["namespace", "rbac", "configmap", "daemonset", "crds"]
         .iter()
         .map(|name| workspace().join(format!("deploy/kubernetes/{name}.yaml")))
         .collect();
     kubernetes_validate(&manifests);
+    // The custom resources, against their definitions' schemas, as the API server checks them.
+    for resource in ["retention", "schedule-example"] {
+        custom_resource_validate(&workspace().join(format!("deploy/kubernetes/{resource}.yaml")));
+    }
 
     // A container that brings the default network's bridge up, whose gateway the agent's
     // container reaches the registry at.
@@ -708,12 +729,11 @@ fn the_kubernetes_deployment_renders_and_its_daemonset_runs_from_its_image() {
         let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--network".into(), network.into()];
         let mut env = std::collections::BTreeMap::new();
         for var in container["env"].as_array().into_iter().flatten() {
-            let value = match var["value"].as_str() {
-                Some(value) => value.to_string(),
-                None => config_map[var["valueFrom"]["configMapKeyRef"]["key"].as_str().unwrap()]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
+            let from = &var["valueFrom"];
+            let value = match (var["value"].as_str(), from["fieldRef"]["fieldPath"].as_str()) {
+                (Some(value), _) => value.to_string(),
+                (None, Some("spec.nodeName")) => "node-1".to_string(),
+                _ => config_map[from["configMapKeyRef"]["key"].as_str().unwrap()].as_str().unwrap().to_string(),
             };
             args.extend(["-e".into(), format!("{}={value}", var["name"].as_str().unwrap())]);
             env.insert(format!("$({})", var["name"].as_str().unwrap()), value);
