@@ -6,7 +6,9 @@
 //! annotations CRI-O and containerd look for, pushes it when asked, and records it in the
 //! catalog and the audit log. An archive it cannot read is moved aside (`refused/` in the
 //! directory), never deleted, and recorded. What it took is remembered in
-//! `<root>/node-agent.json`, so that a restarted agent carries on where it stopped.
+//! `<root>/node-agent.json`, so that a restarted agent carries on where it stopped. With a
+//! cluster (`cluster`), it also runs ckpt's `CheckpointSchedule`s for its node's pods and takes
+//! its retention from a `CheckpointRetention`.
 
 mod cluster;
 
@@ -65,8 +67,9 @@ pub struct NodeAgentRequest {
 pub struct Taken {
     pub archive: String,
     /// `imaged`, `denied` (by a gate; the archive stays), `refused` (unreadable; moved aside),
-    /// `failed` (storing or pushing; tried again on the next pass) or `deleted` (by retention,
-    /// with its image).
+    /// `failed` (storing or pushing, tried again on the next pass; or a schedule's request),
+    /// `deleted` (by retention, with its image) or `requested` (of the kubelet by a cluster's
+    /// schedule; `archive` is what it wrote).
     pub result: String,
     /// `cri-o` or `containerd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
