@@ -602,6 +602,102 @@ fn a_schedule_has_the_kubelet_checkpoint_a_pods_container_and_the_node_agent_ima
     assert_eq!(std::fs::read_dir(&kubelet.checkpoints).unwrap().count(), 1, "nothing more was written");
 }
 
+/// The node agent's cluster side with the real binary: kube-rs reads ckpt's custom resources and
+/// the node's pods from a stand-in API server (`tests/fixtures/fake-apiserver.py`: TLS, a bearer
+/// token from a kubeconfig, the API server's paths, lists, selectors and Status errors). A
+/// `CheckpointSchedule` has the stand-in kubelet checkpoint the selected container on this
+/// node, the agent images that archive, and the `CheckpointRetention` decides what goes.
+#[test]
+fn the_node_agent_runs_the_clusters_schedules_and_retention_through_a_stand_in_api_server() {
+    use crate::support::servers::{FakeApiServer, FakeKubelet};
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.ok(&["run", "-d", "--name", "kube-web", "--network", "none", "busybox", "sleep", "1000"]);
+    let plain = ckpt.path("web.tar");
+    ckpt.ok(&["checkpoint", "--compress", "none", "-e", plain.to_str().unwrap(), "kube-web"]);
+    let pod_archive = ckpt.path("pod-web.tar");
+    let archive = kubelet_archive(&ckpt, &plain, Kubelet::CriO, ("shop", "web-0", "web"), serde_json::json!({}));
+    std::fs::write(&pod_archive, &archive).unwrap();
+    let kubelet = FakeKubelet::start(&ckpt.path("node"), &[("shop/web-0/web", &pod_archive)]);
+    let config = std::fs::read_to_string(ckpt.path("ckpt.toml")).unwrap();
+    std::fs::write(
+        ckpt.path("ckpt.toml"),
+        format!("{config}{}", kubelet.config(&kubelet.client_cert, &kubelet.client_key)),
+    )
+    .unwrap();
+    // An older checkpoint of the same container, which the retention's one-per-container limit
+    // leaves no room for once the schedule's is taken.
+    std::fs::create_dir_all(&kubelet.checkpoints).unwrap();
+    let older = kubelet.checkpoints.join("checkpoint-web-0_shop-web-2026-12-01T00:00:00Z.tar");
+    std::fs::write(&older, &archive).unwrap();
+
+    let two_hours_ago =
+        (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let pod = |name: &str, app: &str, node: &str| {
+        serde_json::json!({"metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "web"}, {"name": "log"}]}, "status": {"phase": "Running"}})
+    };
+    let cluster = |retain_orphan: bool| {
+        serde_json::json!({
+            "retentions": {"default": {"apiVersion": "ckpt.io/v1alpha1", "kind": "CheckpointRetention",
+                "metadata": {"name": "default"},
+                "spec": {"globalPolicy": {"maxCheckpointsPerContainer": 1, "retainOrphan": retain_orphan}}}},
+            "schedules": [{"apiVersion": "ckpt.io/v1alpha1", "kind": "CheckpointSchedule",
+                "metadata": {"name": "web-hourly", "uid": "5f0c", "creationTimestamp": two_hours_ago},
+                "spec": {"namespace": "shop", "selector": {"matchLabels": {"app": "web"}},
+                         "containerNames": ["web"], "triggers": {"interval": "1h"}}}],
+            "pods": [pod("web-0", "web", "node-1"), pod("web-1", "web", "node-2"), pod("db-0", "db", "node-1")],
+        })
+    };
+    let api = FakeApiServer::start(&ckpt.path("cluster"), &cluster(true));
+    let retainer = crate::support::policy("kubelet_retainer");
+    let agent = || {
+        let out = ckpt
+            .command()
+            .env("KUBECONFIG", &api.kubeconfig)
+            .args(["node-agent", "--once", "--checkpoint-dir", kubelet.checkpoints.to_str().unwrap()])
+            .args(["--retainer", &retainer, "--cluster-retention", "default", "--schedules-on-node", "node-1"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "node-agent: {stderr}{stdout}");
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (lines, stderr)
+    };
+
+    let (lines, _) = agent();
+    let results: Vec<(&str, &str)> =
+        lines.iter().map(|l| (l["result"].as_str().unwrap(), l["container"].as_str().unwrap_or_default())).collect();
+    assert_eq!(
+        results,
+        [
+            ("requested", "k8s:shop/web-0/web"),
+            ("imaged", "k8s:shop/web-0/web"),
+            ("imaged", "k8s:shop/web-0/web"),
+            ("deleted", "k8s:shop/web-0/web"),
+        ],
+        "only web-0's web container is on node-1 and picked: {lines:#?}"
+    );
+    assert!(lines[3]["detail"].as_str().unwrap().contains("maxCheckpointsPerContainer"), "{lines:#?}");
+    assert!(!older.exists(), "the older checkpoint went");
+    assert_eq!(
+        std::fs::read_dir(&kubelet.checkpoints).unwrap().flatten().filter(|e| e.path().extension().is_some()).count(),
+        1
+    );
+    let asked = std::fs::read_to_string(&api.log).unwrap();
+    assert!(asked.contains("GET /apis/ckpt.io/v1alpha1/checkpointretentions/default"), "{asked}");
+    assert!(asked.contains("labelSelector=app%3Dweb") && asked.contains("spec.nodeName%3Dnode-1"), "{asked}");
+    let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
+    assert!(audit.contains("\"kubelet-checkpoint-requested\"") && audit.contains("web-hourly"), "{audit}");
+
+    // Within the same interval nothing is asked again. A retention the agent cannot keep
+    // (retainOrphan false) deletes nothing, and says why.
+    api.set(&cluster(false));
+    let (lines, stderr) = agent();
+    assert!(lines.is_empty(), "{lines:#?}");
+    assert!(stderr.contains("retainOrphan is false"), "{stderr}");
+}
+
 /// The workspace, where `deploy/` and the tools `scripts/test` installs are.
 fn workspace() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

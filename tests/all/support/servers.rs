@@ -381,6 +381,68 @@ impl Drop for FakeKubelet {
     }
 }
 
+/// The stand-in for the Kubernetes API server (`tests/fixtures/fake-apiserver.py`): the
+/// requests the node agent makes, over TLS, for a bearer token; stopped on drop. Its objects
+/// are in `objects`, read again for each request.
+pub struct FakeApiServer {
+    child: std::process::Child,
+    pub objects: PathBuf,
+    /// A kubeconfig that reaches it, as a pod's service account would.
+    pub kubeconfig: PathBuf,
+    pub log: PathBuf,
+}
+
+impl FakeApiServer {
+    pub fn start(dir: &Path, objects: &serde_json::Value) -> FakeApiServer {
+        let certs = dir.join("apiserver-pki");
+        certificates(&certs);
+        let objects_file = dir.join("cluster.json");
+        std::fs::write(&objects_file, objects.to_string()).unwrap();
+        let port = free_port();
+        let token = "ckpt-node-agent-token";
+        let log = dir.join("fake-apiserver.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-apiserver.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--token", token])
+            .arg("--cert")
+            .arg(certs.join("server.crt"))
+            .arg("--key")
+            .arg(certs.join("server.key"))
+            .arg("--objects")
+            .arg(&objects_file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("scripts/setup installs python3");
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "the fake API server did not listen on {port}");
+        let kubeconfig = dir.join("kubeconfig");
+        let ca = certs.join("ca.crt");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\nusers:\n- name: agent\n  user:\n    token: {token}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: agent\ncurrent-context: fake\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        FakeApiServer { child, objects: objects_file, kubeconfig, log }
+    }
+
+    /// The cluster from now on.
+    pub fn set(&self, objects: &serde_json::Value) {
+        std::fs::write(&self.objects, objects.to_string()).unwrap();
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A GPG key of its own for one test, in a GnuPG home under the test's directory: its
 /// fingerprint, and its public key exported as a keyring. The agent goes when the test ends.
 pub struct GpgKey {
