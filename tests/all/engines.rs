@@ -503,6 +503,8 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
     for i in 0..100 {
         std::fs::write(dir.join(name(i)), &archive).unwrap();
     }
+    // The oldest is pinned as the operator pins one: it counts towards every limit and stays.
+    std::fs::write(dir.join(format!("{}.keep", name(0))), "").unwrap();
     // A second container in the pod, and a second pod in the namespace: the operator's pod and
     // namespace levels. Their archives are imaged after the first container's; the second pod's
     // are the oldest checkpoints all the same, by the times in their names.
@@ -522,13 +524,14 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
     let out = ckpt.ok(&[&args[..], &image[..]].concat());
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let count = |result: &str| lines.iter().filter(|l| l["result"] == result).count();
-    // 90 of the first container's (keeping 10); then 3 more of the pod's 15 (keeping 12); then
-    // the oldest of the namespace's 15 (keeping 14), the second pod's first.
+    // 89 of the first container's (keeping 10 and the pinned one); then 3 more of the pod's 16
+    // (keeping 12 and the pinned one); then the 2 oldest of the namespace's 16 (keeping 14),
+    // the second pod's.
     assert_eq!((count("imaged"), count("deleted"), count("failed")), (108, 94, 0), "{out}");
     let reasons: Vec<&str> =
         lines.iter().filter(|l| l["result"] == "deleted").map(|l| l["detail"].as_str().unwrap()).collect();
     for (limit, times) in
-        [("maxCheckpointsPerContainer", 90), ("maxCheckpointsPerPod", 3), ("maxCheckpointsPerNamespace", 1)]
+        [("maxCheckpointsPerContainer", 89), ("maxCheckpointsPerPod", 3), ("maxCheckpointsPerNamespace", 2)]
     {
         assert_eq!(reasons.iter().filter(|r| r.contains(limit)).count(), times, "{limit}: {reasons:#?}");
     }
@@ -536,19 +539,37 @@ fn the_node_agent_keeps_what_the_operators_retention_says_over_a_hundred_archive
     // The newest are left: the kubelet's archives, ckpt's images and the catalog agree.
     let left: Vec<String> =
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
-    let mut left: Vec<&String> = left.iter().filter(|n| n.contains("job-0_batch-job")).collect();
+    let mut left: Vec<&String> = left.iter().filter(|n| n.contains("job-0_batch-job") && n.ends_with(".tar")).collect();
     left.sort();
-    let newest: Vec<String> = (93..100).map(name).collect();
+    let newest: Vec<String> = std::iter::once(0).chain(93..100).map(name).collect();
     assert_eq!(left, newest.iter().collect::<Vec<_>>());
     let entries: serde_json::Value = serde_json::from_str(&ckpt.ok(&["catalog", "ls", "--format", "json"])).unwrap();
     let kept =
         |container: &str| entries.as_array().unwrap().iter().filter(|e| e["container-name"] == container).count();
-    assert_eq!((kept("k8s:batch/job-0/job"), kept("k8s:batch/job-0/log"), kept("k8s:batch/job-1/job")), (7, 5, 2));
-    assert!(!dir.join("checkpoint-job-1_batch-job-2026-12-06T23:50:00Z.tar").exists());
+    assert_eq!((kept("k8s:batch/job-0/job"), kept("k8s:batch/job-0/log"), kept("k8s:batch/job-1/job")), (8, 5, 1));
+    assert!(!dir.join("checkpoint-job-1_batch-job-2026-12-06T23:51:00Z.tar").exists());
+    let pinned: Vec<_> = entries.as_array().unwrap().iter().filter(|e| e["pinned"] == true).collect();
+    assert_eq!(pinned.len(), 1, "{pinned:#?}");
     let images = ckpt.ok(&["image", "ls", "--format", "{{.Repository}}"]);
-    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 7, "{images}");
+    assert_eq!(images.lines().filter(|l| l.contains("localhost/kube/batch-job-0-job")).count(), 8, "{images}");
     let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
     assert_eq!(audit.matches("\"retention-delete\"").count(), 94);
+    assert_eq!(audit.matches("\"pin\"").count(), 1, "{audit}");
+
+    // Its .keep gone, the oldest is unpinned, and the pod's limit takes it with the next pass.
+    std::fs::remove_file(dir.join(format!("{}.keep", name(0)))).unwrap();
+    std::fs::write(dir.join(name(100)), &archive).unwrap();
+    let out = ckpt.ok(&[&args[..], &image[..]].concat());
+    let deleted: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["result"] == "deleted")
+        .collect();
+    let gone: Vec<&str> = deleted.iter().map(|l| l["archive"].as_str().unwrap()).collect();
+    assert_eq!(gone.len(), 2, "{out}");
+    assert!(gone.iter().any(|a| a.ends_with(&name(0))) && gone.iter().any(|a| a.ends_with(&name(93))), "{gone:?}");
+    let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
+    assert_eq!(audit.matches("\"unpin\"").count(), 1, "{audit}");
     assert!(ckpt.ok(&["audit", "verify"]).contains("intact"));
 }
 

@@ -488,6 +488,7 @@ fn take(
 /// Asks the retainer about the checkpoints of each container an archive was taken of, then of
 /// their pods, then of their namespaces, as the operator applies its limits level by level.
 fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) -> Result<Vec<Taken>> {
+    pin_kept_archives(ctx)?;
     let containers: BTreeSet<PodContainer> =
         taken.iter().filter_map(|t| PodContainer::parse(t.container.as_deref()?).ok()).collect();
     let pods: BTreeSet<String> = containers.iter().map(PodContainer::pod_name).collect();
@@ -500,6 +501,35 @@ fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) 
         deleted.extend(retain(ctx, retention, group, Scope::Below)?);
     }
     Ok(deleted)
+}
+
+/// The operator's pins: a `<archive>.keep` beside a kubelet's archive pins its catalog entry, which
+/// then counts towards every limit but is never deleted, and the file's removal unpins it (a pin
+/// made with `ckpt catalog pin` stays). Each change is audited as `ckpt catalog pin` audits it.
+fn pin_kept_archives(ctx: &Context) -> Result<()> {
+    const PINNED_BY: &str = "pinned-by";
+    let mark = |id: &str, by_keep: bool| -> Result<()> {
+        let mut entry = ctx.catalog().get(id)?;
+        match (by_keep, entry.plan.as_object_mut()) {
+            (true, Some(plan)) => drop(plan.insert(PINNED_BY.into(), json!(".keep"))),
+            (false, Some(plan)) => drop(plan.remove(PINNED_BY)),
+            (_, None) => {}
+        }
+        Ok(ctx.catalog().add(&entry)?)
+    };
+    for entry in ctx.catalog().list()? {
+        let Some(archive) = entry.plan["archive"].as_str().filter(|_| entry.trigger == "kubelet") else { continue };
+        let kept = Path::new(&format!("{archive}.keep")).exists();
+        let pinned_by_keep = entry.plan[PINNED_BY] == ".keep";
+        if kept && !entry.pinned {
+            mark(&entry.id, true)?;
+            super::catalog::pin(ctx, &entry.id, true)?;
+        } else if !kept && entry.pinned && pinned_by_keep {
+            super::catalog::pin(ctx, &entry.id, false)?;
+            mark(&entry.id, false)?;
+        }
+    }
+    Ok(())
 }
 
 /// Asks the retainer about the checkpoints of `name` (a container, or a pod or namespace with
