@@ -50,14 +50,17 @@ pub fn run_schedules(
             }
         };
         let spec = &schedule.spec;
+        let uid = schedule.metadata.uid.clone().unwrap_or_else(|| name.clone());
         let pods = match cluster.running_pods(&spec.namespace, &spec.selector, node) {
             Ok(pods) => pods,
             Err(error) => {
+                // What was asked in this interval stays asked, should the next list succeed.
+                let prefix = format!("{uid}/");
+                seen.extend(slots.iter().filter(|(key, _)| key.starts_with(&prefix)).map(|(k, v)| (k.clone(), *v)));
                 requested.push(failed(error.to_string()));
                 continue;
             }
         };
-        let uid = schedule.metadata.uid.clone().unwrap_or_else(|| name.clone());
         for pod in pods {
             let chosen =
                 pod.containers.iter().filter(|c| spec.container_names.is_empty() || spec.container_names.contains(c));
@@ -216,6 +219,39 @@ mod tests {
         let mut restarted: Slots = serde_json::from_str(&serde_json::to_string(&slots).unwrap()).unwrap();
         run_schedules(&cluster, &kubelet, "node-1", &mut restarted, at("2026-12-07T06:32:00Z")).unwrap();
         assert!(kubelet.asked.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pod_list_that_fails_once_does_not_make_the_interval_ask_again() {
+        let pod_lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = pod_lists.clone();
+        let (cluster, _) = mocked::cluster(move |asked| {
+            if asked.starts_with("GET /apis/ckpt.io/v1alpha1/checkpointschedules") {
+                let items = vec![schedule("hourly", "2026-12-07T04:00:00Z", "1h", &["web"])];
+                return (
+                    200,
+                    serde_json::json!({"apiVersion": "ckpt.io/v1alpha1", "kind": "CheckpointScheduleList", "metadata": {}, "items": items}),
+                );
+            }
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                return (
+                    500,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "etcd is away", "reason": "InternalError", "code": 500}),
+                );
+            }
+            let pod = serde_json::json!({"metadata": {"name": "web-0", "namespace": "shop"}, "spec": {"containers": [{"name": "web"}]}});
+            (200, serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod]}))
+        });
+        let kubelet = RecordingKubelet::default();
+        let at = |time: &str| DateTime::parse_from_rfc3339(time).unwrap().with_timezone(&Utc);
+        let mut slots = Slots::new();
+        run_schedules(&cluster, &kubelet, "node-1", &mut slots, at("2026-12-07T06:10:00Z")).unwrap();
+        let failed = run_schedules(&cluster, &kubelet, "node-1", &mut slots, at("2026-12-07T06:20:00Z")).unwrap();
+        assert!(failed[0].result.as_ref().unwrap_err().contains("etcd is away"), "{failed:#?}");
+        run_schedules(&cluster, &kubelet, "node-1", &mut slots, at("2026-12-07T06:30:00Z")).unwrap();
+        assert_eq!(*kubelet.asked.lock().unwrap(), ["k8s:shop/web-0/web"], "once in the interval");
+        assert_eq!(pod_lists.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]
