@@ -149,10 +149,40 @@ pub struct RegistryRules {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MigrationRules {
-    /// Post-copy (CRIU's lazy pages) is off until the admin has seen it work here: where
-    /// CRIU's page server fails mid-transfer, a restore waits on memory that never comes.
+    /// Whether post-copy (CRIU's lazy pages) may be chosen: `"auto"` (the default) where it is
+    /// known to work, `true` wherever CRIU can restore lazily, `false` never.
     #[serde(default)]
-    pub post_copy: bool,
+    pub post_copy: PostCopy,
+}
+
+/// `[migration] post-copy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PostCopy {
+    /// Where CRIU restores lazily and its page server can serve pages: where CRIU's page server
+    /// fails mid-transfer, a restore waits on memory that never comes.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for PostCopy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<PostCopy, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Switch(bool),
+            Word(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Switch(true) => Ok(PostCopy::On),
+            Written::Switch(false) => Ok(PostCopy::Off),
+            Written::Word(word) if word == "auto" => Ok(PostCopy::Auto),
+            Written::Word(word) => {
+                Err(serde::de::Error::custom(format!("post-copy {word:?} is not true, false or \"auto\"")))
+            }
+        }
+    }
 }
 
 /// Where the host's networks are kept, and what containers get unless told otherwise.
@@ -371,6 +401,17 @@ mod tests {
         ] {
             assert!(!reference_within(prefix, reference), "{prefix} does not admit {reference}");
         }
+    }
+
+    #[test]
+    fn post_copy_is_auto_unless_the_host_config_says_true_or_false() {
+        let rules = |text: &str| toml::from_str::<MigrationRules>(text).map(|r| r.post_copy);
+        assert_eq!(rules("").unwrap(), PostCopy::Auto);
+        assert_eq!(rules("post-copy = \"auto\"").unwrap(), PostCopy::Auto);
+        assert_eq!(rules("post-copy = true").unwrap(), PostCopy::On);
+        assert_eq!(rules("post-copy = false").unwrap(), PostCopy::Off);
+        let wrong = rules("post-copy = \"sometimes\"").unwrap_err().to_string();
+        assert!(wrong.contains("\"sometimes\" is not true, false or \"auto\""), "{wrong}");
     }
 
     fn config(dirs: &[&Path], prefixes: &[&str]) -> HostConfig {

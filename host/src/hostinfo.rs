@@ -68,6 +68,17 @@ pub fn free_disk_bytes(path: &Path) -> u64 {
 }
 
 /// The kernel's estimate of the memory that can be had without swapping (`MemAvailable`).
+/// Whether this process holds capability number `cap` in its effective set (`CapEff` in
+/// /proc/self/status).
+pub fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|effective| cap < 64 && effective & (1 << cap) != 0)
+}
+
 pub fn memory_available() -> Option<u64> {
     meminfo_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
 }

@@ -31,6 +31,8 @@ pub enum CriuError {
     NoMemTrack(String),
     #[error("this host cannot restore lazily (post-copy): 'criu check --feature uffd-noncoop' says: {0}")]
     NoLazyPages(String),
+    #[error("this host cannot dump lazily (post-copy): {0}")]
+    NoLazyPageServer(String),
     #[error("criu lazy-pages could not start: {0}")]
     LazyPagesDaemon(String),
     #[error("CRIU statistics file {path:?} is unreadable: {detail}")]
@@ -52,6 +54,10 @@ pub trait Criu: Send + Sync {
     fn lazy_pages(&self) -> Result<(), CriuError> {
         Err(CriuError::NoLazyPages("not probed".into()))
     }
+    /// Whether a lazy dump's page server can serve pages here (see [`lazy_tee_pipe_fits`]).
+    fn lazy_page_server(&self) -> Result<(), CriuError> {
+        Err(CriuError::NoLazyPageServer("not probed".into()))
+    }
     /// Starts `criu lazy-pages`, which fetches pages through `page_socket`, connected to the
     /// source's page server, for the restore about to run from `images` (its socket goes in
     /// `work`). It runs on its own, and ends once every page has been fetched.
@@ -59,6 +65,28 @@ pub trait Criu: Send + Sync {
         let _ = (images, work, page_socket);
         Err(CriuError::NoLazyPages("not available".into()))
     }
+}
+
+/// capability(7)'s number for CAP_SYS_RESOURCE.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// How large a pipe CRIU 4.2.1's page server asks for when it tees a lazy dump's pages: it grows
+/// one to PIPE_MAX_SIZE pages, about 3.2 MiB.
+const LAZY_TEE_PIPE_BYTES: u64 = 4 << 20;
+
+/// Whether CRIU's page server can tee a lazy dump's pages here. Without CAP_SYS_RESOURCE the
+/// kernel refuses a pipe above `fs.pipe-max-size` (1 MiB by default); CRIU 4.2.1 then fails its
+/// first transfer (`page-pipe: splice: -1: Bad file descriptor`) and the restore there waits on
+/// memory that never comes. The CRIU that scripts/setup builds (`patched`) sizes its pipe within
+/// the limit.
+pub fn lazy_tee_pipe_fits(cap_sys_resource: bool, pipe_max_size: Option<u64>, patched: bool) -> Result<(), String> {
+    if cap_sys_resource || patched || pipe_max_size.is_some_and(|max| max >= LAZY_TEE_PIPE_BYTES) {
+        return Ok(());
+    }
+    Err(format!(
+        "CRIU's page server would need a {LAZY_TEE_PIPE_BYTES}-byte pipe and, without CAP_SYS_RESOURCE fs.pipe-max-size ({}) is the limit: install the CRIU that scripts/setup builds, raise fs.pipe-max-size, or set [migration] post-copy = true to use this CRIU anyway",
+        pipe_max_size.map_or("unreadable".to_string(), |max| format!("{max} bytes"))
+    ))
 }
 
 pub struct CriuBinary {
@@ -116,6 +144,17 @@ impl Criu for CriuBinary {
                 format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
             Err(CriuError::NoLazyPages(said.trim().to_string()))
         })
+    }
+
+    fn lazy_page_server(&self) -> Result<(), CriuError> {
+        // scripts/setup installs CRIU under a prefix with its patches' stamp in share/ckpt.
+        let stamp =
+            self.path.parent().and_then(Path::parent).map(|prefix| prefix.join("share/ckpt/criu-patches.sha256"));
+        let patched = stamp.is_some_and(|stamp| stamp.is_file());
+        let pipe_max_size =
+            std::fs::read_to_string("/proc/sys/fs/pipe-max-size").ok().and_then(|s| s.trim().parse().ok());
+        lazy_tee_pipe_fits(crate::hostinfo::has_capability(CAP_SYS_RESOURCE), pipe_max_size, patched)
+            .map_err(CriuError::NoLazyPageServer)
     }
 
     fn serve_lazy_pages(&self, images: &Path, work: &Path, page_socket: OwnedFd) -> Result<(), CriuError> {
@@ -198,5 +237,18 @@ mod tests {
         assert_eq!(parse_version("Version: 3.17\n"), Some(31700));
         assert_eq!(parse_version("Version: 4.1\nGitID: v4.1-12\n"), Some(40200));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_lazy_dump_is_offered_only_where_its_page_server_gets_its_pipe() {
+        let one_mib = Some(1 << 20);
+        assert!(lazy_tee_pipe_fits(true, one_mib, false).is_ok(), "CAP_SYS_RESOURCE passes the limit");
+        assert!(lazy_tee_pipe_fits(false, one_mib, true).is_ok(), "scripts/setup's CRIU keeps within it");
+        assert!(lazy_tee_pipe_fits(false, Some(4 << 20), false).is_ok(), "a raised fs.pipe-max-size");
+        let refused = lazy_tee_pipe_fits(false, one_mib, false).unwrap_err();
+        assert!(
+            refused.contains("fs.pipe-max-size (1048576 bytes)") && refused.contains("post-copy = true"),
+            "{refused}"
+        );
     }
 }

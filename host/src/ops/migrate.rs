@@ -19,6 +19,7 @@ use super::Context;
 use super::checkpoint::export;
 use super::checkpoint::{CheckpointRequest, Handoff, Outgoing};
 use crate::archive::Compression;
+use crate::config::PostCopy;
 use crate::error::{Error, Result};
 use crate::podman::PodmanApi;
 use crate::policy::bindings as wit;
@@ -219,15 +220,18 @@ fn possible_strategies(ctx: &Context, req: &MigrateRequest) -> Result<Vec<wit::S
         possible.push(wit::Strategy::PreCopy);
     }
     // The destination fetches pages through the channel while the container runs there.
+    let config_path = || ctx.config.source.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_PATH)).display();
     let post_copy = if req.via.is_some() {
         Err("post-copy fetches memory through the ssh channel, not a registry (drop --via)".to_string())
-    } else if !ctx.config.migration.post_copy {
-        Err(format!(
-            "post-copy is off on this host: set [migration] post-copy = true in the host config ({}); it needs CRIU's lazy pages on both hosts, and on hosts without CAP_SYS_RESOURCE the CRIU that scripts/setup builds",
-            ctx.config.source.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_PATH)).display()
-        ))
     } else {
-        criu.lazy_pages().map_err(|e| e.to_string())
+        match ctx.config.migration.post_copy {
+            PostCopy::Off => Err(format!(
+                "post-copy is off on this host: the host config ({}) says [migration] post-copy = false",
+                config_path()
+            )),
+            PostCopy::On => criu.lazy_pages().map_err(|e| e.to_string()),
+            PostCopy::Auto => criu.lazy_pages().and_then(|()| criu.lazy_page_server()).map_err(|e| e.to_string()),
+        }
     };
     if post_copy.is_ok() {
         possible.push(wit::Strategy::PostCopy);
