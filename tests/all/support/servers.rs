@@ -8,9 +8,19 @@ use std::time::Duration;
 
 use super::{Ckpt, eventually};
 
+/// A server's process, killed and reaped when whoever started it is dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A registry on a free loopback port, storing under the test's directory; stopped on drop.
 pub struct LocalRegistry {
-    child: Child,
+    child: Server,
     pub host: String,
 }
 
@@ -47,14 +57,7 @@ impl LocalRegistry {
         let host = format!("{address}:{port}");
         let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(up, "docker-registry did not listen on {host}");
-        LocalRegistry { child, host }
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        LocalRegistry { child: Server(child), host }
     }
 }
 
@@ -162,7 +165,7 @@ impl ClientHost {
 /// sshd on a free loopback port (or on a far host's address, inside its namespace), letting
 /// root in with a throwaway key; stopped on drop.
 pub struct Sshd {
-    child: Child,
+    child: Server,
     pub port: u16,
     pub key: PathBuf,
     pub address: String,
@@ -171,7 +174,7 @@ pub struct Sshd {
 impl Sshd {
     /// The listening sshd's PID: each login's session is its child.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     pub fn start(ckpt: &Ckpt) -> Sshd {
@@ -224,7 +227,7 @@ impl Sshd {
             .expect("scripts/setup installs openssh-server");
         let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect((address.as_str(), port)).is_ok());
         assert!(up, "sshd did not listen on {address}:{port}");
-        Sshd { child, port, key: dir.join("user_key"), address }
+        Sshd { child: Server(child), port, key: dir.join("user_key"), address }
     }
 
     /// `ssh://root@ADDRESS:PORT/ROOT` for the store of `to`.
@@ -259,13 +262,6 @@ impl Sshd {
     }
 }
 
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Two stores, an sshd that reaches the second from the first, and a registry both reach; each
 /// store lets policies export into its own directory.
 pub struct Sides {
@@ -296,7 +292,7 @@ impl Sides {
 /// The stand-in for a kubelet (`tests/fixtures/fake-kubelet.py`): KEP-2008's checkpoint API on
 /// loopback over TLS, for client certificates its CA signed; stopped on drop.
 pub struct FakeKubelet {
-    child: std::process::Child,
+    child: Server,
     pub address: String,
     /// The CA that signed its serving certificate and the client certificates it accepts.
     pub ca: PathBuf,
@@ -356,7 +352,7 @@ impl FakeKubelet {
         let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(up, "the fake kubelet did not listen on {port}");
         FakeKubelet {
-            child,
+            child: Server(child),
             address: format!("https://127.0.0.1:{port}"),
             ca: certs.join("ca.crt"),
             client_cert: certs.join("client.crt"),
@@ -374,18 +370,11 @@ impl FakeKubelet {
     }
 }
 
-impl Drop for FakeKubelet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The stand-in for the Kubernetes API server (`tests/fixtures/fake-apiserver.py`): the
 /// requests the node agent makes, over TLS, for a bearer token; stopped on drop. Its objects
 /// are in `objects`, read again for each request.
 pub struct FakeApiServer {
-    child: std::process::Child,
+    child: Server,
     pub objects: PathBuf,
     /// A kubeconfig that reaches it, as a pod's service account would.
     pub kubeconfig: PathBuf,
@@ -427,19 +416,12 @@ impl FakeApiServer {
             ),
         )
         .unwrap();
-        FakeApiServer { child, objects: objects_file, kubeconfig, log }
+        FakeApiServer { child: Server(child), objects: objects_file, kubeconfig, log }
     }
 
     /// The cluster from now on.
     pub fn set(&self, objects: &serde_json::Value) {
         std::fs::write(&self.objects, objects.to_string()).unwrap();
-    }
-}
-
-impl Drop for FakeApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
