@@ -657,11 +657,11 @@ fn the_node_agent_runs_the_clusters_schedules_and_retention_through_a_stand_in_a
         serde_json::json!({"metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
             "spec": {"nodeName": node, "containers": [{"name": "web"}, {"name": "log"}]}, "status": {"phase": "Running"}})
     };
-    let cluster = |retain_orphan: bool| {
+    let cluster = |global_policy: serde_json::Value| {
         serde_json::json!({
             "retentions": {"default": {"apiVersion": "ckpt.io/v1alpha1", "kind": "CheckpointRetention",
                 "metadata": {"name": "default"},
-                "spec": {"globalPolicy": {"maxCheckpointsPerContainer": 1, "retainOrphan": retain_orphan}}}},
+                "spec": {"globalPolicy": global_policy}}},
             "schedules": [{"apiVersion": "ckpt.io/v1alpha1", "kind": "CheckpointSchedule",
                 "metadata": {"name": "web-hourly", "uid": "5f0c", "creationTimestamp": two_hours_ago},
                 "spec": {"namespace": "shop", "selector": {"matchLabels": {"app": "web"}},
@@ -669,7 +669,10 @@ fn the_node_agent_runs_the_clusters_schedules_and_retention_through_a_stand_in_a
             "pods": [pod("web-0", "web", "node-1"), pod("web-1", "web", "node-2"), pod("db-0", "db", "node-1")],
         })
     };
-    let api = FakeApiServer::start(&ckpt.path("cluster"), &cluster(true));
+    let api = FakeApiServer::start(
+        &ckpt.path("cluster"),
+        &cluster(serde_json::json!({"maxCheckpointsPerContainer": 1, "retainOrphan": true})),
+    );
     let retainer = crate::support::policy("kubelet_retainer");
     let agent = || {
         let out = ckpt
@@ -713,10 +716,15 @@ fn the_node_agent_runs_the_clusters_schedules_and_retention_through_a_stand_in_a
 
     // Within the same interval nothing is asked again. A retention the agent cannot keep
     // (retainOrphan false) deletes nothing, and says why.
-    api.set(&cluster(false));
+    api.set(&cluster(serde_json::json!({"maxCheckpointsPerContainer": 1, "retainOrphan": false})));
     let (lines, stderr) = agent();
     assert!(lines.is_empty(), "{lines:#?}");
     assert!(stderr.contains("retainOrphan is false"), "{stderr}");
+    // Nor does one whose sizes the retainer cannot read: the agent goes on.
+    api.set(&cluster(serde_json::json!({"maxCheckpointSize": "2 furlongs"})));
+    let (lines, stderr) = agent();
+    assert!(lines.is_empty(), "{lines:#?}");
+    assert!(stderr.contains("2 furlongs") && stderr.contains("is not a Kubernetes quantity"), "{stderr}");
 }
 
 /// The workspace, where `deploy/` and the tools `scripts/test` installs are.

@@ -7,36 +7,61 @@ use ckpt_guest_sdk::export_retainer;
 use ckpt_guest_sdk::types::{Deletion, RetainFacts};
 use ckpt_guest_sdk::{Describe, Retainer};
 
-/// A size as Kubernetes writes a `resource.Quantity` for bytes: `500Mi`, `2Gi`, `1G`, or a
-/// plain number of bytes.
-#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+/// A size as Kubernetes writes a `resource.Quantity` for bytes (`500Mi`, `2Gi`, `1.5G`, `1e9`,
+/// or a plain number), in bytes, rounded up as Kubernetes rounds a quantity to an integer. It is
+/// read with the settings, so that one the retainer cannot read is refused then, instead of
+/// being taken for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(with = "WrittenQuantity")]
+pub struct Quantity(u64);
+
+/// How a quantity may be written: a number, or Kubernetes' text.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
-pub enum Quantity {
+#[allow(dead_code)] // read only to make a `Quantity`, and for the settings' schema
+enum WrittenQuantity {
     Bytes(u64),
     Text(String),
 }
 
+impl<'de> serde::Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Quantity, D::Error> {
+        match WrittenQuantity::deserialize(deserializer)? {
+            WrittenQuantity::Bytes(bytes) => Ok(Quantity(bytes)),
+            WrittenQuantity::Text(text) => Quantity::parse(&text).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a Kubernetes quantity of bytes (500Mi, 2Gi, 1.5G, 1e9)"
+                ))
+            }),
+        }
+    }
+}
+
 impl Quantity {
-    fn bytes(&self) -> Option<u64> {
-        let text = match self {
-            Quantity::Bytes(n) => return Some(*n),
-            Quantity::Text(text) => text.trim(),
-        };
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (number, suffix) = text.split_at(split);
-        let unit: u64 = match suffix {
-            "" => 1,
-            "k" => 1_000,
-            "M" => 1_000_000,
-            "G" => 1_000_000_000,
-            "T" => 1_000_000_000_000,
-            "Ki" => 1 << 10,
-            "Mi" => 1 << 20,
-            "Gi" => 1 << 30,
-            "Ti" => 1 << 40,
+    fn parse(text: &str) -> Option<Quantity> {
+        let text = text.trim();
+        let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+')).unwrap_or(text.len());
+        let (number, suffix) = text.split_at(number_end);
+        let number: f64 = number.parse().ok()?;
+        let scale: f64 = match suffix {
+            "" => 1.0,
+            "k" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            "P" => 1e15,
+            "E" => 1e18,
+            "Ki" => 1024.0,
+            "Mi" => 1024f64.powi(2),
+            "Gi" => 1024f64.powi(3),
+            "Ti" => 1024f64.powi(4),
+            "Pi" => 1024f64.powi(5),
+            "Ei" => 1024f64.powi(6),
+            exponent if exponent.starts_with(['e', 'E']) => 10f64.powi(exponent[1..].parse().ok()?),
             _ => return None,
         };
-        number.parse::<u64>().ok()?.checked_mul(unit)
+        let bytes = (number * scale).ceil();
+        (bytes.is_finite() && bytes >= 0.0 && bytes <= u64::MAX as f64).then_some(Quantity(bytes as u64))
     }
 }
 
@@ -67,7 +92,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Settings {
-        let hundred_gi = || Quantity::Text("100Gi".into());
+        let hundred_gi = || Quantity(100 << 30);
         Settings {
             max_checkpoints_per_namespace: 30,
             max_checkpoints_per_pod: 20,
@@ -151,8 +176,7 @@ struct Applied {
 }
 
 impl Settings {
-    /// `None` when a size cannot be read.
-    fn applied(&self, level: &Level<'_>) -> Option<Applied> {
+    fn applied(&self, level: &Level<'_>) -> Applied {
         let (limits, global_count, global_total, names): (Option<Limits<'_>>, _, _, _) = match *level {
             Level::Namespace(namespace) => (
                 self.namespace_policies
@@ -189,11 +213,11 @@ impl Settings {
             None => names,
         };
         let (count, size, total) = limits.unwrap_or_default();
-        Some(Applied {
+        Applied {
             max_checkpoints: (count.unwrap_or(global_count), count_name),
-            max_size: size.unwrap_or(&self.max_checkpoint_size).bytes()?,
-            max_total: (total.unwrap_or(global_total).bytes()?, total_name),
-        })
+            max_size: size.unwrap_or(&self.max_checkpoint_size).0,
+            max_total: (total.unwrap_or(global_total).0, total_name),
+        }
     }
 }
 
@@ -207,13 +231,8 @@ impl Describe for KubeletRetainer {
 
 impl Retainer for KubeletRetainer {
     fn retain(settings: &Settings, facts: RetainFacts) -> Vec<Deletion> {
-        // A size the settings cannot say keeps everything: retention deletes only what it is
-        // sure of.
-        let Some(Applied { max_checkpoints: (max_count, count_name), max_size, max_total: (max_total, total_name) }) =
-            settings.applied(&Level::of(&facts.container_id))
-        else {
-            return Vec::new();
-        };
+        let Applied { max_checkpoints: (max_count, count_name), max_size, max_total: (max_total, total_name) } =
+            settings.applied(&Level::of(&facts.container_id));
         let (mut kept, mut kept_bytes) = (0u32, 0u64);
         let mut deletions = Vec::new();
         for entry in &facts.entries {
@@ -287,7 +306,12 @@ mod tests {
         let entries = vec![entry("c", 3 << 20, false), entry("b", 600 << 10, false), entry("a", 600 << 10, false)];
         assert_eq!(deleted(r#"{"maxCheckpointSize": "2Mi"}"#, entries.clone()), vec!["c"]);
         assert_eq!(deleted(r#"{"maxTotalSizePerContainer": "4000000"}"#, entries.clone()), vec!["a"]);
-        assert!(deleted(r#"{"maxCheckpointSize": "2 furlongs"}"#, entries).is_empty(), "unsure: delete nothing");
+        assert_eq!(deleted(r#"{"maxCheckpointSize": "1.5Mi"}"#, entries.clone()), vec!["c"]);
+        assert_eq!(deleted(r#"{"maxTotalSizePerContainer": "4e6"}"#, entries.clone()), vec!["a"]);
+        assert_eq!(deleted(r#"{"maxCheckpointSize": 1048576}"#, entries), vec!["c"]);
+        let refused = ckpt_guest_sdk::parse_settings::<Settings>(r#"{"maxCheckpointSize": "2 furlongs"}"#).unwrap_err();
+        assert!(refused.contains("\"2 furlongs\" is not a Kubernetes quantity"), "refused when read: {refused}");
+        assert!(ckpt_guest_sdk::parse_settings::<Settings>(r#"{"maxTotalSizePerPod": "-1Gi"}"#).is_err());
         assert!(ckpt_guest_sdk::parse_settings::<Settings>(r#"{"max-checkpoints": 3}"#).is_err());
     }
 

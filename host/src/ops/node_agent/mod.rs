@@ -178,7 +178,15 @@ impl Retainer {
         }
         if self.loaded.is_none() {
             let component = super::policy::component(ctx, &self.source, self.settings.clone())?;
-            self.loaded = Some(policy::Retention::load(&ctx.policy_cache(), component)?);
+            match policy::Retention::load(&ctx.policy_cache(), component) {
+                Ok(loaded) => self.loaded = Some(loaded),
+                // The cluster's settings may be wrong at any time; the agent goes on imaging.
+                Err(e) if from_cluster.is_some() => {
+                    tracing::warn!("CheckpointRetention {from_cluster:?}: {e}; nothing is deleted this pass");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(self.loaded.as_ref())
     }
