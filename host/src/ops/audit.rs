@@ -155,6 +155,21 @@ pub struct PolicyIdentity {
 }
 
 impl AuditEvent {
+    /// What the kubelet answered when `schedule` asked it to checkpoint `container`: the
+    /// archives it wrote, or why there are none.
+    pub fn kubelet_requested<E: std::fmt::Display>(
+        container: &str,
+        schedule: &str,
+        answer: &std::result::Result<Vec<String>, E>,
+    ) -> AuditEvent {
+        AuditEvent::KubeletCheckpointRequested {
+            container: container.to_string(),
+            schedule: schedule.to_string(),
+            archives: answer.as_ref().ok().cloned().unwrap_or_default(),
+            error: answer.as_ref().err().map(ToString::to_string),
+        }
+    }
+
     /// The entry's `event` name and its other fields, as the log keeps them.
     pub fn into_parts(self) -> (String, serde_json::Value) {
         let mut value = serde_json::to_value(&self).expect("audit events serialise");

@@ -465,12 +465,7 @@ fn through_the_kubelet(ctx: &Context, schedule: &Schedule, name: &str) -> Contai
         let client = KubeletClient::from_config(&ctx.config.engines)?;
         Ok(client.checkpoint(&target, None)?)
     });
-    ctx.audit(AuditEvent::KubeletCheckpointRequested {
-        container: name.to_string(),
-        schedule: schedule.name.clone(),
-        archives: asked.as_ref().map(Clone::clone).unwrap_or_default(),
-        error: asked.as_ref().err().map(ToString::to_string),
-    });
+    ctx.audit(AuditEvent::kubelet_requested(name, &schedule.name, &asked));
     match asked {
         Ok(archives) => outcome(name, "ok", archives.join(" ")),
         Err(e) => outcome(name, "failed", e.to_string()),

@@ -211,12 +211,7 @@ fn run_schedules(ctx: &Context, cluster: &Cluster, node: &str, slots: &mut clust
     Ok(requested
         .into_iter()
         .map(|one| {
-            ctx.audit(AuditEvent::KubeletCheckpointRequested {
-                container: one.container.clone(),
-                schedule: one.schedule.clone(),
-                archives: one.result.clone().unwrap_or_default(),
-                error: one.result.clone().err(),
-            });
+            ctx.audit(AuditEvent::kubelet_requested(&one.container, &one.schedule, &one.result));
             Taken {
                 archive: one.result.as_ref().map(|a| a.join(" ")).unwrap_or_default(),
                 result: if one.result.is_ok() { "requested".into() } else { "failed".into() },
