@@ -55,9 +55,25 @@ pub fn list(ctx: &Context, container: Option<&str>) -> Result<Vec<Listed>> {
 /// `ckpt catalog pin|unpin ID`.
 pub fn pin(ctx: &Context, id: &str, pinned: bool) -> Result<Entry> {
     let entry = ctx.catalog().set_pinned(id, pinned)?;
-    let (id, location) = (entry.id.clone(), entry.location.clone());
-    ctx.audit(if pinned { AuditEvent::Pin { entry: id, location } } else { AuditEvent::Unpin { entry: id, location } });
+    audit_pin(ctx, &entry);
     Ok(entry)
+}
+
+/// Saves `entry`, whose pin its caller changed (with whatever else goes with it), and audits the
+/// pin as `ckpt catalog pin|unpin` does.
+pub fn save_pin(ctx: &Context, entry: &Entry) -> Result<()> {
+    ctx.catalog().add(entry)?;
+    audit_pin(ctx, entry);
+    Ok(())
+}
+
+fn audit_pin(ctx: &Context, entry: &Entry) {
+    let (id, location) = (entry.id.clone(), entry.location.clone());
+    ctx.audit(if entry.pinned {
+        AuditEvent::Pin { entry: id, location }
+    } else {
+        AuditEvent::Unpin { entry: id, location }
+    });
 }
 
 /// `ckpt catalog rm ID`: deletes what the entry names, then the entry. A pinned entry is

@@ -491,17 +491,25 @@ fn take(
 /// Asks the retainer about the checkpoints of each container an archive was taken of, then of
 /// their pods, then of their namespaces, as the operator applies its limits level by level.
 fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) -> Result<Vec<Taken>> {
-    pin_kept_archives(ctx)?;
+    // The kubelet's archive and container of each entry the agent made, whichever level
+    // deletes it.
+    let mut made = BTreeMap::new();
+    for entry in ctx.catalog().list()? {
+        let Some(archive) = entry.plan["archive"].as_str().filter(|_| entry.trigger == "kubelet") else { continue };
+        let archive = archive.to_string();
+        pin_if_kept(ctx, entry.clone(), &archive)?;
+        made.insert(entry.id, (archive, entry.container_id));
+    }
     let containers: BTreeSet<PodContainer> =
         taken.iter().filter_map(|t| PodContainer::parse(t.container.as_deref()?).ok()).collect();
     let pods: BTreeSet<String> = containers.iter().map(PodContainer::pod_name).collect();
     let namespaces: BTreeSet<String> = containers.iter().map(PodContainer::namespace_name).collect();
     let mut deleted = Vec::new();
     for container in &containers {
-        deleted.extend(retain(ctx, retention, &container.to_string(), Scope::Container)?);
+        deleted.extend(retain(ctx, retention, (&container.to_string(), Scope::Container), &made)?);
     }
     for group in pods.iter().chain(&namespaces) {
-        deleted.extend(retain(ctx, retention, group, Scope::Below)?);
+        deleted.extend(retain(ctx, retention, (group, Scope::Below), &made)?);
     }
     Ok(deleted)
 }
@@ -509,46 +517,35 @@ fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) 
 /// The operator's pins: a `<archive>.keep` beside a kubelet's archive pins its catalog entry, which
 /// then counts towards every limit but is never deleted, and the file's removal unpins it (a pin
 /// made with `ckpt catalog pin` stays). Each change is audited as `ckpt catalog pin` audits it.
-fn pin_kept_archives(ctx: &Context) -> Result<()> {
+fn pin_if_kept(ctx: &Context, mut entry: Entry, archive: &str) -> Result<()> {
     const PINNED_BY: &str = "pinned-by";
-    let mark = |id: &str, by_keep: bool| -> Result<()> {
-        let mut entry = ctx.catalog().get(id)?;
-        match (by_keep, entry.plan.as_object_mut()) {
-            (true, Some(plan)) => drop(plan.insert(PINNED_BY.into(), json!(".keep"))),
-            (false, Some(plan)) => drop(plan.remove(PINNED_BY)),
-            (_, None) => {}
-        }
-        Ok(ctx.catalog().add(&entry)?)
-    };
-    for entry in ctx.catalog().list()? {
-        let Some(archive) = entry.plan["archive"].as_str().filter(|_| entry.trigger == "kubelet") else { continue };
-        let kept = Path::new(&format!("{archive}.keep")).exists();
-        let pinned_by_keep = entry.plan[PINNED_BY] == ".keep";
-        if kept && !entry.pinned {
-            mark(&entry.id, true)?;
-            super::catalog::pin(ctx, &entry.id, true)?;
-        } else if !kept && entry.pinned && pinned_by_keep {
-            super::catalog::pin(ctx, &entry.id, false)?;
-            mark(&entry.id, false)?;
-        }
+    let kept = Path::new(&format!("{archive}.keep")).exists();
+    let pinned_by_keep = entry.plan[PINNED_BY] == ".keep";
+    let Some(plan) = entry.plan.as_object_mut() else { return Ok(()) };
+    if kept && !entry.pinned {
+        plan.insert(PINNED_BY.into(), json!(".keep"));
+    } else if !kept && entry.pinned && pinned_by_keep {
+        plan.remove(PINNED_BY);
+    } else {
+        return Ok(());
     }
-    Ok(())
+    entry.pinned = kept;
+    super::catalog::save_pin(ctx, &entry)
 }
 
 /// Asks the retainer about the checkpoints of `name` (a container, or a pod or namespace with
 /// `Scope::Below`); deletes the images it names (through the catalog, which audits each) and the
-/// kubelet's archives they were made of.
-fn retain(ctx: &Context, retention: &policy::Retention, name: &str, scope: Scope<'_>) -> Result<Vec<Taken>> {
-    let archives: BTreeMap<String, (String, String)> = ctx
-        .catalog()
-        .list()?
-        .into_iter()
-        .filter_map(|e| Some((e.id, (e.plan["archive"].as_str()?.to_string(), e.container_id))))
-        .collect();
+/// kubelet's archives they were made of (`made`: each entry's archive and container).
+fn retain(
+    ctx: &Context,
+    retention: &policy::Retention,
+    (name, scope): (&str, Scope<'_>),
+    made: &BTreeMap<String, (String, String)>,
+) -> Result<Vec<Taken>> {
     let retained = super::catalog::retain(ctx, retention, name, scope)?;
     let mut deleted = Vec::new();
     for one in retained {
-        let Some((archive, container)) = archives.get(&one.entry) else { continue };
+        let Some((archive, container)) = made.get(&one.entry) else { continue };
         let result = match &one.error {
             Some(error) => Err(error.clone()),
             None => match std::fs::remove_file(archive) {
