@@ -1,7 +1,7 @@
 //! The kubelet's checkpoint API (KEP-2008: `POST /checkpoint/{namespace}/{pod}/{container}` on
 //! its port, 10250), reached as the checkpoint-restore-operator reaches it: over TLS with a
 //! client certificate the kubelet trusts. curl makes the request, behind a trait, as skopeo and
-//! ssh make theirs: ckpt carries no TLS stack of its own.
+//! ssh make theirs.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -289,6 +289,33 @@ impl Sides {
     }
 }
 
+/// Starts `tests/fixtures/SCRIPT` (a Python stand-in) on a free loopback port, serving TLS with
+/// the server certificate in `certs`, with `args` besides and its stderr in `log`; returns it
+/// once it listens, and its port.
+fn tls_fixture(
+    script: &str,
+    certs: &Path,
+    log: &Path,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> (Server, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(script))
+        .args(["--port", &port.to_string()])
+        .arg("--cert")
+        .arg(certs.join("server.crt"))
+        .arg("--key")
+        .arg(certs.join("server.key"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("scripts/setup installs python3");
+    let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(up, "{script} did not listen on {port}");
+    (Server(child), port)
+}
+
 /// The stand-in for a kubelet (`tests/fixtures/fake-kubelet.py`): KEP-2008's checkpoint API on
 /// loopback over TLS, for client certificates its CA signed; stopped on drop.
 pub struct FakeKubelet {
@@ -330,29 +357,16 @@ impl FakeKubelet {
         let pods_file = dir.join("pods.json");
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(&pods_file, serde_json::Value::Object(map).to_string()).unwrap();
-        let port = free_port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-kubelet.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string()])
-            .arg("--cert")
-            .arg(certs.join("server.crt"))
-            .arg("--key")
-            .arg(certs.join("server.key"))
-            .arg("--client-ca")
-            .arg(certs.join("ca.crt"))
-            .arg("--root-dir")
-            .arg(dir.join("kubelet"))
-            .arg("--pods")
-            .arg(&pods_file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("fake-kubelet.log")).unwrap())
-            .spawn()
-            .expect("scripts/setup installs python3");
-        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        assert!(up, "the fake kubelet did not listen on {port}");
+        let (child, port) = tls_fixture(
+            "fake-kubelet.py",
+            &certs,
+            &dir.join("fake-kubelet.log"),
+            ["--client-ca".into(), certs.join("ca.crt").into(), "--root-dir".into(), dir.join("kubelet").into()]
+                .into_iter()
+                .chain(["--pods".into(), pods_file.into()]),
+        );
         FakeKubelet {
-            child: Server(child),
+            child,
             address: format!("https://127.0.0.1:{port}"),
             ca: certs.join("ca.crt"),
             client_cert: certs.join("client.crt"),
@@ -387,25 +401,14 @@ impl FakeApiServer {
         certificates(&certs);
         let objects_file = dir.join("cluster.json");
         std::fs::write(&objects_file, objects.to_string()).unwrap();
-        let port = free_port();
         let token = "ckpt-node-agent-token";
         let log = dir.join("fake-apiserver.log");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-apiserver.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--token", token])
-            .arg("--cert")
-            .arg(certs.join("server.crt"))
-            .arg("--key")
-            .arg(certs.join("server.key"))
-            .arg("--objects")
-            .arg(&objects_file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("scripts/setup installs python3");
-        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        assert!(up, "the fake API server did not listen on {port}");
+        let (child, port) = tls_fixture(
+            "fake-apiserver.py",
+            &certs,
+            &log,
+            ["--token".into(), token.into(), "--objects".into(), objects_file.clone().into()],
+        );
         let kubeconfig = dir.join("kubeconfig");
         let ca = certs.join("ca.crt");
         std::fs::write(
@@ -416,7 +419,7 @@ impl FakeApiServer {
             ),
         )
         .unwrap();
-        FakeApiServer { child: Server(child), objects: objects_file, kubeconfig, log }
+        FakeApiServer { child, objects: objects_file, kubeconfig, log }
     }
 
     /// The cluster from now on.
