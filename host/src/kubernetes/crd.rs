@@ -106,22 +106,10 @@ impl CheckpointRetentionSpec {
                 settings.extend(fields);
             }
         }
-        let containers = self.container_policies.iter().enumerate().map(|(i, p)| {
-            let limits = p.limits.keeping_orphans(&format!("containerPolicies[{i}]"))?;
-            Ok(serde_json::to_value(ContainerPolicy { limits, ..p.clone() }).expect("json"))
-        });
-        let pods = self.pod_policies.iter().enumerate().map(|(i, p)| {
-            let limits = p.limits.keeping_orphans(&format!("podPolicies[{i}]"))?;
-            Ok(serde_json::to_value(PodPolicy { limits, ..p.clone() }).expect("json"))
-        });
-        let namespaces = self.namespace_policies.iter().enumerate().map(|(i, p)| {
-            let limits = p.limits.keeping_orphans(&format!("namespacePolicies[{i}]"))?;
-            Ok(serde_json::to_value(NamespacePolicy { limits, ..p.clone() }).expect("json"))
-        });
         for (key, policies) in [
-            ("containerPolicies", containers.collect::<Result<Vec<_>, String>>()?),
-            ("podPolicies", pods.collect::<Result<Vec<_>, String>>()?),
-            ("namespacePolicies", namespaces.collect::<Result<Vec<_>, String>>()?),
+            ("containerPolicies", keeping_orphans(&self.container_policies, "containerPolicies", |p| &mut p.limits)?),
+            ("podPolicies", keeping_orphans(&self.pod_policies, "podPolicies", |p| &mut p.limits)?),
+            ("namespacePolicies", keeping_orphans(&self.namespace_policies, "namespacePolicies", |p| &mut p.limits)?),
         ] {
             if !policies.is_empty() {
                 settings.insert(key.to_string(), serde_json::Value::Array(policies));
@@ -131,12 +119,20 @@ impl CheckpointRetentionSpec {
     }
 }
 
-impl Limits {
-    /// These limits without `retainOrphan`, which may only say what the agent does anyway.
-    fn keeping_orphans(&self, at: &str) -> Result<Limits, String> {
-        keeps_orphans(self.retain_orphan, at)?;
-        Ok(Limits { retain_orphan: None, ..self.clone() })
-    }
+/// `policies` (the list named `what`) as JSON, each without `retainOrphan`, which may only say
+/// what the agent does anyway.
+fn keeping_orphans<P: Clone + Serialize>(
+    policies: &[P],
+    what: &str,
+    limits: fn(&mut P) -> &mut Limits,
+) -> Result<Vec<serde_json::Value>, String> {
+    let each = policies.iter().enumerate().map(|(i, policy)| {
+        let mut policy = policy.clone();
+        let limits = limits(&mut policy);
+        keeps_orphans(limits.retain_orphan.take(), &format!("{what}[{i}]"))?;
+        Ok(serde_json::to_value(policy).expect("json"))
+    });
+    each.collect()
 }
 
 fn keeps_orphans(retain: Option<bool>, at: &str) -> Result<(), String> {
