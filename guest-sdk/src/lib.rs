@@ -1,11 +1,12 @@
 //! The crate policy authors use to write ckpt policies in Rust: the `ckpt:policy@0.3.0` contract,
 //! one small world per role, with typed settings.
 //!
-//! Implement [`Planner`], [`Gate`] or [`Retainer`] and export it with [`export_planner!`],
-//! [`export_gate!`] or [`export_retainer!`]. The settings are a serde type: the SDK parses them
-//! (unknown keys are errors when the type says `deny_unknown_fields`) and generates their JSON
-//! Schema for `describe` with schemars. A policy's logic can be unit-tested natively, with plain
-//! `cargo test`. The 0.1.0 contract is in [`v1`], deprecated.
+//! Implement [`Planner`], [`Gate`], [`Retainer`] or [`ClusterRetainer`] and export it with
+//! [`export_planner!`], [`export_gate!`], [`export_retainer!`] or [`export_cluster_retainer!`].
+//! The settings are a serde type: the SDK parses them (unknown keys are errors when the type
+//! says `deny_unknown_fields`) and generates their JSON Schema for `describe` with schemars.
+//! A policy's logic can be unit-tested natively, with plain `cargo test`. The 0.1.0 contract is
+//! in [`v1`], deprecated.
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -70,6 +71,25 @@ pub mod gate {
     });
 }
 
+/// `ckpt:policy/cluster-retainer@0.3.0`, and with it the `cluster` interface. Its `retain` takes
+/// the facts' lifted fields as arguments, one each.
+#[allow(clippy::too_many_arguments)]
+pub mod cluster_retainer {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "cluster-retainer",
+        pub_export_macro: true,
+        export_macro_name: "export_cluster_retainer_world",
+        default_bindings_module: "ckpt_guest_sdk::cluster_retainer",
+        with: {
+            "ckpt:policy/types@0.3.0": crate::retainer::ckpt::policy::types,
+            "ckpt:policy/log@0.3.0": crate::retainer::ckpt::policy::log,
+        },
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use cluster_retainer::ckpt::policy::cluster;
 pub use migration_planner::ckpt::policy::migration;
 pub use retainer::ckpt::policy::log::Level;
 pub use retainer::ckpt::policy::types;
@@ -165,6 +185,12 @@ pub trait Gate: Describe {
 /// Decides which of one container's catalog entries to delete.
 pub trait Retainer: Describe {
     fn retain(settings: &Self::Settings, facts: RetainFacts) -> Vec<Deletion>;
+}
+
+/// A [`Retainer`] that also weighs what the cluster says: whether the Kubernetes container, pod
+/// or namespace it is asked about still exists.
+pub trait ClusterRetainer: Describe {
+    fn retain(settings: &Self::Settings, facts: RetainFacts, cluster: cluster::ClusterFacts) -> Vec<Deletion>;
 }
 
 /// Parses a settings document; empty means `{}`.
@@ -395,6 +421,36 @@ macro_rules! export_retainer {
             }
         }
         $crate::retainer::export_retainer_world!(__CkptRetainer with_types_in $crate::retainer);
+    };
+}
+
+/// Exports a [`ClusterRetainer`] as the component's `cluster-retainer` world.
+#[macro_export]
+macro_rules! export_cluster_retainer {
+    ($policy:ty) => {
+        struct __CkptClusterRetainer;
+        impl $crate::cluster_retainer::Guest for __CkptClusterRetainer {
+            fn describe() -> $crate::types::PolicyInfo {
+                $crate::describe::<$policy>(&[$crate::types::DecisionKind::Retain])
+            }
+            fn validate_settings(settings: String) -> Result<(), String> {
+                $crate::settings_of::<$policy>(&settings).map(drop)
+            }
+            fn retain(
+                settings: String,
+                facts: $crate::types::RetainFacts,
+                cluster: $crate::cluster::ClusterFacts,
+            ) -> Vec<$crate::types::Deletion> {
+                // Settings that no longer parse delete nothing.
+                match $crate::settings_of::<$policy>(&settings) {
+                    Ok(settings) => <$policy as $crate::ClusterRetainer>::retain(&settings, facts, cluster),
+                    Err(_) => Vec::new(),
+                }
+            }
+        }
+        $crate::cluster_retainer::export_cluster_retainer_world!(
+            __CkptClusterRetainer with_types_in $crate::cluster_retainer
+        );
     };
 }
 

@@ -714,14 +714,34 @@ fn the_node_agent_runs_the_clusters_schedules_and_retention_through_a_stand_in_a
     let audit = std::fs::read_to_string(ckpt.root.join("audit.log")).unwrap();
     assert!(audit.contains("\"kubelet-checkpoint-requested\"") && audit.contains("web-hourly"), "{audit}");
 
-    // Within the same interval nothing is asked again. A retention the agent cannot keep
-    // (retainOrphan false) deletes nothing, and says why.
-    api.set(&cluster(serde_json::json!({"maxCheckpointsPerContainer": 1, "retainOrphan": false})));
-    let (lines, stderr) = agent();
+    // Within the same interval nothing is asked again. Orphans are not kept now, but web-0 is
+    // still there: its checkpoint stays.
+    let orphans_go = serde_json::json!({"maxCheckpointsPerContainer": 1, "retainOrphan": false});
+    api.set(&cluster(orphans_go.clone()));
+    let (lines, _) = agent();
     assert!(lines.is_empty(), "{lines:#?}");
-    assert!(stderr.contains("retainOrphan is false"), "{stderr}");
+    // Once web-0 is gone from the API server, so is its checkpoint, though no archive came.
+    let mut without_web_0 = cluster(orphans_go);
+    without_web_0["pods"].as_array_mut().unwrap().retain(|p| p["metadata"]["name"] != "web-0");
+    api.set(&without_web_0);
+    let (lines, _) = agent();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (lines[0]["result"].as_str(), lines[0]["container"].as_str()),
+        (Some("deleted"), Some("k8s:shop/web-0/web"))
+    );
+    let detail = lines[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("k8s:shop/web-0/web is gone from the cluster, and retainOrphan is false"), "{detail}");
+    assert_eq!(std::fs::read_dir(&kubelet.checkpoints).unwrap().flatten().filter(|e| e.path().is_file()).count(), 0);
+    let asked = std::fs::read_to_string(&api.log).unwrap();
+    assert!(
+        asked.contains("GET /api/v1/namespaces/shop/pods/web-0 ") && asked.contains("GET /api/v1/namespaces/shop "),
+        "{asked}"
+    );
     // Nor does one whose sizes the retainer cannot read: the agent goes on.
-    api.set(&cluster(serde_json::json!({"maxCheckpointSize": "2 furlongs"})));
+    without_web_0["retentions"]["default"]["spec"]["globalPolicy"] =
+        serde_json::json!({"maxCheckpointSize": "2 furlongs"});
+    api.set(&without_web_0);
     let (lines, stderr) = agent();
     assert!(lines.is_empty(), "{lines:#?}");
     assert!(stderr.contains("2 furlongs") && stderr.contains("is not a Kubernetes quantity"), "{stderr}");

@@ -267,6 +267,7 @@ fn policy_tools_evaluate_and_test_fixtures() {
         ("js_hours", "js-hours.cases.json"),
         ("compliance", "compliance.cases.json"),
         ("migration", "migration.cases.json"),
+        ("kubelet_retainer", "kubelet-retainer.cases.json"),
     ] {
         let out = ckpt.ok(&["policy", "test", &policy(component), &fixture(cases)]);
         assert!(out.trim_end().ends_with(" 0 failed"), "{component}: {out}");

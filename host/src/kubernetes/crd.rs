@@ -30,7 +30,8 @@ pub struct CheckpointRetentionSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GlobalPolicy {
-    /// Keep the checkpoints of pods that are gone. Only `true` (the default) is supported.
+    /// Keep the checkpoints of containers, pods and namespaces that are gone (the default);
+    /// `false` deletes them once the API server says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_orphan: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +54,7 @@ pub struct GlobalPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
-    /// Only `true` (the default) is supported.
+    /// `false` deletes the checkpoints of what the policy names once it is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_orphan: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,51 +97,27 @@ pub struct NamespacePolicy {
 
 impl CheckpointRetentionSpec {
     /// The settings of the kubelet retainer: `globalPolicy`'s fields at the top, the policies
-    /// as they are. An orphan rule the agent cannot keep is refused by name, not dropped.
-    pub fn retainer_settings(&self) -> Result<serde_json::Value, String> {
+    /// as they are.
+    pub fn retainer_settings(&self) -> serde_json::Value {
         let mut settings = serde_json::Map::new();
-        if let Some(global) = &self.global_policy {
-            keeps_orphans(global.retain_orphan, "globalPolicy")?;
-            let global = GlobalPolicy { retain_orphan: None, ..global.clone() };
-            if let serde_json::Value::Object(fields) = serde_json::to_value(global).expect("json") {
-                settings.extend(fields);
-            }
+        if let Some(global) = &self.global_policy
+            && let serde_json::Value::Object(fields) = serde_json::to_value(global).expect("json")
+        {
+            settings.extend(fields);
+        }
+        fn each<P: Serialize>(policies: &[P]) -> Vec<serde_json::Value> {
+            policies.iter().map(|p| serde_json::to_value(p).expect("json")).collect()
         }
         for (key, policies) in [
-            ("containerPolicies", keeping_orphans(&self.container_policies, "containerPolicies", |p| &mut p.limits)?),
-            ("podPolicies", keeping_orphans(&self.pod_policies, "podPolicies", |p| &mut p.limits)?),
-            ("namespacePolicies", keeping_orphans(&self.namespace_policies, "namespacePolicies", |p| &mut p.limits)?),
+            ("containerPolicies", each(&self.container_policies)),
+            ("podPolicies", each(&self.pod_policies)),
+            ("namespacePolicies", each(&self.namespace_policies)),
         ] {
             if !policies.is_empty() {
                 settings.insert(key.to_string(), serde_json::Value::Array(policies));
             }
         }
-        Ok(serde_json::Value::Object(settings))
-    }
-}
-
-/// `policies` (the list named `what`) as JSON, each without `retainOrphan`, which may only say
-/// what the agent does anyway.
-fn keeping_orphans<P: Clone + Serialize>(
-    policies: &[P],
-    what: &str,
-    limits: fn(&mut P) -> &mut Limits,
-) -> Result<Vec<serde_json::Value>, String> {
-    let each = policies.iter().enumerate().map(|(i, policy)| {
-        let mut policy = policy.clone();
-        let limits = limits(&mut policy);
-        keeps_orphans(limits.retain_orphan.take(), &format!("{what}[{i}]"))?;
-        Ok(serde_json::to_value(policy).expect("json"))
-    });
-    each.collect()
-}
-
-fn keeps_orphans(retain: Option<bool>, at: &str) -> Result<(), String> {
-    match retain {
-        Some(false) => Err(format!(
-            "{at}.retainOrphan is false, and the node agent cannot yet tell whether a pod is gone; leave it out or set it true"
-        )),
-        _ => Ok(()),
+        serde_json::Value::Object(settings)
     }
 }
 

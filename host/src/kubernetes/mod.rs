@@ -4,7 +4,7 @@
 
 pub mod crd;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 
@@ -30,6 +30,14 @@ pub struct RunningPod {
     pub namespace: String,
     pub name: String,
     pub containers: Vec<String>,
+}
+
+/// Something a kubelet's checkpoint was taken of, at the operator's three levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object<'a> {
+    Namespace(&'a str),
+    Pod { namespace: &'a str, pod: &'a str },
+    Container { namespace: &'a str, pod: &'a str, container: &'a str },
 }
 
 pub struct Cluster {
@@ -106,6 +114,36 @@ impl Cluster {
                 Some(RunningPod { namespace: namespace.to_string(), name, containers })
             })
             .collect())
+    }
+
+    /// Whether the API server still has `object`: its namespace, its pod, or its container in
+    /// the pod's spec, as the operator asks before it deletes an orphan's checkpoints.
+    pub fn has(&self, object: Object<'_>) -> Result<bool> {
+        fn found<T>(result: std::result::Result<T, kube::Error>, what: String) -> Result<Option<T>> {
+            match result {
+                Ok(found) => Ok(Some(found)),
+                Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+                Err(e) => Err(api_error(format!("get {what}"), e)),
+            }
+        }
+        match object {
+            Object::Namespace(namespace) => {
+                let api: Api<Namespace> = Api::all(self.client.clone());
+                let got = self.runtime.block_on(api.get(namespace));
+                Ok(found(got, format!("namespace {namespace:?}"))?.is_some())
+            }
+            Object::Pod { namespace, pod } | Object::Container { namespace, pod, .. } => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+                let got = self.runtime.block_on(api.get(pod));
+                let Some(found) = found(got, format!("pod {namespace}/{pod}"))? else { return Ok(false) };
+                Ok(match object {
+                    Object::Container { container, .. } => {
+                        found.spec.is_some_and(|spec| spec.containers.iter().any(|c| c.name == container))
+                    }
+                    _ => true,
+                })
+            }
+        }
     }
 }
 
@@ -214,17 +252,47 @@ mod tests {
             ),
             _ => mocked::not_found("checkpointretentions.ckpt.io \"other\""),
         });
-        let settings = cluster.retention("default").unwrap().spec.retainer_settings().unwrap();
+        let settings = cluster.retention("default").unwrap().spec.retainer_settings();
         assert_eq!(
             settings,
-            serde_json::json!({"maxCheckpointsPerPod": 5, "maxCheckpointSize": "1Gi",
+            serde_json::json!({"retainOrphan": true, "maxCheckpointsPerPod": 5, "maxCheckpointSize": "1Gi",
                 "podPolicies": [{"namespace": "shop", "pod": "db-0", "maxCheckpoints": 2}]})
         );
-        let refused = cluster.retention("strict").unwrap().spec.retainer_settings().unwrap_err();
-        assert!(refused.contains("namespacePolicies[0].retainOrphan is false"), "{refused}");
+        let strict = cluster.retention("strict").unwrap().spec.retainer_settings();
+        assert_eq!(strict, serde_json::json!({"namespacePolicies": [{"namespace": "shop", "retainOrphan": false}]}));
         let missing = cluster.retention("other").unwrap_err().to_string();
         assert!(missing.contains("get CheckpointRetention \"other\"") && missing.contains("not found"), "{missing}");
         assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn whether_a_namespace_pod_or_container_is_gone_is_asked_of_the_api_server() {
+        let (cluster, seen) = mocked::cluster(|asked| match asked {
+            "GET /api/v1/namespaces/shop" => {
+                (200, serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+            }
+            "GET /api/v1/namespaces/shop/pods/web-0" => (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "shop"},
+                    "spec": {"containers": [{"name": "web"}]}}),
+            ),
+            "GET /api/v1/namespaces/shop/pods/db-0" => (
+                403,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "pods \"db-0\" is forbidden", "reason": "Forbidden", "code": 403}),
+            ),
+            other => mocked::not_found(other),
+        });
+        assert!(cluster.has(Object::Namespace("shop")).unwrap());
+        assert!(!cluster.has(Object::Namespace("gone")).unwrap());
+        assert!(cluster.has(Object::Pod { namespace: "shop", pod: "web-0" }).unwrap());
+        assert!(!cluster.has(Object::Pod { namespace: "shop", pod: "web-1" }).unwrap());
+        assert!(cluster.has(Object::Container { namespace: "shop", pod: "web-0", container: "web" }).unwrap());
+        assert!(!cluster.has(Object::Container { namespace: "shop", pod: "web-0", container: "sidecar" }).unwrap());
+        // Not knowing is not "gone": the caller keeps everything.
+        let forbidden = cluster.has(Object::Pod { namespace: "shop", pod: "db-0" }).unwrap_err().to_string();
+        assert!(forbidden.contains("get pod shop/db-0") && forbidden.contains("forbidden"), "{forbidden}");
+        assert_eq!(seen.lock().unwrap().len(), 7);
     }
 
     #[test]

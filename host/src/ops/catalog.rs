@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Context;
 use super::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::policy::bindings::{self as wit, CatalogEntry, RetainFacts};
+use crate::policy::bindings::{self as wit, CatalogEntry, ClusterFacts, RetainFacts};
 use crate::policy::{self, Retention};
 use crate::store::catalog::{self, Entry, EntryKind, Presence};
 
@@ -169,9 +169,15 @@ impl Scope<'_> {
     }
 }
 
-/// Asks `retention` about one container's entries in `scope` and deletes what it names. A failed
-/// or refused answer deletes nothing (fail closed); the decision is recorded either way.
-pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: Scope<'_>) -> Result<Vec<Retained>> {
+/// Asks `retention` about one container's entries in `scope` (with what the cluster says of it)
+/// and deletes what it names. A failed or refused answer deletes nothing (fail closed); the
+/// decision is recorded either way.
+pub fn retain(
+    ctx: &Context,
+    retention: &Retention,
+    (container_id, scope): (&str, Scope<'_>),
+    cluster: &ClusterFacts,
+) -> Result<Vec<Retained>> {
     let entries: Vec<Entry> = ctx.catalog().list()?.into_iter().filter(|e| scope.holds(container_id, e)).collect();
     let Some(first) = entries.first() else { return Ok(Vec::new()) };
     let container_name = match scope {
@@ -186,7 +192,7 @@ pub fn retain(ctx: &Context, retention: &Retention, container_id: &str, scope: S
         now: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         now_unix_ms: now.timestamp_millis().max(0) as u64,
     };
-    let (deletions, record) = retention.retain(&facts);
+    let (deletions, record) = retention.retain(&facts, cluster);
     if let Err(e) = policy::record::append(&ctx.roots.policy_log(), std::slice::from_ref(&record)) {
         tracing::error!("cannot write the decision log {}: {e}", ctx.roots.policy_log().display());
     }

@@ -193,6 +193,15 @@ pub struct Evaluated {
     pub trace: Trace,
 }
 
+/// A retain question's facts: `retain-facts`, or `{"retain": retain-facts, "cluster":
+/// cluster-facts}` for a `cluster-retainer` told what the cluster says.
+fn retain_facts(facts: &Value) -> std::result::Result<(RetainFacts, ClusterFacts), String> {
+    match (facts.get("retain"), facts.get("cluster")) {
+        (Some(retain), Some(cluster)) => Ok((json::from_json(retain)?, json::from_json(cluster)?)),
+        _ => Ok((json::from_json(facts)?, ClusterFacts::no_cluster())),
+    }
+}
+
 /// Parses `facts` for the question `kind` and asks it through the same path a checkpoint does.
 fn evaluate(
     engine: &PolicyEngine,
@@ -209,7 +218,10 @@ fn evaluate(
             decision::decide(engine, policy, question)
         }
         Kind::Gate => decision::decide(engine, policy, Question::Gate(&json::from_json(facts).map_err(bad)?)),
-        Kind::Retain => decision::decide(engine, policy, Question::Retain(&json::from_json(facts).map_err(bad)?)),
+        Kind::Retain => {
+            let (facts, cluster) = retain_facts(facts).map_err(bad)?;
+            decision::decide(engine, policy, Question::Retain(&facts, &cluster))
+        }
         Kind::Strategy => {
             let part = |key: &str| {
                 facts.get(key).ok_or_else(|| {
@@ -426,7 +438,7 @@ pub fn bench(
     // What the component decides, unless asked: a gate gates, a retainer retains.
     let kind = decision.unwrap_or(match loaded.world() {
         crate::policy::World::Gate => Kind::Gate,
-        crate::policy::World::Retainer => Kind::Retain,
+        crate::policy::World::Retainer | crate::policy::World::ClusterRetainer => Kind::Retain,
         _ => Kind::Plan,
     });
     let value = read_json::<Value>(facts, "facts file")?;
@@ -435,19 +447,22 @@ pub fn bench(
     enum Parsed {
         Checkpoint(Box<CheckpointFacts>),
         Export(Box<ExportFacts>),
-        Retain(RetainFacts),
+        Retain(RetainFacts, ClusterFacts),
     }
     let parsed = match kind {
         Kind::Plan | Kind::Round => Parsed::Checkpoint(Box::new(json::from_json(&value).map_err(bad)?)),
         Kind::Gate => Parsed::Export(Box::new(json::from_json(&value).map_err(bad)?)),
-        Kind::Retain => Parsed::Retain(json::from_json(&value).map_err(bad)?),
+        Kind::Retain => {
+            let (facts, cluster) = retain_facts(&value).map_err(bad)?;
+            Parsed::Retain(facts, cluster)
+        }
         Kind::Strategy => return Err(Error::invalid("policy bench measures plan, round, gate and retain decisions")),
     };
     let question = match &parsed {
         Parsed::Checkpoint(facts) if kind == Kind::Round => Question::Round(facts, &[]),
         Parsed::Checkpoint(facts) => Question::Plan(facts),
         Parsed::Export(facts) => Question::Gate(facts),
-        Parsed::Retain(facts) => Question::Retain(facts),
+        Parsed::Retain(facts, cluster) => Question::Retain(facts, cluster),
     };
     let mut fuel = 0;
     // Warm, as in a checkpoint: the host's own work between decisions gives the next instance

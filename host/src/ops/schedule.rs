@@ -13,7 +13,7 @@ use super::Context;
 use super::audit::AuditEvent;
 use super::checkpoint::{self, CheckpointRequest};
 use crate::error::{Error, Result};
-use crate::policy::bindings::ScheduleFacts;
+use crate::policy::bindings::{ClusterFacts, ScheduleFacts};
 use crate::policy::{self, Retention};
 use crate::store::schedules::{self, Schedule, ScheduleState, Schedules, Selector, When};
 
@@ -449,7 +449,7 @@ fn one(
             Some(spec) if !policy::is_default_retainer(&spec.source) => super::catalog::Scope::Container,
             _ => super::catalog::Scope::Schedule(&schedule.name),
         };
-        match super::catalog::retain(ctx, retention, id, scope) {
+        match super::catalog::retain(ctx, retention, (id, scope), &ClusterFacts::no_cluster()) {
             Ok(deleted) => out.deleted = deleted.into_iter().filter(|d| d.error.is_none()).map(|d| d.entry).collect(),
             Err(e) => out.detail.push_str(&format!("; retention deleted nothing: {e}")),
         }

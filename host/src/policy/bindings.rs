@@ -51,6 +51,20 @@ mod retainer {
     });
 }
 
+/// `ckpt:policy/cluster-retainer@0.3.0`: a retainer also told what the cluster says, and with
+/// it the `cluster` interface.
+mod cluster_retainer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "cluster-retainer",
+        with: {
+            "ckpt:policy/types": super::planner::ckpt::policy::types,
+            "ckpt:policy/log": super::planner::ckpt::policy::log,
+        },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
 /// The four worlds of `ckpt:policy@0.2.0`.
 pub mod v2 {
     pub mod planner {
@@ -108,6 +122,8 @@ pub mod v1 {
     });
 }
 
+pub use self::cluster_retainer::ckpt::policy::cluster::{ClusterFacts, Level as ClusterLevel};
+pub use self::cluster_retainer::{ClusterRetainer, ClusterRetainerPre};
 pub use self::gate::{Gate, GatePre};
 pub use self::migration_planner::ckpt::policy::migration::{
     MigrationFacts, Strategy, StrategyChoice, StrategyDecision,
@@ -145,6 +161,13 @@ impl From<Compression> for crate::archive::Compression {
             Compression::Gzip => crate::archive::Compression::Gzip,
             Compression::None => crate::archive::Compression::None,
         }
+    }
+}
+
+impl ClusterFacts {
+    /// What a retainer is told where there is no cluster to ask: about a container, unknown.
+    pub fn no_cluster() -> ClusterFacts {
+        ClusterFacts { level: ClusterLevel::Container, exists: None }
     }
 }
 

@@ -51,7 +51,8 @@ pub enum Question<'a> {
     Plan(&'a CheckpointFacts),
     Round(&'a CheckpointFacts, &'a [RoundStats]),
     Gate(&'a ExportFacts),
-    Retain(&'a RetainFacts),
+    /// With what the cluster says, which only a `cluster-retainer` is told.
+    Retain(&'a RetainFacts, &'a ClusterFacts),
     Strategy(&'a CheckpointFacts, &'a MigrationFacts),
 }
 
@@ -61,7 +62,7 @@ impl Question<'_> {
             Question::Plan(_) => Kind::Plan,
             Question::Round(..) => Kind::Round,
             Question::Gate(_) => Kind::Gate,
-            Question::Retain(_) => Kind::Retain,
+            Question::Retain(..) => Kind::Retain,
             Question::Strategy(..) => Kind::Strategy,
         }
     }
@@ -78,7 +79,7 @@ impl Question<'_> {
                     .unwrap_or(0),
                 seed: 0,
             },
-            Question::Retain(facts) => Determinism { now_unix_ms: facts.now_unix_ms, seed: 0 },
+            Question::Retain(facts, _) => Determinism { now_unix_ms: facts.now_unix_ms, seed: 0 },
         }
     }
 }
@@ -220,7 +221,7 @@ pub fn decide(
             (Question::Gate(facts), I::GateV2(p)) => {
                 Answer::Gate(by_name(&p.call_gate(store, settings, &by_name(facts)?)?)?)
             }
-            (Question::Retain(facts), I::RetainerV2(p)) => {
+            (Question::Retain(facts, _), I::RetainerV2(p)) => {
                 Answer::Retain(by_name(&p.call_retain(store, settings, &by_name(facts)?)?)?)
             }
             (Question::Round(facts, rounds), I::Planner(p)) => {
@@ -234,7 +235,10 @@ pub fn decide(
             (Question::Gate(facts), I::PolicyV1(p)) => {
                 Answer::Gate(by_name(&p.call_gate(store, settings, &by_name(facts)?)?)?)
             }
-            (Question::Retain(facts), I::Retainer(p)) => Answer::Retain(p.call_retain(store, settings, facts)?),
+            (Question::Retain(facts, _), I::Retainer(p)) => Answer::Retain(p.call_retain(store, settings, facts)?),
+            (Question::Retain(facts, cluster), I::ClusterRetainer(p)) => {
+                Answer::Retain(p.call_retain(store, settings, facts, *cluster)?)
+            }
             _ => {
                 return Err(wasmtime::Error::msg(format!(
                     "it exports {}, which makes no {kind} decision",

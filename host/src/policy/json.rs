@@ -45,6 +45,7 @@ wit_types! {
     PreDumpPlan => "pre-dump-plan",
     MigrationFacts => "migration-facts",
     StrategyDecision => "strategy-decision",
+    ClusterFacts => "cluster-facts",
 }
 
 struct Contract {
@@ -58,7 +59,7 @@ fn contract() -> &'static Contract {
         let mut resolve = Resolve::new();
         let package = resolve.push_str("policy.wit", WIT).expect("wit/policy.wit parses: it is compiled into ckpt");
         let interfaces = &resolve.packages[package].interfaces;
-        let types = ["types", "migration"]
+        let types = ["types", "migration", "cluster"]
             .iter()
             .flat_map(|name| resolve.interfaces[interfaces[*name]].types.iter())
             .map(|(name, id)| (name.clone(), *id))

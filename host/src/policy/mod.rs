@@ -288,10 +288,21 @@ impl Retention {
         Ok(Retention { engine, retainer })
     }
 
-    /// Asks which entries to delete. The answer may name only entries it was shown and never a
-    /// pinned one; any other answer, like any failure, deletes nothing (fail closed).
-    pub fn retain(&self, facts: &RetainFacts) -> (Result<Vec<Deletion>, PolicyError>, DecisionRecord) {
-        let (answer, trace) = decision::decide(&self.engine, &self.retainer, Question::Retain(facts));
+    /// Whether the retainer weighs what the cluster says (a `cluster-retainer`), and so is worth
+    /// asking the API server for.
+    pub fn weighs_the_cluster(&self) -> bool {
+        self.retainer.world() == World::ClusterRetainer
+    }
+
+    /// Asks which entries to delete; `cluster` is told only to a `cluster-retainer`. The answer
+    /// may name only entries it was shown and never a pinned one; any other answer, like any
+    /// failure, deletes nothing (fail closed).
+    pub fn retain(
+        &self,
+        facts: &RetainFacts,
+        cluster: &ClusterFacts,
+    ) -> (Result<Vec<Deletion>, PolicyError>, DecisionRecord) {
+        let (answer, trace) = decision::decide(&self.engine, &self.retainer, Question::Retain(facts, cluster));
         let label = decision::label(&self.retainer);
         let deletions = answer.map(|answer| match answer {
             Answer::Retain(deletions) => deletions,
@@ -473,7 +484,7 @@ mod tests {
             now: "2026-11-28T00:00:00Z".into(),
             now_unix_ms: 0,
         };
-        let (deletions, record) = retention.retain(&facts);
+        let (deletions, record) = retention.retain(&facts, &ClusterFacts::no_cluster());
         let ids: Vec<String> = deletions.unwrap().into_iter().map(|d| d.id).collect();
         assert_eq!(ids, vec!["old"]);
         assert_eq!(record.kind, Kind::Retain);

@@ -5,7 +5,8 @@ use serde::Serialize;
 use wasmtime::Store;
 
 use super::bindings::{
-    self, Gate, GatePre, MigrationPlanner, MigrationPlannerPre, Planner, PlannerPre, Retainer, RetainerPre, v1, v2,
+    self, ClusterRetainer, ClusterRetainerPre, Gate, GatePre, MigrationPlanner, MigrationPlannerPre, Planner,
+    PlannerPre, Retainer, RetainerPre, v1, v2,
 };
 use super::host::State;
 
@@ -30,14 +31,17 @@ pub enum World {
     Gate,
     #[serde(rename = "ckpt:policy/retainer@0.3.0")]
     Retainer,
+    #[serde(rename = "ckpt:policy/cluster-retainer@0.3.0")]
+    ClusterRetainer,
 }
 
 impl World {
-    pub const ALL: [World; 9] = [
+    pub const ALL: [World; 10] = [
         World::Planner,
         World::MigrationPlanner,
         World::Gate,
         World::Retainer,
+        World::ClusterRetainer,
         World::PlannerV2,
         World::MigrationPlannerV2,
         World::GateV2,
@@ -56,6 +60,7 @@ impl World {
             World::MigrationPlanner => "ckpt:policy/migration-planner@0.3.0",
             World::Gate => "ckpt:policy/gate@0.3.0",
             World::Retainer => "ckpt:policy/retainer@0.3.0",
+            World::ClusterRetainer => "ckpt:policy/cluster-retainer@0.3.0",
         }
     }
 
@@ -66,7 +71,7 @@ impl World {
             (self, role),
             (PolicyV1 | Planner | MigrationPlanner | PlannerV2 | MigrationPlannerV2, Role::Planner)
                 | (PolicyV1 | Gate | GateV2, Role::Gate)
-                | (Retainer | RetainerV2, Role::Retainer)
+                | (Retainer | ClusterRetainer | RetainerV2, Role::Retainer)
         )
     }
 }
@@ -113,6 +118,7 @@ pub(super) enum Exports {
     MigrationPlanner(MigrationPlannerPre<State>),
     Gate(GatePre<State>),
     Retainer(RetainerPre<State>),
+    ClusterRetainer(ClusterRetainerPre<State>),
 }
 
 /// A component instantiated in a fresh store for one call.
@@ -126,6 +132,7 @@ pub enum Instance {
     MigrationPlanner(MigrationPlanner),
     Gate(Gate),
     Retainer(Retainer),
+    ClusterRetainer(ClusterRetainer),
 }
 
 impl Exports {
@@ -140,6 +147,7 @@ impl Exports {
             Exports::MigrationPlanner(_) => World::MigrationPlanner,
             Exports::Gate(_) => World::Gate,
             Exports::Retainer(_) => World::Retainer,
+            Exports::ClusterRetainer(_) => World::ClusterRetainer,
         }
     }
 
@@ -154,6 +162,7 @@ impl Exports {
             Exports::MigrationPlanner(pre) => Instance::MigrationPlanner(pre.instantiate(store)?),
             Exports::Gate(pre) => Instance::Gate(pre.instantiate(store)?),
             Exports::Retainer(pre) => Instance::Retainer(pre.instantiate(store)?),
+            Exports::ClusterRetainer(pre) => Instance::ClusterRetainer(pre.instantiate(store)?),
         })
     }
 }
@@ -170,6 +179,7 @@ impl Instance {
             Instance::MigrationPlanner(p) => p.call_describe(store),
             Instance::Gate(p) => p.call_describe(store),
             Instance::Retainer(p) => p.call_describe(store),
+            Instance::ClusterRetainer(p) => p.call_describe(store),
         }
     }
 
@@ -188,6 +198,7 @@ impl Instance {
             Instance::MigrationPlanner(p) => p.call_validate_settings(store, settings),
             Instance::Gate(p) => p.call_validate_settings(store, settings),
             Instance::Retainer(p) => p.call_validate_settings(store, settings),
+            Instance::ClusterRetainer(p) => p.call_validate_settings(store, settings),
         }
     }
 }
@@ -208,6 +219,9 @@ pub(super) fn exports_of(pre: wasmtime::component::InstancePre<State>) -> Result
     }
     if let Ok(p) = RetainerPre::new(pre.clone()) {
         return Ok(Exports::Retainer(p));
+    }
+    if let Ok(p) = ClusterRetainerPre::new(pre.clone()) {
+        return Ok(Exports::ClusterRetainer(p));
     }
     if let Ok(p) = v2::migration_planner::MigrationPlannerPre::new(pre.clone()) {
         return Ok(Exports::MigrationPlannerV2(p));

@@ -1,11 +1,13 @@
 //! The checkpoint-restore-operator's retention, as a retainer: `ckpt node-agent --retainer`
 //! asks it about the checkpoints of each container of a Kubernetes node, then of its pod, then
 //! of its namespace, newest first, with the operator's own field names and defaults. Pinned
-//! checkpoints (the operator's `.keep`) count towards the limits but are never deleted.
+//! checkpoints (the operator's `.keep`) count towards the limits but are never deleted. It is a
+//! `cluster-retainer`: told that a container, pod or namespace is gone, it deletes its
+//! checkpoints where `retainOrphan` is false, as the operator does.
 
-use ckpt_guest_sdk::export_retainer;
+use ckpt_guest_sdk::cluster::ClusterFacts;
 use ckpt_guest_sdk::types::{Deletion, RetainFacts};
-use ckpt_guest_sdk::{Describe, Retainer};
+use ckpt_guest_sdk::{ClusterRetainer, Describe, Level as LogLevel, export_cluster_retainer};
 
 /// A size as Kubernetes writes a `resource.Quantity` for bytes (`500Mi`, `2Gi`, `1.5G`, `1e9`,
 /// or a plain number), in bytes, rounded up as Kubernetes rounds a quantity to an integer. It is
@@ -71,6 +73,9 @@ impl Quantity {
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Settings {
+    /// Keep the checkpoints of containers, pods and namespaces that are gone; `false` deletes
+    /// them once the API server says so.
+    pub retain_orphan: bool,
     /// At most this many checkpoints of a namespace, the newest kept.
     pub max_checkpoints_per_namespace: u32,
     /// At most this many checkpoints of a pod, the newest kept.
@@ -94,6 +99,7 @@ impl Default for Settings {
     fn default() -> Settings {
         let hundred_gi = || Quantity(100 << 30);
         Settings {
+            retain_orphan: true,
             max_checkpoints_per_namespace: 30,
             max_checkpoints_per_pod: 20,
             max_checkpoints_per_container: 10,
@@ -116,6 +122,7 @@ pub struct ContainerPolicy {
     pub namespace: String,
     pub pod: String,
     pub container: String,
+    pub retain_orphan: Option<bool>,
     pub max_checkpoints: Option<u32>,
     pub max_checkpoint_size: Option<Quantity>,
     pub max_total_size: Option<Quantity>,
@@ -127,6 +134,7 @@ pub struct ContainerPolicy {
 pub struct PodPolicy {
     pub namespace: String,
     pub pod: String,
+    pub retain_orphan: Option<bool>,
     pub max_checkpoints: Option<u32>,
     pub max_checkpoint_size: Option<Quantity>,
     pub max_total_size: Option<Quantity>,
@@ -138,13 +146,15 @@ pub struct PodPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespacePolicy {
     pub namespace: String,
+    pub retain_orphan: Option<bool>,
     pub max_checkpoints: Option<u32>,
     pub max_checkpoint_size: Option<Quantity>,
     pub max_total_size: Option<Quantity>,
 }
 
-/// The limits one of those policies sets.
-type Limits<'a> = (Option<u32>, Option<&'a Quantity>, Option<&'a Quantity>);
+/// The limits one of those policies sets: `retainOrphan`, `maxCheckpoints`,
+/// `maxCheckpointSize` and `maxTotalSize`.
+type Limits<'a> = (Option<bool>, Option<u32>, Option<&'a Quantity>, Option<&'a Quantity>);
 
 /// What the node agent asks about, read from the facts' `container-id`: a container
 /// (`k8s:NAMESPACE/POD/CONTAINER`), a pod (`k8s:NAMESPACE/POD`) or a namespace (`k8s:NAMESPACE`).
@@ -170,6 +180,7 @@ impl Level<'_> {
 /// The limits that hold at one level, sizes in bytes, with the names the operator gives them
 /// (for the reasons).
 struct Applied {
+    retain_orphan: bool,
     max_checkpoints: (u32, &'static str),
     max_size: u64,
     max_total: (u64, &'static str),
@@ -179,19 +190,17 @@ impl Settings {
     fn applied(&self, level: &Level<'_>) -> Applied {
         let (limits, global_count, global_total, names): (Option<Limits<'_>>, _, _, _) = match *level {
             Level::Namespace(namespace) => (
-                self.namespace_policies
-                    .iter()
-                    .find(|p| p.namespace == namespace)
-                    .map(|p| (p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref())),
+                self.namespace_policies.iter().find(|p| p.namespace == namespace).map(|p| {
+                    (p.retain_orphan, p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref())
+                }),
                 self.max_checkpoints_per_namespace,
                 &self.max_total_size_per_namespace,
                 ("maxCheckpointsPerNamespace", "maxTotalSizePerNamespace"),
             ),
             Level::Pod(namespace, pod) => (
-                self.pod_policies
-                    .iter()
-                    .find(|p| p.namespace == namespace && p.pod == pod)
-                    .map(|p| (p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref())),
+                self.pod_policies.iter().find(|p| p.namespace == namespace && p.pod == pod).map(|p| {
+                    (p.retain_orphan, p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref())
+                }),
                 self.max_checkpoints_per_pod,
                 &self.max_total_size_per_pod,
                 ("maxCheckpointsPerPod", "maxTotalSizePerPod"),
@@ -201,7 +210,14 @@ impl Settings {
                     self.container_policies
                         .iter()
                         .find(|p| p.namespace == namespace && p.pod == pod && p.container == container)
-                        .map(|p| (p.max_checkpoints, p.max_checkpoint_size.as_ref(), p.max_total_size.as_ref()))
+                        .map(|p| {
+                            (
+                                p.retain_orphan,
+                                p.max_checkpoints,
+                                p.max_checkpoint_size.as_ref(),
+                                p.max_total_size.as_ref(),
+                            )
+                        })
                 }),
                 self.max_checkpoints_per_container,
                 &self.max_total_size_per_container,
@@ -212,8 +228,9 @@ impl Settings {
             Some(_) => ("the policy's maxCheckpoints", "the policy's maxTotalSize"),
             None => names,
         };
-        let (count, size, total) = limits.unwrap_or_default();
+        let (retain_orphan, count, size, total) = limits.unwrap_or_default();
         Applied {
+            retain_orphan: retain_orphan.unwrap_or(self.retain_orphan),
             max_checkpoints: (count.unwrap_or(global_count), count_name),
             max_size: size.unwrap_or(&self.max_checkpoint_size).0,
             max_total: (total.unwrap_or(global_total).0, total_name),
@@ -229,10 +246,31 @@ impl Describe for KubeletRetainer {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 }
 
-impl Retainer for KubeletRetainer {
-    fn retain(settings: &Settings, facts: RetainFacts) -> Vec<Deletion> {
-        let Applied { max_checkpoints: (max_count, count_name), max_size, max_total: (max_total, total_name) } =
-            settings.applied(&Level::of(&facts.container_id));
+impl ClusterRetainer for KubeletRetainer {
+    fn retain(settings: &Settings, facts: RetainFacts, cluster: ClusterFacts) -> Vec<Deletion> {
+        let Applied {
+            retain_orphan,
+            max_checkpoints: (max_count, count_name),
+            max_size,
+            max_total: (max_total, total_name),
+        } = settings.applied(&Level::of(&facts.container_id));
+        if !retain_orphan {
+            match cluster.exists {
+                Some(false) => {
+                    let reason = format!("{} is gone from the cluster, and retainOrphan is false", facts.container_id);
+                    let orphans = facts.entries.iter().filter(|entry| !entry.pinned);
+                    return orphans.map(|entry| Deletion { id: entry.id.clone(), reason: reason.clone() }).collect();
+                }
+                Some(true) => {}
+                None => ckpt_guest_sdk::log(
+                    LogLevel::Info,
+                    &format!(
+                        "retainOrphan is false, but whether {} is gone is not known: it counts as there",
+                        facts.container_id
+                    ),
+                ),
+            }
+        }
         let (mut kept, mut kept_bytes) = (0u32, 0u64);
         let mut deletions = Vec::new();
         for entry in &facts.entries {
@@ -257,11 +295,12 @@ impl Retainer for KubeletRetainer {
     }
 }
 
-export_retainer!(KubeletRetainer);
+export_cluster_retainer!(KubeletRetainer);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ckpt_guest_sdk::cluster::Level as ClusterLevel;
     use ckpt_guest_sdk::types::{CatalogEntry, EntryKind};
 
     fn entry(id: &str, size: u64, pinned: bool) -> CatalogEntry {
@@ -284,6 +323,15 @@ mod tests {
     }
 
     fn deleted_at(scope: &str, settings: &str, entries: Vec<CatalogEntry>) -> Vec<String> {
+        deleted_where(scope, None, settings, entries)
+    }
+
+    fn deleted_where(scope: &str, exists: Option<bool>, settings: &str, entries: Vec<CatalogEntry>) -> Vec<String> {
+        let level = match scope.matches('/').count() {
+            0 => ClusterLevel::Namespace,
+            1 => ClusterLevel::Pod,
+            _ => ClusterLevel::Container,
+        };
         let settings: Settings = ckpt_guest_sdk::parse_settings(settings).unwrap();
         let facts = RetainFacts {
             container_id: scope.into(),
@@ -292,7 +340,8 @@ mod tests {
             now: "2026-12-07T00:00:00Z".into(),
             now_unix_ms: 0,
         };
-        KubeletRetainer::retain(&settings, facts).into_iter().map(|d| d.id).collect()
+        let cluster = ClusterFacts { level, exists };
+        KubeletRetainer::retain(&settings, facts, cluster).into_iter().map(|d| d.id).collect()
     }
 
     #[test]
@@ -331,5 +380,26 @@ mod tests {
         assert_eq!(deleted_at("k8s:default/web-0", "{}", many(21)), vec!["e20"]);
         assert_eq!(deleted_at("k8s:default", "{}", many(31)), vec!["e30"]);
         assert!(ckpt_guest_sdk::parse_settings::<Settings>(r#"{"podPolicies": [{"pod": "x"}]}"#).is_err());
+    }
+
+    #[test]
+    fn orphans_go_only_where_retain_orphan_is_false_and_the_cluster_says_they_are_gone() {
+        let three = || vec![entry("c", 1, false), entry("b", 1, true), entry("a", 1, false)];
+        let settings = r#"{"podPolicies": [{"namespace": "shop", "pod": "web-0", "retainOrphan": false}],
+            "namespacePolicies": [{"namespace": "old", "retainOrphan": false}]}"#;
+        // Gone, and not to be kept: every entry but the pinned one.
+        assert_eq!(deleted_where("k8s:shop/web-0", Some(false), settings, three()), vec!["c", "a"]);
+        assert_eq!(deleted_where("k8s:old", Some(false), settings, three()), vec!["c", "a"]);
+        // Still there, or not known to be gone: only the limits apply.
+        assert!(deleted_where("k8s:shop/web-0", Some(true), settings, three()).is_empty());
+        assert!(deleted_where("k8s:shop/web-0", None, settings, three()).is_empty());
+        // Gone, but kept: the operator's default, and what another pod's policy leaves alone.
+        assert!(deleted_where("k8s:shop/web-1", Some(false), settings, three()).is_empty());
+        assert!(deleted_where("k8s:shop/web-1/web", Some(false), "{}", three()).is_empty());
+        // The global setting holds where a policy says nothing.
+        let global =
+            r#"{"retainOrphan": false, "podPolicies": [{"namespace": "shop", "pod": "web-0", "retainOrphan": true}]}"#;
+        assert_eq!(deleted_where("k8s:shop/db-0/db", Some(false), global, three()), vec!["c", "a"]);
+        assert!(deleted_where("k8s:shop/web-0", Some(false), global, three()).is_empty());
     }
 }

@@ -27,9 +27,9 @@ use crate::archive::deferred::ImagesInFlight;
 use crate::archive::staged::StagedCheckpoint;
 use crate::error::{Error, Result};
 use crate::kubelet::PodContainer;
-use crate::kubernetes::Cluster;
+use crate::kubernetes::{Cluster, Object};
 use crate::metadata::{CRIO_ANNOTATION_PREFIX, CRIU_ANNOTATION_PREFIX};
-use crate::policy::bindings as wit;
+use crate::policy::bindings::{self as wit, ClusterFacts, ClusterLevel};
 use crate::policy::{self, GateVerdict, Policies};
 use crate::store::catalog::{Entry, EntryKind, EntryPolicy};
 
@@ -128,7 +128,7 @@ pub fn run(ctx: &Context, req: &NodeAgentRequest, report: &mut dyn FnMut(&Taken)
         if let Some(retainer) = &mut retainer
             && let Some(retention) = retainer.for_pass(ctx, req.cluster_retention.as_deref(), cluster.as_ref())?
         {
-            for deleted in retain_levels(ctx, retention, &taken)? {
+            for deleted in retain_levels(ctx, retention, &taken, cluster.as_ref())? {
                 report(&deleted);
             }
         }
@@ -163,7 +163,7 @@ impl Retainer {
     ) -> Result<Option<&policy::Retention>> {
         if let Some(name) = from_cluster {
             let Some(cluster) = cluster else { return Ok(None) };
-            let read = cluster.retention(name).map_err(|e| e.to_string()).and_then(|r| r.spec.retainer_settings());
+            let read = cluster.retention(name).map_err(|e| e.to_string()).map(|r| r.spec.retainer_settings());
             match read.map(|settings| settings.to_string()) {
                 Ok(settings) if settings != self.settings => {
                     self.settings = settings;
@@ -489,8 +489,17 @@ fn take(
 }
 
 /// Asks the retainer about the checkpoints of each container an archive was taken of, then of
-/// their pods, then of their namespaces, as the operator applies its limits level by level.
-fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) -> Result<Vec<Taken>> {
+/// their pods, then of their namespaces, as the operator applies its limits level by level. A
+/// `cluster-retainer` with a cluster to ask is also asked about every other container the
+/// catalog holds checkpoints of, each told whether the API server still has it, so that the
+/// checkpoints of what is gone can go (the operator's orphans).
+fn retain_levels(
+    ctx: &Context,
+    retention: &policy::Retention,
+    taken: &[Taken],
+    cluster: Option<&Cluster>,
+) -> Result<Vec<Taken>> {
+    let cluster = cluster.filter(|_| retention.weighs_the_cluster());
     // The kubelet's archive and container of each entry the agent made, whichever level
     // deletes it.
     let mut made = BTreeMap::new();
@@ -500,18 +509,47 @@ fn retain_levels(ctx: &Context, retention: &policy::Retention, taken: &[Taken]) 
         pin_if_kept(ctx, entry.clone(), &archive)?;
         made.insert(entry.id, (archive, entry.container_id));
     }
-    let containers: BTreeSet<PodContainer> =
-        taken.iter().filter_map(|t| PodContainer::parse(t.container.as_deref()?).ok()).collect();
-    let pods: BTreeSet<String> = containers.iter().map(PodContainer::pod_name).collect();
-    let namespaces: BTreeSet<String> = containers.iter().map(PodContainer::namespace_name).collect();
-    let mut deleted = Vec::new();
-    for container in &containers {
-        deleted.extend(retain(ctx, retention, (&container.to_string(), Scope::Container), &made)?);
+    let mut asked: Vec<&str> = taken.iter().filter_map(|t| t.container.as_deref()).collect();
+    if cluster.is_some() {
+        asked.extend(made.values().map(|(_, container)| container.as_str()));
     }
-    for group in pods.iter().chain(&namespaces) {
-        deleted.extend(retain(ctx, retention, (group, Scope::Below), &made)?);
+    let containers: BTreeSet<PodContainer> = asked.into_iter().filter_map(|c| PodContainer::parse(c).ok()).collect();
+    let mut levels: Vec<(String, Object<'_>)> = Vec::new();
+    for c in &containers {
+        let object = Object::Container { namespace: &c.namespace, pod: &c.pod, container: &c.container };
+        levels.push((c.to_string(), object));
+    }
+    let pods: BTreeMap<String, &PodContainer> = containers.iter().map(|c| (c.pod_name(), c)).collect();
+    for (name, c) in pods {
+        levels.push((name, Object::Pod { namespace: &c.namespace, pod: &c.pod }));
+    }
+    let namespaces: BTreeMap<String, &PodContainer> = containers.iter().map(|c| (c.namespace_name(), c)).collect();
+    for (name, c) in namespaces {
+        levels.push((name, Object::Namespace(&c.namespace)));
+    }
+    let mut deleted = Vec::new();
+    for (name, object) in levels {
+        let scope = match object {
+            Object::Container { .. } => Scope::Container,
+            _ => Scope::Below,
+        };
+        let facts = ClusterFacts { level: level_of(object), exists: cluster.and_then(|c| exists(c, object)) };
+        deleted.extend(retain(ctx, retention, (&name, scope, &facts), &made)?);
     }
     Ok(deleted)
+}
+
+fn level_of(object: Object<'_>) -> ClusterLevel {
+    match object {
+        Object::Container { .. } => ClusterLevel::Container,
+        Object::Pod { .. } => ClusterLevel::Pod,
+        Object::Namespace(_) => ClusterLevel::Namespace,
+    }
+}
+
+/// Whether the API server still has `object`; not known (and so kept) when it cannot say.
+fn exists(cluster: &Cluster, object: Object<'_>) -> Option<bool> {
+    cluster.has(object).inspect_err(|e| tracing::warn!("{e}; its checkpoints count as a live one's")).ok()
 }
 
 /// The operator's pins: a `<archive>.keep` beside a kubelet's archive pins its catalog entry, which
@@ -539,10 +577,10 @@ fn pin_if_kept(ctx: &Context, mut entry: Entry, archive: &str) -> Result<()> {
 fn retain(
     ctx: &Context,
     retention: &policy::Retention,
-    (name, scope): (&str, Scope<'_>),
+    (name, scope, cluster): (&str, Scope<'_>, &ClusterFacts),
     made: &BTreeMap<String, (String, String)>,
 ) -> Result<Vec<Taken>> {
-    let retained = super::catalog::retain(ctx, retention, name, scope)?;
+    let retained = super::catalog::retain(ctx, retention, (name, scope), cluster)?;
     let mut deleted = Vec::new();
     for one in retained {
         let Some((archive, container)) = made.get(&one.entry) else { continue };
