@@ -31,6 +31,11 @@ pub(super) struct Spare {
     pub(super) slot: Mutex<SpareSlot>,
     pub(super) ready: Condvar,
     pub(super) disabled: AtomicBool,
+    /// Whether the policy has decided before in this process. Its first decision makes no
+    /// spare: most commands ask each policy once, and a spare made for nothing would compete
+    /// with the command's own work for two cores and hold up its exit; a fresh instance costs
+    /// tens of microseconds.
+    pub(super) decided_before: AtomicBool,
 }
 
 impl Spare {
@@ -119,9 +124,10 @@ pub(super) fn take_spare(spare: &Spare) -> Option<wasmtime::Result<Premade>> {
 }
 
 /// Starts making the policy's next instance on the helper thread, unless one is there
-/// already, spares are off, or the process holds its share of them.
+/// already, spares are off, this is the policy's first decision, or the process holds its
+/// share of them.
 pub(super) fn make_spare(engine: &Engine, policy: &LoadedPolicy) {
-    if policy.spare.disabled.load(Ordering::Relaxed) {
+    if policy.spare.disabled.load(Ordering::Relaxed) || !policy.spare.decided_before.swap(true, Ordering::Relaxed) {
         return;
     }
     let mut slot = policy.spare.slot.lock().unwrap_or_else(|e| e.into_inner());
