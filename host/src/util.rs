@@ -128,6 +128,26 @@ pub struct TempDir {
     _dir: tempfile::TempDir,
 }
 
+impl TempDir {
+    /// Removes the directory on another thread, beside what the caller does next; the returned
+    /// guard waits for it. A staged archive of many MiB takes milliseconds to free, which the
+    /// catalog and the audit log need not wait for.
+    pub fn remove_in_background(self) -> Removing {
+        Removing(Some(std::thread::spawn(move || drop(self))))
+    }
+}
+
+/// A [`TempDir`] being removed; dropping this waits until it is gone.
+pub struct Removing(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Removing {
+    fn drop(&mut self) {
+        if let Some(removal) = self.0.take() {
+            let _ = removal.join();
+        }
+    }
+}
+
 /// A fresh private directory under `parent` (ckpt's own roots, never a shared /tmp), named
 /// `.PREFIX-PID-RANDOM`: the owner's PID lets `ckpt system check` tell a crash's leftovers from
 /// work in progress.

@@ -575,6 +575,8 @@ fn trigger_of(req: &CheckpointRequest) -> &str {
 struct Made {
     stats: ContainerStats,
     entries: Vec<Entry>,
+    /// Staging still being removed, waited for once the checkpoint is recorded.
+    _staging: Option<crate::util::Removing>,
 }
 
 impl ContainerStats {
@@ -625,7 +627,7 @@ fn plan_and_checkpoint(
     let paths = ctx.containers.paths(&record.id);
     let local = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
     let entries = catalog_entries(ctx, (&record.id, &record.name), Some(&local), &facts, &planned, policies, &digests);
-    Ok((Made { stats, entries }, None))
+    Ok((Made { stats, entries, _staging: None }, None))
 }
 
 /// What `--dry-run` prints of a container's checkpoint, whichever engine runs it: the plan, and
@@ -644,7 +646,7 @@ fn dry_run(
         "exports": crate::policy::json::list_to_json(&planned.exports),
         "gates": policies.gates.iter().map(|g| &g.info.name).collect::<Vec<_>>(),
     });
-    (Made { stats: ContainerStats::none(id), entries: vec![] }, Some(value))
+    (Made { stats: ContainerStats::none(id), entries: vec![], _staging: None }, Some(value))
 }
 
 /// For a migration, the strategy the planner chooses, asked before the plan; then the plan.

@@ -147,14 +147,16 @@ fn plan_and_checkpoint(
     let pending = claim_targets(ctx, &planned, &facts)?;
     // podman's archive waits in private staging (private memory for a sealed export) while
     // ckpt makes each export from it.
-    let staging = crate::util::tempdir_in(&ctx.roots.staging_dir(), "podman")?;
-    let _memory = if planned.in_memory {
+    let made = crate::util::tempdir_in(&ctx.roots.staging_dir(), "podman")?;
+    let (staged_in, dumped) = (made.path.clone(), made.path.join("podman.tar"));
+    // Declared before the memory mount, so that on any way out the mount goes first.
+    let (mut staging, mut removing) = (Some(made), None);
+    let memory = if planned.in_memory {
         let limit = crate::hostinfo::memory_available().unwrap_or(0);
-        Some(crate::rootfs::memory::Held::mount(&staging.path, limit)?)
+        Some(crate::rootfs::memory::Held::mount(&staged_in, limit)?)
     } else {
         None
     };
-    let dumped = staging.path.join("podman.tar");
     let o = &planned.options;
     let podman_options = crate::podman::CheckpointOptions {
         leave_running: o.leave_running,
@@ -175,10 +177,18 @@ fn plan_and_checkpoint(
     let started = std::time::Instant::now();
     let mut pending = pending;
     let mut runtime_duration = 0;
+    // On disk, the staged archive is freed once the last export no longer needs it, while that
+    // export is synced and the checkpoint recorded; a migration still sends it, and private
+    // memory is unmounted before its directory goes, as always.
+    let mut release_staging = || {
+        if memory.is_none() && handoff.is_none() {
+            removing = staging.take().map(crate::util::TempDir::remove_in_background);
+        }
+    };
     let published = dump_and_export_first(api, &container.name, &podman_options, &planned, &mut pending, &dumped)
         .and_then(|first| {
             runtime_duration = started.elapsed().as_micros() as u64;
-            export_all(ctx, &facts, &planned, policies, pending, &dumped, first)
+            export_all(ctx, (&facts, &planned), policies, pending, (&dumped, &mut release_staging), first)
         })
         .and_then(|digests| {
             crate::interrupt::check()?;
@@ -206,7 +216,7 @@ fn plan_and_checkpoint(
         runtime_checkpoint_duration: runtime_duration,
         criu_statistics: Default::default(),
     };
-    Ok((Made { stats, entries }, None))
+    Ok((Made { stats, entries, _staging: removing }, None))
 }
 
 /// Has podman dump the container, staging its archive at `dumped` and, as it arrives, writing
@@ -376,18 +386,19 @@ impl Drop for Noted {
 }
 
 /// Makes each export from podman's archive, asks the gates and publishes it; returns each
-/// archive's digest.
+/// archive's digest. `release_staging` is called once the archive is needed no more: the last
+/// export is written and its gates allowed it whole.
 fn export_all(
     ctx: &Context,
-    facts: &wit::CheckpointFacts,
-    planned: &super::Planned,
+    (facts, planned): (&wit::CheckpointFacts, &super::Planned),
     policies: &mut Policies,
     pending: Vec<Option<PendingFile>>,
-    dumped: &Path,
+    (dumped, release_staging): (&Path, &mut dyn FnMut()),
     mut first: Option<export::Written>,
 ) -> Result<Vec<Option<String>>> {
     let mut digests = Vec::new();
-    for (target, pending) in planned.exports.iter().zip(pending) {
+    let last = planned.exports.len().saturating_sub(1);
+    for (i, (target, pending)) in planned.exports.iter().zip(pending).enumerate() {
         let Some(pending) = pending else { unreachable!("every archive target has a pending file") };
         let o = &planned.options;
         let compression = Compression::from(target.compression);
@@ -401,11 +412,17 @@ fn export_all(
             let dropped = (o.ignore_rootfs || drop_rootfs, o.ignore_volumes || drop_volumes);
             write_from(&mut Dumped::open(dumped)?, dropped, compression, &target.sealed_to, file)
         };
-        let mut judge = |written: &export::Written| match policies.gates.is_empty() {
-            true => Ok(GateVerdict::Allow),
-            false => {
-                Ok(policies.gate(&export_facts(facts, target, written.size, &written.digest, written.included))?)
+        let mut judge = |written: &export::Written| {
+            let verdict = match policies.gates.is_empty() {
+                true => GateVerdict::Allow,
+                false => {
+                    policies.gate(&export_facts(facts, target, written.size, &written.digest, written.included))?
+                }
+            };
+            if i == last && matches!(verdict, GateVerdict::Allow) {
+                release_staging();
             }
+            Ok(verdict)
         };
         let digest = gated_archive(ctx, pending, sign_with, &mut write, &mut judge)?;
         tracing::debug!("exported {:?} of podman container {:?}", target.location, facts.container.name);
