@@ -403,6 +403,57 @@ impl RemoteCkpt for Ssh {
     }
 }
 
+/// What a link probe sends: enough to fill the channel's windows several times over, little
+/// enough to cost a migration tens of milliseconds on a fast link.
+const LINK_PROBE_BYTES: usize = 8 << 20;
+
+/// The rate `remote` takes data at through the channel, in bytes a second: `ckpt __link-probe`
+/// there times the probe from its first byte to its last, so neither ssh's nor ckpt's start is
+/// counted. The bytes are pseudo-random, so that a compressing channel cannot shrink them.
+pub fn measure_link(remote: &dyn RemoteCkpt) -> Result<u64, SshError> {
+    let mut noise = vec![0u8; 1 << 20];
+    blake3::Hasher::new().update(b"ckpt link probe").finalize_xof().fill(&mut noise);
+    let mut upload = |out: &mut dyn Write| (0..LINK_PROBE_BYTES / noise.len()).try_for_each(|_| out.write_all(&noise));
+    let answer = remote.run(&["__link-probe".to_string()], Some(&mut upload))?;
+    let failed = |detail: &str| SshError::Failed {
+        destination: remote.destination(),
+        command: "__link-probe".into(),
+        status: "an answer ckpt cannot read".into(),
+        stderr: format!("{detail}: {answer:?}"),
+    };
+    let probe: LinkProbe = serde_json::from_str(answer.trim()).map_err(|e| failed(&e.to_string()))?;
+    if probe.micros == 0 || probe.timed_bytes == 0 {
+        return Err(failed("too few bytes were timed"));
+    }
+    Ok(probe.timed_bytes.saturating_mul(1_000_000) / probe.micros)
+}
+
+/// What `ckpt __link-probe` answers: the bytes that came after the first read, and the time
+/// from the first byte to the last.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LinkProbe {
+    pub timed_bytes: u64,
+    pub micros: u64,
+}
+
+/// The far side of [`measure_link`]: reads `input` to its end and times it from the first byte.
+pub fn answer_link_probe(mut input: impl Read) -> std::io::Result<LinkProbe> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let first = input.read(&mut buffer)?;
+    let started = std::time::Instant::now();
+    let mut timed_bytes = 0u64;
+    if first > 0 {
+        loop {
+            match input.read(&mut buffer)? {
+                0 => break,
+                n => timed_bytes += n as u64,
+            }
+        }
+    }
+    Ok(LinkProbe { timed_bytes, micros: started.elapsed().as_micros() as u64 })
+}
+
 /// How much of the far side's stdout and stderr is kept: its answers are a line or a JSON
 /// document, and its errors a few lines.
 const KEPT_OUTPUT_BYTES: u64 = 1 << 20;
@@ -426,6 +477,47 @@ fn shell_quote(word: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_link_probe_is_timed_from_its_first_byte_and_read_back_as_a_rate() {
+        struct Chunks(Vec<Vec<u8>>);
+        impl Read for Chunks {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some(chunk) = self.0.first_mut() else { return Ok(0) };
+                let n = chunk.len().min(buf.len());
+                buf[..n].copy_from_slice(&chunk[..n]);
+                chunk.drain(..n);
+                if chunk.is_empty() {
+                    self.0.remove(0);
+                }
+                Ok(n)
+            }
+        }
+        let probe = answer_link_probe(Chunks(vec![vec![1; 1000], vec![2; 3000], vec![3; 500]])).unwrap();
+        assert_eq!(probe.timed_bytes, 3500, "the first read starts the clock");
+        assert_eq!(answer_link_probe(std::io::empty()).unwrap().timed_bytes, 0);
+
+        struct Answers(&'static str);
+        impl RemoteCkpt for Answers {
+            fn destination(&self) -> String {
+                "ssh://far".into()
+            }
+            fn run(&self, args: &[String], input: Option<Upload<'_>>) -> Result<String, SshError> {
+                assert_eq!(args, ["__link-probe"]);
+                let mut sent = Vec::new();
+                input.expect("the probe sends bytes")(&mut sent).unwrap();
+                assert_eq!(sent.len(), LINK_PROBE_BYTES);
+                Ok(self.0.to_string())
+            }
+            fn forward_to_here(&self, _: &str) -> Result<std::os::unix::net::UnixListener, SshError> {
+                unreachable!()
+            }
+        }
+        assert_eq!(measure_link(&Answers(r#"{"timed-bytes": 8000000, "micros": 16000}"#)).unwrap(), 500_000_000);
+        let unreadable = measure_link(&Answers("Error: unrecognized subcommand")).unwrap_err().to_string();
+        assert!(unreadable.contains("__link-probe"), "{unreadable}");
+        assert!(measure_link(&Answers(r#"{"timed-bytes": 0, "micros": 0}"#)).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -237,8 +237,11 @@ fn the_planner_chooses_the_strategy_within_what_the_host_can_do() {
     // The migration example chooses, and the decision is recorded with its reason.
     let settings = format!(r#"{{"target": "{}"}}"#, source.path("web-{name}.tar.zst").display());
     let migration = crate::support::policy("migration");
-    let moved = migrate(&source, &sshd, &dest, &["--policy", &migration, "--policy-config", &settings], "web");
+    let asked = ["--log-level", "info", "--policy", &migration, "--policy-config", &settings];
+    let moved = migrate(&source, &sshd, &dest, &asked, "web");
     assert_eq!(moved.code, 0, "{}{}", moved.stderr, moved.stdout);
+    // The link was measured through the channel before the freeze, for the planner's facts.
+    assert!(moved.stderr.contains("bytes/s") && !moved.stderr.contains("not measured"), "{}", moved.stderr);
     let outcome: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
     assert_eq!(outcome["strategy"], "stop-and-copy");
     assert!(outcome["strategy-reason"].as_str().unwrap().contains("neither post-copy nor pre-copy"), "{outcome}");

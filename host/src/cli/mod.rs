@@ -173,6 +173,10 @@ pub enum Command {
         owner: i32,
         timeout_secs: u64,
     },
+    /// The far side of a migration's link probe: reads its input to the end and says how many
+    /// bytes came after the first read, and in how long (see `ssh::measure_link`).
+    #[command(name = "__link-probe", hide = true)]
+    LinkProbe,
 }
 
 /// The commands on containers, at the top level and, as podman spells them, under `container`.
@@ -388,6 +392,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         let timeout = std::time::Duration::from_secs(*timeout_secs);
         return Ok(crate::criu::hold::await_page_images(status, *owner, timeout));
     }
+    // It touches no store either: it only times what it reads.
+    if let Command::LinkProbe = &command {
+        let probe = crate::ssh::answer_link_probe(std::io::stdin().lock())
+            .map_err(|e| crate::Error::invalid(format!("cannot read the link probe: {e}")))?;
+        println!("{}", serde_json::to_string(&probe).expect("json"));
+        return Ok(0);
+    }
     if !is_root && command.needs_root() {
         return Err(crate::Error::NeedsRoot { command: cli.words.clone(), root: cli.root.clone() });
     }
@@ -579,7 +590,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<i32> {
         Command::Discard => crate::store::discard::remove_handed_over(&ctx.roots, &mut std::io::stdin())
             .map(|()| 0)
             .map_err(crate::Error::from),
-        Command::AwaitPageImages { .. } => unreachable!("run before any store is opened"),
+        Command::AwaitPageImages { .. } | Command::LinkProbe => unreachable!("run before any store is opened"),
         Command::System(SystemCommand::Check { repair, format }) => {
             let findings = crate::ops::system::check(ctx, repair)?;
             match format {

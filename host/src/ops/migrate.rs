@@ -67,6 +67,10 @@ pub struct Migrated {
     pub source: &'static str,
 }
 
+/// The `ext` fact a planner's strategy question carries when the link was measured: bytes a
+/// second, in decimal.
+pub const LINK_RATE_FACT: &str = "link-bytes-per-second";
+
 pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     let started = Instant::now();
     let destination = Destination::parse(&req.destination)?;
@@ -90,8 +94,17 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
     let name = moving.name();
     let shown = destination.to_string();
     let remote = Ssh::connect(destination, req.ssh.clone(), &ctx.roots.runroot)
-        .map_err(|e| Error::DestinationUnusable { destination: shown, cause: Box::new(e.into()) })?;
+        .map_err(|e| Error::DestinationUnusable { destination: shown.clone(), cause: Box::new(e.into()) })?;
     refuse_taken_name(&remote, &name)?;
+    // What the link carries, for a planner that weighs how long a stop-and-copy would freeze
+    // the container. Only a fact: a far side that cannot answer (an older ckpt) leaves it out.
+    let link_bytes_per_second = match req.via {
+        Some(_) => None,
+        None => crate::ssh::measure_link(&remote)
+            .inspect(|rate| tracing::info!("the link to {shown} carries {rate} bytes/s"))
+            .inspect_err(|e| tracing::warn!("the link to {shown} was not measured: {e}"))
+            .ok(),
+    };
     let possible = match moving {
         Moving::Own(_) => possible_strategies(ctx, req)?,
         // podman's API dumps the container whole, once.
@@ -108,6 +121,7 @@ pub fn migrate(ctx: &Context, req: &MigrateRequest) -> Result<Migrated> {
             possible,
             requested: req.strategy,
         },
+        link_bytes_per_second,
         chosen: std::cell::RefCell::new(None),
         lazy_from: std::cell::RefCell::new(None),
         frozen_at: Cell::new(None),
@@ -294,6 +308,8 @@ struct ToDestination<'a> {
     via: Option<String>,
     compression: Compression,
     facts: wit::MigrationFacts,
+    /// What the link to the destination carries, as measured before anything was frozen.
+    link_bytes_per_second: Option<u64>,
     chosen: std::cell::RefCell<Option<wit::StrategyChoice>>,
     /// Post-copy: the socket at the destination that leads to the page server here.
     lazy_from: std::cell::RefCell<Option<String>>,
@@ -316,6 +332,11 @@ impl Handoff for ToDestination<'_> {
 
     fn chose(&self, choice: &wit::StrategyChoice) {
         *self.chosen.borrow_mut() = Some(choice.clone());
+    }
+
+    fn link_facts(&self) -> Vec<wit::KeyValue> {
+        let rate = self.link_bytes_per_second.map(|rate| rate.to_string());
+        rate.map(|value| wit::KeyValue { key: LINK_RATE_FACT.into(), value }).into_iter().collect()
     }
 
     fn carrier(&self) -> Option<&str> {
@@ -490,6 +511,7 @@ mod tests {
                 possible: vec![wit::Strategy::StopAndCopy],
                 requested: None,
             },
+            link_bytes_per_second: None,
             chosen: std::cell::RefCell::new(None),
             lazy_from: std::cell::RefCell::new(None),
             frozen_at: Cell::new(None),

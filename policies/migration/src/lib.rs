@@ -32,6 +32,11 @@ pub struct Settings {
     /// can, so their downtime does not grow with their memory.
     #[serde(default = "default_post_copy_above", alias = "post_copy_above_bytes")]
     post_copy_above_bytes: u64,
+    /// `ckpt migrate`: containers whose memory would take longer than this to cross the link,
+    /// at the rate ckpt measured on it before the move, move post-copy where the host can,
+    /// whatever their size: stop-and-copy would freeze them that long.
+    #[serde(default = "default_max_stop_copy_ms")]
+    max_stop_copy_ms: u64,
     /// `ckpt migrate`: refuse to move a container while clients hold connections to its
     /// published ports, which cannot follow it to another host (its address is that host's).
     #[serde(default)]
@@ -80,6 +85,9 @@ impl From<CompressionSetting> for Compression {
 
 fn default_post_copy_above() -> u64 {
     1 << 30
+}
+fn default_max_stop_copy_ms() -> u64 {
+    1000
 }
 fn default_max_rounds() -> u32 {
     5
@@ -203,8 +211,17 @@ impl Migrator for Migration {
         }
         let can = |strategy| migration.possible.contains(&strategy);
         let memory = facts.container.memory_bytes;
+        // How long the memory takes to cross the link ckpt measured, if it did.
+        let copy_ms = link_rate(&facts).map(|rate| memory.saturating_mul(1000) / rate.max(1));
         let (strategy, reason) = if memory > s.post_copy_above_bytes && can(Strategy::PostCopy) {
             (Strategy::PostCopy, format!("{memory} bytes of memory, above {}: post-copy", s.post_copy_above_bytes))
+        } else if let Some(ms) = copy_ms.filter(|ms| *ms > s.max_stop_copy_ms && can(Strategy::PostCopy)) {
+            let rate = link_rate(&facts).unwrap_or_default();
+            let reason = format!(
+                "{memory} bytes of memory take about {ms} ms at the link's {rate} bytes/s, above {} ms: post-copy",
+                s.max_stop_copy_ms
+            );
+            (Strategy::PostCopy, reason)
         } else if can(Strategy::PreCopy) {
             (Strategy::PreCopy, "the host tracks dirty memory: pre-copy rounds, then a short dump".to_string())
         } else {
@@ -213,6 +230,12 @@ impl Migrator for Migration {
         log(Level::Info, &reason);
         StrategyDecision::Choose(StrategyChoice { strategy, reason })
     }
+}
+
+/// The link's rate in bytes a second, as `ckpt migrate` measured it (`ext`'s
+/// `link-bytes-per-second`); none over a registry, or where the far side could not say.
+fn link_rate(facts: &CheckpointFacts) -> Option<u64> {
+    facts.ext.iter().find(|kv| kv.key == "link-bytes-per-second").and_then(|kv| kv.value.parse().ok())
 }
 
 export_migration_planner!(Migration);
@@ -254,6 +277,35 @@ mod tests {
         assert_eq!(chosen(2 << 30, migration(vec![Strategy::StopAndCopy], None)), Some(Strategy::StopAndCopy));
         assert_eq!(chosen(2 << 30, migration(all, Some(Strategy::StopAndCopy))), Some(Strategy::StopAndCopy));
         assert_eq!(chosen(1, migration(vec![Strategy::StopAndCopy], Some(Strategy::PostCopy))), None);
+    }
+
+    #[test]
+    fn a_slow_link_moves_even_a_small_container_post_copy() {
+        let migration = MigrationFacts {
+            destination: "ssh://far".into(),
+            transport: "ssh".into(),
+            possible: vec![Strategy::StopAndCopy, Strategy::PostCopy],
+            requested: None,
+        };
+        let chosen = |rate: Option<&str>| {
+            let mut facts = sample_facts("db");
+            facts.container.memory_bytes = 256 << 20;
+            if let Some(rate) = rate {
+                facts.ext.push(KeyValue { key: "link-bytes-per-second".into(), value: rate.into() });
+            }
+            match Migration::strategy(&settings(), facts, migration.clone()) {
+                StrategyDecision::Choose(c) => (c.strategy, c.reason),
+                StrategyDecision::Deny(reasons) => panic!("{reasons:?}"),
+            }
+        };
+        // 256 MiB at 10 MB/s: 26 s of stop-and-copy.
+        let (strategy, reason) = chosen(Some("10000000"));
+        assert_eq!(strategy, Strategy::PostCopy);
+        assert!(reason.contains("26843 ms") && reason.contains("above 1000 ms"), "{reason}");
+        // At 1 GB/s, or unmeasured, it is small enough to stop and copy.
+        assert_eq!(chosen(Some("1000000000")).0, Strategy::StopAndCopy);
+        assert_eq!(chosen(None).0, Strategy::StopAndCopy);
+        assert_eq!(chosen(Some("fast")).0, Strategy::StopAndCopy, "a rate it cannot read is no rate");
     }
 
     #[test]

@@ -374,6 +374,10 @@ pub trait Handoff {
     fn migration(&self) -> wit::MigrationFacts;
     /// The strategy chosen, before the plan.
     fn chose(&self, choice: &wit::StrategyChoice);
+    /// Facts about the way to the destination, for the strategy question's `ext`.
+    fn link_facts(&self) -> Vec<wit::KeyValue> {
+        Vec::new()
+    }
     /// Post-copy: the socket CRIU's page server talks on, whose other end reaches the
     /// destination, which fetches the memory through it. The dump then writes every image but
     /// the memory.
@@ -657,7 +661,9 @@ fn strategy_and_plan(
 ) -> Result<(Option<wit::Strategy>, wit::Plan)> {
     let strategy = match handoff {
         Some(handoff) => {
-            let choice = policies.strategy(facts, &handoff.migration())?;
+            let mut asked = facts.clone();
+            asked.ext.extend(handoff.link_facts());
+            let choice = policies.strategy(&asked, &handoff.migration())?;
             handoff.chose(&choice);
             Some(choice.strategy)
         }
