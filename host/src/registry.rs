@@ -61,6 +61,23 @@ pub trait Registry {
     fn declared_size(&self, source: &str, access: &Access) -> Result<Option<u64>, RegistryError>;
 }
 
+/// The one image's digest, when a registry's raw manifest is an index of exactly one image.
+fn index_of_one(raw: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    match doc.get("manifests")?.as_array()?.as_slice() {
+        [one] => one.get("digest")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// `source` less its tag or digest: the repository, which another digest of it is asked by.
+fn repository_of(source: &str) -> &str {
+    match source.split_once('@') {
+        Some((named, _)) => named.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(named, |(r, _)| r),
+        None => source.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(source, |(r, _)| r),
+    }
+}
+
 /// The config and layer sizes an image manifest (OCI or Docker v2) declares; `None` for a list.
 pub fn manifest_size(manifest: &[u8]) -> Option<u64> {
     let doc: serde_json::Value = serde_json::from_slice(manifest).ok()?;
@@ -90,6 +107,13 @@ pub struct Skopeo {
 }
 
 impl Skopeo {
+    /// Whether `source` is an index of one image, as a checkpoint image is.
+    fn is_index_of_one(&self, source: &str, access: &Access) -> Result<bool, RegistryError> {
+        let args = ["--raw".to_string(), format!("docker://{source}")];
+        let raw = self.skopeo(("inspect", "inspection of"), source, ("", access), &args)?;
+        Ok(index_of_one(&raw).is_some())
+    }
+
     pub fn find() -> Result<Skopeo, RegistryError> {
         crate::util::find_in_path("skopeo")
             .map(|path| Skopeo { path })
@@ -183,8 +207,10 @@ fn oci(layout: &Path, name: &str) -> String {
 impl Registry for Skopeo {
     fn push(&self, layout: &Path, name: &str, destination: &str, access: &Access) -> Result<(), RegistryError> {
         check_reference(destination)?;
-        // Digests are kept, so a pushed checkpoint image is the same image on the other side.
-        let mut args = vec!["--quiet".to_string(), "--preserve-digests".into()];
+        // Digests are kept, so a pushed checkpoint image is the same image on the other side,
+        // index and all (`--all`: a checkpoint image's index holds its one image; a signature
+        // then signs both).
+        let mut args = vec!["--quiet".to_string(), "--preserve-digests".into(), "--all".into()];
         if let Some(key) = &access.signatures.sign_by {
             args.extend(["--sign-by".to_string(), key.clone()]);
         }
@@ -196,6 +222,11 @@ impl Registry for Skopeo {
         check_reference(source)?;
         // An OCI layout has no place for signatures: they are checked, then left behind.
         let mut args = vec!["--quiet".to_string(), "--preserve-digests".into(), "--remove-signatures".into()];
+        // An index of one image (a checkpoint image's) comes whole, so that its digest is the
+        // one pushed; of several platforms' images, only this platform's comes.
+        if self.is_index_of_one(source, access)? {
+            args.push("--all".into());
+        }
         let policy = access.signatures.trusted_keyring.as_deref().map(SignedByPolicy::write).transpose()?;
         if let Some(policy) = &policy {
             args.extend(["--policy".to_string(), policy.0.path().display().to_string()]);
@@ -216,13 +247,32 @@ impl Registry for Skopeo {
         check_reference(source)?;
         let args = ["--raw".to_string(), format!("docker://{source}")];
         let manifest = self.skopeo(("inspect", "inspection of"), source, ("", access), &args)?;
-        Ok(manifest_size(&manifest))
+        // A checkpoint image's index holds one image: its size is that image's.
+        let Some(image) = index_of_one(&manifest) else { return Ok(manifest_size(&manifest)) };
+        let instance = format!("{}@{image}", repository_of(source));
+        let args = ["--raw".to_string(), format!("docker://{instance}")];
+        let image = self.skopeo(("inspect", "inspection of"), &instance, ("", access), &args)?;
+        Ok(manifest_size(&image).map(|size| size + manifest.len() as u64))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_of_one_image_names_it_in_its_repository() {
+        let one =
+            br#"{"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{"digest": "sha256:ab"}]}"#;
+        assert_eq!(index_of_one(one).as_deref(), Some("sha256:ab"));
+        let two = br#"{"manifests": [{"digest": "sha256:ab"}, {"digest": "sha256:cd"}]}"#;
+        assert_eq!(index_of_one(two), None);
+        assert_eq!(index_of_one(br#"{"layers": []}"#), None);
+        assert_eq!(repository_of("localhost:5000/ckpt/web:1"), "localhost:5000/ckpt/web");
+        assert_eq!(repository_of("localhost:5000/ckpt/web"), "localhost:5000/ckpt/web");
+        assert_eq!(repository_of("localhost:5000/ckpt/web:1@sha256:ab"), "localhost:5000/ckpt/web");
+        assert_eq!(repository_of("localhost:5000/ckpt/web@sha256:ab"), "localhost:5000/ckpt/web");
+    }
 
     #[test]
     fn references_need_a_registry_host() {

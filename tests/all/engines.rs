@@ -320,7 +320,12 @@ fn saved_image(ckpt: &Ckpt, image: &str) -> (tempfile::TempDir, serde_json::Valu
     let json =
         |path: std::path::PathBuf| serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap()).unwrap();
     let index = json(oci.path().join("index.json"));
-    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    // A checkpoint image is named through an index of its own, which carries its annotations
+    // for containerd, over its one manifest.
+    let checkpoint_index = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    assert_eq!(checkpoint_index["mediaType"], "application/vnd.oci.image.index.v1+json", "{checkpoint_index}");
+    let manifest = json(blob(checkpoint_index["manifests"][0]["digest"].as_str().unwrap()));
+    assert_eq!(checkpoint_index["annotations"], manifest["annotations"], "the same annotations on both");
     let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
     (oci, manifest, layer)
 }

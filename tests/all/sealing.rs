@@ -240,8 +240,15 @@ fn a_sealed_checkpoint_image_goes_through_a_registry_as_ciphertext() {
     let image = format!("{}/ckpt/sealed:1", registry.host);
     ckpt.ok(&["checkpoint", "--create-image", &image, "--encrypt-to", &recipient, "s"]);
     ckpt.ok(&["push", "--tls-verify=false", &image]);
-    let manifest = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")]).stdout;
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let raw = |reference: &str| {
+        let raw = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")]).stdout;
+        serde_json::from_slice::<serde_json::Value>(&raw).unwrap()
+    };
+    // Named through an index that carries the annotations too, over its one manifest.
+    let index = raw(&image);
+    assert_eq!(index["annotations"]["io.ckpt.checkpoint.sealed-to"], recipient.as_str());
+    let repository = image.rsplit_once(':').unwrap().0;
+    let manifest = raw(&format!("{repository}@{}", index["manifests"][0]["digest"].as_str().unwrap()));
     assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.ckpt.checkpoint.layer.v1.tar+zstd+age");
     assert_eq!(manifest["annotations"]["io.ckpt.checkpoint.sealed-to"], recipient.as_str());
 

@@ -182,6 +182,7 @@ mod tests {
             reference: reference.into(),
             id: id.to_string().repeat(64),
             manifest_digest: format!("sha256:{}", "e".repeat(64)).parse().unwrap(),
+            image_manifest: format!("sha256:{}", "e".repeat(64)).parse().unwrap(),
             created: Some("2026-11-28T06:48:25.883508449Z".into()),
             size,
             annotations: Default::default(),

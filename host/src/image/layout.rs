@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use oci_spec::image::{
     Config, Descriptor, Digest, DigestAlgorithm, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
-    ImageIndex, ImageManifest, ImageManifestBuilder, MediaType, OciLayout, OciLayoutBuilder, RootFsBuilder,
-    SCHEMA_VERSION, Sha256Digest,
+    ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType, OciLayout, OciLayoutBuilder,
+    PlatformBuilder, RootFsBuilder, SCHEMA_VERSION, Sha256Digest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,7 +36,11 @@ pub struct ImageInfo {
     pub reference: String,
     /// The config digest's hex, as podman's image ID.
     pub id: String,
+    /// What the name points at, and a registry names it by: the image's manifest, or an index
+    /// over it (a checkpoint image's, which carries its annotations for containerd).
     pub manifest_digest: Digest,
+    /// The image manifest itself, whose config and layers make the image.
+    pub image_manifest: Digest,
     pub created: Option<String>,
     pub size: u64,
     pub annotations: BTreeMap<String, String>,
@@ -113,7 +117,11 @@ fn entries_except(index: &ImageIndex, reference: &str) -> Vec<Descriptor> {
 }
 
 pub(super) fn index_entry(manifest: Digest, size: u64, reference: &str) -> Descriptor {
-    let mut entry = Descriptor::new(MediaType::ImageManifest, size, manifest);
+    named_entry(MediaType::ImageManifest, manifest, size, reference)
+}
+
+fn named_entry(media_type: MediaType, manifest: Digest, size: u64, reference: &str) -> Descriptor {
+    let mut entry = Descriptor::new(media_type, size, manifest);
     entry.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), reference.to_string())])));
     entry
 }
@@ -182,10 +190,10 @@ impl ImageStore {
     }
 
     /// Names `reference` in the index, replacing the image that had that name before.
-    fn tag(&self, reference: &str, manifest: Digest, manifest_size: u64) -> Result<()> {
+    fn tag(&self, reference: &str, (media_type, manifest, manifest_size): (MediaType, Digest, u64)) -> Result<()> {
         let mut index = self.read_index()?;
         let mut entries = entries_except(&index, reference);
-        entries.push(index_entry(manifest, manifest_size, reference));
+        entries.push(named_entry(media_type, manifest, manifest_size, reference));
         index.set_manifests(entries);
         self.write_index(&index)
     }
@@ -315,22 +323,68 @@ impl ImageStore {
             .media_type(MediaType::ImageManifest)
             .config(Descriptor::new(MediaType::ImageConfig, config_bytes.len() as u64, config_digest))
             .layers(layers.iter().map(LayerBlob::descriptor).collect::<Vec<_>>())
-            .annotations(annotations)
+            .annotations(annotations.clone())
             .build()
             .map_err(build_error("image manifest"))?;
         let manifest_bytes = canonical_json(&manifest);
         let manifest_digest = self.write_blob(&manifest_bytes)?;
-        self.tag(reference, manifest_digest.clone(), manifest_bytes.len() as u64)?;
-        self.info_for(reference, &manifest_digest)
+        let mut named = (MediaType::ImageManifest, manifest_digest, manifest_bytes.len() as u64);
+        // A checkpoint image is named through an index that carries its annotations too: where
+        // containerd looks for them (CRI-O and podman read the manifest's).
+        if annotations.keys().any(|key| key.starts_with(crate::metadata::CRIU_ANNOTATION_PREFIX)) {
+            let platform = PlatformBuilder::default()
+                .architecture(oci_arch())
+                .os("linux")
+                .build()
+                .map_err(build_error("image platform"))?;
+            let mut entry = Descriptor::new(named.0, named.2, named.1);
+            entry.set_platform(Some(platform));
+            let index = ImageIndexBuilder::default()
+                .schema_version(SCHEMA_VERSION)
+                .media_type(MediaType::ImageIndex)
+                .manifests(vec![entry])
+                .annotations(annotations)
+                .build()
+                .map_err(build_error("image index"))?;
+            let index_bytes = canonical_json(&index);
+            named = (MediaType::ImageIndex, self.write_blob(&index_bytes)?, index_bytes.len() as u64);
+        }
+        let top = named.1.clone();
+        self.tag(reference, named)?;
+        self.info_for(reference, &top)
+    }
+
+    /// The image manifest `digest` names: itself, or, when it is an index, the one manifest in
+    /// it for this platform.
+    fn image_manifest(&self, digest: &Digest) -> Result<(Digest, ImageManifest)> {
+        let path = self.blob_path(digest)?;
+        let bytes = fs::read(&path).map_err(BaseError::io("read", &path))?;
+        let document: serde_json::Value = parse_document("image manifest", &path, &bytes)?;
+        if document.get("manifests").is_none() {
+            return Ok((digest.clone(), parse_document("image manifest", &path, &bytes)?));
+        }
+        let index: ImageIndex = parse_document("image index", &path, &bytes)?;
+        let ours = |entry: &&Descriptor| {
+            entry
+                .platform()
+                .as_ref()
+                .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == oci_arch())
+        };
+        let entry = index.manifests().iter().find(ours).ok_or_else(|| ImageError::Invalid {
+            image: digest.to_string(),
+            detail: format!("its index has no image for linux/{}", oci_arch()),
+        })?;
+        Ok((entry.digest().clone(), self.manifest_by_digest(entry.digest())?))
     }
 
     fn info_for(&self, reference: &str, manifest_digest: &Digest) -> Result<ImageInfo> {
-        let manifest = self.manifest_by_digest(manifest_digest)?;
+        let (image_manifest, manifest) = self.image_manifest(manifest_digest)?;
         let config: ImageConfiguration = self.read_document("image config", manifest.config().digest())?;
         Ok(ImageInfo {
             reference: reference.to_string(),
             id: sha256_hex(manifest.config().digest()).unwrap_or_default().to_string(),
             manifest_digest: manifest_digest.clone(),
+            image_manifest,
             created: config.created().clone(),
             size: manifest.layers().iter().map(Descriptor::size).sum(),
             annotations: manifest.annotations().clone().unwrap_or_default().into_iter().collect(),
@@ -401,7 +455,7 @@ impl ImageStore {
     }
 
     pub fn config(&self, info: &ImageInfo) -> Result<ImageConfiguration> {
-        let manifest = self.manifest_by_digest(&info.manifest_digest)?;
+        let manifest = self.manifest_by_digest(&info.image_manifest)?;
         self.read_document("image config", manifest.config().digest())
     }
 
@@ -418,7 +472,7 @@ impl ImageStore {
         let staging = self.rootfs_root.join(format!(".unpack-{}-{}", info.id, std::process::id()));
         remove_dir_all(&staging)?;
         crate::util::create_dir_with_mode(&staging, 0o755)?;
-        let manifest = self.manifest_by_digest(&info.manifest_digest)?;
+        let manifest = self.manifest_by_digest(&info.image_manifest)?;
         let options = ExtractOptions::image_layer();
         for layer in manifest.layers() {
             let path = self.blob_path(layer.digest())?;
@@ -490,10 +544,32 @@ impl ImageStore {
                     ));
                 }
             };
-            if *entry.media_type() != MediaType::ImageManifest {
-                return Err(invalid(&reference, "only single-platform OCI image manifests can be loaded".into()));
-            }
-            let manifest_bytes = self.copy_verified_blob(&layout, entry.digest())?;
+            let top_bytes = match entry.media_type() {
+                MediaType::ImageManifest | MediaType::ImageIndex => self.copy_verified_blob(&layout, entry.digest())?,
+                _ => return Err(invalid(&reference, "only OCI image manifests and indexes can be loaded".into())),
+            };
+            // An index is loaded when it holds one image (a checkpoint image's does): several
+            // platforms' would need every one of them copied.
+            let manifest_digest = match entry.media_type() {
+                MediaType::ImageIndex => {
+                    let index: ImageIndex = serde_json::from_slice(&top_bytes)
+                        .map_err(|e| invalid(&reference, format!("image index: {e}")))?;
+                    match index.manifests().as_slice() {
+                        [one] if *one.media_type() == MediaType::ImageManifest => one.digest().clone(),
+                        _ => {
+                            return Err(invalid(
+                                &reference,
+                                "its index holds several images, or no image manifest; only an index of one image can be loaded".into(),
+                            ));
+                        }
+                    }
+                }
+                _ => entry.digest().clone(),
+            };
+            let manifest_bytes = match manifest_digest == *entry.digest() {
+                true => top_bytes.clone(),
+                false => self.copy_verified_blob(&layout, &manifest_digest)?,
+            };
             let manifest: ImageManifest =
                 serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(&reference, format!("manifest: {e}")))?;
             self.copy_verified_blob(&layout, manifest.config().digest())?;
@@ -501,7 +577,7 @@ impl ImageStore {
                 self.copy_verified_blob(&layout, layer.digest())?;
             }
             let _lock = self.lock()?;
-            self.tag(&reference, entry.digest().clone(), manifest_bytes.len() as u64)?;
+            self.tag(&reference, (entry.media_type().clone(), entry.digest().clone(), top_bytes.len() as u64))?;
             loaded.push(reference);
         }
         Ok(loaded)
@@ -540,12 +616,18 @@ impl ImageStore {
     /// `ckpt image save`: writes one image as an OCI archive (a tar of an image layout).
     pub fn save(&self, name: &str, output: &Path) -> Result<()> {
         let info = self.resolve(name)?;
-        let manifest = self.manifest_by_digest(&info.manifest_digest)?;
-        let mut digests = vec![info.manifest_digest.clone(), manifest.config().digest().clone()];
+        let manifest = self.manifest_by_digest(&info.image_manifest)?;
+        let through_index = info.manifest_digest != info.image_manifest;
+        let mut digests = vec![info.manifest_digest.clone()];
+        if through_index {
+            digests.push(info.image_manifest.clone());
+        }
+        digests.push(manifest.config().digest().clone());
         digests.extend(manifest.layers().iter().map(|layer| layer.digest().clone()));
-        let manifest_size = self.read_blob(&info.manifest_digest)?.len() as u64;
+        let top_size = self.read_blob(&info.manifest_digest)?.len() as u64;
+        let media_type = if through_index { MediaType::ImageIndex } else { MediaType::ImageManifest };
         let mut index = empty_index();
-        index.set_manifests(vec![index_entry(info.manifest_digest.clone(), manifest_size, &info.reference)]);
+        index.set_manifests(vec![named_entry(media_type, info.manifest_digest.clone(), top_size, &info.reference)]);
         Ok(crate::archive::publish::publish_file(output, |file| {
             let mut builder = tar::Builder::new(file);
             let mut add = |path: &str, data: &[u8]| -> io::Result<()> {
@@ -682,5 +764,30 @@ mod tests {
 
         store.remove("localhost/web:1").unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_image_is_named_through_an_index_with_its_annotations_and_saves_and_loads_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&Roots::new(dir.path().join("root"), dir.path().join("run")));
+        let layer = store.write_layer_from_tar(&tar::Builder::new(Vec::new()).into_inner().unwrap()[..]).unwrap();
+        let name = format!("{}container.name", crate::metadata::CRIU_ANNOTATION_PREFIX);
+        let annotations = BTreeMap::from([(name.clone(), "web".to_string())]);
+        let added = store.add_image("localhost/web:ckpt", std::slice::from_ref(&layer), None, annotations).unwrap();
+        assert_ne!(added.manifest_digest, added.image_manifest, "named through an index");
+        let index: ImageIndex = serde_json::from_slice(&store.read_blob(&added.manifest_digest).unwrap()).unwrap();
+        assert_eq!(index.annotations().as_ref().unwrap()[&name], "web", "containerd reads them there");
+        assert_eq!(index.manifests()[0].digest(), &added.image_manifest);
+        assert_eq!(index.manifests()[0].platform().as_ref().unwrap().architecture().to_string(), oci_arch());
+        let listed = store.resolve("localhost/web:ckpt").unwrap();
+        assert_eq!(listed.annotations[&name], "web", "and CRI-O and podman on the manifest");
+        assert_eq!(store.config(&listed).unwrap().rootfs().diff_ids(), &[layer.diff_id.to_string()]);
+
+        let saved = dir.path().join("web.tar");
+        store.save("localhost/web:ckpt", &saved).unwrap();
+        let other = ImageStore::new(&Roots::new(dir.path().join("other"), dir.path().join("run2")));
+        assert_eq!(other.load(&saved, None).unwrap(), ["localhost/web:ckpt"]);
+        let loaded = other.resolve("localhost/web:ckpt").unwrap();
+        assert_eq!((loaded.manifest_digest, loaded.image_manifest), (added.manifest_digest, added.image_manifest));
     }
 }

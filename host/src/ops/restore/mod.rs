@@ -544,7 +544,7 @@ fn stage_in_memory(ctx: &Context, plain: Box<dyn std::io::Read + Send>, origin: 
 /// opened with `--identity` and unpacked into private memory, as a sealed archive is.
 fn stage_image(ctx: &Context, req: &RestoreRequest, name: &str) -> Result<StagedCheckpoint> {
     let info = ctx.images.resolve(name)?;
-    let manifest = ctx.images.manifest_by_digest(&info.manifest_digest)?;
+    let manifest = ctx.images.manifest_by_digest(&info.image_manifest)?;
     let sealed =
         |layer: &oci_spec::image::Descriptor| layer.media_type().to_string() == crate::image::SEALED_LAYER_TYPE;
     let layers =
