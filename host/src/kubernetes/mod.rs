@@ -116,34 +116,30 @@ impl Cluster {
             .collect())
     }
 
-    /// Whether the API server still has `object`: its namespace, its pod, or its container in
-    /// the pod's spec, as the operator asks before it deletes an orphan's checkpoints.
-    pub fn has(&self, object: Object<'_>) -> Result<bool> {
-        fn found<T>(result: std::result::Result<T, kube::Error>, what: String) -> Result<Option<T>> {
-            match result {
-                Ok(found) => Ok(Some(found)),
-                Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
-                Err(e) => Err(api_error(format!("get {what}"), e)),
-            }
-        }
-        match object {
-            Object::Namespace(namespace) => {
-                let api: Api<Namespace> = Api::all(self.client.clone());
-                let got = self.runtime.block_on(api.get(namespace));
-                Ok(found(got, format!("namespace {namespace:?}"))?.is_some())
-            }
-            Object::Pod { namespace, pod } | Object::Container { namespace, pod, .. } => {
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-                let got = self.runtime.block_on(api.get(pod));
-                let Some(found) = found(got, format!("pod {namespace}/{pod}"))? else { return Ok(false) };
-                Ok(match object {
-                    Object::Container { container, .. } => {
-                        found.spec.is_some_and(|spec| spec.containers.iter().any(|c| c.name == container))
-                    }
-                    _ => true,
-                })
-            }
-        }
+    /// Whether the namespace exists, as the operator asks before it deletes an orphan's
+    /// checkpoints.
+    pub fn has_namespace(&self, namespace: &str) -> Result<bool> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let got = self.runtime.block_on(api.get(namespace));
+        Ok(found(got, format!("namespace {namespace:?}"))?.is_some())
+    }
+
+    /// The containers in a pod's spec; `None` when the pod is gone.
+    pub fn pod_containers(&self, namespace: &str, pod: &str) -> Result<Option<Vec<String>>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let got = self.runtime.block_on(api.get(pod));
+        let found = found(got, format!("pod {namespace}/{pod}"))?;
+        Ok(found
+            .map(|pod| pod.spec.map(|spec| spec.containers.into_iter().map(|c| c.name).collect()).unwrap_or_default()))
+    }
+}
+
+/// What a GET found: `None` for the API server's 404.
+fn found<T>(result: std::result::Result<T, kube::Error>, what: String) -> Result<Option<T>> {
+    match result {
+        Ok(found) => Ok(Some(found)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+        Err(e) => Err(api_error(format!("get {what}"), e)),
     }
 }
 
@@ -283,16 +279,14 @@ mod tests {
             ),
             other => mocked::not_found(other),
         });
-        assert!(cluster.has(Object::Namespace("shop")).unwrap());
-        assert!(!cluster.has(Object::Namespace("gone")).unwrap());
-        assert!(cluster.has(Object::Pod { namespace: "shop", pod: "web-0" }).unwrap());
-        assert!(!cluster.has(Object::Pod { namespace: "shop", pod: "web-1" }).unwrap());
-        assert!(cluster.has(Object::Container { namespace: "shop", pod: "web-0", container: "web" }).unwrap());
-        assert!(!cluster.has(Object::Container { namespace: "shop", pod: "web-0", container: "sidecar" }).unwrap());
+        assert!(cluster.has_namespace("shop").unwrap());
+        assert!(!cluster.has_namespace("gone").unwrap());
+        assert_eq!(cluster.pod_containers("shop", "web-0").unwrap(), Some(vec!["web".to_string()]));
+        assert_eq!(cluster.pod_containers("shop", "web-1").unwrap(), None);
         // Not knowing is not "gone": the caller keeps everything.
-        let forbidden = cluster.has(Object::Pod { namespace: "shop", pod: "db-0" }).unwrap_err().to_string();
+        let forbidden = cluster.pod_containers("shop", "db-0").unwrap_err().to_string();
         assert!(forbidden.contains("get pod shop/db-0") && forbidden.contains("forbidden"), "{forbidden}");
-        assert_eq!(seen.lock().unwrap().len(), 7);
+        assert_eq!(seen.lock().unwrap().len(), 5);
     }
 
     #[test]

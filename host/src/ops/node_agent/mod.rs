@@ -528,15 +528,55 @@ fn retain_levels(
         levels.push((name, Object::Namespace(&c.namespace)));
     }
     let mut deleted = Vec::new();
+    let mut answers = cluster.map(Answers::new);
     for (name, object) in levels {
         let scope = match object {
             Object::Container { .. } => Scope::Container,
             _ => Scope::Below,
         };
-        let facts = ClusterFacts { level: level_of(object), exists: cluster.and_then(|c| exists(c, object)) };
+        let facts = ClusterFacts { level: level_of(object), exists: answers.as_mut().and_then(|a| a.exists(object)) };
         deleted.extend(retain(ctx, retention, (&name, scope, &facts), &made)?);
     }
     Ok(deleted)
+}
+
+/// What the API server said in one pass, each pod and namespace asked once: a pod's answer
+/// serves it and its containers. An answer it could not give is `None`, and counts as "there".
+struct Answers<'a> {
+    cluster: &'a Cluster,
+    pods: BTreeMap<(String, String), Option<Option<Vec<String>>>>,
+    namespaces: BTreeMap<String, Option<bool>>,
+}
+
+impl<'a> Answers<'a> {
+    fn new(cluster: &'a Cluster) -> Answers<'a> {
+        Answers { cluster, pods: BTreeMap::new(), namespaces: BTreeMap::new() }
+    }
+
+    fn exists(&mut self, object: Object<'_>) -> Option<bool> {
+        let cluster = self.cluster;
+        fn answered<T>(result: std::result::Result<T, crate::kubernetes::KubernetesError>) -> Option<T> {
+            result.inspect_err(|e| tracing::warn!("{e}; its checkpoints count as a live one's")).ok()
+        }
+        match object {
+            Object::Namespace(namespace) => *self
+                .namespaces
+                .entry(namespace.to_string())
+                .or_insert_with(|| answered(cluster.has_namespace(namespace))),
+            Object::Pod { namespace, pod } | Object::Container { namespace, pod, .. } => {
+                let containers = self
+                    .pods
+                    .entry((namespace.to_string(), pod.to_string()))
+                    .or_insert_with(|| answered(cluster.pod_containers(namespace, pod)))
+                    .as_ref()?;
+                Some(match (object, containers) {
+                    (_, None) => false,
+                    (Object::Container { container, .. }, Some(names)) => names.iter().any(|c| c == container),
+                    (_, Some(_)) => true,
+                })
+            }
+        }
+    }
 }
 
 fn level_of(object: Object<'_>) -> ClusterLevel {
@@ -545,11 +585,6 @@ fn level_of(object: Object<'_>) -> ClusterLevel {
         Object::Pod { .. } => ClusterLevel::Pod,
         Object::Namespace(_) => ClusterLevel::Namespace,
     }
-}
-
-/// Whether the API server still has `object`; not known (and so kept) when it cannot say.
-fn exists(cluster: &Cluster, object: Object<'_>) -> Option<bool> {
-    cluster.has(object).inspect_err(|e| tracing::warn!("{e}; its checkpoints count as a live one's")).ok()
 }
 
 /// The operator's pins: a `<archive>.keep` beside a kubelet's archive pins its catalog entry, which
