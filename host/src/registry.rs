@@ -70,14 +70,6 @@ fn index_of_one(raw: &[u8]) -> Option<String> {
     }
 }
 
-/// `source` less its tag or digest: the repository, which another digest of it is asked by.
-fn repository_of(source: &str) -> &str {
-    match source.split_once('@') {
-        Some((named, _)) => named.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(named, |(r, _)| r),
-        None => source.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(source, |(r, _)| r),
-    }
-}
-
 /// The config and layer sizes an image manifest (OCI or Docker v2) declares; `None` for a list.
 pub fn manifest_size(manifest: &[u8]) -> Option<u64> {
     let doc: serde_json::Value = serde_json::from_slice(manifest).ok()?;
@@ -249,7 +241,7 @@ impl Registry for Skopeo {
         let manifest = self.skopeo(("inspect", "inspection of"), source, ("", access), &args)?;
         // A checkpoint image's index holds one image: its size is that image's.
         let Some(image) = index_of_one(&manifest) else { return Ok(manifest_size(&manifest)) };
-        let instance = format!("{}@{image}", repository_of(source));
+        let instance = format!("{}@{image}", crate::image::repository_of(source));
         let args = ["--raw".to_string(), format!("docker://{instance}")];
         let image = self.skopeo(("inspect", "inspection of"), &instance, ("", access), &args)?;
         Ok(manifest_size(&image).map(|size| size + manifest.len() as u64))
@@ -268,6 +260,7 @@ mod tests {
         let two = br#"{"manifests": [{"digest": "sha256:ab"}, {"digest": "sha256:cd"}]}"#;
         assert_eq!(index_of_one(two), None);
         assert_eq!(index_of_one(br#"{"layers": []}"#), None);
+        let repository_of = crate::image::repository_of;
         assert_eq!(repository_of("localhost:5000/ckpt/web:1"), "localhost:5000/ckpt/web");
         assert_eq!(repository_of("localhost:5000/ckpt/web"), "localhost:5000/ckpt/web");
         assert_eq!(repository_of("localhost:5000/ckpt/web:1@sha256:ab"), "localhost:5000/ckpt/web");

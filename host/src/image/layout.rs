@@ -101,6 +101,12 @@ fn sha256_digest(hasher: Sha256) -> Digest {
     Sha256Digest::from_str(&hex).expect("a sha256 hash is 64 lowercase hex digits").into()
 }
 
+/// `name` less its tag and digest: the repository (`HOST/PATH` of `HOST/PATH:TAG@sha256:D`).
+pub fn repository_of(name: &str) -> &str {
+    let named = name.split_once('@').map_or(name, |(named, _)| named);
+    named.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(named, |(repository, _)| repository)
+}
+
 /// Only sha256 digests name blobs here; oci-spec has already checked their hex, so a digest can
 /// never become a path trick.
 fn sha256_hex(digest: &Digest) -> Option<&str> {
@@ -420,8 +426,8 @@ impl ImageStore {
         }
         // `REPOSITORY[:TAG]@sha256:DIGEST`, as podman takes it (and Kubernetes manifests pin
         // images): the repository's image with that manifest digest, whatever its tag.
-        if let Some((named, hex)) = name.rsplit_once("@sha256:") {
-            let repository = named.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(named, |(r, _)| r);
+        if let Some((_, hex)) = name.rsplit_once("@sha256:") {
+            let repository = repository_of(name);
             let pinned = format!("sha256:{hex}");
             let found = images.iter().find(|i| {
                 i.manifest_digest.to_string() == pinned

@@ -6,7 +6,9 @@ mod busybox;
 mod layout;
 
 use crate::base_error::BaseError;
-pub use layout::{ImageInfo, ImageStore, LayerBlob, SEALED_LAYER_TYPE, normalize_reference, validate_reference};
+pub use layout::{
+    ImageInfo, ImageStore, LayerBlob, SEALED_LAYER_TYPE, normalize_reference, repository_of, validate_reference,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
