@@ -67,7 +67,6 @@ pub fn free_disk_bytes(path: &Path) -> u64 {
     free_bytes(path).or_else(|| free_bytes(Path::new("/"))).unwrap_or(0)
 }
 
-/// The kernel's estimate of the memory that can be had without swapping (`MemAvailable`).
 /// Whether this process holds capability number `cap` in its effective set (`CapEff` in
 /// /proc/self/status).
 pub fn has_capability(cap: u32) -> bool {
@@ -79,6 +78,7 @@ pub fn has_capability(cap: u32) -> bool {
         .is_some_and(|effective| cap < 64 && effective & (1 << cap) != 0)
 }
 
+/// The kernel's estimate of the memory that can be had without swapping (`MemAvailable`).
 pub fn memory_available() -> Option<u64> {
     meminfo_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
 }

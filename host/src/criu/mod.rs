@@ -84,7 +84,7 @@ pub fn lazy_tee_pipe_fits(cap_sys_resource: bool, pipe_max_size: Option<u64>, pa
         return Ok(());
     }
     Err(format!(
-        "CRIU's page server would need a {LAZY_TEE_PIPE_BYTES}-byte pipe and, without CAP_SYS_RESOURCE fs.pipe-max-size ({}) is the limit: install the CRIU that scripts/setup builds, raise fs.pipe-max-size, or set [migration] post-copy = true to use this CRIU anyway",
+        "CRIU's page server would need a {LAZY_TEE_PIPE_BYTES}-byte pipe and, without CAP_SYS_RESOURCE, fs.pipe-max-size ({}) is the limit: install the CRIU that scripts/setup builds, raise fs.pipe-max-size, or set [migration] post-copy = true to use this CRIU anyway",
         pipe_max_size.map_or("unreadable".to_string(), |max| format!("{max} bytes"))
     ))
 }
