@@ -24,3 +24,23 @@ memhog_rootfs() {
   cp /bin/busybox "$1/rootfs/bin/busybox"; ln -sf busybox "$1/rootfs/bin/sh"
   tar -C "$1/rootfs" -cf "$1/rootfs.tar" .
 }
+
+# sshd_config DIR ADDRESS PORT: in DIR, a host key, a user key (user_key) that root may log in
+# with, and a config for an sshd of the benchmark's own on ADDRESS:PORT (its pid in DIR/pid).
+sshd_config() {
+  local dir=$1 address=$2 port=$3
+  ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"; ssh-keygen -q -t ed25519 -N '' -f "$dir/user_key"
+  cp "$dir/user_key.pub" "$dir/authorized_keys"
+  cat > "$dir/config" <<CONFIG
+Port $port
+ListenAddress $address
+HostKey $dir/host_key
+AuthorizedKeysFile $dir/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UsePAM no
+StrictModes no
+PidFile $dir/pid
+CONFIG
+  mkdir -p /run/sshd
+}

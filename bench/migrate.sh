@@ -28,20 +28,7 @@ podman import -q "$work/rootfs.tar" localhost/memhog >/dev/null
 # A real sshd and a real registry on free loopback ports, stopped on exit.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 ssh_port=$(free_port); registry_port=$(free_port)
-ssh-keygen -q -t ed25519 -N '' -f "$work/sshd/host_key"; ssh-keygen -q -t ed25519 -N '' -f "$work/sshd/user_key"
-cp "$work/sshd/user_key.pub" "$work/sshd/authorized_keys"
-cat > "$work/sshd/config" <<EOF
-Port $ssh_port
-ListenAddress 127.0.0.1
-HostKey $work/sshd/host_key
-AuthorizedKeysFile $work/sshd/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-UsePAM no
-StrictModes no
-PidFile $work/sshd/pid
-EOF
-mkdir -p /run/sshd
+sshd_config "$work/sshd" 127.0.0.1 "$ssh_port"
 /usr/sbin/sshd -f "$work/sshd/config" -E "$work/sshd/log"
 printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
   "$work/registry/data" "$registry_port" > "$work/registry/config.yml"

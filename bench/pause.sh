@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pause an application sees when `ckpt migrate` moves it, by strategy: a container running
-# bench/pause.c (N MiB resident, half incompressible, touching 16 pages of it every 5 ms and
-# printing each gap of more than 20 ms) moves between two stores on this machine, the far one
+# `bench/memhog.c N pauses` (N MiB resident, half incompressible, touching 16 pages of it every
+# 5 ms and printing each gap of more than 20 ms) moves between two stores on this machine, the far one
 # reached through its own network namespace (a veth pair) and its own sshd there.
 #   post-copy:     the far side restores at once and fetches each page the first time it is
 #                  touched, through the ssh channel, while the rest follows;
@@ -31,11 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
-rm -rf "$work"; mkdir -p "$work/rootfs/bin" "$work/sshd"
-gcc -O2 -static -o "$work/rootfs/bin/pause" bench/pause.c
-cp /bin/busybox "$work/rootfs/bin/busybox"; ln -sf busybox "$work/rootfs/bin/sh"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-for store in "$src" "$dst"; do $store image import "$work/rootfs.tar" pausebench >/dev/null; done
+rm -rf "$work"; mkdir -p "$work/sshd"; memhog_rootfs "$work"
+for store in "$src" "$dst"; do $store image import "$work/rootfs.tar" memhog >/dev/null; done
 
 # The far side: a network namespace of its own, a veth pair to it, and an sshd inside.
 ip netns add "$far"
@@ -45,20 +42,7 @@ ip addr add "$near_ip/30" dev ckptb0; ip link set ckptb0 up
 ip netns exec "$far" ip addr add "$far_ip/30" dev ckptb1
 ip netns exec "$far" ip link set ckptb1 up
 ip netns exec "$far" ip link set lo up
-ssh-keygen -q -t ed25519 -N '' -f "$work/sshd/host_key"; ssh-keygen -q -t ed25519 -N '' -f "$work/sshd/user_key"
-cp "$work/sshd/user_key.pub" "$work/sshd/authorized_keys"
-cat > "$work/sshd/config" <<CONFIG
-Port $ssh_port
-ListenAddress $far_ip
-HostKey $work/sshd/host_key
-AuthorizedKeysFile $work/sshd/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-UsePAM no
-StrictModes no
-PidFile $work/sshd/pid
-CONFIG
-mkdir -p /run/sshd
+sshd_config "$work/sshd" "$far_ip" "$ssh_port"
 # Only the network namespace: `ip netns exec` would also give sshd a /sys without cgroups.
 nsenter --net="/run/netns/$far" /usr/sbin/sshd -f "$work/sshd/config" -E "$work/sshd/log"
 sleep 0.5
@@ -69,7 +53,7 @@ wait_ready() { for _ in $(seq 900); do $src logs b 2>/dev/null | grep -q ready &
 run_one() {
   local size=$1 strategy=$2 out before gaps
   $src rm -af >/dev/null 2>&1 || true; $dst rm -af >/dev/null 2>&1 || true
-  $src run -d --network none --name b pausebench /bin/pause "$size" >/dev/null
+  $src run -d --network none --name b memhog /bin/memhog "$size" pauses >/dev/null
   wait_ready || { echo "the application never got ready" >&2; exit 1; }
   sleep 1
   before=$($src logs b | wc -l)
