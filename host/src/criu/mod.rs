@@ -58,6 +58,20 @@ pub trait Criu: Send + Sync {
     fn lazy_page_server(&self) -> Result<(), CriuError> {
         Err(CriuError::NoLazyPageServer("not probed".into()))
     }
+    /// Whether CRIU can lock a container's network with nftables (`criu check --feature
+    /// network_lock_nftables`): one netlink transaction in CRIU's own process, where its
+    /// default, iptables, starts `iptables-restore` processes to lock and unlock (about 65 ms of
+    /// a small container's 210 ms dump here). The lock is the same either way: packets to the
+    /// container are dropped from its freeze until its restore.
+    fn nftables_lock(&self) -> bool {
+        false
+    }
+    /// Whether CRIU takes `--skip-nf-ct` (the patch scripts/setup applies): a dump that keeps no
+    /// TCP connection then leaves out the conntrack entries, which CRIU finds by walking the
+    /// host's whole table (about 19 ms of CPU, with the container frozen, here).
+    fn skips_conntrack(&self) -> bool {
+        false
+    }
     /// Starts `criu lazy-pages`, which fetches pages through `page_socket`, connected to the
     /// source's page server, for the restore about to run from `images` (its socket goes in
     /// `work`). It runs on its own, and ends once every page has been fetched.
@@ -144,6 +158,36 @@ impl Criu for CriuBinary {
                 format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
             Err(CriuError::NoLazyPages(said.trim().to_string()))
         })
+    }
+
+    fn nftables_lock(&self) -> bool {
+        crate::util::cached_probe(&self.path, "network_lock_nftables", || {
+            tracing::debug!(criu = %self.path.display(), "criu check --feature network_lock_nftables");
+            let passes = Command::new(&self.path)
+                .args(["check", "--feature", "network_lock_nftables"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            Ok::<_, std::convert::Infallible>(passes)
+        })
+        .unwrap_or(false)
+    }
+
+    fn skips_conntrack(&self) -> bool {
+        crate::util::cached_probe(&self.path, "skip-nf-ct", || {
+            // An option CRIU does not know stops it before `-V` prints its version.
+            let passes = Command::new(&self.path)
+                .args(["--skip-nf-ct", "-V"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            Ok::<_, std::convert::Infallible>(passes)
+        })
+        .unwrap_or(false)
     }
 
     fn lazy_page_server(&self) -> Result<(), CriuError> {

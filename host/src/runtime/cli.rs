@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use super::freezer::Freezer;
 use crate::metadata::{CRIU_DUMP_LOG, CRIU_RESTORE_LOG};
 
 use super::{
@@ -312,12 +313,20 @@ impl OciRuntime for CliRuntime {
     }
 
     fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(freezer) = Freezer::of(id) {
+            tracing::debug!(action = "resume", id, "cgroup freezer");
+            return freezer.thaw().map_err(|source| RuntimeError::Freezer { action: "resume", id: id.into(), source });
+        }
         let mut cmd = self.command();
         cmd.args(["resume", id]);
         self.run_captured(cmd, "resume", id).map(drop)
     }
 
     fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(freezer) = Freezer::of(id) {
+            tracing::debug!(action = "pause", id, "cgroup freezer");
+            return freezer.freeze().map_err(|source| RuntimeError::Freezer { action: "pause", id: id.into(), source });
+        }
         let mut cmd = self.command();
         cmd.args(["pause", id]);
         self.run_captured(cmd, "pause", id).map(drop)
@@ -354,6 +363,8 @@ impl OciRuntime for CliRuntime {
         let mut cmd = self.checkpoint_command(options);
         cmd.arg(id);
         let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
+        pass_criu_config(&mut cmd, &options.work_path, DUMP_CONFIG, dump_config_lines(options))
+            .map_err(|source| RuntimeError::Spawn { runtime: self.name.clone(), action, source })?;
         tracing::debug!(action, log = %options.work_path.join(CRIU_DUMP_LOG).display(), "criu");
         self.run_captured(cmd, action, id).map(drop).map_err(|e| with_criu_log(e, &options.work_path, CRIU_DUMP_LOG))
     }
@@ -374,9 +385,9 @@ impl OciRuntime for CliRuntime {
         // runc has no flag for a page server socket, but CRIU reads a configuration file named in
         // its environment, and runc starts it with its own environment and every descriptor it
         // inherited: fd 10 reaches CRIU as it is (Go moves only fds 0-3 for its child).
-        let config = options.work_path.join("criu-page-socket.conf");
-        fs::write(&config, format!("ps-socket {LAZY_PAGE_SOCKET_FD}\n")).map_err(spawn_err)?;
-        cmd.env("CRIU_CONFIG_FILE", &config);
+        let mut lines = dump_config_lines(options);
+        lines.push(format!("ps-socket {LAZY_PAGE_SOCKET_FD}"));
+        pass_criu_config(&mut cmd, &options.work_path, "criu-page-socket.conf", lines).map_err(spawn_err)?;
         crate::util::pass_fds(&mut cmd, vec![(ready_write, 3), (page_socket, LAZY_PAGE_SOCKET_FD)])
             .map_err(spawn_err)?;
         trace_invocation(&cmd, action, self.log_file.as_deref());
@@ -429,6 +440,34 @@ impl CliRuntime {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd
     }
+}
+
+/// The configuration file of a dump's CRIU, in its work path.
+const DUMP_CONFIG: &str = "criu-dump.conf";
+
+/// What a dump's CRIU is told beyond runc's request, which has no field for it.
+fn dump_config_lines(options: &CheckpointOptions) -> Vec<String> {
+    let mut lines = Vec::new();
+    if options.nftables_lock {
+        lines.push("network-lock nftables".to_string());
+    }
+    if options.skip_conntrack && !options.tcp_established {
+        lines.push("skip-nf-ct".to_string());
+    }
+    lines
+}
+
+/// Names a configuration file of `lines` in CRIU's environment, where CRIU reads it before
+/// runc's request (which overrides only what it sets): runc starts CRIU with its own
+/// environment. Nothing is written for no lines.
+fn pass_criu_config(cmd: &mut Command, work_path: &Path, name: &str, lines: Vec<String>) -> std::io::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let config = work_path.join(name);
+    fs::write(&config, lines.join("\n") + "\n")?;
+    cmd.env("CRIU_CONFIG_FILE", &config);
+    Ok(())
 }
 
 /// The descriptor a lazy dump's CRIU serves pages on (`ps-socket`).
@@ -551,6 +590,27 @@ pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dump_s_criu_gets_in_its_environment_what_runc_has_no_flag_for() {
+        let work = tempfile::tempdir().unwrap();
+        let options = CheckpointOptions { nftables_lock: true, skip_conntrack: true, ..Default::default() };
+        let mut cmd = Command::new("true");
+        pass_criu_config(&mut cmd, work.path(), DUMP_CONFIG, dump_config_lines(&options)).unwrap();
+        let config = work.path().join(DUMP_CONFIG);
+        assert_eq!(fs::read_to_string(&config).unwrap(), "network-lock nftables\nskip-nf-ct\n");
+        let named = cmd.get_envs().find(|(key, _)| *key == "CRIU_CONFIG_FILE").and_then(|(_, value)| value);
+        assert_eq!(named, Some(config.as_os_str()));
+
+        // The entries are what a dump that keeps TCP connections restores them with.
+        let keeping = CheckpointOptions { tcp_established: true, ..options };
+        assert_eq!(dump_config_lines(&keeping), ["network-lock nftables"]);
+        // With nothing to say, CRIU is told nothing.
+        let mut cmd = Command::new("true");
+        pass_criu_config(&mut cmd, work.path(), "other.conf", dump_config_lines(&CheckpointOptions::default()))
+            .unwrap();
+        assert!(cmd.get_envs().next().is_none() && !work.path().join("other.conf").exists());
+    }
 
     #[test]
     fn the_criu_configuration_is_named_beside_the_bundle_s_own_annotations() {

@@ -4,6 +4,7 @@
 mod cli;
 #[cfg(test)]
 pub(crate) mod fake;
+mod freezer;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -22,6 +23,8 @@ pub enum RuntimeError {
     Gone { runtime: String, action: &'static str, id: String, stderr: String },
     #[error("could not run {runtime} {action}: {source}")]
     Spawn { runtime: String, action: &'static str, source: std::io::Error },
+    #[error("could not {action} container {id:?} through its cgroup freezer: {source}")]
+    Freezer { action: &'static str, id: String, source: std::io::Error },
     #[error("{runtime} state of container {id:?} is not valid JSON: {detail}")]
     BadState { runtime: String, id: String, detail: String },
 }
@@ -60,6 +63,13 @@ pub struct CheckpointOptions {
     pub pre_dump: bool,
     /// Relative to `image_path`, as CRIU wants it.
     pub parent_path: Option<PathBuf>,
+    /// CRIU locks the container's network with nftables rather than with iptables' processes
+    /// (see `Criu::nftables_lock`). The restore locks the same way: CRIU keeps the method in
+    /// the images' inventory.
+    pub nftables_lock: bool,
+    /// CRIU leaves the network namespace's conntrack entries out (`--skip-nf-ct`): only for a
+    /// dump that keeps no TCP connection, whose entries they are for.
+    pub skip_conntrack: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

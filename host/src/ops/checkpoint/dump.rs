@@ -1,9 +1,11 @@
-//! The final dump of one container, frozen by the runtime before CRIU starts.
+//! The final dump of one container, and the start of a post-copy one, frozen by the runtime
+//! before CRIU starts.
 //!
 //! On cgroup v1, CRIU freezes the container's cgroup itself, but looks at the freezer again only
 //! every 100 ms (`freeze_processes` in criu/seize.c). A container that freezes at once still
-//! costs its dump those 100 ms, about a third of a small container's checkpoint; `runc pause`
-//! looks every millisecond. CRIU finds the cgroup frozen and seizes the processes at once. It
+//! costs its dump those 100 ms, about a third of a small container's checkpoint and of a
+//! post-copy migration's pause; the runtime's freezer looks again within a millisecond. CRIU
+//! finds the cgroup frozen and seizes the processes at once. It
 //! leaves the cgroup as it found it, frozen, unless it killed the processes: a container that
 //! keeps running, or whose dump failed, is thawed here.
 //!
@@ -11,7 +13,7 @@
 //! CRIU runs, so CRIU's record of a frozen cgroup (kept only on v1) is never applied.
 
 use crate::error::{Error, Result};
-use crate::runtime::{CheckpointOptions, OciRuntime};
+use crate::runtime::{CheckpointOptions, LazyDump, OciRuntime};
 
 /// Whether the runtime freezes the container before CRIU does. On cgroup v2 CRIU is left to do it:
 /// v2's freezer reports its state differently, and these machines cannot test it.
@@ -47,6 +49,32 @@ pub fn dump(
         (dumped, Err(thaw)) => {
             Err(Error::StaysFrozen { name: name.to_string(), cause: dumped.err().map(Box::new), thaw: Box::new(thaw) })
         }
+    }
+}
+
+/// Starts a post-copy dump of container `id` whose page server talks on `page_socket`: frozen
+/// first when `freeze_first`, as [`dump`] does, since the application's pause begins with the
+/// freeze. Returns once CRIU serves pages; a dump that fails before that thaws the container.
+pub fn dump_lazy(
+    runtime: &dyn OciRuntime,
+    id: &str,
+    options: &CheckpointOptions,
+    page_socket: std::os::fd::OwnedFd,
+    freeze_first: bool,
+) -> Result<Box<dyn LazyDump>> {
+    let frozen = freeze_first && runtime.pause(id).is_ok();
+    let started = runtime.checkpoint_lazy(id, options, page_socket).and_then(|mut dump| {
+        dump.ready()?;
+        Ok(dump)
+    });
+    match started {
+        Ok(dump) => Ok(dump),
+        // CRIU put the cgroup back as it found it: frozen.
+        Err(e) if frozen => {
+            thaw_if_frozen(runtime, id)?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -112,6 +140,16 @@ mod tests {
         assert!(err.to_string().contains("criu failed"), "{err}");
         assert!(!matches!(err, Error::StaysFrozen { .. }), "{err}");
         assert_eq!(kinds(&runtime), ["pause", "checkpoint", "state", "resume"]);
+        assert_eq!(runtime.state.lock().unwrap().as_ref().unwrap().status, "running");
+    }
+
+    #[test]
+    fn a_post_copy_dump_is_frozen_first_and_thawed_when_it_cannot_start() {
+        let runtime = RecordingRuntime::default();
+        let (socket, _far) = std::os::unix::net::UnixStream::pair().unwrap();
+        // The recording runtime has no lazy dump: it fails as a runtime without one does.
+        assert!(dump_lazy(&runtime, "c1", &CheckpointOptions::default(), socket.into(), true).is_err());
+        assert_eq!(kinds(&runtime), ["pause", "state", "resume"]);
         assert_eq!(runtime.state.lock().unwrap().as_ref().unwrap().status, "running");
     }
 

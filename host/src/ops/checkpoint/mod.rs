@@ -19,7 +19,7 @@ use super::lifecycle::{self, status};
 use crate::archive::Compression;
 use crate::archive::checkpoint as layout;
 use crate::archive::publish::PendingFile;
-use crate::criu::{self, DumpStats};
+use crate::criu::{self, Criu, DumpStats};
 use crate::error::{Error, Result};
 use crate::policy::bindings::{self as wit, CheckpointFacts, ExportFacts, ExportTarget, PreDumpPlan, TargetKind};
 use crate::policy::{self, GateVerdict, Policies};
@@ -884,9 +884,11 @@ fn catalog_entries(
     entries
 }
 
-fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned) -> CheckpointOptions {
+fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned, criu: &dyn Criu) -> CheckpointOptions {
     let o = &planned.options;
     CheckpointOptions {
+        nftables_lock: criu.nftables_lock(),
+        skip_conntrack: !o.tcp_established && criu.skips_conntrack(),
         image_path: image_dir.to_path_buf(),
         work_path: paths_bundle.to_path_buf(),
         leave_running: o.leave_running || o.pre_checkpoint,
@@ -1096,7 +1098,7 @@ fn dump_container(
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
     let image_dir = if o.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
-    let base = runtime_options(&bundle, &image_dir, planned);
+    let base = runtime_options(&bundle, &image_dir, planned, ctx.criu()?.as_ref());
     let parents = predump::run_rounds(runtime, policies, facts, &paths, &planned.pre_dump, &base)?;
     let mut options = base.clone();
     if let Some(last) = parents.last() {
@@ -1119,14 +1121,9 @@ fn dump_container(
     let started = Instant::now();
     let mut lazy = None;
     let dumped = match page_server {
-        Some(server) => runtime
-            .checkpoint_lazy(&record.id, &options, server)
-            .and_then(|mut dump| {
-                dump.ready()?;
-                lazy = Some(dump);
-                Ok(())
-            })
-            .map_err(Error::from),
+        Some(server) => {
+            dump::dump_lazy(runtime, &record.id, &options, server, dump::freeze_first()).map(|dump| lazy = Some(dump))
+        }
         None => dump::dump(runtime, &record.id, &record.name, &options, dump::freeze_first()),
     };
     if let Err(e) = dumped {
