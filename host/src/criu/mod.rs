@@ -72,6 +72,11 @@ pub trait Criu: Send + Sync {
     fn skips_conntrack(&self) -> bool {
         false
     }
+    /// Whether CRIU looks at a freezing cgroup again within milliseconds rather than every 100 ms
+    /// (the patch scripts/setup applies beside `--skip-nf-ct`, by which the build is told).
+    fn polls_freezer_soon(&self) -> bool {
+        self.skips_conntrack()
+    }
     /// Starts `criu lazy-pages`, which fetches pages through `page_socket`, connected to the
     /// source's page server, for the restore about to run from `images` (its socket goes in
     /// `work`). It runs on its own, and ends once every page has been fetched.

@@ -1,24 +1,27 @@
 //! The final dump of one container, and the start of a post-copy one, frozen by the runtime
 //! before CRIU starts.
 //!
-//! On cgroup v1, CRIU freezes the container's cgroup itself, but looks at the freezer again only
-//! every 100 ms (`freeze_processes` in criu/seize.c). A container that freezes at once still
-//! costs its dump those 100 ms, about a third of a small container's checkpoint and of a
-//! post-copy migration's pause; the runtime's freezer looks again within a millisecond. CRIU
-//! finds the cgroup frozen and seizes the processes at once. It
+//! On cgroup v1, CRIU freezes the container's cgroup itself, but an unpatched CRIU looks at the
+//! freezer again only every 100 ms (`freeze_processes` in criu/seize.c). A container that freezes
+//! at once still costs its dump those 100 ms, about a third of a small container's checkpoint and
+//! half of a post-copy migration's pause; the runtime's freezer looks again within a
+//! millisecond. CRIU finds the cgroup frozen and seizes the processes at once. It
 //! leaves the cgroup as it found it, frozen, unless it killed the processes: a container that
 //! keeps running, or whose dump failed, is thawed here.
 //!
 //! Each restore of such a dump goes through a runtime that made the container's cgroup before
 //! CRIU runs, so CRIU's record of a frozen cgroup (kept only on v1) is never applied.
 
+use crate::criu::Criu;
 use crate::error::{Error, Result};
 use crate::runtime::{CheckpointOptions, LazyDump, OciRuntime};
 
-/// Whether the runtime freezes the container before CRIU does. On cgroup v2 CRIU is left to do it:
-/// v2's freezer reports its state differently, and these machines cannot test it.
-pub fn freeze_first() -> bool {
-    !crate::hostinfo::cgroup_v2()
+/// Whether the runtime freezes the container before CRIU does: not where CRIU looks at its freezer
+/// again within milliseconds (the CRIU scripts/setup builds), which then freezes the container
+/// later, once runc and CRIU have started. On cgroup v2 CRIU is left to do it: v2's freezer
+/// reports its state differently, and these machines cannot test it.
+pub fn freeze_first(criu: &dyn Criu) -> bool {
+    !crate::hostinfo::cgroup_v2() && !criu.polls_freezer_soon()
 }
 
 /// Dumps container `id` (called `name`) with `options`: frozen first when `freeze_first`, and

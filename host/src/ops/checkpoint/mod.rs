@@ -1098,7 +1098,9 @@ fn dump_container(
     let paths = ctx.containers.paths(&record.id);
     let bundle = paths.bundle();
     let image_dir = if o.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
-    let base = runtime_options(&bundle, &image_dir, planned, ctx.criu()?.as_ref());
+    let criu = ctx.criu()?;
+    let base = runtime_options(&bundle, &image_dir, planned, criu.as_ref());
+    let freeze_first = dump::freeze_first(criu.as_ref());
     let parents = predump::run_rounds(runtime, policies, facts, &paths, &planned.pre_dump, &base)?;
     let mut options = base.clone();
     if let Some(last) = parents.last() {
@@ -1122,9 +1124,9 @@ fn dump_container(
     let mut lazy = None;
     let dumped = match page_server {
         Some(server) => {
-            dump::dump_lazy(runtime, &record.id, &options, server, dump::freeze_first()).map(|dump| lazy = Some(dump))
+            dump::dump_lazy(runtime, &record.id, &options, server, freeze_first).map(|dump| lazy = Some(dump))
         }
-        None => dump::dump(runtime, &record.id, &record.name, &options, dump::freeze_first()),
+        None => dump::dump(runtime, &record.id, &record.name, &options, freeze_first),
     };
     if let Err(e) = dumped {
         // The container runs on (CRIU let it go, and `dump` thawed it); a partial image
