@@ -117,6 +117,23 @@ impl CriuBinary {
         crate::util::find_in_path("criu").map(|path| CriuBinary { path }).ok_or(CriuError::NotFound)
     }
 
+    /// Whether CRIU run with `args` succeeds, asked once per CRIU build and kernel (`what` names
+    /// the answer among the kept probes).
+    fn passes(&self, what: &'static str, args: &[&str]) -> bool {
+        crate::util::cached_probe(&self.path, what, || {
+            tracing::debug!(criu = %self.path.display(), ?args, "criu probe");
+            let passes = Command::new(&self.path)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            Ok::<_, std::convert::Infallible>(passes)
+        })
+        .unwrap_or(false)
+    }
+
     /// CRIU's answer: yes, or what it said for no.
     fn probe_memory_tracking(&self) -> Result<(), String> {
         tracing::debug!(criu = %self.path.display(), "criu check --feature mem_dirty_track");
@@ -166,33 +183,12 @@ impl Criu for CriuBinary {
     }
 
     fn nftables_lock(&self) -> bool {
-        crate::util::cached_probe(&self.path, "network_lock_nftables", || {
-            tracing::debug!(criu = %self.path.display(), "criu check --feature network_lock_nftables");
-            let passes = Command::new(&self.path)
-                .args(["check", "--feature", "network_lock_nftables"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            Ok::<_, std::convert::Infallible>(passes)
-        })
-        .unwrap_or(false)
+        self.passes("network_lock_nftables", &["check", "--feature", "network_lock_nftables"])
     }
 
     fn skips_conntrack(&self) -> bool {
-        crate::util::cached_probe(&self.path, "skip-nf-ct", || {
-            // An option CRIU does not know stops it before `-V` prints its version.
-            let passes = Command::new(&self.path)
-                .args(["--skip-nf-ct", "-V"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            Ok::<_, std::convert::Infallible>(passes)
-        })
-        .unwrap_or(false)
+        // An option CRIU does not know stops it before `-V` prints its version.
+        self.passes("skip-nf-ct", &["--skip-nf-ct", "-V"])
     }
 
     fn lazy_page_server(&self) -> Result<(), CriuError> {

@@ -1,5 +1,5 @@
 //! The final dump of one container, and the start of a post-copy one, frozen by the runtime
-//! before CRIU starts.
+//! before CRIU starts where CRIU's own freezing would keep it frozen longer.
 //!
 //! On cgroup v1, CRIU freezes the container's cgroup itself, but an unpatched CRIU looks at the
 //! freezer again only every 100 ms (`freeze_processes` in criu/seize.c). A container that freezes
