@@ -40,18 +40,25 @@ pub fn dump(
     if runtime.pause(id).is_err() {
         return Ok(runtime.checkpoint(id, options)?);
     }
-    let dumped = runtime.checkpoint(id, options).map_err(Error::from);
-    let thawed = match &dumped {
-        Ok(()) if !options.leave_running => return Ok(()),
+    match runtime.checkpoint(id, options) {
+        Err(cause) => Err(thaw_after_failure(runtime, id, name, cause.into())),
+        Ok(()) if !options.leave_running => Ok(()),
         // CRIU froze it again, as it found it.
-        Ok(()) => runtime.resume(id).map_err(Error::from),
-        Err(_) => thaw_if_frozen(runtime, id).map(drop),
-    };
-    match (dumped, thawed) {
-        (dumped, Ok(())) => dumped,
-        (dumped, Err(thaw)) => {
-            Err(Error::StaysFrozen { name: name.to_string(), cause: dumped.err().map(Box::new), thaw: Box::new(thaw) })
-        }
+        Ok(()) => runtime.resume(id).map_err(|thaw| Error::StaysFrozen {
+            name: name.to_string(),
+            cause: None,
+            thaw: Box::new(thaw.into()),
+        }),
+    }
+}
+
+/// What a dump that failed after the runtime froze the container returns: CRIU put the cgroup
+/// back as it found it, frozen, so it is thawed here; one that stays frozen says so beside the
+/// dump's own error.
+fn thaw_after_failure(runtime: &dyn OciRuntime, id: &str, name: &str, cause: Error) -> Error {
+    match thaw_if_frozen(runtime, id) {
+        Ok(_) => cause,
+        Err(thaw) => Error::StaysFrozen { name: name.to_string(), cause: Some(Box::new(cause)), thaw: Box::new(thaw) },
     }
 }
 
@@ -61,6 +68,7 @@ pub fn dump(
 pub fn dump_lazy(
     runtime: &dyn OciRuntime,
     id: &str,
+    name: &str,
     options: &CheckpointOptions,
     page_socket: std::os::fd::OwnedFd,
     freeze_first: bool,
@@ -72,12 +80,8 @@ pub fn dump_lazy(
     });
     match started {
         Ok(dump) => Ok(dump),
-        // CRIU put the cgroup back as it found it: frozen.
-        Err(e) if frozen => {
-            thaw_if_frozen(runtime, id)?;
-            Err(e.into())
-        }
-        Err(e) => Err(e.into()),
+        Err(cause) if frozen => Err(thaw_after_failure(runtime, id, name, cause.into())),
+        Err(cause) => Err(cause.into()),
     }
 }
 
@@ -151,7 +155,7 @@ mod tests {
         let runtime = RecordingRuntime::default();
         let (socket, _far) = std::os::unix::net::UnixStream::pair().unwrap();
         // The recording runtime has no lazy dump: it fails as a runtime without one does.
-        assert!(dump_lazy(&runtime, "c1", &CheckpointOptions::default(), socket.into(), true).is_err());
+        assert!(dump_lazy(&runtime, "c1", "web", &CheckpointOptions::default(), socket.into(), true).is_err());
         assert_eq!(kinds(&runtime), ["pause", "state", "resume"]);
         assert_eq!(runtime.state.lock().unwrap().as_ref().unwrap().status, "running");
     }

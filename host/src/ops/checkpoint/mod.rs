@@ -1123,9 +1123,8 @@ fn dump_container(
     let started = Instant::now();
     let mut lazy = None;
     let dumped = match page_server {
-        Some(server) => {
-            dump::dump_lazy(runtime, &record.id, &options, server, freeze_first).map(|dump| lazy = Some(dump))
-        }
+        Some(server) => dump::dump_lazy(runtime, &record.id, &record.name, &options, server, freeze_first)
+            .map(|dump| lazy = Some(dump)),
         None => dump::dump(runtime, &record.id, &record.name, &options, freeze_first),
     };
     if let Err(e) = dumped {
