@@ -67,8 +67,8 @@ pub struct CheckpointOptions {
     /// (see `Criu::nftables_lock`). The restore locks the same way: CRIU keeps the method in
     /// the images' inventory.
     pub nftables_lock: bool,
-    /// CRIU leaves the network namespace's conntrack entries out (`--skip-nf-ct`): only for a
-    /// dump that keeps no TCP connection, whose entries they are for.
+    /// CRIU can leave the network namespace's conntrack entries out (`--skip-nf-ct`), and does
+    /// for a dump that keeps no TCP connection (no `tcp_established`), whose entries they are for.
     pub skip_conntrack: bool,
 }
 

@@ -888,7 +888,7 @@ fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned, cri
     let o = &planned.options;
     CheckpointOptions {
         nftables_lock: criu.nftables_lock(),
-        skip_conntrack: !o.tcp_established && criu.skips_conntrack(),
+        skip_conntrack: criu.skips_conntrack(),
         image_path: image_dir.to_path_buf(),
         work_path: paths_bundle.to_path_buf(),
         leave_running: o.leave_running || o.pre_checkpoint,
