@@ -215,13 +215,18 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
                     state.last_run = state.last_run.max(ran_here);
                     state
                 };
-                if schedule.due(&known(state.clone()), now).is_none() {
-                    continue;
+                let jittered =
+                    |slot| now < slot + chrono::Duration::from_std(schedule.jitter_for(slot)).unwrap_or_default();
+                // A slot waits out its jitter (up to a minute) on the place last read, not on its
+                // file read again at every tick of that wait.
+                match schedule.due(&known(state.clone()), now) {
+                    Some((slot, _)) if !jittered(slot) => {}
+                    _ => continue,
                 }
                 // Due as last read: its place is read again, as a run that just ended saved it.
                 let state = known(ctx.schedules().state(&schedule.name));
                 let Some((slot, missed)) = schedule.due(&state, now) else { continue };
-                if now < slot + chrono::Duration::from_std(schedule.jitter_for(slot)).unwrap_or_default() {
+                if jittered(slot) {
                     continue;
                 }
                 locked(&running).insert(schedule.name.clone());
