@@ -93,6 +93,17 @@ pub fn remove(ctx: &Context, id: &str) -> Result<Entry> {
 }
 
 fn delete(ctx: &Context, entry: &Entry) -> Result<()> {
+    // Every local entry of a container names the same directory, which a dump in flight empties
+    // and writes again under the container's lock: whether it is there means something only
+    // under that lock.
+    let _lock = match entry.kind {
+        EntryKind::Local => Some(crate::store::ContainerLock::try_acquire(
+            &ctx.roots.locks_dir(),
+            &entry.container_id,
+            &entry.container_name,
+        )?),
+        _ => None,
+    };
     match presence(ctx, entry) {
         Presence::Missing => {}
         Presence::Changed => {
@@ -111,13 +122,6 @@ fn delete(ctx: &Context, entry: &Entry) -> Result<()> {
             }
             EntryKind::Image => drop(ctx.images.remove(&entry.location)?),
             EntryKind::Local => {
-                // Every local entry of a container names the same directory: a dump in flight
-                // writes there, under the container's lock.
-                let _lock = crate::store::ContainerLock::try_acquire(
-                    &ctx.roots.locks_dir(),
-                    &entry.container_id,
-                    &entry.container_name,
-                )?;
                 let record = ctx.containers.load(&entry.container_id).ok();
                 if record.as_ref().is_some_and(|r| r.state.checkpoint_in_progress) {
                     return Err(Error::invalid(format!(
