@@ -597,10 +597,15 @@ fn plan_and_checkpoint(
     policies: &mut Policies,
     handoff: Option<&dyn Handoff>,
 ) -> Result<(Made, Option<Value>)> {
-    let record = &selected.record;
+    // Locked before the policy is asked, so that one look at the runtime's state serves the
+    // facts and the checks under the lock (a dry run changes nothing and takes no lock).
+    let locked = if req.dry_run { None } else { Some(lock_container(ctx, &selected.record)?) };
+    let (record, status) = match &locked {
+        Some(locked) => (&locked.record, Some(locked.status.clone())),
+        None => (&selected.record, selected.status.clone()),
+    };
     let (options, exports) = requested(req, compression);
     let trigger = trigger_of(req);
-    let status = selected.status.clone();
     let facts = crate::ops::facts::checkpoint(ctx, record, status, options, exports, trigger, req.schedule.clone());
     let (strategy, plan) = strategy_and_plan(policies, &facts, handoff)?;
     let mut planned = check_plan(&plan, &facts, &policies.planner.info.name)?;
@@ -624,10 +629,11 @@ fn plan_and_checkpoint(
     confine_exports(ctx, &planned, &facts.request.exports, &policies.planner.info.name)?;
     sealing(ctx, req, &mut planned, &facts, handoff.is_some())?;
     signing(ctx, req, &mut planned, &policies.planner.info.name)?;
-    if req.dry_run {
+    let Some(locked) = locked else {
         return Ok(dry_run((&record.id, &record.name), policies, &plan, &planned));
-    }
-    let (stats, digests) = checkpoint_one(ctx, record, &facts, &planned, policies, handoff)?;
+    };
+    let record = &locked.record.clone();
+    let (stats, digests) = checkpoint_one(locked, &facts, &planned, policies, handoff)?;
     let paths = ctx.containers.paths(&record.id);
     let local = if planned.options.pre_checkpoint { paths.pre_checkpoint_dir() } else { paths.checkpoint_dir() };
     let entries = catalog_entries(ctx, (&record.id, &record.name), Some(&local), &facts, &planned, policies, &digests);
@@ -906,14 +912,14 @@ const FOLLOW_UP_TO: u64 = 1 << 30;
 /// One container's checkpoint: claim it and its targets, dump it, export and hand it off, then
 /// publish or roll back.
 fn checkpoint_one(
-    ctx: &Context,
-    record: &ContainerRecord,
+    locked: Locked<'_>,
     facts: &CheckpointFacts,
     planned: &Planned,
     policies: &mut Policies,
     handoff: Option<&dyn Handoff>,
 ) -> Result<(ContainerStats, Vec<Option<String>>)> {
-    let (mut txn, record, runtime) = claim_container(ctx, record, planned, handoff)?;
+    let ctx = locked.txn.ctx;
+    let (mut txn, record, runtime) = claim_container(locked, planned, handoff)?;
     let pending = claim_targets(ctx, planned, facts)?;
     // Post-copy's page channel is set up (a socket forwarded through ssh) while nothing has changed.
     let page_server = match handoff {
@@ -990,17 +996,29 @@ impl Drop for DumpTxn<'_> {
     }
 }
 
-/// Locks the container and checks, under the lock, that it can be checkpointed as planned.
-fn claim_container<'a>(
-    ctx: &'a Context,
-    record: &ContainerRecord,
-    planned: &Planned,
-    handoff: Option<&dyn Handoff>,
-) -> Result<(DumpTxn<'a>, ContainerRecord, std::sync::Arc<dyn OciRuntime>)> {
+/// A container locked for a checkpoint: its record and its status, both read under the lock.
+struct Locked<'a> {
+    txn: DumpTxn<'a>,
+    record: ContainerRecord,
+    status: lifecycle::Status,
+}
+
+fn lock_container<'a>(ctx: &'a Context, record: &ContainerRecord) -> Result<Locked<'a>> {
     let lock = ContainerLock::try_acquire(&ctx.roots.locks_dir(), &record.id, &record.name)?;
     let txn = DumpTxn { ctx, id: record.id.clone(), lock: Some(lock), marked: false };
     let record = ctx.containers.load(&record.id)?;
-    let st = status(ctx, &record)?;
+    let status = status(ctx, &record)?;
+    Ok(Locked { txn, record, status })
+}
+
+/// Checks, under the lock, that the container can be checkpointed as planned.
+fn claim_container<'a>(
+    locked: Locked<'a>,
+    planned: &Planned,
+    handoff: Option<&dyn Handoff>,
+) -> Result<(DumpTxn<'a>, ContainerRecord, std::sync::Arc<dyn OciRuntime>)> {
+    let Locked { txn, record, status: st } = locked;
+    let ctx = txn.ctx;
     if !st.status.can_checkpoint() {
         return Err(Error::ContainerState {
             name: record.name.clone(),
