@@ -46,7 +46,15 @@ const RELOAD_AT_LEAST: Duration = Duration::from_secs(10);
 struct Snapshot {
     stamp: Option<std::time::SystemTime>,
     read_at: Option<std::time::Instant>,
-    entries: Vec<(crate::store::schedules::Schedule, crate::store::schedules::ScheduleState)>,
+    entries: Vec<Listed>,
+}
+
+/// A schedule as last read, with the first slot its place allows then: until that slot, the
+/// tick passes it over without working out its slots again.
+struct Listed {
+    schedule: crate::store::schedules::Schedule,
+    state: crate::store::schedules::ScheduleState,
+    first_slot: Option<chrono::DateTime<Utc>>,
 }
 
 impl Snapshot {
@@ -61,11 +69,13 @@ impl Snapshot {
             log("error", json!({"error": e.to_string()}));
             Vec::new()
         });
+        let now = Utc::now();
         self.entries = schedules
             .into_iter()
             .map(|schedule| {
                 let state = store.state(&schedule.name);
-                (schedule, state)
+                let first_slot = schedule.first_slot(&state, now);
+                Listed { schedule, state, first_slot }
             })
             .collect();
         self.stamp = stamp;
@@ -206,7 +216,11 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         while crate::interrupt::received().is_none() {
             snapshot.refresh(ctx);
             let now = Utc::now();
-            for (schedule, state) in &snapshot.entries {
+            for Listed { schedule, state, first_slot } in &snapshot.entries {
+                // A later place (a run since) or a later `now` only moves the first slot on.
+                if first_slot.is_none_or(|first| now < first) {
+                    continue;
+                }
                 if schedule.paused || locked(&running).contains(&schedule.name) {
                     continue;
                 }

@@ -138,8 +138,7 @@ impl Schedule {
     /// the schedule, and no run is counted as missed.
     pub fn due(&self, state: &ScheduleState, now: DateTime<Utc>) -> Option<(DateTime<Utc>, u32)> {
         let believed = state.last_run.filter(|last| *last <= now);
-        let last = believed.unwrap_or(self.created);
-        let first = self.next_after(last)?;
+        let first = self.first_slot(state, now)?;
         if first > now {
             return None;
         }
@@ -156,6 +155,13 @@ impl Schedule {
         }
         let clock_jumped = state.last_run.is_some() && believed.is_none();
         Some((latest, if clock_jumped { 0 } else { missed }))
+    }
+
+    /// The first slot after the last run believed at `now` (see [`Schedule::due`]); nothing is
+    /// due before it, and it never comes earlier for a later last run or a later `now`.
+    pub fn first_slot(&self, state: &ScheduleState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let believed = state.last_run.filter(|last| *last <= now);
+        self.next_after(believed.unwrap_or(self.created))
     }
 
     /// The last slot at or before `now`, given that `first` is one: found by looking back from
@@ -336,6 +342,19 @@ mod tests {
         assert_eq!(s.due(&ahead, at(45)), Some((at(40), 0)));
         // Three days down on a 10 s schedule: straight to the latest slot, the rest missed.
         assert_eq!(s.due(&ran, at(3 * 86_400 + 5)), Some((at(3 * 86_400), (3 * 86_400 - 40) / 10)));
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_first_slot_which_a_later_run_only_moves_on() {
+        let s = schedule(When::Every("10s".into()));
+        let fresh = ScheduleState::default();
+        assert_eq!(s.first_slot(&fresh, at(3)), Some(at(10)));
+        for now in 0..10 {
+            assert_eq!(s.due(&fresh, at(now)), None);
+        }
+        let ran = ScheduleState { last_run: Some(at(30)), ..Default::default() };
+        assert_eq!(s.first_slot(&ran, at(31)), Some(at(40)));
+        assert_eq!(s.first_slot(&ran, at(29)), Some(at(10)), "a last run not yet believed");
     }
 
     #[test]
