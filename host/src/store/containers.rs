@@ -262,6 +262,12 @@ impl ContainerStore {
         if wanted.is_empty() {
             return Err(Error::NoSuchContainer(name_or_id.to_string()));
         }
+        // A full ID (what schedules and `--all` pass on) is read directly, not found by reading
+        // every record: a daemon with many containers looks one up for every checkpoint.
+        let full_id = wanted.len() == 64 && wanted.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if full_id && let Ok(record) = self.load(wanted) {
+            return Ok(record);
+        }
         let records = self.list()?;
         if let Some(r) = records.iter().find(|r| r.id == wanted || r.name == wanted) {
             return Ok(r.clone());
