@@ -372,6 +372,43 @@ fn failed_exports_leave_the_container_running_and_publish_nothing() {
     nix::mount::umount(&small).unwrap();
 }
 
+/// What a container's tmpfs mounts hold, made to cover what CRIU archives itself (a small tree of
+/// directories, links, device nodes, FIFOs and empty files, in /dev, where runc made the nodes)
+/// and what it leaves to tar (a file with data, in /dev/shm).
+const TMPFS_CONTENT: &str = "mkdir -p /dev/made/deeper && mkfifo /dev/made/fifo && ln -s /proc/self/fd /dev/made/link \
+    && touch /dev/made/deeper/empty && chown 1000:1001 /dev/made/deeper/empty && chmod 0640 /dev/made/deeper/empty \
+    && chmod 0711 /dev/made && touch -d '2020-02-02 02:02:02' /dev/made/fifo && echo data > /dev/shm/file";
+const TMPFS_LISTING: &str = "cd /dev && find ./made ./null ./fd ./ptmx ./shm/file | sort | while read -r f; do stat -c '%n %f %u %g %Y %t %T %N' \"$f\"; done; cat /dev/shm/file";
+
+#[test]
+fn what_tmpfs_mounts_hold_comes_back_with_a_restore() {
+    let Some(ckpt) = Ckpt::available() else { return };
+    ckpt.counter("tmpfs", &[]);
+    ckpt.exec("tmpfs", TMPFS_CONTENT);
+    let before = ckpt.exec("tmpfs", TMPFS_LISTING);
+    assert!(before.contains("./made/deeper/empty 81a0 1000 1001"), "{before}");
+    ckpt.ok(&["checkpoint", "tmpfs"]);
+    // CRIU wrote the image of every tmpfs but /dev/shm itself (a gzip of one stored block), and
+    // left /dev/shm, which holds a file with data, to tar (whose gzip compresses).
+    let id = ckpt.inspect("tmpfs")["Id"].as_str().unwrap().to_string();
+    let images = ckpt.root.join("containers").join(id).join("userdata/checkpoint");
+    let (mut stored, mut compressed) = (0, 0);
+    for entry in std::fs::read_dir(&images).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("tmpfs-dev-") {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if bytes[10] == 0x01 { stored += 1 } else { compressed += 1 }
+        }
+    }
+    assert_eq!((stored >= 3, compressed), (true, 1), "{stored} tmpfs images written by CRIU, {compressed} by tar");
+    ckpt.ok(&["restore", "tmpfs"]);
+    assert_eq!(ckpt.exec("tmpfs", TMPFS_LISTING), before);
+    let archive = ckpt.path("tmpfs.tar");
+    ckpt.ok(&["checkpoint", "-c", "none", "-e", archive.to_str().unwrap(), "tmpfs"]);
+    ckpt.ok(&["rm", "tmpfs"]);
+    ckpt.ok(&["restore", "-i", archive.to_str().unwrap()]);
+    assert_eq!(ckpt.exec("tmpfs", TMPFS_LISTING), before, "through an archive");
+}
+
 #[test]
 fn a_second_concurrent_checkpoint_is_refused() {
     let Some(ckpt) = Ckpt::available() else { return };
