@@ -17,6 +17,7 @@ use super::Context;
 use super::audit::AuditEvent;
 use super::schedule::{self, ContainerOutcome, Limits};
 use crate::error::{Error, Result};
+use crate::store::schedules::StoredSchedule;
 
 /// A lock whose holder panicked: what it guards (counters, a set of names) is still whole.
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,8 +53,7 @@ struct Snapshot {
 /// A schedule as last read, with the first slot its place allows then: until that slot, the
 /// tick passes it over without working out its slots again.
 struct Listed {
-    schedule: crate::store::schedules::Schedule,
-    state: crate::store::schedules::ScheduleState,
+    stored: crate::store::schedules::StoredSchedule,
     first_slot: Option<chrono::DateTime<Utc>>,
 }
 
@@ -65,18 +65,17 @@ impl Snapshot {
         if fresh && stamp.is_some() && stamp == self.stamp {
             return;
         }
-        let schedules = store.list().unwrap_or_else(|e| {
+        // Every run saves its schedule's place, so the directory changes every few seconds on a
+        // busy node: only the files that changed are read again.
+        let previous = std::mem::take(&mut self.entries).into_iter().map(|listed| listed.stored).collect();
+        let schedules = store.list_stored(previous).unwrap_or_else(|e| {
             log("error", json!({"error": e.to_string()}));
             Vec::new()
         });
         let now = Utc::now();
         self.entries = schedules
             .into_iter()
-            .map(|schedule| {
-                let state = store.state(&schedule.name);
-                let first_slot = schedule.first_slot(&state, now);
-                Listed { schedule, state, first_slot }
-            })
+            .map(|stored| Listed { first_slot: stored.schedule.first_slot(&stored.state, now), stored })
             .collect();
         self.stamp = stamp;
         self.read_at = Some(std::time::Instant::now());
@@ -216,7 +215,7 @@ pub fn run(ctx: &Context, options: &DaemonOptions) -> Result<()> {
         while crate::interrupt::received().is_none() {
             snapshot.refresh(ctx);
             let now = Utc::now();
-            for Listed { schedule, state, first_slot } in &snapshot.entries {
+            for Listed { stored: StoredSchedule { schedule, state, .. }, first_slot } in &snapshot.entries {
                 // A later place (a run since) or a later `now` only moves the first slot on.
                 if first_slot.is_none_or(|first| now < first) {
                     continue;

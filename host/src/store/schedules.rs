@@ -2,7 +2,7 @@
 //! user's commands), and where each stands (`NAME.state.json`, written by whoever runs it), so
 //! that a restarted daemon keeps its place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -217,6 +217,32 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// A schedule and its place as read from the store, with what its two files were then.
+#[derive(Debug, Clone)]
+pub struct StoredSchedule {
+    pub schedule: Schedule,
+    pub state: ScheduleState,
+    stamps: [Option<FileStamp>; 2],
+}
+
+/// What a file is now, to tell whether it changed: the store writes each by an atomic rename,
+/// which gives it a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp { ino: meta.ino(), len: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() })
+    }
+}
+
 pub struct Schedules {
     dir: PathBuf,
 }
@@ -264,22 +290,52 @@ impl Schedules {
 
     /// Every schedule, by name; a damaged one is reported and left out.
     pub fn list(&self) -> Result<Vec<Schedule>> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            match self.get(&name) {
+                Ok(schedule) => out.push(schedule),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every schedule with its place, by name, as [`Schedules::list`] reads them, but taking what
+    /// `previous` holds for a schedule whose two files have not changed since it was read.
+    pub fn list_stored(&self, previous: Vec<StoredSchedule>) -> Result<Vec<StoredSchedule>> {
+        let mut previous: std::collections::HashMap<String, StoredSchedule> =
+            previous.into_iter().map(|stored| (stored.schedule.name.clone(), stored)).collect();
+        let mut out = Vec::new();
+        for name in self.names()? {
+            // Taken before the files are read: a write in between is read again next time.
+            let stamps = [FileStamp::of(&self.path(&name)), FileStamp::of(&self.state_path(&name))];
+            match previous.remove(&name) {
+                Some(kept) if stamps[0].is_some() && kept.stamps == stamps => out.push(kept),
+                _ => match self.get(&name) {
+                    Ok(schedule) => out.push(StoredSchedule { state: self.state(&name), schedule, stamps }),
+                    Err(e) => tracing::warn!("{e}"),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// The names of the schedules there, sorted.
+    fn names(&self) -> Result<Vec<String>> {
         let dir = match std::fs::read_dir(&self.dir) {
             Ok(dir) => dir,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("read", &self.dir)(e)),
         };
-        let mut out = Vec::new();
-        for entry in dir.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let Some(name) = file.strip_suffix(".json").filter(|n| !n.ends_with(".state")) else { continue };
-            match self.get(name) {
-                Ok(schedule) => out.push(schedule),
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                file.strip_suffix(".json").filter(|n| !n.ends_with(".state")).map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// When the directory last changed: every write there is an atomic rename.
@@ -372,6 +428,42 @@ mod tests {
         let j = s.jitter_for(at(60));
         assert!(j < Duration::from_secs(5));
         assert_eq!(j, s.jitter_for(at(60)));
+    }
+
+    #[test]
+    fn a_listing_reads_again_only_the_schedules_whose_files_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Schedules::new(dir.path().join("schedules"));
+        for name in ["a", "b"] {
+            store.save(&Schedule { name: name.into(), ..schedule(When::Every("1m".into())) }).unwrap();
+        }
+        let first = store.list_stored(Vec::new()).unwrap();
+        assert_eq!(first.iter().map(|s| s.schedule.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        // What a kept entry holds is what the listing gives back while its files stay as they were.
+        let mut kept = first.clone();
+        kept[0].state.runs = 7;
+        store.save_state("b", &ScheduleState { runs: 3, ..Default::default() }).unwrap();
+        store.remove("a").ok();
+        store.save(&Schedule { name: "a".into(), paused: true, ..schedule(When::Every("1m".into())) }).unwrap();
+        store.save(&Schedule { name: "c".into(), ..schedule(When::Every("1m".into())) }).unwrap();
+        let second = store.list_stored(kept.clone()).unwrap();
+        let by_name = |name: &str| second.iter().find(|s| s.schedule.name == name).unwrap().clone();
+        assert!(by_name("a").schedule.paused && by_name("a").state.runs == 0, "a schedule rewritten is read again");
+        assert_eq!(by_name("b").state.runs, 3, "a place saved is read again");
+        assert!(second.iter().any(|s| s.schedule.name == "c"));
+        let third = store
+            .list_stored(
+                second
+                    .clone()
+                    .into_iter()
+                    .map(|mut s| {
+                        s.state.runs += 100;
+                        s
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        assert!(third.iter().all(|s| s.state.runs >= 100), "nothing changed, nothing read");
     }
 
     #[test]
