@@ -35,8 +35,9 @@ pub fn discard(roots: &Roots, dirs: &[PathBuf]) -> Result<()> {
     if present.is_empty() {
         return Ok(());
     }
-    // Starting the remover costs about 3 ms of CPU, what removing 8 MiB of images does: a small
-    // container's checkpoint (a few hundred KiB) is removed here.
+    // Starting the remover costs about 3 ms of CPU, more than removing 8 MiB of images here
+    // (about 1.4 ms at the rate above): a small container's checkpoint (a few hundred KiB) goes
+    // at once.
     if present.iter().map(|dir| crate::util::dir_size(dir)).sum::<u64>() <= REMOVE_HERE_UP_TO {
         return remove_now(&present);
     }
