@@ -165,6 +165,24 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<TempDir> {
 /// How many random characters follow the PID in a temporary name.
 pub const TEMP_NAME_RANDOM_CHARS: usize = 16;
 
+/// What a file is now, to tell whether it changed since: another inode (a write by atomic
+/// rename, a reinstall), size or modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp { ino: meta.ino(), size: meta.size(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() })
+    }
+}
+
 /// Where [`cached_probe`] also keeps its answers, for the next ckpt process: the first context's
 /// run root (a tmpfs, so the answers go with a reboot).
 static PROBE_ANSWERS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -190,13 +208,10 @@ where
 {
     use std::any::Any;
     use std::collections::HashMap;
-    use std::os::unix::fs::MetadataExt;
     use std::sync::Mutex;
-    type Key = (PathBuf, &'static str, u64, u64, i64, i64);
+    type Key = (PathBuf, &'static str, FileStamp);
     static CACHE: Mutex<Option<HashMap<Key, Box<dyn Any + Send>>>> = Mutex::new(None);
-    let key = std::fs::metadata(binary)
-        .ok()
-        .map(|m| (binary.to_path_buf(), what, m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+    let key = FileStamp::of(binary).map(|stamp| (binary.to_path_buf(), what, stamp));
     if let Some(key) = &key
         && let Some(found) = CACHE.lock().expect("probe cache").get_or_insert_default().get(key)
         && let Some(value) = found.downcast_ref::<T>()
@@ -205,7 +220,7 @@ where
     }
     let kept = key.as_ref().and_then(|key| {
         let dir = PROBE_ANSWERS.get()?;
-        let (path, what, ino, size, mtime, mtime_nsec) = key;
+        let (path, what, FileStamp { ino, size, mtime, mtime_nsec }) = key;
         let key = format!("{} {what} {ino} {size} {mtime}.{mtime_nsec} {}", path.display(), crate::hostinfo::kernel());
         Some((dir.join(format!("{}.json", &blake3::hash(key.as_bytes()).to_hex()[..32])), key))
     });

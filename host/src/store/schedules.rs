@@ -2,13 +2,14 @@
 //! user's commands), and where each stands (`NAME.state.json`, written by whoever runs it), so
 //! that a restarted daemon keeps its place.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::base_error::{BaseError as Error, BaseResult as Result};
+use crate::util::FileStamp;
 
 /// Which containers a run checkpoints, resolved when it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,24 +224,6 @@ pub struct StoredSchedule {
     pub schedule: Schedule,
     pub state: ScheduleState,
     stamps: [Option<FileStamp>; 2],
-}
-
-/// What a file is now, to tell whether it changed: the store writes each by an atomic rename,
-/// which gives it a new inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp { ino: meta.ino(), len: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() })
-    }
 }
 
 pub struct Schedules {
