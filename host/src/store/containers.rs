@@ -223,6 +223,12 @@ pub struct ContainerStore {
     roots: Roots,
 }
 
+/// Whether `id` has the form of a full container ID: 64 hexadecimal digits, so that it also
+/// names a directory of the store and nothing outside it.
+pub fn is_full_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl ContainerStore {
     pub fn roots(&self) -> &Roots {
         &self.roots
@@ -264,8 +270,9 @@ impl ContainerStore {
         }
         // A full ID (what schedules and `--all` pass on) is read directly, not found by reading
         // every record: a daemon with many containers looks one up for every checkpoint.
-        let full_id = wanted.len() == 64 && wanted.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if full_id && let Ok(record) = self.load(wanted) {
+        if is_full_id(wanted)
+            && let Ok(record) = self.load(wanted)
+        {
             return Ok(record);
         }
         let records = self.list()?;

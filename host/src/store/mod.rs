@@ -15,7 +15,7 @@ mod volumes;
 
 pub use containers::{
     CONTAINER_ROOT_MODE, ContainerNetwork, ContainerRecord, ContainerStatus, ContainerStore, MountKind, MountSpec,
-    NetworkAttachment, NetworkMode, PublishedPort, StateFlags,
+    NetworkAttachment, NetworkMode, PublishedPort, StateFlags, is_full_id,
 };
 pub use lock::{ContainerLock, StoreLock, is_locked, wait_unlocked};
 pub use paths::{ContainerPaths, Roots};

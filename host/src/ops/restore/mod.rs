@@ -625,7 +625,7 @@ fn record_from_archive(ctx: &Context, req: &RestoreRequest, staged: &StagedCheck
             reason: format!(": working directory {dir:?} is not a clean absolute path"),
         });
     }
-    if !(record.id.len() == 64 && record.id.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if !crate::store::is_full_id(&record.id) {
         return Err(Error::CheckpointRefused {
             origin: staged.origin.clone(),
             reason: format!(": container ID {:?} is not valid", record.id),
