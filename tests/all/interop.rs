@@ -22,7 +22,8 @@ fn podman_restores_a_ckpt_archive_and_the_container_carries_on() {
         "sh",
         "-c",
         // The random blob goes into the gzip archive as stored blocks, which podman reads too.
-        "head -c 65536 /dev/urandom > /data/blob; i=0; while true; do echo count $i; echo $i > /data/n; i=$((i+1)); sleep 0.1; done",
+        // The count is renamed into place: `>` truncates first, so a reader could see it empty.
+        "head -c 65536 /dev/urandom > /data/blob; i=0; while true; do echo count $i; echo $i > /data/n.new; mv /data/n.new /data/n; i=$((i+1)); sleep 0.1; done",
     ]);
     assert!(eventually(Duration::from_secs(5), || last_count(&ckpt.logs("ckpt-moving")) >= 5));
     let archive = ckpt.path("moving.tar.zst");
@@ -61,7 +62,9 @@ fn ckpt_restores_podman_archives_and_checkpoint_images() {
     ckpt.ok(&["save", "-o", image.to_str().unwrap(), "busybox"]);
     let loaded = podman.ok(&["load", "-i", image.to_str().unwrap()]);
     let busybox = loaded.trim().rsplit(' ').next().unwrap().to_string();
-    let counter = "i=0; while true; do echo count $i; echo $i > /data/n; i=$((i+1)); sleep 0.1; done";
+    // Renamed into place, as above, so `cat /data/n` never sees the file just truncated.
+    let counter =
+        "i=0; while true; do echo count $i; echo $i > /data/n.new; mv /data/n.new /data/n; i=$((i+1)); sleep 0.1; done";
     let count = |name: &str| last_count(&ckpt.logs(name));
 
     // An exported archive, with a named volume.
