@@ -29,6 +29,8 @@ pub struct HostConfig {
     pub signatures: SignatureRules,
     #[serde(default)]
     pub engines: EngineRules,
+    #[serde(default)]
+    pub checkpoint: CheckpointRules,
     /// The file this came from; `None` when there was none and the defaults apply.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -92,6 +94,26 @@ pub struct SignatureRules {
     /// The `registries.d` directory that says where image signatures are stored.
     #[serde(default)]
     pub registries_d: Option<PathBuf>,
+}
+
+/// How a checkpoint's dump is started.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CheckpointRules {
+    /// Who asks CRIU for a dump that leaves the container running.
+    #[serde(default)]
+    pub dump_through: DumpThrough,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DumpThrough {
+    /// ckpt, through CRIU's RPC, with what runc knows read from runc 1.1's state: one CRIU
+    /// process and no runc. Anything else goes through the runtime.
+    #[default]
+    Criu,
+    /// The runtime's `checkpoint`, which starts CRIU twice (its version, then the dump).
+    Runtime,
 }
 
 /// How ckpt reaches the engines whose containers it checkpoints besides its own.
@@ -414,6 +436,14 @@ mod tests {
         assert!(wrong.contains("\"sometimes\" is not true, false or \"auto\""), "{wrong}");
     }
 
+    #[test]
+    fn a_dump_goes_through_criu_unless_the_admin_says_the_runtime() {
+        let rules = |text: &str| toml::from_str::<HostConfig>(text).map(|r| r.checkpoint.dump_through);
+        assert_eq!(rules("").unwrap(), DumpThrough::Criu);
+        assert_eq!(rules("[checkpoint]\ndump-through = \"runtime\"").unwrap(), DumpThrough::Runtime);
+        assert!(rules("[checkpoint]\ndump-through = \"runc\"").unwrap_err().to_string().contains("runtime"));
+    }
+
     fn config(dirs: &[&Path], prefixes: &[&str]) -> HostConfig {
         HostConfig {
             exports: ExportRules {
@@ -428,6 +458,7 @@ mod tests {
             network: NetworkRules::default(),
             signatures: SignatureRules::default(),
             engines: EngineRules::default(),
+            checkpoint: CheckpointRules::default(),
             source: Some(PathBuf::from("/etc/ckpt/ckpt.toml")),
         }
     }

@@ -5,6 +5,7 @@ pub mod images;
 mod proto;
 pub mod sockets;
 mod stats;
+pub mod swrk;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! The little of protobuf that CRIU's images need: a message's fields, read by hand (no
-//! generated code for a handful of fields), and a varint writer for tests.
+//! generated code for a handful of fields), and a varint writer for the requests of `swrk`.
 
 /// The first magic number of every CRIU image (criu/include/magic.h).
 pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
@@ -99,7 +99,6 @@ pub fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
-#[cfg(test)]
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);

@@ -22,7 +22,7 @@ pub mod volumes;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::HostConfig;
+use crate::config::{DumpThrough, HostConfig};
 use crate::criu::{Criu, CriuBinary};
 use crate::error::{Error, Result};
 use crate::image::ImageStore;
@@ -68,14 +68,21 @@ impl Context {
         if let Some(r) = &self.runtime_override {
             return Ok(Arc::clone(r));
         }
-        Ok(Arc::new(CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?))
+        Ok(Arc::new(
+            CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?
+                .dumping_through_criu(self.config.checkpoint.dump_through == DumpThrough::Criu),
+        ))
     }
 
     pub fn runtime_with_log(&self, name_or_path: &str, log: PathBuf) -> Result<Arc<dyn OciRuntime>> {
         if let Some(r) = &self.runtime_override {
             return Ok(Arc::clone(r));
         }
-        Ok(Arc::new(CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?.with_log_file(log)))
+        Ok(Arc::new(
+            CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?
+                .with_log_file(log)
+                .dumping_through_criu(self.config.checkpoint.dump_through == DumpThrough::Criu),
+        ))
     }
 
     /// Where compiled policies are cached: `<root>/policy-cache`, or `$CKPT_POLICY_CACHE`.

@@ -18,6 +18,8 @@ pub struct CliRuntime {
     path: PathBuf,
     state_root: PathBuf,
     log_file: Option<PathBuf>,
+    /// Whether a dump that leaves the container running asks CRIU itself (see `runc_state`).
+    dumps_through_criu: bool,
 }
 
 impl CliRuntime {
@@ -38,7 +40,13 @@ impl CliRuntime {
             });
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(CliRuntime { state_root: state_root_base.join(&name), name, path, log_file: None })
+        Ok(CliRuntime {
+            state_root: state_root_base.join(&name),
+            name,
+            path,
+            log_file: None,
+            dumps_through_criu: false,
+        })
     }
 
     /// Sends the runtime's own log (JSON lines) to `path`, so that its errors can be reported
@@ -46,6 +54,56 @@ impl CliRuntime {
     pub fn with_log_file(mut self, path: PathBuf) -> CliRuntime {
         self.log_file = Some(path);
         self
+    }
+
+    /// Lets a dump that leaves the container running go to CRIU's RPC directly, with what runc
+    /// knows read from its state, where this is runc 1.1 (whose request `runc_state` repeats).
+    pub fn dumping_through_criu(mut self, allowed: bool) -> CliRuntime {
+        self.dumps_through_criu = allowed;
+        self
+    }
+
+    /// The request runc would make of CRIU for this dump, when ckpt may make it itself: `None`
+    /// means runc is asked.
+    fn direct_dump(&self, id: &str, options: &CheckpointOptions) -> Option<crate::criu::swrk::DumpRequest> {
+        let eligible = self.dumps_through_criu
+            && self.name == "runc"
+            && options.leave_running
+            && !options.pre_dump
+            && options.parent_path.is_none()
+            && self.version().is_ok_and(|v| v.starts_with("runc version 1.1."));
+        if !eligible {
+            return None;
+        }
+        super::runc_state::leave_running_dump(&self.state_root.join(id), options, crate::hostinfo::cgroup_v2())
+            .inspect_err(|why| tracing::debug!(id, why, "dumping through runc"))
+            .ok()
+    }
+
+    /// Dumps as `request` says through `criu swrk`, with the same configuration file in CRIU's
+    /// environment as a dump through runc.
+    fn dump_through_criu(
+        &self,
+        id: &str,
+        options: &CheckpointOptions,
+        request: &crate::criu::swrk::DumpRequest,
+    ) -> Result<(), RuntimeError> {
+        let action = "checkpoint";
+        let spawn = |source| RuntimeError::Spawn { runtime: "criu".into(), action, source };
+        let criu = crate::util::find_in_path("criu")
+            .ok_or_else(|| spawn(std::io::Error::new(std::io::ErrorKind::NotFound, "criu is not in $PATH")))?;
+        let config = write_criu_config(&options.work_path, DUMP_CONFIG, dump_config_lines(options)).map_err(spawn)?;
+        tracing::debug!(action, log = %options.work_path.join(CRIU_DUMP_LOG).display(), "criu swrk");
+        crate::criu::swrk::dump(&criu, request, config.as_deref()).map_err(|failure| {
+            let failed = RuntimeError::Failed {
+                runtime: "criu".into(),
+                action,
+                id: id.to_string(),
+                status: "swrk".into(),
+                stderr: failure.to_string(),
+            };
+            with_criu_log(failed, &options.work_path, CRIU_DUMP_LOG)
+        })
     }
 
     /// A runtime command that makes a container or a process in one: ckpt itself runs with
@@ -360,6 +418,9 @@ impl OciRuntime for CliRuntime {
     }
 
     fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), RuntimeError> {
+        if let Some(request) = self.direct_dump(id, options) {
+            return self.dump_through_criu(id, options, &request);
+        }
         let mut cmd = self.checkpoint_command(options);
         cmd.arg(id);
         let action = if options.pre_dump { "pre-dump" } else { "checkpoint" };
@@ -461,13 +522,20 @@ fn dump_config_lines(options: &CheckpointOptions) -> Vec<String> {
 /// runc's request (which overrides only what it sets): runc starts CRIU with its own
 /// environment. Nothing is written for no lines.
 fn pass_criu_config(cmd: &mut Command, work_path: &Path, name: &str, lines: Vec<String>) -> std::io::Result<()> {
+    if let Some(config) = write_criu_config(work_path, name, lines)? {
+        cmd.env("CRIU_CONFIG_FILE", &config);
+    }
+    Ok(())
+}
+
+/// Writes a CRIU configuration file of `lines` named `name` in `work_path`; `None` for no lines.
+fn write_criu_config(work_path: &Path, name: &str, lines: Vec<String>) -> std::io::Result<Option<PathBuf>> {
     if lines.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let config = work_path.join(name);
     fs::write(&config, lines.join("\n") + "\n")?;
-    cmd.env("CRIU_CONFIG_FILE", &config);
-    Ok(())
+    Ok(Some(config))
 }
 
 /// The descriptor a lazy dump's CRIU serves pages on (`ps-socket`).

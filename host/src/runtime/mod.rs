@@ -5,6 +5,7 @@ mod cli;
 #[cfg(test)]
 pub(crate) mod fake;
 mod freezer;
+mod runc_state;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
