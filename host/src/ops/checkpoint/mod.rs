@@ -909,6 +909,10 @@ fn runtime_options(paths_bundle: &Path, image_dir: &Path, planned: &Planned, cri
 /// above it, the reads behind CRIU kept it frozen longer (bench/README.md).
 const FOLLOW_UP_TO: u64 = 1 << 30;
 
+/// The least: below it the page images take well under a millisecond to hash after the dump,
+/// less than the thread and its polls behind CRIU cost.
+const FOLLOW_FROM: u64 = 8 << 20;
+
 /// One container's checkpoint: claim it and its targets, dump it, export and hand it off, then
 /// publish or roll back.
 fn checkpoint_one(
@@ -929,7 +933,7 @@ fn checkpoint_one(
     // What is exported reads the page images again: for a small container they are hashed behind
     // CRIU, on the core its dump leaves idle (see `archive::follow`).
     let exporting = !planned.exports.is_empty() || handoff.is_some();
-    let small = (1..=FOLLOW_UP_TO).contains(&facts.container.memory_bytes);
+    let small = (FOLLOW_FROM..=FOLLOW_UP_TO).contains(&facts.container.memory_bytes);
     let follow = exporting && small && page_server.is_none();
     let leaving = handoff.is_some();
     let one = One { ctx, runtime: runtime.as_ref(), record: &record, facts, planned, leaving };
