@@ -339,9 +339,17 @@ fn held_file_lock_needs_file_locks() {
     ckpt.ok(&["run", "-d", "--name", "locker", "flock", "/usr/bin/flock", "/tmp/lock", "/bin/sleep", "1000"]);
     assert!(eventually(Duration::from_secs(5), || ckpt.status("locker") == "running"));
     std::thread::sleep(Duration::from_millis(300));
+    // An earlier checkpoint that left it running survives a later one that fails.
+    ckpt.ok(&["checkpoint", "-R", "--file-locks", "locker"]);
+    let id = ckpt.inspect("locker")["Id"].as_str().unwrap().to_string();
+    let images = ckpt.root.join("containers").join(id).join("userdata/checkpoint");
+    let inventory = std::fs::read(images.join("inventory.img")).unwrap();
     let refused = ckpt.fails(&["checkpoint", "locker"]);
     assert!(refused.contains("checkpoint"), "{refused}");
     assert_eq!(ckpt.status("locker"), "running");
+    assert_eq!(std::fs::read(images.join("inventory.img")).unwrap(), inventory, "the earlier images are back");
+    assert!(!images.with_file_name("checkpoint.earlier").exists());
+    assert_eq!(ckpt.ok(&["system", "check"]), "nothing to repair\n");
     ckpt.ok(&["checkpoint", "--file-locks", "locker"]);
     ckpt.ok(&["restore", "--file-locks", "locker"]);
     assert_eq!(ckpt.status("locker"), "running");

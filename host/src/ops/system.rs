@@ -221,6 +221,20 @@ fn check_container(ctx: &Context, record: &ContainerRecord, repair: bool) -> Res
         let repaired = repair && runtime.resume(&record.id).is_ok();
         found.push(finding("frozen", "its cgroup is frozen but no ckpt command is working on it".into(), repaired));
     }
+    for place in [paths.checkpoint_dir(), paths.pre_checkpoint_dir()] {
+        let aside = crate::store::discard::aside_path(&place);
+        if aside.symlink_metadata().is_ok() {
+            let repaired = repair && crate::store::discard::settle(&ctx.roots, &place).is_ok();
+            found.push(finding(
+                "earlier-images-aside",
+                format!(
+                    "a dump died while an earlier checkpoint's images waited aside in {}; they go back unless the dump wrote its own",
+                    aside.display()
+                ),
+                repaired,
+            ));
+        }
+    }
     let gone = state.as_ref().is_none_or(|s| !s.is_running());
     if record.state.run_token.is_some() && gone && !supervised {
         let repaired = repair && release_run(ctx, record, runtime.as_ref(), state.is_some()).is_ok();

@@ -76,7 +76,9 @@ pub fn teardown(roots: &Roots, paths: &ContainerPaths) -> crate::base_error::Bas
     crate::netns::remove(&paths.netns())?;
     crate::util::remove_file_if_exists(&paths.record())?;
     // Page images are most of a checkpointed container's bytes: they go in the background.
-    discard::discard(roots, &[paths.checkpoint_dir(), paths.pre_checkpoint_dir()])?;
+    let images = [paths.checkpoint_dir(), paths.pre_checkpoint_dir()];
+    let aside = images.iter().map(|dir| discard::aside_path(dir));
+    discard::discard(roots, &images.iter().cloned().chain(aside).collect::<Vec<_>>())?;
     crate::util::remove_dir_all(&paths.dir)?;
     crate::util::remove_dir_all(&paths.run_dir)
 }

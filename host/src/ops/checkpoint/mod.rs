@@ -1128,9 +1128,9 @@ fn dump_container(
     if let Some(last) = parents.last() {
         options.parent_path = Some(PathBuf::from("..").join(last));
     }
-    // An earlier checkpoint's images (one made with --leave-running, say) go in the background,
-    // not on the way to this dump.
-    crate::store::discard::discard(&ctx.roots, std::slice::from_ref(&image_dir))?;
+    // An earlier checkpoint's images (one made with --leave-running, say) wait aside until this
+    // dump has written its own, and come back should it fail.
+    let earlier = crate::store::discard::EarlierImages::set_aside(&ctx.roots, &image_dir)?;
     // A `--rm` container's supervisor also keeps its files while the mark is set.
     if !options.leave_running {
         // Connections through published ports carry on only if the host keeps tracking them,
@@ -1157,6 +1157,7 @@ fn dump_container(
         return Err(e);
     }
     let runtime_duration = started.elapsed().as_micros() as u64;
+    earlier.replaced();
     let known_digests = followed.map(crate::archive::follow::FollowedImages::finish).unwrap_or_default();
     tracing::debug!(images = known_digests.len(), "page images hashed as CRIU wrote them");
     // The dump refers to them: they stay with it, in the bundle and in every export.
