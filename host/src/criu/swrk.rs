@@ -58,8 +58,9 @@ pub enum SwrkError {
     NoAnswer(String),
     #[error("criu swrk answered something that is not a CRIU response ({0} bytes)")]
     Garbled(usize),
-    #[error("criu dump failed (errno {errno}){message}")]
-    Failed { errno: i32, message: String },
+    /// `detail` is CRIU's errno, where it gave one.
+    #[error("criu dump failed{detail}")]
+    Failed { detail: String },
     #[error("criu swrk exited with {0} after its answer")]
     Exit(String),
 }
@@ -129,12 +130,11 @@ enum Response {
     Done {
         success: bool,
         errno: i32,
-        message: String,
     },
 }
 
 fn decode_response(bytes: &[u8]) -> Option<Response> {
-    let (mut kind, mut success, mut errno, mut message, mut script) = (None, false, 0, String::new(), None);
+    let (mut kind, mut success, mut errno, mut script) = (None, false, 0, None);
     for (field, value) in decode_message(bytes)? {
         match (field, value) {
             (1, Value::Varint(v)) => kind = Some(v),
@@ -146,13 +146,12 @@ fn decode_response(bytes: &[u8]) -> Option<Response> {
                 });
             }
             (7, Value::Varint(v)) => errno = v as i32,
-            (9, Value::Bytes(text)) => message = String::from_utf8_lossy(text).into_owned(),
             _ => {}
         }
     }
     match kind? {
         REQ_NOTIFY if success => Some(Response::Notify(script.unwrap_or_default())),
-        _ => Some(Response::Done { success, errno, message }),
+        _ => Some(Response::Done { success, errno }),
     }
 }
 
@@ -184,10 +183,12 @@ pub fn dump(criu: &Path, request: &DumpRequest, env_config: Option<&Path>) -> Re
     match answer? {
         Some(Response::Done { success: true, .. }) if status.success() => Ok(()),
         Some(Response::Done { success: true, .. }) => Err(SwrkError::Exit(status.to_string())),
-        Some(Response::Done { errno, message, .. }) => Err(SwrkError::Failed {
-            errno,
-            message: if message.is_empty() { String::new() } else { format!(": {message}") },
-        }),
+        // CRIU's own message (`cr_errmsg`) is the first error it logged, which may be one it
+        // lived with (its rlimit, here): the caller shows the log's last errors instead.
+        Some(Response::Done { errno: 0, .. }) => Err(SwrkError::Failed { detail: String::new() }),
+        Some(Response::Done { errno, .. }) => {
+            Err(SwrkError::Failed { detail: format!(" ({})", std::io::Error::from_raw_os_error(errno)) })
+        }
         Some(Response::Notify(_)) | None => Err(SwrkError::NoAnswer(status.to_string())),
     }
 }
@@ -296,10 +297,7 @@ mod tests {
         put_int(&mut failed, 2, 0);
         put_int(&mut failed, 7, 2);
         put_bytes(&mut failed, 9, b"no such process");
-        assert_eq!(
-            decode_response(&failed),
-            Some(Response::Done { success: false, errno: 2, message: "no such process".into() })
-        );
+        assert_eq!(decode_response(&failed), Some(Response::Done { success: false, errno: 2 }));
         assert_eq!(decode_response(&[0xff]), None);
     }
 }
