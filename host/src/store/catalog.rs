@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::base_error::{BaseError as Error, BaseResult as Result};
+use crate::util::FileStamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -101,25 +102,46 @@ impl Catalog {
         crate::util::write_atomic(&self.path(&entry.id), &serde_json::to_vec_pretty(entry).expect("json"), 0o600)
     }
 
-    /// Every entry, newest first; a damaged file is skipped with a warning, never fatal.
+    /// Every entry, newest first; a damaged file is skipped with a warning, never fatal. A file
+    /// this process has read before and that has not changed since (inode, size, time) is not
+    /// read again: a daemon's every run lists the catalog, which holds a few entries for each
+    /// container on the node.
     pub fn list(&self) -> Result<Vec<Entry>> {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        type Parsed = HashMap<PathBuf, (FileStamp, Entry)>;
+        static READ_BEFORE: Mutex<Option<HashMap<PathBuf, Parsed>>> = Mutex::new(None);
         let dir = match std::fs::read_dir(&self.dir) {
             Ok(dir) => dir,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("read", &self.dir)(e)),
         };
-        let mut entries = Vec::new();
+        let mut read_before = READ_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut before = read_before.get_or_insert_default().remove(&self.dir).unwrap_or_default();
+        let mut now = Parsed::new();
         for file in dir.flatten() {
             let path = file.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
+            // Taken before the file is read: a write in between is read again next time.
+            let Some(stamp) = FileStamp::of(&path) else { continue }; // removed meanwhile
+            if let Some((kept, entry)) = before.remove(&path)
+                && kept == stamp
+            {
+                now.insert(path, (stamp, entry));
+                continue;
+            }
             match std::fs::read(&path).map(|b| serde_json::from_slice::<Entry>(&b)) {
-                Ok(Ok(entry)) => entries.push(entry),
+                Ok(Ok(entry)) => {
+                    now.insert(path, (stamp, entry));
+                }
                 Ok(Err(e)) => tracing::warn!("catalog entry {} is damaged ({e}); skipped", path.display()),
                 Err(_) => {} // removed meanwhile
             }
         }
+        let mut entries: Vec<Entry> = now.values().map(|(_, entry)| entry.clone()).collect();
+        read_before.get_or_insert_default().insert(self.dir.clone(), now);
         entries.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.id.cmp(&a.id)));
         Ok(entries)
     }
@@ -129,6 +151,13 @@ impl Catalog {
         let not_found = || Error::invalid(format!("no catalog entry {id:?}; 'ckpt catalog ls' lists them"));
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(not_found());
+        }
+        // A whole ID (what retention and the daemon pass) is its own file.
+        if id.len() == ID_LEN
+            && let Ok(bytes) = std::fs::read(self.path(id))
+            && let Ok(entry) = serde_json::from_slice::<Entry>(&bytes)
+        {
+            return Ok(entry);
         }
         let matches: Vec<Entry> = self.list()?.into_iter().filter(|e| e.id.starts_with(id)).collect();
         match matches.len() {
@@ -151,9 +180,12 @@ impl Catalog {
     }
 }
 
-/// A new entry ID: 12 hex digits, as a short container ID.
+/// How many hex digits an entry ID has, as a short container ID.
+const ID_LEN: usize = 12;
+
+/// A new entry ID.
 pub fn new_id() -> String {
-    crate::util::random_id()[..12].to_string()
+    crate::util::random_id()[..ID_LEN].to_string()
 }
 
 /// The presence of an archive file: there, gone, or no longer what was written.
@@ -209,6 +241,26 @@ mod tests {
         assert!(catalog.get("aab222").unwrap().pinned);
         catalog.forget("aab222").unwrap();
         assert_eq!(catalog.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_listing_sees_every_change_since_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::new(dir.path().join("catalog"));
+        let (first, second) = (new_id(), new_id());
+        catalog.add(&entry(&first, 1)).unwrap();
+        catalog.add(&entry(&second, 2)).unwrap();
+        assert_eq!(catalog.list().unwrap().len(), 2);
+        // Rewritten, removed and damaged since: each shows in the next listing.
+        catalog.set_pinned(&first, true).unwrap();
+        catalog.forget(&second).unwrap();
+        std::fs::write(catalog.path(&new_id()), "{").unwrap();
+        let listed = catalog.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].pinned && listed[0].id == first);
+        // A whole ID is read from its file.
+        assert!(catalog.get(&first).unwrap().pinned);
+        assert!(catalog.get(&second).unwrap_err().to_string().contains("no catalog entry"));
     }
 
     #[test]
