@@ -91,6 +91,28 @@ impl Beneath {
         self.root.as_fd()
     }
 
+    /// `path` as the kernel resolves it with this directory as `/` (symlinks included, none
+    /// leading out), as runc's securejoin does for a mount's destination: the path beneath it,
+    /// absolute. A path that is not there is returned as given.
+    pub fn resolve_in_root(&self, path: &Path) -> io::Result<PathBuf> {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match nix::fcntl::openat2(self.root.as_fd(), rel, how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(path.to_path_buf()),
+            Err(e) => return Err(errno(e)),
+        };
+        let fd_path = |fd: BorrowedFd<'_>| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let (found, root) = (fd_path(fd.as_fd())?, fd_path(self.root.as_fd())?);
+        match found.strip_prefix(&root) {
+            Ok(beneath) => Ok(Path::new("/").join(beneath)),
+            Err(_) => Err(io::Error::other(format!("{} resolved outside {}", path.display(), root.display()))),
+        }
+    }
+
     /// Opens `rel` (already clean) with `flags`, following no symlink in any component.
     pub fn open_at(&self, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
         open_beneath(self.root.as_fd(), rel, flags)
@@ -181,30 +203,6 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> io::Result
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     nix::fcntl::openat2(dir, rel, how).map_err(errno)
-}
-
-/// `path` as the kernel resolves it with `root` as `/` (symlinks included, none leading out), as
-/// runc's securejoin does for a mount's destination: the path beneath `root`, absolute. A path
-/// that is not there is returned as given.
-pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
-    let root_dir = File::open(root)?;
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd =
-        match nix::fcntl::openat2(root_dir.as_fd(), if rel.as_os_str().is_empty() { Path::new(".") } else { rel }, how)
-        {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(path.to_path_buf()),
-            Err(e) => return Err(errno(e)),
-        };
-    let found = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-    let root = std::fs::canonicalize(root)?;
-    match found.strip_prefix(&root) {
-        Ok(beneath) => Ok(Path::new("/").join(beneath)),
-        Err(_) => Err(io::Error::other(format!("{} resolved outside {}", path.display(), root.display()))),
-    }
 }
 
 /// `fstatat` without following the last component; `None` when it is not there.

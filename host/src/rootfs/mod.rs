@@ -115,7 +115,8 @@ pub fn is_mountpoint(path: &Path) -> bool {
     mountinfo.lines().any(|line| line.split(' ').nth(4).is_some_and(|mp| unescape_mountinfo(mp) == wanted))
 }
 
-fn unescape_mountinfo(field: &str) -> String {
+/// A mountinfo path field as the path it names (the kernel escapes space, tab, newline and `\\`).
+pub fn unescape_mountinfo(field: &str) -> String {
     field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 

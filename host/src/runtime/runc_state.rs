@@ -88,8 +88,11 @@ pub fn leave_running_dump(
     }
     let config = state.config;
     let namespaces = config.namespaces.unwrap_or_default();
+    let rootfs =
+        crate::safefs::Beneath::open(&config.rootfs).map_err(|e| format!("rootfs {}: {e}", config.rootfs.display()))?;
     let resolve = |dest: &Path| -> Result<String, String> {
-        crate::safefs::resolve_in_root(&config.rootfs, dest)
+        rootfs
+            .resolve_in_root(dest)
             .map(|p| p.display().to_string())
             .map_err(|e| format!("mount destination {}: {e}", dest.display()))
     };
@@ -147,7 +150,7 @@ pub fn leave_running_dump(
     let descriptors =
         serde_json::to_vec(&state.external_descriptors.unwrap_or_default()).map_err(|e| format!("descriptors: {e}"))?;
     let descriptors_file = options.image_path.join(DESCRIPTORS_FILE);
-    write_private(&descriptors_file, &descriptors).map_err(|e| format!("{}: {e}", descriptors_file.display()))?;
+    crate::util::write_atomic(&descriptors_file, &descriptors, 0o600).map_err(|e| e.to_string())?;
 
     Ok(DumpRequest {
         images_dir: options.image_path.clone(),
@@ -185,7 +188,7 @@ fn cgroup_v1_binds(pid: i32, cgroup_dest: &Path) -> Result<Vec<String>, String> 
         .lines()
         .filter_map(|line| {
             let (mount, fs) = line.split_once(" - ")?;
-            let mount_point = Path::new(mount.split(' ').nth(4)?);
+            let mount_point = PathBuf::from(crate::rootfs::unescape_mountinfo(mount.split(' ').nth(4)?));
             (fs.split(' ').next() == Some("cgroup") && mount_point.parent() == Some(cgroup_dest))
                 .then(|| mount_point.display().to_string())
         })
@@ -197,12 +200,6 @@ fn process_start(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name, in parentheses, may hold spaces; the fields after it do not.
     stat.rsplit_once(") ")?.1.split(' ').nth(19)?.parse().ok()
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(bytes)
 }
 
 #[cfg(test)]
