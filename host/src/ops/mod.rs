@@ -68,21 +68,20 @@ impl Context {
         if let Some(r) = &self.runtime_override {
             return Ok(Arc::clone(r));
         }
-        Ok(Arc::new(
-            CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?
-                .dumping_through_criu(self.config.checkpoint.dump_through == DumpThrough::Criu),
-        ))
+        Ok(Arc::new(self.cli_runtime(name_or_path)?))
     }
 
     pub fn runtime_with_log(&self, name_or_path: &str, log: PathBuf) -> Result<Arc<dyn OciRuntime>> {
         if let Some(r) = &self.runtime_override {
             return Ok(Arc::clone(r));
         }
-        Ok(Arc::new(
-            CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?
-                .with_log_file(log)
-                .dumping_through_criu(self.config.checkpoint.dump_through == DumpThrough::Criu),
-        ))
+        Ok(Arc::new(self.cli_runtime(name_or_path)?.with_log_file(log)))
+    }
+
+    /// The runtime binary `name_or_path`, with ckpt's state root and the host config's say.
+    fn cli_runtime(&self, name_or_path: &str) -> Result<CliRuntime> {
+        Ok(CliRuntime::resolve(name_or_path, &self.roots.runtime_states_dir())?
+            .dumping_through_criu(self.config.checkpoint.dump_through == DumpThrough::Criu))
     }
 
     /// Where compiled policies are cached: `<root>/policy-cache`, or `$CKPT_POLICY_CACHE`.
