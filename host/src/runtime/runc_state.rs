@@ -150,7 +150,9 @@ pub fn leave_running_dump(
     let descriptors =
         serde_json::to_vec(&state.external_descriptors.unwrap_or_default()).map_err(|e| format!("descriptors: {e}"))?;
     let descriptors_file = options.image_path.join(DESCRIPTORS_FILE);
-    crate::util::write_atomic(&descriptors_file, &descriptors, 0o600).map_err(|e| e.to_string())?;
+    // Written as runc writes it, without write_atomic's fsyncs: CRIU's own images are not
+    // synced either, and a dump cut short is removed whole.
+    write_private(&descriptors_file, &descriptors).map_err(|e| format!("{}: {e}", descriptors_file.display()))?;
 
     Ok(DumpRequest {
         images_dir: options.image_path.clone(),
@@ -200,6 +202,12 @@ fn process_start(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name, in parentheses, may hold spaces; the fields after it do not.
     stat.rsplit_once(") ")?.1.split(' ').nth(19)?.parse().ok()
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(bytes)
 }
 
 #[cfg(test)]
