@@ -9,7 +9,7 @@
 #   pre-copy:      tried, and reported as refused where memory dirty tracking is missing.
 # Reports per size and strategy the longest gap the application saw (median and spread over
 # the rounds), ckpt's own downtime figure, and the bytes sent.
-# Usage: bench/pause.sh [ROUNDS]   (SIZES="64 512 2048")
+# Usage: bench/pause.sh [ROUNDS]   (SIZES="64 512 2048" STRATEGIES="post-copy stop-and-copy pre-copy")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -79,7 +79,7 @@ run_one() {
 echo "the longest pause an application touching its memory every 5 ms sees, moved by ckpt migrate to a store behind its own network namespace and sshd; $rounds rounds, medians (spread)"
 printf '%-5s | %-14s | %-22s | %-12s | %s\n' MiB strategy "longest pause ms" "downtime ms" "sent MiB"
 for size in ${SIZES:-64 512 2048}; do
-  for strategy in post-copy stop-and-copy pre-copy; do
+  for strategy in ${STRATEGIES:-post-copy stop-and-copy pre-copy}; do
     : > "$work/rounds"
     for _ in $(seq "$rounds"); do run_one "$size" "$strategy" >> "$work/rounds"; done
     if grep -q refused "$work/rounds"; then

@@ -278,9 +278,12 @@ fn a_post_copy_migration_fetches_memory_through_ssh_without_a_listening_port() {
     // No [migration] post-copy in either host config: "auto" offers it here, where userfaultfd
     // works and CRIU is the one scripts/setup builds.
     let sshd = Sshd::start(&source);
-    // About 48 MB that the destination fetches page by page while the container runs there.
-    let script = "m=$(head -c 48000000 /dev/zero | tr '\\0' x); \
-                  i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; [ ${#m} = 48000000 ] || echo lost; done";
+    // About 47 MB, each page different, that the destination fetches page by page while the
+    // container runs there; every 20th round the shell checks it against its first digest.
+    let script = "m=$(seq 1 6000000); s=$(echo \"$m\" | md5sum); \
+                  i=0; while true; do echo count $i; i=$((i+1)); sleep 0.1; \
+                  [ $((i % 20)) = 0 ] && if [ \"$(echo \"$m\" | md5sum)\" = \"$s\" ]; then echo whole $i; else echo lost; fi; \
+                  done";
     source.ok(&["run", "-d", "--name", "web", "busybox", "sh", "-c", script]);
     assert!(eventually(Duration::from_secs(20), || last_count(&source.logs("web")) >= 3));
 
@@ -307,6 +310,11 @@ fn a_post_copy_migration_fetches_memory_through_ssh_without_a_listening_port() {
     assert!(listeners.is_empty(), "the pages went through a listening port: {listeners:?}");
     let at_move = last_count(&dest.logs("web"));
     assert!(eventually(Duration::from_secs(10), || last_count(&dest.logs("web")) > at_move + 3), "no carrying on");
+    // A digest taken after the move reads every page, fetched from the source or not.
+    let checked_after_move = || {
+        dest.logs("web").lines().filter_map(|l| l.strip_prefix("whole ")).any(|n| n.parse::<u64>().unwrap() > at_move)
+    };
+    assert!(eventually(Duration::from_secs(20), checked_after_move), "{}", dest.logs("web"));
     assert!(!dest.logs("web").contains("lost"), "the memory came whole");
     assert!(source.container_ids().is_empty());
     dest.ok(&["rm", "-f", "web"]);
