@@ -135,24 +135,6 @@ const LONGEST_CONTROL_PATH: usize = 80;
 /// How long the master may take to connect and log in before ckpt gives up on it.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// OpenSSH's default ciphers (those of 6.5 and later, so that no client refuses the list), with
-/// AES-GCM first. A post-copy migration's pages cross the link while the container runs at the
-/// far side, and ssh's default, ChaCha20-Poly1305, made ssh and sshd use both cores here at
-/// 77 MB/s: faults then waited up to 180 ms behind the background fetch, against at most 76 ms
-/// with AES-GCM (bench/README.md). Only offered on a CPU with AES instructions, where AES-GCM
-/// is the faster of the two; the server still picks from its own list.
-const AES_GCM_FIRST: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,\
-                             aes128-ctr,aes192-ctr,aes256-ctr";
-
-/// Whether /proc/cpuinfo's flags (x86) or features (arm64) list AES instructions.
-fn cpu_info_has_aes(cpu_info: &str) -> bool {
-    cpu_info
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(key, _)| matches!(key.trim(), "flags" | "Features"))
-        .any(|(_, values)| values.split_whitespace().any(|flag| flag == "aes"))
-}
-
 impl Ssh {
     /// Connects, with the shared connection's socket in `control_dir` (or, when that path is too
     /// long for a socket, in a private directory under the system's temporary directory).
@@ -178,12 +160,7 @@ impl Ssh {
         let mut master = ssh.base_command();
         // The master stays this process's child, and dies with it: a killed ckpt leaves no
         // connection behind.
-        master.args(["-M", "-N", "-o", "ConnectTimeout=30"]);
-        // After base_command's `--ssh-option`s, which therefore win (ssh takes the first value).
-        if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| cpu_info_has_aes(&info)) {
-            master.arg("-o").arg(format!("Ciphers={AES_GCM_FIRST}"));
-        }
-        master.arg("--").arg(ssh.login());
+        master.args(["-M", "-N", "-o", "ConnectTimeout=30"]).arg("--").arg(ssh.login());
         // SAFETY: prctl is async-signal-safe and touches no memory.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut master, || {
@@ -589,17 +566,6 @@ mod tests {
         let (pid, group) = text.trim().split_once(' ').unwrap();
         assert_eq!(pid, group, "ssh leads a process group of its own");
         assert_ne!(group, nix::unistd::getpgrp().to_string(), "not ckpt's, which the terminal's Ctrl-C reaches");
-    }
-
-    #[test]
-    fn aes_gcm_goes_first_only_where_the_cpu_has_aes_instructions() {
-        assert!(cpu_info_has_aes("processor\t: 0\nflags\t\t: fpu sse2 aes avx2\n"));
-        assert!(cpu_info_has_aes("processor\t: 0\nFeatures\t: fp asimd aes pmull sha1\n"));
-        assert!(!cpu_info_has_aes("flags\t\t: fpu sse2 vaes_absent avx2\nbugs\t\t: aes\n"));
-        assert!(!cpu_info_has_aes(""));
-        // Every name in the list is one that OpenSSH has offered by default since 6.5.
-        assert!(AES_GCM_FIRST.split(',').all(|cipher| !cipher.is_empty() && !cipher.contains(char::is_whitespace)));
-        assert!(AES_GCM_FIRST.starts_with("aes128-gcm@openssh.com,"));
     }
 
     #[test]
